@@ -1,0 +1,270 @@
+"""``credstore`` — systemd credstore files and the unit's ``LoadCredential=`` drop-in.
+
+Each unit target gets its own directory ``DIRECTORY/TARGET/`` holding one 0400 file per
+credential. A delivery writes a complete new directory beside it and swaps the two with one
+``renameat2(RENAME_EXCHANGE)``: readers see either the whole old set or the whole new one.
+With ``encrypt = true`` each value goes through ``systemd-creds encrypt --name=NAME`` (value on
+stdin, never in argv) and the drop-in uses ``LoadCredentialEncrypted=``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from credbridge.core import (
+    Change,
+    ConfigError,
+    Delivery,
+    DeliveryError,
+    Pending,
+    PlanEntry,
+    Secret,
+    Sink,
+    SinkContext,
+    SinkType,
+    Staged,
+    hookimpl,
+)
+from credbridge.core.fsutil import (
+    ensure_private_dir,
+    exchange,
+    fsync_dir,
+    is_memory_backed,
+    read_private_file,
+    remove_tree,
+    resolve_owner,
+    write_new_file,
+)
+
+DEFAULT_DIRECTORY = "/run/credstore"
+DEFAULT_ENCRYPTED_DIRECTORY = "/etc/credstore.encrypted"
+SETTINGS = frozenset(
+    {
+        "directory",
+        "allow_persistent",
+        "owner",
+        "group",
+        "encrypt",
+        "with_key",
+        "tpm2_pcrs",
+        "systemd_creds",
+        "timeout",
+    }
+)
+
+
+def _unit_escape(path: str) -> str:
+    """Escape a path for a unit file value: ``%`` starts a specifier there."""
+    return path.replace("%", "%%")
+
+
+class CredstoreSink(Sink):
+    def __init__(self, context: SinkContext) -> None:
+        settings = dict(context.settings)
+        where = context.where
+        label = context.config.label
+        unknown = set(settings) - SETTINGS
+        if unknown:
+            raise ConfigError(
+                f"unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(SETTINGS))})",
+                file=label,
+                key=where,
+            )
+        self.target = context.target
+        self.encrypt = bool(settings.get("encrypt", False))
+        default_dir = DEFAULT_ENCRYPTED_DIRECTORY if self.encrypt else DEFAULT_DIRECTORY
+        base = context.config.resolve_path(str(settings.get("directory", default_dir)))
+        self.base = base
+        self.directory = base / context.target.name
+        self.allow_persistent = bool(settings.get("allow_persistent", False))
+        self.owner = settings.get("owner")
+        self.group = settings.get("group")
+        self.with_key = str(settings.get("with_key", "auto"))
+        self.tpm2_pcrs = settings.get("tpm2_pcrs")
+        self.systemd_creds = str(settings.get("systemd_creds", "systemd-creds"))
+        self.timeout = float(settings.get("timeout", 30))
+        self.where = where
+        self.label = label
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_medium(self) -> None:
+        if self.encrypt or self.allow_persistent:
+            return
+        if not is_memory_backed(self.base):
+            raise DeliveryError(
+                f"{self.base} is not on tmpfs or ramfs; refusing to write plaintext secrets to "
+                f"persistent storage (set allow_persistent = true in {self.where}, "
+                "or encrypt = true)"
+            )
+
+    # ------------------------------------------------------------------ plan
+
+    def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
+        self._check_medium()
+        entries = []
+        for name, value in credentials.items():
+            path = self.directory / name
+            try:
+                current = read_private_file(path)
+            except FileNotFoundError:
+                entries.append(
+                    PlanEntry(name, Change.ADD, "new value" if isinstance(value, Pending) else "")
+                )
+                continue
+            except OSError as error:
+                raise DeliveryError(f"cannot read {path}: {error.strerror}") from None
+            if isinstance(value, Pending):
+                entries.append(PlanEntry(name, Change.CHANGE, value.reason))
+            elif self.encrypt:
+                entries.append(PlanEntry(name, Change.CHANGE, "re-encrypted"))
+            elif Secret(current) == value:
+                entries.append(PlanEntry(name, Change.KEEP))
+            else:
+                entries.append(PlanEntry(name, Change.CHANGE))
+        if self.directory.is_dir():
+            for entry in sorted(os.listdir(self.directory)):
+                if entry not in credentials:
+                    entries.append(PlanEntry(entry, Change.REMOVE))
+        return entries
+
+    # ------------------------------------------------------------------ stage
+
+    def stage(self, deliveries: Sequence[Delivery]) -> Staged:
+        self._check_medium()
+        try:
+            dir_uid, dir_gid = resolve_owner(self.owner, self.group)
+            ensure_private_dir(self.base)
+            self._clean_stale()
+            staging = self.base / f".{self.target.name}.staging-{secrets.token_hex(6)}"
+            ensure_private_dir(staging, uid=dir_uid, gid=dir_gid)
+        except KeyError as error:
+            raise ConfigError(
+                f"unknown user or group {error.args[0]}", file=self.label, key=self.where
+            ) from None
+        except OSError as error:
+            raise DeliveryError(f"cannot prepare {self.base}: {error.strerror or error}") from None
+        try:
+            for delivery in deliveries:
+                data = self._encrypt(delivery) if self.encrypt else delivery.value.reveal()
+                try:
+                    uid, gid = resolve_owner(delivery.owner, delivery.group)
+                except KeyError as error:
+                    raise DeliveryError(
+                        f"{self.target.name}/{delivery.name}: unknown user or group {error.args[0]}"
+                    ) from None
+                write_new_file(staging / delivery.name, data, mode=delivery.mode, uid=uid, gid=gid)
+            fsync_dir(staging)
+        except BaseException as error:
+            remove_tree(staging)
+            if isinstance(error, OSError):
+                raise DeliveryError(
+                    f"{self.target.name}: cannot write {staging}: {error.strerror or error}"
+                ) from None
+            raise
+        return _StagedDirectory(staging, self.directory)
+
+    def _clean_stale(self) -> None:
+        """Remove staging dirs left by a crashed run for this target."""
+        prefix = f".{self.target.name}.staging-"
+        for entry in os.listdir(self.base):
+            if entry.startswith(prefix):
+                remove_tree(self.base / entry)
+
+    def _encrypt(self, delivery: Delivery) -> bytes:
+        binary = shutil.which(self.systemd_creds)
+        if binary is None:
+            raise DeliveryError(
+                f"{self.systemd_creds} not found; encrypt = true needs systemd-creds (systemd 250+)"
+            )
+        argv = [binary, "encrypt", f"--name={delivery.name}", f"--with-key={self.with_key}"]
+        if self.tpm2_pcrs is not None:
+            argv.append(f"--tpm2-pcrs={self.tpm2_pcrs}")
+        argv += ["-", "-"]
+        try:
+            result = subprocess.run(
+                argv,
+                input=delivery.value.reveal(),
+                capture_output=True,
+                timeout=self.timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise DeliveryError(
+                f"{self.target.name}/{delivery.name}: systemd-creds encrypt timed out"
+            ) from None
+        if result.returncode != 0:
+            reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise DeliveryError(
+                f"{self.target.name}/{delivery.name}: systemd-creds encrypt failed "
+                f"(exit {result.returncode}): {reason[-1] if reason else 'no message'}"
+            )
+        return result.stdout
+
+    # ------------------------------------------------------------------ unit
+
+    def unit_settings(self) -> list[str]:
+        lines = []
+        directive = "LoadCredentialEncrypted" if self.encrypt else "LoadCredential"
+        for spec in self.target.credentials:
+            path = _unit_escape(str(self.directory / spec.name))
+            if spec.optional:
+                # An empty default makes a missing optional file non-fatal for the unit.
+                lines.append(f"SetCredential={spec.name}:")
+            lines.append(f"{directive}={spec.name}:{path}")
+        return lines
+
+
+class _StagedDirectory(Staged):
+    def __init__(self, staging: Path, live: Path) -> None:
+        self.staging = staging
+        self.live = live
+        self.state = "staged"  # -> "swapped" (old set in staging) | "placed" (no old set)
+
+    def commit(self) -> None:
+        try:
+            if os.path.lexists(self.live):
+                if os.path.islink(self.live) or not self.live.is_dir():
+                    raise DeliveryError(f"{self.live} is not a directory; refusing to replace it")
+                exchange(self.staging, self.live)
+                self.state = "swapped"
+            else:
+                os.rename(self.staging, self.live)
+                self.state = "placed"
+            fsync_dir(self.live.parent)
+        except OSError as error:
+            if error.errno == errno.EINVAL:
+                raise DeliveryError(
+                    f"{self.live.parent}: file system cannot swap directories atomically"
+                ) from None
+            raise DeliveryError(f"cannot commit {self.live}: {error.strerror or error}") from None
+
+    def rollback(self) -> None:
+        if self.state == "swapped":
+            exchange(self.staging, self.live)
+        elif self.state == "placed":
+            os.rename(self.live, self.staging)
+        self.state = "staged"
+        remove_tree(self.staging)
+        with contextlib.suppress(OSError):
+            fsync_dir(self.live.parent)
+
+    def finalize(self) -> None:
+        remove_tree(self.staging)
+
+
+@hookimpl
+def credbridge_sinks() -> Iterable[SinkType]:
+    yield SinkType(
+        name="credstore",
+        open=CredstoreSink,
+        summary="systemd credstore files (0400, atomic set swap) + LoadCredential= drop-in",
+        target_kinds=frozenset({"unit"}),
+    )

@@ -1,0 +1,132 @@
+"""``file:``, ``env:`` and ``credential:`` — secrets already on this machine.
+
+``credential:NAME`` reads ``$CREDENTIALS_DIRECTORY/NAME``, so credbridge can run inside a unit
+that received its inputs through ``LoadCredential=`` (the hand-made launch script's trick).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from credbridge.core import (
+    BadReference,
+    DocumentSource,
+    Forbidden,
+    InvalidValue,
+    Locator,
+    NotFound,
+    Reference,
+    Secret,
+    SecretDocument,
+    SourceType,
+    hookimpl,
+)
+from credbridge.core.config import CREDENTIAL_NAME
+
+_TRUE = {"1", "true", "yes"}
+_FALSE = {"0", "false", "no"}
+
+
+def _strip(locator: Locator, data: bytes) -> bytes:
+    """``?strip=true`` drops trailing whitespace (a file written by ``echo`` ends in \\n)."""
+    value = (locator.option("strip") or "false").lower()
+    return data.rstrip() if value in _TRUE else data
+
+
+def _check_strip(reference: Reference) -> None:
+    value = (reference.option("strip") or "false").lower()
+    if value not in _TRUE | _FALSE:
+        raise BadReference(str(reference), "strip must be true or false")
+
+
+def read_file(path: Path, reference: str) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise NotFound(reference, f"no file {path}") from None
+    except PermissionError:
+        raise Forbidden(reference, f"permission denied reading {path}") from None
+    except IsADirectoryError:
+        raise InvalidValue(reference, f"{path} is a directory") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise InvalidValue(reference, f"{path}: too many symlinks") from None
+        raise NotFound(reference, f"cannot read {path}: {error.strerror}") from None
+
+
+class FileSource(DocumentSource):
+    def __init__(self, config_dir: Path) -> None:
+        super().__init__(concurrency=1)
+        self.config_dir = config_dir
+
+    def fetch_document(self, locator: Locator) -> Secret | SecretDocument:
+        path = Path(locator.path).expanduser()
+        if not path.is_absolute():
+            path = self.config_dir / path
+        return Secret(_strip(locator, read_file(path, str(locator))))
+
+
+class EnvSource(DocumentSource):
+    def __init__(self) -> None:
+        super().__init__(concurrency=1)
+
+    def fetch_document(self, locator: Locator) -> Secret | SecretDocument:
+        value = os.environb.get(os.fsencode(locator.path))
+        if value is None:
+            raise NotFound(str(locator), f"environment variable {locator.path} is not set")
+        return Secret(_strip(locator, value))
+
+
+class CredentialSource(DocumentSource):
+    def __init__(self) -> None:
+        super().__init__(concurrency=1)
+
+    def fetch_document(self, locator: Locator) -> Secret | SecretDocument:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise NotFound(
+                str(locator),
+                "CREDENTIALS_DIRECTORY is not set (run inside a unit with LoadCredential=)",
+            )
+        return Secret(_strip(locator, read_file(Path(directory) / locator.path, str(locator))))
+
+
+def _validate_env(reference: Reference) -> None:
+    _check_strip(reference)
+    if "=" in reference.path or "\0" in reference.path:
+        raise BadReference(str(reference), "not a valid environment variable name")
+
+
+def _validate_credential(reference: Reference) -> None:
+    _check_strip(reference)
+    if not CREDENTIAL_NAME.match(reference.path) or reference.path in {".", ".."}:
+        raise BadReference(str(reference), "not a valid systemd credential name")
+
+
+@hookimpl
+def credbridge_sources() -> Iterable[SourceType]:
+    yield SourceType(
+        scheme="file",
+        open=lambda ctx: FileSource(ctx.config_dir),
+        summary="a file on this machine (relative paths: from the config's directory)",
+        options=frozenset({"strip"}),
+        validate=lambda ref: _check_strip(ref),
+    )
+    yield SourceType(
+        scheme="env",
+        open=lambda ctx: EnvSource(),
+        summary="an environment variable of the credbridge process",
+        options=frozenset({"strip"}),
+        validate=_validate_env,
+    )
+    yield SourceType(
+        scheme="credential",
+        open=lambda ctx: CredentialSource(),
+        summary="a systemd credential in $CREDENTIALS_DIRECTORY (LoadCredential= of this unit)",
+        options=frozenset({"strip"}),
+        validate=_validate_credential,
+    )

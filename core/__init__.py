@@ -1,0 +1,156 @@
+"""credbridge: carry secrets from where they are kept to systemd services and microVMs.
+
+This package is the framework and the typed Python API for tools that embed credbridge
+(docs/api.md)::
+
+    from credbridge.core import load_config, deliver
+
+    report = deliver(load_config("credbridge.toml"), dry_run=True)
+
+Plugins import :data:`hookimpl` and the record types from here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+from credbridge.core.config import Config, CredentialSpec, Target, load_config, parse_config
+from credbridge.core.engine import CheckResult, DeliveryEntry, DeliveryReport, Session
+from credbridge.core.errors import (
+    BadReference,
+    ConfigError,
+    CredbridgeError,
+    DeliveryError,
+    ExitCode,
+    Forbidden,
+    InvalidValue,
+    LaunchError,
+    NotFound,
+    PluginError,
+    ResolutionFailed,
+    SourceError,
+    Timeout,
+    Unreachable,
+)
+from credbridge.core.hookspecs import hookimpl
+from credbridge.core.reference import Locator, Reference, parse_reference
+from credbridge.core.secret import Secret, SecretDocument
+from credbridge.core.types import (
+    Change,
+    Delivery,
+    DocumentSource,
+    Launcher,
+    LauncherContext,
+    LauncherType,
+    Mode,
+    Pending,
+    PlanEntry,
+    Request,
+    Sink,
+    SinkContext,
+    SinkType,
+    Source,
+    SourceContext,
+    SourceType,
+    Staged,
+    Store,
+    StoreContext,
+    StoreType,
+)
+
+__version__ = "0.1.0"
+
+
+def resolve(
+    references: Iterable[str | Reference], *, config: Config | None = None
+) -> dict[str, Secret]:
+    """Resolve references to secrets, concurrently; raise on the first failure.
+
+    Keys are the references as given. ``generate:`` references resolved here are not tied to
+    a credential: without ``?id=`` they produce a fresh, unpersisted value.
+    """
+    wanted = [parse_reference(r) if isinstance(r, str) else r for r in references]
+    with Session(config) as session:
+        for reference in wanted:
+            session.check_reference(reference)
+        requests = [Request(r) for r in wanted]
+        outcomes = session.resolve(requests)
+        failures = [o for o in outcomes.values() if isinstance(o, SourceError)]
+        if failures:
+            raise ResolutionFailed(failures)
+        result: dict[str, Secret] = {}
+        for reference, request in zip(wanted, requests, strict=True):
+            value = outcomes[request]
+            if not isinstance(value, Secret):
+                raise NotFound(str(reference), "has no value yet")
+            result[reference.text or str(reference)] = value
+        return result
+
+
+def deliver(
+    config: Config | str | os.PathLike[str] | None = None,
+    targets: Sequence[str] = (),
+    *,
+    dry_run: bool = False,
+) -> DeliveryReport:
+    """Resolve and deliver unit targets (all when none are named); all-or-nothing."""
+    loaded = config if isinstance(config, Config) else load_config(config)
+    with Session(loaded) as session:
+        return session.deliver(targets, dry_run=dry_run)
+
+
+__all__ = [
+    "BadReference",
+    "Change",
+    "CheckResult",
+    "Config",
+    "ConfigError",
+    "CredbridgeError",
+    "CredentialSpec",
+    "Delivery",
+    "DeliveryEntry",
+    "DeliveryError",
+    "DeliveryReport",
+    "DocumentSource",
+    "ExitCode",
+    "Forbidden",
+    "InvalidValue",
+    "LaunchError",
+    "Launcher",
+    "LauncherContext",
+    "LauncherType",
+    "Locator",
+    "Mode",
+    "NotFound",
+    "Pending",
+    "PlanEntry",
+    "PluginError",
+    "Reference",
+    "Request",
+    "ResolutionFailed",
+    "Secret",
+    "SecretDocument",
+    "Session",
+    "Sink",
+    "SinkContext",
+    "SinkType",
+    "Source",
+    "SourceContext",
+    "SourceError",
+    "SourceType",
+    "Staged",
+    "Store",
+    "StoreContext",
+    "StoreType",
+    "Target",
+    "Timeout",
+    "Unreachable",
+    "__version__",
+    "deliver",
+    "hookimpl",
+    "load_config",
+    "parse_config",
+    "parse_reference",
+    "resolve",
+]

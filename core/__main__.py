@@ -1,0 +1,3 @@
+from credbridge.core.cli import main
+
+main()

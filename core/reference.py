@@ -1,0 +1,190 @@
+"""References: one line that names where a secret is kept.
+
+Grammar (docs/references.md)::
+
+    reference = scheme ":" path [ "?" options ] [ "#" selector ]
+    scheme    = lowercase letter *( lowercase letter / digit / "-" / "+" / "." )
+    options   = key "=" value *( "&" key "=" value )      ; percent-encoded like a URL query
+    selector  = json-pointer / key                         ; "#/db/password" or "#password"
+
+``path`` is percent-decoded, so ``%23`` and ``%3F`` stand for a literal ``#`` and ``?``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode
+
+from credbridge.core.errors import BadReference, InvalidValue, NotFound
+from credbridge.core.secret import Secret, SecretDocument, leaf_to_secret
+
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
+
+
+@dataclass(frozen=True, order=True)
+class Locator:
+    """What a source fetches: scheme, path and options, without the selector."""
+
+    scheme: str
+    path: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    def option(self, key: str, default: str | None = None) -> str | None:
+        return dict(self.options).get(key, default)
+
+    @property
+    def option_map(self) -> dict[str, str]:
+        return dict(self.options)
+
+    def __str__(self) -> str:
+        text = f"{self.scheme}:{quote(self.path, safe='/:@=+,;~!$&*()[]')}"
+        if self.options:
+            text += "?" + urlencode(self.options)
+        return text
+
+
+@dataclass(frozen=True, order=True)
+class Reference:
+    """A parsed reference. ``str(ref)`` gives back its canonical one-line form."""
+
+    locator: Locator
+    selector: str | None = None
+    text: str = field(default="", compare=False)
+
+    @property
+    def scheme(self) -> str:
+        return self.locator.scheme
+
+    @property
+    def path(self) -> str:
+        return self.locator.path
+
+    @property
+    def options(self) -> dict[str, str]:
+        return self.locator.option_map
+
+    def option(self, key: str, default: str | None = None) -> str | None:
+        return self.locator.option(key, default)
+
+    def int_option(
+        self, key: str, default: int, *, minimum: int = 0, maximum: int = 1 << 20
+    ) -> int:
+        raw = self.option(key)
+        if raw is None:
+            return default
+        try:
+            value = int(raw, 10)
+        except ValueError:
+            raise BadReference(str(self), f"option {key}={raw!r} is not an integer") from None
+        if not minimum <= value <= maximum:
+            raise BadReference(str(self), f"option {key}={value} is outside {minimum}..{maximum}")
+        return value
+
+    def __str__(self) -> str:
+        text = str(self.locator)
+        if self.selector is not None:
+            text += "#" + self.selector
+        return text
+
+    def select(self, document: Secret | SecretDocument) -> Secret:
+        """Apply this reference's selector to what the source fetched."""
+        return select(document, self.selector, str(self))
+
+
+def parse_reference(text: str) -> Reference:
+    """Parse ``SCHEME:PATH[?OPTIONS][#SELECTOR]``; raises :class:`BadReference`."""
+    if not isinstance(text, str) or not text.strip():
+        raise BadReference(str(text), "empty reference")
+    if text != text.strip() or "\n" in text:
+        raise BadReference(text, "reference must be one line without surrounding spaces")
+    scheme, sep, rest = text.partition(":")
+    if not sep:
+        raise BadReference(text, "missing 'SCHEME:' prefix (e.g. 'file:/path')")
+    if not _SCHEME.match(scheme):
+        raise BadReference(text, f"invalid scheme {scheme!r} (lowercase letters, digits, '-+.')")
+    rest, hash_sep, selector = rest.partition("#")
+    path_part, _, query = rest.partition("?")
+    path = unquote(path_part)
+    if not path:
+        raise BadReference(text, "empty path")
+    options: list[tuple[str, str]] = []
+    if query:
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise BadReference(
+                text, f"options {query!r} are not KEY=VALUE pairs joined by '&'"
+            ) from None
+        seen: set[str] = set()
+        for key, value in pairs:
+            if key in seen:
+                raise BadReference(text, f"option {key!r} given twice")
+            seen.add(key)
+            options.append((key, value))
+    sel: str | None = None
+    if hash_sep:
+        if not selector:
+            raise BadReference(text, "empty selector after '#'")
+        sel = unquote(selector)
+        if sel.startswith("/"):
+            _split_pointer(sel, text)  # validate escapes now, not at fetch time
+    return Reference(Locator(scheme, path, tuple(sorted(options))), sel, text)
+
+
+def _split_pointer(pointer: str, reference: str) -> list[str]:
+    tokens = pointer.split("/")[1:]
+    out = []
+    for token in tokens:
+        if re.search(r"~(?![01])", token):
+            raise BadReference(reference, f"invalid JSON pointer escape in {pointer!r}")
+        out.append(token.replace("~1", "/").replace("~0", "~"))
+    return out
+
+
+def select(document: Secret | SecretDocument, selector: str | None, reference: str) -> Secret:
+    """Pick the value a selector names.
+
+    * no selector: a raw secret is returned whole; a structured one must have exactly one field;
+    * ``/a/b/0``: an RFC 6901 JSON pointer;
+    * ``key``: a top-level key.
+
+    A raw secret is parsed as JSON when a selector is given.
+    """
+    if selector is None:
+        if isinstance(document, Secret):
+            return document
+        data = document.reveal_data()
+        if isinstance(data, Mapping):
+            if len(data) == 1:
+                return leaf_to_secret(next(iter(data.values())))
+            fields = ", ".join(sorted(map(str, data)))
+            raise InvalidValue(
+                reference, f"secret has {len(data)} fields ({fields}); choose one with '#FIELD'"
+            )
+        return leaf_to_secret(data)
+    if isinstance(document, Secret):
+        try:
+            document = SecretDocument.parse_json(document)
+        except ValueError:
+            raise InvalidValue(
+                reference, f"selector #{selector} needs a JSON value, and this is not JSON"
+            ) from None
+    tokens = _split_pointer(selector, reference) if selector.startswith("/") else [selector]
+    node: Any = document.reveal_data()
+    walked = ""
+    for token in tokens:
+        walked += "/" + token
+        if isinstance(node, Mapping):
+            if token not in node:
+                raise NotFound(reference, f"no field {walked!r} in the secret")
+            node = node[token]
+        elif isinstance(node, list):
+            if not re.fullmatch(r"0|[1-9][0-9]*", token) or int(token) >= len(node):
+                raise NotFound(reference, f"no element {walked!r} in the secret")
+            node = node[int(token)]
+        else:
+            raise NotFound(reference, f"{walked!r} descends into a scalar")
+    return leaf_to_secret(node)

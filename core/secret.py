@@ -1,0 +1,120 @@
+"""The one type a secret value lives in."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, NoReturn
+
+_MASK = "Secret(<redacted>)"
+
+
+class Secret:
+    """A secret value: bytes inside, masked in ``repr``/``str``/``format``, never pickled.
+
+    The value leaves only through :meth:`reveal` (or :meth:`reveal_text`), which sinks call
+    at the last moment. :meth:`wipe` overwrites the buffer; Python may still hold copies made
+    by the source library, so the wipe is best-effort.
+    """
+
+    __slots__ = ("_buffer", "_wiped")
+
+    def __init__(self, value: bytes | bytearray | memoryview) -> None:
+        self._buffer = bytearray(value)
+        self._wiped = False
+
+    @classmethod
+    def from_text(cls, text: str) -> Secret:
+        return cls(text.encode("utf-8"))
+
+    def reveal(self) -> bytes:
+        """Return the raw value. Call only where the value leaves for a sink."""
+        if self._wiped:
+            msg = "secret was wiped"
+            raise ValueError(msg)
+        return bytes(self._buffer)
+
+    def reveal_text(self) -> str:
+        """Return the value as UTF-8 text; raises ``UnicodeDecodeError`` for binary values."""
+        return self.reveal().decode("utf-8")
+
+    def wipe(self) -> None:
+        """Overwrite the buffer with zeros (best effort, see class docstring)."""
+        for index in range(len(self._buffer)):
+            self._buffer[index] = 0
+        self._wiped = True
+
+    def __len__(self) -> int:
+        return len(self._buffer)
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(bytes(self._buffer), bytes(other._buffer))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable (wipe) and must not leak via hashing
+
+    def __repr__(self) -> str:
+        return _MASK
+
+    def __str__(self) -> str:
+        return _MASK
+
+    def __format__(self, spec: str) -> str:
+        return _MASK
+
+    def __reduce__(self) -> NoReturn:
+        msg = "Secret values cannot be pickled"
+        raise TypeError(msg)
+
+    def __copy__(self) -> Secret:
+        return Secret(self._buffer)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
+        return Secret(self._buffer)
+
+
+class SecretDocument:
+    """A structured secret (parsed JSON, a Vault KV secret): a selector picks one leaf.
+
+    The data itself is plain Python objects; this wrapper keeps them out of ``repr`` and
+    logs.
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Any) -> None:
+        self._data = data
+
+    @classmethod
+    def parse_json(cls, raw: Secret) -> SecretDocument:
+        """Parse a JSON secret; raises ``ValueError`` without echoing the content."""
+        try:
+            return cls(json.loads(raw.reveal()))
+        except (ValueError, UnicodeDecodeError):
+            msg = "value is not valid JSON"
+            raise ValueError(msg) from None
+
+    def reveal_data(self) -> Any:
+        return self._data
+
+    def __repr__(self) -> str:
+        return "SecretDocument(<redacted>)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> NoReturn:
+        msg = "Secret values cannot be pickled"
+        raise TypeError(msg)
+
+
+def leaf_to_secret(value: Any) -> Secret:
+    """Turn a selected JSON leaf into bytes: strings as UTF-8, anything else as compact JSON."""
+    if isinstance(value, str):
+        return Secret(value.encode("utf-8"))
+    if isinstance(value, bytes | bytearray):
+        return Secret(value)
+    return Secret(json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8"))

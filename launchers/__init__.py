@@ -1,0 +1,1 @@
+"""Built-in VM launchers of credbridge, registered through the ``credbridge`` entry points."""

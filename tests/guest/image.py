@@ -1,0 +1,457 @@
+"""Build (once) and cache a small Debian 12 guest: host kernel + cpio initramfs.
+
+The root file system is made with ``debootstrap --variant=minbase`` (systemd as
+PID 1), trimmed, given the in-guest probe (see :mod:`tests.guest.probe`) and the
+few kernel modules the credential channels need, and packed into a zstd
+compressed cpio archive.  The kernel boots it with ``rdinit=/sbin/init``, so
+systemd runs as a normal system straight from RAM (``/etc/initrd-release`` is
+absent, so systemd does not consider itself an initrd).
+
+The result is cached under ``$CREDBRIDGE_TEST_CACHE`` (default
+``~/.cache/credbridge-tests``) in ``guest-<hash>/``; the hash covers the whole
+recipe, so changing it rebuilds.  Builds happen in a temporary directory that
+is renamed into place, under an exclusive lock file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import probe
+
+#: Bump whenever the build code below changes in a way that affects the image.
+BUILD_CODE_VERSION = 1
+
+SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+PACKAGES: tuple[str, ...] = ("systemd", "systemd-sysv", "udev", "kmod")
+
+#: Kernel modules (plus their dependencies) copied into the guest.
+KERNEL_MODULES: tuple[str, ...] = (
+    "virtio_pci",
+    "virtio_console",
+    "fuse",
+    "virtiofs",
+    "dmi-sysfs",
+    "qemu_fw_cfg",
+    "autofs4",
+)
+
+#: Units masked to keep boot short under TCG (a mask of an absent unit is harmless).
+MASKED_UNITS: tuple[str, ...] = (
+    "getty.target",
+    "getty@tty1.service",
+    "serial-getty@ttyS0.service",
+    "console-getty.service",
+    "timers.target",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "systemd-tmpfiles-clean.timer",
+    "systemd-logind.service",
+    "systemd-user-sessions.service",
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
+    "systemd-random-seed.service",
+    "systemd-pstore.service",
+    "systemd-remount-fs.service",
+    "systemd-firstboot.service",
+    "systemd-machine-id-commit.service",
+    "systemd-journal-flush.service",
+    "systemd-journal-catalog-update.service",
+    "systemd-hwdb-update.service",
+    "systemd-update-done.service",
+    "systemd-sysusers.service",
+    "systemd-binfmt.service",
+    "systemd-udev-settle.service",
+    "systemd-networkd.service",
+    "systemd-network-generator.service",
+    "systemd-pcrphase.service",
+    "systemd-pcrphase-sysinit.service",
+    "systemd-boot-check-no-failures.service",
+    "ldconfig.service",
+    "proc-sys-fs-binfmt_misc.automount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-kernel-config.mount",
+    "dev-hugepages.mount",
+    "dev-mqueue.mount",
+    "modprobe@drm.service",
+    "modprobe@efi_pstore.service",
+    "modprobe@loop.service",
+    "modprobe@dm_mod.service",
+    "modprobe@configfs.service",
+    "systemd-ask-password-wall.path",
+    "systemd-ask-password-console.path",
+    "remote-fs.target",
+    "rc-local.service",
+)
+
+#: Paths (relative to the root) removed to keep the initramfs small.
+STRIP_PATHS: tuple[str, ...] = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
+    "usr/share/linda",
+    "usr/share/bash-completion",
+    "usr/share/zoneinfo",
+    "usr/share/common-licenses",
+    "usr/share/zsh",
+    "usr/share/fish",
+    "usr/lib/udev/hwdb.d",
+    "usr/lib/udev/hwdb.bin",
+    "etc/udev/hwdb.bin",
+    "usr/lib/x86_64-linux-gnu/gconv",
+    "var/cache/apt",
+    "var/lib/apt/lists",
+    "var/cache/debconf/templates.dat-old",
+    "var/lib/dpkg/info",
+    "var/log",
+    "etc/initrd-release",
+    "usr/lib/initrd-release",
+)
+
+#: Fixed machine id: avoids "first boot" logic (presets, firstboot) in the guest.
+MACHINE_ID = "c7ed0b1d9e0c4c1a8f7a1b2c3d4e5f60\n"
+
+ZSTD_LEVEL = 9
+
+CACHE_ENV = "CREDBRIDGE_TEST_CACHE"
+MIRROR_ENV = "CREDBRIDGE_TEST_MIRROR"
+KERNEL_ENV = "CREDBRIDGE_TEST_KERNEL_VERSION"
+
+
+class GuestBuildError(RuntimeError):
+    """The guest image cannot be built on this machine."""
+
+
+@dataclass(frozen=True)
+class GuestImage:
+    """A bootable guest: kernel plus initramfs (the root file system)."""
+
+    kernel: Path
+    initramfs: Path
+    kernel_version: str
+    directory: Path
+
+
+@dataclass(frozen=True)
+class HostKernel:
+    version: str
+    vmlinuz: Path
+    modules_dir: Path
+
+
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    parts = re.split(r"[.\-+~]", version)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+
+
+def find_host_kernel(boot_dir: Path = Path("/boot"), modules_root: Path = Path("/lib/modules")) -> HostKernel:
+    """Newest installed 6.x Debian kernel (``/boot/vmlinuz-*`` with its modules).
+
+    ``$CREDBRIDGE_TEST_KERNEL_VERSION`` selects a specific version instead.
+    """
+    wanted = os.environ.get(KERNEL_ENV)
+    candidates: list[HostKernel] = []
+    for vmlinuz in boot_dir.glob("vmlinuz-*"):
+        version = vmlinuz.name[len("vmlinuz-") :]
+        if wanted is not None and version != wanted:
+            continue
+        if wanted is None and not version.startswith("6."):
+            continue
+        modules_dir = modules_root / version
+        if not (modules_dir / "modules.dep").is_file():
+            continue
+        candidates.append(HostKernel(version, vmlinuz, modules_dir))
+    if not candidates:
+        what = f"version {wanted!r} (${KERNEL_ENV})" if wanted else "6.x"
+        raise GuestBuildError(
+            f"no installed Linux {what} kernel found: need {boot_dir}/vmlinuz-<ver> and "
+            f"{modules_root}/<ver>/modules.dep; install it with 'apt-get install linux-image-amd64'"
+        )
+    return max(candidates, key=lambda k: _version_key(k.version))
+
+
+def recipe_hash(kernel: HostKernel) -> str:
+    """Hash of everything that determines the image content."""
+    recipe = {
+        "build_code_version": BUILD_CODE_VERSION,
+        "suite": SUITE,
+        "packages": PACKAGES,
+        "modules": KERNEL_MODULES,
+        "masked": MASKED_UNITS,
+        "strip": STRIP_PATHS,
+        "machine_id": MACHINE_ID,
+        "zstd_level": ZSTD_LEVEL,
+        "probe_script": probe.PROBE_SCRIPT,
+        "values_script": probe.VALUES_SCRIPT,
+        "probe_unit": probe.PROBE_UNIT,
+        "kernel_version": kernel.version,
+        "kernel_size": kernel.vmlinuz.stat().st_size,
+    }
+    blob = json.dumps(recipe, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "credbridge-tests"
+
+
+def ensure_guest(cache_dir: Path | None = None) -> GuestImage:
+    """Return the cached guest image, building it first if needed.
+
+    ``cache_dir`` defaults to ``$CREDBRIDGE_TEST_CACHE`` or
+    ``~/.cache/credbridge-tests``; the image lives in ``guest-<hash>/`` below it.
+    Raises :class:`GuestBuildError` with a readable message when it cannot build.
+    """
+    base = cache_dir if cache_dir is not None else default_cache_dir()
+    kernel = find_host_kernel()
+    digest = recipe_hash(kernel)
+    final = base / f"guest-{digest}"
+    image = _image_in(final, kernel.version)
+    if image is not None:
+        return image
+    base.mkdir(parents=True, exist_ok=True)
+    lock_path = base / f"guest-{digest}.lock"
+    with open(lock_path, "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        image = _image_in(final, kernel.version)
+        if image is not None:
+            return image
+        tmp = Path(tempfile.mkdtemp(prefix=f".guest-{digest}-", dir=base))
+        try:
+            _build(tmp, kernel)
+            os.rename(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    image = _image_in(final, kernel.version)
+    if image is None:  # pragma: no cover - would be a bug in _build
+        raise GuestBuildError(f"build finished but {final} is incomplete")
+    return image
+
+
+def _image_in(directory: Path, kernel_version: str) -> GuestImage | None:
+    kernel = directory / "vmlinuz"
+    initramfs = directory / "initramfs.cpio.zst"
+    if (directory / "manifest.json").is_file() and kernel.is_file() and initramfs.is_file():
+        return GuestImage(kernel=kernel, initramfs=initramfs, kernel_version=kernel_version, directory=directory)
+    return None
+
+
+def _check_tools() -> None:
+    if os.geteuid() != 0:
+        raise GuestBuildError("building the guest image needs root (debootstrap, device nodes)")
+    missing = [t for t in ("debootstrap", "cpio", "zstd", "depmod") if shutil.which(t) is None]
+    if missing:
+        raise GuestBuildError(
+            f"missing tools for the guest build: {', '.join(missing)} "
+            "(apt-get install debootstrap cpio zstd kmod)"
+        )
+
+
+def _run(argv: list[str], **kwargs: object) -> None:
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, **kwargs)  # type: ignore[call-overload]
+    if result.returncode != 0:
+        tail = result.stdout.decode(errors="replace")[-4000:]
+        raise GuestBuildError(f"command failed ({result.returncode}): {' '.join(argv)}\n{tail}")
+
+
+def _build(workdir: Path, kernel: HostKernel) -> None:
+    _check_tools()
+    started = time.monotonic()
+    root = workdir / "root"
+    mirror = os.environ.get(MIRROR_ENV, DEFAULT_MIRROR)
+    _run(
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(PACKAGES)}",
+            SUITE,
+            str(root),
+            mirror,
+        ]
+    )
+    debootstrap_s = time.monotonic() - started
+    _customize(root)
+    _install_modules(root, kernel)
+    _strip(root)
+    shutil.copyfile(kernel.vmlinuz, workdir / "vmlinuz")
+    _pack(root, workdir / "initramfs.cpio.zst")
+    root_size = _tree_size(root)
+    shutil.rmtree(root)
+    manifest = {
+        "kernel_version": kernel.version,
+        "suite": SUITE,
+        "packages": list(PACKAGES),
+        "modules": list(KERNEL_MODULES),
+        "root_bytes": root_size,
+        "initramfs_bytes": (workdir / "initramfs.cpio.zst").stat().st_size,
+        "debootstrap_seconds": round(debootstrap_s, 1),
+        "build_seconds": round(time.monotonic() - started, 1),
+    }
+    (workdir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    workdir.chmod(0o755)
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _symlink(target: str, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(target)
+
+
+def _customize(root: Path) -> None:
+    etc = root / "etc"
+    unit_dir = etc / "systemd" / "system"
+    _write(root / probe.PROBE_SCRIPT_PATH.lstrip("/"), probe.PROBE_SCRIPT, 0o755)
+    _write(root / probe.VALUES_SCRIPT_PATH.lstrip("/"), probe.VALUES_SCRIPT, 0o755)
+    _write(unit_dir / probe.PROBE_UNIT_NAME, probe.PROBE_UNIT)
+    # Drop the distribution's enablement of gettys and timers, then mask the rest.
+    for wants in ("getty.target.wants", "timers.target.wants"):
+        shutil.rmtree(unit_dir / wants, ignore_errors=True)
+    for unit in MASKED_UNITS:
+        _symlink("/dev/null", unit_dir / unit)
+    _symlink(f"../{probe.PROBE_UNIT_NAME}", unit_dir / "multi-user.target.wants" / probe.PROBE_UNIT_NAME)
+    _symlink("/usr/lib/systemd/system/multi-user.target", unit_dir / "default.target")
+    _write(etc / "machine-id", MACHINE_ID, 0o444)
+    _write(etc / "hostname", "cbguest\n")
+    _write(etc / "fstab", "# empty: the root file system is the initramfs\n")
+    # Journal only in memory; nothing forwarded to the console.
+    _write(
+        etc / "systemd" / "journald.conf.d" / "credbridge.conf",
+        "[Journal]\nStorage=volatile\nForwardToConsole=no\n",
+    )
+    # Empty root password for interactive debugging (the guest has no network).
+    shadow = etc / "shadow"
+    if shadow.is_file():
+        text = shadow.read_text()
+        shadow.write_text(re.sub(r"^root:[^:]*:", "root::", text, flags=re.M))
+
+
+def _module_name(rel_path: str) -> str:
+    name = rel_path.rsplit("/", 1)[-1]
+    for suffix in (".xz", ".zst", ".gz"):
+        name = name.removesuffix(suffix)
+    return name.removesuffix(".ko").replace("-", "_")
+
+
+def _install_modules(root: Path, kernel: HostKernel) -> None:
+    src = kernel.modules_dir
+    deps: dict[str, list[str]] = {}
+    by_name: dict[str, str] = {}
+    for line in (src / "modules.dep").read_text().splitlines():
+        if ":" not in line:
+            continue
+        mod, _, rest = line.partition(":")
+        deps[mod] = rest.split()
+        by_name[_module_name(mod)] = mod
+    builtin: set[str] = set()
+    if (src / "modules.builtin").is_file():
+        builtin = {_module_name(x) for x in (src / "modules.builtin").read_text().split()}
+
+    selected: set[str] = set()
+    for wanted in KERNEL_MODULES:
+        key = wanted.replace("-", "_")
+        if key in builtin:
+            continue
+        if key not in by_name:
+            raise GuestBuildError(f"kernel {kernel.version} has no module {wanted!r} (neither built in nor in modules.dep)")
+        todo = [by_name[key]]
+        while todo:
+            mod = todo.pop()
+            if mod not in selected:
+                selected.add(mod)
+                todo.extend(deps.get(mod, []))
+
+    dst = root / "lib" / "modules" / kernel.version
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for mod in sorted(selected):
+        target = dst / mod
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / mod, target)
+    for meta in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
+        if (src / meta).is_file():
+            shutil.copy2(src / meta, dst / meta)
+    _run(["depmod", "-b", str(root), kernel.version])
+
+
+def _strip(root: Path) -> None:
+    for rel in STRIP_PATHS:
+        path = root / rel
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+    (root / "var" / "log").mkdir(parents=True, exist_ok=True)
+    (root / "var" / "lib" / "dpkg" / "info").mkdir(parents=True, exist_ok=True)
+    for cache in (root / "var" / "cache" / "debconf").glob("*-old"):
+        cache.unlink()
+
+
+def _tree_size(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            if not path.is_symlink():
+                total += path.stat().st_size
+    return total
+
+
+def _pack(root: Path, output: Path) -> None:
+    if (root / "etc" / "initrd-release").exists():
+        raise GuestBuildError("/etc/initrd-release exists in the guest; systemd would run as an initrd")
+    names = sorted(
+        str(Path(dirpath, name).relative_to(root))
+        for dirpath, dirs, files in os.walk(root)
+        for name in [*dirs, *files]
+    )
+    listing = ("\0".join([".", *names]) + "\0").encode()
+    with open(output, "wb") as out:
+        cpio = subprocess.Popen(
+            ["cpio", "--null", "--create", "--format=newc", "--quiet", "--reproducible"],
+            cwd=root,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        zstd = subprocess.Popen(
+            ["zstd", "-q", f"-{ZSTD_LEVEL}", "-T0", "--stdout"],
+            stdin=cpio.stdout,
+            stdout=out,
+        )
+        assert cpio.stdin is not None and cpio.stdout is not None
+        cpio.stdout.close()
+        cpio.stdin.write(listing)
+        cpio.stdin.close()
+        rc_cpio = cpio.wait()
+        rc_zstd = zstd.wait()
+    if rc_cpio != 0 or rc_zstd != 0:
+        raise GuestBuildError(f"packing the initramfs failed (cpio {rc_cpio}, zstd {rc_zstd})")
