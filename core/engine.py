@@ -263,7 +263,11 @@ class Session:
                 key=f"{target.where}.launcher",
             )
         context = LauncherContext(
-            target, target.launcher_settings, self.config, f"{target.where}.launcher"
+            target,
+            target.launcher_settings,
+            self.config,
+            f"{target.where}.launcher",
+            self.sink(target),
         )
         return launchers[target.launcher][0].open(context)
 

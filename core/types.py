@@ -315,6 +315,8 @@ class LauncherContext:
     """The target's ``launcher`` table (without ``type``)."""
     config: Config
     where: str
+    sink: Sink
+    """The target's sink (a ``credbridge.core.vm.VmSink`` for VM targets)."""
 
 
 class Launcher(abc.ABC):
