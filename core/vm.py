@@ -62,7 +62,7 @@ class VmSink(Sink):
         credential at fault (never the value) when a limit is exceeded.
         """
 
-    def cleanup(self, channel: VmChannel) -> None:  # noqa: B027 - optional
+    def cleanup(self, channel: VmChannel) -> None:
         """Remove what :meth:`prepare` created outside ``runtime_dir`` (e.g. a share dir)."""
 
     def stage(self, deliveries: Sequence[Delivery]) -> Staged:

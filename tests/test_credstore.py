@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from credbridge.core import Change, DeliveryError, ResolutionFailed, Session, deliver, load_config
+
+
+def make_config(tmp_path: Path, credstore: Path, body: str, sink_extra: str = "") -> Path:
+    path = tmp_path / "credbridge.toml"
+    path.write_text(
+        f'[store]\npath = "{tmp_path / "store"}"\n'
+        f'[sinks.credstore]\ndirectory = "{credstore}"\n{sink_extra}\n' + body
+    )
+    return path
+
+
+BODY = """
+[targets."app.service".credentials]
+api-key = "generate:base64?bytes=32"
+static = "env:CB_TEST_STATIC"
+[targets."worker.service".credentials]
+api-key = "target:app.service/api-key"
+"""
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_deliver_writes_0400_files_in_0700_dirs(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CB_TEST_STATIC", "static-value")
+    report = deliver(make_config(tmp_path, tmpfs_dir, BODY))
+    assert {(e.target, e.credential, e.change) for e in report.entries} == {
+        ("app.service", "api-key", Change.ADD),
+        ("app.service", "static", Change.ADD),
+        ("worker.service", "api-key", Change.ADD),
+    }
+    app = tmpfs_dir / "app.service"
+    assert stat.S_IMODE(tmpfs_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(app.stat().st_mode) == 0o700
+    for f in app.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o400
+    assert (app / "static").read_bytes() == b"static-value"
+    assert (app / "api-key").read_bytes() == (tmpfs_dir / "worker.service" / "api-key").read_bytes()
+    # Second run: same generated value, nothing changes.
+    again = deliver(make_config(tmp_path, tmpfs_dir, BODY))
+    assert {e.change for e in again.entries} == {Change.KEEP}
+
+
+def test_failed_source_leaves_previous_set(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    config = make_config(tmp_path, tmpfs_dir, BODY)
+    deliver(config)
+    before = snapshot(tmpfs_dir)
+    monkeypatch.delenv("CB_TEST_STATIC")
+    with pytest.raises(ResolutionFailed) as info:
+        deliver(config)
+    message = str(info.value)
+    assert "app.service/static" in message
+    assert "env:CB_TEST_STATIC" in message
+    assert info.value.exit_code == 5
+    assert snapshot(tmpfs_dir) == before
+
+
+def test_failed_commit_rolls_back_every_target(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    config = make_config(tmp_path, tmpfs_dir, BODY)
+    deliver(config)
+    before = snapshot(tmpfs_dir)
+    monkeypatch.setenv("CB_TEST_STATIC", "v2")
+    # Sabotage the second target: its live directory is replaced by a symlink (planted by
+    # someone else); the plan can read through it, the commit must refuse to swap it.
+    decoy = tmp_path / "decoy"
+    shutil.copytree(tmpfs_dir / "worker.service", decoy)
+    shutil.rmtree(tmpfs_dir / "worker.service")
+    (tmpfs_dir / "worker.service").symlink_to(decoy)
+    with pytest.raises(DeliveryError, match="not a directory"):
+        deliver(config)
+    assert (tmpfs_dir / "app.service" / "static").read_bytes() == b"v1"
+    assert snapshot(tmpfs_dir)["app.service/static"] == before["app.service/static"]
+    assert (tmpfs_dir / "worker.service").is_symlink()
+    assert not [p for p in tmpfs_dir.iterdir() if ".staging-" in p.name]
+
+
+def test_unknown_owner_fails_before_anything_changes(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    deliver(make_config(tmp_path, tmpfs_dir, BODY))
+    before = snapshot(tmpfs_dir)
+    bad = BODY.replace(
+        'static = "env:CB_TEST_STATIC"',
+        'static = { ref = "env:CB_TEST_STATIC", owner = "no-such-user-cb" }',
+    )
+    monkeypatch.setenv("CB_TEST_STATIC", "v2")
+    with pytest.raises(DeliveryError, match="no-such-user-cb"):
+        deliver(make_config(tmp_path, tmpfs_dir, bad))
+    assert snapshot(tmpfs_dir) == before
+
+
+def test_stale_staging_dirs_are_cleaned(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    stale = tmpfs_dir / ".app.service.staging-deadbeef0000"
+    stale.mkdir(parents=True)
+    (stale / "leftover").write_bytes(b"x")
+    deliver(make_config(tmp_path, tmpfs_dir, BODY))
+    assert not stale.exists()
+
+
+def test_refuses_persistent_disk_without_opt_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    disk = tmp_path / "credstore"
+    from credbridge.core.fsutil import is_memory_backed
+
+    if is_memory_backed(tmp_path):
+        pytest.skip("the temp directory is on tmpfs here")
+    with pytest.raises(DeliveryError, match="not on tmpfs or ramfs"):
+        deliver(make_config(tmp_path, disk, BODY))
+    assert not disk.exists()
+    report = deliver(make_config(tmp_path, disk, BODY, "allow_persistent = true"))
+    assert len(report.entries) == 3
+
+
+def test_dry_run_changes_nothing(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    report = deliver(make_config(tmp_path, tmpfs_dir, BODY), dry_run=True)
+    assert report.dry_run
+    assert all(e.change is Change.ADD for e in report.entries)
+    assert list(tmpfs_dir.iterdir()) == []
+    assert not (tmp_path / "store").exists()
+
+
+def test_plan_reports_change_and_remove(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    deliver(make_config(tmp_path, tmpfs_dir, BODY))
+    monkeypatch.setenv("CB_TEST_STATIC", "v2")
+    smaller = BODY.replace('api-key = "generate:base64?bytes=32"\n', "", 1).replace(
+        '[targets."worker.service".credentials]\napi-key = "target:app.service/api-key"\n', ""
+    )
+    report = deliver(make_config(tmp_path, tmpfs_dir, smaller), dry_run=True)
+    changes = {(e.target, e.credential): e.change for e in report.entries}
+    assert changes == {
+        ("app.service", "static"): Change.CHANGE,
+        ("app.service", "api-key"): Change.REMOVE,
+    }
+
+
+def test_unit_dropin(tmp_path: Path, tmpfs_dir: Path) -> None:
+    body = (
+        BODY
+        + '[targets."opt.service".credentials]\nmaybe = { ref = "env:CB_NOPE", optional = true }\n'
+    )
+    with Session(load_config(make_config(tmp_path, tmpfs_dir, body))) as session:
+        _, text = session.unit_dropin("app.service")
+        _, optional = session.unit_dropin("opt.service")
+    lines = text.splitlines()
+    assert "[Service]" in lines
+    assert f"LoadCredential=api-key:{tmpfs_dir}/app.service/api-key" in lines
+    assert f"LoadCredential=static:{tmpfs_dir}/app.service/static" in lines
+    assert optional.splitlines()[-2:] == [
+        "SetCredential=maybe:",
+        f"LoadCredential=maybe:{tmpfs_dir}/opt.service/maybe",
+    ]
+
+
+def test_optional_missing_credential_is_skipped(tmp_path: Path, tmpfs_dir: Path) -> None:
+    body = '[targets."opt.service".credentials]\nmaybe = { ref = "env:CB_NOPE", optional = true }\nk = "generate:uuid"\n'
+    report = deliver(make_config(tmp_path, tmpfs_dir, body))
+    assert report.skipped == ["opt.service/maybe"]
+    assert sorted(os.listdir(tmpfs_dir / "opt.service")) == ["k"]
+
+
+def _null_key() -> str | None:
+    if shutil.which("systemd-creds") is None:
+        return None
+    out = subprocess.run(
+        ["systemd-creds", "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    version = int(out.split()[1]) if out.startswith("systemd ") else 0
+    return "null" if version >= 256 else "tpm2-absent"
+
+
+def test_encrypted_credstore_round_trips_through_systemd_creds(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = _null_key()
+    if key is None:
+        pytest.skip("systemd-creds is not installed")
+    monkeypatch.setenv("CB_TEST_STATIC", "line1\nline2\n")
+    config = make_config(tmp_path, tmpfs_dir, BODY, f'encrypt = true\nwith_key = "{key}"')
+    deliver(config, ["app.service"])
+    blob = tmpfs_dir / "app.service" / "static"
+    assert b"line1" not in blob.read_bytes()
+    plain = subprocess.run(
+        ["systemd-creds", "decrypt", "--name=static", str(blob), "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert plain == b"line1\nline2\n"
+    with Session(load_config(config)) as session:
+        _, text = session.unit_dropin("app.service")
+    assert f"LoadCredentialEncrypted=static:{blob}" in text.splitlines()

@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import pytest
+from credbridge.core import (
+    BadReference,
+    InvalidValue,
+    NotFound,
+    Secret,
+    SecretDocument,
+    parse_reference,
+)
+
+
+def test_parse_full_reference() -> None:
+    ref = parse_reference("vault:secret/app/db?version=3&kv=2#/db/password")
+    assert ref.scheme == "vault"
+    assert ref.path == "secret/app/db"
+    assert ref.options == {"version": "3", "kv": "2"}
+    assert ref.selector == "/db/password"
+
+
+def test_canonical_form_round_trips() -> None:
+    ref = parse_reference("generate:password?length=24&charset=alnum")
+    assert parse_reference(str(ref)) == ref
+    assert str(ref) == "generate:password?charset=alnum&length=24"
+
+
+def test_percent_encoding_in_path() -> None:
+    ref = parse_reference("file:/tmp/a%23b%3Fc")
+    assert ref.path == "/tmp/a#b?c"
+    assert parse_reference(str(ref)) == ref
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "empty reference"),
+        ("nocolon", "missing 'SCHEME:'"),
+        ("Bad:x", "invalid scheme"),
+        ("file:", "empty path"),
+        ("file:/x#", "empty selector"),
+        ("file:/x?a=1&a=2", "given twice"),
+        ("file:/x?novalue", "KEY=VALUE"),
+        (" file:/x", "one line"),
+        ("file:/x#/a~2b", "JSON pointer escape"),
+    ],
+)
+def test_bad_references_name_the_problem(text: str, problem: str) -> None:
+    with pytest.raises(BadReference) as info:
+        parse_reference(text)
+    assert problem in str(info.value)
+    assert info.value.exit_code == 4
+
+
+def test_pointer_and_key_selection() -> None:
+    doc = Secret(
+        b'{"db": {"password": "pw", "port": 5432, "a/b": "slash", "list": ["x", "y"]}, "top": "t"}'
+    )
+    assert parse_reference("file:/x#/db/password").select(doc).reveal() == b"pw"
+    assert parse_reference("file:/x#/db/port").select(doc).reveal() == b"5432"
+    assert parse_reference("file:/x#/db/a~1b").select(doc).reveal() == b"slash"
+    assert parse_reference("file:/x#/db/list/1").select(doc).reveal() == b"y"
+    assert parse_reference("file:/x#top").select(doc).reveal() == b"t"
+    assert parse_reference("file:/x#/db/list").select(doc).reveal() == b'["x","y"]'
+
+
+def test_selection_errors_are_typed_and_do_not_echo_values() -> None:
+    doc = Secret(b'{"db": {"password": "hunter2"}}')
+    with pytest.raises(NotFound) as info:
+        parse_reference("file:/x#/db/user").select(doc)
+    assert "/db/user" in str(info.value)
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(InvalidValue) as bad:
+        parse_reference("file:/x#key").select(Secret(b"hunter2 is not json"))
+    assert "hunter2" not in str(bad.value)
+
+
+def test_no_selector_on_single_field_document() -> None:
+    ref = parse_reference("vault:secret/x")
+    assert ref.select(SecretDocument({"only": "v"})).reveal() == b"v"
+    with pytest.raises(InvalidValue, match="2 fields"):
+        ref.select(SecretDocument({"a": "1", "b": "2"}))
