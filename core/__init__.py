@@ -12,52 +12,121 @@ Plugins import :data:`hookimpl` and the record types from here.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from credbridge.core.config import Config, CredentialSpec, Target, load_config, parse_config
-from credbridge.core.engine import CheckResult, DeliveryEntry, DeliveryReport, Session
-from credbridge.core.errors import (
-    BadReference,
-    ConfigError,
-    CredbridgeError,
-    DeliveryError,
-    ExitCode,
-    Forbidden,
-    InvalidValue,
-    LaunchError,
-    NotFound,
-    PluginError,
-    ResolutionFailed,
-    SourceError,
-    Timeout,
-    Unreachable,
-)
-from credbridge.core.hookspecs import hookimpl
-from credbridge.core.reference import Locator, Reference, parse_reference
-from credbridge.core.secret import Secret, SecretDocument
-from credbridge.core.types import (
-    Change,
-    Delivery,
-    DocumentSource,
-    Launcher,
-    LauncherContext,
-    LauncherType,
-    Mode,
-    Pending,
-    PlanEntry,
-    Request,
-    Sink,
-    SinkContext,
-    SinkType,
-    Source,
-    SourceContext,
-    SourceType,
-    Staged,
-    Store,
-    StoreContext,
-    StoreType,
-)
+if TYPE_CHECKING:
+    from credbridge.core.config import Config, CredentialSpec, Target, load_config, parse_config
+    from credbridge.core.engine import CheckResult, DeliveryEntry, DeliveryReport, Session
+    from credbridge.core.errors import (
+        BadReference,
+        ConfigError,
+        CredbridgeError,
+        DeliveryError,
+        ExitCode,
+        Forbidden,
+        InvalidValue,
+        LaunchError,
+        NotFound,
+        PluginError,
+        ResolutionFailed,
+        SourceError,
+        Timeout,
+        Unreachable,
+    )
+    from credbridge.core.hookspecs import hookimpl
+    from credbridge.core.reference import Locator, Reference, parse_reference
+    from credbridge.core.secret import Secret, SecretDocument
+    from credbridge.core.types import (
+        Change,
+        Delivery,
+        DocumentSource,
+        Launcher,
+        LauncherContext,
+        LauncherType,
+        Mode,
+        Pending,
+        PlanEntry,
+        Request,
+        Sink,
+        SinkContext,
+        SinkType,
+        Source,
+        SourceContext,
+        SourceType,
+        Staged,
+        Store,
+        StoreContext,
+        StoreType,
+    )
+
+
+# Importing the package must stay cheap (``credbridge --help`` imports it): the API below is
+# loaded on first use, while type checkers see the imports above.
+_LAZY = {
+    "Config": "config",
+    "CredentialSpec": "config",
+    "Target": "config",
+    "load_config": "config",
+    "parse_config": "config",
+    "CheckResult": "engine",
+    "DeliveryEntry": "engine",
+    "DeliveryReport": "engine",
+    "Session": "engine",
+    "BadReference": "errors",
+    "ConfigError": "errors",
+    "CredbridgeError": "errors",
+    "DeliveryError": "errors",
+    "ExitCode": "errors",
+    "Forbidden": "errors",
+    "InvalidValue": "errors",
+    "LaunchError": "errors",
+    "NotFound": "errors",
+    "PluginError": "errors",
+    "ResolutionFailed": "errors",
+    "SourceError": "errors",
+    "Timeout": "errors",
+    "Unreachable": "errors",
+    "hookimpl": "hookspecs",
+    "Locator": "reference",
+    "Reference": "reference",
+    "parse_reference": "reference",
+    "Secret": "secret",
+    "SecretDocument": "secret",
+    "Change": "types",
+    "Delivery": "types",
+    "DocumentSource": "types",
+    "Launcher": "types",
+    "LauncherContext": "types",
+    "LauncherType": "types",
+    "Mode": "types",
+    "Pending": "types",
+    "PlanEntry": "types",
+    "Request": "types",
+    "Sink": "types",
+    "SinkContext": "types",
+    "SinkType": "types",
+    "Source": "types",
+    "SourceContext": "types",
+    "SourceType": "types",
+    "Staged": "types",
+    "Store": "types",
+    "StoreContext": "types",
+    "StoreType": "types",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        msg = f"module 'credbridge.core' has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(f"credbridge.core.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 
@@ -70,6 +139,12 @@ def resolve(
     Keys are the references as given. ``generate:`` references resolved here are not tied to
     a credential: without ``?id=`` they produce a fresh, unpersisted value.
     """
+    from credbridge.core.engine import Session
+    from credbridge.core.errors import NotFound, ResolutionFailed, SourceError
+    from credbridge.core.reference import parse_reference
+    from credbridge.core.secret import Secret
+    from credbridge.core.types import Request
+
     wanted = [parse_reference(r) if isinstance(r, str) else r for r in references]
     with Session(config) as session:
         for reference in wanted:
@@ -95,6 +170,9 @@ def deliver(
     dry_run: bool = False,
 ) -> DeliveryReport:
     """Resolve and deliver unit targets (all when none are named); all-or-nothing."""
+    from credbridge.core.config import Config, load_config
+    from credbridge.core.engine import Session
+
     loaded = config if isinstance(config, Config) else load_config(config)
     with Session(loaded) as session:
         return session.deliver(targets, dry_run=dry_run)

@@ -62,6 +62,14 @@ class VmSink(Sink):
         credential at fault (never the value) when a limit is exceeded.
         """
 
+    def preview(self, names: Sequence[str], runtime_dir: Path) -> VmChannel:
+        """The channel :meth:`prepare` would build, without values or files (dry-run plans).
+
+        Same paths, items and shares as a real launch; ``oem_strings`` hold placeholders
+        (``io.systemd.credential.binary:NAME=<redacted>``), never values.
+        """
+        return VmChannel(sink=type(self).__name__, names=list(names))
+
     def cleanup(self, channel: VmChannel) -> None:
         """Remove what :meth:`prepare` created outside ``runtime_dir`` (e.g. a share dir)."""
 

@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 import sysconfig
+import re
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+
+from conftest import REPO
 from credbridge.core import (
     DocumentSource,
     Locator,
@@ -23,20 +26,6 @@ from credbridge.core import (
     resolve,
 )
 from credbridge.core.plugins import PluginManager
-
-PLUGIN_MODULE = '''
-"""credbridge-rot13: a third-party source plugin used by credbridge's tests."""
-import codecs
-from credbridge.core import DocumentSource, Secret, SourceType, hookimpl
-
-class Rot13(DocumentSource):
-    def fetch_document(self, locator):
-        return Secret(codecs.encode(locator.path, "rot13").encode())
-
-@hookimpl
-def credbridge_sources():
-    yield SourceType(scheme="rot13", open=lambda ctx: Rot13(), summary="rot13 of the path")
-'''
 
 BROKEN_MODULE = 'raise ImportError("this plugin is broken on purpose")\n'
 
@@ -51,6 +40,14 @@ class Env(DocumentSource):
 def credbridge_sources():
     yield SourceType(scheme="env", open=lambda ctx: Env())
 """
+
+
+def doc_example_files() -> dict[str, str]:
+    """The files of the example plugin in docs/plugins.md (so the documented plugin is tested)."""
+    text = (REPO / "docs" / "plugins.md").read_text()
+    found = re.findall(r"<!-- example-file: (\S+) -->\n```\w*\n(.*?)```", text, re.DOTALL)
+    assert {name for name, _ in found} == {"pyproject.toml", "credbridge_dotenv.py"}
+    return dict(found)
 
 
 def make_distribution(root: Path, name: str, module: str, source: str) -> Path:
@@ -103,8 +100,12 @@ def plugin_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # install of credbridge is found through one of them.
     parent = sysconfig.get_paths()["purelib"]
     (site / "_credbridge_parent.pth").write_text(f"import site; site.addsitedir({parent!r})\n")
+    example = root / "credbridge-dotenv"
+    example.mkdir()
+    for name, content in doc_example_files().items():
+        (example / name).write_text(content)
     dists = [
-        make_distribution(root, "credbridge-rot13", "credbridge_rot13", PLUGIN_MODULE),
+        example,
         make_distribution(root, "credbridge-broken", "credbridge_broken", BROKEN_MODULE),
         make_distribution(root, "credbridge-clash", "credbridge_clash", CLASH_MODULE),
     ]
@@ -142,12 +143,16 @@ def run_in(venv: Path, *args: str, **env: str) -> subprocess.CompletedProcess[st
     )
 
 
-def test_third_party_source_works_from_the_cli(plugin_venv: Path) -> None:
-    result = run_in(
-        plugin_venv, "get", "rot13:hello", CREDBRIDGE_DISABLE_PLUGINS="credbridge_clash"
-    )
+def test_third_party_source_works_from_the_cli(plugin_venv: Path, tmp_path: Path) -> None:
+    env_file = tmp_path / "app.env"
+    env_file.write_text('# app secrets\nexport DB_PASSWORD="s3cret value"\nOTHER=x\n')
+    off = {"CREDBRIDGE_DISABLE_PLUGINS": "credbridge_clash"}
+    result = run_in(plugin_venv, "get", f"dotenv:{env_file}#DB_PASSWORD", **off)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "uryyb"
+    assert result.stdout == "s3cret value"
+    missing = run_in(plugin_venv, "get", f"dotenv:{env_file}#NOPE", **off)
+    assert missing.returncode == 5
+    assert "no field" in missing.stderr
     # The broken plugin was reported (which plugin, why) and skipped, not fatal.
     assert "credbridge_broken" in result.stderr
     assert "broken on purpose" in result.stderr
@@ -157,10 +162,10 @@ def test_plugins_json_lists_providers_and_distributions(plugin_venv: Path) -> No
     result = run_in(plugin_venv, "plugins", "--json", CREDBRIDGE_DISABLE_PLUGINS="credbridge_clash")
     assert result.returncode == 0, result.stderr
     plugins = {p["name"]: p for p in json.loads(result.stdout)}
-    assert plugins["credbridge_rot13"]["sources"] == ["rot13"]
-    assert plugins["credbridge_rot13"]["distribution"] == "credbridge-rot13"
-    assert plugins["credbridge_rot13"]["version"] == "1.2.3"
-    assert plugins["credbridge_rot13"]["builtin"] is False
+    assert plugins["dotenv"]["sources"] == ["dotenv"]
+    assert plugins["dotenv"]["distribution"] == "credbridge-dotenv"
+    assert plugins["dotenv"]["version"] == "0.1.0"
+    assert plugins["dotenv"]["builtin"] is False
     assert "broken on purpose" in plugins["credbridge_broken"]["error"]
     assert plugins["local"]["builtin"] is True
     assert set(plugins["local"]["sources"]) == {"file", "env", "credential"}
@@ -177,12 +182,12 @@ def test_name_clash_names_both_providers(plugin_venv: Path) -> None:
 
 
 def test_load_plugins_allowlist_and_disable(plugin_venv: Path) -> None:
-    none = run_in(plugin_venv, "get", "rot13:x", CREDBRIDGE_LOAD_PLUGINS="")
+    none = run_in(plugin_venv, "get", "dotenv:/x.env#K", CREDBRIDGE_LOAD_PLUGINS="")
     assert none.returncode == 4
-    assert "unknown scheme 'rot13'" in none.stderr
-    only = run_in(plugin_venv, "get", "rot13:x", CREDBRIDGE_LOAD_PLUGINS="credbridge-rot13")
-    assert only.returncode == 0, only.stderr
-    assert only.stdout == "k"
+    assert "unknown scheme 'dotenv'" in none.stderr
+    only = run_in(plugin_venv, "get", "dotenv:/nonexistent.env#K", CREDBRIDGE_LOAD_PLUGINS="credbridge-dotenv")
+    assert only.returncode == 5, only.stderr
+    assert "no file /nonexistent.env" in only.stderr
     assert "broken" not in only.stderr  # not in the allowlist, so not even imported
     disabled = run_in(
         plugin_venv, "get", "env:HOME", CREDBRIDGE_DISABLE_PLUGINS="local,credbridge_clash"
