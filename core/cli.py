@@ -235,7 +235,7 @@ def check(state: State, targets: tuple[str, ...], as_json: bool) -> None:
                 f"{mark}\t{result.target}/{result.credential}\t{result.reference}\t{result.detail}"
             )
     if failed:
-        sys.exit(int(ExitCode.NOT_FOUND))
+        sys.exit(failed[0].exit_code or int(ExitCode.NOT_FOUND))
 
 
 @cli.command()

@@ -97,6 +97,8 @@ class CheckResult:
     reference: str
     ok: bool
     detail: str
+    exit_code: int = 0
+    """The exit code of the failure (0 when ok)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -299,6 +301,9 @@ class Session:
 
         def run(scheme: str) -> dict[Request, Outcome]:
             batch = by_scheme[scheme]
+            log.debug(
+                "resolving %d reference(s) with scheme %s (%s)", len(batch), scheme, mode.value
+            )
             try:
                 source = self.source(scheme)
                 outcome = source.fetch(batch, mode)
@@ -471,10 +476,12 @@ class Session:
             for name, item in staged:
                 item.commit()
                 committed.append((name, item))
+                log.info("delivered %s", name)
         except BaseException as error:
             for name, item in reversed(staged):
                 try:
                     item.rollback()
+                    log.info("rolled back %s", name)
                 except Exception:
                     log.error("rollback of target %s failed", name, exc_info=True)
             if isinstance(error, CredbridgeError):
@@ -549,7 +556,8 @@ class Session:
             else:
                 ok, detail = True, "readable"
                 outcome.wipe()
-            results.append(CheckResult(target.name, spec.name, spec.text, ok, detail))
+            code = 0 if ok or not isinstance(outcome, SourceError) else int(outcome.exit_code)
+            results.append(CheckResult(target.name, spec.name, spec.text, ok, detail, code))
         return results
 
     def launch(self, name: str, *, dry_run: bool = False) -> int | Mapping[str, Any]:

@@ -180,3 +180,20 @@ def test_commands_do_not_import_heavy_libraries(
     assert result.returncode == 0, result.stderr
     heavy_line = [line for line in result.stderr.splitlines() if line.startswith("HEAVY=")][-1]
     assert json.loads(heavy_line[6:]) == []
+
+
+def test_no_value_in_any_output_at_debug_level(tmp_path: Path, tmpfs_dir: Path) -> None:
+    """Canary: run every command at -vv and look for every delivered value in all output."""
+    path = config(tmp_path, tmpfs_dir)
+    canary = "canary-Zq8v-not-to-be-printed"
+    env = {"CB_CLI_TOKEN": canary}
+    outputs = []
+    for args in (["deliver", "--dry-run"], ["deliver"], ["deliver", "--json"], ["check"], ["unit", "app.service"]):
+        result = run_cli("-vv", "-c", str(path), *args, env=env)
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout + result.stderr)
+    values = [p.read_bytes() for p in (tmpfs_dir / "app.service").iterdir()]
+    assert canary.encode() in values
+    for output in outputs:
+        for value in values:
+            assert value not in output
