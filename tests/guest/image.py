@@ -100,7 +100,7 @@ MASKED_UNITS: tuple[str, ...] = (
     "rc-local.service",
 )
 
-#: Paths (relative to the root) removed to keep the initramfs small.
+#: Paths or glob patterns (relative to the root) removed to keep the initramfs small.
 STRIP_PATHS: tuple[str, ...] = (
     "usr/share/doc",
     "usr/share/man",
@@ -117,6 +117,9 @@ STRIP_PATHS: tuple[str, ...] = (
     "usr/lib/udev/hwdb.bin",
     "etc/udev/hwdb.bin",
     "usr/lib/x86_64-linux-gnu/gconv",
+    "usr/lib/x86_64-linux-gnu/perl-base",
+    "usr/share/perl5",
+    "usr/bin/perl*",
     "var/cache/apt",
     "var/lib/apt/lists",
     "var/cache/debconf/templates.dat-old",
@@ -162,7 +165,9 @@ def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
-def find_host_kernel(boot_dir: Path = Path("/boot"), modules_root: Path = Path("/lib/modules")) -> HostKernel:
+def find_host_kernel(
+    boot_dir: Path = Path("/boot"), modules_root: Path = Path("/lib/modules")
+) -> HostKernel:
     """Newest installed 6.x Debian kernel (``/boot/vmlinuz-*`` with its modules).
 
     ``$CREDBRIDGE_TEST_KERNEL_VERSION`` selects a specific version instead.
@@ -231,6 +236,7 @@ def ensure_guest(cache_dir: Path | None = None) -> GuestImage:
     if image is not None:
         return image
     base.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(base)
     lock_path = base / f"guest-{digest}.lock"
     with open(lock_path, "a+") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
@@ -250,11 +256,24 @@ def ensure_guest(cache_dir: Path | None = None) -> GuestImage:
     return image
 
 
+def _remove_stale_builds(base: Path, max_age: float = 6 * 3600) -> None:
+    """Remove temporary build dirs left behind by killed builds (never a live one)."""
+    now = time.time()
+    for tmp in base.glob(".guest-*"):
+        try:
+            if tmp.is_dir() and now - tmp.stat().st_mtime > max_age:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def _image_in(directory: Path, kernel_version: str) -> GuestImage | None:
     kernel = directory / "vmlinuz"
     initramfs = directory / "initramfs.cpio.zst"
     if (directory / "manifest.json").is_file() and kernel.is_file() and initramfs.is_file():
-        return GuestImage(kernel=kernel, initramfs=initramfs, kernel_version=kernel_version, directory=directory)
+        return GuestImage(
+            kernel=kernel, initramfs=initramfs, kernel_version=kernel_version, directory=directory
+        )
     return None
 
 
@@ -269,8 +288,8 @@ def _check_tools() -> None:
         )
 
 
-def _run(argv: list[str], **kwargs: object) -> None:
-    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False, **kwargs)  # type: ignore[call-overload]
+def _run(argv: list[str]) -> None:
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
         tail = result.stdout.decode(errors="replace")[-4000:]
         raise GuestBuildError(f"command failed ({result.returncode}): {' '.join(argv)}\n{tail}")
@@ -337,7 +356,9 @@ def _customize(root: Path) -> None:
         shutil.rmtree(unit_dir / wants, ignore_errors=True)
     for unit in MASKED_UNITS:
         _symlink("/dev/null", unit_dir / unit)
-    _symlink(f"../{probe.PROBE_UNIT_NAME}", unit_dir / "multi-user.target.wants" / probe.PROBE_UNIT_NAME)
+    _symlink(
+        f"../{probe.PROBE_UNIT_NAME}", unit_dir / "multi-user.target.wants" / probe.PROBE_UNIT_NAME
+    )
     _symlink("/usr/lib/systemd/system/multi-user.target", unit_dir / "default.target")
     _write(etc / "machine-id", MACHINE_ID, 0o444)
     _write(etc / "hostname", "cbguest\n")
@@ -381,7 +402,9 @@ def _install_modules(root: Path, kernel: HostKernel) -> None:
         if key in builtin:
             continue
         if key not in by_name:
-            raise GuestBuildError(f"kernel {kernel.version} has no module {wanted!r} (neither built in nor in modules.dep)")
+            raise GuestBuildError(
+                f"kernel {kernel.version} lacks module {wanted!r} (not built in nor in modules.dep)"
+            )
         todo = [by_name[key]]
         while todo:
             mod = todo.pop()
@@ -404,12 +427,12 @@ def _install_modules(root: Path, kernel: HostKernel) -> None:
 
 
 def _strip(root: Path) -> None:
-    for rel in STRIP_PATHS:
-        path = root / rel
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-        elif path.is_dir():
-            shutil.rmtree(path)
+    for pattern in STRIP_PATHS:
+        for path in sorted(root.glob(pattern)):
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)
     (root / "var" / "log").mkdir(parents=True, exist_ok=True)
     (root / "var" / "lib" / "dpkg" / "info").mkdir(parents=True, exist_ok=True)
     for cache in (root / "var" / "cache" / "debconf").glob("*-old"):
@@ -428,7 +451,9 @@ def _tree_size(root: Path) -> int:
 
 def _pack(root: Path, output: Path) -> None:
     if (root / "etc" / "initrd-release").exists():
-        raise GuestBuildError("/etc/initrd-release exists in the guest; systemd would run as an initrd")
+        raise GuestBuildError(
+            "/etc/initrd-release exists in the guest; systemd would run as an initrd"
+        )
     names = sorted(
         str(Path(dirpath, name).relative_to(root))
         for dirpath, dirs, files in os.walk(root)
@@ -447,7 +472,8 @@ def _pack(root: Path, output: Path) -> None:
             stdin=cpio.stdout,
             stdout=out,
         )
-        assert cpio.stdin is not None and cpio.stdout is not None
+        assert cpio.stdin is not None
+        assert cpio.stdout is not None
         cpio.stdout.close()
         cpio.stdin.write(listing)
         cpio.stdin.close()

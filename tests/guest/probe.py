@@ -70,7 +70,9 @@ fi
 
 present=""
 for n in $names; do
-    if { [ -n "$tag" ] && [ -f "/run/credbridge/$n" ]; } || [ -e "/run/credentials/@system/$n" ]; then
+    if [ -n "$tag" ] && [ -f "/run/credbridge/$n" ]; then
+        present="$present $n"
+    elif [ -e "/run/credentials/@system/$n" ]; then
         present="$present $n"
     fi
 done
