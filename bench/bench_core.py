@@ -36,7 +36,9 @@ done
 """
 
 
-def timed(action: Callable[[], None], runs: int, setup: Callable[[], None] | None = None) -> list[float]:
+def timed(
+    action: Callable[[], None], runs: int, setup: Callable[[], None] | None = None
+) -> list[float]:
     samples = []
     for _ in range(runs):
         if setup:
@@ -59,8 +61,10 @@ def main() -> None:
     store = work / "store"
     credstore = work / "credstore"
     config = work / "credbridge.toml"
-    lines = [f'[store]\npath = "{store}"\n[sinks.credstore]\ndirectory = "{credstore}"\n',
-             '[targets."bench.service".credentials]\n']
+    lines = [
+        f'[store]\npath = "{store}"\n[sinks.credstore]\ndirectory = "{credstore}"\n',
+        '[targets."bench.service".credentials]\n',
+    ]
     lines += [f'{name} = "generate:base64?bytes=32"\n' for name in CREDENTIALS]
     config.write_text("".join(lines))
     script = work / "handmade.sh"

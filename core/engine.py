@@ -235,6 +235,7 @@ class Session:
                 resolve=self.resolve_one,
                 store=self.store,
                 where=keypath("sources", scheme),
+                config_file=self.config.label,
             )
             self._sources[scheme] = sources[scheme][0].open(context)
         return self._sources[scheme]

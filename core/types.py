@@ -81,6 +81,8 @@ class SourceContext:
     """The store of generated values, opened on first use."""
     where: str = ""
     """Config key path of the settings, for error messages."""
+    config_file: str = ""
+    """The config file's path, for error messages."""
 
 
 class Source(abc.ABC):

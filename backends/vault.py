@@ -1,0 +1,944 @@
+"""``vault:`` — secrets from HashiCorp Vault or OpenBao KV (v1 and v2), through hvac.
+
+Reference: ``vault:MOUNT/PATH[?version=N&namespace=NS&kv=1|2][#FIELD | #/json/pointer]``.
+
+The mount of a path and its KV version are asked from the server once per mount
+(``sys/internal/ui/mounts/PATH``, which a normal token may read for paths it has access to);
+``?kv=`` skips that for tokens that cannot. All references of a run go through one hvac client
+per namespace sharing one requests session, whose connection pool is sized to the concurrency;
+different paths are read concurrently, fields of one path are read once (``DocumentSource``).
+
+hvac and requests are imported when the first ``vault:`` reference is resolved, never when this
+plugin is loaded. Settings: docs/sources/vault.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+from credbridge.core import (
+    BadReference,
+    ConfigError,
+    CredbridgeError,
+    DocumentSource,
+    Forbidden,
+    InvalidValue,
+    Locator,
+    NotFound,
+    Reference,
+    Secret,
+    SecretDocument,
+    SourceContext,
+    SourceError,
+    SourceType,
+    Timeout,
+    Unreachable,
+    hookimpl,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ADDRESS = "https://127.0.0.1:8200"
+"""What the vault and bao CLIs use when nothing is set."""
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_RETRIES = 3
+DEFAULT_BACKOFF = 0.25
+KUBERNETES_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
+
+OPTIONS = frozenset({"version", "namespace", "kv"})
+SETTINGS = frozenset(
+    {
+        "address",
+        "namespace",
+        "ca_cert",
+        "ca_path",
+        "client_cert",
+        "client_key",
+        "tls_verify",
+        "connect_timeout",
+        "read_timeout",
+        "retries",
+        "backoff",
+        "concurrency",
+        "auth",
+    }
+)
+AUTH_SETTINGS: dict[str, frozenset[str]] = {
+    "token": frozenset({"method", "token", "token_file", "token_ref"}),
+    "approle": frozenset({"method", "mount", "role_id", "secret_id"}),
+    "jwt": frozenset({"method", "mount", "role", "jwt"}),
+    "kubernetes": frozenset({"method", "mount", "role", "jwt"}),
+}
+AUTH_MOUNTS = {"approle": "approle", "jwt": "jwt", "kubernetes": "kubernetes"}
+
+_TRUE = {"1", "t", "true", "yes", "on"}
+_FALSE = {"0", "f", "false", "no", "off", ""}
+_SEGMENT = re.compile(r"^[^/\x00-\x1f]+$")
+# Statuses worth another try: rate limit, sealed/standby/unavailable, gateway trouble.
+_RETRY_STATUSES = (429, 502, 503, 504)
+# Reads are idempotent; a login is not (a secret_id may have a use limit), so a login is
+# retried only when the connection could not be made at all (urllib3 does that for any verb).
+_RETRY_METHODS = frozenset({"GET", "HEAD", "LIST"})
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _env(environ: Mapping[str, str], name: str) -> tuple[str, str] | None:
+    """``VAULT_NAME``, else ``BAO_NAME``: the first one set and not empty, with its name."""
+    for prefix in ("VAULT_", "BAO_"):
+        value = environ.get(prefix + name)
+        if value:
+            return prefix + name, value
+    return None
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    method: str = "token"
+    mount: str = ""
+    token: str | None = None
+    token_file: Path | None = None
+    token_ref: str | None = None
+    role: str | None = None
+    role_id: str | None = None
+    secret_id: str | None = None
+    jwt: str | None = None
+
+    def __repr__(self) -> str:  # the inline token must never show up in a repr
+        return f"AuthSettings(method={self.method!r}, mount={self.mount!r})"
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    """Connection and auth settings: the ``[sources.vault]`` table over the environment."""
+
+    address: str
+    namespace: str | None
+    verify: bool | str
+    cert: tuple[str, str] | None
+    connect_timeout: float
+    read_timeout: float
+    retries: int
+    backoff: float
+    concurrency: int
+    auth: AuthSettings
+    env_token: str | None = field(default=None, repr=False)
+    """Token from VAULT_TOKEN / BAO_TOKEN / ~/.vault-token, when auth has none of its own."""
+
+    @classmethod
+    def load(
+        cls,
+        settings: Mapping[str, Any],
+        *,
+        where: str,
+        config_file: str | None,
+        config_dir: Path,
+        concurrency: int,
+        environ: Mapping[str, str] | None = None,
+        home: Path | None = None,
+    ) -> VaultSettings:
+        env = os.environ if environ is None else environ
+
+        def fail(key: str, message: str) -> ConfigError:
+            return ConfigError(message, file=config_file, key=f"{where}.{key}" if key else where)
+
+        def env_fail(name: str, message: str) -> ConfigError:
+            return ConfigError(f"environment variable {name}: {message}")
+
+        unknown = sorted(set(settings) - SETTINGS)
+        if unknown:
+            raise fail(unknown[0], f"unknown setting (known: {', '.join(sorted(SETTINGS))})")
+
+        def text(key: str) -> str | None:
+            value = settings.get(key)
+            if value is None:
+                return None
+            if not isinstance(value, str) or not value:
+                raise fail(key, "must be a non-empty string")
+            return value
+
+        def path(key: str, env_name: str) -> str | None:
+            value = text(key)
+            if value is not None:
+                return str(_config_path(value, config_dir))
+            found = _env(env, env_name)
+            return found[1] if found else None
+
+        def number(key: str, default: float, *, integer: bool = False) -> float:
+            value = settings.get(key, default)
+            ok = isinstance(value, int) if integer else isinstance(value, int | float)
+            if not ok or isinstance(value, bool) or value < 0:
+                kind = "an integer" if integer else "a number"
+                raise fail(key, f"must be {kind} >= 0")
+            return float(value)
+
+        address = text("address")
+        if address is None:
+            found = _env(env, "ADDR")
+            address = found[1] if found else DEFAULT_ADDRESS
+            if found and urlsplit(address).scheme not in {"http", "https"}:
+                raise env_fail(found[0], "must be an http:// or https:// URL")
+        if urlsplit(address).scheme not in {"http", "https"} or not urlsplit(address).netloc:
+            raise fail("address", "must be an http:// or https:// URL")
+
+        namespace = text("namespace")
+        if namespace is None:
+            found = _env(env, "NAMESPACE")
+            namespace = found[1] if found else None
+
+        verify: bool | str = True
+        ca_cert, ca_path = path("ca_cert", "CACERT"), path("ca_path", "CAPATH")
+        # Like the vault CLI: a CA file wins over a CA directory.
+        if ca_cert or ca_path:
+            verify = str(ca_cert or ca_path)
+        tls_verify = settings.get("tls_verify")
+        if tls_verify is not None:
+            if not isinstance(tls_verify, bool):
+                raise fail("tls_verify", "must be true or false")
+            if not tls_verify:
+                verify = False
+        else:
+            found = _env(env, "SKIP_VERIFY")
+            if found:
+                flag = found[1].strip().lower()
+                if flag not in _TRUE | _FALSE:
+                    raise env_fail(found[0], "must be true or false")
+                if flag in _TRUE:
+                    verify = False
+
+        client_cert, client_key = (
+            path("client_cert", "CLIENT_CERT"),
+            path("client_key", "CLIENT_KEY"),
+        )
+        if bool(client_cert) != bool(client_key):
+            raise fail("client_cert", "client_cert and client_key go together")
+        cert = (client_cert, client_key) if client_cert and client_key else None
+
+        workers = settings.get("concurrency", concurrency)
+        if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 256:
+            raise fail("concurrency", "must be an integer from 1 to 256")
+        retries = int(number("retries", DEFAULT_RETRIES, integer=True))
+        if retries > 10:
+            raise fail("retries", "must be at most 10")
+        connect_timeout = number("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+        read_timeout = number("read_timeout", DEFAULT_READ_TIMEOUT)
+        for key, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+            if value <= 0:
+                raise fail(key, "must be greater than 0")
+
+        auth = _load_auth(settings.get("auth", {}), fail, config_dir)
+        env_token = None
+        if auth.method == "token" and not (auth.token or auth.token_file or auth.token_ref):
+            env_token = _token_from_environment(env, home)
+        return cls(
+            address=address.rstrip("/"),
+            namespace=namespace.strip("/") or None if namespace else None,
+            verify=verify,
+            cert=cert,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries=retries,
+            backoff=number("backoff", DEFAULT_BACKOFF),
+            concurrency=workers,
+            auth=auth,
+            env_token=env_token,
+        )
+
+
+def _config_path(value: str, config_dir: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else config_dir / path
+
+
+def _token_from_environment(environ: Mapping[str, str], home: Path | None) -> str | None:
+    found = _env(environ, "TOKEN")
+    if found:
+        return found[1].strip()
+    base = home if home is not None else Path(environ.get("HOME") or Path.home())
+    try:
+        return (base / ".vault-token").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _load_auth(raw: Any, fail: Callable[[str, str], ConfigError], config_dir: Path) -> AuthSettings:
+    if not isinstance(raw, Mapping):
+        raise fail("auth", "must be a table with 'method'")
+    method = raw.get("method", "token")
+    if method not in AUTH_SETTINGS:
+        raise fail("auth.method", f"must be one of {', '.join(AUTH_SETTINGS)}")
+    unknown = sorted(set(raw) - AUTH_SETTINGS[method])
+    if unknown:
+        known = ", ".join(sorted(AUTH_SETTINGS[method]))
+        raise fail(f"auth.{unknown[0]}", f"not a setting of {method} auth (known: {known})")
+
+    def text(key: str) -> str | None:
+        value = raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise fail(f"auth.{key}", "must be a non-empty string")
+        return value
+
+    def reference(key: str) -> str | None:
+        value = text(key)
+        if value is None:
+            return None
+        scheme = value.partition(":")[0]
+        if ":" not in value or not re.match(r"^[a-z][a-z0-9+.-]*$", scheme):
+            raise fail(
+                f"auth.{key}",
+                "must be a reference such as 'file:/etc/credbridge/x' or 'credential:x'",
+            )
+        if scheme == "vault":
+            raise fail(f"auth.{key}", "cannot come from vault itself")
+        return value
+
+    mount = (text("mount") or AUTH_MOUNTS.get(method, "")).strip("/")
+    if method == "token":
+        given = [k for k in ("token", "token_file", "token_ref") if raw.get(k) is not None]
+        if len(given) > 1:
+            raise fail(f"auth.{given[1]}", "give only one of token, token_file, token_ref")
+        token_file = text("token_file")
+        return AuthSettings(
+            method=method,
+            token=text("token"),
+            token_file=_config_path(token_file, config_dir) if token_file else None,
+            token_ref=reference("token_ref"),
+        )
+    if method == "approle":
+        role_id = reference("role_id")
+        if role_id is None:
+            raise fail("auth.role_id", "approle auth needs role_id (a reference)")
+        return AuthSettings(
+            method=method, mount=mount, role_id=role_id, secret_id=reference("secret_id")
+        )
+    role = text("role")
+    if role is None:
+        raise fail("auth.role", f"{method} auth needs the role to log in as")
+    jwt = reference("jwt")
+    if jwt is None:
+        if method == "jwt":
+            raise fail("auth.jwt", "jwt auth needs jwt (a reference, e.g. 'env:CI_JOB_JWT')")
+        jwt = f"file:{KUBERNETES_TOKEN}"
+    return AuthSettings(method=method, mount=mount, role=role, jwt=jwt)
+
+
+# --------------------------------------------------------------------------- references
+
+
+def _split(path: str) -> list[str]:
+    return path.strip("/").split("/")
+
+
+def _validate(reference: Reference) -> None:
+    text = str(reference)
+    parts = _split(reference.path)
+    if len(parts) < 2 or not all(_SEGMENT.match(p) and p not in {".", ".."} for p in parts):
+        raise BadReference(text, "expected vault:MOUNT/PATH (e.g. vault:secret/app/db#password)")
+    kv = reference.option("kv")
+    if kv is not None and kv not in {"1", "2"}:
+        raise BadReference(text, "kv must be 1 or 2")
+    if reference.option("version") is not None:
+        reference.int_option("version", 0, minimum=1, maximum=1 << 31)
+        if kv == "1":
+            raise BadReference(text, "version needs a KV v2 mount; KV v1 keeps no versions")
+    namespace = reference.option("namespace")
+    if namespace is not None and not namespace.strip("/"):
+        raise BadReference(text, "namespace must not be empty")
+
+
+# --------------------------------------------------------------------------- hvac, typed
+
+
+class _Adapter(Protocol):
+    token: str | None
+
+    def get(self, url: str, **kwargs: Any) -> Any: ...
+
+
+class _Client(Protocol):
+    adapter: _Adapter
+    secrets: Any
+    auth: Any
+
+
+@dataclass(frozen=True)
+class _Mount:
+    path: str
+    """With a trailing slash, as the server names it (``secret/``)."""
+    version: int
+
+
+class _Redactor:
+    """Removes known secret strings (token, login material) from server error texts."""
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, value: str) -> None:
+        if len(value) >= 4:
+            with self._lock:
+                self._secrets.add(value)
+
+    def clean(self, text: str) -> str:
+        with self._lock:
+            for value in self._secrets:
+                text = text.replace(value, "<redacted>")
+        text = " ".join(text.split())
+        return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --------------------------------------------------------------------------- the source
+
+
+class VaultSource(DocumentSource):
+    def __init__(self, settings: VaultSettings, resolve: Callable[[str], Secret]) -> None:
+        super().__init__(concurrency=settings.concurrency)
+        self.settings = settings
+        self._resolve = resolve
+        self._redactor = _Redactor()
+        self._lock = threading.Lock()
+        self._session: Any = None
+        self._clients: dict[str | None, _Client] = {}
+        self._token: str | None = None
+        self._login_error: SourceError | None = None
+        self._mounts: dict[tuple[str | None, str], _Mount] = {}
+        self._mount_locks: dict[tuple[str | None, str], threading.Lock] = {}
+
+    # ------------------------------------------------------------------ connection
+
+    def _new_client(self, namespace: str | None) -> _Client:
+        import hvac
+
+        settings = self.settings
+        client: _Client = hvac.Client(
+            url=settings.address,
+            token=self._token or "",
+            namespace=namespace,
+            verify=self._session.verify if self._session is not None else settings.verify,
+            cert=settings.cert,
+            timeout=(settings.connect_timeout, settings.read_timeout),
+            session=self._session,
+        )
+        return client
+
+    def _connect(self) -> None:
+        """Build the shared session and log in, once (callers hold ``self._lock``)."""
+        import requests
+        from requests.adapters import HTTPAdapter
+        from urllib3.util.retry import Retry
+
+        settings = self.settings
+        session = requests.Session()
+        # requests re-reads proxy variables and ~/.netrc on every request when trust_env is
+        # on (a fifth of the client's CPU per read); read the environment once instead.
+        session.trust_env = False
+        session.proxies.update(requests.utils.get_environ_proxies(settings.address))
+        verify = settings.verify
+        if verify is True:
+            verify = (
+                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            )
+        # hvac lets a session's own verify/cert win over its arguments (hvac#991): set both.
+        session.verify = verify
+        session.cert = settings.cert
+        retry = Retry(
+            total=settings.retries,
+            connect=settings.retries,
+            read=settings.retries,
+            status=settings.retries,
+            other=0,
+            backoff_factor=settings.backoff,
+            status_forcelist=_RETRY_STATUSES,
+            allowed_methods=_RETRY_METHODS,
+            raise_on_status=False,
+            respect_retry_after_header=True,
+        )
+        adapter = HTTPAdapter(
+            pool_connections=1, pool_maxsize=settings.concurrency, max_retries=retry
+        )
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        self._session = session
+        if settings.verify is False:
+            import warnings
+
+            import urllib3.exceptions
+
+            # Said once here, instead of urllib3's warning on every request.
+            log.warning("TLS verification of %s is off (tls_verify = false)", settings.address)
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        pool_log = logging.getLogger("urllib3.connectionpool")
+        if _RETRY_FILTER not in pool_log.filters:
+            pool_log.addFilter(_RETRY_FILTER)
+        client = self._new_client(settings.namespace)
+        self._login(client)
+        self._clients[settings.namespace] = client
+
+    def _login(self, client: _Client) -> None:
+        auth = self.settings.auth
+        if auth.method == "token":
+            token = self._read_token()
+            client.adapter.token = token
+            self._token = token
+            return
+        where = f"{auth.method} login at auth/{auth.mount}"
+        material: dict[str, str] = {}
+        for key in ("role_id", "secret_id", "jwt"):
+            ref = getattr(auth, key)
+            if ref is not None:
+                material[key] = self._material(key, ref)
+        try:
+            if auth.method == "approle":
+                response = client.auth.approle.login(
+                    role_id=material["role_id"],
+                    secret_id=material.get("secret_id"),
+                    mount_point=auth.mount,
+                    use_token=True,
+                )
+            elif auth.method == "jwt":
+                response = client.auth.jwt.jwt_login(
+                    role=auth.role, jwt=material["jwt"], path=auth.mount, use_token=True
+                )
+            else:
+                response = client.auth.kubernetes.login(
+                    role=auth.role, jwt=material["jwt"], mount_point=auth.mount, use_token=True
+                )
+        except _failures() as error:
+            raise self._error(error, "", where, login=True) from None
+        finally:
+            material.clear()
+        issued = client.adapter.token
+        if not isinstance(issued, str) or not issued:
+            raise Forbidden("", f"{where}: the server returned no token")
+        self._redactor.add(issued)
+        self._token = issued
+        del response
+        log.info("vault: logged in (%s)", where)
+
+    def _read_token(self) -> str:
+        auth = self.settings.auth
+        if auth.token is not None:
+            token = auth.token.strip()
+        elif auth.token_file is not None:
+            try:
+                token = auth.token_file.read_text().strip()
+            except OSError as error:
+                raise Forbidden(
+                    "", f"cannot read token_file {auth.token_file}: {error.strerror}"
+                ) from None
+        elif auth.token_ref is not None:
+            token = self._material("token", auth.token_ref)
+        elif self.settings.env_token:
+            token = self.settings.env_token
+        else:
+            raise Forbidden(
+                "",
+                "no Vault token: set auth.token_file or auth.token_ref in [sources.vault], "
+                "or VAULT_TOKEN, or log in so ~/.vault-token exists",
+            )
+        if not token:
+            raise Forbidden("", "the Vault token is empty")
+        self._redactor.add(token)
+        return token
+
+    def _material(self, key: str, reference: str) -> str:
+        """Resolve a login input given as a reference (``credential:``, ``file:``, ``env:``)."""
+        try:
+            secret = self._resolve(reference)
+        except SourceError as error:
+            raise type(error)(
+                "", f"auth {key} from {reference}: {error.kind}: {error.problem}"
+            ) from None
+        except CredbridgeError as error:
+            raise Forbidden("", f"auth {key} from {reference}: {error}") from None
+        try:
+            value = secret.reveal_text().strip()
+        except UnicodeDecodeError:
+            raise InvalidValue("", f"auth {key} from {reference} is not text") from None
+        finally:
+            secret.wipe()
+        if not value:
+            raise Forbidden("", f"auth {key} from {reference} is empty")
+        self._redactor.add(value)
+        return value
+
+    def _client(self, namespace: str | None) -> _Client:
+        with self._lock:
+            if self._login_error is not None:
+                raise self._login_error
+            if self._session is None:
+                try:
+                    self._connect()
+                except SourceError as error:
+                    self._login_error = error
+                    raise
+            client = self._clients.get(namespace)
+            if client is None:
+                client = self._clients[namespace] = self._new_client(namespace)
+            return client
+
+    # ------------------------------------------------------------------ fetching
+
+    def fetch_documents(
+        self, locators: Sequence[Locator]
+    ) -> dict[Locator, Secret | SecretDocument | SourceError]:
+        def one(locator: Locator) -> Secret | SecretDocument | SourceError:
+            try:
+                return self.fetch_document(locator)
+            except SourceError as error:
+                return _named(error, str(locator))
+
+        if not locators:
+            return {}
+        # Log in before fanning out, so every worker finds a client (or the login error).
+        try:
+            self._client(self._namespace(locators[0]))
+        except SourceError as error:
+            return {locator: _named(error, str(locator)) for locator in locators}
+        workers = min(self.concurrency, len(locators))
+        log.debug("vault: reading %d path(s) with %d worker(s)", len(locators), workers)
+        if workers == 1:
+            return {locator: one(locator) for locator in locators}
+        with ThreadPoolExecutor(workers, thread_name_prefix="credbridge-vault") as pool:
+            return dict(zip(locators, pool.map(one, locators), strict=True))
+
+    def _namespace(self, locator: Locator) -> str | None:
+        namespace = locator.option("namespace")
+        return namespace.strip("/") if namespace else self.settings.namespace
+
+    def fetch_document(self, locator: Locator) -> Secret | SecretDocument:
+        namespace = self._namespace(locator)
+        client = self._client(namespace)
+        path = locator.path.strip("/")
+        kv = locator.option("kv")
+        if kv is not None:
+            mount = _Mount(_split(path)[0] + "/", int(kv))
+        else:
+            mount = self._mount(client, namespace, path)
+        secret_path = path[len(mount.path) :].strip("/")
+        if not secret_path:
+            raise NotFound("", f"{path} is the mount itself; name a secret below it")
+        version = locator.option("version")
+        where = f"{mount.path}{secret_path}"
+        if version and mount.version == 1:
+            raise InvalidValue(
+                "", f"{mount.path} is a KV v1 mount; it keeps no versions (drop ?version)"
+            )
+        try:
+            if mount.version == 2:
+                response = client.secrets.kv.v2.read_secret_version(
+                    path=secret_path,
+                    version=int(version) if version else None,
+                    mount_point=mount.path.rstrip("/"),
+                    raise_on_deleted_version=True,
+                )
+                data = response["data"]["data"]
+            else:
+                response = client.secrets.kv.v1.read_secret(
+                    path=secret_path, mount_point=mount.path.rstrip("/")
+                )
+                data = response["data"]
+        except _failures() as error:
+            raise self._error(error, "", where, mount=mount, version=version) from None
+        if not isinstance(data, Mapping):
+            raise InvalidValue("", f"{where} holds no key/value data")
+        return SecretDocument(dict(data))
+
+    def _mount(self, client: _Client, namespace: str | None, path: str) -> _Mount:
+        """The mount holding ``path`` and its KV version, asked once per mount and run."""
+        first = _split(path)[0]
+        with self._lock:
+            lock = self._mount_locks.setdefault((namespace, first), threading.Lock())
+        with lock:
+            with self._lock:
+                known = [
+                    m
+                    for (ns, m_path), m in self._mounts.items()
+                    if ns == namespace and (path + "/").startswith(m_path)
+                ]
+            if known:
+                return max(known, key=lambda m: len(m.path))
+            url = "/v1/sys/internal/ui/mounts/" + quote(path, safe="/")
+            try:
+                answer = client.adapter.get(url)
+            except _failures() as error:
+                raise self._mount_error(client, path, error) from None
+            try:
+                data = answer["data"]
+                mount_path = str(data["path"])
+                engine = str(data["type"])
+                options = data.get("options") or {}
+            except (TypeError, KeyError):
+                raise InvalidValue(
+                    "", f"unexpected answer describing the mount of {path}"
+                ) from None
+            if engine not in {"kv", "generic"}:
+                raise InvalidValue("", f"{mount_path} is a {engine!r} secrets engine, not KV")
+            version = 2 if str(options.get("version", "1")) == "2" else 1
+            mount = _Mount(mount_path if mount_path.endswith("/") else mount_path + "/", version)
+            with self._lock:
+                self._mounts[(namespace, mount.path)] = mount
+            log.debug("vault: %s is a KV v%d mount", mount.path, version)
+            return mount
+
+    def _mount_error(self, client: _Client, path: str, error: Exception) -> SourceError:
+        import hvac.exceptions
+
+        if not isinstance(error, hvac.exceptions.Forbidden):
+            return self._error(error, "", path)
+        # The preflight check says 403 both for "no permission" and "nothing mounted there";
+        # the raw path tells them apart ("no handler for route" means no mount).
+        try:
+            client.adapter.get("/v1/" + quote(path, safe="/"))
+        except hvac.exceptions.InvalidPath as probe:
+            if "no handler for route" in " ".join(map(str, probe.errors or [])):
+                return NotFound("", f"no secrets engine is mounted at {_split(path)[0]}/")
+        except _failures():
+            # The probe only refines the message of the 403; its own failure changes nothing.
+            log.debug("vault: mount probe of %s failed", path, exc_info=False)
+        return Forbidden(
+            "",
+            f"permission denied on {path} (the token's policies grant nothing there, or the "
+            "token is invalid or expired; a token that can read secrets but not mount "
+            "metadata needs ?kv=1 or ?kv=2)",
+        )
+
+    # ------------------------------------------------------------------ errors
+
+    def _error(
+        self,
+        error: Exception,
+        reference: str,
+        where: str,
+        *,
+        login: bool = False,
+        mount: _Mount | None = None,
+        version: str | None = None,
+    ) -> SourceError:
+        """One typed, one-line error for anything hvac or requests raised."""
+        import hvac.exceptions
+        import requests.exceptions
+        import urllib3.exceptions
+
+        address = self.settings.address
+        if isinstance(error, SourceError):
+            return error
+        if isinstance(error, hvac.exceptions.VaultError):
+            detail = self._redactor.clean("; ".join(map(str, error.errors or [])))
+            status = _STATUS.get(type(error).__name__, "error")
+            if isinstance(error, hvac.exceptions.VaultDown):
+                state = "sealed" if "sealed" in detail.lower() else "unavailable (503)"
+                return Unreachable(reference, f"{address} is {state}")
+            if isinstance(error, hvac.exceptions.VaultNotInitialized):
+                return Unreachable(reference, f"{address} is not initialized")
+            if login:
+                why = f": {detail}" if detail else ""
+                if isinstance(
+                    error, hvac.exceptions.RateLimitExceeded | hvac.exceptions.BadGateway
+                ):
+                    return Unreachable(reference, f"{where} failed ({status}){why}")
+                return Forbidden(reference, f"{where} failed ({status}){why}")
+            if isinstance(error, hvac.exceptions.InvalidPath):
+                return self._not_found(error, reference, where, mount, version)
+            if isinstance(error, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
+                return Forbidden(
+                    reference,
+                    f"permission denied reading {where} (no 'read' in the token's policies, "
+                    "or the token is invalid or expired)",
+                )
+            if isinstance(error, hvac.exceptions.RateLimitExceeded):
+                return Unreachable(reference, f"{address} kept rate-limiting (429)")
+            why = f": {detail}" if detail else ""
+            return Unreachable(reference, f"{address} answered {status} for {where}{why}")
+        if isinstance(error, requests.exceptions.SSLError):
+            return Unreachable(reference, f"TLS with {address} failed: {_tls_reason(error)}")
+        if isinstance(error, requests.exceptions.ConnectTimeout):
+            return Timeout(
+                reference,
+                f"no connection to {address} within {self.settings.connect_timeout:g}s",
+            )
+        if isinstance(error, requests.exceptions.Timeout):
+            return Timeout(
+                reference, f"no answer from {address} within {self.settings.read_timeout:g}s"
+            )
+        if isinstance(error, requests.exceptions.RetryError):
+            return Unreachable(
+                reference, f"{address} kept failing after {self.settings.retries} retries"
+            )
+        if isinstance(error, requests.exceptions.ConnectionError):
+            # Retries exhausted on a read timeout arrive as a ConnectionError around it.
+            if isinstance(_root_cause(error), urllib3.exceptions.ReadTimeoutError):
+                return Timeout(
+                    reference, f"no answer from {address} within {self.settings.read_timeout:g}s"
+                )
+            return Unreachable(reference, f"cannot reach {address}: {_connection_reason(error)}")
+        if isinstance(error, requests.exceptions.RequestException):
+            return Unreachable(reference, f"request to {address} failed: {type(error).__name__}")
+        return InvalidValue(reference, f"unexpected answer from {address} for {where}")
+
+    def _not_found(
+        self,
+        error: Any,
+        reference: str,
+        where: str,
+        mount: _Mount | None,
+        version: str | None,
+    ) -> SourceError:
+        metadata: Mapping[str, Any] = {}
+        body = getattr(error, "json", None)
+        if isinstance(body, Mapping):
+            data = body.get("data")
+            if isinstance(data, Mapping) and isinstance(data.get("metadata"), Mapping):
+                metadata = data["metadata"]
+        which = f"version {version} of {where}" if version else f"{where} (latest version)"
+        if metadata.get("destroyed"):
+            return NotFound(reference, f"{which} was destroyed")
+        if metadata.get("deletion_time"):
+            return NotFound(reference, f"{which} was deleted")
+        kind = f" (KV v{mount.version} mount {mount.path})" if mount else ""
+        if version:
+            return NotFound(reference, f"no version {version} of {where}")
+        return NotFound(reference, f"no secret at {where}{kind}")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._session is not None:
+                self._session.close()
+            self._clients.clear()
+            self._token = None
+
+
+_STATUS = {
+    "InvalidRequest": "400",
+    "Unauthorized": "401",
+    "Forbidden": "403",
+    "InvalidPath": "404",
+    "RateLimitExceeded": "429",
+    "InternalServerError": "500",
+    "VaultNotInitialized": "501",
+    "BadGateway": "502",
+    "VaultDown": "503",
+}
+
+
+def _failures() -> tuple[type[Exception], ...]:
+    """What hvac and requests raise for a failed call (imported on first use, like hvac)."""
+    import hvac.exceptions
+    import requests.exceptions
+
+    return (
+        hvac.exceptions.VaultError,
+        requests.exceptions.RequestException,
+        ValueError,
+        KeyError,
+        TypeError,
+    )
+
+
+def _named(error: SourceError, reference: str) -> SourceError:
+    """The same error naming ``reference`` (errors are raised before it is known)."""
+    if error.reference == reference:
+        return error
+    return type(error)(reference, error.problem)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """What urllib3 gave up on, under requests' and urllib3's wrappers."""
+    import urllib3.exceptions
+
+    seen: BaseException = error
+    for _ in range(5):
+        inner: Any = seen.args[0] if seen.args else None
+        if isinstance(inner, urllib3.exceptions.MaxRetryError) and inner.reason is not None:
+            inner = inner.reason
+        if not isinstance(inner, BaseException):
+            return seen
+        seen = inner
+    return seen
+
+
+class _RetryLogFilter(logging.Filter):
+    """urllib3 logs each retry as a WARNING; credbridge reports the outcome, so demote them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Retrying") or record.levelno != logging.WARNING:
+            return True
+        if not log.isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_RETRY_FILTER = _RetryLogFilter()
+
+
+def _connection_reason(error: Exception) -> str:
+    text = str(error)
+    for needle, reason in (
+        ("Connection refused", "connection refused"),
+        ("Connection reset", "connection reset"),
+        ("RemoteDisconnected", "the server closed the connection"),
+        ("Connection aborted", "connection aborted"),
+        ("Name or service not known", "unknown host name"),
+        ("Temporary failure in name resolution", "host name lookup failed"),
+        ("No route to host", "no route to host"),
+        ("Network is unreachable", "network is unreachable"),
+    ):
+        if needle in text:
+            return reason
+    return "connection failed"
+
+
+def _tls_reason(error: Exception) -> str:
+    text = str(error)
+    found = re.search(r"certificate verify failed: ([^()'\"]+)", text)
+    if found:
+        return (
+            f"certificate verify failed: {found.group(1).strip()} "
+            "(set ca_cert, or VAULT_CACERT, to the CA that signed the server's certificate)"
+        )
+    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
+        return "the server does not speak TLS there (use an http:// address?)"
+    if "doesn't match" in text or "Hostname mismatch" in text:
+        return "the certificate is not valid for this host name"
+    if "CERTIFICATE_REQUIRED" in text or "certificate required" in text:
+        return "the server requires a client certificate (set client_cert and client_key)"
+    found = re.search(r"\[SSL: ([A-Z_]+)\]", text)
+    return found.group(1).lower().replace("_", " ") if found else "handshake failed"
+
+
+def _open(context: SourceContext) -> VaultSource:
+    settings = VaultSettings.load(
+        context.settings,
+        where=context.where or "sources.vault",
+        config_file=context.config_file or None,
+        config_dir=context.config_dir,
+        concurrency=context.concurrency,
+    )
+    return VaultSource(settings, context.resolve)
+
+
+@hookimpl
+def credbridge_sources() -> Iterable[SourceType]:
+    yield SourceType(
+        scheme="vault",
+        open=_open,
+        summary="HashiCorp Vault / OpenBao KV v1 and v2 (vault:MOUNT/PATH#FIELD), through hvac",
+        options=OPTIONS,
+        selectors=True,
+        validate=_validate,
+    )

