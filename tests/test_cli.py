@@ -188,7 +188,13 @@ def test_no_value_in_any_output_at_debug_level(tmp_path: Path, tmpfs_dir: Path) 
     canary = "canary-Zq8v-not-to-be-printed"
     env = {"CB_CLI_TOKEN": canary}
     outputs = []
-    for args in (["deliver", "--dry-run"], ["deliver"], ["deliver", "--json"], ["check"], ["unit", "app.service"]):
+    for args in (
+        ["deliver", "--dry-run"],
+        ["deliver"],
+        ["deliver", "--json"],
+        ["check"],
+        ["unit", "app.service"],
+    ):
         result = run_cli("-vv", "-c", str(path), *args, env=env)
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout + result.stderr)

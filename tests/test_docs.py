@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 from credbridge.core import hookspecs
 from credbridge.core.cli import cli
@@ -31,13 +30,20 @@ def signature(name: str) -> str:
 
 
 def test_there_are_hooks() -> None:
-    assert set(HOOKS) == {"credbridge_sources", "credbridge_sinks", "credbridge_launchers", "credbridge_stores"}
+    assert set(HOOKS) == {
+        "credbridge_sources",
+        "credbridge_sinks",
+        "credbridge_launchers",
+        "credbridge_stores",
+    }
 
 
 @pytest.mark.parametrize("hook", HOOKS)
 def test_hook_documented_with_exact_signature(hook: str) -> None:
     text = (DOCS / "plugins.md").read_text()
-    assert f"### `{signature(hook)}`" in text, f"docs/plugins.md lacks a heading for {signature(hook)}"
+    assert f"### `{signature(hook)}`" in text, (
+        f"docs/plugins.md lacks a heading for {signature(hook)}"
+    )
 
 
 @pytest.mark.parametrize("hook", HOOKS)
@@ -52,7 +58,16 @@ def test_every_command_is_documented(command: str) -> None:
 
 @pytest.mark.parametrize(
     "page",
-    ["index.md", "cli.md", "configuration.md", "references.md", "plugins.md", "api.md", "security.md", "performance.md"],
+    [
+        "index.md",
+        "cli.md",
+        "configuration.md",
+        "references.md",
+        "plugins.md",
+        "api.md",
+        "security.md",
+        "performance.md",
+    ],
 )
 def test_doc_pages_exist(page: str) -> None:
     assert (DOCS / page).stat().st_size > 500
@@ -61,14 +76,18 @@ def test_doc_pages_exist(page: str) -> None:
 def test_relative_links_resolve() -> None:
     for page in DOCS.rglob("*.md"):
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
-            assert (page.parent / target).exists(), f"{page.relative_to(REPO)} links to missing {target}"
+            assert (page.parent / target).exists(), (
+                f"{page.relative_to(REPO)} links to missing {target}"
+            )
 
 
 def test_api_example_runs(tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The example in docs/api.md runs as written (paths pointed at temp dirs)."""
     text = (DOCS / "api.md").read_text()
     (code,) = re.findall(r"<!-- tested-example -->\n```python\n(.*?)```", text, re.DOTALL)
-    code = code.replace("/run/credstore", str(tmpfs_dir)).replace("/var/lib/credbridge", str(tmp_path / "store"))
+    code = code.replace("/run/credstore", str(tmpfs_dir)).replace(
+        "/var/lib/credbridge", str(tmp_path / "store")
+    )
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
     exec(compile(code, "docs/api.md", "exec"), namespace)  # noqa: S102 - running our own docs

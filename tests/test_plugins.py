@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
-import re
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 from credbridge.core import (
     DocumentSource,
@@ -185,7 +184,9 @@ def test_load_plugins_allowlist_and_disable(plugin_venv: Path) -> None:
     none = run_in(plugin_venv, "get", "dotenv:/x.env#K", CREDBRIDGE_LOAD_PLUGINS="")
     assert none.returncode == 4
     assert "unknown scheme 'dotenv'" in none.stderr
-    only = run_in(plugin_venv, "get", "dotenv:/nonexistent.env#K", CREDBRIDGE_LOAD_PLUGINS="credbridge-dotenv")
+    only = run_in(
+        plugin_venv, "get", "dotenv:/nonexistent.env#K", CREDBRIDGE_LOAD_PLUGINS="credbridge-dotenv"
+    )
     assert only.returncode == 5, only.stderr
     assert "no file /nonexistent.env" in only.stderr
     assert "broken" not in only.stderr  # not in the allowlist, so not even imported

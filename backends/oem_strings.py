@@ -1,0 +1,184 @@
+"""``oem-strings`` — credentials as SMBIOS type 11 OEM strings, imported by the guest's systemd.
+
+systemd (252+) in the guest imports every OEM string ``io.systemd.credential.binary:NAME=B64``
+as the system credential NAME (``systemd-creds --system list``; services take it with
+``LoadCredential=NAME`` or ``ImportCredential=NAME``). The binary form is always used: Base64
+carries any byte (NUL, 0xff, newlines) and never a comma, bracket or quote that a hypervisor's
+option parser could split on.
+
+Limits checked before anything starts, each failure one line naming the credential:
+
+* names follow systemd's rules (1-255 printable ASCII bytes, no ``/`` or ``:``, not ``.``/``..``)
+  and carry no ``=`` (the guest splits the string at the first ``=``);
+* no empty value (an OEM string with nothing after ``=`` is of no use and is easy to get wrong);
+* each value at most 1 MiB (systemd's ``CREDENTIAL_SIZE_MAX``);
+* at most 255 strings (the SMBIOS string count is one byte);
+* all strings together (each + its NUL) within ``max_bytes``, default 49152 (48 KiB). QEMU
+  documents 65535 bytes for *all* SMBIOS tables on x86; cloud-hypervisor writes its tables at
+  0xF0000 with the MP table right after them in the same 64 KiB. 48 KiB leaves 16 KiB for the
+  other structures (BIOS, system, chassis, processor and memory tables; the MP table grows with
+  the vCPU count, ~6 KiB at 255 vCPUs). Larger secrets belong in ``fw-cfg`` or ``virtiofs``.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from credbridge.core import (
+    Change,
+    ConfigError,
+    Delivery,
+    DeliveryError,
+    Pending,
+    PlanEntry,
+    Secret,
+    SinkContext,
+    SinkType,
+    hookimpl,
+)
+from credbridge.core.vm import VmChannel, VmSink
+
+SINK_NAME = "oem-strings"
+PREFIX = "io.systemd.credential.binary:"
+CREDENTIAL_SIZE_MAX = 1 << 20
+"""systemd's per-credential limit (``CREDENTIAL_SIZE_MAX``), also its per-import total."""
+NAME_MAX = 255
+MAX_STRINGS = 255
+DEFAULT_MAX_BYTES = 48 * 1024
+SMBIOS_TABLES_MAX = 65535
+SETTINGS = frozenset({"max_bytes"})
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid systemd credential name, or ``None``."""
+    if not name:
+        return "empty name"
+    if name in {".", ".."}:
+        return "'.' and '..' are not credential names"
+    if len(name.encode()) > NAME_MAX:
+        return f"longer than {NAME_MAX} bytes"
+    for char in name:
+        if not " " <= char <= "~":
+            return "only printable ASCII is allowed"
+        if char in "/:":
+            return f"{char!r} is not allowed"
+    return None
+
+
+def check_name(name: str, channel: str, *, forbid: str = "", max_length: int = NAME_MAX) -> None:
+    problem = name_problem(name)
+    if problem is None:
+        bad = [c for c in forbid if c in name]
+        if bad:
+            problem = f"{bad[0]!r} is not allowed"
+        elif len(name) > max_length:
+            problem = f"longer than {max_length} characters"
+    if problem is not None:
+        raise DeliveryError(f"credential {name!r}: invalid name for {channel}: {problem}")
+
+
+def check_size(name: str, size: int) -> None:
+    if size > CREDENTIAL_SIZE_MAX:
+        raise DeliveryError(
+            f"credential {name!r}: {size} bytes is over systemd's limit of "
+            f"{CREDENTIAL_SIZE_MAX} bytes (1 MiB) per credential"
+        )
+
+
+def encoded_length(size: int) -> int:
+    return 4 * ((size + 2) // 3)
+
+
+class OemStringsSink(VmSink):
+    def __init__(self, context: SinkContext) -> None:
+        settings = dict(context.settings)
+        label = context.config.label
+        unknown = set(settings) - SETTINGS
+        if unknown:
+            raise ConfigError(
+                f"unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(SETTINGS))})",
+                file=label,
+                key=context.where,
+            )
+        budget = settings.get("max_bytes", DEFAULT_MAX_BYTES)
+        if (
+            not isinstance(budget, int)
+            or isinstance(budget, bool)
+            or not 0 < budget <= SMBIOS_TABLES_MAX
+        ):
+            raise ConfigError(
+                f"must be a number of bytes from 1 to {SMBIOS_TABLES_MAX}",
+                file=label,
+                key=f"{context.where}.max_bytes",
+            )
+        self.max_bytes = budget
+
+    def validate(self, sizes: Mapping[str, int | None]) -> None:
+        """Check names, value sizes (``None``: not known yet) and the SMBIOS budget."""
+        total = 0
+        for index, (name, size) in enumerate(sizes.items()):
+            check_name(name, "SMBIOS OEM strings", forbid="=")
+            if index >= MAX_STRINGS:
+                raise DeliveryError(
+                    f"credential {name!r}: more than {MAX_STRINGS} credentials "
+                    f"({len(sizes)}) do not fit in SMBIOS OEM strings; use the fw-cfg or "
+                    "virtiofs sink"
+                )
+            if size is None:
+                continue
+            if size == 0:
+                raise DeliveryError(f"credential {name!r}: empty value (nothing to deliver)")
+            check_size(name, size)
+            total += len(PREFIX) + len(name) + 1 + encoded_length(size) + 1
+            if total > self.max_bytes:
+                raise DeliveryError(
+                    f"credential {name!r}: the OEM strings would reach {total} bytes, over the "
+                    f"SMBIOS budget of {self.max_bytes} bytes; use the fw-cfg or virtiofs sink "
+                    "for large credentials"
+                )
+
+    def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
+        self.validate(
+            {n: len(v) if isinstance(v, Secret) else None for n, v in credentials.items()}
+        )
+        return [
+            PlanEntry(
+                name,
+                Change.ADD,
+                "SMBIOS type 11 OEM string" + (" (new value)" if isinstance(v, Pending) else ""),
+            )
+            for name, v in credentials.items()
+        ]
+
+    def prepare(self, deliveries: Sequence[Delivery], runtime_dir: Path) -> VmChannel:
+        self.validate({d.name: len(d.value) for d in deliveries})
+        strings = []
+        for delivery in deliveries:
+            encoded = base64.b64encode(delivery.value.reveal())
+            strings.append(Secret(PREFIX.encode() + delivery.name.encode() + b"=" + encoded))
+        return VmChannel(sink=SINK_NAME, oem_strings=strings, names=[d.name for d in deliveries])
+
+    def preview(self, names: Sequence[str], runtime_dir: Path) -> VmChannel:
+        return VmChannel(
+            sink=SINK_NAME,
+            oem_strings=[Secret(f"{PREFIX}{n}=<redacted>".encode()) for n in names],
+            names=list(names),
+        )
+
+
+def open_sink(context: SinkContext) -> OemStringsSink:
+    return OemStringsSink(context)
+
+
+@hookimpl
+def credbridge_sinks() -> list[SinkType]:
+    return [
+        SinkType(
+            name=SINK_NAME,
+            open=open_sink,
+            summary="SMBIOS type 11 OEM strings, imported by systemd in the guest",
+            target_kinds=frozenset({"vm"}),
+        )
+    ]

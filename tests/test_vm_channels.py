@@ -1,0 +1,233 @@
+"""The VM sinks (oem-strings, fw-cfg, virtiofs): limits, one-line errors, files and modes."""
+
+from __future__ import annotations
+
+import base64
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from credbridge.backends.fw_cfg import fw_cfg_channel
+from credbridge.backends.oem_strings import DEFAULT_MAX_BYTES, name_problem
+from credbridge.core.config import parse_config
+from credbridge.core.engine import Session
+from credbridge.core.errors import ConfigError, DeliveryError
+from credbridge.core.secret import Secret
+from credbridge.core.types import Change, Delivery, Pending
+from credbridge.core.vm import FW_CFG_PREFIX, VmSink
+
+
+def make_sink(sink: str, settings: dict[str, Any] | None = None) -> VmSink:
+    data = {
+        "targets": {
+            "vm": {
+                "kind": "vm",
+                "sink": {"type": sink, **(settings or {})},
+                "launcher": {"type": "qemu", "kernel": "/boot/vmlinuz"},
+            }
+        }
+    }
+    config = parse_config(data, directory=Path("/tmp"))
+    session = Session(config)
+    result = session.sink(config.target("vm"))
+    assert isinstance(result, VmSink)
+    return result
+
+
+def deliveries(**values: bytes) -> list[Delivery]:
+    return [Delivery(name, Secret(value)) for name, value in values.items()]
+
+
+def one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
+    text = str(error.value)
+    assert "\n" not in text
+    return text
+
+
+# --------------------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("db-password", True),
+        ("ssh.authorized_keys.root", True),
+        ("a b", True),  # systemd allows a space
+        ("x" * 255, True),
+        ("", False),
+        (".", False),
+        ("..", False),
+        ("a/b", False),
+        ("a:b", False),
+        ("tab\there", False),
+        ("é", False),
+        ("x" * 256, False),
+    ],
+)
+def test_systemd_name_rules(name: str, ok: bool) -> None:
+    assert (name_problem(name) is None) is ok
+
+
+# --------------------------------------------------------------------------- oem-strings
+
+
+def test_oem_strings_are_binary_base64_for_any_bytes(tmpfs_dir: Path) -> None:
+    value = bytes(range(256)) + b"\n\xff\x00"
+    channel = make_sink("oem-strings").prepare(deliveries(blob=value, text=b"a\nb"), tmpfs_dir)
+    assert channel.names == ["blob", "text"]
+    first = channel.oem_strings[0].reveal()
+    assert first.startswith(b"io.systemd.credential.binary:blob=")
+    assert base64.b64decode(first.split(b"=", 1)[1]) == value
+    assert not any(tmpfs_dir.iterdir()), "oem-strings writes nothing itself"
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [("a=b", "'=' is not allowed"), ("a:b", "':' is not allowed"), ("..", "'.' and '..'")],
+)
+def test_oem_strings_reject_bad_names(tmpfs_dir: Path, name: str, fragment: str) -> None:
+    with pytest.raises(DeliveryError) as error:
+        make_sink("oem-strings").prepare([Delivery(name, Secret(b"v"))], tmpfs_dir)
+    text = one_line(error)
+    assert repr(name) in text and fragment in text
+
+
+def test_oem_strings_reject_empty_value(tmpfs_dir: Path) -> None:
+    with pytest.raises(DeliveryError) as error:
+        make_sink("oem-strings").prepare(deliveries(ok=b"1", empty=b""), tmpfs_dir)
+    assert one_line(error) == "credential 'empty': empty value (nothing to deliver)"
+
+
+def test_oem_strings_reject_more_than_1_mib(tmpfs_dir: Path) -> None:
+    secret = b"S3CR3T" * ((1 << 20) // 6 + 1)
+    with pytest.raises(DeliveryError) as error:
+        make_sink("oem-strings", {"max_bytes": 65535}).prepare(deliveries(big=secret), tmpfs_dir)
+    text = one_line(error)
+    assert "'big'" in text and "1 MiB" in text and "S3CR3T" not in text
+
+
+def test_oem_strings_reject_256_strings(tmpfs_dir: Path) -> None:
+    many = {f"c{i}": b"x" for i in range(256)}
+    with pytest.raises(DeliveryError) as error:
+        make_sink("oem-strings").prepare(deliveries(**many), tmpfs_dir)
+    text = one_line(error)
+    assert "'c255'" in text and "255" in text
+    make_sink("oem-strings").prepare(deliveries(**{f"c{i}": b"x" for i in range(255)}), tmpfs_dir)
+
+
+def test_oem_strings_budget(tmpfs_dir: Path) -> None:
+    sink = make_sink("oem-strings")
+    # 3 strings of 16 KiB of base64 each: the third crosses the 48 KiB default budget.
+    chunk = b"\x01" * (12 * 1024)
+    sink.prepare(deliveries(a=chunk, b=chunk), tmpfs_dir)
+    with pytest.raises(DeliveryError) as error:
+        sink.prepare(deliveries(a=chunk, b=chunk, c=chunk), tmpfs_dir)
+    text = one_line(error)
+    assert "credential 'c'" in text and f"budget of {DEFAULT_MAX_BYTES} bytes" in text
+
+
+def test_oem_strings_budget_setting_is_checked() -> None:
+    with pytest.raises(ConfigError) as error:
+        make_sink("oem-strings", {"max_bytes": 70000})
+    assert "targets.vm.sink.max_bytes" in one_line(error)
+    with pytest.raises(ConfigError, match="unknown setting 'budget'"):
+        make_sink("oem-strings", {"budget": 1})
+
+
+def test_oem_strings_plan_lists_names_only() -> None:
+    plan = make_sink("oem-strings").plan(
+        {"a": Secret(b"topsecret"), "b": Pending("would be generated")}
+    )
+    assert [(e.credential, e.change) for e in plan] == [("a", Change.ADD), ("b", Change.ADD)]
+    assert "topsecret" not in repr(plan)
+    with pytest.raises(DeliveryError, match="'a=b'"):
+        make_sink("oem-strings").plan({"a=b": Pending("x")})
+
+
+def test_oem_strings_preview_holds_no_values(tmpfs_dir: Path) -> None:
+    channel = make_sink("oem-strings").preview(["a", "b"], tmpfs_dir)
+    assert [s.reveal() for s in channel.oem_strings] == [
+        b"io.systemd.credential.binary:a=<redacted>",
+        b"io.systemd.credential.binary:b=<redacted>",
+    ]
+
+
+# --------------------------------------------------------------------------- fw-cfg
+
+
+def test_fw_cfg_writes_0400_files(tmpfs_dir: Path) -> None:
+    runtime = tmpfs_dir / "rt"
+    runtime.mkdir(mode=0o700)
+    value = b"\x00\xff\nline\n"
+    channel = make_sink("fw-cfg").prepare(deliveries(**{"db.pass": value}), runtime)
+    (item,) = channel.fw_cfg
+    assert item.name == FW_CFG_PREFIX + "db.pass"
+    assert item.path.read_bytes() == value
+    assert stat.S_IMODE(os.lstat(item.path).st_mode) == 0o400
+    assert stat.S_IMODE(os.lstat(item.path.parent).st_mode) == 0o700
+    assert len(item.name) <= 55
+
+
+def test_fw_cfg_name_limit(tmpfs_dir: Path) -> None:
+    sink = make_sink("fw-cfg")
+    sink.prepare(deliveries(**{"n" * 28: b"v"}), tmpfs_dir / "ok")
+    with pytest.raises(DeliveryError) as error:
+        sink.prepare(deliveries(**{"n" * 29: b"v"}), tmpfs_dir / "bad")
+    assert "longer than 28 characters" in one_line(error)
+    assert not (tmpfs_dir / "bad").exists(), "validation happens before any file is written"
+
+
+def test_fw_cfg_total_limit(tmpfs_dir: Path) -> None:
+    half = b"h" * (600 * 1024)
+    with pytest.raises(DeliveryError) as error:
+        fw_cfg_channel(deliveries(a=half, b=half), tmpfs_dir)
+    assert "credential 'b'" in one_line(error)
+
+
+def test_fw_cfg_takes_no_settings() -> None:
+    with pytest.raises(ConfigError, match="unknown setting 'x'"):
+        make_sink("fw-cfg", {"x": 1})
+
+
+# --------------------------------------------------------------------------- virtiofs
+
+
+def test_virtiofs_share_directory(tmpfs_dir: Path) -> None:
+    runtime = tmpfs_dir / "rt"
+    runtime.mkdir(mode=0o700)
+    sink = make_sink("virtiofs", {"tag": "creds"})
+    channel = sink.prepare(deliveries(a=b"\x00\xff", b=b"x\ny\n"), runtime)
+    (share,) = channel.virtiofs
+    assert share.tag == "creds"
+    assert share.directory.is_relative_to(runtime)
+    assert stat.S_IMODE(os.lstat(share.directory).st_mode) == 0o700
+    assert sorted(p.name for p in share.directory.iterdir()) == ["a", "b"]
+    for path in share.directory.iterdir():
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o400
+    assert (share.directory / "a").read_bytes() == b"\x00\xff"
+    assert sink.preview(["a"], runtime).virtiofs == channel.virtiofs
+
+
+def test_virtiofs_refuses_symlinked_file(tmpfs_dir: Path) -> None:
+    runtime = tmpfs_dir / "rt"
+    share = runtime / "virtiofs" / "credbridge"
+    share.mkdir(parents=True)
+    (share / "a").symlink_to(tmpfs_dir / "elsewhere")
+    with pytest.raises(FileExistsError):
+        make_sink("virtiofs").prepare(deliveries(a=b"v"), runtime)
+    assert not (tmpfs_dir / "elsewhere").exists()
+
+
+def test_virtiofs_tag_is_checked() -> None:
+    with pytest.raises(ConfigError) as error:
+        make_sink("virtiofs", {"tag": "x" * 37})
+    assert "targets.vm.sink.tag" in one_line(error)
+
+
+def test_vm_sinks_refuse_unit_targets() -> None:
+    data = {"targets": {"a.service": {"sink": "oem-strings"}}}
+    config = parse_config(data, directory=Path("/tmp"))
+    with pytest.raises(ConfigError, match="cannot serve a unit target"):
+        Session(config).validate()
