@@ -566,7 +566,10 @@ class VmRuntime:
         self.check()
         if self.hypervisor is not None:
             raise LaunchError("the hypervisor was already started")
-        log.debug("starting hypervisor of VM %s: %s", self.name, " ".join(argv))
+        # The argv itself is not logged: a launcher may (on explicit request) carry secrets in it.
+        log.debug(
+            "starting hypervisor of VM %s: %s with %d arguments", self.name, argv[0], len(argv) - 1
+        )
         try:
             # Same process group: a console on the terminal keeps working (no SIGTTIN).
             self.hypervisor = self._spawn(argv, env=env, pass_fds=pass_fds, new_group=False)

@@ -29,6 +29,7 @@ if _TESTS_DIR not in sys.path:
 
 from guest.image import GuestBuildError, GuestImage, ensure_guest  # noqa: E402
 from guest.qemu import BASE_CMDLINE, parse_probe_output, probe_cmdline  # noqa: E402
+from support.proc import descendants  # noqa: E402
 
 
 def _missing() -> str | None:
@@ -57,22 +58,6 @@ def guest_image() -> GuestImage:
         return ensure_guest()
     except GuestBuildError as error:
         pytest.skip(f"guest image cannot be built: {error}")
-
-
-def descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return found
-    for task in tasks:
-        try:
-            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
-        except FileNotFoundError:
-            continue
-        for child in map(int, text.split()):
-            found += [child, *descendants(child)]
-    return found
 
 
 class Watch:

@@ -27,6 +27,8 @@ from credbridge.launchers import qemu as qemu_module
 from credbridge.launchers.qemu import QemuInfo, QemuLauncher, escape, parse_version
 from credbridge.launchers.qemu import smbios_path_works as works
 from credbridge.launchers.runtime import LOCK_NAME, VmRuntime, child_env, exit_status
+from support.proc import children as proc_children
+from support.proc import descendants
 
 QEMU = shutil.which("qemu-system-x86_64")
 KERNELS = sorted(Path("/boot").glob("vmlinuz-*"))
@@ -240,30 +242,11 @@ def test_foreign_directory_is_not_wiped(tmpfs_dir: Path) -> None:
 
 
 def children(pid: int) -> list[int]:
-    found: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return found
-    for task in tasks:
-        try:
-            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
-        except FileNotFoundError:
-            continue
-        for child in map(int, text.split()):
-            found += [child, *children(child)]
-    return found
+    return descendants(pid)
 
 
 def direct_children(pid: int) -> list[int]:
-    return [p for p in children(pid) if parent(p) == pid]
-
-
-def parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except FileNotFoundError:
-        return 0
+    return proc_children(pid)
 
 
 def comm(pid: int) -> str:
