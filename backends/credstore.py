@@ -116,7 +116,7 @@ class CredstoreSink(Sink):
                 current = read_private_file(path)
             except FileNotFoundError:
                 entries.append(
-                    PlanEntry(name, Change.ADD, "new value" if isinstance(value, Pending) else "")
+                    PlanEntry(name, Change.ADD, value.reason if isinstance(value, Pending) else "")
                 )
                 continue
             except OSError as error:

@@ -98,7 +98,7 @@ class FwCfgSink(VmSink):
                 name,
                 Change.ADD,
                 f"fw_cfg {FW_CFG_PREFIX}{name}"
-                + (" (new value)" if isinstance(v, Pending) else ""),
+                + (f" ({v.reason})" if isinstance(v, Pending) else ""),
             )
             for name, v in credentials.items()
         ]

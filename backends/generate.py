@@ -134,7 +134,7 @@ class GenerateSource(Source):
         if existing is not None:
             return existing
         if mode is Mode.DRY_RUN:
-            return Pending(f"would generate a new value (store key {key})")
+            return Pending(f"new generated value, store key {key}")
         value = store.create(key, generate(request.reference))
         made[key] = value
         return value

@@ -147,7 +147,7 @@ class OemStringsSink(VmSink):
             PlanEntry(
                 name,
                 Change.ADD,
-                "SMBIOS type 11 OEM string" + (" (new value)" if isinstance(v, Pending) else ""),
+                "SMBIOS type 11 OEM string" + (f" ({v.reason})" if isinstance(v, Pending) else ""),
             )
             for name, v in credentials.items()
         ]

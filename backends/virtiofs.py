@@ -83,7 +83,8 @@ class VirtiofsSink(VmSink):
             PlanEntry(
                 name,
                 Change.ADD,
-                f"virtiofs {self.tag}:/{name}" + (" (new value)" if isinstance(v, Pending) else ""),
+                f"virtiofs {self.tag}:/{name}"
+                + (f" ({v.reason})" if isinstance(v, Pending) else ""),
             )
             for name, v in credentials.items()
         ]

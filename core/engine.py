@@ -353,12 +353,13 @@ class Session:
         return outcome
 
     def resolve_targets(
-        self, targets: Sequence[Target], mode: Mode
+        self, targets: Sequence[Target], mode: Mode, *, tolerate: bool = False
     ) -> tuple[dict[str, dict[str, Secret | Pending]], list[str]]:
         """Resolve every credential of every target; all-or-nothing.
 
         Returns values per target and the optional credentials skipped because not found.
-        Raises :class:`ResolutionFailed` naming each failed credential and its reference.
+        Raises :class:`ResolutionFailed` naming each failed credential and its reference;
+        with ``tolerate`` (plans only) failures are logged and become :class:`Pending`.
         """
         wanted: list[tuple[Target, CredentialSpec, Request]] = []
         for target in targets:
@@ -373,6 +374,11 @@ class Session:
             if isinstance(outcome, SourceError):
                 if spec.optional and isinstance(outcome, NotFound):
                     skipped.append(f"{target.name}/{spec.name}")
+                    continue
+                if tolerate:
+                    # A plan made outside the unit cannot read credential: inputs; show the gap.
+                    log.warning("%s", outcome.for_credential(target.name, spec.name))
+                    values[target.name][spec.name] = Pending(f"unresolved here: {outcome.kind}")
                     continue
                 failures.append(outcome.for_credential(target.name, spec.name))
             else:
@@ -567,7 +573,7 @@ class Session:
         target = self.select_targets([name], kind="vm")[0]
         launcher = self.launcher(target)
         mode = Mode.DRY_RUN if dry_run else Mode.DELIVER
-        values, _skipped = self.resolve_targets([target], mode)
+        values, _skipped = self.resolve_targets([target], mode, tolerate=dry_run)
         try:
             if dry_run:
                 return launcher.plan(values[target.name])

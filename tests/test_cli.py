@@ -64,7 +64,8 @@ def test_deliver_dry_run_then_deliver_and_json(tmp_path: Path, tmpfs_dir: Path) 
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.decode().splitlines()
     assert (
-        "app.service\tapi-key\tgenerate:base64?bytes=32\tcredstore\twould add (new value)" in lines
+        "app.service\tapi-key\tgenerate:base64?bytes=32\tcredstore\twould add (new generated value, store key app.service/api-key)"
+        in lines
     )
     assert "app.service\ttoken\tenv:CB_CLI_TOKEN\tcredstore\twould add" in lines
     assert b"tok-value-123" not in dry.stdout + dry.stderr
@@ -203,3 +204,23 @@ def test_no_value_in_any_output_at_debug_level(tmp_path: Path, tmpfs_dir: Path) 
     for output in outputs:
         for value in values:
             assert value not in output
+
+
+def test_launch_dry_run_outside_the_unit_still_plans() -> None:
+    """On the host, credential: inputs only exist inside the unit: the plan shows the gap."""
+    config = str(REPO / "examples" / "microvm" / "credbridge.toml")
+    env = {"CREDENTIALS_DIRECTORY": ""}
+    plan = run_cli("-c", config, "launch", "test-vm", "--dry-run", env=env)
+    assert plan.returncode == 0, plan.stderr
+    body = json.loads(plan.stdout)
+    assert body["argv"][1:] == ["--api-socket", "path=/run/credbridge/test-vm/api.sock"]
+    assert {c["credential"] for c in body["credentials"]} == {
+        "API_KEY",
+        "DB_PASSWORD",
+        "JWT_SECRET",
+    }
+    assert "unresolved here: not found" in plan.stdout.decode()
+    assert b"CREDENTIALS_DIRECTORY is not set" in plan.stderr
+    real = run_cli("-c", config, "launch", "test-vm", env=env)
+    assert real.returncode == 5
+    assert b"test-vm/API_KEY: credential:host-api-key: not found" in real.stderr
