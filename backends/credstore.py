@@ -42,6 +42,7 @@ from credbridge.core.fsutil import (
     resolve_owner,
     write_new_file,
 )
+from credbridge.core.process import child_env
 
 DEFAULT_DIRECTORY = "/run/credstore"
 DEFAULT_ENCRYPTED_DIRECTORY = "/etc/credstore.encrypted"
@@ -77,19 +78,43 @@ class CredstoreSink(Sink):
                 file=label,
                 key=where,
             )
+
+        def fail(key: str, message: str) -> ConfigError:
+            return ConfigError(message, file=label, key=f"{where}.{key}")
+
+        def flag(key: str) -> bool:
+            value = settings.get(key, False)
+            if not isinstance(value, bool):
+                raise fail(key, "must be true or false")
+            return value
+
+        def text(key: str, default: str | None) -> str | None:
+            value = settings.get(key, default)
+            if isinstance(value, int) and not isinstance(value, bool) and key in {"owner", "group"}:
+                return str(value)
+            if value is not None and not isinstance(value, str):
+                raise fail(key, "must be a string")
+            return value
+
         self.target = context.target
-        self.encrypt = bool(settings.get("encrypt", False))
+        self.encrypt = flag("encrypt")
         default_dir = DEFAULT_ENCRYPTED_DIRECTORY if self.encrypt else DEFAULT_DIRECTORY
-        base = context.config.resolve_path(str(settings.get("directory", default_dir)))
+        base = context.config.resolve_path(text("directory", default_dir) or default_dir)
         self.base = base
         self.directory = base / context.target.name
-        self.allow_persistent = bool(settings.get("allow_persistent", False))
-        self.owner = settings.get("owner")
-        self.group = settings.get("group")
-        self.with_key = str(settings.get("with_key", "auto"))
-        self.tpm2_pcrs = settings.get("tpm2_pcrs")
-        self.systemd_creds = str(settings.get("systemd_creds", "systemd-creds"))
-        self.timeout = float(settings.get("timeout", 30))
+        self.allow_persistent = flag("allow_persistent")
+        self.owner = text("owner", None)
+        self.group = text("group", None)
+        self.with_key = text("with_key", "auto") or "auto"
+        pcrs = settings.get("tpm2_pcrs")
+        if pcrs is not None and not isinstance(pcrs, str | int):
+            raise fail("tpm2_pcrs", 'must be a string like "7" or "0+7"')
+        self.tpm2_pcrs = None if pcrs is None else str(pcrs)
+        self.systemd_creds = text("systemd_creds", "systemd-creds") or "systemd-creds"
+        timeout = settings.get("timeout", 30)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            raise fail("timeout", "must be a positive number of seconds")
+        self.timeout = float(timeout)
         self.where = where
         self.label = label
 
@@ -195,6 +220,7 @@ class CredstoreSink(Sink):
                 capture_output=True,
                 timeout=self.timeout,
                 check=False,
+                env=child_env(),
             )
         except subprocess.TimeoutExpired:
             raise DeliveryError(

@@ -6,6 +6,7 @@ Also ``stored:`` — read a value from the store of generated values (the previo
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 import string
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from credbridge.core import (
     BadReference,
+    Forbidden,
     Mode,
     NotFound,
     Pending,
@@ -23,6 +25,7 @@ from credbridge.core import (
     SourceError,
     SourceType,
     Store,
+    Unreachable,
     hookimpl,
 )
 from credbridge.core.types import Outcome
@@ -36,6 +39,9 @@ CHARSETS = {
     "urlsafe": string.ascii_letters + string.digits + "-_",
     "ascii": "".join(chr(c) for c in range(33, 127)),
 }
+
+STORE_KEY = re.compile(r"^[A-Za-z0-9_.@:\\-]{1,255}(/[A-Za-z0-9_.@:\\-]{1,255})*$")
+"""Store keys: what the file store accepts (``TARGET/CREDENTIAL`` or an ``?id=``)."""
 
 KIND_OPTIONS: dict[str, frozenset[str]] = {
     "base64": frozenset({"bytes", "id"}),
@@ -74,9 +80,18 @@ def _validate(reference: Reference) -> None:
 
 
 def _check_key(key: str, reference: str) -> None:
-    parts = key.split("/")
-    if not key or any(not p or p in {".", ".."} for p in parts):
-        raise BadReference(reference, f"invalid store key {key!r}")
+    if not STORE_KEY.match(key) or any(p in {".", ".."} for p in key.split("/")):
+        raise BadReference(
+            reference, f"invalid store key {key!r} (segments of A-Z a-z 0-9 '_.@:-', joined by '/')"
+        )
+
+
+def store_failure(reference: str, key: str, error: OSError | ValueError) -> SourceError:
+    """A store that cannot be read or written, as a typed error naming key and reason."""
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+    if isinstance(error, PermissionError):
+        return Forbidden(reference, f"store key {key}: {reason}")
+    return Unreachable(reference, f"store key {key}: {reason}")
 
 
 def generate(reference: Reference) -> Secret:
@@ -118,10 +133,8 @@ class GenerateSource(Source):
                 results[request] = self._get_or_create(key, request, mode, made)
             except SourceError as error:
                 results[request] = error
-            except OSError as error:
-                results[request] = NotFound(
-                    str(request.reference), f"store error: {error.strerror or error}"
-                )
+            except (OSError, ValueError) as error:
+                results[request] = store_failure(str(request.reference), key, error)
         return results
 
     def _get_or_create(
@@ -145,7 +158,10 @@ class GenerateSource(Source):
         if key is None:
             raise NotFound(str(request.reference), "is not tied to a credential; nothing to rotate")
         store = self._store()
-        store.rotate(key, generate(request.reference))
+        try:
+            store.rotate(key, generate(request.reference))
+        except (OSError, ValueError) as error:
+            raise store_failure(str(request.reference), key, error) from None
         return f"{store.location()} ({key})"
 
 
@@ -161,10 +177,9 @@ class StoredSource(Source):
             previous = request.reference.option("version", "current") == "previous"
             try:
                 value = self._store().read(request.reference.path, previous=previous)
-            except OSError as error:
-                results[request] = NotFound(
-                    str(request.reference), f"store error: {error.strerror or error}"
-                )
+            except (OSError, ValueError) as error:
+                path = request.reference.path
+                results[request] = store_failure(str(request.reference), path, error)
                 continue
             if value is None:
                 what = "previous value" if previous else "value"

@@ -268,7 +268,7 @@ def _token_from_environment(environ: Mapping[str, str], home: Path | None) -> st
     base = home if home is not None else Path(environ.get("HOME") or Path.home())
     try:
         return (base / ".vault-token").read_text().strip() or None
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
 
 
@@ -540,6 +540,8 @@ class VaultSource(DocumentSource):
                 raise Forbidden(
                     "", f"cannot read token_file {auth.token_file}: {error.strerror}"
                 ) from None
+            except UnicodeDecodeError:
+                raise Forbidden("", f"token_file {auth.token_file} is not UTF-8 text") from None
         elif auth.token_ref is not None:
             token = self._material("token", auth.token_ref)
         elif self.settings.env_token:

@@ -7,9 +7,12 @@ stage every target, commit all or roll all back.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -425,10 +428,10 @@ class Session:
         self.validate()
         targets = self.select_targets(names)
         mode = Mode.DRY_RUN if dry_run else Mode.DELIVER
+        sinks = {t.name: self.sink(t) for t in targets}  # sink settings fail before any fetch
         values, skipped = self.resolve_targets(targets, mode)
         report = DeliveryReport(dry_run=dry_run, skipped=skipped)
         try:
-            sinks = {t.name: self.sink(t) for t in targets}
             for target in targets:
                 plan = sinks[target.name].plan(values[target.name])
                 report.entries.extend(self._entries(target, plan))
@@ -480,10 +483,11 @@ class Session:
                         sinks[target.name].stage(self.deliveries(target, values[target.name])),
                     )
                 )
-            for name, item in staged:
-                item.commit()
-                committed.append((name, item))
-                log.info("delivered %s", name)
+            with _signals_deferred():
+                for name, item in staged:
+                    item.commit()
+                    committed.append((name, item))
+                    log.info("delivered %s", name)
         except BaseException as error:
             for name, item in reversed(staged):
                 try:
@@ -580,6 +584,23 @@ class Session:
             return launcher.launch(self.deliveries(target, values[target.name]))
         finally:
             _wipe(values[target.name].values())
+
+
+_TERMINATING = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold termination signals while targets are swapped, so a stop between two commits
+    cannot leave one target new and another old; they are delivered right after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATING)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _wipe(values: Iterable[Secret | Pending]) -> None:

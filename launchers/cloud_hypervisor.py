@@ -633,7 +633,8 @@ def _secret_forms(channel: VmChannel, deliveries: Sequence[Delivery]) -> list[by
         raw = text.reveal()
         forms += [raw, raw.partition(b"=")[2]]
     forms += [d.value.reveal() for d in deliveries]
-    return [f for f in forms if len(f) >= 4]
+    # Even a short value counts: withholding a harmless answer is cheap, quoting a secret is not.
+    return [f for f in forms if f]
 
 
 @hookimpl

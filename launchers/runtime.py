@@ -95,9 +95,11 @@ from credbridge.core.errors import ConfigError, LaunchError
 from credbridge.core.fsutil import (
     ensure_private_dir,
     is_memory_backed,
+    locked,
     remove_tree,
     write_new_file,
 )
+from credbridge.core.process import child_env
 from credbridge.core.types import Delivery
 from credbridge.core.vm import VirtiofsShare, VmChannel, VmSink
 
@@ -106,7 +108,6 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".credbridge.lock"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 RUNTIME_SETTINGS = frozenset({"allow_persistent", "virtiofsd", "virtiofsd_args", "stop_timeout"})
-ENV_ALLOW = ("PATH", "HOME", "LANG", "TERM", "TZ", "TMPDIR", "USER", "LOGNAME")
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 _PR_SET_PDEATHSIG = 1
 _POLL = 0.02
@@ -126,15 +127,6 @@ class LaunchInterrupted(LaunchError):
 def exit_status(returncode: int) -> int:
     """A shell-style exit status: ``128+N`` for a child killed by signal N."""
     return 128 - returncode if returncode < 0 else returncode
-
-
-def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of every child: an allow-list, so no source token is ever inherited."""
-    env = {k: v for k, v in os.environ.items() if k in ENV_ALLOW or k.startswith("LC_")}
-    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    if extra:
-        env.update(extra)
-    return env
 
 
 def _die_with_parent(parent: int) -> Callable[[], None]:
@@ -306,9 +298,15 @@ class VmRuntime:
                 "on persistent storage (set runtime_dir to a tmpfs path, or allow_persistent "
                 "= true in the launcher table)"
             )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Serialise claims of this directory: without it, a second launch could find the new
+        # directory before its lock is held and wipe it as stale.
+        with locked(path.parent / f".{path.name}.claim"):
+            self._claim_locked(path)
+
+    def _claim_locked(self, path: Path) -> None:
         if os.path.lexists(path):
             self._clear_stale(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             path.mkdir(mode=0o700)
         except FileExistsError:

@@ -7,7 +7,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from credbridge.core import Change, DeliveryError, ResolutionFailed, Session, deliver, load_config
+from credbridge.core import (
+    Change,
+    ConfigError,
+    DeliveryError,
+    ResolutionFailed,
+    Session,
+    deliver,
+    load_config,
+)
 
 
 def make_config(tmp_path: Path, credstore: Path, body: str, sink_extra: str = "") -> Path:
@@ -223,3 +231,47 @@ def test_encrypted_credstore_round_trips_through_systemd_creds(
     with Session(load_config(config)) as session:
         _, text = session.unit_dropin("app.service")
     assert f"LoadCredentialEncrypted=static:{blob}" in text.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("setting", "problem"),
+    [
+        ('allow_persistent = "false"', "allow_persistent: must be true or false"),
+        ('encrypt = "yes"', "encrypt: must be true or false"),
+        ('timeout = "abc"', "timeout: must be a positive number"),
+        ("timeout = -1", "timeout: must be a positive number"),
+        ("owner = [1]", "owner: must be a string"),
+    ],
+)
+def test_sink_settings_are_type_checked(
+    tmp_path: Path, tmpfs_dir: Path, setting: str, problem: str
+) -> None:
+    """A string "false" must never switch the tmpfs guard off."""
+    with pytest.raises(ConfigError) as info:
+        deliver(make_config(tmp_path, tmpfs_dir, BODY, setting), dry_run=True)
+    assert problem in str(info.value)
+    assert "sinks.credstore" in str(info.value) or "sink" in str(info.value)
+
+
+def test_systemd_creds_gets_no_secret_environment(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real systemd-creds runs through a spy that records the environment it was given."""
+    key = _null_key()
+    real = shutil.which("systemd-creds")
+    if key is None or real is None:
+        pytest.skip("systemd-creds is not installed")
+    record = tmp_path / "environ"
+    spy = tmp_path / "systemd-creds-spy"
+    spy.write_text(f'#!/bin/sh\ncat /proc/$$/environ >> "{record}"\nexec "{real}" "$@"\n')
+    spy.chmod(0o755)
+    monkeypatch.setenv("CB_TEST_STATIC", "env-secret-value-1")
+    monkeypatch.setenv("VAULT_TOKEN", "vault-token-value-2")
+    config = make_config(
+        tmp_path, tmpfs_dir, BODY, f'encrypt = true\nwith_key = "{key}"\nsystemd_creds = "{spy}"'
+    )
+    deliver(config, ["app.service"])
+    seen = record.read_bytes()
+    assert b"PATH=" in seen  # the spy really ran
+    assert b"env-secret-value-1" not in seen
+    assert b"vault-token-value-2" not in seen

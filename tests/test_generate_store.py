@@ -117,3 +117,24 @@ def test_store_refuses_symlinked_key_dir(tmp_path: Path) -> None:
     os.symlink(tmp_path, tmp_path / "store" / "evil")
     with pytest.raises(OSError, match="not a real directory"):
         store.create("evil/c", Secret(b"y"))
+
+
+def test_bad_store_keys_are_reference_errors(cli) -> None:  # type: ignore[no-untyped-def]
+    for reference in ("stored:a b", "generate:base64?id=a%20b", "stored:a/../b"):
+        result = cli("get", reference)
+        assert result.returncode == 4, result.stderr
+        assert b"invalid store key" in result.stderr
+        assert b"Traceback" not in result.stderr
+
+
+def test_rotate_with_a_broken_store_is_one_line(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "blocker").write_text("a file where the store directory should be")
+    config = tmp_path / "credbridge.toml"
+    config.write_text(
+        f'[store]\npath = "{tmp_path / "blocker" / "store"}"\n[targets.app.credentials]\na = "generate:hex"\n'
+    )
+    result = cli("-c", str(config), "rotate", "app", "a")
+    err = result.stderr.decode()
+    assert result.returncode == 7, err
+    assert "store key app/a" in err
+    assert "Traceback" not in err

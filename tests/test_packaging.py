@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -14,6 +15,10 @@ from conftest import REPO
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    # Build from a clean copy: a stale build/ in the checkout must not leak into the wheel.
+    source = tmp_path_factory.mktemp("source") / "credbridge"
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__")
+    shutil.copytree(REPO, source, ignore=skip)
     subprocess.run(
         [
             sys.executable,
@@ -23,7 +28,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--no-isolation",
             "--outdir",
             str(out),
-            str(REPO),
+            str(source),
         ],
         check=True,
         capture_output=True,

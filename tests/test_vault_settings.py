@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import run_cli
 from credbridge.backends.vault import DEFAULT_ADDRESS, VaultSettings
 from credbridge.core import BadReference, ConfigError, Session, parse_reference
 
@@ -171,3 +172,17 @@ def test_good_references(text: str, fresh_plugins: None) -> None:
 def test_bad_references(text: str, problem: str, fresh_plugins: None) -> None:
     with pytest.raises(BadReference, match=problem):
         Session().check_reference(parse_reference(text))
+
+
+def test_binary_token_file_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A token file that is not text fails before any request, without quoting its bytes."""
+    (tmp_path / "tok").write_bytes(b"\xff\xfe-token-bytes")
+    (tmp_path / "credbridge.toml").write_text(
+        '[sources.vault]\naddress = "http://127.0.0.1:1"\nauth = { method = "token", token_file = "tok" }\n'
+    )
+    result = run_cli("-c", str(tmp_path / "credbridge.toml"), "get", "vault:secret/x#a")
+    err = result.stderr.decode()
+    assert result.returncode == 6, err
+    assert "is not UTF-8 text" in err
+    assert "Traceback" not in err
+    assert "token-bytes" not in err
