@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import shutil
 import signal
 import stat
@@ -27,8 +28,8 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from guest.image import GuestBuildError, GuestImage, ensure_guest  # noqa: E402
-from guest.qemu import BASE_CMDLINE, parse_probe_output, probe_cmdline  # noqa: E402
+from guest.image import EXAMPLES_GUEST_DIR, GuestBuildError, GuestImage, ensure_guest  # noqa: E402
+from guest.qemu import BASE_CMDLINE, ProbeReport, parse_probe_output, probe_cmdline  # noqa: E402
 from support.proc import descendants  # noqa: E402
 
 
@@ -99,12 +100,17 @@ class Watch:
         self.thread.join()
 
 
-def write_config(base: Path, sink: str, image: GuestImage, **extra: str) -> Path:
+def write_config(
+    base: Path, sink: str, image: GuestImage, *, units: bool = False, **extra: str
+) -> Path:
     creds = base / "creds"
     creds.mkdir(mode=0o700)
     (creds / "bin.key").write_bytes(BINARY)
     (base / "motd.txt").write_bytes(MULTILINE)
-    probe = probe_cmdline(NAMES, "credbridge" if sink == "virtiofs" else None)
+    if units:  # the guest's shipped run-credbridge.mount mounts the share (default tag)
+        probe = probe_cmdline(NAMES, units=True)
+    else:
+        probe = probe_cmdline(NAMES, "credbridge" if sink == "virtiofs" else None)
     lines = "\n".join(f"{k} = {v}" for k, v in extra.items())
     config = base / "credbridge.toml"
     config.write_text(
@@ -165,7 +171,13 @@ def forms(value: bytes) -> list[bytes]:
 
 
 def run_channel(tmp: Path, sink: str, image: GuestImage, **extra: str) -> str:
-    config = write_config(tmp, sink, image, **extra)
+    return run_channel_report(tmp, sink, image, **extra)[0]
+
+
+def run_channel_report(
+    tmp: Path, sink: str, image: GuestImage, *, units: bool = False, **extra: str
+) -> tuple[str, ProbeReport]:
+    config = write_config(tmp, sink, image, units=units, **extra)
     runtime = tmp / "run"
     rc, out, err, watch = launch(config, runtime, tmp / "creds")
     report = parse_probe_output(out)
@@ -201,7 +213,7 @@ def run_channel(tmp: Path, sink: str, image: GuestImage, **extra: str) -> str:
     assert set(watch.modes) - dirs, f"{sink}: no runtime file seen while running"
     check_modes(watch.modes, dirs)
     assert not runtime.exists(), "runtime directory left behind"
-    return err
+    return err, report
 
 
 def check_modes(watch_modes: dict[str, int], directories: set[str]) -> None:
@@ -232,3 +244,33 @@ def test_oem_strings_fall_back_to_fw_cfg(tmpfs_dir: Path, guest_image: GuestImag
 )
 def test_virtiofs_reaches_the_guest(tmpfs_dir: Path, guest_image: GuestImage) -> None:
     run_channel(tmpfs_dir, "virtiofs", guest_image)
+
+
+@pytest.mark.skipif(
+    not Path("/usr/lib/qemu/virtiofsd").exists() and shutil.which("virtiofsd") is None,
+    reason="no virtiofsd",
+)
+def test_virtiofs_through_the_shipped_guest_units(tmpfs_dir: Path, guest_image: GuestImage) -> None:
+    """examples/guest/ as shipped: run-credbridge.mount plus the credentials drop-in pattern.
+
+    The probe does not mount the share itself: it starts run-credbridge.mount and gives
+    the values service only the shipped drop-in (``RequiresMountsFor=/run/credbridge``,
+    its ``LoadCredential=`` lines re-pointed at the probed names in the same pattern).
+    """
+    dropin = (EXAMPLES_GUEST_DIR / "credbridge-credentials.conf").read_text()
+    assert re.search(r"^RequiresMountsFor=/run/credbridge$", dropin, re.M)
+    loads = re.findall(r"^LoadCredential=(.*)$", dropin, re.M)
+    assert loads, "the shipped drop-in has no LoadCredential= line"
+    for load in loads:  # the pattern the probe applies to its names
+        name, _, path = load.partition(":")
+        assert path == f"/run/credbridge/{name}", load
+
+    _err, report = run_channel_report(tmpfs_dir, "virtiofs", guest_image, units=True)
+    context = f"report: {report}"
+    assert report.units == {"run-credbridge.mount": "active"}, context
+    fstype, options = report.mounts["/run/credbridge"]
+    assert fstype == "virtiofs", context
+    assert {"ro", "nosuid", "nodev", "noexec"} <= set(options.split(",")), context
+    # The values service got the shipped drop-in's [Unit] part too.
+    values_unit = "credbridge-probe-values.service"
+    assert report.requires_mounts_for == {values_unit: "/run/credbridge"}, context

@@ -134,6 +134,13 @@ MACHINE_ID = "c7ed0b1d9e0c4c1a8f7a1b2c3d4e5f60\n"
 
 ZSTD_LEVEL = 9
 
+#: The guest-side files credbridge ships (examples/guest/ in the repository).
+EXAMPLES_GUEST_DIR = Path(__file__).resolve().parents[2] / "examples" / "guest"
+#: Shipped units installed into /etc/systemd/system/ (not enabled: the probe starts them).
+SHIPPED_UNITS: tuple[str, ...] = (probe.MOUNT_UNIT_NAME, "credbridge-import.service")
+#: The shipped drop-in, installed where the probe reads it (see ``credbridge.units=1``).
+SHIPPED_DROPIN = "credbridge-credentials.conf"
+
 CACHE_ENV = "CREDBRIDGE_TEST_CACHE"
 MIRROR_ENV = "CREDBRIDGE_TEST_MIRROR"
 KERNEL_ENV = "CREDBRIDGE_TEST_KERNEL_VERSION"
@@ -207,11 +214,24 @@ def recipe_hash(kernel: HostKernel) -> str:
         "probe_script": probe.PROBE_SCRIPT,
         "values_script": probe.VALUES_SCRIPT,
         "probe_unit": probe.PROBE_UNIT,
+        "shipped": _shipped_files(),
         "kernel_version": kernel.version,
         "kernel_size": kernel.vmlinuz.stat().st_size,
     }
     blob = json.dumps(recipe, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _shipped_files() -> dict[str, str]:
+    """Contents of the shipped guest files (examples/guest/) the image carries."""
+    files: dict[str, str] = {}
+    for name in (*SHIPPED_UNITS, SHIPPED_DROPIN):
+        path = EXAMPLES_GUEST_DIR / name
+        try:
+            files[name] = path.read_text()
+        except OSError as error:
+            raise GuestBuildError(f"cannot read the shipped guest file {path}: {error}") from error
+    return files
 
 
 def default_cache_dir() -> Path:
@@ -351,6 +371,10 @@ def _customize(root: Path) -> None:
     _write(root / probe.PROBE_SCRIPT_PATH.lstrip("/"), probe.PROBE_SCRIPT, 0o755)
     _write(root / probe.VALUES_SCRIPT_PATH.lstrip("/"), probe.VALUES_SCRIPT, 0o755)
     _write(unit_dir / probe.PROBE_UNIT_NAME, probe.PROBE_UNIT)
+    shipped = _shipped_files()
+    for name in SHIPPED_UNITS:
+        _write(unit_dir / name, shipped[name])
+    _write(root / probe.CREDENTIALS_DROPIN_PATH.lstrip("/"), shipped[SHIPPED_DROPIN])
     # Drop the distribution's enablement of gettys and timers, then mask the rest.
     for wants in ("getty.target.wants", "timers.target.wants"):
         shutil.rmtree(unit_dir / wants, ignore_errors=True)

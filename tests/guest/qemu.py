@@ -53,6 +53,12 @@ class ProbeReport:
     missing: set[str] = field(default_factory=set)
     virtiofs_files: dict[str, str] = field(default_factory=dict)
     virtiofs_mounted: bool = False
+    #: ``CBPROBE unit NAME STATE``: state of a shipped unit (``credbridge.units=1``).
+    units: dict[str, str] = field(default_factory=dict)
+    #: ``CBPROBE mount WHERE FSTYPE OPTIONS``: WHERE -> (FSTYPE, OPTIONS).
+    mounts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: ``CBPROBE requires-mounts-for UNIT PATHS``: effective RequiresMountsFor= of a unit.
+    requires_mounts_for: dict[str, str] = field(default_factory=dict)
     started: bool = False
     done: bool = False
     errors: list[str] = field(default_factory=list)
@@ -76,6 +82,9 @@ class BootResult:
     virtiofs_mounted: bool
     done: bool
     errors: list[str]
+    units: dict[str, str] = field(default_factory=dict)
+    mounts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    requires_mounts_for: dict[str, str] = field(default_factory=dict)
 
     def describe(self) -> str:
         """Short text for assertion messages: the tail of the console."""
@@ -91,14 +100,25 @@ def qemu_binary() -> str | None:
     return shutil.which(QEMU_BINARY)
 
 
-def probe_cmdline(names: Sequence[str], virtiofs_tag: str | None = None) -> str:
-    """Kernel command line words that drive the in-guest probe."""
+def probe_cmdline(
+    names: Sequence[str], virtiofs_tag: str | None = None, *, units: bool = False
+) -> str:
+    """Kernel command line words that drive the in-guest probe.
+
+    ``units=True`` makes the probe use the shipped guest files (``run-credbridge.mount``,
+    tag ``credbridge``, and the ``credbridge-credentials.conf`` drop-in pattern) instead
+    of mounting the share itself; it excludes ``virtiofs_tag``.
+    """
+    if units and virtiofs_tag is not None:
+        raise ValueError("units=True mounts the share through run-credbridge.mount: no tag")
     for name in names:
         if not name or "," in name or any(c.isspace() for c in name):
             raise ValueError(f"credential name unusable on the kernel command line: {name!r}")
     words = [f"credbridge.probe={','.join(names)}"]
     if virtiofs_tag is not None:
         words.append(f"credbridge.virtiofs={virtiofs_tag}")
+    if units:
+        words.append("credbridge.units=1")
     return " ".join(words)
 
 
@@ -171,6 +191,18 @@ def parse_probe_output(text: str) -> ProbeReport:
         elif kind == "virtiofs-file":
             name, _, mode = rest.rpartition(" ")
             report.virtiofs_files[name] = mode
+        elif kind == "unit":
+            name, _, state = rest.partition(" ")
+            report.units[name] = state.strip()
+        elif kind == "requires-mounts-for":
+            name, _, paths = rest.partition(" ")
+            report.requires_mounts_for[name] = paths.strip()
+        elif kind == "mount":
+            words = rest.split(" ", 2)
+            if len(words) == 3:
+                report.mounts[words[0]] = (words[1], words[2].strip())
+            else:
+                report.errors.append(line[pos:].strip())
         elif kind == "virtiofs-mounted":
             object.__setattr__(report, "virtiofs_mounted", True)
         elif kind == "start":
@@ -271,6 +303,9 @@ def boot(
         virtiofs_mounted=report.virtiofs_mounted,
         done=report.done,
         errors=report.errors,
+        units=report.units,
+        mounts=report.mounts,
+        requires_mounts_for=report.requires_mounts_for,
     )
 
 
