@@ -15,7 +15,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from credbridge.backends.oem_strings import CREDENTIAL_SIZE_MAX, check_name, check_size
 from credbridge.core import (
     Change,
     ConfigError,
@@ -29,7 +28,15 @@ from credbridge.core import (
     hookimpl,
 )
 from credbridge.core.fsutil import ensure_private_dir, write_new_file
-from credbridge.core.vm import FW_CFG_PREFIX, FwCfgItem, VmChannel, VmSink
+from credbridge.core.vm import (
+    CREDENTIAL_SIZE_MAX,
+    FW_CFG_PREFIX,
+    FwCfgItem,
+    VmChannel,
+    VmSink,
+    check_name,
+    check_size,
+)
 
 SINK_NAME = "fw-cfg"
 FW_CFG_NAME_MAX = 55

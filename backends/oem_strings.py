@@ -38,53 +38,14 @@ from credbridge.core import (
     SinkType,
     hookimpl,
 )
-from credbridge.core.vm import VmChannel, VmSink
+from credbridge.core.vm import VmChannel, VmSink, check_name, check_size
 
 SINK_NAME = "oem-strings"
 PREFIX = "io.systemd.credential.binary:"
-CREDENTIAL_SIZE_MAX = 1 << 20
-"""systemd's per-credential limit (``CREDENTIAL_SIZE_MAX``), also its per-import total."""
-NAME_MAX = 255
 MAX_STRINGS = 255
 DEFAULT_MAX_BYTES = 48 * 1024
 SMBIOS_TABLES_MAX = 65535
 SETTINGS = frozenset({"max_bytes"})
-
-
-def name_problem(name: str) -> str | None:
-    """Why ``name`` is not a valid systemd credential name, or ``None``."""
-    if not name:
-        return "empty name"
-    if name in {".", ".."}:
-        return "'.' and '..' are not credential names"
-    if len(name.encode()) > NAME_MAX:
-        return f"longer than {NAME_MAX} bytes"
-    for char in name:
-        if not " " <= char <= "~":
-            return "only printable ASCII is allowed"
-        if char in "/:":
-            return f"{char!r} is not allowed"
-    return None
-
-
-def check_name(name: str, channel: str, *, forbid: str = "", max_length: int = NAME_MAX) -> None:
-    problem = name_problem(name)
-    if problem is None:
-        bad = [c for c in forbid if c in name]
-        if bad:
-            problem = f"{bad[0]!r} is not allowed"
-        elif len(name) > max_length:
-            problem = f"longer than {max_length} characters"
-    if problem is not None:
-        raise DeliveryError(f"credential {name!r}: invalid name for {channel}: {problem}")
-
-
-def check_size(name: str, size: int) -> None:
-    if size > CREDENTIAL_SIZE_MAX:
-        raise DeliveryError(
-            f"credential {name!r}: {size} bytes is over systemd's limit of "
-            f"{CREDENTIAL_SIZE_MAX} bytes (1 MiB) per credential"
-        )
 
 
 def encoded_length(size: int) -> int:

@@ -23,7 +23,6 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from credbridge.backends.oem_strings import check_name, check_size
 from credbridge.core import (
     Change,
     ConfigError,
@@ -36,7 +35,7 @@ from credbridge.core import (
     hookimpl,
 )
 from credbridge.core.fsutil import ensure_private_dir, write_new_file
-from credbridge.core.vm import VirtiofsShare, VmChannel, VmSink
+from credbridge.core.vm import VirtiofsShare, VmChannel, VmSink, check_name, check_size
 
 SINK_NAME = "virtiofs"
 DEFAULT_TAG = "credbridge"

@@ -19,6 +19,47 @@ from credbridge.core.secret import Secret
 from credbridge.core.types import Delivery, Sink, Staged
 
 FW_CFG_PREFIX = "opt/io.systemd.credentials/"
+CREDENTIAL_SIZE_MAX = 1 << 20
+"""systemd's per-credential limit (``CREDENTIAL_SIZE_MAX``), also its per-import total."""
+NAME_MAX = 255
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not a valid systemd credential name, or ``None``."""
+    if not name:
+        return "empty name"
+    if name in {".", ".."}:
+        return "'.' and '..' are not credential names"
+    if len(name.encode()) > NAME_MAX:
+        return f"longer than {NAME_MAX} bytes"
+    for char in name:
+        if not " " <= char <= "~":
+            return "only printable ASCII is allowed"
+        if char in "/:":
+            return f"{char!r} is not allowed"
+    return None
+
+
+def check_name(name: str, channel: str, *, forbid: str = "", max_length: int = NAME_MAX) -> None:
+    """Raise :class:`DeliveryError` naming the credential if ``channel`` cannot carry ``name``."""
+    problem = name_problem(name)
+    if problem is None:
+        bad = [c for c in forbid if c in name]
+        if bad:
+            problem = f"{bad[0]!r} is not allowed"
+        elif len(name) > max_length:
+            problem = f"longer than {max_length} characters"
+    if problem is not None:
+        raise DeliveryError(f"credential {name!r}: invalid name for {channel}: {problem}")
+
+
+def check_size(name: str, size: int) -> None:
+    """Raise :class:`DeliveryError` when one value exceeds what systemd imports."""
+    if size > CREDENTIAL_SIZE_MAX:
+        raise DeliveryError(
+            f"credential {name!r}: {size} bytes is over systemd's limit of "
+            f"{CREDENTIAL_SIZE_MAX} bytes (1 MiB) per credential"
+        )
 
 
 @dataclass(frozen=True)

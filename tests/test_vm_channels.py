@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 from credbridge.backends.fw_cfg import fw_cfg_channel
-from credbridge.backends.oem_strings import DEFAULT_MAX_BYTES, name_problem
+from credbridge.backends.oem_strings import DEFAULT_MAX_BYTES
 from credbridge.core.config import parse_config
 from credbridge.core.engine import Session
 from credbridge.core.errors import ConfigError, DeliveryError
 from credbridge.core.secret import Secret
 from credbridge.core.types import Change, Delivery, Pending
-from credbridge.core.vm import FW_CFG_PREFIX, VmSink
+from credbridge.core.vm import FW_CFG_PREFIX, VmSink, name_problem
 
 
 def make_sink(sink: str, settings: dict[str, Any] | None = None) -> VmSink:
