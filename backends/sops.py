@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import threading
@@ -455,26 +456,37 @@ class SopsRunner:
         started = time.perf_counter()
         try:
             # sops looks for .sops.yaml upward from its working directory: the file's own.
-            completed = subprocess.run(
+            # Its own session, so a timeout also ends helpers it started (SOPS_AGE_KEY_CMD).
+            process = subprocess.Popen(
                 argv,
-                input=stdin if stdin is not None else b"",
-                capture_output=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 env=environment,
                 cwd=file.parent if file.parent.is_dir() else None,
-                timeout=self.settings.timeout,
                 pass_fds=binary.pass_fds,
-                check=False,
+                start_new_session=True,
             )
-        except subprocess.TimeoutExpired:
-            raise Timeout(
-                "", f"sops did not finish with {what} within {self.settings.timeout:g}s"
-            ) from None
         except OSError as error:
             raise Unreachable(
                 "", f"cannot start sops ({binary.origin}): {error.strerror}; {INSTALL_HINT}"
             ) from None
         finally:
             environment.clear()
+        with process:
+            try:
+                stdout, stderr = process.communicate(
+                    stdin if stdin is not None else b"", timeout=self.settings.timeout
+                )
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                raise Timeout(
+                    "", f"sops did not finish with {what} within {self.settings.timeout:g}s"
+                ) from None
+            except BaseException:
+                _kill_group(process)
+                raise
+        completed = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
         with self._lock:
             self.runs += 1
         rc = completed.returncode
@@ -488,6 +500,12 @@ class SopsRunner:
         if rc != 0:
             raise classify(rc, completed.stderr, what=what, kind=kind)
         return completed.stdout
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def classify(rc: int, stderr: bytes, *, what: str, kind: str) -> SourceError:
