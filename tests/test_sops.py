@@ -429,30 +429,42 @@ def test_missing_file_exit_code_is_mapped(tmp_path: Path) -> None:
     assert error.problem == "no file /x"
 
 
-@pytest.mark.parametrize("how", ["value-changed", "key-renamed", "mac-corrupted"])
-def test_tampered_file(keys: tuple[AgeKey, AgeKey], tmp_path: Path, how: str) -> None:
+@pytest.mark.parametrize(
+    ("how", "phrase"),
+    [
+        ("value-removed", "(MAC mismatch)"),  # sops exit 51
+        ("mac-corrupted", "(MAC mismatch)"),  # 51 too: the MAC no longer decrypts
+        ("key-renamed", "(a value or the MAC cannot be decrypted)"),  # 25: per-value AAD
+        ("value-swapped", "(a value or the MAC cannot be decrypted)"),  # 25: another data key
+    ],
+)
+def test_tampered_file(keys: tuple[AgeKey, AgeKey], tmp_path: Path, how: str, phrase: str) -> None:
     path = encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
     other = encrypt(tmp_path / "other.yaml", b"token: something-else\n", keys[0])
-    text = path.read_text()
-    if how == "value-changed":
-        # Another file's ciphertext for the same key: decrypts, but the MAC no longer matches.
-        foreign = next(line for line in other.read_text().splitlines() if line.startswith("token:"))
-        text = "\n".join(
-            foreign if line.startswith("token:") else line for line in text.splitlines()
-        )
-    elif how == "key-renamed":
-        text = text.replace("token:", "tokenx:", 1)
-    else:
-        lines = text.splitlines()
-        text = "\n".join(
+    lines = path.read_text().splitlines()
+    if how == "value-removed":
+        lines = [line for line in lines if not line.startswith("token:")]
+    elif how == "mac-corrupted":
+        lines = [
             line.replace("data:", "data:AAAA", 1) if "mac: ENC[" in line else line for line in lines
-        )
-    path.write_text(text + "\n")
-    ref = f"sops:{path}#token"
+        ]
+    elif how == "key-renamed":
+        lines = [line.replace("token:", "tokenx:", 1) for line in lines]
+    else:
+        foreign = next(line for line in other.read_text().splitlines() if line.startswith("token:"))
+        lines = [foreign if line.startswith("token:") else line for line in lines]
+    path.write_text("\n".join(lines) + "\n")
+    ref = f"sops:{path}#/db/password"
     error = resolve(key_config(keys[0]), ref)[ref]
     assert isinstance(error, InvalidValue), error
-    assert "failed its integrity check" in str(error)
-    assert "tampered" in str(error)
+    assert str(error) == (
+        f"{ref}: {path} failed its integrity check {phrase}: "
+        + (
+            "tampered or edited without sops"
+            if "MAC mismatch" in phrase
+            else "tampered or corrupted"
+        )
+    )
 
 
 def test_timeout_ends_sops_and_its_helpers(
