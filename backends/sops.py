@@ -803,6 +803,10 @@ class SopsStore(Store):
         return entry
 
     def read(self, key: str, *, previous: bool = False) -> Secret | None:
+        with _naming(f"store key {key}"):
+            return self._read(key, previous)
+
+    def _read(self, key: str, previous: bool) -> Secret | None:
         self._check_key(key)
         snapshot = self._snapshot()
         if snapshot is None:
@@ -814,7 +818,8 @@ class SopsStore(Store):
         return Secret(decode_value(entry[field], f"{self.path}: {key}.{field}"))
 
     def keys(self) -> list[str]:
-        snapshot = self._snapshot()
+        with _naming(f"sops store {self.path}"):
+            snapshot = self._snapshot()
         if snapshot is None:
             return []
         return sorted(k for k, v in snapshot[1].items() if isinstance(v, Mapping) and CURRENT in v)
@@ -832,6 +837,10 @@ class SopsStore(Store):
             yield
 
     def create(self, key: str, value: Secret) -> Secret:
+        with _naming(f"store key {key}"):
+            return self._create(key, value)
+
+    def _create(self, key: str, value: Secret) -> Secret:
         self._check_key(key)
         with self._exclusive():
             snapshot = self._snapshot()
@@ -844,6 +853,10 @@ class SopsStore(Store):
         return value
 
     def rotate(self, key: str, value: Secret) -> None:
+        with _naming(f"store key {key}"):
+            self._rotate(key, value)
+
+    def _rotate(self, key: str, value: Secret) -> None:
         self._check_key(key)
         with self._exclusive():
             snapshot = self._snapshot()
@@ -911,6 +924,17 @@ class SopsStore(Store):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(copy)
+
+
+@contextlib.contextmanager
+def _naming(reference: str) -> Iterator[None]:
+    """Errors raised inside name ``reference`` (the runner's errors name nothing yet)."""
+    try:
+        yield
+    except SourceError as error:
+        if error.reference:
+            raise
+        raise type(error)(reference, error.problem) from None
 
 
 def _open_store(context: StoreContext) -> SopsStore:
