@@ -373,8 +373,6 @@ class SopsRunner:
         self._lock = threading.Lock()
         self._age_key: Secret | None = None
         self._age_key_error: SourceError | None = None
-        self.runs = 0
-        """How many sops children this runner started (for logs and tests)."""
 
     def binary(self) -> SopsBinary:
         try:
@@ -486,10 +484,7 @@ class SopsRunner:
             except BaseException:
                 _kill_group(process)
                 raise
-        completed = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
-        with self._lock:
-            self.runs += 1
-        rc = completed.returncode
+        rc = process.returncode
         log.debug(
             "sops: %s %s exited %d in %.0f ms",
             args[0],
@@ -498,8 +493,8 @@ class SopsRunner:
             (time.perf_counter() - started) * 1000,
         )
         if rc != 0:
-            raise classify(rc, completed.stderr, what=what, kind=kind)
-        return completed.stdout
+            raise classify(rc, stderr, what=what, kind=kind)
+        return stdout
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:
@@ -598,7 +593,7 @@ class SopsSource(DocumentSource):
         self.runner = runner
         self.config_dir = config_dir
         self._lock = threading.Lock()
-        self._files: dict[tuple[Path, str], Future[Secret | SecretDocument]] = {}
+        self._files: dict[tuple[Path, str], Future[Secret | SecretDocument | SourceError]] = {}
 
     def _key(self, locator: Locator) -> tuple[Path, str]:
         path = _config_path(locator.path, self.config_dir)
@@ -638,10 +633,14 @@ class SopsSource(DocumentSource):
         if owner:
             try:
                 future.set_result(self._decrypt(*key))
+            except SourceError as error:
+                future.set_result(error)
             except BaseException as error:  # noqa: BLE001 - re-raised by future.result()
                 # Waiters in other threads get the same outcome, whatever it is.
                 future.set_exception(error)
         document = future.result()
+        if isinstance(document, SourceError):
+            raise type(document)(document.reference, document.problem)
         # Each caller gets its own copy of a raw value: the cached one is wiped on close.
         return Secret(document.reveal()) if isinstance(document, Secret) else document
 
