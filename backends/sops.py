@@ -746,21 +746,32 @@ class SopsStore(Store):
             raise ValueError(msg)
 
     def _check_directory(self) -> None:
-        """Refuse a directory another local user could swap the store file in."""
+        """Refuse a store another local user could plant or swap values in.
+
+        Recipients are public, so anyone who can put a file there can choose the values
+        credbridge would deliver: the directory must be ours (or root's) and not writable by
+        every user, and the file ours (or root's) and not a symlink.
+        """
         directory = self.path.parent
+        mine = (0, os.geteuid())
         try:
             info = os.stat(directory)
         except FileNotFoundError:
             raise NotFound("", f"the store's directory {directory} does not exist") from None
         if not stat.S_ISDIR(info.st_mode):
             raise InvalidValue("", f"{directory} is not a directory")
-        if info.st_uid not in (0, os.geteuid()):
+        if info.st_uid not in mine:
             raise Forbidden("", f"{directory} belongs to another user (uid {info.st_uid})")
-        if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        if info.st_mode & stat.S_IWOTH:
             raise Forbidden("", f"{directory} is writable by every user")
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISLNK(os.lstat(self.path).st_mode):
-                raise Forbidden("", f"{self.path} is a symlink; the store file must be a file")
+        try:
+            file_info = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(file_info.st_mode):
+            raise Forbidden("", f"{self.path} is a symlink; the store file must be a file")
+        if file_info.st_uid not in mine:
+            raise Forbidden("", f"{self.path} belongs to another user (uid {file_info.st_uid})")
 
     def _snapshot(self) -> tuple[bytes, dict[str, Any]] | None:
         """The encrypted file and its decrypted content, or ``None`` when there is no file.

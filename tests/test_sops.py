@@ -824,6 +824,21 @@ def test_store_settings_and_errors(keys: tuple[AgeKey, AgeKey], tmp_path: Path) 
     loose = open_store(path="shared/x.yaml", age_recipients=[keys[0].recipient])
     with pytest.raises(Forbidden, match="writable by every user"):
         loose.create("a", Secret(b"x"))
+    # A planted store file (another user's, or a symlink) is refused, for reading too.
+    good = open_store(
+        path="own/x.yaml", age_recipients=[keys[0].recipient], age_key_file=str(keys[0].path)
+    )
+    (tmp_path / "own").mkdir()
+    good.create("a", Secret(b"x"))
+    if os.geteuid() == 0:
+        os.chown(tmp_path / "own" / "x.yaml", 65534, 65534)
+        with pytest.raises(Forbidden, match="belongs to another user"):
+            good.read("a")
+        os.chown(tmp_path / "own" / "x.yaml", 0, 0)
+    (tmp_path / "own" / "x.yaml").rename(tmp_path / "elsewhere.yaml")
+    (tmp_path / "own" / "x.yaml").symlink_to(tmp_path / "elsewhere.yaml")
+    with pytest.raises(Forbidden, match="is a symlink"):
+        good.read("a")
 
 
 def test_store_wrong_key_is_a_typed_store_error(
