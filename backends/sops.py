@@ -928,7 +928,9 @@ class SopsStore(Store):
                     self.kind,
                     "--value-stdin",
                     str(copy),
-                    json.dumps([key])[1:-1].join("[]"),
+                    # sops takes the key between the quotes verbatim (no escapes), which is
+                    # why store keys may hold no quote, bracket or control character.
+                    f'["{key}"]',
                 ],
                 what=str(self.path),
                 file=self.path,

@@ -727,6 +727,8 @@ def test_store_keeps_any_bytes_faithfully(keys: tuple[AgeKey, AgeKey], tmp_path:
         "text/unicode": "pässwörd-✓".encode(),
         "text/empty": b"",
         "text/json-ish": b'{"a": 1}',
+        "web\\x2dapp.service/pw": b"escaped unit name",  # systemd escapes '-' as \x2d
+        "ключ/ü": b"non-ASCII key",
     }
     for key, value in samples.items():
         assert store.create(key, Secret(value)).reveal() == value
@@ -736,6 +738,8 @@ def test_store_keeps_any_bytes_faithfully(keys: tuple[AgeKey, AgeKey], tmp_path:
     assert fresh.keys() == sorted(samples)
     plain = json.loads(sops("decrypt", str(tmp_path / "store.json"), key=keys[0]))
     assert plain["text/unicode"]["current"] == "pässwörd-✓"
+    assert plain["web\\x2dapp.service/pw"]["current"] == "escaped unit name"
+    assert plain["ключ/ü"]["current"] == "non-ASCII key"
     assert plain["text/marker-lookalike"]["current"] == "base64:YmFzZTY0OmFHVnNiRzg9"
     # create never overwrites
     assert fresh.create("text/unicode", Secret(b"other")).reveal() == "pässwörd-✓".encode()
