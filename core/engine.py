@@ -221,7 +221,13 @@ class Session:
                 raise ConfigError(
                     f"unknown store type {kind!r}", file=self.config.label, key="store.type"
                 )
-            context = StoreContext(self.config.store_settings, self.config.directory, "store")
+            context = StoreContext(
+                self.config.store_settings,
+                self.config.directory,
+                "store",
+                resolve=self.resolve_one,
+                config_file=self.config.label,
+            )
             self._store = stores[kind][0].open(context)
         return self._store
 

@@ -209,6 +209,11 @@ class StoreContext:
     settings: Mapping[str, Any]
     config_dir: Path
     where: str = "store"
+    resolve: Callable[[str], Secret] | None = None
+    """Resolve a reference the store needs for itself (e.g. the key that decrypts it).
+    ``None`` when the store is opened outside a session."""
+    config_file: str = ""
+    """The config file's path, for error messages."""
 
 
 @dataclass(frozen=True, kw_only=True)

