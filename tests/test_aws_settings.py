@@ -207,3 +207,23 @@ credentials = {{ key = "generate:base64" }}
     # The control: resolving an aws-sm: reference does import botocore (not boto3's wrapper).
     got = probe("-c", str(config), "get", "aws-sm:x", cwd=tmp_path)
     assert got == {"boto3": False, "botocore": True}
+
+
+def test_docs_list_exactly_the_iam_actions_the_code_calls() -> None:
+    import re
+
+    from conftest import REPO
+
+    code = (REPO / "backends" / "aws.py").read_text()
+    calls = set(re.findall(r"\b(?:client|sts)\.([a-z_]+)\(", code)) - {"close"}
+    actions = {
+        "batch_get_secret_value": "secretsmanager:BatchGetSecretValue",
+        "get_secret_value": "secretsmanager:GetSecretValue",
+        "get_parameters": "ssm:GetParameters",
+        "assume_role": "sts:AssumeRole",
+    }
+    assert calls == set(actions), "a new AWS call needs its IAM action in docs/sources/aws.md"
+    doc = (REPO / "docs" / "sources" / "aws.md").read_text()
+    iam = doc.split("## IAM permissions", 1)[1].split("\n## ", 1)[0]
+    for action in actions.values():
+        assert f"`{action}`" in iam
