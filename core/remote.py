@@ -39,6 +39,7 @@ REPLY_SCAN_LIMIT = 1 << 16
 QUOTE_LIMIT = 200
 WITHHELD = "<server message withheld: it quotes secret material>"
 
+_URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _JSON_ESCAPE = re.compile(rb'\\(u[0-9a-fA-F]{4}|["\\/bfnrt])')
 _SIMPLE_ESCAPES = {b'"': b'"', b"\\": b"\\", b"/": b"/", b"b": b"\b", b"f": b"\f"}
 _SIMPLE_ESCAPES |= {b"n": b"\n", b"r": b"\r", b"t": b"\t"}
@@ -50,11 +51,12 @@ _SIMPLE_ESCAPES |= {b"n": b"\n", b"r": b"\r", b"t": b"\t"}
 class Redactor:
     """Withholds server replies that quote a part of any secret it was given.
 
-    Each value added is indexed in several forms — the raw bytes, standard and URL-safe Base64
-    at all three alignments (so the Base64 of any part of the value matches too) and hex in
-    both cases — as the set of its 8-byte windows. A reply is checked by sliding the same
-    window over it: any shared window withholds the whole reply. Looking a window up costs
-    the same however many values were added.
+    Each value added is indexed in several forms — the raw bytes, Base64 at all three
+    alignments (so the Base64 of any part of the value matches too) and hex — as the set of its
+    8-byte windows. A reply is checked by sliding the same window over it, and over its
+    variants: URL-safe Base64 turned into standard, lowercased (upper-case hex), JSON escapes
+    undone. Any shared window withholds the whole reply. Looking a window up costs the same
+    however many values were added.
 
     The index keeps only Python's keyed (per-process SipHash) hashes of the windows, not the
     bytes, so a redactor can outlive the values it was built from (the cloud-hypervisor
@@ -119,15 +121,14 @@ class Redactor:
     # ------------------------------------------------------------------ checking
 
     def quotes_secret(self, reply: bytes | str) -> bool:
-        """Whether ``reply`` (or its JSON-unescaped form) shares a window with a secret."""
+        """Whether ``reply`` (or a normalised variant of it) shares a window with a secret."""
         data = reply.encode("utf-8", "replace") if isinstance(reply, str) else bytes(reply)
         data = data[:REPLY_SCAN_LIMIT]
-        candidates = [data]
+        candidates = {data, data.lower(), data.translate(_URLSAFE_TO_STANDARD)}
         if b"\\" in data:
-            candidates.append(_json_unescape(data))
+            candidates.add(_json_unescape(data))
         with self._lock:
-            windows = self._windows
-            short = [(length, set(hashes)) for length, hashes in self._short.items()]
+            windows, short = self._windows, self._short.items()
             for candidate in candidates:
                 if windows and any(
                     hash(candidate[i : i + WINDOW]) in windows
@@ -162,18 +163,12 @@ class Redactor:
 
 
 def _derived_forms(raw: bytes) -> Iterator[bytes]:
+    # URL-safe Base64 and upper-case hex are caught by normalising the reply instead.
     for shift in range(3):
         part = raw[shift:]
-        if len(part) < 1:
-            continue
-        encoded = base64.b64encode(part).rstrip(b"=")
-        yield encoded
-        urlsafe = encoded.replace(b"+", b"-").replace(b"/", b"_")
-        if urlsafe != encoded:
-            yield urlsafe
-    hexed = raw.hex().encode()
-    yield hexed
-    yield hexed.upper()
+        if part:
+            yield base64.b64encode(part).rstrip(b"=")
+    yield raw.hex().encode()
 
 
 def _leaves(data: Any) -> Iterator[str]:
