@@ -128,6 +128,10 @@ _THROTTLED = frozenset(
         "ProvisionedThroughputExceededException",
     }
 )
+_REFUSED = frozenset(
+    {"ValidationException", "InvalidParameterException", "InvalidRequestException"}
+)
+"""A whole batch refused for what may be one of its items."""
 _NOT_FOUND = frozenset(
     {"ResourceNotFoundException", "ParameterNotFound", "ParameterVersionNotFound"}
 )
@@ -258,7 +262,12 @@ def _validate_ssm(reference: Reference) -> None:
             raise BadReference(
                 text, "expected an SSM parameter ARN (arn:aws:ssm:REGION:ACCOUNT:parameter/NAME)"
             )
-    elif not _PARAM_NAME.fullmatch(name) or "//" in name or name.endswith("/"):
+    elif (
+        not _PARAM_NAME.fullmatch(name)
+        or "//" in name
+        or name.endswith("/")
+        or ("/" in name and not name.startswith("/"))
+    ):
         raise BadReference(
             text,
             "expected aws-ssm:NAME or aws-ssm:/PATH/NAME (A-Za-z0-9_.-/), "
@@ -594,12 +603,12 @@ class AwsSource(DocumentSource):
                 arguments["NextToken"] = token
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             failure = self._error(error, f"BatchGetSecretValue of {len(chunk)} secret(s)", route)
-            if not (isinstance(failure, Forbidden) and _code(error) in _DENIED):
+            if _code(error) not in _DENIED | _REFUSED:
                 raise failure from None
-            # Denied batch: IAM policies often grant only GetSecretValue. Per-secret calls give
-            # each reference its own answer (and name exactly the secrets that are denied).
+            # IAM policies often grant only GetSecretValue, and one bad id refuses the whole
+            # call: per-secret calls give each reference its own answer.
             log.info(
-                "%s: BatchGetSecretValue denied (%s); reading %d secret(s) one by one",
+                "%s: BatchGetSecretValue refused (%s); reading %d secret(s) one by one",
                 self.settings.scheme,
                 _code(error),
                 len(chunk),
@@ -696,12 +705,17 @@ class AwsSource(DocumentSource):
         try:
             answer = client.get_parameters(Names=list(chunk), WithDecryption=True)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            failure = self._error(error, f"GetParameters of {len(chunk)} parameter(s)", route)
-            if not (isinstance(failure, Forbidden) and _code(error) in _DENIED and len(chunk) > 1):
+            what = (
+                f"parameter {next(iter(chunk))}"
+                if len(chunk) == 1
+                else f"GetParameters of {len(chunk)} parameter(s)"
+            )
+            failure = self._error(error, what, route)
+            if _code(error) not in _DENIED | _REFUSED or len(chunk) == 1:
                 raise failure from None
-            # One denied name denies the whole call; per-name calls say which one it is.
+            # One denied or invalid name refuses the whole call; per-name calls say which.
             log.info(
-                "%s: GetParameters denied (%s); reading %d parameter(s) one by one",
+                "%s: GetParameters refused (%s); reading %d parameter(s) one by one",
                 self.settings.scheme,
                 _code(error),
                 len(chunk),

@@ -483,6 +483,32 @@ def test_denied_batch_falls_back_to_one_call_per_secret(aws: MotoServer) -> None
     assert calls == ["BatchGetSecretValue", "GetSecretValue", "GetSecretValue", "GetSecretValue"]
 
 
+def test_refused_parameter_batch_is_split_per_name(aws: MotoServer) -> None:
+    """One denied parameter fails a whole GetParameters call: each name is then asked alone."""
+    prefix = unique("split")
+    ssm = aws.client("ssm")
+    for index in range(3):
+        ssm.put_parameter(Name=f"/{prefix}/p{index}", Value=f"v{index}", Type="SecureString")
+
+    def rule(request: Any) -> Reply | None:
+        names = json.loads(request.body or b"{}").get("Names", [])
+        if request.operation == "GetParameters" and f"/{prefix}/p1" in names:
+            return Reply.aws_json(400, "AccessDeniedException", "not authorized on p1")
+        return None
+
+    with HttpProxy(aws.port, rule) as proxy:
+        got = resolve(
+            sources(endpoint_url=proxy.url), *(f"aws-ssm:/{prefix}/p{i}" for i in range(3))
+        )
+        calls = [json.loads(r.body)["Names"] for r, _, _ in proxy.seen]
+    assert got[0] == b"v0" and got[2] == b"v2"
+    assert isinstance(got[1], Forbidden)
+    assert got[1].problem == (
+        f"access denied to parameter /{prefix}/p1 (AccessDeniedException): not authorized on p1"
+    )
+    assert len(calls) == 4 and sorted(len(c) for c in calls) == [1, 1, 1, 3]
+
+
 def test_kms_decryption_failure_is_typed(aws: MotoServer) -> None:
     name = unique("kms")
     aws.client("secretsmanager").create_secret(Name=name, SecretString="encrypted")

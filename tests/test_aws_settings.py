@@ -117,6 +117,7 @@ def test_valid_references(ref: str) -> None:
         ("aws-sm:x?region=Mars", "region 'Mars' is not an AWS region name"),
         ("aws-ssm:/app//db", "expected aws-ssm:NAME"),
         ("aws-ssm:/app/db/", "expected aws-ssm:NAME"),
+        ("aws-ssm:app/db", "expected aws-ssm:NAME"),
         ("aws-ssm:/app/db:1?version=2", "either as ?version=N or as NAME:N, not both"),
         ("aws-ssm:/app/db?version=0", "outside 1.."),
         ("aws-ssm:/app/db:a b", "is not a parameter version or label"),
