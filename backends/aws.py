@@ -128,6 +128,7 @@ _THROTTLED = frozenset(
         "ProvisionedThroughputExceededException",
     }
 )
+_NO_REGION = "no AWS region"
 _REFUSED = frozenset(
     {"ValidationException", "InvalidParameterException", "InvalidRequestException"}
 )
@@ -369,6 +370,8 @@ class AwsSource(DocumentSource):
                 try:
                     self._open_profile(profile, route)
                 except SourceError as error:
+                    if error.problem.startswith(_NO_REGION):
+                        raise  # STS needed a region: another route of the profile may have one
                     profile.error = error
             if profile.error is not None:
                 raise profile.error
@@ -420,13 +423,6 @@ class AwsSource(DocumentSource):
                 config=config,
                 **(profile.credentials or {}),
             )
-        except botocore.exceptions.NoRegionError:
-            raise Unreachable(
-                "",
-                "no AWS region: set ?region=, region in "
-                f"[sources.{settings.scheme}], AWS_REGION or AWS_DEFAULT_REGION, "
-                "or region in the AWS profile",
-            ) from None
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise self._error(error, f"creating the {self.service} client", route) from None
         log.debug(
@@ -441,6 +437,8 @@ class AwsSource(DocumentSource):
         try:
             found = session.get_credentials()
             frozen = found.get_frozen_credentials() if found is not None else None
+        except botocore.exceptions.ProfileNotFound:
+            raise
         except botocore.exceptions.BotoCoreError as error:
             raise Forbidden(
                 "", f"AWS credentials could not be loaded: {self._redactor.detail(str(error))}"
@@ -796,6 +794,13 @@ class AwsSource(DocumentSource):
                 str(details.get("Code", "")), details.get("Message"), what, route, attempts
             )
         url = self._endpoint_of(error)
+        if isinstance(error, bx.NoRegionError):
+            return Unreachable(
+                "",
+                f"{_NO_REGION}: set ?region=, region in "
+                f"[sources.{self.settings.scheme}], AWS_REGION or AWS_DEFAULT_REGION, "
+                "or region in the AWS profile",
+            )
         if isinstance(error, bx.NoCredentialsError):
             return Forbidden(
                 "",

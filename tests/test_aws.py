@@ -305,6 +305,12 @@ def test_no_credentials_is_forbidden(moto: MotoServer, monkeypatch: pytest.Monke
         assert outcome.problem.startswith("no AWS credentials found (environment, ~/.aws")
 
 
+def test_unknown_profile_is_named(aws: MotoServer) -> None:
+    outcome = resolve(sources(), "aws-sm:x?profile=nope")[0]
+    assert isinstance(outcome, Forbidden)
+    assert outcome.problem == "AWS profile 'nope' is not in ~/.aws/config or ~/.aws/credentials"
+
+
 def test_no_region_is_named(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> None:
     env = moto.env()
     del env["AWS_DEFAULT_REGION"]
@@ -317,6 +323,10 @@ def test_no_region_is_named(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -
         resolve(sources(), "aws-sm:x?region=us-east-1")[0].problem
         == "no secret x [region us-east-1]"
     )
+    # Assuming a role needs a region for STS too: the same clear error.
+    table = sources(role_arn="arn:aws:iam::123456789012:role/r")
+    outcome = resolve(table, "aws-sm:x")[0]
+    assert isinstance(outcome, Unreachable) and outcome.problem.startswith("no AWS region: ")
 
 
 def test_cli_exit_codes(moto: MotoServer, tmp_path: Path) -> None:
