@@ -186,9 +186,12 @@ def test_batches_of_20_and_10_one_call_per_chunk(aws: MotoServer) -> None:
         ssm.put_parameter(Name=f"/{prefix}/p{index}", Value=f"pv{index}", Type="SecureString")
     refs = [f"aws-sm:{prefix}/s{index}" for index in range(45)]
     refs += [f"aws-ssm:/{prefix}/p{index}" for index in range(25)]
-    with HttpProxy(aws.port) as proxy:
+    # Each call is held 0.3 s at the proxy, so calls made concurrently are seen in flight together.
+    with HttpProxy(aws.port, hold=0.3) as proxy:
         got = resolve(sources(endpoint_url=proxy.url), *refs)
         calls = sorted(proxy.operations())
+    # 4 of the 6 at once means calls of one service overlapped, not only the two services.
+    assert proxy.max_in_flight >= 4, proxy.max_in_flight
     assert got == [f"sv{i}".encode() for i in range(45)] + [f"pv{i}".encode() for i in range(25)]
     # 45 secrets: 20 + 20 + 5; 25 parameters: 10 + 10 + 5. Nothing one by one.
     assert calls == ["BatchGetSecretValue"] * 3 + ["GetParameters"] * 3

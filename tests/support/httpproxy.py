@@ -13,6 +13,7 @@ import http.client
 import http.server
 import socketserver
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,9 +58,13 @@ Rule = Callable[[Request], "Reply | None"]
 class HttpProxy:
     """Listens on 127.0.0.1:RANDOM and forwards to ``upstream_port`` unless ``rule`` answers."""
 
-    def __init__(self, upstream_port: int, rule: Rule | None = None) -> None:
+    def __init__(self, upstream_port: int, rule: Rule | None = None, *, hold: float = 0) -> None:
         self.upstream_port = upstream_port
         self.rule: Rule = rule or (lambda _request: None)
+        self.hold = hold
+        """Seconds each request is held before it is forwarded (to see calls overlap)."""
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.seen: list[tuple[Request, int, bool]] = []
         """(request, status, answered by the rule)"""
         self._lock = threading.Lock()
@@ -81,6 +86,18 @@ class HttpProxy:
             return sum(1 for _, _, by_rule in self.seen if by_rule)
 
     def serve(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.hold:
+                time.sleep(self.hold)
+            return self._serve(request)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _serve(self, request: Request) -> tuple[int, dict[str, str], bytes]:
         reply = self.rule(request)
         if reply is not None:
             with self._lock:
