@@ -765,7 +765,8 @@ class AwsSource(DocumentSource):
         detail = self._redactor.quote(str(message) if message else "")
         if code in _NOT_FOUND:
             return NotFound("", _in_route(f"no {what}", route))
-        if code in _KMS or code.startswith("KMS"):
+        kms_denied = code in _DENIED and "kms" in str(message or "").lower()
+        if code in _KMS or code.startswith("KMS") or kms_denied:
             return Forbidden("", _in_route(f"cannot decrypt {what} (KMS {code}){detail}", route))
         if code in _DENIED:
             return Forbidden("", _in_route(f"access denied to {what} ({code}){detail}", route))
