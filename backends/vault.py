@@ -44,6 +44,15 @@ from credbridge.core import (
     Unreachable,
     hookimpl,
 )
+from credbridge.core.remote import (
+    Redactor,
+    caused_by,
+    connection_reason,
+    demote_retry_warnings,
+    optional_import,
+    renamed,
+    tls_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -381,26 +390,6 @@ class _Mount:
     version: int
 
 
-class _Redactor:
-    """Removes known secret strings (token, login material) from server error texts."""
-
-    def __init__(self) -> None:
-        self._secrets: set[str] = set()
-        self._lock = threading.Lock()
-
-    def add(self, value: str) -> None:
-        if len(value) >= 4:
-            with self._lock:
-                self._secrets.add(value)
-
-    def clean(self, text: str) -> str:
-        with self._lock:
-            for value in self._secrets:
-                text = text.replace(value, "<redacted>")
-        text = " ".join(text.split())
-        return text if len(text) <= 200 else text[:197] + "..."
-
-
 # --------------------------------------------------------------------------- the source
 
 
@@ -409,7 +398,7 @@ class VaultSource(DocumentSource):
         super().__init__(concurrency=settings.concurrency)
         self.settings = settings
         self._resolve = resolve
-        self._redactor = _Redactor()
+        self._redactor = Redactor()
         self._lock = threading.Lock()
         self._session: Any = None
         self._clients: dict[str | None, _Client] = {}
@@ -481,9 +470,7 @@ class VaultSource(DocumentSource):
             # Said once here, instead of urllib3's warning on every request.
             log.warning("TLS verification of %s is off (tls_verify = false)", settings.address)
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
-        pool_log = logging.getLogger("urllib3.connectionpool")
-        if _RETRY_FILTER not in pool_log.filters:
-            pool_log.addFilter(_RETRY_FILTER)
+        demote_retry_warnings("urllib3.connectionpool", "Retrying")
         client = self._new_client(settings.namespace)
         self._login(client)
         self._clients[settings.namespace] = client
@@ -583,6 +570,7 @@ class VaultSource(DocumentSource):
             if self._login_error is not None:
                 raise self._login_error
             if self._session is None:
+                optional_import("hvac", extra="vault", scheme="vault")
                 try:
                     self._connect()
                 except SourceError as error:
@@ -602,7 +590,7 @@ class VaultSource(DocumentSource):
             try:
                 return self.fetch_document(locator)
             except SourceError as error:
-                return _named(error, str(locator))
+                return renamed(error, str(locator))
 
         if not locators:
             return {}
@@ -610,7 +598,7 @@ class VaultSource(DocumentSource):
         try:
             self._client(self._namespace(locators[0]))
         except SourceError as error:
-            return {locator: _named(error, str(locator)) for locator in locators}
+            return {locator: renamed(error, str(locator)) for locator in locators}
         workers = min(self.concurrency, len(locators))
         log.debug("vault: reading %d path(s) with %d worker(s)", len(locators), workers)
         if workers == 1:
@@ -658,7 +646,10 @@ class VaultSource(DocumentSource):
             raise self._error(error, "", where, mount=mount, version=version) from None
         if not isinstance(data, Mapping):
             raise InvalidValue("", f"{where} holds no key/value data")
-        return SecretDocument(dict(data))
+        document = SecretDocument(dict(data))
+        # Later error replies (another path, a login) must not quote a part of this value.
+        self._redactor.add_document(document)
+        return document
 
     def _mount(self, client: _Client, namespace: str | None, path: str) -> _Mount:
         """The mount holding ``path`` and its KV version, asked once per mount and run."""
@@ -740,7 +731,7 @@ class VaultSource(DocumentSource):
         if isinstance(error, SourceError):
             return error
         if isinstance(error, hvac.exceptions.VaultError):
-            detail = self._redactor.clean("; ".join(map(str, error.errors or [])))
+            detail = self._redactor.detail("; ".join(map(str, error.errors or [])))
             status = _STATUS.get(type(error).__name__, "error")
             if isinstance(error, hvac.exceptions.VaultDown):
                 state = "sealed" if "sealed" in detail.lower() else "unavailable (503)"
@@ -783,11 +774,11 @@ class VaultSource(DocumentSource):
             )
         if isinstance(error, requests.exceptions.ConnectionError):
             # Retries exhausted on a read timeout arrive as a ConnectionError around it.
-            if isinstance(_root_cause(error), urllib3.exceptions.ReadTimeoutError):
+            if caused_by(error, urllib3.exceptions.ReadTimeoutError):
                 return Timeout(
                     reference, f"no answer from {address} within {self.settings.read_timeout:g}s"
                 )
-            return Unreachable(reference, f"cannot reach {address}: {_connection_reason(error)}")
+            return Unreachable(reference, f"cannot reach {address}: {connection_reason(error)}")
         if isinstance(error, requests.exceptions.RequestException):
             return Unreachable(reference, f"request to {address} failed: {type(error).__name__}")
         return InvalidValue(reference, f"unexpected answer from {address} for {where}")
@@ -851,76 +842,14 @@ def _failures() -> tuple[type[Exception], ...]:
     )
 
 
-def _named(error: SourceError, reference: str) -> SourceError:
-    """The same error naming ``reference`` (errors are raised before it is known)."""
-    if error.reference == reference:
-        return error
-    return type(error)(reference, error.problem)
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    """What urllib3 gave up on, under requests' and urllib3's wrappers."""
-    import urllib3.exceptions
-
-    seen: BaseException = error
-    for _ in range(5):
-        inner: Any = seen.args[0] if seen.args else None
-        if isinstance(inner, urllib3.exceptions.MaxRetryError) and inner.reason is not None:
-            inner = inner.reason
-        if not isinstance(inner, BaseException):
-            return seen
-        seen = inner
-    return seen
-
-
-class _RetryLogFilter(logging.Filter):
-    """urllib3 logs each retry as a WARNING; credbridge reports the outcome, so demote them."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith("Retrying") or record.levelno != logging.WARNING:
-            return True
-        if not log.isEnabledFor(logging.DEBUG):
-            return False
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return True
-
-
-_RETRY_FILTER = _RetryLogFilter()
-
-
-def _connection_reason(error: Exception) -> str:
-    text = str(error)
-    for needle, reason in (
-        ("Connection refused", "connection refused"),
-        ("Connection reset", "connection reset"),
-        ("RemoteDisconnected", "the server closed the connection"),
-        ("Connection aborted", "connection aborted"),
-        ("Name or service not known", "unknown host name"),
-        ("Temporary failure in name resolution", "host name lookup failed"),
-        ("No route to host", "no route to host"),
-        ("Network is unreachable", "network is unreachable"),
-    ):
-        if needle in text:
-            return reason
-    return "connection failed"
-
-
 def _tls_reason(error: Exception) -> str:
-    text = str(error)
-    found = re.search(r"certificate verify failed: ([^()'\"]+)", text)
-    if found:
-        return (
-            f"certificate verify failed: {found.group(1).strip()} "
-            "(set ca_cert, or VAULT_CACERT, to the CA that signed the server's certificate)"
-        )
-    if "WRONG_VERSION_NUMBER" in text or "wrong version number" in text:
-        return "the server does not speak TLS there (use an http:// address?)"
-    if "doesn't match" in text or "Hostname mismatch" in text:
-        return "the certificate is not valid for this host name"
-    if "CERTIFICATE_REQUIRED" in text or "certificate required" in text:
-        return "the server requires a client certificate (set client_cert and client_key)"
-    found = re.search(r"\[SSL: ([A-Z_]+)\]", text)
-    return found.group(1).lower().replace("_", " ") if found else "handshake failed"
+    reason = tls_reason(
+        error,
+        ca_hint="set ca_cert, or VAULT_CACERT, to the CA that signed the server's certificate",
+    )
+    if reason == "the server requires a client certificate":
+        reason += " (set client_cert and client_key)"
+    return reason
 
 
 def _open(context: SourceContext) -> VaultSource:

@@ -48,6 +48,7 @@ from credbridge.core import (
     Secret,
     hookimpl,
 )
+from credbridge.core.remote import Redactor
 from credbridge.core.vm import VmChannel, VmSink
 from credbridge.launchers.runtime import (
     RUNTIME_SETTINGS,
@@ -111,13 +112,14 @@ class ApiClient:
     """Requests to cloud-hypervisor's REST API. Errors name the endpoint and the HTTP status.
 
     Request bodies never appear in an error or a log line; a response body is quoted only when
-    it contains none of the strings in ``secrets`` (cloud-hypervisor may echo its config).
+    it shares no 8-byte run with a value, its Base64 or hex (cloud-hypervisor may echo its
+    config). The ``redactor`` keeps hashes of those runs, not the values.
     """
 
-    def __init__(self, path: Path, timeout: float, secrets: Sequence[bytes] = ()) -> None:
+    def __init__(self, path: Path, timeout: float, redactor: Redactor | None = None) -> None:
         self.path = path
         self.timeout = timeout
-        self.secrets = [s for s in secrets if s]
+        self.redactor = redactor if redactor is not None else Redactor(min_length=1)
 
     def call(self, method: str, endpoint: str, body: bytes | None = None) -> tuple[int, bytes]:
         connection = _UnixHTTPConnection(self.path, self.timeout)
@@ -153,12 +155,7 @@ class ApiClient:
             )
 
     def _quote(self, answer: bytes) -> str:
-        if not answer.strip():
-            return ""
-        if any(s in answer for s in self.secrets):
-            return " (response withheld: it quotes the request)"
-        text = answer.decode("utf-8", "replace").strip().splitlines()[0]
-        return f": {text[:200]}"
+        return self.redactor.quote(answer)
 
 
 # --------------------------------------------------------------------------- VmConfig
@@ -577,15 +574,21 @@ class CloudHypervisorLauncher(Launcher):
             names = ", ".join(channel.names) or "none"
             log.info("VM %s started from flags with credentials: %s", vm.name, names)
             return rt.wait()
-        api = ApiClient(spec.socket, vm.timeout, _secret_forms(channel, deliveries))
+        api = ApiClient(spec.socket, vm.timeout, _redactor(channel, deliveries))
         try:
             rt.wait_for_path(spec.socket, "cloud-hypervisor API socket", process=process)
             self._wait_ping(rt, api, process)
             body = json.dumps(spec.body).encode()
             spec.body = None
             rt.check()
-            api.put("vm.create", body)
-            del body
+            try:
+                api.put("vm.create", body)
+            finally:
+                # The hypervisor has the values now; the redactor's hashes stay for the
+                # calls that could still echo them (vm.boot, vmm.shutdown).
+                del body
+                for oem in channel.oem_strings:
+                    oem.wipe()
             rt.check()
             api.put("vm.boot")
         except LaunchError as error:
@@ -626,15 +629,15 @@ CMDLINE_WARNING = (
 )
 
 
-def _secret_forms(channel: VmChannel, deliveries: Sequence[Delivery]) -> list[bytes]:
-    """Byte strings an API error answer must not quote: OEM strings, their Base64, values."""
-    forms: list[bytes] = []
-    for text in channel.oem_strings:
-        raw = text.reveal()
-        forms += [raw, raw.partition(b"=")[2]]
-    forms += [d.value.reveal() for d in deliveries]
+def _redactor(channel: VmChannel, deliveries: Sequence[Delivery]) -> Redactor:
+    """What an API error answer must not quote: values (and their Base64/hex), OEM payloads."""
     # Even a short value counts: withholding a harmless answer is cheap, quoting a secret is not.
-    return [f for f in forms if f]
+    redactor = Redactor(min_length=1)
+    for delivery in deliveries:
+        redactor.add(delivery.value)
+    for text in channel.oem_strings:
+        redactor.add(text.reveal().partition(b"=")[2], derived=False)
+    return redactor
 
 
 @hookimpl

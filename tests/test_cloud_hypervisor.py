@@ -357,7 +357,8 @@ def _config(standin_dir: Path, run_dir: Path, record: Path, **kw: Any) -> Path:
     exit_code = kw.pop("exit_code", None)
     sink = kw.pop("sink", "oem-strings")
     secrets = kw.pop("secrets", SECRETS)
-    binary = write_standin(standin_dir, exit_code=exit_code, record=record)
+    echo = kw.pop("echo", None)
+    binary = write_standin(standin_dir, exit_code=exit_code, record=record, echo=echo)
     settings = {**KERNEL, "binary": str(binary), "runtime_dir": str(run_dir), **kw}
     return write_config(standin_dir, settings, secrets, sink=sink)
 
@@ -401,6 +402,44 @@ def test_api_error_names_endpoint_and_status_never_values(standin_dir: Path, run
     for form in _forms():
         assert form not in out + err
     assert read_records(record)[-1]["path"] == "/api/v1/vmm.shutdown"
+    assert not run_dir.exists()
+
+
+def _echoed_parts(values: Iterator[bytes] | Any) -> list[bytes]:
+    """What the stand-in's echo quotes for each value: mid-Base64 and mid-value fragments."""
+    import base64
+
+    parts = []
+    for value in values:
+        payload = base64.b64encode(value)
+        middle_b64, middle_raw = max(0, len(payload) // 2 - 6), max(0, len(value) // 2 - 5)
+        parts.append(payload[middle_b64 : middle_b64 + 12])
+        raw = value[middle_raw : middle_raw + 10]
+        parts.append(repr(raw.decode("utf-8", "backslashreplace")).encode())
+        parts.append(raw)
+    return parts
+
+
+@pytest.mark.parametrize("endpoint", ["create", "boot"])
+def test_api_error_quoting_part_of_a_secret_is_withheld(
+    endpoint: str, standin_dir: Path, run_dir: Path
+) -> None:
+    """The hypervisor's error answer quotes 12 Base64 characters and 10 value bytes: withheld,
+    also on vm.boot, after the launcher dropped its copies of the values."""
+    record = standin_dir / "record.jsonl"
+    proc = _launch(_config(standin_dir, run_dir, record, echo=endpoint))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 10, err.decode()
+    failed = [r for r in read_records(record) if r.get("problem") == "echo requested"]
+    assert [r["path"] for r in failed] == [f"/api/v1/vm.{endpoint}"]  # the echo was sent
+    line = err.decode().strip().splitlines()[-1]
+    status = 400 if endpoint == "create" else 500
+    assert line == (
+        f"credbridge: error: cloud-hypervisor API PUT /api/v1/vm.{endpoint} failed: "
+        f"HTTP {status}: <server message withheld: it quotes secret material>"
+    )
+    for part in [*_echoed_parts(SECRETS.values()), *_forms()]:
+        assert part not in out + err
     assert not run_dir.exists()
 
 

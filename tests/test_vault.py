@@ -772,3 +772,50 @@ def test_errors_are_source_errors_with_one_line(openbao: DevServer, tmp_path: Pa
     for outcome in got.values():
         assert isinstance(outcome, SourceError)
         assert "\n" not in str(outcome)
+
+
+def test_error_answer_quoting_part_of_a_secret_is_withheld(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """A server error that quotes 12 characters of a value read earlier, 12 of its Base64,
+    or a part of the token is withheld; the same kind of answer without them is quoted."""
+    from credbridge.core.remote import WITHHELD
+    from support.httpproxy import HttpProxy, Reply
+
+    base = unique("quote")
+    value = f"first-value-{uuid.uuid4().hex}"
+    put(openbao, f"secret/{base}/read", password=value)
+    token = f"PART-TOKEN-{uuid.uuid4().hex}"
+    openbao.client().auth.token.create(id=token, policies=["root"], ttl="1h")
+    b64 = base64.b64encode(value.encode()).decode()
+    messages = {
+        "q0": f"cannot decode near '{value[6:18]}'",
+        "q1": f"bad input {b64[8:20]}",
+        "q2": f"token ...{token[6:16]}... is malformed",
+        "q3": "storage backend is slow",
+    }
+
+    def rule(request: Any) -> Reply | None:
+        leaf = request.path.rstrip("/").rpartition("/")[2]
+        if request.method == "GET" and leaf in messages and "/data/" in request.path:
+            body = json.dumps({"errors": [messages[leaf]]}).encode()
+            return Reply(500, body, {"Content-Type": "application/json"})
+        return None
+
+    with HttpProxy(openbao.port, rule) as proxy:
+        config = vault_config(proxy.url, auth={"token_file": token_file(tmp_path, token)})
+        with Session(parse_config(config)) as session:
+            first = session.resolve(
+                [Request(parse_reference(f"vault:secret/{base}/read#password"))]
+            )
+            assert [v.reveal_text() for v in first.values()] == [value]
+            requests = [Request(parse_reference(f"vault:secret/{base}/{q}#x")) for q in messages]
+            outcomes = [session.resolve([r])[r] for r in requests]
+        assert proxy.injected() == 4
+    for index, outcome in enumerate(outcomes[:3]):
+        assert isinstance(outcome, Unreachable)
+        assert outcome.problem.endswith(f"answered 500 for secret/{base}/q{index}: {WITHHELD}")
+    assert outcomes[3].problem.endswith(": storage backend is slow")
+    rendered = " ".join(str(o) for o in outcomes)
+    for part in (value[6:18], b64[8:20], token[6:16]):
+        assert part not in rendered

@@ -29,6 +29,7 @@ def write_standin(
     mode: str = "noboot",
     exit_code: int | None = None,
     record: Path | None = None,
+    echo: str | None = None,
 ) -> Path:
     """An executable that runs the stand-in exactly as the launcher runs cloud-hypervisor."""
     extra = [f"--standin-spec={SPEC_PATH}", f"--standin-mode={mode}"]
@@ -36,6 +37,8 @@ def write_standin(
         extra.append(f"--standin-exit={exit_code}")
     if record is not None:
         extra.append(f"--standin-record={record}")
+    if echo is not None:
+        extra.append(f"--standin-echo={echo}")
     wrapper = directory / "cloud-hypervisor-standin"
     wrapper.write_text(
         "#!/bin/sh\n"

@@ -24,11 +24,18 @@ signal tests and the benchmark); ``--standin-exit N`` makes it exit with N right
 
 ``--standin-record FILE`` appends one JSON line per request: method, path, status, problem,
 and for ``vm.create`` the *names* in the OEM strings (never values).
+
+``--standin-echo create|boot`` makes ``vm.create`` (400) or ``vm.boot`` (500) fail with an
+error answer that quotes *parts* of the first OEM string: 12 characters from the middle of its
+Base64 and 10 bytes from the middle of the decoded value, the way a real server's parser
+error quotes the input near the fault. It exists to prove the launcher withholds such answers.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
 import http.server
 import json
@@ -220,6 +227,28 @@ def _split_options_list(text: str) -> list[str]:
     return text.split(",") if text else []
 
 
+# --------------------------------------------------------------------------- echoes
+
+
+def echo_parts(config: dict[str, Any]) -> bytes:
+    """An error answer quoting parts (not the whole) of the first OEM string and its value."""
+    strings = config.get("platform", {}).get("oem_strings", [])
+    if not strings:
+        return b"Error: no OEM string to quote"
+    payload = strings[0].partition("=")[2]
+    try:
+        value = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        value = payload.encode()
+    middle_b64 = max(0, len(payload) // 2 - 6)
+    middle_raw = max(0, len(value) // 2 - 5)
+    raw_part = value[middle_raw : middle_raw + 10].decode("utf-8", "backslashreplace")
+    return (
+        f"Error parsing platform config near '{payload[middle_b64 : middle_b64 + 12]}' "
+        f"(decoded: {raw_part!r})"
+    ).encode()
+
+
 # --------------------------------------------------------------------------- the VMM
 
 
@@ -291,6 +320,9 @@ class StandIn:
                 return 400, ("invalid VmConfig: " + "; ".join(problems)).encode(), info
             if self.config is not None:
                 return 500, b"VmAlreadyCreated", info
+            if self.options.standin_echo == "create":
+                info["problem"] = "echo requested"
+                return 400, echo_parts(config), info
             self.config = config
             self.state = "Created"
             info["memory_shared"] = config.get("memory", {}).get("shared", False)
@@ -301,6 +333,9 @@ class StandIn:
                 return 404, b"VmNotCreated", info
             if self.state == "Running":
                 return 500, b"VmAlreadyBooted", info
+            if self.options.standin_echo == "boot":
+                info["problem"] = "echo requested"
+                return 500, echo_parts(self.config), info
             problem = self.boot()
             if problem:
                 info["problem"] = problem
@@ -478,6 +513,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--standin-mode", choices=["boot", "noboot"], default="boot")
     parser.add_argument("--standin-exit", type=int)
     parser.add_argument("--standin-record")
+    parser.add_argument("--standin-echo", choices=["create", "boot"])
     parser.add_argument("--api-socket", required=True)
     parser.add_argument("-v", action="count", default=0)
     parser.add_argument("--seccomp")

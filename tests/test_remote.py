@@ -1,0 +1,170 @@
+"""credbridge.core.remote: the redactor shared by networked sources and the launchers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+
+import pytest
+from credbridge.core import ConfigError, NotFound, PluginError, Secret, SecretDocument
+from credbridge.core.remote import (
+    MAX_WINDOWS_PER_FORM,
+    WINDOW,
+    WITHHELD,
+    Redactor,
+    SettingsTable,
+    caused_by,
+    connection_reason,
+    one_line,
+    optional_import,
+    renamed,
+)
+
+VALUE = b"s3cr3t-Value-0123456789-xyz"
+
+
+@pytest.fixture
+def redactor() -> Redactor:
+    r = Redactor()
+    r.add(Secret(VALUE))
+    return r
+
+
+@pytest.mark.parametrize("start", range(len(VALUE) - WINDOW + 1))
+def test_every_8_byte_part_of_the_value_is_caught(redactor: Redactor, start: int) -> None:
+    part = VALUE[start : start + WINDOW]
+    assert redactor.quotes_secret(b"error near '" + part + b"' in request")
+    assert redactor.detail("error near " + part.decode()) == WITHHELD
+
+
+def test_seven_bytes_are_not_enough(redactor: Redactor) -> None:
+    assert not redactor.quotes_secret(VALUE[3:10])
+    assert redactor.detail("could not parse body") == "could not parse body"
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2])
+def test_base64_of_any_part_is_caught(redactor: Redactor, shift: int) -> None:
+    # The Base64 of a part of the value starting at any offset, standard and URL-safe.
+    encoded = base64.b64encode(VALUE[shift + 3 : shift + 3 + 12]).rstrip(b"=")
+    assert redactor.quotes_secret(encoded)
+    assert redactor.quotes_secret(base64.urlsafe_b64encode(b"\xfb\xff" + VALUE)[4:20])
+    whole = base64.b64encode(VALUE)
+    assert redactor.quotes_secret(whole[5 : 5 + WINDOW])
+
+
+def test_hex_both_cases_and_json_escapes_are_caught(redactor: Redactor) -> None:
+    assert redactor.quotes_secret(VALUE.hex()[10:20])
+    assert redactor.quotes_secret(VALUE.hex().upper()[10:20])
+    slashed = Redactor()
+    slashed.add("pa/ss/wo/rd/12")
+    # A JSON answer may escape "/" as "\/": the unescaped text is checked too.
+    assert slashed.quotes_secret(json.dumps("pa/ss/wo/rd/12").replace("/", "\\/"))
+    assert slashed.quotes_secret('{"msg": "\\u0070a/ss/wo/r"}')
+
+
+def test_short_values_match_whole_and_min_length() -> None:
+    r = Redactor(min_length=1)
+    r.add(b"abc")
+    assert r.quotes_secret(b"xxabcxx") and not r.quotes_secret(b"ab c")
+    default = Redactor()
+    default.add("abc")  # shorter than min_length 4: not indexed
+    assert not default and not default.quotes_secret("abc")
+    default.add("abcd")
+    assert default.quotes_secret("..abcd..")
+
+
+def test_documents_index_every_leaf() -> None:
+    r = Redactor()
+    r.add_document(SecretDocument({"db": {"password": "leaf-password-1"}, "list": ["leaf-two-xx"]}))
+    assert r.quotes_secret("password-1 is wrong")
+    assert r.quotes_secret("leaf-two")
+
+
+def test_the_index_holds_no_plaintext(redactor: Redactor) -> None:
+    dumped = pickle.dumps((redactor._windows, redactor._short))  # the whole state
+    for start in range(len(VALUE) - 3):
+        assert VALUE[start : start + 4] not in dumped
+    assert VALUE.hex().encode()[:8] not in dumped
+
+
+def test_large_values_are_indexed_at_a_stride_with_bounded_memory() -> None:
+    big = os.urandom(3 * MAX_WINDOWS_PER_FORM)
+    r = Redactor()
+    r.add(big)
+    # raw, 3x2 Base64 forms at most, 2 hex forms: each bounded.
+    assert len(r._windows) <= 9 * MAX_WINDOWS_PER_FORM
+    stride = -(-(len(big) - WINDOW + 1) // MAX_WINDOWS_PER_FORM)
+    assert r.quotes_secret(big[1000 : 1000 + WINDOW + stride - 1])
+
+
+def test_many_values_one_lookup_per_window() -> None:
+    r = Redactor()
+    values = [os.urandom(32) for _ in range(500)]
+    for value in values:
+        r.add(value)
+    assert all(r.quotes_secret(v[10:18]) for v in values[::50])
+    assert not r.quotes_secret(b"an ordinary error message without secrets in it")
+
+
+def test_detail_is_one_line_and_short(redactor: Redactor) -> None:
+    assert redactor.detail("line one\nline two\r\n\tthree") == "line one line two three"
+    assert len(redactor.detail("x" * 1000)) == 200
+    assert redactor.quote(None) == "" and redactor.quote("  ") == ""
+    assert redactor.quote("bad") == ": bad"
+    # Two lines that are harmless alone but join into a part of a value are withheld.
+    spaced = Redactor()
+    spaced.add("abcd efgh")
+    assert not spaced.quotes_secret("abcd\nefgh")
+    assert one_line("abcd\nefgh") == "abcd efgh"
+    assert spaced.detail("abcd\nefgh") == WITHHELD
+
+
+def test_clear_forgets(redactor: Redactor) -> None:
+    redactor.clear()
+    assert not redactor.quotes_secret(VALUE)
+
+
+def test_optional_import_names_the_extra() -> None:
+    assert optional_import("json", extra="x", scheme="y") is json
+    with pytest.raises(PluginError) as failure:
+        optional_import("credbridge_no_such_module", extra="aws", scheme="aws-sm")
+    assert str(failure.value) == (
+        "aws-sm: references need the Python package 'credbridge_no_such_module', which is not "
+        "installed (pip install 'credbridge[aws]')"
+    )
+
+
+def test_error_helpers() -> None:
+    error = NotFound("", "no such thing")
+    assert str(renamed(error, "x:y")) == "x:y: no such thing"
+    inner = ConnectionRefusedError(111, "Connection refused")
+    outer = RuntimeError("wrapped")
+    outer.__cause__ = inner
+    assert caused_by(outer, ConnectionRefusedError) is inner
+    assert connection_reason(outer) == "connection refused"
+    assert connection_reason(RuntimeError("??")) == "connection failed"
+
+
+def test_settings_table_names_file_and_key() -> None:
+    table = SettingsTable(
+        {"timeout": 0, "n": 300, "mode": "x", "name": "a\nb"},
+        where="sources.demo",
+        config_file="/etc/c.toml",
+        known={"timeout", "n", "mode", "name", "flag"},
+    )
+    with pytest.raises(ConfigError, match=r"^/etc/c.toml: sources.demo.timeout: must be greater"):
+        table.timeout("timeout", 5)
+    with pytest.raises(ConfigError, match="n: must be an integer from 1 to 256"):
+        table.integer("n", 1, minimum=1, maximum=256)
+    with pytest.raises(ConfigError, match="mode: must be one of a, b"):
+        table.choice("mode", ("a", "b"), "a")
+    with pytest.raises(ConfigError, match="name: must not contain control characters"):
+        table.text("name")
+    assert table.flag("flag", True) is True
+    with pytest.raises(ConfigError, match=r"sources.demo.other: unknown setting \(known: flag,"):
+        SettingsTable({"other": 1}, where="sources.demo", config_file=None, known={"flag", "n"})
+    for bad in (float("nan"), float("inf"), True, "5"):
+        with pytest.raises(ConfigError):
+            SettingsTable({"t": bad}, where="w", config_file=None, known={"t"}).timeout("t", 1)
