@@ -43,6 +43,7 @@ from credbridge.core.secret import Secret
 from credbridge.core.types import LauncherContext, Mode
 from credbridge.core.vm import VmChannel
 from credbridge.launchers.cloud_hypervisor import CloudHypervisorLauncher, LaunchSpec
+from credbridge.launchers.runtime import RUNTIME_SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,8 @@ PAYLOAD_FLAGS = {"--kernel": "kernel", "--initramfs": "initramfs", "--firmware":
 SWITCHES = {"--watchdog": "watchdog", "--pvpanic": "pvpanic"}
 #: Flags about the cloud-hypervisor process, not the VM: passed on when not the default.
 PROCESS_FLAGS = {"--seccomp": "true", "--log-file": None}
+#: Launcher-table keys the wrapper takes from the config: how to run, not what to run.
+CONFIG_LAUNCHER_KEYS = RUNTIME_SETTINGS | {"timeout", "runtime_dir"}
 PASS_THROUGH = ({"--version"}, {"-V"}, {"--help"}, {"-h"})
 _CONSOLE_WORDS = ("off", "null", "pty", "tty")
 
@@ -611,7 +614,15 @@ def open_launcher(
     """The launcher for VM target ``name`` of the session's config, fed from ``invocation``."""
     session.validate()
     target = session.select_targets([name], kind="vm")[0]
-    settings = {**invocation.settings, "binary": binary}
+    for key in target.launcher_settings:
+        if key not in CONFIG_LAUNCHER_KEYS:
+            raise ConfigError(
+                "the VM's shape comes from cloud-hypervisor's command line here; the launcher "
+                f"table may set only {', '.join(sorted(CONFIG_LAUNCHER_KEYS))}",
+                file=session.config.label,
+                key=f"{target.where}.launcher.{key}",
+            )
+    settings = {**target.launcher_settings, **invocation.settings, "binary": binary}
     context = LauncherContext(
         target, settings, session.config, f"{target.where}.launcher", session.sink(target)
     )

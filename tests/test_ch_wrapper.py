@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +222,35 @@ def test_confidential_vm_with_oem_credentials_is_refused(tmp_path: Path, monkeyp
         launcher.launch([Delivery("API_KEY", Secret(b"x" * 12))])
 
 
+def test_launcher_table_sets_only_how_to_run(tmp_path: Path, tmpfs_dir: Path) -> None:
+    """``virtiofsd``/``stop_timeout``/... come from the config; the VM's shape never does."""
+    argv = CASES["defaults-store-disk"]["argv"]
+    config = write_vm_config(tmp_path, {})
+    data = json.loads(config.read_text())
+    launcher_table = {"type": "cloud-hypervisor", "stop_timeout": 3, "runtime_dir": str(tmpfs_dir)}
+    data["targets"]["test-vm"]["launcher"] = launcher_table
+    config.write_text(json.dumps(data))
+    session, launcher = open_wrapper(config, argv)
+    with session:
+        assert launcher.stop_timeout == 3
+        assert launcher.vm.runtime_dir == tmpfs_dir
+    data["targets"]["test-vm"]["launcher"]["kernel"] = "/boot/vmlinuz"
+    config.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r'targets.test-vm.launcher.kernel: the VM\'s shape'):
+        open_wrapper(config, argv)
+
+
 def test_plan_is_redacted(tmp_path: Path, tmpfs_dir: Path) -> None:
     case = CASES["notify-vsock-virtiofs-tap-volume"]
     config = write_vm_config(tmp_path, SECRETS)
     result = subprocess.run(
-        [sys.executable, "-m", "credbridge.launchers.ch_wrapper", "--credbridge-plan", *case["argv"]],
+        [
+            sys.executable,
+            "-m",
+            "credbridge.launchers.ch_wrapper",
+            "--credbridge-plan",
+            *case["argv"],
+        ],
         capture_output=True,
         env={
             **os.environ,
@@ -284,9 +308,9 @@ def test_environment_errors(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def standin_run(tmp_path: Path, tmpfs_dir: Path) -> Iterator[dict[str, Any]]:
+def standin_run(tmp_path: Path, tmpfs_dir: Path) -> dict[str, Any]:
     record = tmpfs_dir / "record.jsonl"
-    yield {"record": record, "binary": write_standin(tmpfs_dir, record=record)}
+    return {"record": record, "binary": write_standin(tmpfs_dir, record=record)}
 
 
 def _scan_all_cmdlines(forms: list[bytes]) -> list[str]:

@@ -23,7 +23,14 @@ from typing import Any
 import pytest
 from guest.image import GuestImage, ensure_guest
 from guest.qemu import kernel_cmdline, parse_probe_output, probe_cmdline
-from support.ch_harness import SPEC_MISSING, SPEC_PATH, process_name, read_records, write_standin
+from support.ch_harness import (
+    SPEC_MISSING,
+    SPEC_PATH,
+    process_name,
+    process_tree,
+    read_records,
+    write_standin,
+)
 from test_ch_wrapper import SECRETS, _scan_all_cmdlines, secret_forms, write_vm_config
 
 pytestmark = [pytest.mark.guest]
@@ -101,7 +108,7 @@ def test_guest_reads_credentials_byte_exact(
             stderr=subprocess.PIPE,
         )
         try:
-            while not any(process_name(p).startswith("qemu") for p in _pids()):
+            while not any(process_name(p).startswith("qemu") for p in process_tree(proc.pid)):
                 if proc.poll() is not None:
                     break
                 time.sleep(0.05)
@@ -130,7 +137,3 @@ def test_guest_reads_credentials_byte_exact(
         assert report.virtiofs_files == dict.fromkeys(SECRETS, "0400"), describe
     for form in secret_forms(SECRETS.values()):
         assert form not in err
-
-
-def _pids() -> list[int]:
-    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
