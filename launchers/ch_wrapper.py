@@ -34,6 +34,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from platform import machine
 from typing import Any
 
 from credbridge.core.config import load_config
@@ -572,6 +573,13 @@ class WrapperLauncher(CloudHypervisorLauncher):
         if deliveries and self.invocation.confidential() and self.target.sink == "oem-strings":
             raise ConfigError(
                 "tdx/sev_snp is on: systemd in a confidential VM ignores SMBIOS credentials",
+                file=self.label,
+                key=f"{self.target.where}.sink",
+            )
+        if deliveries and self.target.sink == "oem-strings" and machine() != "x86_64":
+            raise ConfigError(
+                f"cloud-hypervisor writes SMBIOS OEM strings on x86_64 only, not on "
+                f'{machine()}: use sink = "virtiofs"',
                 file=self.label,
                 key=f"{self.target.where}.sink",
             )
