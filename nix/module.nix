@@ -380,6 +380,10 @@ let
     x: (cfg.schemes.${schemeOf x.c.ref} or { networked = false; }).networked
   ) allCredentials;
   anyEncrypted = lib.any (u: u.encrypted) (lib.attrValues cfg.units);
+  # `credbridge deliver` with no unit target is an error: no deliver unit then.
+  hasUnitTargets = lib.any (t: (t.kind or "unit") == "unit") (
+    lib.attrValues (cfg.settings.targets or { })
+  );
 
   wrapper = pkgs.callPackage ./cloud-hypervisor-wrapper.nix {
     credbridge = cfg.package;
@@ -584,7 +588,7 @@ in
 
       systemd.services = mkMerge [
         {
-          credbridge-deliver = {
+          credbridge-deliver = mkIf hasUnitTargets {
             description = "Deliver credentials with credbridge";
             wantedBy = [ "multi-user.target" ];
             before = consumerUnits;

@@ -33,18 +33,14 @@ def options(lib: Path) -> list[dict[str, Any]]:
             "NIX_STATE_DIR": f"{home}/state",
             "NIX_CONF_DIR": f"{home}/conf",
         }
-        result = subprocess.run(
-            [
-                "nix-instantiate", "--readonly-mode",
-                "--option", "build-users-group", "",
-                "--option", "experimental-features", "",
-                "--eval", "--strict", "--json",
-                str(HERE / "options-doc.nix"), "--arg", "libPath", str(lib),
-            ],  # fmt: skip
-            capture_output=True,
-            env=env,
-            check=False,
-        )
+        argv = [
+            "nix-instantiate", "--readonly-mode",
+            "--option", "build-users-group", "",
+            "--option", "experimental-features", "",
+            "--eval", "--strict", "--json",
+            str(HERE / "options-doc.nix"), "--arg", "libPath", str(lib),
+        ]  # fmt: skip
+        result = subprocess.run(argv, capture_output=True, env=env, check=False)
     if result.returncode != 0:
         sys.exit(f"options_doc: nix-instantiate failed:\n{result.stderr.decode()}")
     data: list[dict[str, Any]] = json.loads(result.stdout)

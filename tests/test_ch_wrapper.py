@@ -43,7 +43,10 @@ SECRETS: dict[str, bytes] = {
     "DB_PASSWORD": b"multi\nline\npassword-Hq2Lr8Vd\n",
     "BLOB": bytes(range(256)),
 }
-needs_spec = pytest.mark.skipif(not SPEC_PATH.is_file(), reason=SPEC_MISSING)
+# Under CI=true a missing spec fails (the tests run and cannot load it), as the brief requires.
+needs_spec = pytest.mark.skipif(
+    not SPEC_PATH.is_file() and os.environ.get("CI") != "true", reason=SPEC_MISSING
+)
 
 
 @pytest.fixture(scope="module")

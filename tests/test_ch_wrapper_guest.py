@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.guest]
 
 
 def _missing() -> str | None:
-    if not SPEC_PATH.is_file():
+    if not SPEC_PATH.is_file() and os.environ.get("CI") != "true":
         return SPEC_MISSING
     for tool in ("qemu-system-x86_64", "debootstrap", "cpio", "zstd"):
         if shutil.which(tool) is None:

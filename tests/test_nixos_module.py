@@ -178,6 +178,16 @@ def test_deliver_unit_shape() -> None:
     assert result["tmpfiles"] == ["d /run/credstore 0700 root root -"]
 
 
+def test_no_deliver_unit_without_unit_targets(tmp_path: Path) -> None:
+    result = ok({"services.credbridge.settings.sources.vault.address": "https://v:8200"})
+    assert "credbridge-deliver" not in result["services"]
+    assert json.loads(result["etc"]["credbridge/config.json"])["targets"] == {}
+    extra = ok(
+        {'services.credbridge.settings.targets."app.service".credentials.x': "generate:hex"}
+    )
+    assert extra["services"]["credbridge-deliver"]["before"] == []
+
+
 def test_network_online_only_for_networked_schemes() -> None:
     local = ok({'services.credbridge.units."app.service".credentials.x': "generate:hex"})
     deliver = local["services"]["credbridge-deliver"]
@@ -498,7 +508,7 @@ def test_wrapper_package_build_script_runs_credbridge(tmp_path: Path, tmpfs_dir:
     """The wrapper package's build command, run with bash against directories standing for
     the store paths: its bin/cloud-hypervisor starts credbridge-cloud-hypervisor, which starts
     the "real" cloud-hypervisor (the API stand-in) with the VM's credentials in vm.create."""
-    if not SPEC_PATH.is_file():
+    if not SPEC_PATH.is_file() and os.environ.get("CI") != "true":
         pytest.skip("the vendored cloud-hypervisor spec is missing")
     from test_ch_wrapper import CASES, SECRETS, write_vm_config
 
