@@ -1,11 +1,14 @@
-"""The TOML configuration: targets (systemd units and VMs) and the credentials they need.
+"""The configuration: targets (systemd units and VMs) and the credentials they need.
 
-See docs/configuration.md for the full schema. Every error names the file and the key path
-(``targets."app.service".credentials.db-password``) and says what is wrong, in one line.
+One schema, two formats chosen by the file's extension: TOML, and JSON for ``.json`` files (so
+Nix can write a config with ``builtins.toJSON``). See docs/configuration.md for the schema.
+Every error names the file and the key path (``targets."app.service".credentials.db-password``,
+the same path in either format) and says what is wrong, in one line.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -130,12 +133,47 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except OSError as error:
         raise ConfigError(f"cannot read config: {error.strerror}", file=str(file)) from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError("config is not UTF-8 text", file=str(file)) from None
+    loader = load_json if file.suffix.lower() == ".json" else load_toml
+    return parse_config(loader(text, str(file)), path=file.resolve())
+
+
+def load_toml(text: str, label: str) -> Mapping[str, Any]:
+    """Parse TOML config text; syntax errors become one :class:`ConfigError` line."""
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"invalid TOML: {error}", file=str(file)) from None
-    return parse_config(data, path=file.resolve())
+        raise ConfigError(f"invalid TOML: {error}", file=label) from None
+
+
+def load_json(text: str, label: str) -> Mapping[str, Any]:
+    """Parse JSON config text with TOML's strictness: one object, no duplicate keys, no NaN."""
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ValueError(f"duplicate key {key!r}")
+            out[key] = value
+        return out
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a number a config can hold")
+
+    try:
+        data = json.loads(text, object_pairs_hook=unique, parse_constant=no_constant)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"invalid JSON: {error}", file=label) from None
+    except ValueError as error:
+        raise ConfigError(f"invalid JSON: {error}", file=label) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"invalid JSON: the top level must be an object, not {type(data).__name__}",
+            file=label,
+        )
+    return data
 
 
 def parse_config(

@@ -1,0 +1,139 @@
+"""End to end: microvm.nix's cloud-hypervisor argv -> credbridge-cloud-hypervisor -> a real guest.
+
+The wrapper is started the way microvm-run execs cloud-hypervisor (the argv of a runner
+shape from tests/fixtures/microvm-cloud-hypervisor-argv.json, the working directory as
+microvm@NAME.service's), its "real" binary being the API stand-in in boot mode
+(tests/support/ch_standin.py: a stand-in for cloud-hypervisor's API, not cloud-hypervisor),
+which boots the requested kernel/initramfs under QEMU (TCG) with ``platform.oem_strings`` as
+one SMBIOS type 11 structure and ``fs`` as vhost-user-fs devices. The Debian 12 guest's systemd
+imports the credentials; the probe prints them back. Wrap runs in
+``flock /tmp/credbridge-qemu.lock``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from guest.image import GuestImage, ensure_guest
+from guest.qemu import kernel_cmdline, parse_probe_output, probe_cmdline
+from support.ch_harness import (
+    SPEC_MISSING,
+    SPEC_PATH,
+    process_name,
+    process_tree,
+    read_records,
+    write_standin,
+)
+from test_ch_wrapper import SECRETS, _scan_all_cmdlines, secret_forms, write_vm_config
+
+pytestmark = [pytest.mark.guest]
+
+
+def _missing() -> str | None:
+    if not SPEC_PATH.is_file() and os.environ.get("CI") != "true":
+        return SPEC_MISSING
+    for tool in ("qemu-system-x86_64", "debootstrap", "cpio", "zstd"):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (needed to build and boot the test guest)"
+    if os.geteuid() != 0:
+        return "building the guest image needs root"
+    return None
+
+
+needs_guest = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+
+
+@pytest.fixture(scope="module")
+def guest_image() -> GuestImage:
+    return ensure_guest()
+
+
+def runner_argv(image: GuestImage, cmdline_extra: str, shares: list[str]) -> list[str]:
+    """The runner's argv (lib/runners/cloud-hypervisor.nix @0581c740) for vcpu = 1, mem = 512,
+    vsock.cid = 3, balloon = true (initialBalloonMem = 0), storeOnDisk = false, no volumes, the
+    given virtiofs shares, socket = "test-vm.sock"; kernelParams drive the in-guest probe."""
+    shared = "on" if shares else "off"
+    argv = [
+        "--cpus", "boot=1", "--watchdog",
+        "--kernel", str(image.kernel), "--initramfs", str(image.initramfs),
+        "--cmdline", f"earlyprintk=ttyS0 console=ttyS0 reboot=t panic=-1 {cmdline_extra}",
+        "--seccomp", "true",
+        "--memory", f"mergeable=on,shared={shared},size=512M",
+        "--platform", "oem_strings=[io.systemd.credential:vmm.notify_socket=vsock-stream:2:8888]",
+        "--console", "null", "--serial", "tty",
+        "--vsock", "cid=3,socket=notify.vsock",
+        "--balloon", "deflate_on_oom=on,free_page_reporting=on,size=0M",
+    ]  # fmt: skip
+    if shares:
+        argv += ["--fs", *(f"socket={s},tag={s}" for s in shares)]
+    return [*argv, "--api-socket", "test-vm.sock"]
+
+
+@needs_guest
+@pytest.mark.parametrize("sink", ["oem-strings", "virtiofs"])
+def test_guest_reads_credentials_byte_exact(
+    sink: str, guest_image: GuestImage, tmp_path: Path, tmpfs_dir: Path
+) -> None:
+    workdir = tmp_path / "var-lib-microvms-test-vm"
+    workdir.mkdir()
+    record = tmpfs_dir / "record.jsonl"
+    standin = write_standin(tmpfs_dir, mode="boot", record=record)
+    tag = "credbridge" if sink == "virtiofs" else None
+    sink_table: Any = {"type": "virtiofs", "tag": tag} if tag else "oem-strings"
+    config = write_vm_config(tmp_path, SECRETS, sink=sink_table)
+    argv = runner_argv(guest_image, kernel_cmdline(probe_cmdline(list(SECRETS), tag)), [])
+    env = {
+        **os.environ,
+        "CREDBRIDGE_VM": "test-vm",
+        "CREDBRIDGE_CONFIG": str(config),
+        "CREDBRIDGE_CLOUD_HYPERVISOR": str(standin),
+        "RUNTIME_DIRECTORY": str(tmpfs_dir),
+    }
+    wrapper = Path(sys.executable).parent / "credbridge-cloud-hypervisor"
+    console = tmp_path / "console.log"
+    with open(console, "wb") as out:
+        proc = subprocess.Popen(
+            [str(wrapper), *argv],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            while not any(process_name(p).startswith("qemu") for p in process_tree(proc.pid)):
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+            leaks = _scan_all_cmdlines(secret_forms(SECRETS.values()))
+            _, err = proc.communicate(timeout=900)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = console.read_bytes().decode("utf-8", "replace")
+    report = parse_probe_output(text)
+    describe = f"status={proc.returncode}\nstderr={err.decode()[-3000:]}\n---\n{text[-5000:]}"
+    assert proc.returncode == 0, describe
+    assert report.done, describe
+    assert not report.errors, describe
+    assert report.values == SECRETS, describe
+    assert leaks == [], describe
+    create = next(r for r in read_records(record) if r["path"].endswith("vm.create"))
+    assert create["oem_names"][0] == "io.systemd.credential:vmm.notify_socket"
+    if sink == "oem-strings":
+        assert set(SECRETS) <= report.listed, describe
+    else:
+        # The runner said shared=off (no shares); the credentials' share needs it on.
+        assert create["memory_shared"] is True
+        assert create["fs_tags"] == ["credbridge"]
+        assert report.virtiofs_files == dict.fromkeys(SECRETS, "0400"), describe
+    for form in secret_forms(SECRETS.values()):
+        assert form not in err
