@@ -326,7 +326,8 @@ def test_builtin_schemes_are_the_plugins_schemes() -> None:
     assert result["assertions"] == []
     module = (REPO / "nix" / "module.nix").read_text()
     block = module[module.index("builtinSchemes = {") : module.index("};", module.index("builtinSchemes"))]
-    declared = {line.strip().split(".")[0] for line in block.splitlines()[1:] if line.strip()}
+    lines = [line.strip() for line in block.splitlines()[1:]]
+    declared = {line.split(".")[0].strip('"') for line in lines if line and not line.startswith("#")}
     assert declared == set(get_plugin_manager().sources())
 
 
@@ -336,7 +337,8 @@ ERRORS: dict[str, tuple[dict[str, Any], str]] = {
     "unknown-scheme": (
         {'services.credbridge.units."app.service".credentials.x': "vualt:secret/x"},
         'services.credbridge.units."app.service".credentials."x": reference \'vualt:secret/x\' '
-        "unknown scheme 'vualt' (known: credential, env, file, generate, stored, vault, target;",
+        "unknown scheme 'vualt' (known: aws-sm, aws-ssm, credential, env, file, generate, sops, "
+        "stored, vault, target;",
     ),
     "no-scheme": (
         {'services.credbridge.units."app.service".credentials.x': "/etc/secret"},
