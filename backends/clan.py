@@ -52,9 +52,9 @@ from credbridge.core import (
 
 SCHEME = "clan-vars"
 SETTINGS = (SOURCE_SETTINGS - {"config"}) | {"directory", "machine"}
-SECRET_FILE = "secret"
+ENCRYPTED_VAR = "secret"
 """clan's sops backend: the encrypted var, one file per var (``secret_modules/sops.py``)."""
-PUBLIC_FILE = "value"
+PUBLIC_VAR = "value"
 """clan's in-repo public vars: the plain value (``public_modules/in_repo.py``)."""
 MAX_FILE_BYTES = 64 << 20
 
@@ -80,13 +80,13 @@ def _validate(reference: Reference) -> None:
     _check_strip(reference)
     parts = reference.path.split("/")
     if len(parts) not in (2, 3):
-        raise BadReference(
-            str(reference), "a clan var is GENERATOR/FILE or MACHINE/GENERATOR/FILE"
-        )
+        raise BadReference(str(reference), "a clan var is GENERATOR/FILE or MACHINE/GENERATOR/FILE")
     for part in parts:
         problem = _name_problem(part)
         if problem is not None:
-            raise BadReference(str(reference), f"{problem} is not a clan machine, generator or file")
+            raise BadReference(
+                str(reference), f"{problem} is not a clan machine, generator or file"
+            )
 
 
 @dataclass(frozen=True)
@@ -146,17 +146,17 @@ class ClanVarsSource(DocumentSource):
         public: list[Path] = []
         for candidate in var.candidates():
             try:
-                found.append(self._read(candidate, SECRET_FILE))
+                found.append(self._read(candidate, ENCRYPTED_VAR))
             except _Missing:
-                if self._exists(candidate, PUBLIC_FILE):
-                    public.append(self.directory.joinpath(*candidate, PUBLIC_FILE))
+                if self._exists(candidate, PUBLIC_VAR):
+                    public.append(self.directory.joinpath(*candidate, PUBLIC_VAR))
         if len(found) == 1:
             return found[0]
         if found:
-            paths = " and ".join(str(p) for p, _ in found)
+            both = " and ".join(str(p) for p, _ in found)
             raise InvalidValue(
                 "",
-                f"clan var {var.name} is both a machine's and a shared var ({paths}); clan keeps "
+                f"clan var {var.name} is both a machine's and a shared var ({both}); clan keeps "
                 "one of them (the other is stale): remove it, or name the file with sops:",
             )
         if public:
@@ -165,7 +165,7 @@ class ClanVarsSource(DocumentSource):
                 f"clan var {var.name} is a public var ({public[0]}), not a secret; "
                 f"read it with file:{public[0]}",
             )
-        paths = [str(self.directory.joinpath(*c, SECRET_FILE)) for c in var.candidates()]
+        paths = [str(self.directory.joinpath(*c, ENCRYPTED_VAR)) for c in var.candidates()]
         if var.machine is not None:
             raise NotFound("", f"no clan var {var.name}: neither {' nor '.join(paths)} exists")
         raise NotFound(
@@ -181,7 +181,9 @@ class ClanVarsSource(DocumentSource):
             return False
         return True
 
-    def _read(self, components: tuple[str, ...], leaf: str, *, content: bool = True) -> tuple[Path, bytes]:
+    def _read(
+        self, components: tuple[str, ...], leaf: str, *, content: bool = True
+    ) -> tuple[Path, bytes]:
         """Open ``DIRECTORY/COMPONENTS.../LEAF`` one component at a time, following no symlink.
 
         Each directory on the way (the clan directory included) must not be writable by every
@@ -195,7 +197,9 @@ class ClanVarsSource(DocumentSource):
         except FileNotFoundError:
             raise NotFound("", f"the clan directory {self.directory} does not exist") from None
         except NotADirectoryError:
-            raise InvalidValue("", f"the clan directory {self.directory} is not a directory") from None
+            raise InvalidValue(
+                "", f"the clan directory {self.directory} is not a directory"
+            ) from None
         except PermissionError:
             raise Forbidden("", f"permission denied opening {self.directory}") from None
         try:
@@ -319,9 +323,10 @@ def _open_source(context: SourceContext) -> ClanVarsSource:
             "clan-vars needs directory, the clan's directory (the flake holding vars/ and sops/)",
         )
     machine = settings.get("machine")
-    if machine is not None:
-        if not isinstance(machine, str) or _name_problem(machine) or "/" in machine:
-            raise fail("machine", "must be a clan machine name")
+    if machine is not None and (
+        not isinstance(machine, str) or _name_problem(machine) or "/" in machine
+    ):
+        raise fail("machine", "must be a clan machine name")
     default = min(context.concurrency, max(2, os.cpu_count() or 2))
     workers = settings.get("concurrency", default)
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 256:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,7 +153,8 @@ def test_files_are_laid_out_and_encrypted_like_clans(clan: Clan) -> None:
 
 
 def test_every_kind_of_var_byte_exact(
-    clan: Clan, spawned: list[tuple[list[str], dict[str, str]]]
+    clan: Clan,
+    spawned: list[tuple[list[str], dict[str, str]]],  # noqa: F811 - the fixture imported above
 ) -> None:
     api = clan.values["test-vm-api-key"]
     refs = {
@@ -252,7 +252,9 @@ def test_symlinked_directory_is_refused(clan: Clan, copied: Path) -> None:
     real = copied.parent / "elsewhere"
     (copied / "vars" / "per-machine").rename(real)
     (copied / "vars" / "per-machine").symlink_to(real)
-    got = resolve(clan_config(copied, clan.host.path, machine="host"), "clan-vars:test-vm-api-key/value")
+    got = resolve(
+        clan_config(copied, clan.host.path, machine="host"), "clan-vars:test-vm-api-key/value"
+    )
     error = got["clan-vars:test-vm-api-key/value"]
     assert isinstance(error, Forbidden)
     assert f"{copied}/vars/per-machine is a symlink" in str(error)
@@ -263,7 +265,9 @@ def test_symlinked_secret_is_refused(clan: Clan, copied: Path) -> None:
     planted = copied.parent / "planted"
     secret.rename(planted)
     secret.symlink_to(planted)
-    got = resolve(clan_config(copied, clan.host.path, machine="host"), "clan-vars:test-vm-api-key/value")
+    got = resolve(
+        clan_config(copied, clan.host.path, machine="host"), "clan-vars:test-vm-api-key/value"
+    )
     assert isinstance(got["clan-vars:test-vm-api-key/value"], Forbidden)
 
 
@@ -302,9 +306,11 @@ def test_directories_others_could_write_are_refused(clan: Clan, copied: Path) ->
     ],
 )
 def test_bad_references(reference: str, problem: str, tmp_path: Path) -> None:
-    with Session(parse_config(clan_config(tmp_path, None))) as session:
-        with pytest.raises(BadReference) as info:
-            session.check_reference(parse_reference(reference))
+    with (
+        Session(parse_config(clan_config(tmp_path, None))) as session,
+        pytest.raises(BadReference) as info,
+    ):
+        session.check_reference(parse_reference(reference))
     assert problem in str(info.value)
 
 
@@ -354,10 +360,10 @@ def nix() -> None:
 
 
 @pytest.fixture
-def runtime_dir(tmpfs_dir: Path) -> Iterator[Path]:
+def runtime_dir(tmpfs_dir: Path) -> Path:
     path = tmpfs_dir / "runtime"
     path.mkdir(mode=0o700)
-    yield path
+    return path
 
 
 def test_docs_migration_delivers_the_values_clan_generated(
@@ -447,7 +453,9 @@ def test_docs_migration_delivers_the_values_clan_generated(
         docs_block("clan-later")
         .replace("/var/lib/sops-nix/key.txt", str(clan.host.path))
         .replace("/var/lib/credbridge/generated.yaml", str(state / "generated.yaml"))
-        .replace('"age1host..." "age1admin..."', f'"{clan.host.public}" "{clan.flake.admin.public}"')
+        .replace(
+            '"age1host..." "age1admin..."', f'"{clan.host.public}" "{clan.flake.admin.public}"'
+        )
     )
     state.mkdir(mode=0o700, exist_ok=True)
     later = evaluate_docs(after_block, later_block, clan_dir=clan.root, extra=directories)
