@@ -234,7 +234,9 @@ class ClanVarsSource(DocumentSource):
 
     @staticmethod
     def _open_child(parent: int, name: str, path: Path, *, directory: bool) -> int:
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_DIRECTORY if directory else 0)
+        # O_NONBLOCK: a FIFO planted as the file must not hang the run (fstat refuses it next).
+        kind = os.O_DIRECTORY if directory else os.O_NONBLOCK
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | kind
         try:
             return os.open(name, flags, dir_fd=parent)
         except FileNotFoundError:

@@ -271,6 +271,16 @@ def test_symlinked_secret_is_refused(clan: Clan, copied: Path) -> None:
     assert isinstance(got["clan-vars:test-vm-api-key/value"], Forbidden)
 
 
+def test_a_fifo_in_place_of_the_file_is_refused_at_once(clan: Clan, copied: Path) -> None:
+    secret = copied / "vars/per-machine/host/test-vm-api-key/value/secret"
+    secret.unlink()
+    os.mkfifo(secret)
+    ref = "clan-vars:test-vm-api-key/value"
+    error = resolve(clan_config(copied, clan.host.path, machine="host"), ref)[ref]
+    assert isinstance(error, InvalidValue)
+    assert f"{secret} is not a regular file" in str(error)
+
+
 def test_directories_others_could_write_are_refused(clan: Clan, copied: Path) -> None:
     config = clan_config(copied, clan.host.path, machine="host")
     ref = "clan-vars:test-vm-api-key/value"
