@@ -107,9 +107,9 @@ def test_ssh_keys_with_ssh_keygen(
     run([ssh_keygen, "-Y", "sign", "-f", str(private), "-n", "file", str(data)])
     signers = tmp_path / "allowed_signers"
     signers.write_bytes(b"operator@example " + public)
+    verify = [ssh_keygen, "-Y", "verify", "-f", str(signers), "-I", "operator@example"]
     verified = subprocess.run(
-        [ssh_keygen, "-Y", "verify", "-f", str(signers), "-I", "operator@example"]
-        + ["-n", "file", "-s", f"{data}.sig"],
+        [*verify, "-n", "file", "-s", f"{data}.sig"],
         input=data.read_bytes(),
         capture_output=True,
         check=False,
@@ -462,7 +462,13 @@ def test_concurrent_runs_agree_on_one_generation(keys: Keys, tmp_path: Path) -> 
     env = dict(os.environ, CREDBRIDGE_STORE=str(keys.store))
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "credbridge.core.cli", "get", ref + ("#public" if i % 2 else "")],
+            [
+                sys.executable,
+                "-m",
+                "credbridge.core.cli",
+                "get",
+                ref + ("#public" if i % 2 else ""),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
