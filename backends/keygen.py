@@ -84,10 +84,9 @@ def _with_ssh_comment(pem: bytes, comment: bytes) -> bytes:
 
     ``cryptography`` always writes an empty comment. The comment is the last string of the
     private section, before padding bytes 1, 2, 3, ... up to the 8-byte block size; with it
-    in place ``ssh-keygen -y`` prints the public line including the comment.
+    in place ``ssh-keygen -y`` prints the public line including the comment. The result is
+    wrapped at 70 columns like ``ssh-keygen``'s files (``cryptography`` wraps at 64).
     """
-    if not comment:
-        return pem
     lines = pem.strip().splitlines()
     if lines[0] != _OPENSSH_BEGIN or lines[-1] != _OPENSSH_END:
         raise ValueError("not an OpenSSH private key")
@@ -182,7 +181,7 @@ def _tls_private_key(algorithm: str) -> PrivateKey:
     return ec.generate_private_key(SSH_CURVES[algorithm])
 
 
-def _hash_for(key: PrivateKey) -> hashes.HashAlgorithm | None:
+def _hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return None  # Ed25519 signs the message itself
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
