@@ -80,16 +80,16 @@ class KeyKind:
     parts: tuple[str, ...]
 
 
-_SSH_PARTS = ("key", "public")
+_PAIR_PARTS = ("key", "public")
 _TLS_PARTS = ("key", "cert", "chain", "public")
 KEY_KINDS: dict[str, KeyKind] = {
-    "ssh-ed25519": KeyKind(frozenset({"comment", "id"}), _SSH_PARTS),
-    "ssh-rsa": KeyKind(frozenset({"bits", "comment", "id"}), _SSH_PARTS),
-    "ssh-ecdsa": KeyKind(frozenset({"curve", "comment", "id"}), _SSH_PARTS),
-    "wireguard": KeyKind(frozenset({"id"}), _SSH_PARTS),
-    "age": KeyKind(frozenset({"id"}), _SSH_PARTS),
-    "ed25519": KeyKind(frozenset({"id"}), _SSH_PARTS),
-    "x25519": KeyKind(frozenset({"id"}), _SSH_PARTS),
+    "ssh-ed25519": KeyKind(frozenset({"comment", "id"}), _PAIR_PARTS),
+    "ssh-rsa": KeyKind(frozenset({"bits", "comment", "id"}), _PAIR_PARTS),
+    "ssh-ecdsa": KeyKind(frozenset({"curve", "comment", "id"}), _PAIR_PARTS),
+    "wireguard": KeyKind(frozenset({"id"}), _PAIR_PARTS),
+    "age": KeyKind(frozenset({"id"}), _PAIR_PARTS),
+    "ed25519": KeyKind(frozenset({"id"}), _PAIR_PARTS),
+    "x25519": KeyKind(frozenset({"id"}), _PAIR_PARTS),
     "tls-ca": KeyKind(frozenset({"cn", "days", "key", "id"}), _TLS_PARTS),
     "tls": KeyKind(frozenset({"cn", "san", "ca", "days", "key", "id"}), _TLS_PARTS),
 }

@@ -35,7 +35,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 Parts = dict[str, str]
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
-SSH_CURVES: Mapping[str, ec.EllipticCurve] = {
+CURVES: Mapping[str, ec.EllipticCurve] = {
     "p256": ec.SECP256R1(),
     "p384": ec.SECP384R1(),
     "p521": ec.SECP521R1(),
@@ -57,7 +57,7 @@ def ssh_key(kind: str, *, comment: str = "", bits: int = 3072, curve: str = "p25
     elif kind == "ssh-rsa":
         private = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     elif kind == "ssh-ecdsa":
-        private = ec.generate_private_key(SSH_CURVES[curve])
+        private = ec.generate_private_key(CURVES[curve])
     else:  # pragma: no cover - callers validate the kind
         raise ValueError(kind)
     pem = private.private_bytes(
@@ -170,15 +170,13 @@ def raw_key(kind: str) -> Parts:
 
 # --------------------------------------------------------------------------- TLS
 
-TLS_KEYS = ("p256", "p384", "ed25519", "rsa3072", "rsa4096")
-
 
 def _tls_private_key(algorithm: str) -> PrivateKey:
     if algorithm == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
     if algorithm.startswith("rsa"):
         return rsa.generate_private_key(public_exponent=65537, key_size=int(algorithm[3:]))
-    return ec.generate_private_key(SSH_CURVES[algorithm])
+    return ec.generate_private_key(CURVES[algorithm])
 
 
 def _hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
