@@ -126,17 +126,46 @@ def deliver(state: State, targets: tuple[str, ...], dry_run: bool, as_json: bool
         click.echo(f"{skipped}\tskipped (optional, not found)", err=True)
 
 
+class SecretToTerminal(CredbridgeError):
+    """``credbridge get`` of a secret with a terminal as stdout and no ``--reveal``."""
+
+    exit_code = ExitCode.USAGE
+
+
 @cli.command()
 @click.argument("reference")
+@click.option("--reveal", is_flag=True, help="Print a secret even when stdout is a terminal.")
 @pass_state
-def get(state: State, reference: str) -> None:
-    """Resolve REFERENCE and write the raw value to stdout (no newline added)."""
+def get(state: State, reference: str, reveal: bool) -> None:
+    """Resolve REFERENCE and write the raw value to stdout (no newline added).
+
+    Public parts (#public, #cert, #chain of a generated key) are printed anywhere; a secret
+    is printed to a pipe or file, and to a terminal only with --reveal.
+    """
     with state.session(required=False) as session:
+        if not reveal and sys.stdout.isatty() and not session.is_public(reference):
+            raise SecretToTerminal(
+                f"{reference}: refusing to print a secret to a terminal; pipe it, redirect "
+                "it, or pass --reveal"
+            )
         value = session.resolve_one(reference)
     out = sys.stdout.buffer
     out.write(value.reveal())
     out.flush()
     value.wipe()
+
+
+@cli.command()
+@click.argument("reference")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@pass_state
+def export(state: State, reference: str, path: Path) -> None:
+    """Write the public part REFERENCE selects to PATH (0644, atomically, no symlinks)."""
+    from credbridge.core.export import export_public
+
+    with state.session(required=False) as session:
+        size = export_public(session, reference, path)
+    click.echo(f"exported {reference} to {path} ({size} bytes)", err=True)
 
 
 @cli.command()

@@ -246,6 +246,7 @@ def parse_config(
         concurrency=concurrency,
     )
     _check_target_links(config, fail)
+    _check_world_readable(config, fail)
     return config
 
 
@@ -331,7 +332,7 @@ def _parse_credential(name: str, spec: Any, where: str, fail: Any) -> Credential
     optional = spec.get("optional", False)
     if not isinstance(optional, bool):
         raise fail(f"{where}.optional", "must be true or false")
-    mode = parse_mode(spec.get("mode", 0o400), f"{where}.mode", fail)
+    mode = parse_mode(spec.get("mode", 0o400), f"{where}.mode", fail, world_readable=True)
     owner, group = spec.get("owner"), spec.get("group")
     for key, value in (("owner", owner), ("group", group)):
         if value is not None and not isinstance(value, str | int):
@@ -347,8 +348,11 @@ def _parse_credential(name: str, spec: Any, where: str, fail: Any) -> Credential
     )
 
 
-def parse_mode(value: Any, where: str, fail: Any) -> int:
-    """A file mode given as an octal string (``"0440"``) or a TOML integer (``0o440``)."""
+def parse_mode(value: Any, where: str, fail: Any, *, world_readable: bool = False) -> int:
+    """A file mode given as an octal string (``"0440"``) or a TOML integer (``0o440``).
+
+    ``world_readable`` lets the "other" read bit through; the caller then checks that the
+    value is public (:func:`_check_world_readable`)."""
     if isinstance(value, str):
         try:
             mode = int(value, 8)
@@ -360,7 +364,7 @@ def parse_mode(value: Any, where: str, fail: Any) -> int:
         raise fail(where, 'must be an octal string like "0400"')
     if mode & ~0o777 or mode & 0o222:
         raise fail(where, f"mode {mode:04o} is not allowed (read bits only, e.g. 0400 or 0440)")
-    if mode & 0o007:
+    if mode & (0o003 if world_readable else 0o007):
         raise fail(where, f"mode {mode:04o} would make a secret world-readable")
     return mode
 
@@ -382,3 +386,39 @@ def _check_target_links(config: Config, fail: Any) -> None:
                     raise fail(spec.where, f"target references loop: {' -> '.join([*seen, key])}")
                 seen.append(key)
                 ref = linked.reference
+
+
+def linked_reference(config: Config, reference: Reference) -> Reference:
+    """The reference a ``target:T/C`` chain ends at (the config has no loops, see above)."""
+    while reference.scheme == "target":
+        t_name, _, c_name = reference.path.rpartition("/")
+        other = config.targets.get(t_name)
+        linked = other.credential(c_name) if other else None
+        if linked is None:
+            return reference
+        reference = linked.reference
+    return reference
+
+
+def _check_world_readable(config: Config, fail: Any) -> None:
+    """``mode = "0444"`` only for a reference that selects a public part (``#public``)."""
+    wide = [
+        spec
+        for target in config.targets.values()
+        for spec in target.credentials
+        if spec.mode & 0o004
+    ]
+    if not wide:
+        return
+    from credbridge.core.plugins import get_plugin_manager  # only when a mode asks for it
+
+    sources = get_plugin_manager().sources()
+    for spec in wide:
+        reference = linked_reference(config, spec.reference)
+        record = sources.get(reference.scheme)
+        if record is None or not record[0].selects_public(reference):
+            raise fail(
+                f"{spec.where}.mode",
+                f"mode {spec.mode:04o} would make a secret world-readable (only a public part, "
+                "like generate:ssh-ed25519?id=ID#public, may be)",
+            )

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from credbridge.core.config import Config, CredentialSpec, Target, keypath
+from credbridge.core.config import Config, CredentialSpec, Target, keypath, linked_reference
 from credbridge.core.errors import (
     BadReference,
     ConfigError,
@@ -66,8 +66,10 @@ class DeliveryEntry:
     sink: str
     change: Change
     detail: str = ""
+    public: str | None = None
+    """The value, for a credential whose reference selects a public part (else ``None``)."""
 
-    def as_json(self) -> dict[str, str]:
+    def as_json(self) -> dict[str, str | None]:
         return {
             "target": self.target,
             "credential": self.credential,
@@ -75,6 +77,7 @@ class DeliveryEntry:
             "sink": self.sink,
             "change": self.change.value,
             "detail": self.detail,
+            "public": self.public,
         }
 
 
@@ -102,6 +105,8 @@ class CheckResult:
     detail: str
     exit_code: int = 0
     """The exit code of the failure (0 when ok)."""
+    public: str | None = None
+    """The value, for a credential whose reference selects a public part (else ``None``)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +115,7 @@ class CheckResult:
             "reference": self.reference,
             "ok": self.ok,
             "detail": self.detail,
+            "public": self.public,
         }
 
 
@@ -210,6 +216,15 @@ class Session:
             raise BadReference(text, f"{reference.scheme}: references take no '#selector'")
         if source_type.validate is not None:
             source_type.validate(reference)
+
+    def is_public(self, reference: str | Reference) -> bool:
+        """Whether a reference selects a public value (its source's ``SourceType.public``),
+        ``target:`` links followed. Only public values may be printed to a terminal without
+        ``--reveal``, exported, shown by ``check``/``--dry-run`` or delivered world-readable."""
+        parsed = parse_reference(reference) if isinstance(reference, str) else reference
+        parsed = linked_reference(self.config, parsed)
+        record = self.plugins.sources().get(parsed.scheme)
+        return record is not None and record[0].selects_public(parsed)
 
     # ------------------------------------------------------------------ opening plugins
 
@@ -440,7 +455,7 @@ class Session:
         try:
             for target in targets:
                 plan = sinks[target.name].plan(values[target.name])
-                report.entries.extend(self._entries(target, plan))
+                report.entries.extend(self._entries(target, plan, values[target.name]))
             if dry_run:
                 return report
             self._commit(targets, sinks, values)
@@ -449,16 +464,27 @@ class Session:
             for target_values in values.values():
                 _wipe(target_values.values())
 
-    def _entries(self, target: Target, plan: Sequence[PlanEntry]) -> list[DeliveryEntry]:
-        refs = {spec.name: spec.text for spec in target.credentials}
+    def _entries(
+        self,
+        target: Target,
+        plan: Sequence[PlanEntry],
+        values: Mapping[str, Secret | Pending] | None = None,
+    ) -> list[DeliveryEntry]:
+        specs = {spec.name: spec for spec in target.credentials}
+        public = {
+            name: _public_text(value)
+            for name, value in (values or {}).items()
+            if isinstance(value, Secret) and name in specs and self.is_public(specs[name].reference)
+        }
         return [
             DeliveryEntry(
                 target.name,
                 e.credential,
-                refs.get(e.credential, "-"),
+                specs[e.credential].text if e.credential in specs else "-",
                 target.sink,
                 e.change,
                 e.detail,
+                public.get(e.credential),
             )
             for e in plan
         ]
@@ -565,6 +591,7 @@ class Session:
         results = []
         for target, spec, request in wanted:
             outcome = outcomes[request]
+            public: str | None = None
             if isinstance(outcome, SourceError):
                 ok = spec.optional and isinstance(outcome, NotFound)
                 detail = f"{outcome.kind}: {outcome.problem}" + (" (optional)" if ok else "")
@@ -572,9 +599,14 @@ class Session:
                 ok, detail = True, outcome.reason
             else:
                 ok, detail = True, "readable"
+                if self.is_public(request.reference):
+                    public = _public_text(outcome)
+                    lines = public.count("\n") + (not public.endswith("\n"))
+                    shown = public.strip() if lines == 1 else f"{lines} lines"
+                    detail = f"readable, public: {shown}"
                 outcome.wipe()
             code = 0 if ok or not isinstance(outcome, SourceError) else int(outcome.exit_code)
-            results.append(CheckResult(target.name, spec.name, spec.text, ok, detail, code))
+            results.append(CheckResult(target.name, spec.name, spec.text, ok, detail, code, public))
         return results
 
     def launch(self, name: str, *, dry_run: bool = False) -> int | Mapping[str, Any]:
@@ -607,6 +639,11 @@ def _signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _public_text(value: Secret) -> str:
+    """A public value as text for plans and checks (only ever called for public values)."""
+    return value.reveal().decode("utf-8", errors="replace")
 
 
 def _wipe(values: Iterable[Secret | Pending]) -> None:

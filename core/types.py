@@ -164,6 +164,11 @@ class SourceType:
     """Whether references may carry a ``#selector``."""
     validate: Callable[[Reference], None] | None = None
     """Cheap syntax check of a reference (no I/O); raise :class:`BadReference`."""
+    public: Callable[[Reference], bool] | None = None
+    """Whether the value a reference selects is public (a public key, a certificate), decided
+    from the reference alone (no I/O). Public values may be printed by ``credbridge get``,
+    exported, shown by ``check``/``--dry-run`` and delivered world-readable (``mode = "0444"``);
+    everything else is a secret. ``None``: every value of this scheme is a secret."""
 
     def __post_init__(self) -> None:
         _check_name("source scheme", self.scheme)
@@ -171,6 +176,15 @@ class SourceType:
     @property
     def name(self) -> str:
         return self.scheme
+
+    def selects_public(self, reference: Reference) -> bool:
+        """Whether ``reference`` selects a public value; a failing ``public`` means secret."""
+        if self.public is None:
+            return False
+        try:
+            return self.public(reference) is True
+        except Exception:  # noqa: BLE001 - a broken plugin must not make a secret public
+            return False
 
 
 # --------------------------------------------------------------------------- stores
