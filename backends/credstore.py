@@ -15,7 +15,7 @@ import os
 import secrets
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from credbridge.core import (
@@ -28,9 +28,7 @@ from credbridge.core import (
     Secret,
     Sink,
     SinkContext,
-    SinkType,
     Staged,
-    hookimpl,
 )
 from credbridge.core.fsutil import (
     ensure_private_dir,
@@ -234,6 +232,9 @@ class CredstoreSink(Sink):
             )
         return result.stdout
 
+    def location(self) -> str:
+        return str(self.directory)
+
     # ------------------------------------------------------------------ unit
 
     def unit_settings(self) -> list[str]:
@@ -284,13 +285,3 @@ class _StagedDirectory(Staged):
 
     def finalize(self) -> None:
         remove_tree(self.staging)
-
-
-@hookimpl
-def credbridge_sinks() -> Iterable[SinkType]:
-    yield SinkType(
-        name="credstore",
-        open=CredstoreSink,
-        summary="systemd credstore files (0400, atomic set swap) + LoadCredential= drop-in",
-        target_kinds=frozenset({"unit"}),
-    )

@@ -10,7 +10,7 @@ import re
 import secrets
 import string
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 from credbridge.core import (
     BadReference,
@@ -22,13 +22,12 @@ from credbridge.core import (
     Request,
     Secret,
     Source,
+    SourceContext,
     SourceError,
-    SourceType,
     Store,
     Unreachable,
-    hookimpl,
 )
-from credbridge.core.types import Outcome
+from credbridge.core.types import Outcome, RotatableSource
 
 CHARSETS = {
     "alnum": string.ascii_letters + string.digits,
@@ -116,7 +115,7 @@ def store_key(request: Request) -> str | None:
     return request.reference.option("id") or request.owner
 
 
-class GenerateSource(Source):
+class GenerateSource(RotatableSource):
     def __init__(self, store: Callable[[], Store]) -> None:
         self._store = store
 
@@ -189,27 +188,18 @@ class StoredSource(Source):
         return results
 
 
-def _validate_stored(reference: Reference) -> None:
+def validate_stored(reference: Reference) -> None:
     _check_key(reference.path, str(reference))
     if reference.option("version", "current") not in {"current", "previous"}:
         raise BadReference(str(reference), "version must be 'current' or 'previous'")
 
 
-@hookimpl
-def credbridge_sources() -> Iterable[SourceType]:
-    yield SourceType(
-        scheme="generate",
-        open=lambda ctx: GenerateSource(ctx.store),
-        summary="random values (base64, hex, password, uuid, bytes), persisted in the store",
-        options=frozenset({"bytes", "length", "charset", "id"}),
-        selectors=False,
-        validate=_validate,
-    )
-    yield SourceType(
-        scheme="stored",
-        open=lambda ctx: StoredSource(ctx.store),
-        summary="values in the store of generated values (?version=previous after a rotate)",
-        options=frozenset({"version"}),
-        selectors=False,
-        validate=_validate_stored,
-    )
+def open_generate(context: SourceContext) -> GenerateSource:
+    return GenerateSource(context.store)
+
+
+def open_stored(context: SourceContext) -> StoredSource:
+    return StoredSource(context.store)
+
+
+validate_generate = _validate

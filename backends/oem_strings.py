@@ -35,8 +35,6 @@ from credbridge.core import (
     PlanEntry,
     Secret,
     SinkContext,
-    SinkType,
-    hookimpl,
 )
 from credbridge.core.vm import VmChannel, VmSink, check_name, check_size
 
@@ -131,15 +129,3 @@ class OemStringsSink(VmSink):
 
 def open_sink(context: SinkContext) -> OemStringsSink:
     return OemStringsSink(context)
-
-
-@hookimpl
-def credbridge_sinks() -> list[SinkType]:
-    return [
-        SinkType(
-            name=SINK_NAME,
-            open=open_sink,
-            summary="SMBIOS type 11 OEM strings, imported by systemd in the guest",
-            target_kinds=frozenset({"vm"}),
-        )
-    ]

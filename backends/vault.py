@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +39,8 @@ from credbridge.core import (
     SecretDocument,
     SourceContext,
     SourceError,
-    SourceType,
     Timeout,
     Unreachable,
-    hookimpl,
 )
 
 log = logging.getLogger(__name__)
@@ -934,13 +932,5 @@ def _open(context: SourceContext) -> VaultSource:
     return VaultSource(settings, context.resolve)
 
 
-@hookimpl
-def credbridge_sources() -> Iterable[SourceType]:
-    yield SourceType(
-        scheme="vault",
-        open=_open,
-        summary="HashiCorp Vault / OpenBao KV v1 and v2 (vault:MOUNT/PATH#FIELD), through hvac",
-        options=OPTIONS,
-        selectors=True,
-        validate=_validate,
-    )
+open_source = _open
+validate_reference = _validate

@@ -31,8 +31,6 @@ from credbridge.core import (
     PlanEntry,
     Secret,
     SinkContext,
-    SinkType,
-    hookimpl,
 )
 from credbridge.core.fsutil import ensure_private_dir, write_new_file
 from credbridge.core.vm import VirtiofsShare, VmChannel, VmSink, check_name, check_size
@@ -112,15 +110,3 @@ class VirtiofsSink(VmSink):
 
 def open_sink(context: SinkContext) -> VirtiofsSink:
     return VirtiofsSink(context)
-
-
-@hookimpl
-def credbridge_sinks() -> list[SinkType]:
-    return [
-        SinkType(
-            name=SINK_NAME,
-            open=open_sink,
-            summary="files in a per-VM tmpfs directory shared read-only through virtiofsd",
-            target_kinds=frozenset({"vm"}),
-        )
-    ]

@@ -32,7 +32,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,10 +43,8 @@ from credbridge.core import (
     Launcher,
     LauncherContext,
     LaunchError,
-    LauncherType,
     Pending,
     Secret,
-    hookimpl,
 )
 from credbridge.core.vm import VmChannel, VmSink
 from credbridge.launchers.runtime import (
@@ -635,12 +633,3 @@ def _secret_forms(channel: VmChannel, deliveries: Sequence[Delivery]) -> list[by
     forms += [d.value.reveal() for d in deliveries]
     # Even a short value counts: withholding a harmless answer is cheap, quoting a secret is not.
     return [f for f in forms if f]
-
-
-@hookimpl
-def credbridge_launchers() -> Iterable[LauncherType]:
-    yield LauncherType(
-        name=NAME,
-        open=CloudHypervisorLauncher,
-        summary="cloud-hypervisor via its REST API (OEM strings / virtiofs in vm.create, not argv)",
-    )

@@ -37,10 +37,8 @@ from credbridge.core import (
     Launcher,
     LauncherContext,
     LaunchError,
-    LauncherType,
     Pending,
     Secret,
-    hookimpl,
 )
 from credbridge.core.vm import VmChannel, VmSink
 from credbridge.launchers.runtime import (
@@ -421,14 +419,3 @@ class QemuLauncher(Launcher):
 
 def open_launcher(context: LauncherContext) -> QemuLauncher:
     return QemuLauncher(context)
-
-
-@hookimpl
-def credbridge_launchers() -> list[LauncherType]:
-    return [
-        LauncherType(
-            name="qemu",
-            open=open_launcher,
-            summary="QEMU: credentials via -smbios path= / -fw_cfg file= / virtiofs, never argv",
-        )
-    ]

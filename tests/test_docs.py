@@ -35,6 +35,7 @@ def test_there_are_hooks() -> None:
         "credbridge_sinks",
         "credbridge_launchers",
         "credbridge_stores",
+        "credbridge_commands",
     }
 
 
