@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from credbridge.core.errors import BadReference, ConfigError
 from credbridge.core.reference import Reference, parse_reference
+
+if TYPE_CHECKING:
+    from credbridge.core.plugins import PluginManager
 
 DEFAULT_CONFIG = "credbridge.toml"
 CONFIG_ENV = "CREDBRIDGE_CONFIG"
@@ -118,8 +120,15 @@ def find_config(explicit: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else Path(DEFAULT_CONFIG)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read and validate a config file (see :func:`find_config` for the default location)."""
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, plugins: PluginManager | None = None
+) -> Config:
+    """Read and validate a config file (see :func:`find_config` for the default location).
+
+    Plugin names and settings are checked against ``plugins`` (default: the installed ones).
+    """
+    import tomllib  # only commands that read a config pay for the parser
+
     file = find_config(path)
     try:
         raw = file.read_bytes()
@@ -135,13 +144,21 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError("config is not UTF-8 text", file=str(file)) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"invalid TOML: {error}", file=str(file)) from None
-    return parse_config(data, path=file.resolve())
+    return parse_config(data, path=file.resolve(), plugins=plugins)
 
 
 def parse_config(
-    data: Mapping[str, Any], *, path: Path | None = None, directory: Path | None = None
+    data: Mapping[str, Any],
+    *,
+    path: Path | None = None,
+    directory: Path | None = None,
+    plugins: PluginManager | None = None,
 ) -> Config:
-    """Validate an already-parsed config mapping (for tools that build configs in code)."""
+    """Validate an already-parsed config mapping (for tools that build configs in code).
+
+    Plugin names and settings are checked against ``plugins`` (default: the installed ones),
+    exactly as :func:`load_config` does.
+    """
     label = str(path) if path else "<config>"
     base = directory or (path.parent if path else Path.cwd())
 
@@ -208,6 +225,10 @@ def parse_config(
         concurrency=concurrency,
     )
     _check_target_links(config, fail)
+    from credbridge.core.plugins import get_plugin_manager
+    from credbridge.core.validation import validate_config
+
+    validate_config(config, plugins or get_plugin_manager())
     return config
 
 
