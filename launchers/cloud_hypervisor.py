@@ -495,17 +495,23 @@ class CloudHypervisorLauncher(Launcher):
         fs_sockets = [sockets_dir / f"virtiofsd-{s.tag}.sock" for s in channel.virtiofs]
         spec = self.build(channel, self.vm.runtime_dir, fs_sockets, redact=True)
         helpers = self._helper_plan(channel, fs_sockets)
+        # The keys of credbridge.core.types.PLAN_KEYS, as every launcher's plan has them.
         plan: dict[str, Any] = {
+            "target": self.target.name,
             "launcher": NAME,
-            "vm": self.target.name,
             "sink": self.target.sink,
+            "delivery": self.target.sink if spec.body is not None else "command line",
+            "binary": spec.argv[0],
+            "version": None,
             "runtime_dir": str(self.vm.runtime_dir),
             "argv": redact_argv(spec.argv),
             "helpers": helpers,
+            "requests": [],
             "credentials": [
                 {"credential": e.credential, "change": e.change.value, "detail": e.detail}
                 for e in entries
             ],
+            "warnings": [],
         }
         if spec.body is not None:
             plan["requests"] = [
@@ -514,7 +520,7 @@ class CloudHypervisorLauncher(Launcher):
                 {"method": "PUT", "endpoint": API_PREFIX + "vm.boot"},
             ]
         else:
-            plan["warning"] = CMDLINE_WARNING
+            plan["warnings"].append(CMDLINE_WARNING)
         return plan
 
     def _helper_plan(self, channel: VmChannel, sockets: Sequence[Path]) -> list[list[str]]:
