@@ -155,9 +155,10 @@ __version__ = "0.1.0"
 def resolve(
     references: Iterable[str | Reference], *, config: Config | None = None
 ) -> dict[str, Secret]:
-    """Resolve references to secrets, concurrently; raise on the first failure.
+    """Resolve references to secrets, concurrently.
 
-    Keys are the references as given. ``generate:`` references resolved here are not tied to
+    Keys are the references as given. When any fails, raises :class:`ResolutionFailed`
+    listing every failure (``.failures``). ``generate:`` references resolved here are not tied to
     a credential: without ``?id=`` they produce a fresh, unpersisted value.
     """
     from credbridge.core.engine import Session
