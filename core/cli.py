@@ -279,7 +279,8 @@ def plugins(as_json: bool) -> None:
 
     manager = get_plugin_manager()
     manager.collect_all()
-    manager.add_commands(click.Group())
+    # A throwaway group holding the built-ins, so clashes are found and nothing is changed.
+    manager.add_commands(click.Group(commands=dict(cli.commands)))
     core = PluginInfo(CORE, "credbridge.core", "credbridge", __version__, True)
     core.sources.append("target")
     infos = [core, *sorted(manager.infos.values(), key=lambda i: (not i.builtin, i.name))]

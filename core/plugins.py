@@ -338,7 +338,8 @@ class _Attributed:
     def _wrap(function: Callable[..., Any], name: str, hook: str) -> Callable[..., Any]:
         @functools.wraps(function)
         def attributed(*args: Any, **kwargs: Any) -> Provided | _Failed:
-            group = kwargs.get("cli")
+            # pluggy passes hook arguments positionally, in the spec's order.
+            group = kwargs.get("cli", args[0] if args else None)
             before = set(getattr(group, "commands", ()))
             try:
                 result = function(*args, **kwargs)

@@ -21,8 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 SHM = Path("/dev/shm")
 SESSION_PREFIX = "credbridge-tests-"
-OURS = ("credbridge", "cb-ch-", "standin-", "pytest-of-")
-"""Names in /tmp and /dev/shm that this suite (or the code it runs) could leave behind."""
+OURS = ("credbridge-demo", "credbridge-openbao-", "cb-ch-", "standin-", ".guest-", "pytest-of-")
+"""Names that the code this suite runs would leave in /tmp or /dev/shm if it ignored TMPDIR or
+the session directories (other programs on the machine may create other names meanwhile)."""
 
 # Only credbridge's own plugins: a plugin installed on the developer's machine must not
 # change what the tests see (tests that need a third-party plugin set this themselves).
@@ -60,9 +61,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     before: dict[Path, set[str]] = _session["before"]  # type: ignore[assignment]
     for directory, names in before.items():
         for name in sorted(set(os.listdir(directory)) - names):
-            mine = name.startswith(OURS)
-            other_session = name.startswith((SESSION_PREFIX, "credbridge-test-"))
-            if mine and not other_session:
+            if name.startswith(OURS):
                 left.append(str(directory / name))
     for root in roots:
         subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
