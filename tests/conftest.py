@@ -21,9 +21,10 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 SHM = Path("/dev/shm")
 SESSION_PREFIX = "credbridge-tests-"
-OURS = ("credbridge-demo", "credbridge-openbao-", "cb-ch-", "standin-", ".guest-", "pytest-of-")
-"""Names that the code this suite runs would leave in /tmp or /dev/shm if it ignored TMPDIR or
-the session directories (other programs on the machine may create other names meanwhile)."""
+OURS = ("credbridge-demo", "cb-ch-conf")
+"""Fixed paths in /tmp or /dev/shm that the code this suite runs could create by default; all
+else the suite makes is under the session directories (other programs on the machine may
+create other names in /tmp meanwhile, so only these are watched outside)."""
 
 # Only credbridge's own plugins: a plugin installed on the developer's machine must not
 # change what the tests see (tests that need a third-party plugin set this themselves).

@@ -604,7 +604,7 @@ def test_lazy_imports_on_first_call() -> None:
     fake = lazy("credbridge.core.reference:parse_reference")
     assert repr(fake) == "lazy('credbridge.core.reference:parse_reference')"
     assert fake("env:HOME").scheme == "env"
-    with pytest.raises(PluginError, match="expected 'package.module:attribute'"):
+    with pytest.raises(PluginError, match=r"expected 'package\.module:attribute'"):
         lazy("no-colon")
 
 
