@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -77,6 +75,8 @@ def _show_where(ctx: click.Context, error: BaseException) -> None:
     state = ctx.find_object(State)
     if state is None or state.verbose < 2:
         return
+    import traceback
+
     chain: list[BaseException] = []
     current: BaseException | None = error
     while current is not None and current not in chain:
@@ -198,6 +198,8 @@ def deliver(state: State, targets: tuple[str, ...], dry_run: bool, as_json: bool
     with state.session(progress=not as_json) as session:
         report = session.deliver(targets, dry_run=dry_run)
     if as_json:
+        import json
+
         click.echo(json.dumps(report.as_json(), indent=2))
         return
     verb = "would " if dry_run else ""
@@ -286,6 +288,8 @@ def plugins(as_json: bool) -> None:
     infos = [core, *sorted(manager.infos.values(), key=lambda i: (not i.builtin, i.name))]
     conflicts = manager.conflicts()
     if as_json:
+        import json
+
         listing = {
             "plugins": [i.as_json() for i in infos],
             "conflicts": [
@@ -329,6 +333,8 @@ def check(state: State, targets: tuple[str, ...], as_json: bool) -> None:
         results = session.check(targets)
     failed = [r for r in results if not r.ok]
     if as_json:
+        import json
+
         click.echo(
             json.dumps({"ok": not failed, "results": [r.as_json() for r in results]}, indent=2)
         )
@@ -350,6 +356,8 @@ def launch(state: State, name: str, dry_run: bool) -> None:
     with state.session() as session:
         result = session.launch(name, dry_run=dry_run)
     if dry_run:
+        import json
+
         click.echo(json.dumps(result, indent=2, default=str))
         return
     assert isinstance(result, int)

@@ -331,8 +331,9 @@ class Session:
         if self.progress:
             self.progress("resolving", 0, total)
         schemes = list(by_scheme)
-        if len(schemes) == 1:
-            results.update(run(schemes[0]))
+        if len(schemes) <= 1:
+            for scheme in schemes:
+                results.update(run(scheme))
         else:
             from concurrent.futures import ThreadPoolExecutor  # only when there is a fan-out
 

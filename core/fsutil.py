@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import grp
 import os
@@ -19,7 +18,9 @@ RAMFS_MAGIC = 0x858458F6
 RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The process's own symbols include libc's (statfs, renameat2); ctypes.util.find_library
+# would run ldconfig in a subprocess on every start (~10 ms).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class _StatFs(ctypes.Structure):

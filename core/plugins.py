@@ -28,9 +28,10 @@ import logging
 import os
 import re
 import sys
+import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import pluggy
 from credbridge.core import hookspecs
@@ -49,6 +50,8 @@ LOAD_VAR = "CREDBRIDGE_LOAD_PLUGINS"
 TRACE_VAR = "CREDBRIDGE_TRACE_PLUGINS"
 RESERVED_SCHEMES = frozenset({"target"})
 """Schemes the core resolves itself; no plugin may claim them."""
+MARKER = f"{hookspecs.PROJECT}_impl"
+"""The attribute ``@hookimpl`` puts on a hook implementation."""
 CORE = "core"
 """The pseudo-plugin ``credbridge plugins`` lists for what the core provides (``target:``)."""
 HOOKS = frozenset(
@@ -60,17 +63,23 @@ HOOKS = frozenset(
 R = TypeVar("R", SourceType, SinkType, LauncherType, StoreType)
 
 
-@dataclass(frozen=True)
 class Kind(Generic[R]):
     """One kind of record: the hook that provides it and how it is named."""
 
-    key: str
-    hook: str
-    label: str
+    __slots__ = ("hook", "key", "label", "record_type")
     record_type: type[R]
+
+    def __init__(self, key: str, hook: str, label: str, record_type: type[R]) -> None:
+        self.key = key
+        self.hook = hook
+        self.label = label
+        self.record_type = record_type
 
     def name_of(self, record: R) -> str:
         return record.name
+
+    def __repr__(self) -> str:
+        return f"Kind({self.key!r})"
 
 
 SOURCE: Kind[SourceType] = Kind("sources", "credbridge_sources", "source scheme", SourceType)
@@ -133,8 +142,7 @@ class PluginInfo:
         }
 
 
-@dataclass(frozen=True)
-class Conflict:
+class Conflict(NamedTuple):
     """Several plugins claim one name: the commands that use the name fail until one goes."""
 
     kind: str
@@ -145,8 +153,7 @@ class Conflict:
 # --------------------------------------------------------------------------- entry points
 
 
-@dataclass(frozen=True)
-class FoundEntryPoint:
+class FoundEntryPoint(NamedTuple):
     """An entry point of the group, and the distribution that declares it."""
 
     name: str
@@ -292,8 +299,7 @@ class Provided(list[Any]):
         self.plugin = plugin
 
 
-@dataclass(frozen=True)
-class _Failed:
+class _Failed(NamedTuple):
     """A hook implementation raised instead of returning records."""
 
     plugin: str
@@ -321,18 +327,24 @@ class _Attributed:
     def __init__(self, plugin: object, name: str, pm: pluggy.PluginManager) -> None:
         self.__name__ = name
         self._plugin = plugin
-        for attribute in dir(plugin):
+        self._hooks: list[str] = []
+        for attribute in _marked(plugin):
             opts = pm.parse_hookimpl_opts(plugin, attribute)
             if opts is None:
                 continue
             function = getattr(plugin, attribute)
+            self._hooks.append(attribute)
             if opts.get("wrapper") or opts.get("hookwrapper"):
                 setattr(self, attribute, function)
                 continue
             hook = str(opts.get("specname") or attribute)
             wrapped = self._wrap(function, name, hook)
-            setattr(wrapped, f"{hookspecs.PROJECT}_impl", dict(opts))
+            setattr(wrapped, MARKER, dict(opts))
             setattr(self, attribute, wrapped)
+
+    def __dir__(self) -> list[str]:
+        # What pluggy looks through when registering: only the hooks (it is faster, too).
+        return list(self._hooks)
 
     @staticmethod
     def _wrap(function: Callable[..., Any], name: str, hook: str) -> Callable[..., Any]:
@@ -355,16 +367,25 @@ class _Attributed:
         return f"<credbridge plugin {self.__name__!r}: {self._plugin!r}>"
 
 
+def _marked(plugin: object) -> list[str]:
+    """Attributes that may be hook implementations: a module's marked functions (cheap to
+    find), or every attribute of another object (pluggy checks them without running code)."""
+    if isinstance(plugin, types.ModuleType):
+        return [name for name, value in vars(plugin).items() if hasattr(value, MARKER)]
+    return dir(plugin)
+
+
 def undecorated_hooks(plugin: object) -> list[str]:
     """``credbridge_*`` functions of a plugin that lack ``@hookimpl`` (and so are ignored)."""
-    marker = f"{hookspecs.PROJECT}_impl"
+    import inspect
+
     found = []
-    for attribute in dir(plugin):
+    for attribute in vars(plugin) if isinstance(plugin, types.ModuleType) else dir(plugin):
         if not attribute.startswith("credbridge_"):
             continue
-        value = getattr(plugin, attribute, None)
-        function = getattr(value, "__func__", value)
-        if callable(function) and not isinstance(function, type) and not hasattr(function, marker):
+        value = inspect.getattr_static(plugin, attribute, None)
+        value = getattr(value, "__func__", value)  # staticmethod, classmethod
+        if inspect.isfunction(value) and not hasattr(value, MARKER):
             found.append(attribute)
     return found
 

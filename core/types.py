@@ -1,8 +1,10 @@
 """Typed records that plugins return from hooks, and the interfaces they implement.
 
 Each hook in :mod:`credbridge.core.hookspecs` yields records of one type below. Every record
-carries a unique name (a source's scheme, a sink's, a launcher's or a store's name); the plugin
-manager refuses two records with the same name and names both providers.
+carries a unique name (a source's scheme, a sink's, a launcher's or a store's name); two
+records with one name are a conflict that the plugin manager reports, naming both providers.
+Records and contexts compare by identity (``eq=False``): nothing compares them, and every
+command creates them, so they skip generating what they do not use.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ class Pending:
 Outcome = Secret | Pending | SourceError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SourceContext:
     """What a source gets when it is opened."""
 
@@ -219,7 +221,7 @@ def _rename(error: SourceError, reference: Reference) -> SourceError:
     return type(error)(str(reference), error.problem)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class SourceType:
     """A source of secrets, provided through :func:`credbridge_sources`."""
 
@@ -278,7 +280,7 @@ class Store(abc.ABC):
         """Where values are kept, for messages (no values)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StoreContext:
     """What a store gets when it is opened."""
 
@@ -291,7 +293,7 @@ class StoreContext:
     """The config file's path, for error messages."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class StoreType:
     """A backend for the store of generated values, provided through :func:`credbridge_stores`."""
 
@@ -351,7 +353,7 @@ class Staged(abc.ABC):
         """Forget the old set once every target has committed."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SinkContext:
     """What a sink gets when it is opened for one target."""
 
@@ -383,7 +385,7 @@ class Sink(abc.ABC):
         return ""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class SinkType:
     """A sink, provided through :func:`credbridge_sinks`."""
 
@@ -410,7 +412,7 @@ class SinkType:
 # --------------------------------------------------------------------------- launchers
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LauncherContext:
     """What a launcher gets when it is opened for one VM target."""
 
@@ -464,7 +466,7 @@ class Launcher(abc.ABC):
         """Start the VM, wait for it, clean up; return the VM's exit status."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class LauncherType:
     """A VM launcher, provided through :func:`credbridge_launchers`."""
 
