@@ -211,6 +211,7 @@ def _scan_path(group: str) -> list[FoundEntryPoint] | None:
             return None
     seen: set[str] = set()
     found: list[FoundEntryPoint] = []
+    group_bytes = group.encode()
     for entry in sys.path:
         directory = entry or "."
         try:
@@ -230,13 +231,13 @@ def _scan_path(group: str) -> list[FoundEntryPoint] | None:
             seen.add(key)
             meta = os.path.join(directory, name)
             try:
-                with open(os.path.join(meta, "entry_points.txt"), encoding="utf-8") as handle:
-                    text = handle.read()
+                with open(os.path.join(meta, "entry_points.txt"), "rb") as handle:
+                    raw = handle.read()
             except OSError:
                 continue
-            if group not in text:
+            if group_bytes not in raw:  # most distributions: no decoding, no parsing
                 continue
-            entries = _parse_entry_points(text, group)
+            entries = _parse_entry_points(raw.decode("utf-8", "replace"), group)
             if not entries:
                 continue
             headers = _headers(
