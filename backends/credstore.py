@@ -12,9 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
-import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -166,7 +163,7 @@ class CredstoreSink(Sink):
             dir_uid, dir_gid = resolve_owner(self.owner, self.group)
             ensure_private_dir(self.base)
             self._clean_stale()
-            staging = self.base / f".{self.target.name}.staging-{secrets.token_hex(6)}"
+            staging = self.base / f".{self.target.name}.staging-{os.urandom(6).hex()}"
             ensure_private_dir(staging, uid=dir_uid, gid=dir_gid)
         except KeyError as error:
             raise ConfigError(
@@ -202,6 +199,10 @@ class CredstoreSink(Sink):
                 remove_tree(self.base / entry)
 
     def _encrypt(self, delivery: Delivery) -> bytes:
+        # Imported here: only encrypt = true needs them, and they cost every run ~6 ms.
+        import shutil
+        import subprocess
+
         binary = shutil.which(self.systemd_creds)
         if binary is None:
             raise DeliveryError(

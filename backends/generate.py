@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import re
-import secrets
 import string
 import uuid
 from collections.abc import Callable, Sequence
@@ -95,6 +94,8 @@ def store_failure(reference: str, key: str, error: OSError | ValueError) -> Sour
 
 def generate(reference: Reference) -> Secret:
     """A fresh value for a ``generate:`` reference (already validated)."""
+    import secrets  # here, not at the top: it costs every run ~5 ms (hmac, OpenSSL, random)
+
     kind = reference.path
     if kind == "uuid":
         return Secret(str(uuid.uuid4()).encode())

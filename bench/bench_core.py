@@ -8,13 +8,15 @@ Every row runs in the same loop, one after the other in each round (so a busy mo
 machine hits all rows alike), with the default plugin settings and compiled bytecode in place.
 
 Run:  python bench/bench_core.py [--runs 21]
-Prints a Markdown table (median and p90 wall time over the runs) and the ratios.
+Prints a Markdown table (median and p90 wall time, and median CPU time of the child processes,
+over the runs) and the ratios of the medians. On a busy machine compare the CPU column.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -61,6 +63,10 @@ def main() -> None:
         return lambda: shutil.rmtree(directory, ignore_errors=True)
 
     rows["python -c pass (the floor)"] = (lambda: run([sys.executable, "-c", "pass"], env), None)
+    rows["python -c 'import click, pluggy' (the libraries)"] = (
+        lambda: run([sys.executable, "-c", "import click, pluggy"], env),
+        None,
+    )
     rows["credbridge --help"] = (lambda: run([*CREDBRIDGE, "--help"], env), None)
     rows["credbridge plugins"] = (lambda: run([*CREDBRIDGE, "plugins"], env), None)
     rows["credbridge get env:HOME"] = (lambda: run([*CREDBRIDGE, "get", "env:HOME"], env), None)
@@ -101,14 +107,18 @@ def main() -> None:
     for action, _ in rows.values():  # warm-up: bytecode, page cache
         action()
     samples: dict[str, list[float]] = {name: [] for name in rows}
+    cpu: dict[str, list[float]] = {name: [] for name in rows}
     try:
         for _ in range(args.runs):
             for name, (action, setup) in rows.items():
                 if setup:
                     setup()
+                used = resource.getrusage(resource.RUSAGE_CHILDREN)
                 start = time.perf_counter()
                 action()
                 samples[name].append(time.perf_counter() - start)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[name].append(after.ru_utime - used.ru_utime + after.ru_stime - used.ru_stime)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -120,20 +130,32 @@ def main() -> None:
         return statistics.median(samples[name])
 
     print(f"runs per row: {args.runs}; python {sys.version.split()[0]}; {os.cpu_count()} cores\n")
-    print("| command | median ms | p90 ms |")
-    print("|---|---:|---:|")
+    print("| command | median ms | p90 ms | CPU ms |")
+    print("|---|---:|---:|---:|")
     for name, values in samples.items():
-        print(f"| {name} | {1000 * statistics.median(values):.1f} | {ms(values, 0.9):.1f} |")
+        print(
+            f"| {name} | {1000 * statistics.median(values):.1f} | {ms(values, 0.9):.1f} "
+            f"| {1000 * statistics.median(cpu[name]):.1f} |"
+        )
     floor = median("python -c pass (the floor)")
+    cpu_floor = statistics.median(cpu["python -c pass (the floor)"])
     print()
-    for name in ("credbridge --help", "credbridge plugins", "credbridge get env:HOME"):
-        print(f"ratio {name} / python -c pass: {median(name) / floor:.2f}x")
+    for name in (
+        "python -c 'import click, pluggy' (the libraries)",
+        "credbridge --help",
+        "credbridge plugins",
+        "credbridge get env:HOME",
+    ):
+        print(
+            f"ratio {name} / python -c pass: {median(name) / floor:.2f}x wall, "
+            f"{statistics.median(cpu[name]) / cpu_floor:.2f}x CPU"
+        )
     for size in SIZES:
         shell = median(f"shell: openssl rand + install -m 0400, {size} new")
         kept = median(f"credbridge deliver, {size} stored (values kept)")
         new = median(f"credbridge deliver, {size} new (generate + persist + deliver)")
-        print(f"ratio credbridge deliver ({size} stored) / shell script: {kept / shell:.2f}x")
-        print(f"ratio credbridge deliver ({size} new) / shell script: {new / shell:.2f}x")
+        print(f"ratio credbridge deliver ({size} stored) / shell script: {kept / shell:.2f}x wall")
+        print(f"ratio credbridge deliver ({size} new) / shell script: {new / shell:.2f}x wall")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import errno
 import grp
 import os
 import pwd
-import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,7 +106,8 @@ def write_new_file(
 
 
 def temp_name(directory: Path, stem: str) -> Path:
-    return directory / f".{stem}.{secrets.token_hex(6)}.tmp"
+    # os.urandom is what secrets.token_hex reads, without importing secrets (hmac, OpenSSL).
+    return directory / f".{stem}.{os.urandom(6).hex()}.tmp"
 
 
 def atomic_write(
