@@ -117,9 +117,8 @@ class DeliveryReport:
             counts[entry.change] += 1
             sinks[entry.target] = entry.sink
         for target, counts in by_target.items():
-            done = [f"{n} {c.value}" for c, n in counts.items() if n]
             if self.dry_run:
-                what = "would " + ", ".join(done)
+                what = "would " + ", ".join(f"{c.value} {n}" for c, n in counts.items() if n)
             else:
                 what = ", ".join(f"{n} {_PAST[c]}" for c, n in counts.items() if n)
             where = self.locations.get(target, "")

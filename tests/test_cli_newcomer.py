@@ -51,7 +51,7 @@ def test_deliver_ends_with_a_summary_and_keeps_the_lines(tmp_path: Path, tmpfs_d
     assert dry.returncode == 0, dry.stderr
     assert all(len(line.split("\t")) == 5 for line in dry.stdout.decode().splitlines())
     summary = dry.stderr.decode()
-    assert f"credbridge: app.service: would 2 add (credstore: {tmpfs_dir}/app.service)" in summary
+    assert f"credbridge: app.service: would add 2 (credstore: {tmpfs_dir}/app.service)" in summary
     assert f"would be kept in the store: {tmp_path / 'store'}" in summary
     assert "nothing was changed (dry run)" in summary
     real = run_cli("deliver", "-c", path, env=env)
