@@ -103,6 +103,8 @@ def readme_commands() -> list[str]:
 def test_readme_opens_with_two_commands_and_ci_runs_the_test_command() -> None:
     install, test = readme_commands()
     assert "\n" not in install and "\n" not in test
+    # A stock Debian image has no package lists: both commands start by fetching them.
+    assert install.startswith("apt-get update && ") and test.startswith("apt-get update && ")
     assert "examples/credbridge.toml deliver" in install
     assert "pytest" in test
     ci = (REPO / ".ci" / "run").read_text().splitlines()
