@@ -16,10 +16,9 @@ import datetime
 import json
 import logging
 import re
-import secrets
 import string
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +33,12 @@ from credbridge.core import (
     Request,
     Secret,
     Source,
+    SourceContext,
     SourceError,
-    SourceType,
     Store,
     Unreachable,
-    hookimpl,
 )
-from credbridge.core.types import Outcome
+from credbridge.core.types import Outcome, RotatableSource
 
 log = logging.getLogger(__name__)
 
@@ -367,6 +365,8 @@ def generate_document(reference: Reference, ca: KeyDocument | None = None) -> Ke
 
 def generate(reference: Reference) -> Secret:
     """A fresh random value for a validated ``generate:`` reference of a random kind."""
+    import secrets  # here, not at the top: it costs every run ~5 ms (hmac, OpenSSL, random)
+
     kind = reference.path
     if kind == "uuid":
         return Secret(str(uuid.uuid4()).encode())
@@ -394,7 +394,7 @@ def _signed_by_ca(request: Request) -> bool:
 # --------------------------------------------------------------------------- sources
 
 
-class GenerateSource(Source):
+class GenerateSource(RotatableSource):
     def __init__(self, store: Callable[[], Store]) -> None:
         self._store = store
 
@@ -580,39 +580,23 @@ class StoredSource(Source):
         return reference.select(value)
 
 
-def _validate_stored(reference: Reference) -> None:
+def validate_stored(reference: Reference) -> None:
     _check_key(reference.path, str(reference))
     if reference.option("version", "current") not in {"current", "previous"}:
         raise BadReference(str(reference), "version must be 'current' or 'previous'")
 
 
-def _stored_selects_public(reference: Reference) -> bool:
+def stored_selects_public(reference: Reference) -> bool:
+    """Whether a ``stored:`` reference selects a public part of a stored key document."""
     return reference.selector in PUBLIC_PARTS
 
 
-_ALL_OPTIONS = frozenset().union(*KIND_OPTIONS.values(), *(k.options for k in KEY_KINDS.values()))
+def open_generate(context: SourceContext) -> GenerateSource:
+    return GenerateSource(context.store)
 
 
-@hookimpl
-def credbridge_sources() -> Iterable[SourceType]:
-    yield SourceType(
-        scheme="generate",
-        open=lambda ctx: GenerateSource(ctx.store),
-        summary=(
-            "random values (base64, hex, password, uuid, bytes) and keys (ssh-*, wireguard, "
-            "age, tls-ca, tls, ed25519, x25519), persisted in the store"
-        ),
-        options=_ALL_OPTIONS,
-        selectors=True,
-        validate=_validate,
-        public=selects_public,
-    )
-    yield SourceType(
-        scheme="stored",
-        open=lambda ctx: StoredSource(ctx.store),
-        summary="values in the store of generated values (?version=previous after a rotate)",
-        options=frozenset({"version"}),
-        selectors=True,
-        validate=_validate_stored,
-        public=_stored_selects_public,
-    )
+def open_stored(context: SourceContext) -> StoredSource:
+    return StoredSource(context.store)
+
+
+validate_generate = _validate

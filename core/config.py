@@ -8,17 +8,18 @@ the same path in either format) and says what is wrong, in one line.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from credbridge.core.errors import BadReference, ConfigError
 from credbridge.core.reference import Reference, parse_reference
+
+if TYPE_CHECKING:
+    from credbridge.core.plugins import PluginManager
 
 DEFAULT_CONFIG = "credbridge.toml"
 CONFIG_ENV = "CREDBRIDGE_CONFIG"
@@ -121,8 +122,13 @@ def find_config(explicit: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else Path(DEFAULT_CONFIG)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read and validate a config file (see :func:`find_config` for the default location)."""
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, plugins: PluginManager | None = None
+) -> Config:
+    """Read and validate a config file (see :func:`find_config` for the default location).
+
+    Plugin names and settings are checked against ``plugins`` (default: the installed ones).
+    """
     file = find_config(path)
     try:
         raw = file.read_bytes()
@@ -137,11 +143,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except UnicodeDecodeError:
         raise ConfigError("config is not UTF-8 text", file=str(file)) from None
     loader = load_json if file.suffix.lower() == ".json" else load_toml
-    return parse_config(loader(text, str(file)), path=file.resolve())
+    return parse_config(loader(text, str(file)), path=file.resolve(), plugins=plugins)
 
 
 def load_toml(text: str, label: str) -> Mapping[str, Any]:
     """Parse TOML config text; syntax errors become one :class:`ConfigError` line."""
+    import tomllib  # only commands that read a config pay for the parser
+
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -150,6 +158,7 @@ def load_toml(text: str, label: str) -> Mapping[str, Any]:
 
 def load_json(text: str, label: str) -> Mapping[str, Any]:
     """Parse JSON config text with TOML's strictness: one object, no duplicate keys, no NaN."""
+    import json
 
     def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -164,9 +173,7 @@ def load_json(text: str, label: str) -> Mapping[str, Any]:
 
     try:
         data = json.loads(text, object_pairs_hook=unique, parse_constant=no_constant)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"invalid JSON: {error}", file=label) from None
-    except ValueError as error:
+    except ValueError as error:  # json.JSONDecodeError included
         raise ConfigError(f"invalid JSON: {error}", file=label) from None
     if not isinstance(data, dict):
         raise ConfigError(
@@ -177,9 +184,17 @@ def load_json(text: str, label: str) -> Mapping[str, Any]:
 
 
 def parse_config(
-    data: Mapping[str, Any], *, path: Path | None = None, directory: Path | None = None
+    data: Mapping[str, Any],
+    *,
+    path: Path | None = None,
+    directory: Path | None = None,
+    plugins: PluginManager | None = None,
 ) -> Config:
-    """Validate an already-parsed config mapping (for tools that build configs in code)."""
+    """Validate an already-parsed config mapping (for tools that build configs in code).
+
+    Plugin names and settings are checked against ``plugins`` (default: the installed ones),
+    exactly as :func:`load_config` does.
+    """
     label = str(path) if path else "<config>"
     base = directory or (path.parent if path else Path.cwd())
 
@@ -246,7 +261,10 @@ def parse_config(
         concurrency=concurrency,
     )
     _check_target_links(config, fail)
-    _check_world_readable(config, fail)
+    from credbridge.core.plugins import get_plugin_manager
+    from credbridge.core.validation import validate_config
+
+    validate_config(config, plugins or get_plugin_manager())
     return config
 
 
@@ -352,7 +370,7 @@ def parse_mode(value: Any, where: str, fail: Any, *, world_readable: bool = Fals
     """A file mode given as an octal string (``"0440"``) or a TOML integer (``0o440``).
 
     ``world_readable`` lets the "other" read bit through; the caller then checks that the
-    value is public (:func:`_check_world_readable`)."""
+    value is public (:func:`credbridge.core.validation.check_world_readable`)."""
     if isinstance(value, str):
         try:
             mode = int(value, 8)
@@ -398,27 +416,3 @@ def linked_reference(config: Config, reference: Reference) -> Reference:
             return reference
         reference = linked.reference
     return reference
-
-
-def _check_world_readable(config: Config, fail: Any) -> None:
-    """``mode = "0444"`` only for a reference that selects a public part (``#public``)."""
-    wide = [
-        spec
-        for target in config.targets.values()
-        for spec in target.credentials
-        if spec.mode & 0o004
-    ]
-    if not wide:
-        return
-    from credbridge.core.plugins import get_plugin_manager  # only when a mode asks for it
-
-    sources = get_plugin_manager().sources()
-    for spec in wide:
-        reference = linked_reference(config, spec.reference)
-        record = sources.get(reference.scheme)
-        if record is None or not record[0].selects_public(reference):
-            raise fail(
-                f"{spec.where}.mode",
-                f"mode {spec.mode:04o} would make a secret world-readable (only a public part, "
-                "like generate:ssh-ed25519?id=ID#public, may be)",
-            )
