@@ -24,10 +24,11 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from credbridge.backends.hooks.aws import SETTINGS
 from credbridge.core import (
     BadReference,
     DocumentSource,
@@ -40,11 +41,9 @@ from credbridge.core import (
     SecretDocument,
     SourceContext,
     SourceError,
-    SourceType,
     Timeout,
     Unreachable,
     __version__,
-    hookimpl,
 )
 from credbridge.core.remote import (
     Redactor,
@@ -71,24 +70,6 @@ DEFAULT_READ_TIMEOUT = 15.0
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_SESSION_NAME = "credbridge"
 
-ROUTE_OPTIONS = frozenset({"region", "profile"})
-SM_OPTIONS = ROUTE_OPTIONS | {"version-stage", "version-id"}
-SSM_OPTIONS = ROUTE_OPTIONS | {"version"}
-SETTINGS = frozenset(
-    {
-        "region",
-        "profile",
-        "endpoint_url",
-        "role_arn",
-        "role_session_name",
-        "external_id",
-        "connect_timeout",
-        "read_timeout",
-        "max_attempts",
-        "retry_mode",
-        "concurrency",
-    }
-)
 
 _REGION = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 _SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@!-]{1,512}")
@@ -219,7 +200,7 @@ def _check_route(reference: Reference) -> None:
         raise BadReference(str(reference), "profile must be a non-empty profile name")
 
 
-def _validate_sm(reference: Reference) -> None:
+def validate_sm(reference: Reference) -> None:
     text, path = str(reference), reference.path
     if path.startswith("arn:"):
         if not _SM_ARN.fullmatch(path):
@@ -255,7 +236,7 @@ def _split_parameter(path: str) -> tuple[str, str | None]:
     return head + name, selector
 
 
-def _validate_ssm(reference: Reference) -> None:
+def validate_ssm(reference: Reference) -> None:
     text = str(reference)
     name, selector = _split_parameter(reference.path)
     if name.startswith("arn:"):
@@ -905,7 +886,7 @@ def _same_parameter(requested: str, parameter: Mapping[str, Any]) -> bool:
     return str(given).lstrip(":") == selector
 
 
-def _open(context: SourceContext) -> AwsSource:
+def open_source(context: SourceContext) -> AwsSource:
     settings = AwsSettings.load(
         context.settings,
         scheme=context.scheme,
@@ -914,23 +895,3 @@ def _open(context: SourceContext) -> AwsSource:
         concurrency=context.concurrency,
     )
     return AwsSource(settings)
-
-
-@hookimpl
-def credbridge_sources() -> Iterable[SourceType]:
-    yield SourceType(
-        scheme=SM_SCHEME,
-        open=_open,
-        summary="AWS Secrets Manager (aws-sm:NAME_OR_ARN#KEY), batched, through botocore",
-        options=SM_OPTIONS,
-        selectors=True,
-        validate=_validate_sm,
-    )
-    yield SourceType(
-        scheme=SSM_SCHEME,
-        open=_open,
-        summary="AWS SSM Parameter Store (aws-ssm:/PATH/NAME), SecureString decrypted, batched",
-        options=SSM_OPTIONS,
-        selectors=True,
-        validate=_validate_ssm,
-    )

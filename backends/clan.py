@@ -26,13 +26,14 @@ import errno
 import os
 import stat
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from credbridge.backends.sops import SOURCE_SETTINGS, SopsRunner, SopsSettings
+from credbridge.backends.hooks.clan import SETTINGS
+from credbridge.backends.sops import SopsRunner, SopsSettings
 from credbridge.core import (
     BadReference,
     ConfigError,
@@ -46,12 +47,9 @@ from credbridge.core import (
     SecretDocument,
     SourceContext,
     SourceError,
-    SourceType,
-    hookimpl,
 )
 
 SCHEME = "clan-vars"
-SETTINGS = (SOURCE_SETTINGS - {"config"}) | {"directory", "machine"}
 ENCRYPTED_VAR = "secret"
 """clan's sops backend: the encrypted var, one file per var (``secret_modules/sops.py``)."""
 PUBLIC_VAR = "value"
@@ -76,7 +74,7 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
-def _validate(reference: Reference) -> None:
+def validate_reference(reference: Reference) -> None:
     _check_strip(reference)
     parts = reference.path.split("/")
     if len(parts) not in (2, 3):
@@ -302,7 +300,7 @@ class ClanVarsSource(DocumentSource):
             self._files.clear()
 
 
-def _open_source(context: SourceContext) -> ClanVarsSource:
+def open_source(context: SourceContext) -> ClanVarsSource:
     where = context.where or f"sources.{SCHEME}"
     config_file = context.config_file or None
 
@@ -341,16 +339,4 @@ def _open_source(context: SourceContext) -> ClanVarsSource:
         Path(os.path.abspath(directory)),
         machine,
         workers,
-    )
-
-
-@hookimpl
-def credbridge_sources() -> Iterable[SourceType]:
-    yield SourceType(
-        scheme=SCHEME,
-        open=_open_source,
-        summary="secrets clan vars generated (clan-vars:GENERATOR/FILE), sops CLI",
-        options=frozenset({"strip"}),
-        selectors=True,
-        validate=_validate,
     )

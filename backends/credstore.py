@@ -12,12 +12,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
-import shutil
-import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from credbridge.backends.hooks.credstore import SETTINGS
 from credbridge.core import (
     Change,
     ConfigError,
@@ -28,9 +26,7 @@ from credbridge.core import (
     Secret,
     Sink,
     SinkContext,
-    SinkType,
     Staged,
-    hookimpl,
 )
 from credbridge.core.fsutil import (
     ensure_private_dir,
@@ -46,19 +42,6 @@ from credbridge.core.process import child_env
 
 DEFAULT_DIRECTORY = "/run/credstore"
 DEFAULT_ENCRYPTED_DIRECTORY = "/etc/credstore.encrypted"
-SETTINGS = frozenset(
-    {
-        "directory",
-        "allow_persistent",
-        "owner",
-        "group",
-        "encrypt",
-        "with_key",
-        "tpm2_pcrs",
-        "systemd_creds",
-        "timeout",
-    }
-)
 
 
 def _unit_escape(path: str) -> str:
@@ -168,7 +151,7 @@ class CredstoreSink(Sink):
             dir_uid, dir_gid = resolve_owner(self.owner, self.group)
             ensure_private_dir(self.base)
             self._clean_stale()
-            staging = self.base / f".{self.target.name}.staging-{secrets.token_hex(6)}"
+            staging = self.base / f".{self.target.name}.staging-{os.urandom(6).hex()}"
             ensure_private_dir(staging, uid=dir_uid, gid=dir_gid)
         except KeyError as error:
             raise ConfigError(
@@ -204,6 +187,10 @@ class CredstoreSink(Sink):
                 remove_tree(self.base / entry)
 
     def _encrypt(self, delivery: Delivery) -> bytes:
+        # Imported here: only encrypt = true needs them, and they cost every run ~6 ms.
+        import shutil
+        import subprocess
+
         binary = shutil.which(self.systemd_creds)
         if binary is None:
             raise DeliveryError(
@@ -233,6 +220,9 @@ class CredstoreSink(Sink):
                 f"(exit {result.returncode}): {reason[-1] if reason else 'no message'}"
             )
         return result.stdout
+
+    def location(self) -> str:
+        return str(self.directory)
 
     # ------------------------------------------------------------------ unit
 
@@ -284,13 +274,3 @@ class _StagedDirectory(Staged):
 
     def finalize(self) -> None:
         remove_tree(self.staging)
-
-
-@hookimpl
-def credbridge_sinks() -> Iterable[SinkType]:
-    yield SinkType(
-        name="credstore",
-        open=CredstoreSink,
-        summary="systemd credstore files (0400, atomic set swap) + LoadCredential= drop-in",
-        target_kinds=frozenset({"unit"}),
-    )

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
-from credbridge.core import ConfigError, Secret, Store, StoreContext, StoreType, hookimpl
+from credbridge.core import ConfigError, Secret, Store, StoreContext
 from credbridge.core.config import DEFAULT_STORE
 from credbridge.core.fsutil import (
     atomic_write,
@@ -85,7 +84,7 @@ class FileStore(Store):
         return str(self.root)
 
 
-def _open(context: StoreContext) -> Store:
+def open_store(context: StoreContext) -> Store:
     unknown = set(context.settings) - {"path"}
     if unknown:
         raise ConfigError(
@@ -96,12 +95,3 @@ def _open(context: StoreContext) -> Store:
         raise ConfigError("must be a path string", key=f"{context.where}.path")
     path = Path(raw).expanduser()
     return FileStore(path if path.is_absolute() else context.config_dir / path)
-
-
-@hookimpl
-def credbridge_stores() -> Iterable[StoreType]:
-    yield StoreType(
-        name="file",
-        open=_open,
-        summary="0400 files under a 0700 directory (default /var/lib/credbridge)",
-    )

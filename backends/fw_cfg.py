@@ -24,8 +24,6 @@ from credbridge.core import (
     PlanEntry,
     Secret,
     SinkContext,
-    SinkType,
-    hookimpl,
 )
 from credbridge.core.fsutil import ensure_private_dir, write_new_file
 from credbridge.core.vm import (
@@ -119,15 +117,3 @@ class FwCfgSink(VmSink):
 
 def open_sink(context: SinkContext) -> FwCfgSink:
     return FwCfgSink(context)
-
-
-@hookimpl
-def credbridge_sinks() -> list[SinkType]:
-    return [
-        SinkType(
-            name=SINK_NAME,
-            open=open_sink,
-            summary="QEMU fw_cfg items opt/io.systemd.credentials/NAME (files, never values)",
-            target_kinds=frozenset({"vm"}),
-        )
-    ]

@@ -1,20 +1,31 @@
-"""``generate:`` — random secrets like ``openssl rand``, persisted before use.
+"""``generate:`` — random secrets like ``openssl rand`` and key pairs, persisted before use.
 
 Also ``stored:`` — read a value from the store of generated values (the previous one too).
+
+Random values (``base64``, ``hex``, ``password``, ``uuid``, ``bytes``) are stored as their raw
+bytes, as they always were. A key (``ssh-ed25519``, ``wireguard``, ``tls``, ...) is stored as one
+*key document*: a JSON object holding every part of one generation (the private key, the
+public key, the certificate, ...), so a store writes all parts in one atomic write and a
+``#public`` never pairs with another generation's private half. See docs/sources/generate.md.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
+import json
+import logging
 import re
-import secrets
 import string
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from credbridge.core import (
     BadReference,
     Forbidden,
+    InvalidValue,
     Mode,
     NotFound,
     Pending,
@@ -22,13 +33,14 @@ from credbridge.core import (
     Request,
     Secret,
     Source,
+    SourceContext,
     SourceError,
-    SourceType,
     Store,
     Unreachable,
-    hookimpl,
 )
-from credbridge.core.types import Outcome
+from credbridge.core.types import Outcome, RotatableSource
+
+log = logging.getLogger(__name__)
 
 CHARSETS = {
     "alnum": string.ascii_letters + string.digits,
@@ -50,22 +62,65 @@ KIND_OPTIONS: dict[str, frozenset[str]] = {
     "password": frozenset({"length", "charset", "id"}),
     "uuid": frozenset({"id"}),
 }
+"""Random values, stored as raw bytes."""
+
+PRIVATE_PART = "key"
+PUBLIC_PARTS = frozenset({"public", "cert", "chain"})
+"""Parts of a key document that are not secret: shown by ``get``, exportable, mode 0444 ok.
+
+The names are fixed for every key kind, so whether a reference selects a public part is
+known from the reference alone (see :func:`selects_public`)."""
+
+
+@dataclass(frozen=True)
+class KeyKind:
+    options: frozenset[str]
+    parts: tuple[str, ...]
+
+
+_PAIR_PARTS = ("key", "public")
+_TLS_PARTS = ("key", "cert", "chain", "public")
+KEY_KINDS: dict[str, KeyKind] = {
+    "ssh-ed25519": KeyKind(frozenset({"comment", "id"}), _PAIR_PARTS),
+    "ssh-rsa": KeyKind(frozenset({"bits", "comment", "id"}), _PAIR_PARTS),
+    "ssh-ecdsa": KeyKind(frozenset({"curve", "comment", "id"}), _PAIR_PARTS),
+    "wireguard": KeyKind(frozenset({"id"}), _PAIR_PARTS),
+    "age": KeyKind(frozenset({"id"}), _PAIR_PARTS),
+    "ed25519": KeyKind(frozenset({"id"}), _PAIR_PARTS),
+    "x25519": KeyKind(frozenset({"id"}), _PAIR_PARTS),
+    "tls-ca": KeyKind(frozenset({"cn", "days", "key", "id"}), _TLS_PARTS),
+    "tls": KeyKind(frozenset({"cn", "san", "ca", "days", "key", "id"}), _TLS_PARTS),
+}
+"""Key pairs, stored as one key document each."""
+
+RSA_BITS = ("3072", "4096")
+SSH_CURVES = ("p256", "p384", "p521")
+TLS_KEYS = ("p256", "p384", "ed25519", "rsa3072", "rsa4096")
+DEFAULT_DAYS = {"tls-ca": 3650, "tls": 365}
+_HOSTNAME = re.compile(
+    r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"
+)
+
+
+# --------------------------------------------------------------------------- validation
 
 
 def _validate(reference: Reference) -> None:
     kind = reference.path
-    if kind not in KIND_OPTIONS:
-        raise BadReference(
-            str(reference), f"unknown generator {kind!r} (known: {', '.join(sorted(KIND_OPTIONS))})"
-        )
+    allowed_options = KIND_OPTIONS.get(kind) or (
+        KEY_KINDS[kind].options if kind in KEY_KINDS else None
+    )
+    if allowed_options is None:
+        known = ", ".join(sorted([*KIND_OPTIONS, *KEY_KINDS]))
+        raise BadReference(str(reference), f"unknown generator {kind!r} (known: {known})")
     for key in reference.options:
-        if key not in KIND_OPTIONS[kind]:
-            allowed = ", ".join(sorted(KIND_OPTIONS[kind]))
+        if key not in allowed_options:
+            allowed = ", ".join(sorted(allowed_options))
             raise BadReference(
                 str(reference),
                 f"option {key!r} does not apply to generate:{kind} (allowed: {allowed})",
             )
-    if "bytes" in KIND_OPTIONS[kind]:
+    if "bytes" in allowed_options:
         reference.int_option("bytes", 32, minimum=1, maximum=65536)
     if kind == "password":
         reference.int_option("length", 32, minimum=1, maximum=4096)
@@ -74,9 +129,78 @@ def _validate(reference: Reference) -> None:
             raise BadReference(
                 str(reference), f"unknown charset {charset!r} (known: {', '.join(CHARSETS)})"
             )
+    if kind in KEY_KINDS:
+        _validate_key_options(kind, reference)
+    elif reference.selector is not None:
+        raise BadReference(
+            str(reference),
+            f"generate:{kind} references take no '#selector' (parts like #public belong to "
+            f"keys: generate:{'|'.join(KEY_KINDS)})",
+        )
     store_id = reference.option("id")
     if store_id is not None:
         _check_key(store_id, str(reference))
+
+
+def _choice(reference: Reference, key: str, choices: Sequence[str], default: str) -> str:
+    value = reference.option(key, default) or default
+    if value not in choices:
+        raise BadReference(
+            str(reference), f"option {key}={value!r} is not one of {', '.join(choices)}"
+        )
+    return value
+
+
+def _validate_key_options(kind: str, reference: Reference) -> None:
+    text = str(reference)
+    parts = KEY_KINDS[kind].parts
+    if reference.selector is not None and reference.selector not in parts:
+        raise BadReference(
+            text, f"generate:{kind} has no part {reference.selector!r} (parts: {', '.join(parts)})"
+        )
+    comment = reference.option("comment")
+    if comment is not None and (not comment.isprintable() or len(comment) > 255):
+        raise BadReference(text, "option comment must be printable text of at most 255 characters")
+    if kind == "ssh-rsa":
+        _choice(reference, "bits", RSA_BITS, "3072")
+    if kind == "ssh-ecdsa":
+        _choice(reference, "curve", SSH_CURVES, "p256")
+    if kind in DEFAULT_DAYS:
+        cn = reference.option("cn")
+        if not cn:
+            raise BadReference(text, f"generate:{kind} needs a common name: ?cn=NAME")
+        if not cn.isprintable() or len(cn) > 64:
+            raise BadReference(text, "option cn must be printable text of at most 64 characters")
+        reference.int_option("days", DEFAULT_DAYS[kind], minimum=1, maximum=36500)
+        _choice(reference, "key", TLS_KEYS, "p256")
+    san = reference.option("san")
+    if san is not None:
+        _parse_sans(san, text)
+    ca = reference.option("ca")
+    if ca is not None:
+        _check_key(ca, text)
+
+
+def _parse_sans(text: str, reference: str) -> list[tuple[str, str]]:
+    """``DNS:a.example,IP:10.0.0.1`` as ``(DNS|IP, value)`` pairs; ``BadReference`` if malformed."""
+    import ipaddress
+
+    names: list[tuple[str, str]] = []
+    for item in (part.strip() for part in text.split(",")):
+        kind, sep, value = item.partition(":")
+        kind = kind.upper()
+        if kind == "DNS" and sep and _HOSTNAME.match(value) and len(value) <= 253:
+            names.append(("DNS", value))
+        elif kind == "IP" and sep:
+            try:
+                names.append(("IP", str(ipaddress.ip_address(value))))
+            except ValueError:
+                raise BadReference(reference, f"san {item!r}: not an IP address") from None
+        else:
+            raise BadReference(
+                reference, f"san {item!r} is not DNS:HOSTNAME or IP:ADDRESS (joined by ',')"
+            )
+    return names
 
 
 def _check_key(key: str, reference: str) -> None:
@@ -84,6 +208,11 @@ def _check_key(key: str, reference: str) -> None:
         raise BadReference(
             reference, f"invalid store key {key!r} (segments of A-Z a-z 0-9 '_.@:-', joined by '/')"
         )
+
+
+def selects_public(reference: Reference) -> bool:
+    """Whether a ``generate:`` reference selects a public part (``SourceType.public``)."""
+    return reference.path in KEY_KINDS and reference.selector in PUBLIC_PARTS
 
 
 def store_failure(reference: str, key: str, error: OSError | ValueError) -> SourceError:
@@ -94,8 +223,150 @@ def store_failure(reference: str, key: str, error: OSError | ValueError) -> Sour
     return Unreachable(reference, f"store key {key}: {reason}")
 
 
+# --------------------------------------------------------------------------- key documents
+
+DOCUMENT_MARKER = b'{"credbridge-document":'
+DOCUMENT_VERSION = 1
+
+
+class KeyDocument:
+    """Every part of one generated key, stored as one value.
+
+    Serialized as compact JSON that starts with :data:`DOCUMENT_MARKER`::
+
+        {"credbridge-document": 1, "kind": "ssh-ed25519", "created": "2025-...Z",
+         "options": {"comment": "root@vm"}, "parts": {"key": "-----BEGIN ...", "public": "..."}}
+
+    ``options`` are the reference options it was made with (without ``id``). A raw random
+    value never starts with the marker, so both kinds of values share one store.
+    """
+
+    __slots__ = ("_parts", "created", "kind", "options")
+
+    def __init__(
+        self, kind: str, parts: Mapping[str, str], options: Mapping[str, str], created: str
+    ) -> None:
+        self.kind = kind
+        self._parts = dict(parts)
+        self.options = dict(options)
+        self.created = created
+
+    @staticmethod
+    def is_document(value: Secret) -> bool:
+        return value.reveal()[: len(DOCUMENT_MARKER)] == DOCUMENT_MARKER
+
+    @classmethod
+    def from_secret(cls, value: Secret) -> KeyDocument:
+        """Parse a stored document; ``ValueError`` (without any content) if it is not one."""
+        try:
+            data: Any = json.loads(value.reveal())
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError("stored key document is not valid JSON") from None
+        if not isinstance(data, dict) or data.get("credbridge-document") != DOCUMENT_VERSION:
+            raise ValueError("stored value is not a key document of a known version")
+        parts, options = data.get("parts"), data.get("options", {})
+        if (
+            not isinstance(data.get("kind"), str)
+            or not isinstance(parts, dict)
+            or not all(isinstance(v, str) for v in parts.values())
+            or not isinstance(options, dict)
+        ):
+            raise ValueError("stored key document is malformed")
+        return cls(data["kind"], parts, options, str(data.get("created", "")))
+
+    def to_secret(self) -> Secret:
+        data = {
+            "credbridge-document": DOCUMENT_VERSION,
+            "kind": self.kind,
+            "created": self.created,
+            "options": self.options,
+            "parts": self._parts,
+        }
+        return Secret(json.dumps(data, separators=(",", ":")).encode("utf-8"))
+
+    @property
+    def part_names(self) -> list[str]:
+        return sorted(self._parts)
+
+    def part(self, name: str | None, reference: str) -> Secret:
+        """One part (``None``: the private key) as bytes; ``NotFound`` names the parts there are."""
+        wanted = PRIVATE_PART if name is None else name
+        if wanted not in self._parts:
+            raise NotFound(
+                reference,
+                f"the {self.kind} key has no part {wanted!r} (parts: {', '.join(self.part_names)})",
+            )
+        return Secret(self._parts[wanted].encode("utf-8"))
+
+    def texts(self, *names: str) -> dict[str, str]:
+        """Parts as text, for signing with a CA's key (never for output)."""
+        return {name: self._parts[name] for name in names}
+
+    def __repr__(self) -> str:
+        return f"KeyDocument({self.kind}, <redacted>)"
+
+    __str__ = __repr__
+
+
+def _material_options(reference: Reference) -> dict[str, str]:
+    return {k: v for k, v in reference.options.items() if k != "id"}
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+
+
+def generate_document(reference: Reference, ca: KeyDocument | None = None) -> KeyDocument:
+    """A fresh key of a validated key-kind reference; ``ca`` signs a ``tls`` certificate."""
+    from credbridge.backends import keygen  # cryptography only when a key is made
+
+    kind = reference.path
+    now = _now()
+    parts: dict[str, str]
+    if kind.startswith("ssh-"):
+        parts = keygen.ssh_key(
+            kind,
+            comment=reference.option("comment", "") or "",
+            bits=int(reference.option("bits", "3072") or "3072"),
+            curve=reference.option("curve", "p256") or "p256",
+        )
+    elif kind == "wireguard":
+        parts = keygen.wireguard_key()
+    elif kind == "age":
+        parts = keygen.age_key(now)
+    elif kind in {"ed25519", "x25519"}:
+        parts = keygen.raw_key(kind)
+    else:
+        cn = reference.option("cn") or ""
+        days = reference.int_option("days", DEFAULT_DAYS[kind], minimum=1, maximum=36500)
+        algorithm = reference.option("key", "p256") or "p256"
+        if kind == "tls-ca":
+            parts = keygen.tls_ca(cn=cn, days=days, algorithm=algorithm, now=now)
+        else:
+            san = reference.option("san")
+            if san is None:  # clients match the SAN, not the CN: default to the CN as a name
+                sans = [("DNS", cn)] if _HOSTNAME.match(cn) else []
+            else:
+                sans = _parse_sans(san, str(reference))
+            parts = keygen.tls_cert(
+                cn=cn,
+                sans=sans,
+                days=days,
+                algorithm=algorithm,
+                now=now,
+                ca=None if ca is None else ca.texts("key", "cert"),
+            )
+    created = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return KeyDocument(kind, parts, _material_options(reference), created)
+
+
+# --------------------------------------------------------------------------- random values
+
+
 def generate(reference: Reference) -> Secret:
-    """A fresh value for a ``generate:`` reference (already validated)."""
+    """A fresh random value for a validated ``generate:`` reference of a random kind."""
+    import secrets  # here, not at the top: it costs every run ~5 ms (hmac, OpenSSL, random)
+
     kind = reference.path
     if kind == "uuid":
         return Secret(str(uuid.uuid4()).encode())
@@ -116,41 +387,138 @@ def store_key(request: Request) -> str | None:
     return request.reference.option("id") or request.owner
 
 
-class GenerateSource(Source):
+def _signed_by_ca(request: Request) -> bool:
+    return request.reference.path == "tls" and request.reference.option("ca") is not None
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class GenerateSource(RotatableSource):
     def __init__(self, store: Callable[[], Store]) -> None:
         self._store = store
 
     def fetch(self, requests: Sequence[Request], mode: Mode) -> dict[Request, Outcome]:
         results: dict[Request, Outcome] = {}
-        made: dict[str, Secret] = {}
-        for request in requests:
+        stored: dict[str, Secret | Pending] = {}
+        # Certificates signed by a CA come last, so a CA generated in this run signs them.
+        for request in sorted(requests, key=_signed_by_ca):
+            reference = request.reference
             key = store_key(request)
             if key is None:
                 # Not tied to a credential (``credbridge get``): a one-off value, like openssl.
-                results[request] = generate(request.reference)
+                try:
+                    results[request] = self._one_off(request, stored)
+                except SourceError as error:
+                    results[request] = error
                 continue
             try:
-                results[request] = self._get_or_create(key, request, mode, made)
+                value = self._get_or_create(key, request, mode, stored)
+                if isinstance(value, Pending):
+                    results[request] = value
+                else:
+                    results[request] = self._interpret(key, reference, value)
             except SourceError as error:
                 results[request] = error
             except (OSError, ValueError) as error:
-                results[request] = store_failure(str(request.reference), key, error)
+                results[request] = store_failure(str(reference), key, error)
         return results
 
+    def _one_off(self, request: Request, stored: dict[str, Secret | Pending]) -> Outcome:
+        reference = request.reference
+        if reference.path not in KEY_KINDS:
+            return generate(reference)
+        ca = self._ca(request, Mode.DELIVER, stored) if _signed_by_ca(request) else None
+        if isinstance(ca, Pending):  # pragma: no cover - DELIVER never yields Pending
+            return ca
+        return generate_document(reference, ca).part(reference.selector, str(reference))
+
+    def _ca(
+        self, request: Request, mode: Mode, stored: dict[str, Secret | Pending]
+    ) -> KeyDocument | Pending:
+        """The ``tls-ca`` document a ``generate:tls?ca=ID`` certificate is signed by."""
+        reference = request.reference
+        ca_id = reference.option("ca") or ""
+        value = stored.get(ca_id)
+        if value is None:
+            try:
+                value = self._store().read(ca_id)
+            except (OSError, ValueError) as error:
+                raise store_failure(str(reference), ca_id, error) from None
+        if isinstance(value, Pending):
+            return Pending(f"new generated value, signed by the new tls-ca {ca_id}")
+        if value is None:
+            raise NotFound(
+                str(reference),
+                f"no tls-ca in the store under {ca_id!r} (generate one with "
+                f"generate:tls-ca?cn=NAME&id={ca_id})",
+            )
+        document = _document_of(value, ca_id, str(reference))
+        if document is None:
+            raise InvalidValue(str(reference), f"store key {ca_id} holds no tls-ca")
+        return document
+
     def _get_or_create(
-        self, key: str, request: Request, mode: Mode, made: dict[str, Secret]
-    ) -> Outcome:
-        if key in made:
-            return Secret(made[key].reveal())
+        self, key: str, request: Request, mode: Mode, stored: dict[str, Secret | Pending]
+    ) -> Secret | Pending:
+        if key in stored:
+            return stored[key]
         store = self._store()
         existing = store.read(key)
         if existing is not None:
+            stored[key] = existing
             return existing
         if mode is Mode.DRY_RUN:
-            return Pending(f"new generated value, store key {key}")
-        value = store.create(key, generate(request.reference))
-        made[key] = value
+            if _signed_by_ca(request):
+                self._ca(request, mode, stored)  # a missing CA fails the plan too
+            pending = Pending(f"new generated value, store key {key}")
+            stored[key] = pending
+            return pending
+        value = store.create(key, self._fresh(request, stored))
+        stored[key] = value
         return value
+
+    def _fresh(self, request: Request, stored: dict[str, Secret | Pending]) -> Secret:
+        reference = request.reference
+        if reference.path not in KEY_KINDS:
+            return generate(reference)
+        ca = self._ca(request, Mode.DELIVER, stored) if _signed_by_ca(request) else None
+        if isinstance(ca, Pending):  # pragma: no cover - DELIVER never yields Pending
+            raise NotFound(str(reference), ca.reason)
+        return generate_document(reference, ca).to_secret()
+
+    @staticmethod
+    def _interpret(key: str, reference: Reference, value: Secret) -> Secret:
+        """The selected part of what the store holds, checked against the reference's kind."""
+        kind = reference.path
+        document = _document_of(value, key, str(reference))
+        if kind not in KEY_KINDS:
+            if document is not None:
+                raise InvalidValue(
+                    str(reference),
+                    f"store key {key} holds a {document.kind} key, not a generate:{kind} value; "
+                    "'credbridge rotate' replaces it",
+                )
+            return Secret(value.reveal())
+        if document is None or document.kind != kind:
+            what = f"a {document.kind} key" if document else "a random value"
+            raise InvalidValue(
+                str(reference),
+                f"store key {key} holds {what}, not a {kind} key; 'credbridge rotate' replaces it",
+            )
+        # An option the reference leaves out means "whatever it was made with"; one it
+        # gives differently is most likely a config edit that expected a new key.
+        changed = sorted(
+            k for k, v in _material_options(reference).items() if document.options.get(k) != v
+        )
+        if changed:
+            log.warning(
+                "store key %s was generated with other options (%s); the stored key is used "
+                "until 'credbridge rotate'",
+                key,
+                ", ".join(changed),
+            )
+        return document.part(reference.selector, str(reference))
 
     def rotate(self, request: Request) -> str:
         """Generate a new current value; the old one stays readable as the previous."""
@@ -159,14 +527,24 @@ class GenerateSource(Source):
             raise NotFound(str(request.reference), "is not tied to a credential; nothing to rotate")
         store = self._store()
         try:
-            store.rotate(key, generate(request.reference))
+            store.rotate(key, self._fresh(request, {}))
         except (OSError, ValueError) as error:
             raise store_failure(str(request.reference), key, error) from None
         return f"{store.location()} ({key})"
 
 
+def _document_of(value: Secret, key: str, reference: str) -> KeyDocument | None:
+    """The key document a stored value holds, or ``None`` for a raw random value."""
+    if not KeyDocument.is_document(value):
+        return None
+    try:
+        return KeyDocument.from_secret(value)
+    except ValueError as error:
+        raise InvalidValue(reference, f"store key {key}: {error}") from None
+
+
 class StoredSource(Source):
-    """``stored:KEY[?version=previous]``: read the store of generated values directly."""
+    """``stored:KEY[?version=previous][#PART]``: read the store of generated values directly."""
 
     def __init__(self, store: Callable[[], Store]) -> None:
         self._store = store
@@ -174,42 +552,51 @@ class StoredSource(Source):
     def fetch(self, requests: Sequence[Request], mode: Mode) -> dict[Request, Outcome]:
         results: dict[Request, Outcome] = {}
         for request in requests:
-            previous = request.reference.option("version", "current") == "previous"
+            reference = request.reference
+            previous = reference.option("version", "current") == "previous"
             try:
-                value = self._store().read(request.reference.path, previous=previous)
+                value = self._store().read(reference.path, previous=previous)
+                if value is None:
+                    what = "previous value" if previous else "value"
+                    results[request] = NotFound(str(reference), f"no {what} in the store")
+                    continue
+                results[request] = self._select(reference, value)
+            except SourceError as error:
+                results[request] = error
             except (OSError, ValueError) as error:
-                path = request.reference.path
-                results[request] = store_failure(str(request.reference), path, error)
-                continue
-            if value is None:
-                what = "previous value" if previous else "value"
-                results[request] = NotFound(str(request.reference), f"no {what} in the store")
-            else:
-                results[request] = value
+                results[request] = store_failure(str(reference), reference.path, error)
         return results
 
+    @staticmethod
+    def _select(reference: Reference, value: Secret) -> Secret:
+        document = _document_of(value, reference.path, str(reference))
+        if document is not None:
+            return document.part(reference.selector, str(reference))
+        if reference.selector is None:
+            return value
+        if reference.selector in PUBLIC_PARTS:
+            # Only key documents have public parts; never let a random value pass as one.
+            raise InvalidValue(str(reference), "the stored value is not a key; it has no parts")
+        return reference.select(value)
 
-def _validate_stored(reference: Reference) -> None:
+
+def validate_stored(reference: Reference) -> None:
     _check_key(reference.path, str(reference))
     if reference.option("version", "current") not in {"current", "previous"}:
         raise BadReference(str(reference), "version must be 'current' or 'previous'")
 
 
-@hookimpl
-def credbridge_sources() -> Iterable[SourceType]:
-    yield SourceType(
-        scheme="generate",
-        open=lambda ctx: GenerateSource(ctx.store),
-        summary="random values (base64, hex, password, uuid, bytes), persisted in the store",
-        options=frozenset({"bytes", "length", "charset", "id"}),
-        selectors=False,
-        validate=_validate,
-    )
-    yield SourceType(
-        scheme="stored",
-        open=lambda ctx: StoredSource(ctx.store),
-        summary="values in the store of generated values (?version=previous after a rotate)",
-        options=frozenset({"version"}),
-        selectors=False,
-        validate=_validate_stored,
-    )
+def stored_selects_public(reference: Reference) -> bool:
+    """Whether a ``stored:`` reference selects a public part of a stored key document."""
+    return reference.selector in PUBLIC_PARTS
+
+
+def open_generate(context: SourceContext) -> GenerateSource:
+    return GenerateSource(context.store)
+
+
+def open_stored(context: SourceContext) -> StoredSource:
+    return StoredSource(context.store)
+
+
+validate_generate = _validate

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable
 from pathlib import Path
 
 from credbridge.core import (
@@ -21,8 +20,7 @@ from credbridge.core import (
     Reference,
     Secret,
     SecretDocument,
-    SourceType,
-    hookimpl,
+    SourceContext,
 )
 from credbridge.core.config import CREDENTIAL_NAME
 
@@ -107,26 +105,18 @@ def _validate_credential(reference: Reference) -> None:
         raise BadReference(str(reference), "not a valid systemd credential name")
 
 
-@hookimpl
-def credbridge_sources() -> Iterable[SourceType]:
-    yield SourceType(
-        scheme="file",
-        open=lambda ctx: FileSource(ctx.config_dir),
-        summary="a file on this machine (relative paths: from the config's directory)",
-        options=frozenset({"strip"}),
-        validate=lambda ref: _check_strip(ref),
-    )
-    yield SourceType(
-        scheme="env",
-        open=lambda ctx: EnvSource(),
-        summary="an environment variable of the credbridge process",
-        options=frozenset({"strip"}),
-        validate=_validate_env,
-    )
-    yield SourceType(
-        scheme="credential",
-        open=lambda ctx: CredentialSource(),
-        summary="a systemd credential in $CREDENTIALS_DIRECTORY (LoadCredential= of this unit)",
-        options=frozenset({"strip"}),
-        validate=_validate_credential,
-    )
+def open_file(context: SourceContext) -> FileSource:
+    return FileSource(context.config_dir)
+
+
+def open_env(context: SourceContext) -> EnvSource:
+    return EnvSource()
+
+
+def open_credential(context: SourceContext) -> CredentialSource:
+    return CredentialSource()
+
+
+validate_file = _check_strip
+validate_env = _validate_env
+validate_credential = _validate_credential

@@ -26,6 +26,7 @@ import base64
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from credbridge.backends.hooks.oem_strings import SETTINGS
 from credbridge.core import (
     Change,
     ConfigError,
@@ -35,8 +36,6 @@ from credbridge.core import (
     PlanEntry,
     Secret,
     SinkContext,
-    SinkType,
-    hookimpl,
 )
 from credbridge.core.vm import VmChannel, VmSink, check_name, check_size
 
@@ -45,7 +44,6 @@ PREFIX = "io.systemd.credential.binary:"
 MAX_STRINGS = 255
 DEFAULT_MAX_BYTES = 48 * 1024
 SMBIOS_TABLES_MAX = 65535
-SETTINGS = frozenset({"max_bytes"})
 
 
 def encoded_length(size: int) -> int:
@@ -131,15 +129,3 @@ class OemStringsSink(VmSink):
 
 def open_sink(context: SinkContext) -> OemStringsSink:
     return OemStringsSink(context)
-
-
-@hookimpl
-def credbridge_sinks() -> list[SinkType]:
-    return [
-        SinkType(
-            name=SINK_NAME,
-            open=open_sink,
-            summary="SMBIOS type 11 OEM strings, imported by systemd in the guest",
-            target_kinds=frozenset({"vm"}),
-        )
-    ]

@@ -35,12 +35,13 @@ import stat
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from credbridge.backends.hooks.sops import SOURCE_SETTINGS, STORE_SETTINGS
 from credbridge.core import (
     BadReference,
     ConfigError,
@@ -55,13 +56,10 @@ from credbridge.core import (
     SecretDocument,
     SourceContext,
     SourceError,
-    SourceType,
     Store,
     StoreContext,
-    StoreType,
     Timeout,
     Unreachable,
-    hookimpl,
 )
 from credbridge.core.fsutil import (
     atomic_write,
@@ -82,13 +80,6 @@ EXTENSION_TYPES = {
     ".env": "dotenv",
     ".ini": "ini",
 }
-OPTIONS = frozenset({"type"})
-SOURCE_SETTINGS = frozenset(
-    {"binary", "config", "age_key", "age_key_file", "timeout", "concurrency"}
-)
-STORE_SETTINGS = frozenset(
-    {"path", "binary", "config", "age_key", "age_key_file", "age_recipients", "timeout"}
-)
 DEFAULT_TIMEOUT = 30.0
 
 CURRENT = "current"
@@ -564,7 +555,7 @@ def classify(rc: int, stderr: bytes, *, what: str, kind: str) -> SourceError:
 # --------------------------------------------------------------------------- the source
 
 
-def _validate(reference: Reference) -> None:
+def validate_reference(reference: Reference) -> None:
     text = str(reference)
     if "\x00" in reference.path:
         raise BadReference(text, "the path holds a NUL byte")
@@ -671,7 +662,7 @@ class SopsSource(DocumentSource):
             self._files.clear()
 
 
-def _open_source(context: SourceContext) -> SopsSource:
+def open_source(context: SourceContext) -> SopsSource:
     where = context.where or "sources.sops"
     settings = SopsSettings.load(
         context.settings,
@@ -954,7 +945,7 @@ def _naming(reference: str) -> Iterator[None]:
         raise type(error)(reference, error.problem) from None
 
 
-def _open_store(context: StoreContext) -> SopsStore:
+def open_store(context: StoreContext) -> SopsStore:
     where = context.where or "store"
     config_file = context.config_file or None
     body = {k: v for k, v in context.settings.items() if k not in {"path", "age_recipients"}}
@@ -1003,24 +994,3 @@ def _open_store(context: StoreContext) -> SopsStore:
 
 
 # --------------------------------------------------------------------------- plugin
-
-
-@hookimpl
-def credbridge_sources() -> Iterable[SourceType]:
-    yield SourceType(
-        scheme="sops",
-        open=_open_source,
-        summary="sops-encrypted YAML/JSON/dotenv/INI/binary files (sops:PATH#/key), sops CLI",
-        options=OPTIONS,
-        selectors=True,
-        validate=_validate,
-    )
-
-
-@hookimpl
-def credbridge_stores() -> Iterable[StoreType]:
-    yield StoreType(
-        name="sops",
-        open=_open_store,
-        summary="generated values in a sops-encrypted YAML/JSON file (sops set, .sops.yaml rules)",
-    )

@@ -18,13 +18,14 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
+from credbridge.backends.hooks.vault import SETTINGS
 from credbridge.core import (
     BadReference,
     ConfigError,
@@ -39,10 +40,8 @@ from credbridge.core import (
     SecretDocument,
     SourceContext,
     SourceError,
-    SourceType,
     Timeout,
     Unreachable,
-    hookimpl,
 )
 from credbridge.core.remote import (
     Redactor,
@@ -64,24 +63,6 @@ DEFAULT_RETRIES = 3
 DEFAULT_BACKOFF = 0.25
 KUBERNETES_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
 
-OPTIONS = frozenset({"version", "namespace", "kv"})
-SETTINGS = frozenset(
-    {
-        "address",
-        "namespace",
-        "ca_cert",
-        "ca_path",
-        "client_cert",
-        "client_key",
-        "tls_verify",
-        "connect_timeout",
-        "read_timeout",
-        "retries",
-        "backoff",
-        "concurrency",
-        "auth",
-    }
-)
 AUTH_SETTINGS: dict[str, frozenset[str]] = {
     "token": frozenset({"method", "token", "token_file", "token_ref"}),
     "approle": frozenset({"method", "mount", "role_id", "secret_id"}),
@@ -863,13 +844,5 @@ def _open(context: SourceContext) -> VaultSource:
     return VaultSource(settings, context.resolve)
 
 
-@hookimpl
-def credbridge_sources() -> Iterable[SourceType]:
-    yield SourceType(
-        scheme="vault",
-        open=_open,
-        summary="HashiCorp Vault / OpenBao KV v1 and v2 (vault:MOUNT/PATH#FIELD), through hvac",
-        options=OPTIONS,
-        selectors=True,
-        validate=_validate,
-    )
+open_source = _open
+validate_reference = _validate

@@ -23,6 +23,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from credbridge.backends.hooks.virtiofs import SETTINGS
 from credbridge.core import (
     Change,
     ConfigError,
@@ -31,8 +32,6 @@ from credbridge.core import (
     PlanEntry,
     Secret,
     SinkContext,
-    SinkType,
-    hookimpl,
 )
 from credbridge.core.fsutil import ensure_private_dir, write_new_file
 from credbridge.core.vm import VirtiofsShare, VmChannel, VmSink, check_name, check_size
@@ -41,7 +40,6 @@ SINK_NAME = "virtiofs"
 DEFAULT_TAG = "credbridge"
 TAG_MAX = 36  # virtio-fs config space: tag[36]
 SUBDIR = "virtiofs"
-SETTINGS = frozenset({"tag"})
 _TAG = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -112,15 +110,3 @@ class VirtiofsSink(VmSink):
 
 def open_sink(context: SinkContext) -> VirtiofsSink:
     return VirtiofsSink(context)
-
-
-@hookimpl
-def credbridge_sinks() -> list[SinkType]:
-    return [
-        SinkType(
-            name=SINK_NAME,
-            open=open_sink,
-            summary="files in a per-VM tmpfs directory shared read-only through virtiofsd",
-            target_kinds=frozenset({"vm"}),
-        )
-    ]

@@ -1,16 +1,22 @@
-"""Core benchmark: CLI start-up and delivering 10 generated credentials, beside the hand-made way.
+"""Core benchmark: CLI start-up, and delivering N generated credentials beside the hand-made way.
 
 The hand-made way is a shell script doing what operators do today: for each credential,
 `openssl rand -base64 32` into a temp file and `install -m 0400` it into the credstore.
+Start-up is measured against a bare `python -c pass` of the same interpreter.
 
-Run:  python bench/bench_core.py [--runs 15]
-Prints a Markdown table (median and p90 wall time over the runs) and the ratios.
+Every row runs in the same loop, one after the other in each round (so a busy moment of the
+machine hits all rows alike), with the default plugin settings and compiled bytecode in place.
+
+Run:  python bench/bench_core.py [--runs 21]
+Prints a Markdown table (median and p90 wall time, and median CPU time of the child processes,
+over the runs) and the ratios of the medians. On a busy machine compare the CPU column.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -20,8 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-CREDENTIALS = [f"secret-{i:02d}" for i in range(10)]
 CREDBRIDGE = [sys.executable, "-m", "credbridge.core.cli"]
+SIZES = (10, 100)
 
 SHELL = r"""
 set -eu
@@ -36,76 +42,120 @@ done
 """
 
 
-def timed(
-    action: Callable[[], None], runs: int, setup: Callable[[], None] | None = None
-) -> list[float]:
-    samples = []
-    for _ in range(runs):
-        if setup:
-            setup()
-        start = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - start)
-    return samples
-
-
-def run(argv: list[str], env: dict[str, str] | None = None) -> None:
+def run(argv: list[str], env: dict[str, str]) -> None:
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--runs", type=int, default=21)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cb-bench-", dir="/dev/shm"))
-    store = work / "store"
-    credstore = work / "credstore"
-    config = work / "credbridge.toml"
-    lines = [
-        f'[store]\npath = "{store}"\n[sinks.credstore]\ndirectory = "{credstore}"\n',
-        '[targets."bench.service".credentials]\n',
-    ]
-    lines += [f'{name} = "generate:base64?bytes=32"\n' for name in CREDENTIALS]
-    config.write_text("".join(lines))
-    script = work / "handmade.sh"
-    script.write_text(SHELL.format(names=" ".join(CREDENTIALS)))
-    env = {**os.environ, "CREDBRIDGE_LOAD_PLUGINS": ""}
+    # The plugin settings a user has by default; bytecode written as an installed package has.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CREDBRIDGE_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
+    rows: dict[str, tuple[Callable[[], None], Callable[[], None] | None]] = {}
 
-    def wipe() -> None:
-        shutil.rmtree(store, ignore_errors=True)
-        shutil.rmtree(credstore, ignore_errors=True)
-        shutil.rmtree(work / "shell", ignore_errors=True)
+    def shell_wipe(directory: Path) -> Callable[[], None]:
+        return lambda: shutil.rmtree(directory, ignore_errors=True)
 
-    results: dict[str, list[float]] = {}
+    rows["python -c pass (the floor)"] = (lambda: run([sys.executable, "-c", "pass"], env), None)
+    rows["python -c 'import click, pluggy' (the libraries)"] = (
+        lambda: run([sys.executable, "-c", "import click, pluggy"], env),
+        None,
+    )
+    rows["credbridge --help"] = (lambda: run([*CREDBRIDGE, "--help"], env), None)
+    rows["credbridge plugins"] = (lambda: run([*CREDBRIDGE, "plugins"], env), None)
+    rows["credbridge get env:HOME"] = (lambda: run([*CREDBRIDGE, "get", "env:HOME"], env), None)
+    for size in SIZES:
+        names = [f"secret-{i:03d}" for i in range(size)]
+        base = work / str(size)
+        base.mkdir()
+        config = base / "credbridge.toml"
+        lines = [
+            f'[store]\npath = "{base / "store"}"\n[sinks.credstore]\n',
+            f'directory = "{base / "credstore"}"\n[targets."bench.service".credentials]\n',
+        ]
+        lines += [f'{name} = "generate:base64?bytes=32"\n' for name in names]
+        config.write_text("".join(lines))
+        script = base / "handmade.sh"
+        script.write_text(SHELL.format(names=" ".join(names)))
+        deliver = [*CREDBRIDGE, "-c", str(config), "deliver"]
+        run(deliver, env)  # values generated and delivered once: the rows below keep them
+
+        def new_values(base: Path = base) -> None:
+            shutil.rmtree(base / "store", ignore_errors=True)
+            shutil.rmtree(base / "credstore", ignore_errors=True)
+
+        def deliver_again(deliver: list[str] = deliver) -> None:
+            run(deliver, env)
+
+        # "stored" runs before "new" in every round, and "new" leaves its values stored.
+        rows[f"credbridge deliver, {size} stored (values kept)"] = (deliver_again, None)
+        rows[f"credbridge deliver, {size} new (generate + persist + deliver)"] = (
+            deliver_again,
+            new_values,
+        )
+        shell_dir = base / "shell"
+        rows[f"shell: openssl rand + install -m 0400, {size} new"] = (
+            lambda script=script, out=shell_dir: run(["sh", str(script), str(out)], env),
+            shell_wipe(shell_dir),
+        )
+    for action, _ in rows.values():  # warm-up: bytecode, page cache
+        action()
+    samples: dict[str, list[float]] = {name: [] for name in rows}
+    cpu: dict[str, list[float]] = {name: [] for name in rows}
     try:
-        results["credbridge --help"] = timed(lambda: run([*CREDBRIDGE, "--help"], env), args.runs)
-        results["credbridge plugins"] = timed(lambda: run([*CREDBRIDGE, "plugins"], env), args.runs)
-        results["credbridge deliver, 10 new (generate + persist + deliver)"] = timed(
-            lambda: run([*CREDBRIDGE, "-c", str(config), "deliver"], env), args.runs, setup=wipe
-        )
-        results["credbridge deliver, 10 kept (values already stored)"] = timed(
-            lambda: run([*CREDBRIDGE, "-c", str(config), "deliver"], env), args.runs
-        )
-        results["shell: openssl rand + install -m 0400, 10 new"] = timed(
-            lambda: run(["sh", str(script), str(work / "shell")]), args.runs, setup=wipe
-        )
+        for _ in range(args.runs):
+            for name, (action, setup) in rows.items():
+                if setup:
+                    setup()
+                used = resource.getrusage(resource.RUSAGE_CHILDREN)
+                start = time.perf_counter()
+                action()
+                samples[name].append(time.perf_counter() - start)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[name].append(after.ru_utime - used.ru_utime + after.ru_stime - used.ru_stime)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     def ms(values: list[float], q: float) -> float:
-        values = sorted(values)
-        return 1000 * values[min(len(values) - 1, int(q * len(values)))]
+        ordered = sorted(values)
+        return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def median(name: str) -> float:
+        return statistics.median(samples[name])
 
     print(f"runs per row: {args.runs}; python {sys.version.split()[0]}; {os.cpu_count()} cores\n")
-    print("| command | median ms | p90 ms |")
-    print("|---|---:|---:|")
-    for name, values in results.items():
-        print(f"| {name} | {1000 * statistics.median(values):.1f} | {ms(values, 0.9):.1f} |")
-    shell = statistics.median(results["shell: openssl rand + install -m 0400, 10 new"])
-    new = statistics.median(results["credbridge deliver, 10 new (generate + persist + deliver)"])
-    kept = statistics.median(results["credbridge deliver, 10 kept (values already stored)"])
-    print(f"\nratio credbridge deliver (new) / shell script: {new / shell:.2f}x")
-    print(f"ratio credbridge deliver (kept) / shell script: {kept / shell:.2f}x")
+    print("| command | median ms | p90 ms | CPU ms |")
+    print("|---|---:|---:|---:|")
+    for name, values in samples.items():
+        print(
+            f"| {name} | {1000 * statistics.median(values):.1f} | {ms(values, 0.9):.1f} "
+            f"| {1000 * statistics.median(cpu[name]):.1f} |"
+        )
+    floor = median("python -c pass (the floor)")
+    cpu_floor = statistics.median(cpu["python -c pass (the floor)"])
+    print()
+    for name in (
+        "python -c 'import click, pluggy' (the libraries)",
+        "credbridge --help",
+        "credbridge plugins",
+        "credbridge get env:HOME",
+    ):
+        print(
+            f"ratio {name} / python -c pass: {median(name) / floor:.2f}x wall, "
+            f"{statistics.median(cpu[name]) / cpu_floor:.2f}x CPU"
+        )
+    for size in SIZES:
+        shell = median(f"shell: openssl rand + install -m 0400, {size} new")
+        kept = median(f"credbridge deliver, {size} stored (values kept)")
+        new = median(f"credbridge deliver, {size} new (generate + persist + deliver)")
+        print(f"ratio credbridge deliver ({size} stored) / shell script: {kept / shell:.2f}x wall")
+        print(f"ratio credbridge deliver ({size} new) / shell script: {new / shell:.2f}x wall")
 
 
 if __name__ == "__main__":

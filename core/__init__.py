@@ -31,12 +31,14 @@ if TYPE_CHECKING:
         LaunchError,
         NotFound,
         PluginError,
+        PluginFailed,
         ResolutionFailed,
         SourceError,
         Timeout,
         Unreachable,
     )
     from credbridge.core.hookspecs import hookimpl
+    from credbridge.core.plugins import PluginManager, get_plugin_manager
     from credbridge.core.reference import Locator, Reference, parse_reference
     from credbridge.core.secret import Secret, SecretDocument
     from credbridge.core.types import (
@@ -47,9 +49,11 @@ if TYPE_CHECKING:
         LauncherContext,
         LauncherType,
         Mode,
+        Outcome,
         Pending,
         PlanEntry,
         Request,
+        RotatableSource,
         Sink,
         SinkContext,
         SinkType,
@@ -60,7 +64,9 @@ if TYPE_CHECKING:
         Store,
         StoreContext,
         StoreType,
+        lazy,
     )
+    from credbridge.core.vm import FwCfgItem, VirtiofsShare, VmChannel, VmSink
 
 
 # Importing the package must stay cheap (``credbridge --help`` imports it): the API below is
@@ -85,11 +91,14 @@ _LAZY = {
     "LaunchError": "errors",
     "NotFound": "errors",
     "PluginError": "errors",
+    "PluginFailed": "errors",
     "ResolutionFailed": "errors",
     "SourceError": "errors",
     "Timeout": "errors",
     "Unreachable": "errors",
     "hookimpl": "hookspecs",
+    "PluginManager": "plugins",
+    "get_plugin_manager": "plugins",
     "Locator": "reference",
     "Reference": "reference",
     "parse_reference": "reference",
@@ -102,9 +111,11 @@ _LAZY = {
     "LauncherContext": "types",
     "LauncherType": "types",
     "Mode": "types",
+    "Outcome": "types",
     "Pending": "types",
     "PlanEntry": "types",
     "Request": "types",
+    "RotatableSource": "types",
     "Sink": "types",
     "SinkContext": "types",
     "SinkType": "types",
@@ -115,6 +126,11 @@ _LAZY = {
     "Store": "types",
     "StoreContext": "types",
     "StoreType": "types",
+    "lazy": "types",
+    "FwCfgItem": "vm",
+    "VirtiofsShare": "vm",
+    "VmChannel": "vm",
+    "VmSink": "vm",
 }
 
 
@@ -128,15 +144,21 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:
+    # The lazily loaded API too, so completion and dir() show what can be imported.
+    return sorted({*globals(), *_LAZY})
+
+
 __version__ = "0.1.0"
 
 
 def resolve(
     references: Iterable[str | Reference], *, config: Config | None = None
 ) -> dict[str, Secret]:
-    """Resolve references to secrets, concurrently; raise on the first failure.
+    """Resolve references to secrets, concurrently.
 
-    Keys are the references as given. ``generate:`` references resolved here are not tied to
+    Keys are the references as given. When any fails, raises :class:`ResolutionFailed`
+    listing every failure (``.failures``). ``generate:`` references resolved here are not tied to
     a credential: without ``?id=`` they produce a fresh, unpersisted value.
     """
     from credbridge.core.engine import Session
@@ -193,6 +215,7 @@ __all__ = [
     "DocumentSource",
     "ExitCode",
     "Forbidden",
+    "FwCfgItem",
     "InvalidValue",
     "LaunchError",
     "Launcher",
@@ -201,12 +224,16 @@ __all__ = [
     "Locator",
     "Mode",
     "NotFound",
+    "Outcome",
     "Pending",
     "PlanEntry",
     "PluginError",
+    "PluginFailed",
+    "PluginManager",
     "Reference",
     "Request",
     "ResolutionFailed",
+    "RotatableSource",
     "Secret",
     "SecretDocument",
     "Session",
@@ -224,9 +251,14 @@ __all__ = [
     "Target",
     "Timeout",
     "Unreachable",
+    "VirtiofsShare",
+    "VmChannel",
+    "VmSink",
     "__version__",
     "deliver",
+    "get_plugin_manager",
     "hookimpl",
+    "lazy",
     "load_config",
     "parse_config",
     "parse_reference",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from credbridge.core import __version__
-from credbridge.core.errors import CredbridgeError, ExitCode
+from credbridge.core.errors import CredbridgeError, ExitCode, PluginFailed
 
 if TYPE_CHECKING:
     from credbridge.core.config import Config
@@ -22,7 +21,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Group(click.Group):
-    """Turns every :class:`CredbridgeError` into ``credbridge: error: ...`` and its exit code."""
+    """Turns every :class:`CredbridgeError` into ``credbridge: error: ...`` and its exit code.
+
+    Anything else is a bug: one line and exit 1, with where it happened (never the exception's
+    message, which could carry a value) at ``-vv``. Every command also accepts ``-c PATH``
+    after its name, and a name that is no built-in command is looked up among the plugins'.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -30,10 +34,85 @@ class _Group(click.Group):
         except CredbridgeError as error:
             for line in str(error).splitlines():
                 click.echo(f"credbridge: error: {line}", err=True)
+            if isinstance(error, PluginFailed):
+                _show_where(ctx, error.error)
             ctx.exit(int(error.exit_code))
         except KeyboardInterrupt:
             click.echo("credbridge: interrupted", err=True)
             ctx.exit(130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as error:  # noqa: BLE001 - the one place a bug becomes one line
+            click.echo(
+                f"credbridge: error: internal error ({type(error).__name__}): a bug in "
+                "credbridge; please report it with the output of -vv",
+                err=True,
+            )
+            _show_where(ctx, error)
+            ctx.exit(int(ExitCode.INTERNAL))
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        if not any("--config" in getattr(p, "opts", ()) for p in cmd.params):
+            cmd.params.append(_config_option())
+        super().add_command(cmd, name)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None and not self._plugin_commands_loaded:
+            # Plugins are asked for commands only when the command line names an unknown one.
+            from credbridge.core.plugins import get_plugin_manager
+
+            self._plugin_commands_loaded = True
+            get_plugin_manager().add_commands(self)
+            found = super().get_command(ctx, cmd_name)
+        return found
+
+    _plugin_commands_loaded = False
+
+
+def _show_where(ctx: click.Context, error: BaseException) -> None:
+    """At ``-vv``: the frames an exception went through, and its type; no messages."""
+    state = ctx.find_object(State)
+    if state is None or state.verbose < 2:
+        return
+    import traceback
+
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    for index, item in enumerate(reversed(chain)):
+        if index:
+            click.echo("credbridge: debug: which led to:", err=True)
+        click.echo("credbridge: debug: traceback (messages withheld):", err=True)
+        for frame in traceback.extract_tb(item.__traceback__):
+            click.echo(
+                f'credbridge: debug:   File "{frame.filename}", line {frame.lineno}, '
+                f"in {frame.name}: {frame.line or ''}".rstrip(": "),
+                err=True,
+            )
+        click.echo(
+            f"credbridge: debug: {type(item).__module__}.{type(item).__qualname__}", err=True
+        )
+
+
+def _set_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        state = ctx.find_object(State)
+        if state is not None:
+            state.config_path = value
+
+
+def _config_option() -> click.Option:
+    return click.Option(
+        ["-c", "--config"],
+        metavar="PATH",
+        expose_value=False,
+        is_eager=True,
+        callback=_set_config,
+        help="Config file (default: $CREDBRIDGE_CONFIG or ./credbridge.toml).",
+    )
 
 
 def _setup_logging(verbose: int) -> None:
@@ -65,8 +144,9 @@ def _progress() -> Progress | None:
 
 
 class State:
-    def __init__(self, config_path: str | None) -> None:
+    def __init__(self, config_path: str | None, verbose: int = 0) -> None:
         self.config_path = config_path
+        self.verbose = verbose
 
     def config(self, *, required: bool = True) -> Config:
         from credbridge.core.config import Config, find_config, load_config
@@ -85,7 +165,11 @@ class State:
 pass_state = click.make_pass_decorator(State)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Plugins may add commands: 'credbridge plugins' lists them.",
+)
 @click.option(
     "-c",
     "--config",
@@ -101,7 +185,7 @@ pass_state = click.make_pass_decorator(State)
 def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     """Carry secrets from where they are kept to systemd services and microVMs."""
     _setup_logging(verbose)
-    ctx.obj = State(config_path)
+    ctx.obj = State(config_path, verbose)
 
 
 @cli.command()
@@ -114,6 +198,8 @@ def deliver(state: State, targets: tuple[str, ...], dry_run: bool, as_json: bool
     with state.session(progress=not as_json) as session:
         report = session.deliver(targets, dry_run=dry_run)
     if as_json:
+        import json
+
         click.echo(json.dumps(report.as_json(), indent=2))
         return
     verb = "would " if dry_run else ""
@@ -122,21 +208,51 @@ def deliver(state: State, targets: tuple[str, ...], dry_run: bool, as_json: bool
         click.echo(
             f"{entry.target}\t{entry.credential}\t{entry.reference}\t{entry.sink}\t{verb}{entry.change.value}{detail}"
         )
-    for skipped in report.skipped:
-        click.echo(f"{skipped}\tskipped (optional, not found)", err=True)
+    # For a person: on stderr, so the lines above stay the whole of stdout for scripts.
+    for line in report.summary():
+        click.echo(f"credbridge: {line}", err=True)
+
+
+class SecretToTerminal(CredbridgeError):
+    """``credbridge get`` of a secret with a terminal as stdout and no ``--reveal``."""
+
+    exit_code = ExitCode.USAGE
 
 
 @cli.command()
 @click.argument("reference")
+@click.option("--reveal", is_flag=True, help="Print a secret even when stdout is a terminal.")
 @pass_state
-def get(state: State, reference: str) -> None:
-    """Resolve REFERENCE and write the raw value to stdout (no newline added)."""
+def get(state: State, reference: str, reveal: bool) -> None:
+    """Resolve REFERENCE and write the raw value to stdout (no newline added).
+
+    Public parts (#public, #cert, #chain of a generated key) are printed anywhere; a secret
+    is printed to a pipe or file, and to a terminal only with --reveal.
+    """
     with state.session(required=False) as session:
+        if not reveal and sys.stdout.isatty() and not session.is_public(reference):
+            raise SecretToTerminal(
+                f"{reference}: refusing to print a secret to a terminal; pipe it, redirect "
+                "it, or pass --reveal"
+            )
         value = session.resolve_one(reference)
     out = sys.stdout.buffer
     out.write(value.reveal())
     out.flush()
     value.wipe()
+
+
+@cli.command()
+@click.argument("reference")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@pass_state
+def export(state: State, reference: str, path: Path) -> None:
+    """Write the public part REFERENCE selects to PATH (0644, atomically, no symlinks)."""
+    from credbridge.core.export import export_public
+
+    with state.session(required=False) as session:
+        size = export_public(session, reference, path)
+    click.echo(f"exported {reference} to {path} ({size} bytes)", err=True)
 
 
 @cli.command()
@@ -189,30 +305,51 @@ def rotate(state: State, target: str, credential: str) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
-    """List plugins, what each provides and which distribution it came from."""
-    from credbridge.core.plugins import get_plugin_manager
+    """List every plugin, its state, what it provides and where it came from; and conflicts."""
+    from credbridge.core.plugins import CORE, PluginInfo, get_plugin_manager
 
     manager = get_plugin_manager()
     manager.collect_all()
-    infos = sorted(manager.infos.values(), key=lambda i: (not i.builtin, i.name))
+    # A throwaway group holding the built-ins, so clashes are found and nothing is changed.
+    manager.add_commands(click.Group(commands=dict(cli.commands)))
+    core = PluginInfo(CORE, "credbridge.core", "credbridge", __version__, True)
+    core.sources.append("target")
+    infos = [core, *sorted(manager.infos.values(), key=lambda i: (not i.builtin, i.name))]
+    conflicts = manager.conflicts()
     if as_json:
-        click.echo(json.dumps([i.as_json() for i in infos], indent=2))
+        import json
+
+        listing = {
+            "plugins": [i.as_json() for i in infos],
+            "conflicts": [
+                {
+                    "kind": c.kind,
+                    "name": c.name,
+                    "plugins": list(c.providers),
+                    "message": manager.conflict_message(c),
+                }
+                for c in conflicts
+            ],
+            "problems": manager.problems,
+        }
+        click.echo(json.dumps(listing, indent=2))
         return
     for info in infos:
-        provides = []
-        for label, names in (
-            ("sources", info.sources),
-            ("sinks", info.sinks),
-            ("launchers", info.launchers),
-            ("stores", info.stores),
-        ):
+        origin = "built-in" if info.builtin else info.origin
+        state = "" if info.state in {"loaded", "registered"} else f"  [{info.state}]"
+        click.echo(f"{info.name} ({origin}){state}")
+        if info.error:
+            click.echo(f"  error: {info.error}")
+        for label in ("sources", "sinks", "launchers", "stores", "commands"):
+            names = getattr(info, label)
             if names:
-                provides.append(f"{label}: {', '.join(sorted(names))}")
-        status = f"  [failed: {info.error}]" if info.error else ""
-        origin = "built-in" if info.builtin else f"{info.distribution} {info.version}"
-        click.echo(f"{info.name} ({origin}){status}")
-        for line in provides:
-            click.echo(f"  {line}")
+                click.echo(f"  {label}: {', '.join(sorted(names))}")
+        for warning in info.warnings:
+            click.echo(f"  warning: {warning}")
+    for conflict in conflicts:
+        click.echo(f"conflict: {manager.conflict_message(conflict)}")
+    for problem in manager.problems:
+        click.echo(f"problem: {problem}")
 
 
 @cli.command()
@@ -225,15 +362,16 @@ def check(state: State, targets: tuple[str, ...], as_json: bool) -> None:
         results = session.check(targets)
     failed = [r for r in results if not r.ok]
     if as_json:
+        import json
+
         click.echo(
             json.dumps({"ok": not failed, "results": [r.as_json() for r in results]}, indent=2)
         )
     else:
         for result in results:
             mark = "ok" if result.ok else "FAIL"
-            click.echo(
-                f"{mark}\t{result.target}/{result.credential}\t{result.reference}\t{result.detail}"
-            )
+            what = f"{result.target}/{result.credential}" if result.credential else result.target
+            click.echo(f"{mark}\t{what}\t{result.reference}\t{result.detail}")
     if failed:
         sys.exit(failed[0].exit_code or int(ExitCode.NOT_FOUND))
 
@@ -247,6 +385,8 @@ def launch(state: State, name: str, dry_run: bool) -> None:
     with state.session() as session:
         result = session.launch(name, dry_run=dry_run)
     if dry_run:
+        import json
+
         click.echo(json.dumps(result, indent=2, default=str))
         return
     assert isinstance(result, int)

@@ -8,17 +8,18 @@ the same path in either format) and says what is wrong, in one line.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from credbridge.core.errors import BadReference, ConfigError
 from credbridge.core.reference import Reference, parse_reference
+
+if TYPE_CHECKING:
+    from credbridge.core.plugins import PluginManager
 
 DEFAULT_CONFIG = "credbridge.toml"
 CONFIG_ENV = "CREDBRIDGE_CONFIG"
@@ -121,8 +122,13 @@ def find_config(explicit: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else Path(DEFAULT_CONFIG)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Read and validate a config file (see :func:`find_config` for the default location)."""
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, plugins: PluginManager | None = None
+) -> Config:
+    """Read and validate a config file (see :func:`find_config` for the default location).
+
+    Plugin names and settings are checked against ``plugins`` (default: the installed ones).
+    """
     file = find_config(path)
     try:
         raw = file.read_bytes()
@@ -137,11 +143,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     except UnicodeDecodeError:
         raise ConfigError("config is not UTF-8 text", file=str(file)) from None
     loader = load_json if file.suffix.lower() == ".json" else load_toml
-    return parse_config(loader(text, str(file)), path=file.resolve())
+    return parse_config(loader(text, str(file)), path=file.resolve(), plugins=plugins)
 
 
 def load_toml(text: str, label: str) -> Mapping[str, Any]:
     """Parse TOML config text; syntax errors become one :class:`ConfigError` line."""
+    import tomllib  # only commands that read a config pay for the parser
+
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -150,6 +158,7 @@ def load_toml(text: str, label: str) -> Mapping[str, Any]:
 
 def load_json(text: str, label: str) -> Mapping[str, Any]:
     """Parse JSON config text with TOML's strictness: one object, no duplicate keys, no NaN."""
+    import json
 
     def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -164,9 +173,7 @@ def load_json(text: str, label: str) -> Mapping[str, Any]:
 
     try:
         data = json.loads(text, object_pairs_hook=unique, parse_constant=no_constant)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"invalid JSON: {error}", file=label) from None
-    except ValueError as error:
+    except ValueError as error:  # json.JSONDecodeError included
         raise ConfigError(f"invalid JSON: {error}", file=label) from None
     if not isinstance(data, dict):
         raise ConfigError(
@@ -177,9 +184,17 @@ def load_json(text: str, label: str) -> Mapping[str, Any]:
 
 
 def parse_config(
-    data: Mapping[str, Any], *, path: Path | None = None, directory: Path | None = None
+    data: Mapping[str, Any],
+    *,
+    path: Path | None = None,
+    directory: Path | None = None,
+    plugins: PluginManager | None = None,
 ) -> Config:
-    """Validate an already-parsed config mapping (for tools that build configs in code)."""
+    """Validate an already-parsed config mapping (for tools that build configs in code).
+
+    Plugin names and settings are checked against ``plugins`` (default: the installed ones),
+    exactly as :func:`load_config` does.
+    """
     label = str(path) if path else "<config>"
     base = directory or (path.parent if path else Path.cwd())
 
@@ -246,6 +261,10 @@ def parse_config(
         concurrency=concurrency,
     )
     _check_target_links(config, fail)
+    from credbridge.core.plugins import get_plugin_manager
+    from credbridge.core.validation import validate_config
+
+    validate_config(config, plugins or get_plugin_manager())
     return config
 
 
@@ -331,7 +350,7 @@ def _parse_credential(name: str, spec: Any, where: str, fail: Any) -> Credential
     optional = spec.get("optional", False)
     if not isinstance(optional, bool):
         raise fail(f"{where}.optional", "must be true or false")
-    mode = parse_mode(spec.get("mode", 0o400), f"{where}.mode", fail)
+    mode = parse_mode(spec.get("mode", 0o400), f"{where}.mode", fail, world_readable=True)
     owner, group = spec.get("owner"), spec.get("group")
     for key, value in (("owner", owner), ("group", group)):
         if value is not None and not isinstance(value, str | int):
@@ -347,8 +366,11 @@ def _parse_credential(name: str, spec: Any, where: str, fail: Any) -> Credential
     )
 
 
-def parse_mode(value: Any, where: str, fail: Any) -> int:
-    """A file mode given as an octal string (``"0440"``) or a TOML integer (``0o440``)."""
+def parse_mode(value: Any, where: str, fail: Any, *, world_readable: bool = False) -> int:
+    """A file mode given as an octal string (``"0440"``) or a TOML integer (``0o440``).
+
+    ``world_readable`` lets the "other" read bit through; the caller then checks that the
+    value is public (:func:`credbridge.core.validation.check_world_readable`)."""
     if isinstance(value, str):
         try:
             mode = int(value, 8)
@@ -360,7 +382,7 @@ def parse_mode(value: Any, where: str, fail: Any) -> int:
         raise fail(where, 'must be an octal string like "0400"')
     if mode & ~0o777 or mode & 0o222:
         raise fail(where, f"mode {mode:04o} is not allowed (read bits only, e.g. 0400 or 0440)")
-    if mode & 0o007:
+    if mode & (0o003 if world_readable else 0o007):
         raise fail(where, f"mode {mode:04o} would make a secret world-readable")
     return mode
 
@@ -382,3 +404,15 @@ def _check_target_links(config: Config, fail: Any) -> None:
                     raise fail(spec.where, f"target references loop: {' -> '.join([*seen, key])}")
                 seen.append(key)
                 ref = linked.reference
+
+
+def linked_reference(config: Config, reference: Reference) -> Reference:
+    """The reference a ``target:T/C`` chain ends at (the config has no loops, see above)."""
+    while reference.scheme == "target":
+        t_name, _, c_name = reference.path.rpartition("/")
+        other = config.targets.get(t_name)
+        linked = other.credential(c_name) if other else None
+        if linked is None:
+            return reference
+        reference = linked.reference
+    return reference

@@ -8,31 +8,40 @@ stage every target, commit all or roll all back.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from credbridge.core.config import Config, CredentialSpec, Target, keypath
+from credbridge.core.config import Config, CredentialSpec, Target, keypath, linked_reference
 from credbridge.core.errors import (
     BadReference,
     ConfigError,
     CredbridgeError,
     DeliveryError,
+    LaunchError,
     NotFound,
     PluginError,
     ResolutionFailed,
     SourceError,
 )
-from credbridge.core.plugins import PluginManager, get_plugin_manager
+from credbridge.core.plugins import (
+    LAUNCHER,
+    SINK,
+    SOURCE,
+    STORE,
+    PluginManager,
+    get_plugin_manager,
+)
 from credbridge.core.reference import Reference, parse_reference
 from credbridge.core.secret import Secret
 from credbridge.core.types import (
+    PLAN_KEYS,
     Change,
     Delivery,
     Launcher,
@@ -42,6 +51,7 @@ from credbridge.core.types import (
     Pending,
     PlanEntry,
     Request,
+    RotatableSource,
     Sink,
     SinkContext,
     Source,
@@ -50,6 +60,7 @@ from credbridge.core.types import (
     Store,
     StoreContext,
 )
+from credbridge.core.validation import check_reference, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +77,10 @@ class DeliveryEntry:
     sink: str
     change: Change
     detail: str = ""
+    public: str | None = None
+    """The value, for a credential whose reference selects a public part (else ``None``)."""
 
-    def as_json(self) -> dict[str, str]:
+    def as_json(self) -> dict[str, str | None]:
         return {
             "target": self.target,
             "credential": self.credential,
@@ -75,6 +88,7 @@ class DeliveryEntry:
             "sink": self.sink,
             "change": self.change.value,
             "detail": self.detail,
+            "public": self.public,
         }
 
 
@@ -84,6 +98,10 @@ class DeliveryReport:
     entries: list[DeliveryEntry] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     """Optional credentials left out because their source had no value."""
+    locations: dict[str, str] = field(default_factory=dict)
+    """Where each target's credentials went (``Sink.location()``; empty if it does not say)."""
+    store: str | None = None
+    """Where generated values are kept, when the run used the store."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -91,6 +109,44 @@ class DeliveryReport:
             "entries": [e.as_json() for e in self.entries],
             "skipped": self.skipped,
         }
+
+    def summary(self) -> list[str]:
+        """Lines for a person: per target where the files went and what changed."""
+        lines = []
+        by_target: dict[str, dict[Change, int]] = {}
+        sinks: dict[str, str] = {}
+        for entry in self.entries:
+            counts = by_target.setdefault(entry.target, dict.fromkeys(Change, 0))
+            counts[entry.change] += 1
+            sinks[entry.target] = entry.sink
+        for target, counts in by_target.items():
+            if self.dry_run:
+                what = "would " + ", ".join(f"{c.value} {n}" for c, n in counts.items() if n)
+            else:
+                what = ", ".join(f"{n} {_PAST[c]}" for c, n in counts.items() if n)
+            where = self.locations.get(target, "")
+            lines.append(f"{target}: {what} ({sinks[target]}{': ' + where if where else ''})")
+        generated = [
+            e
+            for e in self.entries
+            if e.reference.startswith("generate:") and e.change in {Change.ADD, Change.CHANGE}
+        ]
+        if generated and self.store:
+            verb = "would be kept" if self.dry_run else "are kept"
+            lines.append(f"new generated values {verb} in the store: {self.store}")
+        if self.skipped:
+            lines.append(f"skipped (optional, not found): {', '.join(self.skipped)}")
+        if self.dry_run and self.entries:
+            lines.append("nothing was changed (dry run)")
+        return lines
+
+
+_PAST = {
+    Change.ADD: "added",
+    Change.CHANGE: "changed",
+    Change.KEEP: "kept",
+    Change.REMOVE: "removed",
+}
 
 
 @dataclass(frozen=True)
@@ -102,6 +158,8 @@ class CheckResult:
     detail: str
     exit_code: int = 0
     """The exit code of the failure (0 when ok)."""
+    public: str | None = None
+    """The value, for a credential whose reference selects a public part (else ``None``)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +168,7 @@ class CheckResult:
             "reference": self.reference,
             "ok": self.ok,
             "detail": self.detail,
+            "public": self.public,
         }
 
 
@@ -140,84 +199,40 @@ class Session:
         self.close()
 
     def close(self) -> None:
-        for source in self._sources.values():
+        for scheme, source in self._sources.items():
             try:
-                source.close()
-            except Exception:
-                log.debug("closing a source failed", exc_info=True)
+                with self.plugins.guard(SOURCE, scheme, "close()"):
+                    source.close()
+            except CredbridgeError as error:
+                log.warning("%s", error)
         self._sources.clear()
 
     # ------------------------------------------------------------------ validation
 
     def validate(self) -> None:
-        """Check that every scheme, option, sink and launcher named in the config exists."""
-        sources = self.plugins.sources()
-        sinks = self.plugins.sinks()
-        launchers = self.plugins.launchers()
-        label = self.config.label
-        for target in self.config.targets.values():
-            if target.sink not in sinks:
-                raise ConfigError(
-                    f"unknown sink {target.sink!r} (known: {', '.join(sorted(sinks)) or 'none'})",
-                    file=label,
-                    key=f"{target.where}.sink",
-                )
-            sink_type = sinks[target.sink][0]
-            if target.kind not in sink_type.target_kinds:
-                raise ConfigError(
-                    f"sink {target.sink!r} cannot serve a {target.kind} target "
-                    f"(it serves: {', '.join(sorted(sink_type.target_kinds))})",
-                    file=label,
-                    key=f"{target.where}.sink",
-                )
-            if target.launcher is not None and target.launcher not in launchers:
-                known = ", ".join(sorted(launchers)) or "none"
-                raise ConfigError(
-                    f"unknown launcher {target.launcher!r} (known: {known})",
-                    file=label,
-                    key=f"{target.where}.launcher",
-                )
-            for spec in target.credentials:
-                if spec.reference.scheme == "target":
-                    continue
-                try:
-                    self.check_reference(spec.reference, sources)
-                except BadReference as error:
-                    raise ConfigError(str(error), file=label, key=spec.where) from None
-        if self.config.store_type not in self.plugins.stores():
-            raise ConfigError(
-                f"unknown store type {self.config.store_type!r}", file=label, key="store.type"
-            )
+        """Check every plugin name, declared setting and reference of the config (no I/O)."""
+        validate_config(self.config, self.plugins)
 
-    def check_reference(
-        self, reference: Reference, sources: Mapping[str, Any] | None = None
-    ) -> None:
+    def check_reference(self, reference: Reference) -> None:
         """Syntax check of a reference against the source that owns its scheme (no I/O)."""
-        sources = sources if sources is not None else self.plugins.sources()
-        text = str(reference)
-        if reference.scheme not in sources:
-            known = ", ".join(sorted([*sources, "target"]))
-            raise BadReference(text, f"unknown scheme {reference.scheme!r} (known: {known})")
-        source_type = sources[reference.scheme][0]
-        if source_type.options is not None:
-            for key in reference.options:
-                if key not in source_type.options:
-                    allowed = ", ".join(sorted(source_type.options)) or "none"
-                    raise BadReference(
-                        text, f"unknown option {key!r} for {reference.scheme}: (allowed: {allowed})"
-                    )
-        if reference.selector is not None and not source_type.selectors:
-            raise BadReference(text, f"{reference.scheme}: references take no '#selector'")
-        if source_type.validate is not None:
-            source_type.validate(reference)
+        check_reference(reference, self.plugins)
+
+    def is_public(self, reference: str | Reference) -> bool:
+        """Whether a reference selects a public value (its source's ``SourceType.public``),
+        ``target:`` links followed. Only public values may be printed to a terminal without
+        ``--reveal``, exported, shown by ``check``/``--dry-run`` or delivered world-readable."""
+        parsed = parse_reference(reference) if isinstance(reference, str) else reference
+        parsed = linked_reference(self.config, parsed)
+        found = self.plugins.lookup(SOURCE, parsed.scheme)
+        return found is not None and found[0].selects_public(parsed)
 
     # ------------------------------------------------------------------ opening plugins
 
     def store(self) -> Store:
         if self._store is None:
-            stores = self.plugins.stores()
             kind = self.config.store_type
-            if kind not in stores:
+            found = self.plugins.lookup(STORE, kind)
+            if found is None:
                 raise ConfigError(
                     f"unknown store type {kind!r}", file=self.config.label, key="store.type"
                 )
@@ -225,16 +240,17 @@ class Session:
                 self.config.store_settings,
                 self.config.directory,
                 "store",
+                self.config.label,
                 resolve=self.resolve_one,
-                config_file=self.config.label,
             )
-            self._store = stores[kind][0].open(context)
+            with self.plugins.guard(STORE, kind, "open()"):
+                self._store = _GuardedStore(found[0].open(context), self.plugins, kind)
         return self._store
 
     def source(self, scheme: str) -> Source:
         if scheme not in self._sources:
-            sources = self.plugins.sources()
-            if scheme not in sources:
+            found = self.plugins.lookup(SOURCE, scheme)
+            if found is None:
                 raise BadReference(f"{scheme}:", f"unknown scheme {scheme!r}")
             context = SourceContext(
                 scheme=scheme,
@@ -246,19 +262,21 @@ class Session:
                 where=keypath("sources", scheme),
                 config_file=self.config.label,
             )
-            self._sources[scheme] = sources[scheme][0].open(context)
+            with self.plugins.guard(SOURCE, scheme, "open()"):
+                self._sources[scheme] = found[0].open(context)
         return self._sources[scheme]
 
     def sink(self, target: Target) -> Sink:
-        sinks = self.plugins.sinks()
-        if target.sink not in sinks:
+        found = self.plugins.lookup(SINK, target.sink)
+        if found is None:
             raise ConfigError(
                 f"unknown sink {target.sink!r}", file=self.config.label, key=f"{target.where}.sink"
             )
         context = SinkContext(
             target, self.config.sink_settings(target), self.config, f"{target.where}.sink"
         )
-        return sinks[target.sink][0].open(context)
+        with self.plugins.guard(SINK, target.sink, "open()"):
+            return found[0].open(context)
 
     def launcher(self, target: Target) -> Launcher:
         if target.kind != "vm" or target.launcher is None:
@@ -267,8 +285,8 @@ class Session:
                 file=self.config.label,
                 key=target.where,
             )
-        launchers = self.plugins.launchers()
-        if target.launcher not in launchers:
+        found = self.plugins.lookup(LAUNCHER, target.launcher)
+        if found is None:
             raise ConfigError(
                 f"unknown launcher {target.launcher!r}",
                 file=self.config.label,
@@ -281,7 +299,8 @@ class Session:
             f"{target.where}.launcher",
             self.sink(target),
         )
-        return launchers[target.launcher][0].open(context)
+        with self.plugins.guard(LAUNCHER, target.launcher, "open()"):
+            return found[0].open(context)
 
     # ------------------------------------------------------------------ resolution
 
@@ -316,7 +335,8 @@ class Session:
             )
             try:
                 source = self.source(scheme)
-                outcome = source.fetch(batch, mode)
+                with self.plugins.guard(SOURCE, scheme, "fetch()"):
+                    outcome = source.fetch(batch, mode)
             except SourceError as error:
                 return {r: _rebind(error, r.reference) for r in batch}
             missing = [r for r in batch if r not in outcome]
@@ -329,9 +349,12 @@ class Session:
         if self.progress:
             self.progress("resolving", 0, total)
         schemes = list(by_scheme)
-        if len(schemes) == 1:
-            results.update(run(schemes[0]))
+        if len(schemes) <= 1:
+            for scheme in schemes:
+                results.update(run(scheme))
         else:
+            from concurrent.futures import ThreadPoolExecutor  # only when there is a fan-out
+
             with ThreadPoolExecutor(len(schemes), thread_name_prefix="credbridge-scheme") as pool:
                 for partial in pool.map(run, schemes):
                     results.update(partial)
@@ -439,8 +462,12 @@ class Session:
         report = DeliveryReport(dry_run=dry_run, skipped=skipped)
         try:
             for target in targets:
-                plan = sinks[target.name].plan(values[target.name])
-                report.entries.extend(self._entries(target, plan))
+                with self.plugins.guard(SINK, target.sink, "plan()"):
+                    plan = sinks[target.name].plan(values[target.name])
+                    report.locations[target.name] = sinks[target.name].location()
+                report.entries.extend(self._entries(target, plan, values[target.name]))
+            if self._store is not None:
+                report.store = self._store.location()
             if dry_run:
                 return report
             self._commit(targets, sinks, values)
@@ -449,16 +476,27 @@ class Session:
             for target_values in values.values():
                 _wipe(target_values.values())
 
-    def _entries(self, target: Target, plan: Sequence[PlanEntry]) -> list[DeliveryEntry]:
-        refs = {spec.name: spec.text for spec in target.credentials}
+    def _entries(
+        self,
+        target: Target,
+        plan: Sequence[PlanEntry],
+        values: Mapping[str, Secret | Pending] | None = None,
+    ) -> list[DeliveryEntry]:
+        specs = {spec.name: spec for spec in target.credentials}
+        public = {
+            name: _public_text(value)
+            for name, value in (values or {}).items()
+            if isinstance(value, Secret) and name in specs and self.is_public(specs[name].reference)
+        }
         return [
             DeliveryEntry(
                 target.name,
                 e.credential,
-                refs.get(e.credential, "-"),
+                specs[e.credential].text if e.credential in specs else "-",
                 target.sink,
                 e.change,
                 e.detail,
+                public.get(e.credential),
             )
             for e in plan
         ]
@@ -483,24 +521,24 @@ class Session:
             for index, target in enumerate(targets):
                 if self.progress:
                     self.progress("staging", index, len(targets))
-                staged.append(
-                    (
-                        target.name,
-                        sinks[target.name].stage(self.deliveries(target, values[target.name])),
-                    )
-                )
+                with self._sink_call(target.name, "stage()"):
+                    item = sinks[target.name].stage(self.deliveries(target, values[target.name]))
+                staged.append((target.name, item))
             with _signals_deferred():
                 for name, item in staged:
-                    item.commit()
+                    with self._sink_call(name, "commit()"):
+                        item.commit()
                     committed.append((name, item))
                     log.info("delivered %s", name)
         except BaseException as error:
             for name, item in reversed(staged):
                 try:
-                    item.rollback()
+                    with self._sink_call(name, "rollback()"):
+                        item.rollback()
                     log.info("rolled back %s", name)
-                except Exception:
-                    log.error("rollback of target %s failed", name, exc_info=True)
+                except (CredbridgeError, OSError) as failure:
+                    # No traceback: it could carry what the sink was writing.
+                    log.error("rollback of target %s failed: %s", name, _describe(failure))  # noqa: TRY400
             if isinstance(error, CredbridgeError):
                 raise
             if isinstance(error, OSError):
@@ -510,9 +548,17 @@ class Session:
             raise
         for name, item in committed:
             try:
-                item.finalize()
-            except Exception:
-                log.warning("cleaning up the previous set of %s failed", name, exc_info=True)
+                with self._sink_call(name, "finalize()"):
+                    item.finalize()
+            except (CredbridgeError, OSError) as failure:
+                log.warning(
+                    "cleaning up the previous set of %s failed: %s", name, _describe(failure)
+                )
+
+    def _sink_call(self, target: str, action: str) -> contextlib.AbstractContextManager[None]:
+        """Guard a call into a target's sink; ``OSError`` stays a delivery failure."""
+        sink = self.config.target(target).sink
+        return self.plugins.guard(SINK, sink, action, passthrough=(OSError,))
 
     # ------------------------------------------------------------------ other commands
 
@@ -526,7 +572,8 @@ class Session:
                 file=self.config.label,
                 key=target.where,
             )
-        lines = self.sink(target).unit_settings()
+        with self.plugins.guard(SINK, target.sink, "unit_settings()"):
+            lines = self.sink(target).unit_settings()
         header = [
             f"# Generated by credbridge for {target.unit} from {self.config.label}.",
             "# Re-run 'credbridge unit --install' after changing the config.",
@@ -545,37 +592,73 @@ class Session:
                 key=target.where,
             )
         request = self._follow_links(spec, target)
-        source = self.source(request.reference.scheme)
-        rotate = getattr(source, "rotate", None)
-        if rotate is None:
+        scheme = request.reference.scheme
+        source = self.source(scheme)
+        if not isinstance(source, RotatableSource):
             raise ConfigError(
                 f"{spec.text} is not generated by credbridge; rotate it where it is kept",
                 file=self.config.label,
                 key=spec.where,
             )
-        location: str = rotate(request)
-        return location
+        with self.plugins.guard(SOURCE, scheme, "rotate()"):
+            return source.rotate(request)
 
     def check(self, names: Sequence[str] = ()) -> list[CheckResult]:
-        """Validate the config, then resolve every credential without side effects."""
+        """Validate the config, resolve every credential without side effects, then ask each
+        target's sink (and a VM's launcher) whether it would take them, as deliver/launch do."""
         self.validate()
         targets = self.select_targets(names, kind=None)
         wanted = [(t, spec, self._follow_links(spec, t)) for t in targets for spec in t.credentials]
         outcomes = self.resolve([w[2] for w in wanted], Mode.DRY_RUN)
         results = []
-        for target, spec, request in wanted:
-            outcome = outcomes[request]
-            if isinstance(outcome, SourceError):
-                ok = spec.optional and isinstance(outcome, NotFound)
-                detail = f"{outcome.kind}: {outcome.problem}" + (" (optional)" if ok else "")
-            elif isinstance(outcome, Pending):
-                ok, detail = True, outcome.reason
-            else:
-                ok, detail = True, "readable"
-                outcome.wipe()
-            code = 0 if ok or not isinstance(outcome, SourceError) else int(outcome.exit_code)
-            results.append(CheckResult(target.name, spec.name, spec.text, ok, detail, code))
+        values: dict[str, dict[str, Secret | Pending]] = {t.name: {} for t in targets}
+        try:
+            for target, spec, request in wanted:
+                outcome = outcomes[request]
+                public: str | None = None
+                if isinstance(outcome, SourceError):
+                    ok = spec.optional and isinstance(outcome, NotFound)
+                    detail = f"{outcome.kind}: {outcome.problem}" + (" (optional)" if ok else "")
+                    if not ok:
+                        values[target.name][spec.name] = Pending(f"unresolved: {outcome.kind}")
+                elif isinstance(outcome, Pending):
+                    ok, detail = True, outcome.reason
+                    values[target.name][spec.name] = outcome
+                else:
+                    ok, detail = True, "readable"
+                    if self.is_public(request.reference):
+                        public = _public_text(outcome)
+                        lines = public.count("\n") + (not public.endswith("\n"))
+                        shown = public.strip() if lines == 1 else f"{lines} lines"
+                        detail = f"readable, public: {shown}"
+                    values[target.name][spec.name] = outcome
+                code = 0 if ok or not isinstance(outcome, SourceError) else int(outcome.exit_code)
+                results.append(
+                    CheckResult(target.name, spec.name, spec.text, ok, detail, code, public)
+                )
+            for target in targets:
+                results.append(self._check_target(target, values[target.name]))
+        finally:
+            _wipe(v for target_values in values.values() for v in target_values.values())
         return results
+
+    def _check_target(self, target: Target, values: Mapping[str, Secret | Pending]) -> CheckResult:
+        """What deliver/launch would refuse for this target: one result naming the target."""
+        vm = target.kind == "vm"
+        what = f"launcher {target.launcher}" if vm else f"sink {target.sink}"
+        try:
+            sink = self.sink(target)
+            with self.plugins.guard(SINK, target.sink, "plan()"):
+                sink.plan(values)
+            if vm:
+                _check_vm_files(target, self.config)
+                launcher = self.launcher(target)
+                with self.plugins.guard(LAUNCHER, target.launcher or "", "plan()"):
+                    launcher.plan(values)
+        except CredbridgeError as error:
+            return CheckResult(target.name, "", what, False, str(error), int(error.exit_code))
+        ready = "ready to launch" if vm else "ready to deliver"
+        return CheckResult(target.name, "", what, True, ready)
 
     def launch(self, name: str, *, dry_run: bool = False) -> int | Mapping[str, Any]:
         """Resolve a VM target's credentials and run its launcher in the foreground."""
@@ -586,10 +669,66 @@ class Session:
         values, _skipped = self.resolve_targets([target], mode, tolerate=dry_run)
         try:
             if dry_run:
-                return launcher.plan(values[target.name])
-            return launcher.launch(self.deliveries(target, values[target.name]))
+                with self.plugins.guard(LAUNCHER, target.launcher or "", "plan()"):
+                    return launch_plan(launcher.plan(values[target.name]))
+            with self.plugins.guard(LAUNCHER, target.launcher or "", "launch()"):
+                return launcher.launch(self.deliveries(target, values[target.name]))
         finally:
             _wipe(values[target.name].values())
+
+
+VM_FILES = ("kernel", "initramfs", "firmware")
+"""Keys of the VM description (docs/vm.md) that name files the hypervisor must find."""
+
+
+def _check_vm_files(target: Target, config: Config) -> None:
+    for key in VM_FILES:
+        value = target.launcher_settings.get(key)
+        if isinstance(value, str) and not config.resolve_path(value).exists():
+            raise LaunchError(
+                f"{config.label}: {target.where}.launcher.{key}: "
+                f"no file {config.resolve_path(value)}"
+            )
+
+
+def launch_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """A launcher's plan with every key of :data:`PLAN_KEYS`, in that order, then its own."""
+    lists = {"argv", "helpers", "requests", "credentials", "warnings"}
+    shaped = {key: plan.get(key, [] if key in lists else None) for key in PLAN_KEYS}
+    shaped.update((key, value) for key, value in plan.items() if key not in shaped)
+    return shaped
+
+
+class _GuardedStore(Store):
+    """The store as sources see it: every call attributed to the store's plugin on failure."""
+
+    def __init__(self, store: Store, plugins: PluginManager, name: str) -> None:
+        self._inner = store
+        # OSError and ValueError are part of the Store contract (sources turn them into
+        # typed errors naming the key); anything else is a bug in the store's plugin.
+        self._guard = functools.partial(
+            plugins.guard, STORE, name, passthrough=(OSError, ValueError)
+        )
+
+    def read(self, key: str, *, previous: bool = False) -> Secret | None:
+        with self._guard("read()"):
+            return self._inner.read(key, previous=previous)
+
+    def create(self, key: str, value: Secret) -> Secret:
+        with self._guard("create()"):
+            return self._inner.create(key, value)
+
+    def rotate(self, key: str, value: Secret) -> None:
+        with self._guard("rotate()"):
+            self._inner.rotate(key, value)
+
+    def keys(self) -> list[str]:
+        with self._guard("keys()"):
+            return self._inner.keys()
+
+    def location(self) -> str:
+        with self._guard("location()"):
+            return self._inner.location()
 
 
 _TERMINATING = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
@@ -607,6 +746,17 @@ def _signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _public_text(value: Secret) -> str:
+    """A public value as text for plans and checks (only ever called for public values)."""
+    return value.reveal().decode("utf-8", errors="replace")
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    return str(error)
 
 
 def _wipe(values: Iterable[Secret | Pending]) -> None:

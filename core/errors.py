@@ -54,7 +54,7 @@ class ConfigError(CredbridgeError):
         self.key = key
 
 
-class ReferenceError_(CredbridgeError):
+class BadReference(CredbridgeError):
     """A reference does not parse, or names an unknown scheme or option."""
 
     exit_code = ExitCode.REFERENCE
@@ -62,9 +62,11 @@ class ReferenceError_(CredbridgeError):
     def __init__(self, reference: str, problem: str) -> None:
         super().__init__(f"reference {reference!r}: {problem}")
         self.reference = reference
+        self.problem = problem
 
 
-BadReference = ReferenceError_
+ReferenceError_ = BadReference
+"""The old name of :class:`BadReference`, kept so existing imports keep working."""
 
 
 class SourceError(CredbridgeError):
@@ -143,9 +145,22 @@ class LaunchError(CredbridgeError):
 
 
 class PluginError(CredbridgeError):
-    """A plugin is broken: failed to load, clashes with another, or returned a bad record."""
+    """A plugin is broken: two plugins claim one name, or a plugin failed while called."""
 
     exit_code = ExitCode.PLUGIN
+
+
+class PluginFailed(PluginError):
+    """A plugin raised something other than a :class:`CredbridgeError`: a bug in that plugin.
+
+    The message names the plugin, its distribution and version, and what credbridge was
+    calling; never the exception's own message, which could carry a value. ``error`` is the
+    original exception (the CLI shows where it was raised at ``-vv``, without messages).
+    """
+
+    def __init__(self, message: str, error: BaseException) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class ResolutionFailed(CredbridgeError):

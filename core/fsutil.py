@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import grp
 import os
 import pwd
-import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +17,9 @@ RAMFS_MAGIC = 0x858458F6
 RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The process's own symbols include libc's (statfs, renameat2); ctypes.util.find_library
+# would run ldconfig in a subprocess on every start (~10 ms).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class _StatFs(ctypes.Structure):
@@ -106,7 +106,8 @@ def write_new_file(
 
 
 def temp_name(directory: Path, stem: str) -> Path:
-    return directory / f".{stem}.{secrets.token_hex(6)}.tmp"
+    # os.urandom is what secrets.token_hex reads, without importing secrets (hmac, OpenSSL).
+    return directory / f".{stem}.{os.urandom(6).hex()}.tmp"
 
 
 def atomic_write(

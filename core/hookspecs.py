@@ -1,11 +1,11 @@
-"""The plugin contract of credbridge: four hooks, each yielding typed records.
+"""The plugin contract of credbridge: four hooks yielding typed records, and one for commands.
 
 A plugin is a module (or object) registered under the ``credbridge`` entry-point group that
 implements some of these hooks with :data:`credbridge.core.hookimpl`. Built-in sources,
-sinks, stores and launchers are plugins of exactly this kind. Every hook is called with no
-arguments when credbridge needs the records, and returns an iterable of records; names must be
-unique across all plugins. Keep hook bodies cheap: import heavy client libraries inside the
-``open`` callable of the record, not at module level.
+sinks, stores and launchers are plugins of exactly this kind. The record hooks are called with
+no arguments when credbridge needs the records, and return an iterable of records; names must
+be unique across all plugins. Keep hook bodies cheap: point the record's ``open`` at the
+implementation with :class:`credbridge.core.lazy`, so heavy modules load only when used.
 
 Lifecycle: entry points are loaded and registered, ``check_pending()`` verifies every hook
 implementation matches a spec, then the hooks are called lazily by whatever command needs them.
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    import click
     from credbridge.core.types import LauncherType, SinkType, SourceType, StoreType
 
 PROJECT = "credbridge"
@@ -75,3 +76,15 @@ def credbridge_stores() -> Iterable[StoreType]:
     :returns: store records; each ``name`` must be unique across all plugins.
     """
     return ()
+
+
+@hookspec
+def credbridge_commands(cli: click.Group) -> None:
+    """Add commands to ``credbridge``: ``@cli.command()`` or ``cli.add_command(...)``.
+
+    Called only when the command line names a command that is not built in (so plugins that
+    add commands cost nothing to the others), and by ``credbridge plugins``. ``cli`` is a
+    click group of the plugins' own: a command with a built-in's name is skipped with a
+    warning, never replacing the built-in. Errors raised as :class:`CredbridgeError` become
+    one line and their exit code, as for built-in commands.
+    """

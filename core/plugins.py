@@ -1,18 +1,45 @@
-"""Loading plugins from the ``credbridge`` entry-point group and collecting their records."""
+"""Loading plugins from the ``credbridge`` entry-point group and collecting their records.
+
+One policy for broken plugins (docs/plugins.md, "What to do if it breaks"): a plugin that
+cannot be imported, fails pluggy's validation (a misspelt hook: the nearest hook name is
+suggested), raises in a hook, or returns a record of the wrong type, an invalid or a reserved
+name is *skipped with a warning naming it*, and credbridge keeps working. Two plugins claiming
+one name are a *conflict*: only the commands that look that name up fail, naming both plugins
+and the ``CREDBRIDGE_DISABLE_PLUGINS`` value that disables one. ``credbridge plugins`` never
+fails: it lists every plugin with its state, and every conflict.
+
+Hooks are called through pluggy's hook caller (so ``wrapper=True`` hook implementations and
+pluggy's tracing work). To know which plugin returned which record, and to keep one plugin's
+failure from hiding the others' records, each plugin is registered through a small proxy whose
+hook functions tag what they return with the plugin's name and catch what they raise.
+
+Entry points are found by reading the ``entry_points.txt`` of the distributions on
+``sys.path`` directly (a few file reads); ``importlib.metadata`` is used instead when some path
+entry is not a directory or a meta-path finder provides distributions of its own.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import importlib
+import importlib.machinery
 import logging
 import os
-from collections.abc import Callable, Iterable
+import re
+import sys
+import types
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import pluggy
 from credbridge.core import hookspecs
-from credbridge.core.errors import PluginError
+from credbridge.core.errors import CredbridgeError, PluginError, PluginFailed
 from credbridge.core.types import LauncherType, SinkType, SourceType, StoreType
+
+if TYPE_CHECKING:
+    import click
 
 log = logging.getLogger(__name__)
 
@@ -20,26 +47,82 @@ GROUP = "credbridge"
 OWN_DISTRIBUTION = "credbridge"
 DISABLE_VAR = "CREDBRIDGE_DISABLE_PLUGINS"
 LOAD_VAR = "CREDBRIDGE_LOAD_PLUGINS"
+TRACE_VAR = "CREDBRIDGE_TRACE_PLUGINS"
 RESERVED_SCHEMES = frozenset({"target"})
 """Schemes the core resolves itself; no plugin may claim them."""
+MARKER = f"{hookspecs.PROJECT}_impl"
+"""The attribute ``@hookimpl`` puts on a hook implementation."""
+CORE = "core"
+"""The pseudo-plugin ``credbridge plugins`` lists for what the core provides (``target:``)."""
+HOOKS = frozenset(
+    name
+    for name, value in vars(hookspecs).items()
+    if name.startswith("credbridge_") and hasattr(value, f"{hookspecs.PROJECT}_spec")
+)
 
 R = TypeVar("R", SourceType, SinkType, LauncherType, StoreType)
 
 
+class Kind(Generic[R]):
+    """One kind of record: the hook that provides it and how it is named."""
+
+    __slots__ = ("hook", "key", "label", "record_type")
+    record_type: type[R]
+
+    def __init__(self, key: str, hook: str, label: str, record_type: type[R]) -> None:
+        self.key = key
+        self.hook = hook
+        self.label = label
+        self.record_type = record_type
+
+    def name_of(self, record: R) -> str:
+        return record.name
+
+    def __repr__(self) -> str:
+        return f"Kind({self.key!r})"
+
+
+SOURCE: Kind[SourceType] = Kind("sources", "credbridge_sources", "source scheme", SourceType)
+SINK: Kind[SinkType] = Kind("sinks", "credbridge_sinks", "sink", SinkType)
+LAUNCHER: Kind[LauncherType] = Kind("launchers", "credbridge_launchers", "launcher", LauncherType)
+STORE: Kind[StoreType] = Kind("stores", "credbridge_stores", "store", StoreType)
+KINDS: tuple[Kind[Any], ...] = (SOURCE, SINK, LAUNCHER, STORE)
+
+
+def normalize(name: str) -> str:
+    """A plugin or distribution name the way PyPI compares them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 @dataclass
 class PluginInfo:
-    """One loaded (or skipped) plugin, as ``credbridge plugins`` shows it."""
+    """One plugin as ``credbridge plugins`` shows it, loaded or not."""
 
     name: str
     module: str
     distribution: str
     version: str
     builtin: bool
+    state: str = "loaded"
+    """``loaded``, ``failed``, ``disabled`` (by ``CREDBRIDGE_DISABLE_PLUGINS``),
+    ``not loaded`` (not in ``CREDBRIDGE_LOAD_PLUGINS``) or ``registered`` (in process)."""
     sources: list[str] = field(default_factory=list)
     sinks: list[str] = field(default_factory=list)
     launchers: list[str] = field(default_factory=list)
     stores: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
     error: str | None = None
+    """Why it failed to load (``state == "failed"``)."""
+    warnings: list[str] = field(default_factory=list)
+    """What was skipped from it, and why."""
+
+    @property
+    def origin(self) -> str:
+        """``credbridge-dotenv 0.1.0``: where it came from, for messages."""
+        return f"{self.distribution} {self.version}".strip()
+
+    def describe(self) -> str:
+        return f"plugin {self.name!r} ({self.origin})" if self.origin else f"plugin {self.name!r}"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -48,18 +131,274 @@ class PluginInfo:
             "distribution": self.distribution,
             "version": self.version,
             "builtin": self.builtin,
-            "sources": self.sources,
-            "sinks": self.sinks,
-            "launchers": self.launchers,
-            "stores": self.stores,
+            "state": self.state,
+            "sources": sorted(self.sources),
+            "sinks": sorted(self.sinks),
+            "launchers": sorted(self.launchers),
+            "stores": sorted(self.stores),
+            "commands": sorted(self.commands),
             "error": self.error,
+            "warnings": self.warnings,
         }
 
 
-def _csv(value: str | None) -> set[str] | None:
-    if value is None:
-        return None
-    return {part.strip() for part in value.split(",") if part.strip()}
+class Conflict(NamedTuple):
+    """Several plugins claim one name: the commands that use the name fail until one goes."""
+
+    kind: str
+    name: str
+    providers: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+class FoundEntryPoint(NamedTuple):
+    """An entry point of the group, and the distribution that declares it."""
+
+    name: str
+    value: str
+    distribution: str
+    version: str
+
+    @property
+    def builtin(self) -> bool:
+        return normalize(self.distribution) == OWN_DISTRIBUTION
+
+
+def _parse_entry_points(text: str, group: str) -> list[tuple[str, str]]:
+    """The ``name = value`` lines of ``[group]`` in an ``entry_points.txt`` (INI syntax)."""
+    found: list[tuple[str, str]] = []
+    inside = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            inside = line[1:-1].strip() == group
+            continue
+        if inside and "=" in line:
+            name, _, value = line.partition("=")
+            found.append((name.strip(), value.strip()))
+    return found
+
+
+def _headers(path: str) -> dict[str, str]:
+    """``Name`` and ``Version`` from a METADATA/PKG-INFO file (RFC 822 headers)."""
+    headers: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if not line.strip():
+                    break
+                key, sep, value = line.partition(":")
+                if sep and key in {"Name", "Version"}:
+                    headers.setdefault(key, value.strip())
+    except OSError:
+        pass
+    return headers
+
+
+def _scan_path(group: str) -> list[FoundEntryPoint] | None:
+    """Entry points of ``group`` from the ``*.dist-info``/``*.egg-info`` dirs on ``sys.path``.
+
+    The first distribution of a name on the path wins, as with ``importlib.metadata``.
+    ``None`` when that shortcut does not apply (a zip on the path, another finder).
+    """
+    path_finder = importlib.machinery.PathFinder
+    for finder in sys.meta_path:
+        if finder is not path_finder and hasattr(finder, "find_distributions"):
+            return None
+    seen: set[str] = set()
+    found: list[FoundEntryPoint] = []
+    group_bytes = group.encode()
+    for entry in sys.path:
+        directory = entry or "."
+        try:
+            names = os.listdir(directory)
+        except NotADirectoryError:
+            return None
+        except OSError:
+            continue
+        for name in names:
+            stem, dot, suffix = name.rpartition(".")
+            if not dot or suffix not in {"dist-info", "egg-info"}:
+                continue
+            dist, _, rest = stem.partition("-")
+            key = normalize(dist)
+            if key in seen:
+                continue
+            seen.add(key)
+            meta = os.path.join(directory, name)
+            try:
+                with open(os.path.join(meta, "entry_points.txt"), "rb") as handle:
+                    raw = handle.read()
+            except OSError:
+                continue
+            if group_bytes not in raw:  # most distributions: no decoding, no parsing
+                continue
+            entries = _parse_entry_points(raw.decode("utf-8", "replace"), group)
+            if not entries:
+                continue
+            headers = _headers(
+                os.path.join(meta, "METADATA" if suffix == "dist-info" else "PKG-INFO")
+            )
+            version = headers.get("Version") or rest.partition("-")[0]
+            display = headers.get("Name") or dist
+            found += [FoundEntryPoint(n, v, display, version) for n, v in entries]
+    return found
+
+
+def _scan_metadata(group: str) -> list[FoundEntryPoint]:
+    from importlib.metadata import distributions
+
+    seen: set[str] = set()
+    found: list[FoundEntryPoint] = []
+    for dist in distributions():
+        name = dist.metadata["Name"] or "unknown"
+        if normalize(name) in seen:
+            continue
+        seen.add(normalize(name))
+        found += [
+            FoundEntryPoint(ep.name, ep.value, name, dist.version)
+            for ep in dist.entry_points
+            if ep.group == group
+        ]
+    return found
+
+
+def find_entry_points(group: str = GROUP) -> list[FoundEntryPoint]:
+    """Every entry point of ``group``: credbridge's own first, then by name."""
+    found = _scan_path(group)
+    if found is None:
+        found = _scan_metadata(group)
+    return sorted(found, key=lambda ep: (not ep.builtin, ep.name))
+
+
+def load_object(value: str) -> Any:
+    """Import what an entry point names: ``package.module`` or ``package.module:attr.attr``."""
+    module, _, attribute = value.partition(":")
+    found: Any = importlib.import_module(module.strip())
+    attribute = attribute.partition("[")[0].strip()  # extras are not ours to check
+    for part in filter(None, attribute.split(".")):
+        found = getattr(found, part)
+    return found
+
+
+# --------------------------------------------------------------------------- attribution
+
+
+class Provided(list[Any]):
+    """The records one plugin's hook implementation returned, tagged with the plugin's name.
+
+    A ``wrapper=True`` hook implementation sees a list of these as the hook's result; it may
+    change them, drop some, or add plain iterables of records of its own.
+    """
+
+    def __init__(self, plugin: str, records: Iterable[Any]) -> None:
+        super().__init__(records)
+        self.plugin = plugin
+
+
+class _Failed(NamedTuple):
+    """A hook implementation raised instead of returning records."""
+
+    plugin: str
+    error: BaseException
+
+
+def _failure_text(error: BaseException) -> str:
+    """How a plugin's exception is named in messages: its type, and a message only for the
+    kinds whose message names code or files (import errors, OS errors), never a value."""
+    name = type(error).__name__
+    if isinstance(error, ImportError | SyntaxError):
+        return f"{name}: {error}"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{name}: {error.strerror}"
+    return name
+
+
+class _Attributed:
+    """What is registered with pluggy for one plugin: its hook functions, wrapped.
+
+    Each (non-wrapper) hook implementation returns a :class:`Provided` with the plugin's name,
+    or a :class:`_Failed` instead of raising, so one broken plugin never hides the others.
+    """
+
+    def __init__(self, plugin: object, name: str, pm: pluggy.PluginManager) -> None:
+        self.__name__ = name
+        self._plugin = plugin
+        self._hooks: list[str] = []
+        for attribute in _marked(plugin):
+            opts = pm.parse_hookimpl_opts(plugin, attribute)
+            if opts is None:
+                continue
+            function = getattr(plugin, attribute)
+            self._hooks.append(attribute)
+            if opts.get("wrapper") or opts.get("hookwrapper"):
+                setattr(self, attribute, function)
+                continue
+            hook = str(opts.get("specname") or attribute)
+            wrapped = self._wrap(function, name, hook)
+            setattr(wrapped, MARKER, dict(opts))
+            setattr(self, attribute, wrapped)
+
+    def __dir__(self) -> list[str]:
+        # What pluggy looks through when registering: only the hooks (it is faster, too).
+        return list(self._hooks)
+
+    @staticmethod
+    def _wrap(function: Callable[..., Any], name: str, hook: str) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def attributed(*args: Any, **kwargs: Any) -> Provided | _Failed:
+            # pluggy passes hook arguments positionally, in the spec's order.
+            group = kwargs.get("cli", args[0] if args else None)
+            before = set(getattr(group, "commands", ()))
+            try:
+                result = function(*args, **kwargs)
+                if hook == "credbridge_commands":
+                    return Provided(name, sorted(set(getattr(group, "commands", ())) - before))
+                return Provided(name, () if result is None else result)
+            except Exception as error:  # noqa: BLE001 - contained: reported as this plugin's
+                return _Failed(name, error)
+
+        return attributed
+
+    def __repr__(self) -> str:
+        return f"<credbridge plugin {self.__name__!r}: {self._plugin!r}>"
+
+
+def _marked(plugin: object) -> list[str]:
+    """Attributes that may be hook implementations: a module's marked functions (cheap to
+    find), or every attribute of another object (pluggy checks them without running code)."""
+    if isinstance(plugin, types.ModuleType):
+        return [name for name, value in vars(plugin).items() if hasattr(value, MARKER)]
+    return dir(plugin)
+
+
+def undecorated_hooks(plugin: object) -> list[str]:
+    """``credbridge_*`` functions of a plugin that lack ``@hookimpl`` (and so are ignored)."""
+    import inspect
+
+    found = []
+    for attribute in vars(plugin) if isinstance(plugin, types.ModuleType) else dir(plugin):
+        if not attribute.startswith("credbridge_"):
+            continue
+        value = inspect.getattr_static(plugin, attribute, None)
+        value = getattr(value, "__func__", value)  # staticmethod, classmethod
+        if inspect.isfunction(value) and not hasattr(value, MARKER):
+            found.append(attribute)
+    return found
+
+
+def _suggest(hook: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(hook, sorted(HOOKS), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --------------------------------------------------------------------------- the manager
 
 
 class PluginManager:
@@ -69,153 +408,398 @@ class PluginManager:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
-        self._cache: dict[str, dict[str, tuple[Any, str]]] = {}
+        self.problems: list[str] = []
+        """Problems with the plugin settings themselves (unknown names in the env vars)."""
+        self._records: dict[str, dict[str, list[tuple[Any, str]]]] = {}
+        self._hidden: dict[str, object] = {}
+        if os.environ.get(TRACE_VAR, "") not in {"", "0"}:
+            self.trace()
 
     # ------------------------------------------------------------------ loading
 
-    def load_entrypoints(self, env: os._Environ[str] | dict[str, str] | None = None) -> None:
+    def load_entrypoints(self, env: Mapping[str, str] | None = None) -> None:
         """Register every plugin of the entry-point group, honouring the env controls.
 
-        ``CREDBRIDGE_DISABLE_PLUGINS=a,b`` blocks plugins by entry-point name (built-ins too).
-        ``CREDBRIDGE_LOAD_PLUGINS=dist1,dist2`` loads only those third-party distributions
-        (empty: none); credbridge's own plugins always load unless disabled by name.
-        A plugin that fails to import or validate is reported and skipped.
+        ``CREDBRIDGE_DISABLE_PLUGINS=a,b`` skips plugins by entry-point or distribution name
+        (built-ins too). ``CREDBRIDGE_LOAD_PLUGINS=dist1,dist2`` loads only those third-party
+        plugins (empty: none); credbridge's own always load unless disabled. Names compare
+        like distribution names (``credbridge_dotenv`` is ``credbridge-dotenv``).
         """
         environ = os.environ if env is None else env
-        disabled = _csv(environ.get(DISABLE_VAR)) or set()
-        allowed = _csv(environ.get(LOAD_VAR))
-        for name in disabled:
-            self.pm.set_blocked(name)
-        for ep in sorted(entry_points(group=GROUP), key=lambda e: (e.dist is None, e.name)):
-            dist = ep.dist.metadata["Name"] if ep.dist is not None else "unknown"
-            version = ep.dist.version if ep.dist is not None else "unknown"
-            builtin = dist == OWN_DISTRIBUTION
-            if ep.name in disabled:
+        disabled = _name_list(environ.get(DISABLE_VAR))
+        allowed = _name_list(environ.get(LOAD_VAR)) if LOAD_VAR in environ else None
+        known: set[str] = set()
+        for ep in find_entry_points():
+            keys = {normalize(ep.name), normalize(ep.distribution)}
+            known |= keys
+            if ep.name in self.infos or self.pm.has_plugin(ep.name):
+                continue
+            info = PluginInfo(ep.name, ep.value, ep.distribution, ep.version, ep.builtin)
+            self.infos[ep.name] = info
+            if keys & disabled:
+                info.state = "disabled"
                 log.debug("plugin %s disabled by %s", ep.name, DISABLE_VAR)
-                continue
-            if (
-                not builtin
-                and allowed is not None
-                and dist not in allowed
-                and ep.name not in allowed
-            ):
-                log.debug("plugin %s (%s) not in %s", ep.name, dist, LOAD_VAR)
-                continue
-            if self.pm.has_plugin(ep.name):
-                continue
-            self._load_one(ep, dist, version, builtin)
+            elif allowed is not None and not ep.builtin and not keys & allowed:
+                info.state = "not loaded"
+                log.debug("plugin %s (%s) not in %s", ep.name, ep.distribution, LOAD_VAR)
+            else:
+                self._load_one(ep, info)
+        self._report_unknown(DISABLE_VAR, disabled - known)
+        self._report_unknown(LOAD_VAR, (allowed or set()) - known)
         self._check_pending()
 
-    def _load_one(self, ep: EntryPoint, dist: str, version: str, builtin: bool) -> None:
-        info = PluginInfo(ep.name, ep.value, dist, version, builtin)
-        self.infos[ep.name] = info
+    def _report_unknown(self, variable: str, names: set[str]) -> None:
+        if not names:
+            return
+        known = sorted({normalize(i.name) for i in self.infos.values()})
+        problem = (
+            f"{variable} names no installed plugin: {', '.join(sorted(names))} "
+            f"(installed: {', '.join(known) or 'none'})"
+        )
+        self.problems.append(problem)
+        log.warning("%s", problem)
+
+    def _load_one(self, ep: FoundEntryPoint, info: PluginInfo) -> None:
         try:
-            plugin = ep.load()
-            self.pm.register(plugin, name=ep.name)
+            plugin = load_object(ep.value)
         except Exception as error:  # noqa: BLE001 - a broken plugin must never break credbridge
-            info.error = f"{type(error).__name__}: {error}"
-            log.warning("plugin %s from %s %s skipped: %s", ep.name, dist, version, info.error)
+            self._fail(info, f"cannot be imported: {_failure_text(error)}")
+            return
+        self._register(plugin, info)
 
-    def register(self, plugin: object, name: str, *, distribution: str = "(registered)") -> None:
-        """Register an in-process plugin (tests, embedding tools)."""
-        self.pm.register(plugin, name=name)
-        self.infos[name] = PluginInfo(name, repr(plugin), distribution, "", builtin=False)
-        self._cache.clear()
+    def _register(self, plugin: object, info: PluginInfo) -> bool:
+        for function in undecorated_hooks(plugin):
+            self._warn(
+                info,
+                f"{function} has no @hookimpl and is ignored "
+                "(decorate it with @credbridge.core.hookimpl)",
+            )
+        try:
+            self.pm.register(_Attributed(plugin, info.name, self.pm), name=info.name)
+        except (pluggy.PluginValidationError, ValueError) as error:
+            reason = str(error).replace("\n", " ")
+            self._fail(info, f"is not a valid plugin: {reason}")
+            return False
+        self._records.clear()
+        return True
+
+    def _fail(self, info: PluginInfo, reason: str) -> None:
+        info.state = "failed"
+        info.error = reason
+        log.warning("%s %s; skipped", info.describe(), reason)
+
+    def _warn(self, info: PluginInfo, message: str) -> None:
+        info.warnings.append(message)
+        log.warning("%s: %s", info.describe(), message)
+
+    def register(self, plugin: object, name: str, *, distribution: str = "") -> None:
+        """Register a plugin object in this process (tests, embedding tools).
+
+        Raises :class:`PluginError` when it is not a valid plugin.
+        """
+        if self.pm.has_plugin(name):
+            raise PluginError(f"a plugin named {name!r} is already registered")
+        info = PluginInfo(name, repr(plugin), distribution, "", False, state="registered")
+        self.infos[name] = info
+        if not self._register(plugin, info):
+            del self.infos[name]
+            raise PluginError(f"{info.describe()} {info.error}")
         self._check_pending()
+        if info.state == "failed":
+            del self.infos[name]
+            raise PluginError(f"{info.describe()} {info.error}")
 
-    def unregister(self, name: str) -> None:
-        self.pm.unregister(name=name)
+    def unregister(self, name: str) -> object | None:
+        """Unregister a plugin by name; returns the plugin object (``None`` if not there)."""
+        proxy = self.pm.unregister(name=name) if self.pm.has_plugin(name) else None
         self.infos.pop(name, None)
-        self._cache.clear()
+        self._records.clear()
+        return getattr(proxy, "_plugin", None)
+
+    def plugin(self, name: str) -> object | None:
+        """The plugin object registered as ``name`` (the module, for entry points)."""
+        return getattr(self.pm.get_plugin(name), "_plugin", None)
 
     def _check_pending(self) -> None:
-        try:
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as error:
-            name = self.pm.get_name(error.plugin) or "?"
-            self.pm.unregister(error.plugin)
-            info = self.infos.get(name)
-            if info is not None:
-                info.error = str(error)
-            log.warning("plugin %s skipped: %s", name, error)
-            self._check_pending()
+        while True:
+            try:
+                self.pm.check_pending()
+            except pluggy.PluginValidationError as error:
+                name = self.pm.get_name(error.plugin) or "?"
+                self.pm.unregister(name=name)
+                self._records.clear()
+                hook = re.search(r"unknown hook '([^']+)'", str(error))
+                reason = (
+                    f"implements an unknown hook {hook.group(1)!r}{_suggest(hook.group(1))}"
+                    if hook
+                    else str(error).replace("\n", " ")
+                )
+                info = self.infos.setdefault(name, PluginInfo(name, "?", "", "", False))
+                self._fail(info, reason)
+            else:
+                return
+
+    def trace(self, write: Callable[[str], object] | None = None) -> None:
+        """Print every hook call, who answered and with which names (never a value)."""
+        out = write or (lambda line: sys.stderr.write(line + "\n"))
+
+        def before(hook: str, impls: Sequence[pluggy.HookImpl], kwargs: Mapping[str, Any]) -> None:
+            names = ", ".join(impl.plugin_name for impl in impls)
+            out(f"credbridge: trace: {hook}() -> plugins: {names or 'none'}")
+
+        def after(
+            outcome: pluggy.Result[Any],
+            hook: str,
+            impls: Sequence[pluggy.HookImpl],
+            kwargs: Mapping[str, Any],
+        ) -> None:
+            if outcome.exception is not None:
+                out(f"credbridge: trace: {hook} raised {type(outcome.exception).__name__}")
+                return
+            for item in outcome.get_result() or ():
+                if isinstance(item, _Failed):
+                    out(f"credbridge: trace: {hook} {item.plugin}: {_failure_text(item.error)}")
+                else:
+                    who = getattr(item, "plugin", "a hook wrapper")
+                    names = ", ".join(_record_name(r) for r in item)
+                    out(f"credbridge: trace: {hook} {who}: {names or 'nothing'}")
+
+        self.pm.add_hookcall_monitoring(before, after)
 
     # ------------------------------------------------------------------ records
 
-    def _collect(
-        self, hook: str, kind: str, record_type: type[R], key: Callable[[R], str]
-    ) -> dict[str, tuple[R, str]]:
-        if hook in self._cache:
-            return self._cache[hook]
-        caller = getattr(self.pm.hook, hook)
-        found: dict[str, tuple[R, str]] = {}
-        for impl in reversed(caller.get_hookimpls()):
-            provider = impl.plugin_name
-            try:
-                records: Iterable[Any] = impl.function() or ()
-                records = list(records)
-            except Exception as error:  # noqa: BLE001 - report which plugin broke, keep going
-                log.warning(
-                    "plugin %s failed in %s: %s: %s", provider, hook, type(error).__name__, error
-                )
-                if provider in self.infos:
-                    self.infos[provider].error = f"{hook}: {type(error).__name__}: {error}"
-                continue
+    def _collect(self, kind: Kind[R]) -> dict[str, list[tuple[R, str]]]:
+        if kind.key in self._records:
+            return self._records[kind.key]
+        found: dict[str, list[tuple[R, str]]] = {}
+        for info in self.infos.values():
+            getattr(info, kind.key).clear()
+        for provider, records in self._call(kind.hook):
+            info = self._info(provider)
+            accepted: list[tuple[R, str]] = []
             for record in records:
-                if not isinstance(record, record_type):
-                    raise PluginError(
-                        f"plugin {provider!r} returned {type(record).__name__} from {hook}, "
-                        f"expected {record_type.__name__}"
-                    )
-                name = key(record)
-                if kind == "source scheme" and name in RESERVED_SCHEMES:
-                    raise PluginError(f"plugin {provider!r} claims the reserved scheme {name!r}")
-                if name in found:
-                    other = found[name][1]
-                    raise PluginError(
-                        f"{kind} {name!r} is provided by two plugins: {self._describe(other)} and "
-                        f"{self._describe(provider)}; uninstall or disable one "
-                        f"({DISABLE_VAR}=NAME)"
-                    )
-                found[name] = (record, provider)
-                info = self.infos.get(provider)
-                if info is not None:
-                    getattr(
+                if not isinstance(record, kind.record_type):
+                    self._warn(
                         info,
-                        {
-                            "source scheme": "sources",
-                            "sink": "sinks",
-                            "launcher": "launchers",
-                            "store": "stores",
-                        }[kind],
-                    ).append(name)
-        self._cache[hook] = found
+                        f"{kind.hook} returned {type(record).__name__}, not "
+                        f"{kind.record_type.__name__}; its {kind.key} are skipped",
+                    )
+                    accepted = []
+                    break
+                name = kind.name_of(record)
+                if kind is SOURCE and name in RESERVED_SCHEMES:
+                    self._warn(info, f"claims the reserved scheme {name!r}; skipped")
+                    continue
+                accepted.append((record, provider))
+            for record, _ in accepted:
+                name = kind.name_of(record)
+                found.setdefault(name, []).append((record, provider))
+                getattr(info, kind.key).append(name)
+        self._records[kind.key] = found
         return found
 
-    def _describe(self, provider: str) -> str:
-        info = self.infos.get(provider)
-        if info is None:
-            return repr(provider)
-        return f"{provider!r} (from {info.distribution} {info.version})".rstrip()
+    def _call(self, hook: str, **kwargs: Any) -> list[tuple[str, list[Any]]]:
+        """Call a hook through pluggy; each answer with the plugin that gave it."""
+        caller = getattr(self.pm.hook, hook)
+        try:
+            results = caller(**kwargs)
+        except Exception as error:  # noqa: BLE001 - only a hook wrapper can raise here
+            wrappers = [i.plugin_name for i in caller.get_hookimpls() if i.wrapper or i.hookwrapper]
+            for name in wrappers:
+                self.pm.unregister(name=name)
+                self._fail(
+                    self._info(name), f"failed in its {hook} wrapper: {_failure_text(error)}"
+                )
+            return self._call(hook, **kwargs) if wrappers else []
+        answers: list[tuple[str, list[Any]]] = []
+        for item in results or ():
+            if isinstance(item, _Failed):
+                self._warn(
+                    self._info(item.plugin),
+                    f"{hook} raised {_failure_text(item.error)}; what it provides is skipped",
+                )
+                continue
+            provider = getattr(item, "plugin", None)
+            if provider is None:
+                wrappers = [
+                    i.plugin_name for i in caller.get_hookimpls() if i.wrapper or i.hookwrapper
+                ]
+                provider = wrappers[0] if len(wrappers) == 1 else "hook wrappers"
+            try:
+                answers.append((provider, list(item)))
+            except Exception as error:  # noqa: BLE001 - a generator that fails half-way
+                self._warn(self._info(provider), f"{hook} raised {_failure_text(error)}")
+        return answers
+
+    def _info(self, name: str) -> PluginInfo:
+        return self.infos.setdefault(name, PluginInfo(name, "?", "", "", False))
+
+    def records(self, kind: Kind[R]) -> dict[str, tuple[R, str]]:
+        """Every record of a kind that exactly one plugin provides: name -> (record, plugin)."""
+        return {n: found[0] for n, found in self._collect(kind).items() if len(found) == 1}
+
+    def names(self, kind: Kind[R]) -> list[str]:
+        """Every name of a kind, conflicting ones included (for "known: ..." messages)."""
+        names = set(self._collect(kind))
+        if kind is SOURCE:
+            names |= RESERVED_SCHEMES
+        return sorted(names)
+
+    def lookup(self, kind: Kind[R], name: str) -> tuple[R, str] | None:
+        """The record named ``name`` and its plugin; ``None`` if no plugin provides it.
+
+        Raises :class:`PluginError` when several plugins claim the name.
+        """
+        found = self._collect(kind).get(name)
+        if not found:
+            return None
+        if len(found) > 1:
+            raise PluginError(self._conflict_message(kind.label, name, [p for _, p in found]))
+        return found[0]
+
+    def _conflict_message(self, label: str, name: str, providers: list[str]) -> str:
+        described = " and ".join(self._info(p).describe() for p in providers)
+        third_party = [p for p in providers if not self._info(p).builtin] or providers[1:]
+        setting = f"{DISABLE_VAR}={','.join(normalize(p) for p in third_party)}"
+        return (
+            f"{label} {name!r} is provided by two plugins: {described}; "
+            f"disable one with {setting} (or uninstall it)"
+        )
+
+    def conflicts(self) -> list[Conflict]:
+        """Every name claimed by several plugins (calls every hook)."""
+        found = []
+        for kind in KINDS:
+            for name, providers in sorted(self._collect(kind).items()):
+                if len(providers) > 1:
+                    found.append(Conflict(kind.label, name, tuple(p for _, p in providers)))
+        return found
+
+    def conflict_message(self, conflict: Conflict) -> str:
+        return self._conflict_message(conflict.kind, conflict.name, list(conflict.providers))
 
     def sources(self) -> dict[str, tuple[SourceType, str]]:
-        return self._collect("credbridge_sources", "source scheme", SourceType, lambda r: r.scheme)
+        return self.records(SOURCE)
 
     def sinks(self) -> dict[str, tuple[SinkType, str]]:
-        return self._collect("credbridge_sinks", "sink", SinkType, lambda r: r.name)
+        return self.records(SINK)
 
     def launchers(self) -> dict[str, tuple[LauncherType, str]]:
-        return self._collect("credbridge_launchers", "launcher", LauncherType, lambda r: r.name)
+        return self.records(LAUNCHER)
 
     def stores(self) -> dict[str, tuple[StoreType, str]]:
-        return self._collect("credbridge_stores", "store", StoreType, lambda r: r.name)
+        return self.records(STORE)
 
     def collect_all(self) -> None:
-        """Call every hook once (fills the per-plugin lists for ``credbridge plugins``)."""
-        self.sources()
-        self.sinks()
-        self.launchers()
-        self.stores()
+        """Call every record hook once (fills what ``credbridge plugins`` lists)."""
+        for kind in KINDS:
+            self._collect(kind)
+
+    # ------------------------------------------------------------------ commands
+
+    def add_commands(self, group: click.Group) -> dict[str, str]:
+        """Add the plugins' commands (``credbridge_commands``) to ``group``.
+
+        Plugins get a group of their own to add to, so a plugin can never replace a built-in
+        command; a clash is skipped with a warning. Returns command name -> plugin.
+        """
+        import click
+
+        collector = click.Group(name=group.name)
+        added: dict[str, str] = {}
+        for provider, names in self._call("credbridge_commands", cli=collector):
+            info = self._info(provider)
+            info.commands.clear()
+            for name in names:
+                if name in group.commands or name in added:
+                    other = added.get(name, CORE)
+                    self._warn(info, f"command {name!r} clashes with {other!r}'s; skipped")
+                    continue
+                group.add_command(collector.commands[name], name)
+                added[name] = provider
+                info.commands.append(name)
+        return added
+
+    # ------------------------------------------------------------------ guarded calls
+
+    @contextlib.contextmanager
+    def guard(
+        self,
+        kind: Kind[Any],
+        name: str,
+        action: str,
+        *,
+        passthrough: tuple[type[Exception], ...] = (),
+    ) -> Iterator[None]:
+        """Turn anything but a :class:`CredbridgeError` raised inside into one attributed line.
+
+        Wrap every call into a plugin's objects; ``passthrough`` are exceptions the contract
+        of that call allows (e.g. ``OSError`` from a store)::
+
+            with plugins.guard(SINK, target.sink, "stage()"):
+                staged = sink.stage(deliveries)
+        """
+        try:
+            yield
+        except CredbridgeError:
+            raise
+        except passthrough:
+            raise
+        except Exception as error:
+            raise self.failure(kind, name, action, error) from error
+
+    def failure(
+        self, kind: Kind[Any], name: str, action: str, error: BaseException
+    ) -> PluginFailed:
+        """The :class:`PluginFailed` for ``error`` raised by ``kind`` ``name``'s ``action``."""
+        found = self._collect(kind).get(name) or []
+        info = self._info(found[0][1]) if found else PluginInfo("?", "?", "", "", False)
+        whose = "credbridge: please report it" if info.builtin else "that plugin: report it"
+        return PluginFailed(
+            f"{info.describe()} failed in {kind.label} {name!r} {action}: "
+            f"{_failure_text(error)} (a bug in {whose} with the output of -vv)",
+            error,
+        )
+
+    # ------------------------------------------------------------------ test support
+
+    def collect(self, kind: Kind[Any]) -> dict[str, list[str]]:
+        """Every name of a kind and the plugins that provide it (several: a conflict)."""
+        return {n: [p for _, p in found] for n, found in self._collect(kind).items()}
+
+    def hide_plugin(self, name: str) -> list[str]:
+        """Unregister a plugin until :meth:`unhide` (``credbridge.testing``)."""
+        if not self.pm.has_plugin(name):
+            return []
+        self._hidden[name] = self.pm.unregister(name=name)
+        self._records.clear()
+        return [name]
+
+    def hide(self, kind: Kind[Any], names: Iterable[str], keep: str) -> list[str]:
+        """Hide every plugin but ``keep`` that provides one of ``names``; returns them."""
+        hidden = []
+        for name in names:
+            for provider in self.collect(kind).get(name, []):
+                if provider != keep:
+                    hidden += self.hide_plugin(provider)
+        return hidden
+
+    def unhide(self, names: Iterable[str]) -> None:
+        for name in names:
+            proxy = self._hidden.pop(name, None)
+            if proxy is not None and not self.pm.has_plugin(name):
+                self.pm.register(proxy, name=name)
+        self._records.clear()
+
+
+def _record_name(record: object) -> str:
+    return str(getattr(record, "name", record))
+
+
+def _name_list(value: str | None) -> set[str]:
+    if not value:
+        return set()
+    return {normalize(part.strip()) for part in value.split(",") if part.strip()}
 
 
 _default: PluginManager | None = None

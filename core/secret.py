@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import hmac
-import json
 from typing import Any, NoReturn
+
+# hmac (OpenSSL) and json load on first use: every command imports this module, few compare
+# or parse values.
 
 _MASK = "Secret(<redacted>)"
 
@@ -53,6 +54,8 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Secret):
             return NotImplemented
+        import hmac
+
         return hmac.compare_digest(bytes(self._buffer), bytes(other._buffer))
 
     __hash__ = None  # type: ignore[assignment]  # mutable (wipe) and must not leak via hashing
@@ -92,6 +95,8 @@ class SecretDocument:
     @classmethod
     def parse_json(cls, raw: Secret) -> SecretDocument:
         """Parse a JSON secret; raises ``ValueError`` without echoing the content."""
+        import json
+
         try:
             return cls(json.loads(raw.reveal()))
         except (ValueError, UnicodeDecodeError):
@@ -117,4 +122,6 @@ def leaf_to_secret(value: Any) -> Secret:
         return Secret(value.encode("utf-8"))
     if isinstance(value, bytes | bytearray):
         return Secret(value)
+    import json
+
     return Secret(json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8"))

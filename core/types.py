@@ -1,34 +1,82 @@
 """Typed records that plugins return from hooks, and the interfaces they implement.
 
 Each hook in :mod:`credbridge.core.hookspecs` yields records of one type below. Every record
-carries a unique name (a source's scheme, a sink's, a launcher's or a store's name); the plugin
-manager refuses two records with the same name and names both providers.
+carries a unique name (a source's scheme, a sink's, a launcher's or a store's name); two
+records with one name are a conflict that the plugin manager reports, naming both providers.
+Records and contexts compare by identity (``eq=False``): nothing compares them, and every
+command creates them, so they skip generating what they do not use.
 """
 
 from __future__ import annotations
 
 import abc
 import enum
+import importlib
 import re
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from credbridge.core.errors import CredbridgeError, PluginError, SourceError
-from credbridge.core.reference import Locator, Reference
+from credbridge.core.reference import Locator, Reference, select
 from credbridge.core.secret import Secret, SecretDocument
 
 if TYPE_CHECKING:
     from credbridge.core.config import Config, Target
 
 _NAME = re.compile(r"^[a-z][a-z0-9+._-]*$")
+TARGET_KINDS = frozenset({"unit", "vm"})
 
 
 def _check_name(kind: str, name: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name):
         raise PluginError(f"invalid {kind} name {name!r}: use lowercase letters, digits, '-+._'")
+
+
+def _names(record: object, attribute: str, value: Iterable[str] | None) -> None:
+    """Store an iterable of names given to a record as a frozenset (a lone string is one name)."""
+    if value is None:
+        return
+    names = frozenset({value} if isinstance(value, str) else value)
+    if not all(isinstance(name, str) for name in names):
+        raise PluginError(f"{type(record).__name__}.{attribute} must hold strings")
+    object.__setattr__(record, attribute, names)
+
+
+class lazy:
+    """A callable that imports ``"module:attribute"`` on its first call, then calls it.
+
+    Records point their ``open`` (or ``validate``) at the implementation this way, so that
+    loading a plugin costs only its small registration module::
+
+        SourceType(scheme="demo", open=lazy("credbridge_demo.source:DemoSource"))
+    """
+
+    __slots__ = ("_target", "target")
+
+    def __init__(self, target: str) -> None:
+        module, sep, attribute = target.partition(":")
+        if not sep or not module or not attribute:
+            raise PluginError(f"lazy({target!r}): expected 'package.module:attribute'")
+        self.target = target
+        self._target: Callable[..., Any] | None = None
+
+    def resolve(self) -> Callable[..., Any]:
+        """Import the module and return the attribute (done once)."""
+        if self._target is None:
+            module, _, attribute = self.target.partition(":")
+            found: Any = importlib.import_module(module)
+            for part in attribute.split("."):
+                found = getattr(found, part)
+            self._target = found
+        return self._target
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"lazy({self.target!r})"
 
 
 # --------------------------------------------------------------------------- resolution
@@ -65,7 +113,7 @@ class Pending:
 Outcome = Secret | Pending | SourceError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SourceContext:
     """What a source gets when it is opened."""
 
@@ -101,11 +149,18 @@ class DocumentSource(Source):
 
     Requests that share a locator (scheme, path, options) are fetched once; different
     locators are fetched concurrently through :meth:`fetch_documents`, which a backend with
-    a batch API overrides.
+    a batch API overrides. A reference without ``#selector`` gets the whole value of a raw
+    :class:`Secret`; from a structured :class:`SecretDocument` it gets :attr:`default_field`
+    when one is declared, else the only field (more than one field is an ``InvalidValue``).
     """
 
-    def __init__(self, concurrency: int = 8) -> None:
+    default_field: str | None = None
+    """The field a reference without ``#selector`` selects from a structured document."""
+
+    def __init__(self, concurrency: int = 8, *, default_field: str | None = None) -> None:
         self.concurrency = max(1, concurrency)
+        if default_field is not None:
+            self.default_field = default_field
 
     @abc.abstractmethod
     def fetch_document(self, locator: Locator) -> Secret | SecretDocument:
@@ -122,6 +177,8 @@ class DocumentSource(Source):
 
         if len(locators) <= 1 or self.concurrency == 1:
             return {locator: one(locator) for locator in locators}
+        from concurrent.futures import ThreadPoolExecutor  # only when there is a fan-out
+
         workers = min(self.concurrency, len(locators))
         with ThreadPoolExecutor(workers, thread_name_prefix="credbridge-fetch") as pool:
             return dict(zip(locators, pool.map(one, locators), strict=True))
@@ -135,11 +192,26 @@ class DocumentSource(Source):
             if isinstance(document, SourceError):
                 results[request] = _rename(document, request.reference)
                 continue
+            selector = request.reference.selector
+            if selector is None and isinstance(document, SecretDocument):
+                selector = self.default_field
             try:
-                results[request] = request.reference.select(document)
+                results[request] = select(document, selector, str(request.reference))
             except SourceError as error:
                 results[request] = error
         return results
+
+
+class RotatableSource(Source):
+    """A source whose values credbridge itself creates, so ``credbridge rotate`` can renew them."""
+
+    @abc.abstractmethod
+    def rotate(self, request: Request) -> str:
+        """Make a new current value for ``request`` (the old one stays the previous).
+
+        Returns where the value is kept, for the message (never the value). Raise a
+        :class:`SourceError` when the request names nothing that can be rotated.
+        """
 
 
 def _rename(error: SourceError, reference: Reference) -> SourceError:
@@ -149,7 +221,7 @@ def _rename(error: SourceError, reference: Reference) -> SourceError:
     return type(error)(str(reference), error.problem)
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class SourceType:
     """A source of secrets, provided through :func:`credbridge_sources`."""
 
@@ -158,19 +230,37 @@ class SourceType:
     open: Callable[[SourceContext], Source]
     """Create the source; called once per run, only if a reference uses the scheme."""
     summary: str = ""
-    options: frozenset[str] | None = None
+    options: Collection[str] | None = None
     """Reference options it accepts (``None``: it validates options itself)."""
     selectors: bool = True
     """Whether references may carry a ``#selector``."""
     validate: Callable[[Reference], None] | None = None
     """Cheap syntax check of a reference (no I/O); raise :class:`BadReference`."""
+    public: Callable[[Reference], bool] | None = None
+    """Whether the value a reference selects is public (a public key, a certificate), decided
+    from the reference alone (no I/O). Public values may be printed by ``credbridge get``,
+    exported, shown by ``check``/``--dry-run`` and delivered world-readable (``mode = "0444"``);
+    everything else is a secret. ``None``: every value of this scheme is a secret."""
+    settings: Collection[str] | None = None
+    """Keys its ``[sources.SCHEME]`` table may hold (``None``: it checks them itself)."""
 
     def __post_init__(self) -> None:
         _check_name("source scheme", self.scheme)
+        _names(self, "options", self.options)
+        _names(self, "settings", self.settings)
 
     @property
     def name(self) -> str:
         return self.scheme
+
+    def selects_public(self, reference: Reference) -> bool:
+        """Whether ``reference`` selects a public value; a failing ``public`` means secret."""
+        if self.public is None:
+            return False
+        try:
+            return self.public(reference) is True
+        except Exception:  # noqa: BLE001 - a broken plugin must not make a secret public
+            return False
 
 
 # --------------------------------------------------------------------------- stores
@@ -204,28 +294,35 @@ class Store(abc.ABC):
         """Where values are kept, for messages (no values)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StoreContext:
+    """What a store gets when it is opened."""
+
     settings: Mapping[str, Any]
+    """The ``[store]`` table without ``type`` (``credbridge.store`` becomes ``path``)."""
     config_dir: Path
     where: str = "store"
+    """Config key path of the settings, for error messages."""
+    config_file: str = ""
+    """The config file's path, for error messages."""
     resolve: Callable[[str], Secret] | None = None
     """Resolve a reference the store needs for itself (e.g. the key that decrypts it).
     ``None`` when the store is opened outside a session."""
-    config_file: str = ""
-    """The config file's path, for error messages."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class StoreType:
     """A backend for the store of generated values, provided through :func:`credbridge_stores`."""
 
     name: str
     open: Callable[[StoreContext], Store]
     summary: str = ""
+    settings: Collection[str] | None = None
+    """Keys the ``[store]`` table may hold besides ``type`` (``None``: it checks them itself)."""
 
     def __post_init__(self) -> None:
         _check_name("store", self.name)
+        _names(self, "settings", self.settings)
 
 
 # --------------------------------------------------------------------------- sinks
@@ -273,13 +370,16 @@ class Staged(abc.ABC):
         """Forget the old set once every target has committed."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SinkContext:
+    """What a sink gets when it is opened for one target."""
+
     target: Target
     settings: Mapping[str, Any]
-    """The target's ``sink`` table (without ``type``)."""
+    """``[sinks.NAME]`` overlaid with the target's own ``sink`` table (without ``type``)."""
     config: Config
     where: str
+    """Config key path of the target's ``sink`` table, for error messages."""
 
 
 class Sink(abc.ABC):
@@ -297,33 +397,75 @@ class Sink(abc.ABC):
         """``[Service]`` lines that make the unit load what this sink delivers (may be empty)."""
         return []
 
+    def location(self) -> str:
+        """Where the target's credentials go, for the ``deliver`` summary (no values)."""
+        return ""
 
-@dataclass(frozen=True, kw_only=True)
+
+@dataclass(frozen=True, eq=False, kw_only=True)
 class SinkType:
     """A sink, provided through :func:`credbridge_sinks`."""
 
     name: str
     open: Callable[[SinkContext], Sink]
     summary: str = ""
-    target_kinds: frozenset[str] = field(default_factory=lambda: frozenset({"unit"}))
-    """Which target kinds it serves: ``unit`` (a systemd service), ``vm`` or both."""
+    target_kinds: Collection[str] = frozenset({"unit"})
+    """Which target kinds it serves (any iterable of ``"unit"``, ``"vm"``)."""
+    settings: Collection[str] | None = None
+    """Keys its settings may hold (``None``: it checks them itself)."""
 
     def __post_init__(self) -> None:
         _check_name("sink", self.name)
+        _names(self, "target_kinds", self.target_kinds)
+        _names(self, "settings", self.settings)
+        unknown = set(self.target_kinds) - TARGET_KINDS
+        if unknown or not self.target_kinds:
+            raise PluginError(
+                f"sink {self.name!r}: target_kinds must name 'unit' and/or 'vm', "
+                f"not {sorted(unknown) or 'nothing'}"
+            )
 
 
 # --------------------------------------------------------------------------- launchers
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LauncherContext:
+    """What a launcher gets when it is opened for one VM target."""
+
     target: Target
     settings: Mapping[str, Any]
     """The target's ``launcher`` table (without ``type``)."""
     config: Config
     where: str
+    """Config key path of the target's ``launcher`` table, for error messages."""
     sink: Sink
     """The target's sink (a ``credbridge.core.vm.VmSink`` for VM targets)."""
+
+
+PLAN_KEYS = (
+    "target",
+    "launcher",
+    "sink",
+    "delivery",
+    "binary",
+    "version",
+    "runtime_dir",
+    "argv",
+    "helpers",
+    "requests",
+    "credentials",
+    "warnings",
+)
+"""The keys of every launch plan (``credbridge launch --dry-run --json``), in this order.
+
+``target``, ``launcher``, ``sink`` name them; ``delivery`` is how the credentials reach the
+guest; ``binary``/``version`` the hypervisor; ``argv`` its command line and ``helpers`` the
+argv of helper processes (virtiofsd); ``requests`` the API calls (``[]`` for CLI-driven
+hypervisors); ``credentials`` one ``{credential, change, detail}`` per credential;
+``warnings`` a list of lines. credbridge fills a missing key with ``None`` (``[]`` for lists)
+and keeps a launcher's extra keys after these.
+"""
 
 
 class Launcher(abc.ABC):
@@ -331,26 +473,33 @@ class Launcher(abc.ABC):
 
     @abc.abstractmethod
     def plan(self, credentials: Mapping[str, Secret | Pending]) -> Mapping[str, Any]:
-        """The launch plan with every value redacted (``credbridge launch --dry-run``)."""
+        """The launch plan with every value redacted (``credbridge launch --dry-run``).
+
+        Use the keys of :data:`PLAN_KEYS`. Must start nothing and write nothing.
+        """
 
     @abc.abstractmethod
     def launch(self, deliveries: Sequence[Delivery]) -> int:
         """Start the VM, wait for it, clean up; return the VM's exit status."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True, eq=False, kw_only=True)
 class LauncherType:
     """A VM launcher, provided through :func:`credbridge_launchers`."""
 
     name: str
     open: Callable[[LauncherContext], Launcher]
     summary: str = ""
+    settings: Collection[str] | None = None
+    """Keys its ``launcher`` table may hold besides ``type`` (``None``: it checks them itself)."""
 
     def __post_init__(self) -> None:
         _check_name("launcher", self.name)
+        _names(self, "settings", self.settings)
 
 
 __all__ = [
+    "PLAN_KEYS",
     "Change",
     "CredbridgeError",
     "Delivery",
@@ -363,6 +512,7 @@ __all__ = [
     "Pending",
     "PlanEntry",
     "Request",
+    "RotatableSource",
     "Sink",
     "SinkContext",
     "SinkType",
@@ -373,4 +523,5 @@ __all__ = [
     "Store",
     "StoreContext",
     "StoreType",
+    "lazy",
 ]

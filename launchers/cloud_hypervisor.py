@@ -32,7 +32,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,10 +43,8 @@ from credbridge.core import (
     Launcher,
     LauncherContext,
     LaunchError,
-    LauncherType,
     Pending,
     Secret,
-    hookimpl,
 )
 from credbridge.core.remote import Redactor
 from credbridge.core.vm import VmChannel, VmSink
@@ -494,17 +492,23 @@ class CloudHypervisorLauncher(Launcher):
         fs_sockets = [sockets_dir / f"virtiofsd-{s.tag}.sock" for s in channel.virtiofs]
         spec = self.build(channel, self.vm.runtime_dir, fs_sockets, redact=True)
         helpers = self._helper_plan(channel, fs_sockets)
+        # The keys of credbridge.core.types.PLAN_KEYS, as every launcher's plan has them.
         plan: dict[str, Any] = {
+            "target": self.target.name,
             "launcher": NAME,
-            "vm": self.target.name,
             "sink": self.target.sink,
+            "delivery": self.target.sink if spec.body is not None else "command line",
+            "binary": spec.argv[0],
+            "version": None,
             "runtime_dir": str(self.vm.runtime_dir),
             "argv": redact_argv(spec.argv),
             "helpers": helpers,
+            "requests": [],
             "credentials": [
                 {"credential": e.credential, "change": e.change.value, "detail": e.detail}
                 for e in entries
             ],
+            "warnings": [],
         }
         if spec.body is not None:
             plan["requests"] = [
@@ -513,7 +517,7 @@ class CloudHypervisorLauncher(Launcher):
                 {"method": "PUT", "endpoint": API_PREFIX + "vm.boot"},
             ]
         else:
-            plan["warning"] = CMDLINE_WARNING
+            plan["warnings"].append(CMDLINE_WARNING)
         return plan
 
     def _helper_plan(self, channel: VmChannel, sockets: Sequence[Path]) -> list[list[str]]:
@@ -638,12 +642,3 @@ def _redactor(channel: VmChannel, deliveries: Sequence[Delivery]) -> Redactor:
     for text in channel.oem_strings:
         redactor.add(text.reveal().partition(b"=")[2], derived=False)
     return redactor
-
-
-@hookimpl
-def credbridge_launchers() -> Iterable[LauncherType]:
-    yield LauncherType(
-        name=NAME,
-        open=CloudHypervisorLauncher,
-        summary="cloud-hypervisor via its REST API (OEM strings / virtiofs in vm.create, not argv)",
-    )

@@ -37,10 +37,8 @@ from credbridge.core import (
     Launcher,
     LauncherContext,
     LaunchError,
-    LauncherType,
     Pending,
     Secret,
-    hookimpl,
 )
 from credbridge.core.vm import VmChannel, VmSink
 from credbridge.launchers.runtime import (
@@ -356,20 +354,22 @@ class QemuLauncher(Launcher):
                 virtiofsd_argv(daemon, share, sockets[share.tag], extra_args=self.virtiofsd_args)
             )
         info = qemu_info(self.binary) if self.smbios_path == "auto" else None
+        # The keys of credbridge.core.types.PLAN_KEYS, as every launcher's plan has them.
         return {
             "target": spec.name,
             "launcher": "qemu",
             "sink": self.sink_name,
             "delivery": delivery,
             "binary": self.binary,
-            "qemu_version": info.banner if info else None,
+            "version": info.banner if info else None,
             "runtime_dir": str(spec.runtime_dir),
+            "argv": self.argv(channel, smbios, sockets),
+            "helpers": helpers,
+            "requests": [],
             "credentials": [
                 {"credential": e.credential, "change": e.change.value, "detail": e.detail}
                 for e in entries
             ],
-            "helpers": helpers,
-            "argv": self.argv(channel, smbios, sockets),
             "warnings": warnings,
         }
 
@@ -421,14 +421,3 @@ class QemuLauncher(Launcher):
 
 def open_launcher(context: LauncherContext) -> QemuLauncher:
     return QemuLauncher(context)
-
-
-@hookimpl
-def credbridge_launchers() -> list[LauncherType]:
-    return [
-        LauncherType(
-            name="qemu",
-            open=open_launcher,
-            summary="QEMU: credentials via -smbios path= / -fw_cfg file= / virtiofs, never argv",
-        )
-    ]

@@ -1,4 +1,10 @@
-"""Shared fixtures. Tests never see third-party plugins installed on the machine."""
+"""Shared fixtures. Tests never see third-party plugins installed on the machine.
+
+The suite leaves nothing behind in /tmp or /dev/shm: every temporary file of the run, the
+tests' and their children's (``TMPDIR``), lives under one session directory in each, and a
+check at the end of the session fails the run if anything of ours is left outside them, or
+inside them besides pytest's own ``tmp_path`` tree; then both are removed.
+"""
 
 from __future__ import annotations
 
@@ -13,19 +19,71 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+SHM = Path("/dev/shm")
+SESSION_PREFIX = "credbridge-tests-"
+OURS = ("credbridge-demo", "cb-ch-conf")
+"""Fixed paths in /tmp or /dev/shm that the code this suite runs could create by default; all
+else the suite makes is under the session directories (other programs on the machine may
+create other names in /tmp meanwhile, so only these are watched outside)."""
 
 # Only credbridge's own plugins: a plugin installed on the developer's machine must not
 # change what the tests see (tests that need a third-party plugin set this themselves).
 os.environ["CREDBRIDGE_LOAD_PLUGINS"] = ""
 
+_session: dict[str, object] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    system_tmp = Path(tempfile.gettempdir())
+    watched = [d for d in (system_tmp, SHM) if d.is_dir()]
+    _session["before"] = {d: set(os.listdir(d)) for d in watched}
+    root = Path(tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=system_tmp))
+    roots = [root]
+    if SHM.is_dir():
+        roots.append(Path(tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=SHM)))
+    _session["roots"] = roots
+    # Children (credbridge, QEMU, pip, OpenBao) inherit it; tempfile in this process too.
+    os.environ["TMPDIR"] = str(root)
+    tempfile.tempdir = str(root)
+    if config.option.basetemp is None:
+        config.option.basetemp = str(root / "pytest")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    roots: list[Path] = _session.get("roots", [])  # type: ignore[assignment]
+    if not roots:
+        return
+    left: list[str] = []
+    for root in roots:
+        for name in sorted(os.listdir(root)):
+            if not (root == roots[0] and name == "pytest"):
+                left.append(str(root / name))
+    before: dict[Path, set[str]] = _session["before"]  # type: ignore[assignment]
+    for directory, names in before.items():
+        for name in sorted(set(os.listdir(directory)) - names):
+            if name.startswith(OURS):
+                left.append(str(directory / name))
+    for root in roots:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(root)], check=False)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["the test run left files behind:", *(f"  {path}" for path in left)]
+        if reporter is not None:
+            reporter.write_line("\n".join(lines), red=True)
+        else:
+            sys.stderr.write("\n".join(lines) + "\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
 
 @pytest.fixture
 def tmpfs_dir() -> Iterator[Path]:
     """A private directory on tmpfs (/dev/shm), as a credstore must be."""
-    base = Path("/dev/shm")
-    if not base.is_dir():
+    roots: list[Path] = _session.get("roots", [])  # type: ignore[assignment]
+    base = next((r for r in roots if r.is_relative_to(SHM)), None)
+    if base is None:
         pytest.skip("/dev/shm (tmpfs) is not available")
-    path = Path(tempfile.mkdtemp(prefix="credbridge-test-", dir=base))
+    path = Path(tempfile.mkdtemp(prefix="test-", dir=base))
     try:
         yield path
     finally:

@@ -131,23 +131,20 @@ def test_check_reports_without_values(tmp_path: Path, tmpfs_dir: Path) -> None:
     assert b"secret-check-value" not in good.stdout + good.stderr
 
 
-def test_example_config_runs(tmp_path: Path) -> None:
+def test_example_config_runs(tmp_path: Path, tmpfs_dir: Path) -> None:
     example = tmp_path / "examples"
     example.mkdir()
     text = (REPO / "examples" / "credbridge.toml").read_text()
-    credstore = f"/dev/shm/credbridge-test-example-{tmp_path.name}"
+    credstore = tmpfs_dir / "credstore"
     (example / "credbridge.toml").write_text(
-        text.replace("/dev/shm/credbridge-demo/credstore", credstore)
+        text.replace("/dev/shm/credbridge-demo/credstore", str(credstore))
     )
-    try:
-        result = run_cli("-c", str(example / "credbridge.toml"), "deliver")
-        assert result.returncode == 0, result.stderr
-        assert (Path(credstore) / "demo-app.service" / "api-key").stat().st_size == 44
-        assert (Path(credstore) / "demo-worker.service" / "db-password").read_bytes() == (
-            Path(credstore) / "demo-app.service" / "db-password"
-        ).read_bytes()
-    finally:
-        subprocess.run(["rm", "-rf", credstore], check=False)
+    result = run_cli("-c", str(example / "credbridge.toml"), "deliver")
+    assert result.returncode == 0, result.stderr
+    assert (credstore / "demo-app.service" / "api-key").stat().st_size == 44
+    assert (credstore / "demo-worker.service" / "db-password").read_bytes() == (
+        credstore / "demo-app.service" / "db-password"
+    ).read_bytes()
 
 
 HEAVY = ("boto3", "botocore", "hvac", "requests")

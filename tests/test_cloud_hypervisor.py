@@ -31,18 +31,16 @@ from credbridge.launchers.cloud_hypervisor import (
     redact_argv,
 )
 from support.ch_harness import (
-    SPEC_MISSING,
     SPEC_PATH,
     check_runtime_modes,
     cmdline,
     process_tree,
     read_records,
+    require_spec,
     scan_tree,
     write_config,
     write_standin,
 )
-
-needs_spec = pytest.mark.skipif(not SPEC_PATH.is_file(), reason=SPEC_MISSING)
 
 SECRETS: dict[str, bytes] = {
     "API_KEY": b"k3y-Zq8mW2vXr7tPa9LdNe4s",
@@ -53,8 +51,7 @@ SECRETS: dict[str, bytes] = {
 
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
-    if not SPEC_PATH.is_file():
-        pytest.skip(SPEC_MISSING)
+    require_spec()
     from support.ch_standin import load_spec
 
     return load_spec(SPEC_PATH)
@@ -125,7 +122,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-@needs_spec
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_vm_create_body_conforms(
     name: str, spec: dict[str, Any], tmp_path: Path, tmpfs_dir: Path
@@ -141,7 +137,6 @@ def test_vm_create_body_conforms(
     assert body["memory"]["shared"] is False
 
 
-@needs_spec
 def test_virtiofs_body_has_fs_and_shared_memory(
     spec: dict[str, Any], tmp_path: Path, tmpfs_dir: Path
 ) -> None:
@@ -162,7 +157,6 @@ def test_virtiofs_body_has_fs_and_shared_memory(
     assert "platform" not in body
 
 
-@needs_spec
 def test_validator_can_fail(spec: dict[str, Any]) -> None:
     """The conformance check is not vacuous: wrong types and undeclared keys are reported."""
     good = build_vm_config(
@@ -181,7 +175,6 @@ def _vm_spec(settings: dict[str, Any]) -> Any:
     return parse_vm_spec("t", settings, Config(None, Path("/"), {}), "launcher")
 
 
-@needs_spec
 def test_dry_run_plan_redacts_and_conforms(
     spec: dict[str, Any], tmp_path: Path, tmpfs_dir: Path, cli: Any
 ) -> None:
@@ -308,8 +301,7 @@ def test_cmdline_opt_in_refuses_unsafe_option_values(tmp_path: Path, tmpfs_dir: 
 
 @pytest.fixture
 def standin_dir(tmpfs_dir: Path) -> Path:
-    if not SPEC_PATH.is_file():
-        pytest.skip(SPEC_MISSING)
+    """Where the stand-in runs; it needs no spec (only the schema checks do)."""
     return tmpfs_dir
 
 
@@ -388,7 +380,9 @@ def test_exit_status_is_the_hypervisors(standin_dir: Path, run_dir: Path) -> Non
     assert not run_dir.exists()
 
 
-def test_api_error_names_endpoint_and_status_never_values(standin_dir: Path, run_dir: Path) -> None:
+def test_api_error_names_endpoint_and_status_never_values(
+    standin_dir: Path, run_dir: Path, spec: dict[str, Any]
+) -> None:
     record = standin_dir / "record.jsonl"
     # A key the spec does not declare: the stand-in answers 400, as cloud-hypervisor would.
     config = _config(standin_dir, run_dir, record, net=[{"tap": "t0", "bogus": 1}])

@@ -89,8 +89,8 @@ def test_references_are_checked_against_plugins(
     tmp_path: Path, credential: str, problem: str
 ) -> None:
     path = write(tmp_path, f"[targets.app.credentials]\nx = {credential}\n")
-    config = load_config(path)
-    with pytest.raises(ConfigError) as info, Session(config) as session:
+    # load_config checks references itself, as Session.validate does (both must refuse it).
+    with pytest.raises(ConfigError) as info, Session(load_config(path)) as session:
         session.validate()
     assert problem in str(info.value)
     assert "targets.app.credentials.x" in str(info.value)

@@ -35,6 +35,7 @@ def test_there_are_hooks() -> None:
         "credbridge_sinks",
         "credbridge_launchers",
         "credbridge_stores",
+        "credbridge_commands",
     }
 
 
@@ -102,7 +103,95 @@ def readme_commands() -> list[str]:
 def test_readme_opens_with_two_commands_and_ci_runs_the_test_command() -> None:
     install, test = readme_commands()
     assert "\n" not in install and "\n" not in test
+    # A stock Debian image has no package lists: both commands start by fetching them.
+    assert install.startswith("apt-get update && ") and test.startswith("apt-get update && ")
     assert "examples/credbridge.toml deliver" in install
     assert "pytest" in test
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert test in ci
+
+
+# --------------------------------------------------------------------------- the reference
+
+
+def _reference_text() -> str:
+    return (DOCS / "plugins.md").read_text() + (DOCS / "api.md").read_text()
+
+
+def _section(text: str, name: str) -> str:
+    start = re.search(rf"^### `{re.escape(name)}[`(]", text, re.MULTILINE)
+    assert start, f"no '### `{name}`' entry in docs/plugins.md or docs/api.md"
+    end = re.search(r"^##", text[start.end() :], re.MULTILINE)
+    return text[start.end() : start.end() + end.start()] if end else text[start.end() :]
+
+
+def _public_names() -> list[str]:
+    import credbridge.core
+    import credbridge.testing
+
+    names = [n for n in credbridge.core.__all__ if not n.startswith("_")]
+    return sorted({*names, "credbridge.testing", *credbridge.testing.__all__} - {"registered"})
+
+
+@pytest.mark.parametrize("name", _public_names())
+def test_every_public_name_has_an_entry(name: str) -> None:
+    text = _reference_text()
+    if name in {"PluginRegistrar", "credbridge_plugins"}:
+        name = "credbridge.testing"
+    assert re.search(rf"^### `{re.escape(name)}[`(]", text, re.MULTILINE), (
+        f"{name} is public (credbridge.core.__all__) but has no '### `{name}`' entry in "
+        "docs/plugins.md or docs/api.md"
+    )
+
+
+def test_the_public_name_check_can_fail() -> None:
+    assert not re.search(r"^### `NoSuchName[`(]", _reference_text(), re.MULTILINE)
+
+
+def _dataclasses() -> list[type]:
+    from credbridge.core import types
+
+    return [
+        types.SourceType,
+        types.SinkType,
+        types.LauncherType,
+        types.StoreType,
+        types.SourceContext,
+        types.SinkContext,
+        types.LauncherContext,
+        types.StoreContext,
+    ]
+
+
+@pytest.mark.parametrize("record", _dataclasses(), ids=lambda c: c.__name__)
+def test_every_field_of_records_and_contexts_is_documented(record: type) -> None:
+    import dataclasses
+
+    section = _section((DOCS / "plugins.md").read_text(), record.__name__)
+    for item in dataclasses.fields(record):
+        assert f"`{item.name}`" in section, f"{record.__name__}.{item.name} is not documented"
+
+
+def _interfaces() -> list[type]:
+    from credbridge.core import types, vm
+
+    return [
+        types.Source,
+        types.DocumentSource,
+        types.RotatableSource,
+        types.Store,
+        types.Sink,
+        types.Staged,
+        vm.VmSink,
+        types.Launcher,
+    ]
+
+
+@pytest.mark.parametrize("interface", _interfaces(), ids=lambda c: c.__name__)
+def test_every_method_of_interfaces_is_documented(interface: type) -> None:
+    section = _section((DOCS / "plugins.md").read_text(), interface.__name__)
+    for name, value in vars(interface).items():
+        if callable(value) and not name.startswith("_"):
+            if interface.__name__ == "VmSink" and name == "stage":
+                continue  # documented as refusing, in prose
+            assert f"`{name}(" in section, f"{interface.__name__}.{name}() is not documented"

@@ -50,10 +50,13 @@ def test_wheel_contains_exactly_the_package(wheel: Path) -> None:
     tops = {n.split("/")[0] for n in names}
     assert tops == {"credbridge", next(t for t in tops if t.endswith(".dist-info"))}
     assert not any(
-        n.startswith(("core/", "backends/", "launchers/", "tests/", "bench/")) for n in names
+        n.startswith(("core/", "backends/", "launchers/", "testing/", "tests/", "bench/"))
+        for n in names
     )
     py_files = {n for n in names if n.endswith(".py")}
-    expected = source_modules("core") | source_modules("backends") | source_modules("launchers")
+    expected = set().union(
+        *(source_modules(folder) for folder in ("core", "backends", "launchers", "testing"))
+    )
     assert py_files == expected
     assert "credbridge/core/py.typed" in names
     assert "credbridge/__init__.py" not in names  # a namespace: plugins may not shadow it

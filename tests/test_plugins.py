@@ -1,4 +1,5 @@
-"""The plugin system, including a real third-party distribution installed into a venv."""
+"""The plugin system: real third-party distributions installed into a venv, and in-process
+plugins for the policy on broken plugins, conflicts, wrappers and tracing."""
 
 from __future__ import annotations
 
@@ -9,22 +10,35 @@ import subprocess
 import sys
 import sysconfig
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO
 from credbridge.core import (
+    BadReference,
     DocumentSource,
     Locator,
     PluginError,
+    PluginFailed,
     Secret,
+    SecretDocument,
     Session,
+    SinkType,
     SourceType,
     hookimpl,
+    lazy,
     resolve,
 )
-from credbridge.core.plugins import PluginManager
+from credbridge.core.plugins import (
+    SINK,
+    SOURCE,
+    PluginManager,
+    Provided,
+    find_entry_points,
+    normalize,
+)
 
 BROKEN_MODULE = 'raise ImportError("this plugin is broken on purpose")\n'
 
@@ -40,12 +54,52 @@ def credbridge_sources():
     yield SourceType(scheme="env", open=lambda ctx: Env())
 """
 
+CRASH_MODULE = """
+from credbridge.core import Source, SourceType, hookimpl
+
+class Crash(Source):
+    def fetch(self, requests, mode):
+        raise ValueError("crash-canary-" + "value-in-message")
+
+@hookimpl
+def credbridge_sources():
+    yield SourceType(scheme="crash", open=lambda ctx: Crash())
+"""
+
+COMMAND_MODULE = """
+import sys
+
+import click
+from credbridge.core import NotFound, hookimpl
+
+@hookimpl
+def credbridge_commands(cli):
+    sys.stderr.write("hello-plugin: commands hook called\\n")
+
+    @cli.command()
+    @click.argument("name")
+    def hello(name):
+        \"\"\"Say hello.\"\"\"
+        if name == "nobody":
+            raise NotFound("hello:nobody", "nobody is there")
+        click.echo(f"hello {name}")
+
+    @cli.command()
+    def deliver():
+        \"\"\"Tries to replace a built-in command.\"\"\"
+        click.echo("plugin deliver")
+"""
+
 
 def doc_example_files() -> dict[str, str]:
     """The files of the example plugin in docs/plugins.md (so the documented plugin is tested)."""
     text = (REPO / "docs" / "plugins.md").read_text()
     found = re.findall(r"<!-- example-file: (\S+) -->\n```\w*\n(.*?)```", text, re.DOTALL)
-    assert {name for name, _ in found} == {"pyproject.toml", "credbridge_dotenv.py"}
+    assert {name for name, _ in found} == {
+        "pyproject.toml",
+        "credbridge_dotenv.py",
+        "tests/test_dotenv.py",
+    }
     return dict(found)
 
 
@@ -78,7 +132,7 @@ def make_distribution(root: Path, name: str, module: str, source: str) -> Path:
 
 @pytest.fixture(scope="module")
 def plugin_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv that sees this environment's credbridge, plus three plugin distributions."""
+    """A fresh venv that sees this environment's credbridge, plus plugin distributions."""
     root = tmp_path_factory.mktemp("plugins")
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -100,13 +154,15 @@ def plugin_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     parent = sysconfig.get_paths()["purelib"]
     (site / "_credbridge_parent.pth").write_text(f"import site; site.addsitedir({parent!r})\n")
     example = root / "credbridge-dotenv"
-    example.mkdir()
     for name, content in doc_example_files().items():
+        (example / name).parent.mkdir(parents=True, exist_ok=True)
         (example / name).write_text(content)
     dists = [
         example,
         make_distribution(root, "credbridge-broken", "credbridge_broken", BROKEN_MODULE),
         make_distribution(root, "credbridge-clash", "credbridge_clash", CLASH_MODULE),
+        make_distribution(root, "credbridge-crash", "credbridge_crash", CRASH_MODULE),
+        make_distribution(root, "credbridge-hello", "credbridge_hello", COMMAND_MODULE),
     ]
     for dist in dists:
         subprocess.run(
@@ -142,14 +198,16 @@ def run_in(venv: Path, *args: str, **env: str) -> subprocess.CompletedProcess[st
     )
 
 
+# --------------------------------------------------------------------------- installed plugins
+
+
 def test_third_party_source_works_from_the_cli(plugin_venv: Path, tmp_path: Path) -> None:
     env_file = tmp_path / "app.env"
     env_file.write_text('# app secrets\nexport DB_PASSWORD="s3cret value"\nOTHER=x\n')
-    off = {"CREDBRIDGE_DISABLE_PLUGINS": "credbridge_clash"}
-    result = run_in(plugin_venv, "get", f"dotenv:{env_file}#DB_PASSWORD", **off)
+    result = run_in(plugin_venv, "get", f"dotenv:{env_file}#DB_PASSWORD")
     assert result.returncode == 0, result.stderr
     assert result.stdout == "s3cret value"
-    missing = run_in(plugin_venv, "get", f"dotenv:{env_file}#NOPE", **off)
+    missing = run_in(plugin_venv, "get", f"dotenv:{env_file}#NOPE")
     assert missing.returncode == 5
     assert "no field" in missing.stderr
     # The broken plugin was reported (which plugin, why) and skipped, not fatal.
@@ -157,27 +215,50 @@ def test_third_party_source_works_from_the_cli(plugin_venv: Path, tmp_path: Path
     assert "broken on purpose" in result.stderr
 
 
-def test_plugins_json_lists_providers_and_distributions(plugin_venv: Path) -> None:
-    result = run_in(plugin_venv, "plugins", "--json", CREDBRIDGE_DISABLE_PLUGINS="credbridge_clash")
+def test_plugins_lists_every_plugin_state_and_conflict(plugin_venv: Path) -> None:
+    result = run_in(plugin_venv, "plugins", "--json", CREDBRIDGE_DISABLE_PLUGINS="vault")
     assert result.returncode == 0, result.stderr
-    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    listing = json.loads(result.stdout)
+    plugins = {p["name"]: p for p in listing["plugins"]}
     assert plugins["dotenv"]["sources"] == ["dotenv"]
     assert plugins["dotenv"]["distribution"] == "credbridge-dotenv"
     assert plugins["dotenv"]["version"] == "0.1.0"
     assert plugins["dotenv"]["builtin"] is False
+    assert plugins["credbridge_broken"]["state"] == "failed"
     assert "broken on purpose" in plugins["credbridge_broken"]["error"]
+    assert plugins["vault"]["state"] == "disabled"
     assert plugins["local"]["builtin"] is True
     assert set(plugins["local"]["sources"]) == {"file", "env", "credential"}
     assert plugins["credstore"]["sinks"] == ["credstore"]
+    assert plugins["core"]["sources"] == ["target"]  # every scheme, the core's own too
+    assert plugins["credbridge_hello"]["commands"] == ["hello"]
+    assert any("clashes with" in w for w in plugins["credbridge_hello"]["warnings"])
+    (conflict,) = listing["conflicts"]
+    assert (conflict["kind"], conflict["name"]) == ("source scheme", "env")
+    assert set(conflict["plugins"]) == {"local", "credbridge_clash"}
+    assert "CREDBRIDGE_DISABLE_PLUGINS=credbridge-clash" in conflict["message"]
+    text = run_in(plugin_venv, "plugins")
+    assert text.returncode == 0, text.stderr
+    assert "credbridge_broken (credbridge-broken 1.2.3)  [failed]" in text.stdout
+    assert "conflict: source scheme 'env' is provided by two plugins" in text.stdout
 
 
-def test_name_clash_names_both_providers(plugin_venv: Path) -> None:
+def test_a_conflict_fails_only_the_commands_that_use_the_name(
+    plugin_venv: Path, tmp_path: Path
+) -> None:
     result = run_in(plugin_venv, "get", "env:HOME")
     assert result.returncode == 11
     assert "'env'" in result.stderr
     assert "credbridge_clash" in result.stderr and "credbridge-clash 1.2.3" in result.stderr
     assert "'local'" in result.stderr
+    assert "disable one with CREDBRIDGE_DISABLE_PLUGINS=credbridge-clash" in result.stderr
     assert "Traceback" not in result.stderr
+    other = run_in(plugin_venv, "get", "generate:hex?bytes=4")
+    assert other.returncode == 0, other.stderr
+    assert len(other.stdout) == 8
+    disabled = run_in(plugin_venv, "get", "env:HOME", CREDBRIDGE_DISABLE_PLUGINS="credbridge-clash")
+    assert disabled.returncode == 0, disabled.stderr
+    assert disabled.stdout == os.environ["HOME"]
 
 
 def test_load_plugins_allowlist_and_disable(plugin_venv: Path) -> None:
@@ -197,6 +278,98 @@ def test_load_plugins_allowlist_and_disable(plugin_venv: Path) -> None:
     assert "unknown scheme 'env'" in disabled.stderr
 
 
+def test_plugin_names_are_normalised_and_unknown_ones_reported(plugin_venv: Path) -> None:
+    # Distribution name, entry-point name, odd spelling: all the same plugin.
+    for spelling in ("credbridge-clash", "credbridge_clash", "Credbridge.Clash"):
+        result = run_in(plugin_venv, "get", "env:HOME", CREDBRIDGE_DISABLE_PLUGINS=spelling)
+        assert result.returncode == 0, (spelling, result.stderr)
+    allowed = run_in(
+        plugin_venv,
+        "get",
+        "dotenv:/nonexistent.env#K",
+        CREDBRIDGE_LOAD_PLUGINS="CREDBRIDGE_DOTENV,credbridge-dotnev",
+    )
+    assert allowed.returncode == 5, allowed.stderr
+    assert "CREDBRIDGE_LOAD_PLUGINS names no installed plugin: credbridge-dotnev" in allowed.stderr
+    listing = run_in(plugin_venv, "plugins", "--json", CREDBRIDGE_DISABLE_PLUGINS="nope,vault")
+    assert listing.returncode == 0
+    assert any("nope" in p for p in json.loads(listing.stdout)["problems"])
+
+
+def test_a_crashing_plugin_is_named_with_its_version_and_no_value(plugin_venv: Path) -> None:
+    off = {"CREDBRIDGE_DISABLE_PLUGINS": "credbridge-clash"}
+    result = run_in(plugin_venv, "get", "crash:x", **off)
+    assert result.returncode == 11, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert errors == [
+        "credbridge: error: plugin 'credbridge_crash' (credbridge-crash 1.2.3) failed in source "
+        "scheme 'crash' fetch(): ValueError (a bug in that plugin: report it with the output "
+        "of -vv)"
+    ]
+    assert "crash-canary-value-in-message" not in result.stderr
+    assert "Traceback" not in result.stderr
+    verbose = run_in(plugin_venv, "-vv", "get", "crash:x", **off)
+    assert verbose.returncode == 11
+    assert "credbridge_crash/__init__.py" in verbose.stderr  # where it happened ...
+    assert "in fetch" in verbose.stderr
+    assert "crash-canary-value-in-message" not in verbose.stderr  # ... never the message
+
+
+def test_plugin_commands_load_only_when_named(plugin_venv: Path) -> None:
+    off = {"CREDBRIDGE_DISABLE_PLUGINS": "credbridge-clash"}
+    hello = run_in(plugin_venv, "hello", "world", **off)
+    assert hello.returncode == 0, hello.stderr
+    assert hello.stdout == "hello world\n"
+    assert "hello-plugin: commands hook called" in hello.stderr
+    failing = run_in(plugin_venv, "hello", "nobody", **off)
+    assert failing.returncode == 5
+    assert "credbridge: error: hello:nobody: nobody is there" in failing.stderr
+    builtin = run_in(plugin_venv, "get", "generate:uuid", **off)
+    assert builtin.returncode == 0
+    assert "commands hook called" not in builtin.stderr
+    helped = run_in(plugin_venv, "--help", **off)
+    assert "commands hook called" not in helped.stderr
+    # A plugin cannot replace a built-in command.
+    deliver = run_in(plugin_venv, "deliver", "--help", **off)
+    assert "plugin deliver" not in deliver.stdout
+    assert "Resolve every credential" in deliver.stdout
+    unknown = run_in(plugin_venv, "nosuchcommand", **off)
+    assert unknown.returncode == 2
+    assert "No such command 'nosuchcommand'" in unknown.stderr
+
+
+def test_testing_a_plugin_recipe_runs_as_written(plugin_venv: Path, tmp_path: Path) -> None:
+    """docs/plugins.md "Testing a plugin", run by pytest in the venv where it is installed."""
+    tests = tmp_path / "checkout" / "tests"
+    tests.mkdir(parents=True)
+    (tests / "test_dotenv.py").write_text(doc_example_files()["tests/test_dotenv.py"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDBRIDGE_")}
+    env["CREDBRIDGE_DISABLE_PLUGINS"] = "credbridge-clash"
+    result = subprocess.run(
+        [
+            str(plugin_venv / "bin" / "python"),
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--basetemp={tmp_path / 'inner'}",
+            str(tests),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path / "checkout",
+        check=False,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
+# --------------------------------------------------------------------------- in process
+
+
 class _Upper:
     """An in-process plugin object, registered per test like datasette's test plugins."""
 
@@ -211,47 +384,266 @@ class _Upper:
         yield SourceType(scheme="upper", open=lambda ctx: _Upper.Source(), summary="upper-cases")
 
 
-def test_in_process_registration() -> None:
+def manager_with(*plugins: object) -> PluginManager:
     manager = PluginManager()
     manager.load_entrypoints({})
-    manager.register(_Upper(), name="upper")
+    for index, plugin in enumerate(plugins):
+        manager.register(plugin, name=f"p{index}")
+    return manager
+
+
+def test_in_process_registration() -> None:
+    manager = manager_with(_Upper())
     with Session(plugins=manager) as session:
         assert session.resolve_one("upper:abc").reveal() == b"ABC"
 
 
-def test_reserved_scheme_is_refused() -> None:
+def test_reserved_scheme_is_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     class Bad:
         @hookimpl
         def credbridge_sources(self) -> Iterable[SourceType]:
             yield SourceType(scheme="target", open=lambda ctx: _Upper.Source())
 
-    manager = PluginManager()
-    manager.register(Bad(), name="bad")
-    with pytest.raises(PluginError, match="reserved scheme 'target'"):
-        manager.sources()
+    manager = manager_with(Bad())
+    assert "target" not in manager.sources()
+    assert "file" in manager.sources()
+    assert "claims the reserved scheme 'target'" in caplog.text
+    assert "plugin 'p0'" in caplog.text
 
 
-def test_wrong_record_type_is_a_plugin_error() -> None:
+def test_wrong_record_type_is_skipped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     class Wrong:
         @hookimpl
         def credbridge_sinks(self) -> Iterable[object]:
+            yield SinkType(name="fine", open=lambda ctx: None)  # type: ignore[arg-type,return-value]
             yield "not a record"
 
-    manager = PluginManager()
-    manager.register(Wrong(), name="wrong")
-    with pytest.raises(PluginError, match="'wrong' returned str from credbridge_sinks"):
-        manager.sinks()
+    manager = manager_with(Wrong())
+    assert "fine" not in manager.sinks()  # the plugin's sinks are skipped as a whole
+    assert "credstore" in manager.sinks()
+    assert "credbridge_sinks returned str, not SinkType" in caplog.text
+    assert manager.infos["p0"].warnings
 
 
-def test_unknown_hook_is_rejected_by_check_pending() -> None:
+def test_invalid_name_and_raising_hook_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    class Invalid:
+        @hookimpl
+        def credbridge_sources(self) -> Iterable[SourceType]:
+            yield SourceType(scheme="Not_Valid", open=lambda ctx: _Upper.Source())
+
+    class Raising:
+        @hookimpl
+        def credbridge_sinks(self) -> Iterable[SinkType]:
+            raise RuntimeError("hook-canary")
+
+    manager = manager_with(Invalid(), Raising(), _Upper())
+    assert "upper" in manager.sources()
+    assert "credstore" in manager.sinks()
+    assert "plugin 'p0': credbridge_sources raised PluginError" in caplog.text
+    assert "plugin 'p1': credbridge_sinks raised RuntimeError" in caplog.text
+    assert "hook-canary" not in caplog.text
+
+
+def test_misspelt_hook_is_refused_with_a_suggestion() -> None:
     class Typo:
         @hookimpl
         def credbridge_source(self) -> None:  # misspelled hook name
             pass
 
     manager = PluginManager()
-    manager.register(Typo(), name="typo")
+    with pytest.raises(PluginError, match="did you mean 'credbridge_sources'"):
+        manager.register(Typo(), name="typo")
     assert not manager.pm.has_plugin("typo")
+
+
+def test_undecorated_hook_function_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    class Forgot:
+        def credbridge_sources(self) -> Iterable[SourceType]:
+            yield SourceType(scheme="forgot", open=lambda ctx: _Upper.Source())
+
+    manager = manager_with(Forgot())
+    assert "forgot" not in manager.sources()
+    assert "credbridge_sources has no @hookimpl and is ignored" in caplog.text
+
+
+def test_conflict_fails_only_lookups_of_that_name() -> None:
+    class Clash:
+        @hookimpl
+        def credbridge_sources(self) -> Iterable[SourceType]:
+            yield SourceType(scheme="env", open=lambda ctx: _Upper.Source())
+
+    manager = manager_with(Clash())
+    with pytest.raises(PluginError, match="source scheme 'env' is provided by two plugins"):
+        manager.lookup(SOURCE, "env")
+    assert manager.lookup(SOURCE, "file") is not None
+    assert "env" in manager.names(SOURCE)
+    (conflict,) = manager.conflicts()
+    assert set(conflict.providers) == {"local", "p0"}
+    with Session(plugins=manager) as session:
+        assert session.resolve_one("file:/etc/hostname").reveal()
+        with pytest.raises(PluginError, match="CREDBRIDGE_DISABLE_PLUGINS=p0"):
+            session.resolve_one("env:HOME")
+
+
+def test_wrapper_hookimpls_and_tracing_work() -> None:
+    class HideEnv:
+        @hookimpl(wrapper=True)
+        def credbridge_sources(self) -> Iterator[None]:
+            results = yield
+            for provided in results:
+                provided[:] = [r for r in provided if r.scheme != "env"]
+            return results
+
+    lines: list[str] = []
+    manager = PluginManager()
+    manager.trace(lines.append)
+    manager.load_entrypoints({})
+    manager.register(HideEnv(), name="hide-env")
+    assert "env" not in manager.sources()
+    assert "file" in manager.sources()
+    assert manager.sources()["file"][1] == "local"  # still attributed through the wrapper
+    assert any("credbridge_sources() -> plugins:" in line and "local" in line for line in lines)
+    assert any(re.search(r"credbridge_sources local: file, credential", line) for line in lines)
+
+
+def test_a_raising_wrapper_is_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    class Breaks:
+        @hookimpl(wrapper=True)
+        def credbridge_sinks(self) -> Iterator[None]:
+            yield
+            raise RuntimeError("wrapper-canary")
+
+    manager = manager_with(Breaks())
+    assert "credstore" in manager.sinks()
+    assert manager.infos["p0"].state == "failed"
+    assert "failed in its credbridge_sinks wrapper: RuntimeError" in caplog.text
+    assert "wrapper-canary" not in caplog.text
+
+
+def test_wrapper_sees_provided_lists() -> None:
+    seen: list[object] = []
+
+    class Look:
+        @hookimpl(wrapper=True)
+        def credbridge_stores(self) -> Iterator[None]:
+            results = yield
+            seen.extend(results)
+            return results
+
+    manager_with(Look()).stores()
+    assert seen and all(isinstance(item, Provided) for item in seen)
+    assert {item.plugin for item in seen if isinstance(item, Provided)} == {"filestore", "sops"}
+
+
+def test_disable_names_are_normalised_in_process() -> None:
+    manager = PluginManager()
+    manager.load_entrypoints({"CREDBRIDGE_DISABLE_PLUGINS": "OEM_Strings, nope"})
+    assert manager.infos["oem-strings"].state == "disabled"
+    assert "oem-strings" not in manager.sinks()
+    assert manager.problems and "nope" in manager.problems[0]
+    assert normalize("Credbridge__Dotenv.x") == "credbridge-dotenv-x"
+
+
+def test_plugin_failures_are_attributed_without_the_message() -> None:
+    class Boom(DocumentSource):
+        def fetch_document(self, locator: Locator) -> Secret:
+            raise KeyError("boom-canary")
+
+    class Plugin:
+        @hookimpl
+        def credbridge_sources(self) -> Iterable[SourceType]:
+            yield SourceType(scheme="boom", open=lambda ctx: Boom())
+
+    manager = manager_with(Plugin())
+    with Session(plugins=manager) as session, pytest.raises(PluginFailed) as info:
+        session.resolve_one("boom:x")
+    message = str(info.value)
+    assert message.startswith("plugin 'p0' failed in source scheme 'boom' fetch(): KeyError")
+    assert "boom-canary" not in message
+    assert isinstance(info.value.error, KeyError)
+
+
+def test_document_source_default_field() -> None:
+    class Demo(DocumentSource):
+        default_field = "value"
+
+        def fetch_document(self, locator: Locator) -> SecretDocument:
+            return SecretDocument({"value": locator.path, "other": "o"})
+
+    class Plugin:
+        @hookimpl
+        def credbridge_sources(self) -> Iterable[SourceType]:
+            yield SourceType(scheme="demo", open=lambda ctx: Demo())
+            yield SourceType(
+                scheme="demo2", open=lambda ctx: Demo(default_field="other", concurrency=1)
+            )
+
+    with Session(plugins=manager_with(Plugin())) as session:
+        assert session.resolve_one("demo:hello").reveal() == b"hello"
+        assert session.resolve_one("demo:hello#other").reveal() == b"o"
+        assert session.resolve_one("demo2:hello").reveal() == b"o"
+
+
+def test_target_kinds_and_settings_take_any_iterable() -> None:
+    def opener(ctx: Any) -> Any:
+        return None
+
+    assert SinkType(name="a", open=opener, target_kinds=["vm"]).target_kinds == {"vm"}
+    assert SinkType(name="b", open=opener, target_kinds=("unit", "vm")).target_kinds == {
+        "unit",
+        "vm",
+    }
+    assert SinkType(name="c", open=opener, target_kinds=(k for k in ["vm"])).target_kinds == {"vm"}
+    assert SinkType(name="d", open=opener, target_kinds="vm").target_kinds == {"vm"}
+    assert SinkType(name="e", open=opener, settings=["x"]).settings == frozenset({"x"})
+    with pytest.raises(PluginError, match="target_kinds"):
+        SinkType(name="f", open=opener, target_kinds=["container"])
+
+
+def test_lazy_imports_on_first_call() -> None:
+    fake = lazy("credbridge.core.reference:parse_reference")
+    assert repr(fake) == "lazy('credbridge.core.reference:parse_reference')"
+    assert fake("env:HOME").scheme == "env"
+    with pytest.raises(PluginError, match=r"expected 'package\.module:attribute'"):
+        lazy("no-colon")
+
+
+def test_fixture_registers_for_one_test_and_tolerates_installed(
+    credbridge_plugins: Any,
+) -> None:
+    """The credbridge.testing fixture, on a plugin that is also installed (``local``)."""
+    from credbridge.backends.hooks import local as installed
+    from credbridge.core.plugins import get_plugin_manager
+
+    manager = get_plugin_manager()
+    assert manager.plugin("local") is installed
+    name = credbridge_plugins.register(installed)
+    assert manager.sources()["env"][1] == name
+    assert resolve(["env:HOME"])["env:HOME"].reveal() == os.environ["HOME"].encode()
+    credbridge_plugins.register(_Upper())
+    assert resolve(["upper:x"])["upper:x"].reveal() == b"X"
+    credbridge_plugins.close()
+    assert manager.plugin("local") is installed
+    assert manager.sources()["env"][1] == "local"
+    assert "upper" not in manager.sources()
+
+
+def test_entry_point_scan_matches_importlib_metadata() -> None:
+    from importlib.metadata import distributions
+
+    for group in ("credbridge", "console_scripts", "pytest11"):
+        expected = set()
+        seen = set()
+        for dist in distributions():
+            name = normalize(dist.metadata["Name"])
+            if name in seen:
+                continue
+            seen.add(name)
+            expected |= {(name, ep.name, ep.value) for ep in dist.entry_points if ep.group == group}
+        found = {(normalize(ep.distribution), ep.name, ep.value) for ep in find_entry_points(group)}
+        assert found == expected, group
+    builtin = {ep.name for ep in find_entry_points() if ep.builtin}
+    assert {"local", "generate", "credstore", "qemu", "cloud-hypervisor"} <= builtin
 
 
 def test_builtins_come_from_entry_points() -> None:
@@ -261,3 +653,11 @@ def test_builtins_come_from_entry_points() -> None:
     assert {"generate", "stored", "file", "env", "credential"} <= set(manager.sources())
     assert all(info.distribution == "credbridge" for info in manager.infos.values())
     assert resolve(["generate:uuid"])  # the default manager has them too
+
+
+def test_bad_reference_is_the_public_name() -> None:
+    from credbridge.core.errors import ReferenceError_
+
+    assert ReferenceError_ is BadReference
+    assert BadReference.__name__ == "BadReference"
+    assert SINK.record_type is SinkType

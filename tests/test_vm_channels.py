@@ -228,6 +228,5 @@ def test_virtiofs_tag_is_checked() -> None:
 
 def test_vm_sinks_refuse_unit_targets() -> None:
     data = {"targets": {"a.service": {"sink": "oem-strings"}}}
-    config = parse_config(data, directory=Path("/tmp"))
     with pytest.raises(ConfigError, match="cannot serve a unit target"):
-        Session(config).validate()
+        Session(parse_config(data, directory=Path("/tmp"))).validate()

@@ -6,6 +6,9 @@ The probe is driven by kernel command line parameters:
 * ``credbridge.virtiofs=TAG`` - (optional) virtiofs tag to mount read-only at
   ``/run/credbridge``; files there are loaded with
   ``LoadCredential=NAME:/run/credbridge/NAME``;
+* ``credbridge.files=PATH1,PATH2,...`` - (optional) report these paths after boot:
+  ``CBPROBE dir PATH MODE OWNER:GROUP`` or ``CBPROBE file PATH MODE OWNER:GROUP BASE64``
+  (``CBPROBE nofile PATH`` when absent), e.g. what systemd-tmpfiles provisioned;
 * ``credbridge.units=1`` - (optional) use the guest files shipped in
   ``examples/guest/`` instead: ``systemctl start run-credbridge.mount`` (tag
   ``credbridge``) and give the values service a drop-in made from the shipped
@@ -48,11 +51,22 @@ for arg in $(cat /proc/cmdline); do
         credbridge.probe=*) names="${arg#credbridge.probe=}" ;;
         credbridge.virtiofs=*) tag="${arg#credbridge.virtiofs=}" ;;
         credbridge.units=1) units=yes ;;
+        credbridge.files=*) files="${arg#credbridge.files=}" ;;
     esac
 done
 names=$(printf '%s' "$names" | tr ',' ' ')
 
 say "start"
+say "systemd-version $(systemctl --version | head -n 1 | cut -d ' ' -f 2)"
+for p in $(printf '%s' "${files:-}" | tr ',' ' '); do
+    if [ -d "$p" ]; then
+        say "dir $p $(stat -c '%04a %U:%G' "$p")"
+    elif [ -f "$p" ]; then
+        say "file $p $(stat -c '%04a %U:%G' "$p") $(base64 -w0 <"$p")"
+    else
+        say "nofile $p"
+    fi
+done
 systemd-creds --system --no-pager --no-legend list 2>/dev/null | while IFS= read -r line; do
     say "list $line"
 done

@@ -59,6 +59,10 @@ class ProbeReport:
     mounts: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: ``CBPROBE requires-mounts-for UNIT PATHS``: effective RequiresMountsFor= of a unit.
     requires_mounts_for: dict[str, str] = field(default_factory=dict)
+    #: ``credbridge.files=``: PATH -> (MODE, OWNER:GROUP, CONTENT); directories have no content.
+    files: dict[str, tuple[str, str, bytes | None]] = field(default_factory=dict)
+    #: ``CBPROBE systemd-version N``: the guest's systemd version.
+    systemd_version: int | None = None
     started: bool = False
     done: bool = False
     errors: list[str] = field(default_factory=list)
@@ -101,7 +105,11 @@ def qemu_binary() -> str | None:
 
 
 def probe_cmdline(
-    names: Sequence[str], virtiofs_tag: str | None = None, *, units: bool = False
+    names: Sequence[str],
+    virtiofs_tag: str | None = None,
+    *,
+    units: bool = False,
+    files: Sequence[str] = (),
 ) -> str:
     """Kernel command line words that drive the in-guest probe.
 
@@ -119,6 +127,11 @@ def probe_cmdline(
         words.append(f"credbridge.virtiofs={virtiofs_tag}")
     if units:
         words.append("credbridge.units=1")
+    if files:
+        for path in files:
+            if not path.startswith("/") or "," in path or any(c.isspace() for c in path):
+                raise ValueError(f"path unusable on the kernel command line: {path!r}")
+        words.append(f"credbridge.files={','.join(files)}")
     return " ".join(words)
 
 
@@ -203,6 +216,24 @@ def parse_probe_output(text: str) -> ProbeReport:
                 report.mounts[words[0]] = (words[1], words[2].strip())
             else:
                 report.errors.append(line[pos:].strip())
+        elif kind in {"file", "dir", "nofile"}:
+            words = rest.split(" ")
+            if kind == "file" and len(words) == 4:
+                try:
+                    content = base64.b64decode(words[3], validate=True)
+                except (binascii.Error, ValueError):
+                    report.errors.append(f"undecodable file line for {words[0]!r}")
+                    continue
+                report.files[words[0]] = (words[1], words[2], content)
+            elif kind == "file" and len(words) == 3:  # an empty file
+                report.files[words[0]] = (words[1], words[2], b"")
+            elif kind == "dir" and len(words) == 3:
+                report.files[words[0]] = (words[1], words[2], None)
+            elif kind != "nofile":
+                report.errors.append(line[pos:].strip())
+        elif kind == "systemd-version":
+            if rest.strip().isdigit():
+                object.__setattr__(report, "systemd_version", int(rest.strip()))
         elif kind == "virtiofs-mounted":
             object.__setattr__(report, "virtiofs_mounted", True)
         elif kind == "start":

@@ -22,6 +22,9 @@ exits 0 like cloud-hypervisor does. ``--standin-mode noboot`` only answers the A
 signal tests and the benchmark); ``--standin-exit N`` makes it exit with N right after
 ``vm.boot``, as a VMM whose guest failed would.
 
+Without ``--standin-spec`` it serves the same endpoints (:data:`ENDPOINTS`) and leaves out
+only the schema checks.
+
 ``--standin-record FILE`` appends one JSON line per request: method, path, status, problem,
 and for ``vm.create`` the *names* in the OEM strings (never values).
 
@@ -60,6 +63,16 @@ BASE_QEMU = [
 
 
 # --------------------------------------------------------------------------- the spec
+
+ENDPOINTS: dict[str, dict[str, dict[str, Any]]] = {
+    "/vmm.ping": {"get": {}},
+    "/vm.create": {"put": {"requestBody": True}},
+    "/vm.boot": {"put": {}},
+    "/vm.info": {"get": {}},
+    "/vm.shutdown": {"put": {}},
+    "/vmm.shutdown": {"put": {}},
+}
+"""The endpoints served when no spec is given (their shape in the spec: no body but vm.create's)."""
 
 
 def load_spec(path: Path) -> dict[str, Any]:
@@ -253,9 +266,10 @@ def echo_parts(config: dict[str, Any]) -> bytes:
 
 
 class StandIn:
-    def __init__(self, options: argparse.Namespace, spec: dict[str, Any]) -> None:
+    def __init__(self, options: argparse.Namespace, spec: dict[str, Any] | None) -> None:
         self.options = options
         self.spec = spec
+        self.paths = spec["paths"] if spec is not None else ENDPOINTS
         self.socket = Path(options.api_socket_path)
         self.private = Path(tempfile.mkdtemp(prefix="standin-", dir=self.socket.parent))
         os.chmod(self.private, 0o700)
@@ -280,10 +294,10 @@ class StandIn:
 
     def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes, dict[str, Any]]:
         info: dict[str, Any] = {"method": method, "path": path}
-        if not path.startswith(API) or "/" + path[len(API) :] not in self.spec["paths"]:
+        if not path.startswith(API) or "/" + path[len(API) :] not in self.paths:
             return 404, b"", info
         endpoint = path[len(API) :]
-        operations = self.spec["paths"]["/" + endpoint]
+        operations = self.paths["/" + endpoint]
         if method.lower() not in operations:
             return 405, b"", info
         operation = operations[method.lower()]
@@ -309,7 +323,11 @@ class StandIn:
             except ValueError:
                 info["problem"] = "body is not JSON"
                 return 400, b"body is not JSON", info
-            problems = schema_problems(config, "VmConfig", self.spec)
+            problems = (
+                schema_problems(config, "VmConfig", self.spec) if self.spec is not None else []
+            )
+            if not isinstance(config, dict):
+                problems.append("body is not a JSON object")
             info["oem_names"] = (
                 [s.partition("=")[0] for s in config.get("platform", {}).get("oem_strings", [])]
                 if isinstance(config, dict)
@@ -509,7 +527,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ch_standin", allow_abbrev=False)
-    parser.add_argument("--standin-spec", required=True)
+    parser.add_argument("--standin-spec")
     parser.add_argument("--standin-mode", choices=["boot", "noboot"], default="boot")
     parser.add_argument("--standin-exit", type=int)
     parser.add_argument("--standin-record")
@@ -542,7 +560,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
-    spec = load_spec(Path(options.standin_spec))
+    spec = load_spec(Path(options.standin_spec)) if options.standin_spec else None
     standin = StandIn(options, spec)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda s, _f: standin.finish(128 + s))
@@ -550,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         # Flags that describe a VM (cloud-hypervisor boots it at once, API or not).
         cli_config = config_from_cli(options)
         if cli_config is not None:
-            problems = schema_problems(cli_config, "VmConfig", spec)
+            problems = schema_problems(cli_config, "VmConfig", spec) if spec is not None else []
             oem = cli_config.get("platform", {}).get("oem_strings", [])
             standin.record(
                 {

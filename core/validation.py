@@ -1,0 +1,183 @@
+"""Checking a config against the installed plugins: names, declared settings, references.
+
+Used by :func:`credbridge.core.config.parse_config` (so :func:`load_config` too) and by every
+:class:`~credbridge.core.engine.Session` command. Every error names the config file and the
+key at fault; no I/O happens here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from credbridge.core.config import keypath, linked_reference
+from credbridge.core.errors import BadReference, ConfigError
+from credbridge.core.plugins import LAUNCHER, SINK, SOURCE, STORE, PluginManager
+
+if TYPE_CHECKING:
+    from credbridge.core.config import Config
+    from credbridge.core.reference import Reference
+
+
+def _known(names: Iterable[str]) -> str:
+    return ", ".join(sorted(names)) or "none"
+
+
+def _did_you_mean(key: str, allowed: Collection[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def check_settings(
+    settings: Mapping[str, Any],
+    allowed: Collection[str] | None,
+    what: str,
+    *,
+    file: str,
+    where: str,
+) -> None:
+    """Refuse a key of ``settings`` that the plugin did not declare (``None``: not declared)."""
+    if allowed is None:
+        return
+    for key in settings:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown setting {key!r} for {what} ({_did_you_mean(key, allowed)}"
+                f"known: {_known(allowed)})",
+                file=file,
+                key=f"{where}.{keypath(key)}",
+            )
+
+
+def check_reference(reference: Reference, plugins: PluginManager) -> None:
+    """Syntax check of a reference against the source that owns its scheme (no I/O)."""
+    text = str(reference)
+    found = plugins.lookup(SOURCE, reference.scheme)
+    if found is None:
+        known = _known(plugins.names(SOURCE))
+        raise BadReference(text, f"unknown scheme {reference.scheme!r} (known: {known})")
+    source_type, _ = found
+    if source_type.options is not None:
+        for key in reference.options:
+            if key not in source_type.options:
+                allowed = _known(source_type.options)
+                raise BadReference(
+                    text, f"unknown option {key!r} for {reference.scheme}: (allowed: {allowed})"
+                )
+    if reference.selector is not None and not source_type.selectors:
+        raise BadReference(text, f"{reference.scheme}: references take no '#selector'")
+    if source_type.validate is not None:
+        with plugins.guard(SOURCE, reference.scheme, "validate()"):
+            source_type.validate(reference)
+
+
+def validate_config(config: Config, plugins: PluginManager) -> None:
+    """Check every plugin name, declared setting and reference of ``config``.
+
+    Raises :class:`ConfigError` naming the file and key, or :class:`PluginError` when two
+    plugins claim a name the config uses.
+    """
+    label = config.label
+    for scheme, settings in config.sources.items():
+        where = keypath("sources", scheme)
+        found = plugins.lookup(SOURCE, scheme)
+        if found is None:
+            raise ConfigError(
+                f"no plugin provides the source scheme {scheme!r} "
+                f"(known: {_known(plugins.names(SOURCE))})",
+                file=label,
+                key=where,
+            )
+        check_settings(settings, found[0].settings, f"source {scheme!r}", file=label, where=where)
+    for name, settings in config.sinks.items():
+        where = keypath("sinks", name)
+        sink = plugins.lookup(SINK, name)
+        if sink is None:
+            raise ConfigError(
+                f"unknown sink {name!r} (known: {_known(plugins.names(SINK))})",
+                file=label,
+                key=where,
+            )
+        check_settings(settings, sink[0].settings, f"sink {name!r}", file=label, where=where)
+    for target in config.targets.values():
+        sink_where = f"{target.where}.sink"
+        sink = plugins.lookup(SINK, target.sink)
+        if sink is None:
+            raise ConfigError(
+                f"unknown sink {target.sink!r} (known: {_known(plugins.names(SINK))})",
+                file=label,
+                key=sink_where,
+            )
+        sink_type = sink[0]
+        if target.kind not in sink_type.target_kinds:
+            raise ConfigError(
+                f"sink {target.sink!r} cannot serve a {target.kind} target "
+                f"(it serves: {_known(sink_type.target_kinds)})",
+                file=label,
+                key=sink_where,
+            )
+        check_settings(
+            target.sink_settings,
+            sink_type.settings,
+            f"sink {target.sink!r}",
+            file=label,
+            where=sink_where,
+        )
+        if target.launcher is not None:
+            launcher_where = f"{target.where}.launcher"
+            launcher = plugins.lookup(LAUNCHER, target.launcher)
+            if launcher is None:
+                raise ConfigError(
+                    f"unknown launcher {target.launcher!r} "
+                    f"(known: {_known(plugins.names(LAUNCHER))})",
+                    file=label,
+                    key=launcher_where,
+                )
+            check_settings(
+                target.launcher_settings,
+                launcher[0].settings,
+                f"launcher {target.launcher!r}",
+                file=label,
+                where=launcher_where,
+            )
+        for spec in target.credentials:
+            if spec.reference.scheme == "target":
+                continue
+            try:
+                check_reference(spec.reference, plugins)
+            except BadReference as error:
+                raise ConfigError(str(error), file=label, key=spec.where) from None
+    check_world_readable(config, plugins)
+    store = plugins.lookup(STORE, config.store_type)
+    if store is None:
+        raise ConfigError(
+            f"unknown store type {config.store_type!r} (known: {_known(plugins.names(STORE))})",
+            file=label,
+            key="store.type",
+        )
+    check_settings(
+        config.store_settings,
+        store[0].settings,
+        f"store {config.store_type!r}",
+        file=label,
+        where="store",
+    )
+
+
+def check_world_readable(config: Config, plugins: PluginManager) -> None:
+    """``mode = "0444"`` only for a reference that selects a public part (``#public``)."""
+    for target in config.targets.values():
+        for spec in target.credentials:
+            if not spec.mode & 0o004:
+                continue
+            reference = linked_reference(config, spec.reference)
+            found = plugins.lookup(SOURCE, reference.scheme)
+            if found is None or not found[0].selects_public(reference):
+                raise ConfigError(
+                    f"mode {spec.mode:04o} would make a secret world-readable (only a public "
+                    "part, like generate:ssh-ed25519?id=ID#public, may be)",
+                    file=config.label,
+                    key=f"{spec.where}.mode",
+                )

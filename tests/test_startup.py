@@ -1,0 +1,126 @@
+"""Start-up stays light: loading plugins imports only their registration modules, and a config
+without VMs never imports the launchers or networking (bench/bench_core.py has the timings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+IMPLEMENTATIONS = [
+    "credbridge.backends.local",
+    "credbridge.backends.generate",
+    "credbridge.backends.filestore",
+    "credbridge.backends.credstore",
+    "credbridge.backends.vault",
+    "credbridge.backends.oem_strings",
+    "credbridge.backends.fw_cfg",
+    "credbridge.backends.virtiofs",
+    "credbridge.launchers.cloud_hypervisor",
+    "credbridge.launchers.qemu",
+    "credbridge.launchers.runtime",
+    "credbridge.launchers.vmspec",
+]
+NEVER_WITHOUT_VMS = [
+    "http.client",
+    "ssl",
+    "socket",
+    "credbridge.launchers.cloud_hypervisor",
+    "credbridge.launchers.qemu",
+    "credbridge.launchers.runtime",
+    "credbridge.launchers.vmspec",
+    "hvac",
+    "requests",
+    "boto3",
+]
+
+
+def modules_after(code: str, env: dict[str, str] | None = None) -> list[str]:
+    probe = code + "\nimport sys, json\nprint()\nprint(json.dumps(sorted(sys.modules)))\n"
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": "/usr/bin:/bin", "CREDBRIDGE_LOAD_PLUGINS": "", **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr
+    loaded: list[str] = json.loads(result.stdout.splitlines()[-1])
+    return loaded
+
+
+def test_loading_every_plugin_imports_no_implementation() -> None:
+    loaded = modules_after(
+        "from credbridge.core.plugins import get_plugin_manager\n"
+        "manager = get_plugin_manager()\n"
+        "manager.collect_all()\n"
+        "assert len(manager.sources()) >= 6 and 'qemu' in manager.launchers()\n"
+    )
+    assert [m for m in IMPLEMENTATIONS if m in loaded] == []
+    assert "credbridge.backends.hooks.vault" in loaded
+
+
+def test_a_record_loads_its_implementation_on_first_use() -> None:
+    loaded = modules_after(
+        "from credbridge.core import resolve\n"
+        "assert resolve(['env:PATH'])['env:PATH'].reveal()\n"
+    )
+    assert "credbridge.backends.local" in loaded
+    assert "credbridge.backends.generate" not in loaded
+
+
+def unit_config(tmp_path: Path, credstore: Path) -> Path:
+    path = tmp_path / "credbridge.toml"
+    path.write_text(
+        f'[store]\npath = "{tmp_path / "store"}"\n'
+        f'[sinks.credstore]\ndirectory = "{credstore}"\n'
+        '[targets."app.service".credentials]\n'
+        'api-key = "generate:base64?bytes=32"\n'
+        'home = "env:HOME"\n'
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["plugins"],
+        ["plugins", "--json"],
+        ["get", "env:HOME"],
+        ["deliver", "--dry-run"],
+        ["deliver"],
+        ["deliver", "--json"],
+        ["check"],
+        ["unit", "app.service"],
+        ["rotate", "app.service", "api-key"],
+    ],
+)
+def test_configs_without_vms_never_import_launchers_or_networking(
+    args: list[str], tmp_path: Path, tmpfs_dir: Path
+) -> None:
+    path = unit_config(tmp_path, tmpfs_dir)
+    loaded = modules_after(
+        "from credbridge.core.cli import cli\n"
+        "try:\n"
+        f"    cli({['-c', str(path), *args]!r}, prog_name='credbridge')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n",
+        env={"HOME": str(tmp_path)},
+    )
+    assert [m for m in NEVER_WITHOUT_VMS if m in loaded] == []
+
+
+def test_the_module_check_can_fail() -> None:
+    """Negative control: a VM's launch plan does import its launcher."""
+    loaded = modules_after(
+        "from credbridge.core import parse_config, Session\n"
+        "config = parse_config({'targets': {'vm': {'kind': 'vm', 'launcher': "
+        "{'type': 'cloud-hypervisor', 'kernel': '/k', 'runtime_dir': '/dev/shm/cb-none'}}}})\n"
+        "Session(config).launch('vm', dry_run=True)\n"
+    )
+    assert "credbridge.launchers.cloud_hypervisor" in loaded
+    assert "http.client" in loaded
