@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from credbridge.core import __version__
-from credbridge.core.errors import CredbridgeError, ExitCode
+from credbridge.core.errors import CredbridgeError, ExitCode, printable
 
 if TYPE_CHECKING:
     from credbridge.core.config import Config
@@ -28,7 +28,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CredbridgeError as error:
-            for line in str(error).splitlines():
+            # lines() escapes control characters from user input: one message, no forged lines.
+            for line in error.lines():
                 click.echo(f"credbridge: error: {line}", err=True)
             ctx.exit(int(error.exit_code))
         except KeyboardInterrupt:
@@ -36,10 +37,18 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Log messages carry names and paths from users: escape their control characters."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("credbridge: %(levelname)s: %(message)s"))
+    handler.setFormatter(_OneLineFormatter("credbridge: %(levelname)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -119,11 +128,20 @@ def deliver(state: State, targets: tuple[str, ...], dry_run: bool, as_json: bool
     verb = "would " if dry_run else ""
     for entry in report.entries:
         detail = f" ({entry.detail})" if entry.detail else ""
-        click.echo(
-            f"{entry.target}\t{entry.credential}\t{entry.reference}\t{entry.sink}\t{verb}{entry.change.value}{detail}"
+        _row(
+            entry.target,
+            entry.credential,
+            entry.reference,
+            entry.sink,
+            f"{verb}{entry.change.value}{detail}",
         )
     for skipped in report.skipped:
-        click.echo(f"{skipped}\tskipped (optional, not found)", err=True)
+        click.echo(f"{printable(skipped)}\tskipped (optional, not found)", err=True)
+
+
+def _row(*fields: str) -> None:
+    """One tab-separated output line; a tab or newline inside a field is shown escaped."""
+    click.echo("\t".join(printable(field) for field in fields))
 
 
 @cli.command()
@@ -155,7 +173,11 @@ def get(state: State, reference: str) -> None:
 def unit(state: State, target: str, install: bool, unit_dir: Path) -> None:
     """Print (or --install) the [Service] drop-in that loads TARGET's credentials."""
     from credbridge.core.fsutil import atomic_write
+    from credbridge.core.settings import control_problem
 
+    problem = control_problem(str(unit_dir))
+    if problem is not None:
+        raise click.BadParameter(f"path {problem}", param_hint="--unit-dir")
     with state.session() as session:
         found, text = session.unit_dropin(target)
     if not install:
@@ -208,7 +230,7 @@ def plugins(as_json: bool) -> None:
         ):
             if names:
                 provides.append(f"{label}: {', '.join(sorted(names))}")
-        status = f"  [failed: {info.error}]" if info.error else ""
+        status = f"  [failed: {printable(info.error)}]" if info.error else ""
         origin = "built-in" if info.builtin else f"{info.distribution} {info.version}"
         click.echo(f"{info.name} ({origin}){status}")
         for line in provides:
@@ -231,9 +253,7 @@ def check(state: State, targets: tuple[str, ...], as_json: bool) -> None:
     else:
         for result in results:
             mark = "ok" if result.ok else "FAIL"
-            click.echo(
-                f"{mark}\t{result.target}/{result.credential}\t{result.reference}\t{result.detail}"
-            )
+            _row(mark, f"{result.target}/{result.credential}", result.reference, result.detail)
     if failed:
         sys.exit(failed[0].exit_code or int(ExitCode.NOT_FOUND))
 
