@@ -144,6 +144,17 @@ def test_log_messages_are_one_line() -> None:
     assert _OneLineFormatter("%(message)s").format(record) == "x a\\nforged"
 
 
+def test_raw_control_character_in_a_reference_is_refused(tmp_path: Path) -> None:
+    """A raw tab in a reference split the tab-separated output rows of deliver/check."""
+    config = write(
+        tmp_path,
+        f'[sinks.credstore]\ndirectory = "{tmp_path}/cs"\n'
+        '[targets."app.service".credentials]\nx = "env:A\\tB"\n',
+    )
+    result = run_cli("-c", str(config), "deliver", "--dry-run")
+    one_line_error(result, CONFIG, "control character \\t", "percent-encode")
+
+
 def test_check_output_rows_escape_control_characters(tmp_path: Path) -> None:
     doc = tmp_path / "doc.json"
     doc.write_text("{}")
@@ -165,7 +176,7 @@ def test_check_output_rows_escape_control_characters(tmp_path: Path) -> None:
         lambda: _plugin_name("x\n"),
         lambda: _sink_setting({"type": "virtiofs", "tag": "x\n"}),
         lambda: _launcher_setting("qemu", {"accel": "tcg\n"}),
-        lambda: _launcher_setting("qemu", {"memory": "9" * 20}),
+        lambda: _launcher_setting("qemu", {"memory": "9" * 15 + "T"}),
         lambda: _launcher_setting("qemu", {"disks": [{"path": "/d", "if=none,file=/x": 1}]}),
         lambda: _launcher_setting("cloud-hypervisor", {"verbose": 10**12}),
     ],
