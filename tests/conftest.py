@@ -8,11 +8,32 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
+
+# Property-based tests (tests/test_properties.py) run each target under one of these profiles:
+# "suite" in the default run, "fuzz" (at least 10,000 examples) with `pytest -m fuzz`.
+settings.register_profile("suite", max_examples=300, deadline=None, database=None)
+settings.register_profile("fuzz", max_examples=10_000, deadline=None, database=None)
+_FUZZ_RUNS: list[tuple[str, str, int, float]] = []
+
+
+def record_fuzz_run(target: str, profile: str, examples: int, seconds: float) -> None:
+    """Remember how many examples a property target ran, for the terminal summary."""
+    _FUZZ_RUNS.append((target, profile, examples, seconds))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _FUZZ_RUNS:
+        return
+    terminalreporter.section("property-based targets (examples, seconds)")
+    for target, profile, examples, seconds in _FUZZ_RUNS:
+        terminalreporter.write_line(f"{profile:5} {examples:6d} {seconds:8.1f}s  {target}")
 
 # Only credbridge's own plugins: a plugin installed on the developer's machine must not
 # change what the tests see (tests that need a third-party plugin set this themselves).
