@@ -12,6 +12,14 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
+from support.canary import (  # the suite-wide secret canary (see its docstring)
+    canary,
+    pytest_runtest_makereport,
+    run_cli_watched,
+)
+from support.canary import (
+    current as current_canary,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -63,6 +71,14 @@ def fresh_plugins() -> Iterator[None]:
     reset_plugin_manager()
 
 
+def secret_value(value: str) -> str:
+    """Register ``value`` with the running test's canary and return it (for test literals)."""
+    watcher = current_canary()
+    if watcher is not None:
+        watcher.register(value)
+    return value
+
+
 def run_cli(
     *args: str,
     env: dict[str, str] | None = None,
@@ -74,17 +90,20 @@ def run_cli(
     merged = dict(os.environ)
     if env:
         merged.update(env)
-    return subprocess.run(
+    # The canary reads its output, its children's argv/environ and the files it left.
+    return run_cli_watched(
         [sys.executable, "-m", "credbridge.core.cli", *args],
-        capture_output=True,
+        args,
         env=merged,
         cwd=cwd,
         input=input,
         timeout=timeout,
-        check=False,
     )
 
 
 @pytest.fixture
 def cli():  # type: ignore[no-untyped-def]
     return run_cli
+
+
+__all__ = ["canary", "pytest_runtest_makereport"]

@@ -52,8 +52,7 @@ def test_newline_in_credstore_directory_yields_no_directive(tmp_path: Path) -> N
     pwned = tmp_path / "pwned"
     config = write(
         tmp_path,
-        f'[sinks.credstore]\ndirectory = "/run/cs\\nExecStartPre=/bin/touch {pwned}\\n#"\n'
-        + UNIT,
+        f'[sinks.credstore]\ndirectory = "/run/cs\\nExecStartPre=/bin/touch {pwned}\\n#"\n' + UNIT,
     )
     shown = run_cli("-c", str(config), "unit", "app.service")
     one_line_error(shown, CONFIG, "sink.directory", "control character \\n")
@@ -70,7 +69,10 @@ def test_newline_in_credstore_directory_yields_no_directive(tmp_path: Path) -> N
     [
         ('[targets."app.service".credentials]\n"db\\n" = "generate:hex"\n', "credentials"),
         ('[targets."app.service\\n".credentials]\ndb = "generate:hex"\n', "targets"),
-        ('[targets.app]\nunit = "app.service\\n"\n[targets.app.credentials]\nx = "env:X"\n', "unit"),
+        (
+            '[targets.app]\nunit = "app.service\\n"\n[targets.app.credentials]\nx = "env:X"\n',
+            "unit",
+        ),
         ('[targets.".."]\nunit = "x.service"\n', "invalid target name"),
         ('[targets.".app.service.staging-1"]\nunit = "x.service"\n', "must not start with"),
         ('[targets.app]\nunit = "app.bogus"\n', "systemd unit name"),
@@ -261,13 +263,17 @@ credentials = {{ x = "generate:hex" }}
         ('[credbridge]\nstore = "/x\\u0000"\n' + UNIT, "deliver", "credbridge.store"),
         ('[sinks.credstore]\ndirectory = "~cb-no-such-user/cs"\n' + UNIT, "deliver", "directory"),
         ('[store]\npath = "~cb-no-such-user/store"\n' + UNIT, "deliver", "store.path"),
-        ('[sinks.credstore]\ntimeout = nan\n' + UNIT, "deliver", "timeout"),
-        ('[sinks.credstore]\ntimeout = inf\n' + UNIT, "deliver", "timeout"),
-        ('[sinks.credstore]\ntimeout = 1e300\n' + UNIT, "deliver", "timeout"),
-        ('[sinks.credstore]\ntimeout = -inf\n' + UNIT, "deliver", "timeout"),
+        ("[sinks.credstore]\ntimeout = nan\n" + UNIT, "deliver", "timeout"),
+        ("[sinks.credstore]\ntimeout = inf\n" + UNIT, "deliver", "timeout"),
+        ("[sinks.credstore]\ntimeout = 1e300\n" + UNIT, "deliver", "timeout"),
+        ("[sinks.credstore]\ntimeout = -inf\n" + UNIT, "deliver", "timeout"),
         ('[sinks.credstore]\nwith_key = "host\\n"\n' + UNIT, "deliver", "with_key"),
         (VM_TARGET.format(launcher="qemu", settings="timeout = nan"), "launch", "timeout"),
-        (VM_TARGET.format(launcher="qemu", settings="stop_timeout = inf"), "launch", "stop_timeout"),
+        (
+            VM_TARGET.format(launcher="qemu", settings="stop_timeout = inf"),
+            "launch",
+            "stop_timeout",
+        ),
         (
             VM_TARGET.format(launcher="cloud-hypervisor", settings="stop_timeout = nan"),
             "launch",
