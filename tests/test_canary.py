@@ -48,6 +48,10 @@ def test_child_environment_and_argv_are_read_from_proc(canary: Canary) -> None:
         ["sleep", "5"], env={"PLANTED": VALUE.decode(), "PATH": os.environ["PATH"]}
     )
     try:
+        deadline = time.monotonic() + 5
+        while not Path(f"/proc/{child.pid}/cmdline").read_bytes().startswith(b"sleep"):
+            assert time.monotonic() < deadline, "the child never exec'd"
+            time.sleep(0.01)  # before exec, /proc shows the forked parent's environment
         watcher.observe_process(child.pid, "a child")
     finally:
         child.kill()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, record_fuzz_run
+from conftest import REPO, current_canary, record_fuzz_run
 from credbridge.backends.oem_strings import PREFIX
 from credbridge.core.config import (
     CREDENTIAL_NAME,
@@ -50,6 +50,12 @@ BUDGETS = [
 def explore(name: str, profile: str, strategy: st.SearchStrategy[Any], check: Callable[..., None]):
     """Run ``check`` over ``strategy`` under a hypothesis profile; record count and time."""
     count = 0
+    watcher = current_canary()
+    if watcher is not None:
+        # Each example is checked on its own (values from one example, texts from the same);
+        # examples write no files, so sessions need no stray-file scan.
+        watcher.bracket_sessions = False
+        watcher.reset()
 
     @settings(
         settings.get_profile(profile),
@@ -59,7 +65,13 @@ def explore(name: str, profile: str, strategy: st.SearchStrategy[Any], check: Ca
     def run(example: Any) -> None:
         nonlocal count
         count += 1
-        check(example)
+        try:
+            check(example)
+        finally:
+            if watcher is not None:
+                leaks = watcher.check()
+                watcher.reset()
+                assert not leaks, leaks  # a value in an error message, a log line, a file
 
     started = time.monotonic()
     run()

@@ -85,6 +85,14 @@ class Canary:
         self.roots: set[Path] = set()
         self.tolerated: list[str] = []
         self.leaks: list[str] = []
+        self.bracket_sessions = True
+        """Harvest and scan for stray files when an in-process Session closes."""
+
+    def reset(self) -> None:
+        """Forget values and observations (property tests check each example on its own)."""
+        self.values.clear()
+        self._patterns.clear()
+        self.observed.clear()
 
     # ------------------------------------------------------------------ registering
 
@@ -122,7 +130,7 @@ class Canary:
 
     def observe(self, place: str, data: bytes | str) -> None:
         if data:
-            raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+            raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
             self.observed.append((place, raw))
 
     def observe_process(self, pid: int, place: str, *, environ: bool = True) -> None:
@@ -387,7 +395,7 @@ def canary(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
     def bracketing_session_close(self: Session) -> None:
         session_close(self)
         started = getattr(self, "_canary_started", None)
-        if started is None:
+        if started is None or not watcher.bracket_sessions:
             return
         with contextlib.suppress(Exception):
             for home in homes_of(self.config):
