@@ -47,7 +47,6 @@ from credbridge.core import (
 )
 from credbridge.core.remote import (
     Redactor,
-    SettingsTable,
     cap_library_logging,
     caused_by,
     connection_reason,
@@ -56,6 +55,7 @@ from credbridge.core.remote import (
     renamed,
     tls_reason,
 )
+from credbridge.core.settings import SettingsTable
 
 log = logging.getLogger(__name__)
 

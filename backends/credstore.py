@@ -28,6 +28,7 @@ from credbridge.core import (
     SinkContext,
     Staged,
 )
+from credbridge.core.config import credential_name_problem
 from credbridge.core.fsutil import (
     ensure_private_dir,
     exchange,
@@ -39,14 +40,34 @@ from credbridge.core.fsutil import (
     write_new_file,
 )
 from credbridge.core.process import child_env
+from credbridge.core.settings import control_problem, seconds_setting
 
 DEFAULT_DIRECTORY = "/run/credstore"
 DEFAULT_ENCRYPTED_DIRECTORY = "/etc/credstore.encrypted"
 
 
-def _unit_escape(path: str) -> str:
-    """Escape a path for a unit file value: ``%`` starts a specifier there."""
-    return path.replace("%", "%%")
+def unit_path_value(path: Path) -> str:
+    """``path`` as the PATH half of ``LoadCredential=ID:PATH`` in a unit file.
+
+    systemd reads that half verbatim up to the end of the line (no quotes, no backslash
+    escapes: a quoted path is "not valid"), expands ``%`` specifiers, and ignores a path
+    that is not absolute and normalized (no ``.``/``..`` parts). So: ``%`` is doubled,
+    spaces and backslashes are kept as they are, and anything a line cannot carry is
+    refused (the directory was checked for control characters when the config was read;
+    this is the last line of defence for sinks built in code).
+    """
+    text = str(path)
+    problem = control_problem(text)
+    if problem is not None:
+        raise DeliveryError(f"credstore path {text!r} {problem}; it cannot go into a unit file")
+    if not path.is_absolute() or any(part in {".", ".."} for part in path.parts):
+        raise DeliveryError(
+            f"credstore path {text!r} must be absolute and normalized (no '.' or '..') "
+            "for LoadCredential="
+        )
+    if text.endswith("\\"):
+        raise DeliveryError(f"credstore path {text!r} ends in a backslash (a line continuation)")
+    return text.replace("%", "%%")
 
 
 class CredstoreSink(Sink):
@@ -77,12 +98,19 @@ class CredstoreSink(Sink):
                 return str(value)
             if value is not None and not isinstance(value, str):
                 raise fail(key, "must be a string")
+            if value is not None and (problem := control_problem(value)) is not None:
+                raise fail(key, f"value {problem}")
             return value
 
         self.target = context.target
         self.encrypt = flag("encrypt")
         default_dir = DEFAULT_ENCRYPTED_DIRECTORY if self.encrypt else DEFAULT_DIRECTORY
-        base = context.config.resolve_path(text("directory", default_dir) or default_dir)
+        base = context.config.resolve_path(
+            text("directory", default_dir) or default_dir, f"{where}.directory"
+        )
+        if ".." in base.parts:
+            # systemd ignores a LoadCredential= path with '..' ("not valid, ignoring").
+            raise fail("directory", "must not contain '..' (systemd refuses such paths)")
         self.base = base
         self.directory = base / context.target.name
         self.allow_persistent = flag("allow_persistent")
@@ -90,14 +118,15 @@ class CredstoreSink(Sink):
         self.group = text("group", None)
         self.with_key = text("with_key", "auto") or "auto"
         pcrs = settings.get("tpm2_pcrs")
-        if pcrs is not None and not isinstance(pcrs, str | int):
+        if isinstance(pcrs, bool) or (pcrs is not None and not isinstance(pcrs, str | int)):
+            raise fail("tpm2_pcrs", 'must be a string like "7" or "0+7"')
+        if isinstance(pcrs, str) and control_problem(pcrs) is not None:
             raise fail("tpm2_pcrs", 'must be a string like "7" or "0+7"')
         self.tpm2_pcrs = None if pcrs is None else str(pcrs)
         self.systemd_creds = text("systemd_creds", "systemd-creds") or "systemd-creds"
-        timeout = settings.get("timeout", 30)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise fail("timeout", "must be a positive number of seconds")
-        self.timeout = float(timeout)
+        self.timeout = seconds_setting(
+            settings.get("timeout", 30), file=label, key=f"{where}.timeout"
+        )
         self.where = where
         self.label = label
 
@@ -230,7 +259,10 @@ class CredstoreSink(Sink):
         lines = []
         directive = "LoadCredentialEncrypted" if self.encrypt else "LoadCredential"
         for spec in self.target.credentials:
-            path = _unit_escape(str(self.directory / spec.name))
+            problem = credential_name_problem(spec.name)
+            if problem is not None:
+                raise DeliveryError(f"{self.target.name}/{spec.name}: {problem}")
+            path = unit_path_value(self.directory / spec.name)
             if spec.optional:
                 # An empty default makes a missing optional file non-fatal for the unit.
                 lines.append(f"SetCredential={spec.name}:")

@@ -20,8 +20,9 @@ from credbridge.core.fsutil import (
     locked,
     read_private_file,
 )
+from credbridge.core.settings import path_setting
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9_.@:\\-]{1,255}$")
+_SEGMENT = re.compile(r"[A-Za-z0-9_.@:\\-]{1,255}")
 
 
 class FileStore(Store):
@@ -30,7 +31,7 @@ class FileStore(Store):
 
     def _dir(self, key: str) -> Path:
         parts = key.split("/")
-        if not all(_SEGMENT.match(p) and p not in {".", ".."} for p in parts):
+        if not all(_SEGMENT.fullmatch(p) and p not in {".", ".."} for p in parts):
             msg = f"invalid store key {key!r}"
             raise ValueError(msg)
         return self.root.joinpath(*parts)
@@ -90,8 +91,8 @@ def open_store(context: StoreContext) -> Store:
         raise ConfigError(
             f"unknown setting {sorted(unknown)[0]!r} for the file store", key=context.where
         )
-    raw = context.settings.get("path", os.environ.get("CREDBRIDGE_STORE", DEFAULT_STORE))
-    if not isinstance(raw, str):
-        raise ConfigError("must be a path string", key=f"{context.where}.path")
-    path = Path(raw).expanduser()
-    return FileStore(path if path.is_absolute() else context.config_dir / path)
+    if "path" in context.settings:
+        raw, key = context.settings["path"], f"{context.where}.path"
+    else:
+        raw, key = os.environ.get("CREDBRIDGE_STORE", DEFAULT_STORE), "CREDBRIDGE_STORE"
+    return FileStore(path_setting(raw, base=context.config_dir, file=None, key=key))

@@ -52,7 +52,7 @@ CHARSETS = {
     "ascii": "".join(chr(c) for c in range(33, 127)),
 }
 
-STORE_KEY = re.compile(r"^[A-Za-z0-9_.@:\\-]{1,255}(/[A-Za-z0-9_.@:\\-]{1,255})*$")
+STORE_KEY = re.compile(r"\A[A-Za-z0-9_.@:\\-]{1,255}(/[A-Za-z0-9_.@:\\-]{1,255})*\Z")
 """Store keys: what the file store accepts (``TARGET/CREDENTIAL`` or an ``?id=``)."""
 
 KIND_OPTIONS: dict[str, frozenset[str]] = {
@@ -204,7 +204,7 @@ def _parse_sans(text: str, reference: str) -> list[tuple[str, str]]:
 
 
 def _check_key(key: str, reference: str) -> None:
-    if not STORE_KEY.match(key) or any(p in {".", ".."} for p in key.split("/")):
+    if not STORE_KEY.fullmatch(key) or any(p in {".", ".."} for p in key.split("/")):
         raise BadReference(
             reference, f"invalid store key {key!r} (segments of A-Z a-z 0-9 '_.@:-', joined by '/')"
         )

@@ -22,7 +22,8 @@ from credbridge.core import (
     SecretDocument,
     SourceContext,
 )
-from credbridge.core.config import CREDENTIAL_NAME
+from credbridge.core.config import credential_name_problem
+from credbridge.core.settings import expand_user
 
 _TRUE = {"1", "true", "yes"}
 _FALSE = {"0", "false", "no"}
@@ -62,7 +63,10 @@ class FileSource(DocumentSource):
         self.config_dir = config_dir
 
     def fetch_document(self, locator: Locator) -> Secret | SecretDocument:
-        path = Path(locator.path).expanduser()
+        try:
+            path = expand_user(locator.path)
+        except ValueError as error:
+            raise NotFound(str(locator), str(error)) from None
         if not path.is_absolute():
             path = self.config_dir / path
         return Secret(_strip(locator, read_file(path, str(locator))))
@@ -101,7 +105,7 @@ def _validate_env(reference: Reference) -> None:
 
 def _validate_credential(reference: Reference) -> None:
     _check_strip(reference)
-    if not CREDENTIAL_NAME.match(reference.path) or reference.path in {".", ".."}:
+    if credential_name_problem(reference.path) is not None:
         raise BadReference(str(reference), "not a valid systemd credential name")
 
 

@@ -35,6 +35,7 @@ import stat
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ from credbridge.core.fsutil import (
     write_new_file,
 )
 from credbridge.core.process import child_env
+from credbridge.core.settings import name_setting, path_setting, seconds_setting
 
 log = logging.getLogger(__name__)
 
@@ -320,11 +322,14 @@ class SopsSettings:
                 return None
             if not isinstance(value, str) or not value.strip():
                 raise fail(key, "must be a non-empty string")
-            return value
+            return name_setting(value, file=config_file, key=f"{where}.{key}")
 
         def path(key: str) -> Path | None:
-            value = text(key)
-            return _config_path(value, config_dir) if value is not None else None
+            value = settings.get(key)
+            if value is None:
+                return None
+            found = path_setting(value, base=config_dir, file=config_file, key=f"{where}.{key}")
+            return Path(os.path.abspath(found))
 
         age_key = text("age_key")
         if age_key is not None:
@@ -337,15 +342,17 @@ class SopsSettings:
                 )
             if scheme in forbidden_schemes:
                 raise fail("age_key", f"cannot come from {scheme}: (it would need itself)")
-        timeout = settings.get("timeout", DEFAULT_TIMEOUT)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise fail("timeout", "must be a number of seconds greater than 0")
+        if age_key is not None and "age_key_file" in settings:
+            raise fail("age_key", "give age_key or age_key_file, not both")
+        timeout = seconds_setting(
+            settings.get("timeout", DEFAULT_TIMEOUT), file=config_file, key=f"{where}.timeout"
+        )
         return cls(
             binary=path("binary"),
             config=path("config"),
             age_key_file=path("age_key_file"),
             age_key=age_key,
-            timeout=float(timeout),
+            timeout=timeout,
         )
 
 
@@ -362,7 +369,7 @@ class SopsRunner:
         self.settings = settings
         self._resolve = resolve
         self._lock = threading.Lock()
-        self._age_key: Secret | None = None
+        self._age_key_memfd: int | None = None
         self._age_key_error: SourceError | None = None
 
     def binary(self) -> SopsBinary:
@@ -383,20 +390,32 @@ class SopsRunner:
         if self.settings.age_key_file is not None:
             extra["SOPS_AGE_KEY_FILE"] = str(self.settings.age_key_file)
         if self.settings.age_key is not None:
-            extra["SOPS_AGE_KEY"] = self._age_key_text()
+            # Never the key itself in the environment: sops reads it from an inherited
+            # memory file, which no other process can open.
+            extra["SOPS_AGE_KEY_FILE"] = f"/dev/fd/{self._age_key_fd()}"
         return child_env(extra)
 
-    def _age_key_text(self) -> str:
+    def pass_fds(self) -> tuple[int, ...]:
+        """Descriptors the child inherits: the configured age key's memory file."""
+        return () if self.settings.age_key is None else (self._age_key_fd(),)
+
+    def _age_key_fd(self) -> int:
+        """A sealed, read-only memfd holding the configured age key (made once)."""
         with self._lock:
             if self._age_key_error is not None:
                 raise self._age_key_error
-            if self._age_key is None:
+            if self._age_key_memfd is None:
                 try:
-                    self._age_key = self._load_age_key()
+                    key = self._load_age_key()
                 except SourceError as error:
                     self._age_key_error = error
                     raise
-            return self._age_key.reveal_text()
+                try:
+                    self._age_key_memfd = _sealed_memfd("credbridge-sops-age-key", key.reveal())
+                finally:
+                    key.wipe()
+                weakref.finalize(self, os.close, self._age_key_memfd)
+            return self._age_key_memfd
 
     def _load_age_key(self) -> Secret:
         reference = self.settings.age_key
@@ -442,6 +461,7 @@ class SopsRunner:
             argv += ["--config", str(self.settings.config)]
         argv += list(args)
         environment = self.environment()
+        pass_fds = (*binary.pass_fds, *self.pass_fds())
         started = time.perf_counter()
         try:
             # sops looks for .sops.yaml upward from its working directory: the file's own.
@@ -453,7 +473,7 @@ class SopsRunner:
                 stderr=subprocess.PIPE,
                 env=environment,
                 cwd=file.parent if file.parent.is_dir() else None,
-                pass_fds=binary.pass_fds,
+                pass_fds=pass_fds,
                 start_new_session=True,
             )
         except OSError as error:
@@ -486,6 +506,22 @@ class SopsRunner:
         if rc != 0:
             raise classify(rc, stderr, what=what, kind=kind)
         return stdout
+
+
+def _sealed_memfd(name: str, data: bytes) -> int:
+    """A memory file holding ``data`` that nobody can change any more (readable through
+    ``/dev/fd/N`` by a child that inherits it)."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

@@ -15,6 +15,7 @@ plugin is loaded. Settings: docs/sources/vault.md.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import threading
@@ -52,6 +53,7 @@ from credbridge.core.remote import (
     renamed,
     tls_reason,
 )
+from credbridge.core.settings import MAX_SECONDS, control_problem, path_setting
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,8 @@ AUTH_MOUNTS = {"approle": "approle", "jwt": "jwt", "kubernetes": "kubernetes"}
 
 _TRUE = {"1", "t", "true", "yes", "on"}
 _FALSE = {"0", "f", "false", "no", "off", ""}
-_SEGMENT = re.compile(r"^[^/\x00-\x1f]+$")
+_SEGMENT = re.compile(r"[^/\x00-\x1f\x7f]+")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 # Statuses worth another try: rate limit, sealed/standby/unavailable, gateway trouble.
 _RETRY_STATUSES = (429, 502, 503, 504)
 # Reads are idempotent; a login is not (a secret_id may have a use limit), so a login is
@@ -156,28 +159,36 @@ class VaultSettings:
                 return None
             if not isinstance(value, str) or not value:
                 raise fail(key, "must be a non-empty string")
+            problem = control_problem(value)
+            if problem is not None:
+                raise fail(key, f"value {problem}")
             return value
 
         def path(key: str, env_name: str) -> str | None:
             value = text(key)
             if value is not None:
-                return str(_config_path(value, config_dir))
+                return str(_config_path(value, config_dir, config_file, f"{where}.{key}"))
             found = _env(env, env_name)
             return found[1] if found else None
 
         def number(key: str, default: float, *, integer: bool = False) -> float:
             value = settings.get(key, default)
             ok = isinstance(value, int) if integer else isinstance(value, int | float)
-            if not ok or isinstance(value, bool) or value < 0:
+            # nan compares false with everything: without isfinite it would pass every check.
+            if not ok or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 kind = "an integer" if integer else "a number"
                 raise fail(key, f"must be {kind} >= 0")
+            if value > MAX_SECONDS:
+                raise fail(key, f"must be at most {MAX_SECONDS:g}")
             return float(value)
 
         address = text("address")
         if address is None:
             found = _env(env, "ADDR")
             address = found[1] if found else DEFAULT_ADDRESS
-            if found and urlsplit(address).scheme not in {"http", "https"}:
+            if found and (
+                urlsplit(address).scheme not in {"http", "https"} or control_problem(address)
+            ):
                 raise env_fail(found[0], "must be an http:// or https:// URL")
         if urlsplit(address).scheme not in {"http", "https"} or not urlsplit(address).netloc:
             raise fail("address", "must be an http:// or https:// URL")
@@ -186,6 +197,8 @@ class VaultSettings:
         if namespace is None:
             found = _env(env, "NAMESPACE")
             namespace = found[1] if found else None
+            if found and control_problem(found[1]) is not None:
+                raise env_fail(found[0], "must not contain control characters")
 
         verify: bool | str = True
         ca_cert, ca_path = path("ca_cert", "CACERT"), path("ca_path", "CAPATH")
@@ -246,16 +259,18 @@ class VaultSettings:
         )
 
 
-def _config_path(value: str, config_dir: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else config_dir / path
+def _config_path(value: str, config_dir: Path, config_file: str | None, key: str) -> Path:
+    return path_setting(value, base=config_dir, file=config_file, key=key)
 
 
 def _token_from_environment(environ: Mapping[str, str], home: Path | None) -> str | None:
     found = _env(environ, "TOKEN")
     if found:
         return found[1].strip()
-    base = home if home is not None else Path(environ.get("HOME") or Path.home())
+    try:
+        base = home if home is not None else Path(environ.get("HOME") or Path.home())
+    except RuntimeError:  # no $HOME and no home directory: there is no ~/.vault-token
+        return None
     try:
         return (base / ".vault-token").read_text().strip() or None
     except (OSError, UnicodeDecodeError):
@@ -279,6 +294,9 @@ def _load_auth(raw: Any, fail: Callable[[str, str], ConfigError], config_dir: Pa
             return None
         if not isinstance(value, str) or not value.strip():
             raise fail(f"auth.{key}", "must be a non-empty string")
+        problem = control_problem(value)
+        if problem is not None:  # never the value itself: it may be a token
+            raise fail(f"auth.{key}", f"value {problem}")
         return value
 
     def reference(key: str) -> str | None:
@@ -286,7 +304,7 @@ def _load_auth(raw: Any, fail: Callable[[str, str], ConfigError], config_dir: Pa
         if value is None:
             return None
         scheme = value.partition(":")[0]
-        if ":" not in value or not re.match(r"^[a-z][a-z0-9+.-]*$", scheme):
+        if ":" not in value or not _SCHEME.fullmatch(scheme):
             raise fail(
                 f"auth.{key}",
                 "must be a reference such as 'file:/etc/credbridge/x' or 'credential:x'",
@@ -301,10 +319,16 @@ def _load_auth(raw: Any, fail: Callable[[str, str], ConfigError], config_dir: Pa
         if len(given) > 1:
             raise fail(f"auth.{given[1]}", "give only one of token, token_file, token_ref")
         token_file = text("token_file")
+        token_path = None
+        if token_file is not None:
+            try:
+                token_path = path_setting(token_file, base=config_dir, file=None, key="")
+            except ConfigError as error:
+                raise fail("auth.token_file", error.message) from None
         return AuthSettings(
             method=method,
             token=text("token"),
-            token_file=_config_path(token_file, config_dir) if token_file else None,
+            token_file=token_path,
             token_ref=reference("token_ref"),
         )
     if method == "approle":
@@ -335,7 +359,7 @@ def _split(path: str) -> list[str]:
 def _validate(reference: Reference) -> None:
     text = str(reference)
     parts = _split(reference.path)
-    if len(parts) < 2 or not all(_SEGMENT.match(p) and p not in {".", ".."} for p in parts):
+    if len(parts) < 2 or not all(_SEGMENT.fullmatch(p) and p not in {".", ".."} for p in parts):
         raise BadReference(text, "expected vault:MOUNT/PATH (e.g. vault:secret/app/db#password)")
     kv = reference.option("kv")
     if kv is not None and kv not in {"1", "2"}:

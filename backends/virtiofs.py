@@ -40,7 +40,7 @@ SINK_NAME = "virtiofs"
 DEFAULT_TAG = "credbridge"
 TAG_MAX = 36  # virtio-fs config space: tag[36]
 SUBDIR = "virtiofs"
-_TAG = re.compile(r"^[A-Za-z0-9_.-]+$")
+_TAG = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class VirtiofsSink(VmSink):
@@ -55,7 +55,7 @@ class VirtiofsSink(VmSink):
                 key=context.where,
             )
         tag = settings.get("tag", DEFAULT_TAG)
-        if not isinstance(tag, str) or not _TAG.match(tag) or len(tag) > TAG_MAX:
+        if not isinstance(tag, str) or not _TAG.fullmatch(tag) or len(tag) > TAG_MAX:
             raise ConfigError(
                 f"must be 1-{TAG_MAX} characters of letters, digits, '_.-'",
                 file=label,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from credbridge.core import __version__
-from credbridge.core.errors import CredbridgeError, ExitCode, PluginFailed
+from credbridge.core.errors import CredbridgeError, ExitCode, PluginFailed, printable
 
 if TYPE_CHECKING:
     from credbridge.core.config import Config
@@ -32,7 +32,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CredbridgeError as error:
-            for line in str(error).splitlines():
+            # lines() escapes control characters from user input: one message, no forged lines.
+            for line in error.lines():
                 click.echo(f"credbridge: error: {line}", err=True)
             if isinstance(error, PluginFailed):
                 _show_where(ctx, error.error)
@@ -115,10 +116,18 @@ def _config_option() -> click.Option:
     )
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Log messages carry names and paths from users: escape their control characters."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("credbridge: %(levelname)s: %(message)s"))
+    handler.setFormatter(_OneLineFormatter("credbridge: %(levelname)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -205,12 +214,21 @@ def deliver(state: State, targets: tuple[str, ...], dry_run: bool, as_json: bool
     verb = "would " if dry_run else ""
     for entry in report.entries:
         detail = f" ({entry.detail})" if entry.detail else ""
-        click.echo(
-            f"{entry.target}\t{entry.credential}\t{entry.reference}\t{entry.sink}\t{verb}{entry.change.value}{detail}"
+        _row(
+            entry.target,
+            entry.credential,
+            entry.reference,
+            entry.sink,
+            f"{verb}{entry.change.value}{detail}",
         )
     # For a person: on stderr, so the lines above stay the whole of stdout for scripts.
     for line in report.summary():
-        click.echo(f"credbridge: {line}", err=True)
+        click.echo(f"credbridge: {printable(line)}", err=True)
+
+
+def _row(*fields: str) -> None:
+    """One tab-separated output line; a tab or newline inside a field is shown escaped."""
+    click.echo("\t".join(printable(field) for field in fields))
 
 
 class SecretToTerminal(CredbridgeError):
@@ -271,7 +289,11 @@ def export(state: State, reference: str, path: Path) -> None:
 def unit(state: State, target: str, install: bool, unit_dir: Path) -> None:
     """Print (or --install) the [Service] drop-in that loads TARGET's credentials."""
     from credbridge.core.fsutil import atomic_write
+    from credbridge.core.settings import control_problem
 
+    problem = control_problem(str(unit_dir))
+    if problem is not None:
+        raise click.BadParameter(f"path {problem}", param_hint="--unit-dir")
     with state.session() as session:
         found, text = session.unit_dropin(target)
     if not install:
@@ -339,17 +361,17 @@ def plugins(as_json: bool) -> None:
         state = "" if info.state in {"loaded", "registered"} else f"  [{info.state}]"
         click.echo(f"{info.name} ({origin}){state}")
         if info.error:
-            click.echo(f"  error: {info.error}")
+            click.echo(f"  error: {printable(info.error)}")
         for label in ("sources", "sinks", "launchers", "stores", "commands"):
             names = getattr(info, label)
             if names:
                 click.echo(f"  {label}: {', '.join(sorted(names))}")
         for warning in info.warnings:
-            click.echo(f"  warning: {warning}")
+            click.echo(f"  warning: {printable(warning)}")
     for conflict in conflicts:
-        click.echo(f"conflict: {manager.conflict_message(conflict)}")
+        click.echo(f"conflict: {printable(manager.conflict_message(conflict))}")
     for problem in manager.problems:
-        click.echo(f"problem: {problem}")
+        click.echo(f"problem: {printable(problem)}")
 
 
 @cli.command()
@@ -371,7 +393,7 @@ def check(state: State, targets: tuple[str, ...], as_json: bool) -> None:
         for result in results:
             mark = "ok" if result.ok else "FAIL"
             what = f"{result.target}/{result.credential}" if result.credential else result.target
-            click.echo(f"{mark}\t{what}\t{result.reference}\t{result.detail}")
+            _row(mark, what, result.reference, result.detail)
     if failed:
         sys.exit(failed[0].exit_code or int(ExitCode.NOT_FOUND))
 

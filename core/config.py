@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from credbridge.core.errors import BadReference, ConfigError
 from credbridge.core.reference import Reference, parse_reference
+from credbridge.core.settings import int_setting, path_setting
 
 if TYPE_CHECKING:
     from credbridge.core.plugins import PluginManager
@@ -26,9 +27,55 @@ CONFIG_ENV = "CREDBRIDGE_CONFIG"
 DEFAULT_STORE = "/var/lib/credbridge"
 DEFAULT_CONCURRENCY = 16
 
-CREDENTIAL_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,255}$")
-TARGET_NAME = re.compile(r"^[A-Za-z0-9_.@:\\-]{1,255}$")
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+# \A and \Z, not ^ and $: "$" also matches before a trailing newline, and "db\n" is no name.
+CREDENTIAL_NAME = re.compile(r"\A[A-Za-z0-9_.@-]{1,255}\Z")
+TARGET_NAME = re.compile(r"\A[A-Za-z0-9_.@:\\-]{1,255}\Z")
+UNIT_TYPES = (
+    "service",
+    "socket",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "target",
+    "path",
+    "timer",
+    "slice",
+    "scope",
+)
+UNIT_NAME = re.compile(
+    r"\A[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\@-]*)?\.(" + "|".join(UNIT_TYPES) + r")\Z"
+)
+_BARE_KEY = re.compile(r"\A[A-Za-z0-9_-]+\Z")
+
+
+def credential_name_problem(name: object) -> str | None:
+    """Why ``name`` is not a credential name credbridge accepts, or ``None``."""
+    if not isinstance(name, str) or not CREDENTIAL_NAME.fullmatch(name):
+        return "invalid credential name (1-255 of A-Z a-z 0-9 '_.@-'; systemd rules)"
+    if name in {".", ".."}:
+        return "invalid credential name ('.' and '..' are not names)"
+    return None
+
+
+def target_name_problem(name: object) -> str | None:
+    """Why ``name`` is not a target name (it names a directory in the credstore), or ``None``."""
+    if not isinstance(name, str) or not TARGET_NAME.fullmatch(name):
+        return "invalid target name (1-255 of letters, digits, '_.@:-' and '\\')"
+    if name.startswith("."):
+        return "invalid target name (must not start with '.': hidden names are staging areas)"
+    return None
+
+
+def unit_name_problem(name: object) -> str | None:
+    """Why ``name`` is not a systemd unit name like ``app.service``, or ``None``."""
+    if not isinstance(name, str) or len(name) > 255 or not UNIT_NAME.fullmatch(name):
+        return (
+            "must be a systemd unit name like 'app.service' "
+            f"(letters, digits, ':_.-\\', one '@', a type: {', '.join(UNIT_TYPES)})"
+        )
+    return None
+
 
 TARGET_KINDS = ("unit", "vm")
 DEFAULT_SINK = {"unit": "credstore", "vm": "oem-strings"}
@@ -37,7 +84,9 @@ DEFAULT_LAUNCHER = "cloud-hypervisor"
 
 def keypath(*parts: str) -> str:
     """Render a TOML key path, quoting parts that are not bare keys."""
-    return ".".join(p if _BARE_KEY.match(p) else '"' + p.replace('"', '\\"') + '"' for p in parts)
+    return ".".join(
+        p if _BARE_KEY.fullmatch(p) else '"' + p.replace('"', '\\"') + '"' for p in parts
+    )
 
 
 @dataclass(frozen=True)
@@ -102,10 +151,13 @@ class Config:
             known = ", ".join(sorted(self.targets)) or "none"
             raise ConfigError(f"no target {name!r} (targets: {known})", file=self.label) from None
 
-    def resolve_path(self, value: str | os.PathLike[str]) -> Path:
-        """A path from the config, relative to the config file's directory."""
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else self.directory / path
+    def resolve_path(self, value: str | os.PathLike[str], key: str = "") -> Path:
+        """A path from the config, relative to the config file's directory.
+
+        Raises :class:`ConfigError` naming ``key`` for control characters, an empty path or
+        a ``~USER`` that does not exist (see :func:`credbridge.core.settings.path_setting`).
+        """
+        return path_setting(os.fspath(value), base=self.directory, file=self.label, key=key)
 
     def sink_settings(self, target: Target) -> dict[str, Any]:
         """Global ``[sinks.NAME]`` settings overlaid with the target's own ``sink`` table."""
@@ -138,6 +190,8 @@ def load_config(
         ) from None
     except OSError as error:
         raise ConfigError(f"cannot read config: {error.strerror}", file=str(file)) from None
+    except ValueError:  # a NUL byte: no file has such a name
+        raise ConfigError("config path contains a NUL byte", file=repr(str(file))) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -217,13 +271,13 @@ def parse_config(
     for key in general:
         if key not in {"concurrency", "store"}:
             raise fail(keypath("credbridge", key), "unknown setting (expected concurrency, store)")
-    concurrency = general.get("concurrency", DEFAULT_CONCURRENCY)
-    if (
-        not isinstance(concurrency, int)
-        or isinstance(concurrency, bool)
-        or not 1 <= concurrency <= 256
-    ):
-        raise fail("credbridge.concurrency", "must be an integer from 1 to 256")
+    concurrency = int_setting(
+        general.get("concurrency", DEFAULT_CONCURRENCY),
+        file=label,
+        key="credbridge.concurrency",
+        minimum=1,
+        maximum=256,
+    )
 
     store = dict(table(data.get("store", {}), "store"))
     store_type = store.pop("type", "file")
@@ -232,6 +286,7 @@ def parse_config(
     if "store" in general:
         if not isinstance(general["store"], str):
             raise fail("credbridge.store", "must be a path string")
+        path_setting(general["store"], base=base, file=label, key="credbridge.store")
         store.setdefault("path", general["store"])
 
     sources = {
@@ -246,8 +301,9 @@ def parse_config(
     targets: dict[str, Target] = {}
     for name, body in table(data.get("targets", {}), "targets").items():
         where = keypath("targets", name)
-        if not TARGET_NAME.match(name):
-            raise fail(where, "invalid target name (letters, digits, '_.@:-' and '\\')")
+        problem = target_name_problem(name)
+        if problem is not None:
+            raise fail(where, problem)
         targets[name] = _parse_target(name, table(body, where), where, fail)
 
     config = Config(
@@ -281,9 +337,9 @@ def _parse_target(name: str, body: Mapping[str, Any], where: str, fail: Any) -> 
         raise fail(f"{where}.kind", f"must be one of {', '.join(TARGET_KINDS)}, not {kind!r}")
     unit = body.get("unit")
     if unit is None and kind == "unit":
-        unit = name if "." in name else f"{name}.service"
-    if unit is not None and (not isinstance(unit, str) or not TARGET_NAME.match(unit)):
-        raise fail(f"{where}.unit", "must be a systemd unit name")
+        unit = name if name.rpartition(".")[2] in UNIT_TYPES else f"{name}.service"
+    if unit is not None and (problem := unit_name_problem(unit)) is not None:
+        raise fail(f"{where}.unit", problem)
 
     sink, sink_settings = _typed_table(body.get("sink", DEFAULT_SINK[kind]), f"{where}.sink", fail)
     launcher: str | None = None
@@ -299,10 +355,9 @@ def _parse_target(name: str, body: Mapping[str, Any], where: str, fail: Any) -> 
     credentials = []
     for cred_name, spec in creds_raw.items():
         cwhere = keypath("targets", name, "credentials", cred_name)
-        if not CREDENTIAL_NAME.match(cred_name) or cred_name in {".", ".."}:
-            raise fail(
-                cwhere, "invalid credential name (1-255 of A-Z a-z 0-9 '_.@-'; systemd rules)"
-            )
+        problem = credential_name_problem(cred_name)
+        if problem is not None:
+            raise fail(cwhere, problem)
         credentials.append(_parse_credential(cred_name, spec, cwhere, fail))
     return Target(
         name=name,

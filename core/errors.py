@@ -10,6 +10,32 @@ Messages name the file, key, reference, credential or source at fault and never 
 from __future__ import annotations
 
 import enum
+import unicodedata
+
+# Characters that end a line or rewrite a terminal: C0/C1 controls, DEL, line/paragraph
+# separators, format characters (bidi overrides) and lone surrogates (undecodable argv bytes).
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def printable(text: str) -> str:
+    """``text`` with every character that could split or disguise a line shown escaped.
+
+    Error lines, log messages and tabular output carry names, paths and references that came
+    from users; a ``%0A`` in a selector must not print as a second, forged line. Control
+    characters become ``\\n``, ``\\x1b``, ``\\u202e``; bytes that were not UTF-8 in argv
+    (surrogate escapes) become ``\\xff``. Everything else, backslashes included, is kept.
+    """
+    if text.isprintable():
+        return text
+    out = []
+    for char in text:
+        if unicodedata.category(char) not in _UNSAFE_CATEGORIES:
+            out.append(char)
+        elif "\udc80" <= char <= "\udcff":
+            out.append(f"\\x{ord(char) - 0xDC00:02x}")
+        else:
+            out.append(repr(char)[1:-1])
+    return "".join(out)
 
 
 class ExitCode(enum.IntEnum):
@@ -37,9 +63,14 @@ class CredbridgeError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        """The raw message; what users see is :meth:`lines` (control characters escaped)."""
+
+    def lines(self) -> list[str]:
+        """The message as printed: one line, user-supplied control characters escaped."""
+        return [printable(self.message)]
 
     def __str__(self) -> str:
-        return self.message
+        return "\n".join(self.lines())
 
 
 class ConfigError(CredbridgeError):
@@ -172,3 +203,10 @@ class ResolutionFailed(CredbridgeError):
         head = f"{len(failures)} credential(s) could not be resolved; nothing was delivered"
         super().__init__("\n".join([head, *lines]) if len(lines) > 1 else lines[0])
         self.exit_code = failures[0].exit_code
+
+    def lines(self) -> list[str]:
+        """A head line, then one line per failed credential (each escaped on its own)."""
+        if len(self.failures) == 1:
+            return self.failures[0].lines()
+        head = f"{len(self.failures)} credential(s) could not be resolved; nothing was delivered"
+        return [head, *(line for f in self.failures for line in f.lines())]

@@ -8,6 +8,9 @@ Grammar (docs/references.md)::
     selector  = json-pointer / key                         ; "#/db/password" or "#password"
 
 ``path`` is percent-decoded, so ``%23`` and ``%3F`` stand for a literal ``#`` and ``?``.
+Percent-encoded bytes must be UTF-8. The reference text, its decoded path and its options
+carry no control characters; only a selector may (a JSON key can hold anything), and it is
+shown escaped in messages. ``str(parse_reference(s))`` parses back to an equal reference.
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from credbridge.core.errors import BadReference, InvalidValue, NotFound
 from credbridge.core.secret import Secret, SecretDocument, leaf_to_secret
+from credbridge.core.settings import control_problem
 
-_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
+_DIGITS = re.compile(r"[0-9]+")
+# Kept readable in a canonical selector; everything else (``%``, spaces, controls) is encoded.
+_SELECTOR_SAFE = "/~:@=+,;!$&*()[]'"
 
 
 @dataclass(frozen=True, order=True)
@@ -75,10 +82,9 @@ class Reference:
         raw = self.option(key)
         if raw is None:
             return default
-        try:
-            value = int(raw, 10)
-        except ValueError:
-            raise BadReference(str(self), f"option {key}={raw!r} is not an integer") from None
+        if not _DIGITS.fullmatch(raw) or len(raw) > 20:
+            raise BadReference(str(self), f"option {key}={raw!r} is not an integer")
+        value = int(raw, 10)
         if not minimum <= value <= maximum:
             raise BadReference(str(self), f"option {key}={value} is outside {minimum}..{maximum}")
         return value
@@ -86,7 +92,7 @@ class Reference:
     def __str__(self) -> str:
         text = str(self.locator)
         if self.selector is not None:
-            text += "#" + self.selector
+            text += "#" + quote(self.selector, safe=_SELECTOR_SAFE)
         return text
 
     def select(self, document: Secret | SecretDocument) -> Secret:
@@ -100,20 +106,28 @@ def parse_reference(text: str) -> Reference:
         raise BadReference(str(text), "empty reference")
     if text != text.strip() or "\n" in text:
         raise BadReference(text, "reference must be one line without surrounding spaces")
+    problem = control_problem(text)
+    if problem is not None:
+        raise BadReference(text, f"reference {problem}; percent-encode such bytes")
     scheme, sep, rest = text.partition(":")
     if not sep:
         raise BadReference(text, "missing 'SCHEME:' prefix (e.g. 'file:/path')")
-    if not _SCHEME.match(scheme):
+    if not _SCHEME.fullmatch(scheme):
         raise BadReference(text, f"invalid scheme {scheme!r} (lowercase letters, digits, '-+.')")
     rest, hash_sep, selector = rest.partition("#")
     path_part, _, query = rest.partition("?")
-    path = unquote(path_part)
+    path = _decode(path_part, text, "path")
     if not path:
         raise BadReference(text, "empty path")
+    problem = control_problem(path)
+    if problem is not None:
+        raise BadReference(text, f"path {problem}")
     options: list[tuple[str, str]] = []
     if query:
         try:
-            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True, errors="strict")
+        except UnicodeDecodeError:
+            raise BadReference(text, "percent-encoded bytes in the options are not UTF-8") from None
         except ValueError:
             raise BadReference(
                 text, f"options {query!r} are not KEY=VALUE pairs joined by '&'"
@@ -122,16 +136,28 @@ def parse_reference(text: str) -> Reference:
         for key, value in pairs:
             if key in seen:
                 raise BadReference(text, f"option {key!r} given twice")
+            problem = control_problem(key + value)
+            if problem is not None:
+                raise BadReference(text, f"option {key!r} {problem}")
             seen.add(key)
             options.append((key, value))
     sel: str | None = None
     if hash_sep:
         if not selector:
             raise BadReference(text, "empty selector after '#'")
-        sel = unquote(selector)
+        sel = _decode(selector, text, "selector")
         if sel.startswith("/"):
             _split_pointer(sel, text)  # validate escapes now, not at fetch time
     return Reference(Locator(scheme, path, tuple(sorted(options))), sel, text)
+
+
+def _decode(part: str, reference: str, what: str) -> str:
+    try:
+        return unquote(part, errors="strict")
+    except UnicodeDecodeError:
+        raise BadReference(
+            reference, f"percent-encoded bytes in the {what} are not UTF-8"
+        ) from None
 
 
 def _split_pointer(pointer: str, reference: str) -> list[str]:

@@ -12,7 +12,8 @@ problems to solve, and solves them here once (docs/plugins.md, "Networked source
   raised into a short, value-free reason for :class:`Unreachable`/:class:`Timeout` errors;
 * :func:`cap_library_logging` keeps client libraries that log request and response bodies
   at DEBUG (botocore does) from printing secrets at ``credbridge -vv``;
-* :class:`SettingsTable` reads a ``[sources.SCHEME]`` table with errors that name the key.
+* :class:`~credbridge.core.settings.SettingsTable` (re-exported here) reads a
+  ``[sources.SCHEME]`` table with errors that name the key.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
-from credbridge.core.errors import ConfigError, PluginError, SourceError
+from credbridge.core.errors import PluginError, SourceError
 from credbridge.core.secret import Secret, SecretDocument
+from credbridge.core.settings import SettingsTable
 
 WINDOW = 8
 """A reply sharing this many consecutive bytes with a secret form is withheld."""
@@ -346,84 +348,6 @@ def cap_library_logging(loggers: Iterable[str], *, keep_debug: Iterable[str] = (
                 logger.setLevel(floor)
         for name in keep_debug:
             logging.getLogger(name).setLevel(root_level)
-
-
-# --------------------------------------------------------------------------- settings
-
-
-class SettingsTable:
-    """Reads a ``[sources.SCHEME]`` table; every error names the file and the key."""
-
-    def __init__(
-        self,
-        settings: Mapping[str, Any],
-        *,
-        where: str,
-        config_file: str | None,
-        known: Iterable[str],
-    ) -> None:
-        self.settings = settings
-        self.where = where
-        self.config_file = config_file
-        self.known = frozenset(known)
-        unknown = sorted(str(k) for k in set(settings) - self.known)
-        if unknown:
-            raise self.fail(unknown[0], f"unknown setting (known: {', '.join(sorted(self.known))})")
-
-    def fail(self, key: str, message: str) -> ConfigError:
-        return ConfigError(
-            message, file=self.config_file, key=f"{self.where}.{key}" if key else self.where
-        )
-
-    def text(self, key: str, default: str | None = None) -> str | None:
-        value = self.settings.get(key)
-        if value is None:
-            return default
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, "must be a non-empty string")
-        if any(not ch.isprintable() for ch in value):
-            raise self.fail(key, "must not contain control characters")
-        return value
-
-    def choice(self, key: str, choices: Iterable[str], default: str) -> str:
-        allowed = list(choices)
-        value = self.settings.get(key, default)
-        if value not in allowed:
-            raise self.fail(key, f"must be one of {', '.join(allowed)}")
-        return str(value)
-
-    def flag(self, key: str, default: bool) -> bool:
-        value = self.settings.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, "must be true or false")
-        return value
-
-    def number(
-        self, key: str, default: float, *, minimum: float = 0.0, maximum: float = math.inf
-    ) -> float:
-        """A finite number in ``[minimum, maximum]`` (``> 0`` when ``minimum`` is 0 and ...)."""
-        value = self.settings.get(key, default)
-        if (
-            not isinstance(value, int | float)
-            or isinstance(value, bool)
-            or not math.isfinite(value)
-            or not minimum <= value <= maximum
-        ):
-            upper = "" if maximum == math.inf else f" and <= {maximum:g}"
-            raise self.fail(key, f"must be a number >= {minimum:g}{upper}")
-        return float(value)
-
-    def timeout(self, key: str, default: float) -> float:
-        value = self.number(key, default, maximum=3600)
-        if value <= 0:
-            raise self.fail(key, "must be greater than 0")
-        return value
-
-    def integer(self, key: str, default: int, *, minimum: int, maximum: int) -> int:
-        value = self.settings.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
-            raise self.fail(key, f"must be an integer from {minimum} to {maximum}")
-        return value
 
 
 def fan_out(

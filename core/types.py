@@ -25,12 +25,12 @@ from credbridge.core.secret import Secret, SecretDocument
 if TYPE_CHECKING:
     from credbridge.core.config import Config, Target
 
-_NAME = re.compile(r"^[a-z][a-z0-9+._-]*$")
+_NAME = re.compile(r"[a-z][a-z0-9+._-]*")
 TARGET_KINDS = frozenset({"unit", "vm"})
 
 
 def _check_name(kind: str, name: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise PluginError(f"invalid {kind} name {name!r}: use lowercase letters, digits, '-+._'")
 
 

@@ -30,13 +30,13 @@ def name_problem(name: str) -> str | None:
         return "empty name"
     if name in {".", ".."}:
         return "'.' and '..' are not credential names"
-    if len(name.encode()) > NAME_MAX:
-        return f"longer than {NAME_MAX} bytes"
     for char in name:
         if not " " <= char <= "~":
             return "only printable ASCII is allowed"
         if char in "/:":
             return f"{char!r} is not allowed"
+    if len(name) > NAME_MAX:  # ASCII by now: characters are bytes
+        return f"longer than {NAME_MAX} bytes"
     return None
 
 

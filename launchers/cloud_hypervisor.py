@@ -47,6 +47,7 @@ from credbridge.core import (
     Secret,
 )
 from credbridge.core.remote import Redactor
+from credbridge.core.settings import seconds_setting
 from credbridge.core.vm import VmChannel, VmSink
 from credbridge.launchers.runtime import (
     RUNTIME_SETTINGS,
@@ -73,8 +74,9 @@ _CMDLINE_OEM = re.compile(
     rb"io\.systemd\.credential\.binary:[A-Za-z0-9_.@-]{1,255}=[A-Za-z0-9+/]*={0,2}"
 )
 _CLI_UNSAFE = re.compile(r'[,\[\]"\s]')
-_VERBOSE_ARG = re.compile(r"^(-v+|--verbose)$")
+_VERBOSE_ARG = re.compile(r"-v+|--verbose")
 _POLL = 0.01
+MAX_VERBOSE = 8  # cloud-hypervisor knows -v, -vv, -vvv; a huge count would only build argv
 _CONSOLE_MODE = {
     "off": "Off",
     "null": "Null",
@@ -337,9 +339,11 @@ class CloudHypervisorLauncher(Launcher):
         verbose = settings.get("verbose", 0)
         if isinstance(verbose, bool):
             verbose = int(verbose)
-        if not isinstance(verbose, int) or verbose < 0:
+        if not isinstance(verbose, int) or not 0 <= verbose <= MAX_VERBOSE:
             raise ConfigError(
-                "must be true/false or a count", file=label, key=f"{self.where}.verbose"
+                f"must be true/false or a count from 0 to {MAX_VERBOSE}",
+                file=label,
+                key=f"{self.where}.verbose",
             )
         self.verbose = verbose
         self.on_cmdline = _bool(settings, "oem_strings_on_cmdline", label, self.where)
@@ -356,16 +360,9 @@ class CloudHypervisorLauncher(Launcher):
             )
         self.platform = dict(platform)
         self.allow_persistent = _bool(settings, "allow_persistent", label, self.where)
-        stop_timeout = settings.get("stop_timeout", 10)
-        if (
-            not isinstance(stop_timeout, int | float)
-            or isinstance(stop_timeout, bool)
-            or stop_timeout <= 0
-        ):
-            raise ConfigError(
-                "must be a positive number of seconds", file=label, key=f"{self.where}.stop_timeout"
-            )
-        self.stop_timeout = float(stop_timeout)
+        self.stop_timeout = seconds_setting(
+            settings.get("stop_timeout", 10), file=label, key=f"{self.where}.stop_timeout"
+        )
         virtiofsd = settings.get("virtiofsd")
         if virtiofsd is not None and not isinstance(virtiofsd, str):
             raise ConfigError("must be a program path", file=label, key=f"{self.where}.virtiofsd")
@@ -411,7 +408,7 @@ class CloudHypervisorLauncher(Launcher):
         """cloud-hypervisor logs the whole VmConfig (OEM strings included) at -v."""
         if not has_secrets:
             return
-        if self.verbose or any(_VERBOSE_ARG.match(a) for a in self.vm.extra_args):
+        if self.verbose or any(_VERBOSE_ARG.fullmatch(a) for a in self.vm.extra_args):
             raise ConfigError(
                 "refusing to run cloud-hypervisor with -v while the VM has credentials: "
                 "at -v it logs the whole VM config, secrets included",

@@ -40,6 +40,7 @@ from credbridge.core import (
     Pending,
     Secret,
 )
+from credbridge.core.settings import name_setting, seconds_setting
 from credbridge.core.vm import VmChannel, VmSink
 from credbridge.launchers.runtime import (
     RUNTIME_SETTINGS,
@@ -59,7 +60,7 @@ EXTRA_KEYS = frozenset({"machine", "accel", "cpu", "smbios_path"}) | RUNTIME_SET
 MEMORY_BACKEND_ID = "credbridge-mem"
 _VERSION = re.compile(r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?")
 _UBUNTU = re.compile(r"ubuntu(\d+)\.(\d+)")
-_WORD = re.compile(r"^[a-z0-9_-]+$")
+_WORD = re.compile(r"[a-z0-9_-]+")
 _MIB = 1 << 20
 
 Version = tuple[int, int, int]
@@ -163,15 +164,12 @@ class QemuLauncher(Launcher):
         settings = context.settings
 
         def word(key: str, default: str) -> str:
-            value = settings.get(key, default)
-            if not isinstance(value, str) or not value:
-                raise ConfigError("must be a non-empty string", file=label, key=f"{where}.{key}")
-            return value
+            return name_setting(settings.get(key, default), file=label, key=f"{where}.{key}")
 
         self.machine = word("machine", "q35")
         self.cpu = word("cpu", "max")
         self.accel = word("accel", "kvm:tcg").split(":")
-        if not all(_WORD.match(a) for a in self.accel):
+        if not all(_WORD.fullmatch(a) for a in self.accel):
             raise ConfigError(
                 'must be accelerators separated by ":" like "kvm:tcg"',
                 file=label,
@@ -196,12 +194,9 @@ class QemuLauncher(Launcher):
                 "must be a list of strings", file=label, key=f"{where}.virtiofsd_args"
             )
         self.virtiofsd_args: list[str] = vargs
-        stop = settings.get("stop_timeout", 10)
-        if not isinstance(stop, int | float) or isinstance(stop, bool) or stop <= 0:
-            raise ConfigError(
-                "must be a positive number of seconds", file=label, key=f"{where}.stop_timeout"
-            )
-        self.stop_timeout = float(stop)
+        self.stop_timeout = seconds_setting(
+            settings.get("stop_timeout", 10), file=label, key=f"{where}.stop_timeout"
+        )
         if self.spec.memory_bytes % _MIB:
             raise ConfigError("QEMU needs a whole number of MiB", file=label, key=f"{where}.memory")
         if self.spec.serial.mode == "tty" and self.spec.console.mode == "tty":

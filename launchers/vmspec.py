@@ -26,6 +26,7 @@ from typing import Any
 
 from credbridge.core.config import Config
 from credbridge.core.errors import ConfigError
+from credbridge.core.settings import control_problem, seconds_setting
 
 COMMON_KEYS = frozenset(
     {
@@ -45,7 +46,9 @@ COMMON_KEYS = frozenset(
         "timeout",
     }
 )
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"\s*([0-9]{1,15})\s*([KMGT]?)i?B?\s*", re.IGNORECASE)
+_OPTION_KEY = re.compile(r"[a-z][a-z0-9_.-]*")
+MAX_MEMORY = 1 << 50  # 1 PiB: beyond any host; keeps a typo from reaching the hypervisor
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 CONSOLE_MODES = ("off", "null", "tty", "pty", "file", "socket")
 
@@ -89,10 +92,13 @@ class VmSpec:
 
 
 def parse_size(value: Any, where: str, label: str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    if isinstance(value, str) and (match := _SIZE.match(value)):
-        return int(match.group(1)) * _UNITS[match.group(2).upper()]
+    size = 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value)):
+        size = int(match.group(1)) * _UNITS[match.group(2).upper()]
+    if 0 < size <= MAX_MEMORY:
+        return size
     raise ConfigError(f'{value!r} is not a size like "512M" or "1G"', file=label, key=where)
 
 
@@ -112,7 +118,7 @@ def _console(value: Any, where: str, config: Config) -> ConsoleSpec:
     if mode in {"file", "socket"}:
         if not path:
             raise ConfigError(f'{mode} needs a path: "{mode}:/path"', file=config.label, key=where)
-        return ConsoleSpec(mode, config.resolve_path(path))
+        return ConsoleSpec(mode, config.resolve_path(path, where))
     return ConsoleSpec(mode)
 
 
@@ -149,7 +155,7 @@ def parse_vm_spec(
             return None
         if not isinstance(value, str):
             raise ConfigError("must be a path string", file=label, key=f"{where}.{key}")
-        return config.resolve_path(value)
+        return config.resolve_path(value, f"{where}.{key}")
 
     kernel, firmware = path("kernel"), path("firmware")
     if kernel is None and firmware is None:
@@ -171,25 +177,29 @@ def parse_vm_spec(
         if not isinstance(disk, Mapping) or not isinstance(disk.get("path"), str):
             raise ConfigError("must be a table with a 'path' string", file=label, key=dwhere)
         extra = {k: v for k, v in disk.items() if k not in {"path", "readonly"}}
+        for key in extra:
+            # Keys become hypervisor option names (QEMU's -drive KEY=VALUE): words only.
+            if not _OPTION_KEY.fullmatch(key):
+                raise ConfigError(
+                    "disk option names are lowercase words (letters, digits, '_.-')",
+                    file=label,
+                    key=f"{dwhere}.{key}",
+                )
         readonly = disk.get("readonly", False)
         if not isinstance(readonly, bool):
             raise ConfigError("must be true or false", file=label, key=f"{dwhere}.readonly")
-        disks.append(Disk(config.resolve_path(disk["path"]), readonly, extra))
+        disks.append(Disk(config.resolve_path(disk["path"], f"{dwhere}.path"), readonly, extra))
     net = settings.get("net", [])
     if not isinstance(net, list) or not all(isinstance(n, Mapping) for n in net):
         raise ConfigError("must be a list of tables", file=label, key=f"{where}.net")
     binary = settings.get("binary")
-    if binary is not None and not isinstance(binary, str):
+    if binary is not None and (not isinstance(binary, str) or control_problem(binary)):
         raise ConfigError("must be a program name or path", file=label, key=f"{where}.binary")
     extra_args = settings.get("extra_args", [])
     if not isinstance(extra_args, list) or not all(isinstance(a, str) for a in extra_args):
         raise ConfigError("must be a list of strings", file=label, key=f"{where}.extra_args")
     runtime = path("runtime_dir") or default_runtime_dir(name)
-    timeout = settings.get("timeout", 30)
-    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-        raise ConfigError(
-            "must be a positive number of seconds", file=label, key=f"{where}.timeout"
-        )
+    timeout = seconds_setting(settings.get("timeout", 30), file=label, key=f"{where}.timeout")
     return VmSpec(
         name=name,
         kernel=kernel,
@@ -205,6 +215,6 @@ def parse_vm_spec(
         binary=binary,
         runtime_dir=runtime,
         extra_args=tuple(extra_args),
-        timeout=float(timeout),
+        timeout=timeout,
         settings=settings,
     )

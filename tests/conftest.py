@@ -14,8 +14,18 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import settings
+from support.canary import (  # the suite-wide secret canary (see its docstring)
+    canary,
+    pytest_runtest_makereport,
+    run_cli_watched,
+)
+from support.canary import (
+    current as current_canary,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -25,6 +35,25 @@ OURS = ("credbridge-demo", "cb-ch-conf")
 """Fixed paths in /tmp or /dev/shm that the code this suite runs could create by default; all
 else the suite makes is under the session directories (other programs on the machine may
 create other names in /tmp meanwhile, so only these are watched outside)."""
+
+# Property-based tests (tests/test_properties.py) run each target under one of these profiles:
+# "suite" in the default run, "fuzz" (at least 10,000 examples) with `pytest -m fuzz`.
+settings.register_profile("suite", max_examples=300, deadline=None, database=None)
+settings.register_profile("fuzz", max_examples=10_000, deadline=None, database=None)
+_FUZZ_RUNS: list[tuple[str, str, int, float]] = []
+
+
+def record_fuzz_run(target: str, profile: str, examples: int, seconds: float) -> None:
+    """Remember how many examples a property target ran, for the terminal summary."""
+    _FUZZ_RUNS.append((target, profile, examples, seconds))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _FUZZ_RUNS:
+        return
+    terminalreporter.section("property-based targets (examples, seconds)")
+    for target, profile, examples, seconds in _FUZZ_RUNS:
+        terminalreporter.write_line(f"{profile:5} {examples:6d} {seconds:8.1f}s  {target}")
 
 # Only credbridge's own plugins: a plugin installed on the developer's machine must not
 # change what the tests see (tests that need a third-party plugin set this themselves).
@@ -100,6 +129,14 @@ def fresh_plugins() -> Iterator[None]:
     reset_plugin_manager()
 
 
+def secret_value(value: str) -> str:
+    """Register ``value`` with the running test's canary and return it (for test literals)."""
+    watcher = current_canary()
+    if watcher is not None:
+        watcher.register(value)
+    return value
+
+
 def run_cli(
     *args: str,
     env: dict[str, str] | None = None,
@@ -111,17 +148,20 @@ def run_cli(
     merged = dict(os.environ)
     if env:
         merged.update(env)
-    return subprocess.run(
+    # The canary reads its output, its children's argv/environ and the files it left.
+    return run_cli_watched(
         [sys.executable, "-m", "credbridge.core.cli", *args],
-        capture_output=True,
+        args,
         env=merged,
         cwd=cwd,
         input=input,
         timeout=timeout,
-        check=False,
     )
 
 
 @pytest.fixture
 def cli():  # type: ignore[no-untyped-def]
     return run_cli
+
+
+__all__ = ["canary", "pytest_runtest_makereport"]

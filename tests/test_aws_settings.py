@@ -66,10 +66,10 @@ def test_defaults_and_full_table() -> None:
         ({"max_attempts": 0}, "max_attempts: must be an integer from 1 to 10"),
         ({"max_attempts": 11}, "max_attempts: must be an integer from 1 to 10"),
         ({"retry_mode": "legacy"}, "retry_mode: must be one of standard, adaptive"),
-        ({"read_timeout": 0}, "read_timeout: must be greater than 0"),
-        ({"connect_timeout": float("nan")}, "connect_timeout: must be a number"),
+        ({"read_timeout": 0}, "read_timeout: must be a positive number of seconds"),
+        ({"connect_timeout": float("nan")}, "connect_timeout: must be a positive number of seconds"),
         ({"concurrency": 0}, "concurrency: must be an integer from 1 to 256"),
-        ({"profile": "a\nb"}, "profile: must not contain control characters"),
+        ({"profile": "a\nb"}, "profile: value contains the control character"),
         (
             {"role_arn": "arn:aws:iam::123456789012:role/r", "role_session_name": "x"},
             "role_session_name: must be 2-64 characters",

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, secret_value
 
 
 def config(tmp_path: Path, credstore: Path) -> Path:
@@ -59,7 +59,7 @@ def test_user_errors_are_one_line_with_documented_codes(
 
 def test_deliver_dry_run_then_deliver_and_json(tmp_path: Path, tmpfs_dir: Path) -> None:
     path = config(tmp_path, tmpfs_dir)
-    env = {"CB_CLI_TOKEN": "tok-value-123"}
+    env = {"CB_CLI_TOKEN": secret_value("tok-value-123")}
     dry = run_cli("-c", str(path), "deliver", "--dry-run", env=env)
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.decode().splitlines()
@@ -126,7 +126,7 @@ def test_check_reports_without_values(tmp_path: Path, tmpfs_dir: Path) -> None:
     assert results["token"]["ok"] is False
     assert results["api-key"]["ok"] is True
     assert not (tmp_path / "store").exists()  # check never generates
-    good = run_cli("-c", str(path), "check", env={"CB_CLI_TOKEN": "secret-check-value"})
+    good = run_cli("-c", str(path), "check", env={"CB_CLI_TOKEN": secret_value("secret-check-value")})
     assert good.returncode == 0, good.stderr
     assert b"secret-check-value" not in good.stdout + good.stderr
 
@@ -183,7 +183,7 @@ def test_commands_do_not_import_heavy_libraries(
 def test_no_value_in_any_output_at_debug_level(tmp_path: Path, tmpfs_dir: Path) -> None:
     """Canary: run every command at -vv and look for every delivered value in all output."""
     path = config(tmp_path, tmpfs_dir)
-    canary = "canary-Zq8v-not-to-be-printed"
+    canary = secret_value("canary-Zq8v-not-to-be-printed")
     env = {"CB_CLI_TOKEN": canary}
     outputs = []
     for args in (

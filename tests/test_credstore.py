@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import secret_value
 from credbridge.core import (
     Change,
     ConfigError,
@@ -47,7 +48,7 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 def test_deliver_writes_0400_files_in_0700_dirs(
     tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CB_TEST_STATIC", "static-value")
+    monkeypatch.setenv("CB_TEST_STATIC", secret_value("static-value"))
     report = deliver(make_config(tmp_path, tmpfs_dir, BODY))
     assert {(e.target, e.credential, e.change) for e in report.entries} == {
         ("app.service", "api-key", Change.ADD),
@@ -265,8 +266,8 @@ def test_systemd_creds_gets_no_secret_environment(
     spy = tmp_path / "systemd-creds-spy"
     spy.write_text(f'#!/bin/sh\ncat /proc/$$/environ >> "{record}"\nexec "{real}" "$@"\n')
     spy.chmod(0o755)
-    monkeypatch.setenv("CB_TEST_STATIC", "env-secret-value-1")
-    monkeypatch.setenv("VAULT_TOKEN", "vault-token-value-2")
+    monkeypatch.setenv("CB_TEST_STATIC", secret_value("env-secret-value-1"))
+    monkeypatch.setenv("VAULT_TOKEN", secret_value("vault-token-value-2"))
     config = make_config(
         tmp_path, tmpfs_dir, BODY, f'encrypt = true\nwith_key = "{key}"\nsystemd_creds = "{spy}"'
     )

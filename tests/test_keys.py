@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from credbridge.backends import bech32
+from support.canary import Canary
 
 TOOLS = {
     "ssh-keygen": "openssh-client",
@@ -349,7 +350,7 @@ def test_tls_ca_must_exist(keys: Keys) -> None:
         ("generate:tls?cn=a&ca=../x", "invalid store key"),
         ("generate:tls?cn=a&days=0", "outside 1..36500"),
         ("generate:base64#public", "take no '#selector'"),
-        ("generate:ssh-ed25519?comment=a%0Ab", "printable"),
+        ("generate:ssh-ed25519?comment=a%0Ab", "control character"),
     ],
 )
 def test_bad_key_references(reference: str, problem: str) -> None:
@@ -664,7 +665,9 @@ def test_export_follows_no_symlink(keys: Keys, tmp_path: Path) -> None:
     assert not any(real_dir.iterdir())
 
 
-def test_plans_and_checks_show_public_parts_only(tmp_path: Path, tmpfs_dir: Path) -> None:
+def test_plans_and_checks_show_public_parts_only(
+    tmp_path: Path, tmpfs_dir: Path, canary: Canary
+) -> None:
     config = tmp_path / "credbridge.toml"
     config.write_text(
         f'[store]\npath = "{tmp_path / "store"}"\n[sinks.credstore]\ndirectory = "{tmpfs_dir}"\n'
@@ -683,6 +686,8 @@ def test_plans_and_checks_show_public_parts_only(tmp_path: Path, tmpfs_dir: Path
     private = (delivered / "host-key").read_bytes()
     public = (delivered / "host-pub").read_bytes().decode()
     cert = (delivered / "cert").read_bytes().decode()
+    canary.declare_public(public)  # shown by check and --dry-run --json, by design
+    canary.declare_public(cert)
 
     outputs = []
     plan = run_cli("-vv", "-c", str(config), "deliver", "--dry-run", "--json")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -299,7 +300,7 @@ def test_relative_paths_from_the_config_directory(
 # --------------------------------------------------------------------------- key material
 
 
-def test_age_key_from_a_credential_reaches_only_that_child_through_its_environment(
+def test_age_key_from_a_credential_reaches_only_that_child_never_in_argv_or_environment(
     keys: tuple[AgeKey, AgeKey],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -319,7 +320,10 @@ def test_age_key_from_a_credential_reaches_only_that_child_through_its_environme
     identity = next(line for line in key.text().splitlines() if line.startswith("AGE-SECRET-KEY-"))
     ((argv, env),) = [(a, e) for a, e in spawned if "decrypt" in a]
     assert not any(identity in arg or CANARY in arg for arg in argv)
-    assert identity in env["SOPS_AGE_KEY"]
+    # The key reaches sops as an inherited, sealed memory file, never as a variable.
+    assert not any(identity in value for value in env.values())
+    assert "SOPS_AGE_KEY" not in env
+    assert re.fullmatch(r"/dev/fd/\d+", env["SOPS_AGE_KEY_FILE"])
     assert env["SOPS_DECRYPTION_ORDER"] == "age"
     assert "UNRELATED_TOKEN" not in env
     assert "--disable-version-check" in argv

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, secret_value
 from credbridge.core import (
     Forbidden,
     InvalidValue,
@@ -52,12 +52,16 @@ def unique(prefix: str = "t") -> str:
 
 
 def put(server: DevServer, path: str, **fields: Any) -> None:
+    for value in fields.values():
+        if isinstance(value, str):
+            secret_value(value)  # every value written to Vault is a secret to the canary
     server.client().secrets.kv.v2.create_or_update_secret(
         path=path.partition("/")[2], secret=fields, mount_point=path.partition("/")[0]
     )
 
 
 def token_file(tmp_path: Path, token: str) -> str:
+    secret_value(token)
     path = tmp_path / f"token-{uuid.uuid4().hex[:6]}"
     path.write_text(token + "\n")
     return str(path)
@@ -405,6 +409,7 @@ def test_approle_login_end_to_end(openbao: DevServer, tmp_path: Path, tmpfs_dir:
     secret_id = client.auth.approle.generate_secret_id("app", mount_point=mount)["data"][
         "secret_id"
     ]
+    secret_value(secret_id)
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "vault-secret-id").write_text(secret_id + "\n")

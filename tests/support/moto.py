@@ -7,6 +7,7 @@ credbridge is pointed at it the way a user points the AWS SDKs at LocalStack: th
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -114,13 +115,39 @@ class MotoServer:
         import botocore.session
 
         session = botocore.session.Session()
-        return session.create_client(
-            service,
-            region_name=region,
-            endpoint_url=self.url,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
+        return _Quiet(
+            session.create_client(
+                service,
+                region_name=region,
+                endpoint_url=self.url,
+                aws_access_key_id=ACCESS_KEY,
+                aws_secret_access_key=SECRET_KEY,
+            )
         )
+
+
+class _Quiet:
+    """A seeding client whose calls log nothing: botocore logs request bodies (the test's
+    secret values) at DEBUG, and the suite's canary would take the test's own seeding for a
+    leak by credbridge (whose own botocore clients never log below INFO)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def quietly(*args: Any, **kwargs: Any) -> Any:
+            previous = logging.root.manager.disable
+            logging.disable(logging.INFO)
+            try:
+                return attribute(*args, **kwargs)
+            finally:
+                logging.disable(previous)
+
+        return quietly
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,345 @@
+"""Bad input (issue 7, items 6 and 7): injection through config strings, and tracebacks.
+
+Each case runs the real ``credbridge`` command and expects one clear line on stderr with the
+documented exit code (docs/cli.md), never a traceback, never a second (forged) line, and
+nothing written where a hostile string pointed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_cli
+from credbridge.core.config import parse_config
+from credbridge.core.errors import ConfigError, CredbridgeError, PluginError
+from credbridge.core.types import SinkType
+
+CONFIG = 3
+REFERENCE = 4
+NOT_FOUND = 5
+USAGE = 2
+
+
+def one_line_error(result: Any, code: int, *needles: str) -> str:
+    err = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == code, err
+    assert "Traceback" not in err
+    lines = err.strip("\n").split("\n")
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("credbridge: error: "), lines
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def write(tmp_path: Path, text: str, name: str = "credbridge.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+UNIT = '[targets."app.service".credentials]\ndb = "generate:hex"\n'
+
+
+# --------------------------------------------------------------------------- item 6: injection
+
+
+def test_newline_in_credstore_directory_yields_no_directive(tmp_path: Path) -> None:
+    pwned = tmp_path / "pwned"
+    config = write(
+        tmp_path,
+        f'[sinks.credstore]\ndirectory = "/run/cs\\nExecStartPre=/bin/touch {pwned}\\n#"\n' + UNIT,
+    )
+    shown = run_cli("-c", str(config), "unit", "app.service")
+    one_line_error(shown, CONFIG, "sink.directory", "control character \\n")
+    assert b"ExecStartPre" not in shown.stdout
+    installed = run_cli(
+        "-c", str(config), "unit", "app.service", "--install", "--unit-dir", str(tmp_path / "u")
+    )
+    one_line_error(installed, CONFIG, "directory")
+    assert not (tmp_path / "u").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('[targets."app.service".credentials]\n"db\\n" = "generate:hex"\n', "credentials"),
+        ('[targets."app.service\\n".credentials]\ndb = "generate:hex"\n', "targets"),
+        (
+            '[targets.app]\nunit = "app.service\\n"\n[targets.app.credentials]\nx = "env:X"\n',
+            "unit",
+        ),
+        ('[targets.".."]\nunit = "x.service"\n', "invalid target name"),
+        ('[targets.".app.service.staging-1"]\nunit = "x.service"\n', "must not start with"),
+        ('[targets.app]\nunit = "app.bogus"\n', "systemd unit name"),
+    ],
+)
+def test_names_with_trailing_newline_or_dots_are_refused(
+    tmp_path: Path, text: str, where: str
+) -> None:
+    """``$`` matched before a trailing newline: ``db\\n`` was a valid credential name."""
+    result = run_cli("-c", str(write(tmp_path, text)), "deliver", "--dry-run")
+    line = one_line_error(result, CONFIG, where)
+    assert "\n" not in line
+
+
+def test_default_unit_of_a_dotted_target_name_is_a_service() -> None:
+    config = parse_config({"targets": {"db.example": {"credentials": {"x": "env:X"}}}})
+    assert config.targets["db.example"].unit == "db.example.service"
+
+
+def test_selector_with_encoded_newline_cannot_forge_a_second_line(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.json"
+    doc.write_text('{"a": 1}')
+    result = run_cli("get", f"file:{doc}#a%0Acredbridge: error: forged")
+    line = one_line_error(result, NOT_FOUND, "\\ncredbridge: error: forged")
+    assert line.count("credbridge: error:") == 2  # the forged text stays inside the one line
+
+
+def test_newline_in_config_path_stays_inside_the_dropin_comment(tmp_path: Path) -> None:
+    hostile = tmp_path / "x\nExecStartPre=/bin/touch pwned\n#"
+    hostile.mkdir(parents=True)
+    config = write(hostile, f'[sinks.credstore]\ndirectory = "{tmp_path}/cs"\n' + UNIT)
+    result = run_cli("-c", str(config), "unit", "app.service")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert not [line for line in lines if line.startswith("ExecStartPre")]
+    assert [line for line in lines if not line.startswith("#")] == [
+        "[Service]",
+        f"LoadCredential=db:{tmp_path}/cs/app.service/db",
+    ]
+
+
+def test_unit_dir_with_control_character_is_a_usage_error(tmp_path: Path) -> None:
+    config = write(tmp_path, f'[sinks.credstore]\ndirectory = "{tmp_path}/cs"\n' + UNIT)
+    result = run_cli(
+        "-c", str(config), "unit", "app.service", "--install", "--unit-dir", f"{tmp_path}/a\nb"
+    )
+    assert result.returncode == USAGE, result.stderr
+    assert b"Traceback" not in result.stderr
+    assert not (tmp_path / "a\nb").exists()
+
+
+def test_dropin_keeps_spaces_and_backslashes_and_doubles_percent(tmp_path: Path) -> None:
+    directory = tmp_path / "cs dir" / "a%b\\c"
+    config = write(tmp_path, f"[sinks.credstore]\ndirectory = '{directory}'\n" + UNIT)
+    result = run_cli("-c", str(config), "unit", "app.service")
+    assert result.returncode == 0, result.stderr
+    escaped = str(directory).replace("%", "%%")
+    assert f"LoadCredential=db:{escaped}/app.service/db" in result.stdout.decode().splitlines()
+
+
+def test_dotdot_in_credstore_directory_is_refused(tmp_path: Path) -> None:
+    """systemd ignores such a LoadCredential= path ("not valid, ignoring")."""
+    config = write(tmp_path, '[sinks.credstore]\ndirectory = "../cs"\n' + UNIT)
+    one_line_error(run_cli("-c", str(config), "unit", "app.service"), CONFIG, "'..'")
+
+
+def test_log_messages_are_one_line() -> None:
+    from credbridge.core.cli import _OneLineFormatter
+
+    record = logging.LogRecord("t", logging.WARNING, __file__, 1, "x %s", ("a\nforged",), None)
+    assert _OneLineFormatter("%(message)s").format(record) == "x a\\nforged"
+
+
+def test_raw_control_character_in_a_reference_is_refused(tmp_path: Path) -> None:
+    """A raw tab in a reference split the tab-separated output rows of deliver/check."""
+    config = write(
+        tmp_path,
+        f'[sinks.credstore]\ndirectory = "{tmp_path}/cs"\n'
+        '[targets."app.service".credentials]\nx = "env:A\\tB"\n',
+    )
+    result = run_cli("-c", str(config), "deliver", "--dry-run")
+    one_line_error(result, CONFIG, "control character \\t", "percent-encode")
+
+
+def test_check_output_rows_escape_control_characters(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.json"
+    doc.write_text("{}")
+    config = write(
+        tmp_path,
+        f'[sinks.credstore]\ndirectory = "{tmp_path}/cs"\nallow_persistent = true\n'
+        f'[targets."app.service".credentials]\nx = "file:{doc}#a%0Aok%09forged"\n',
+    )
+    result = run_cli("-c", str(config), "check")
+    assert result.returncode == NOT_FOUND, result.stderr
+    rows = result.stdout.decode().strip("\n").split("\n")
+    # One row for the credential, one for the target; the selector forges no row or column.
+    assert [row.split("\t")[:2] for row in rows] == [
+        ["FAIL", "app.service/x"],
+        ["ok", "app.service"],
+    ], rows
+    assert all(row.count("\t") == 3 for row in rows), rows
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        lambda: _store_dir("app.service/x\n"),
+        lambda: _plugin_name("x\n"),
+        lambda: _sink_setting({"type": "virtiofs", "tag": "x\n"}),
+        lambda: _launcher_setting("qemu", {"accel": "tcg\n"}),
+        lambda: _launcher_setting("qemu", {"memory": "9" * 15 + "T"}),
+        lambda: _launcher_setting("qemu", {"disks": [{"path": "/d", "if=none,file=/x": 1}]}),
+        lambda: _launcher_setting("cloud-hypervisor", {"verbose": 10**12}),
+    ],
+)
+def test_every_pattern_refuses_a_trailing_newline_and_bounds_hold(check: Any) -> None:
+    with pytest.raises((CredbridgeError, ValueError)):
+        check()
+
+
+def _store_dir(key: str) -> Any:
+    from credbridge.backends.filestore import FileStore
+
+    return FileStore(Path("/nonexistent"))._dir(key)
+
+
+def _plugin_name(name: str) -> Any:
+    with pytest.raises(PluginError):
+        SinkType(name=name, open=lambda ctx: None)  # type: ignore[arg-type, return-value]
+    raise PluginError("refused")
+
+
+def _sink_setting(sink: dict[str, Any]) -> Any:
+    from credbridge.core.engine import Session
+
+    config = parse_config(
+        {"targets": {"vm": {"kind": "vm", "sink": sink, "launcher": {"type": "qemu"}}}}
+    )
+    return Session(config).sink(config.targets["vm"])
+
+
+def _launcher_setting(launcher: str, settings: dict[str, Any]) -> Any:
+    from credbridge.core.engine import Session
+
+    config = parse_config(
+        {
+            "targets": {
+                "vm": {
+                    "kind": "vm",
+                    "launcher": {"type": launcher, "kernel": "/k", **settings},
+                    "credentials": {"x": "env:X"},
+                }
+            }
+        }
+    )
+    return Session(config).launcher(config.targets["vm"])
+
+
+# --------------------------------------------------------------------------- item 7: tracebacks
+
+
+def test_nul_in_file_reference(tmp_path: Path) -> None:
+    one_line_error(run_cli("get", "file:/etc/hostname%00x"), REFERENCE, "NUL")
+
+
+def test_undecodable_argv_byte_in_reference() -> None:
+    """``credbridge get $'generate:\\xff'`` raised UnicodeEncodeError."""
+    line = one_line_error(run_cli("get", os.fsdecode(b"generate:\xff")), REFERENCE, "UTF-8")
+    assert "\\udcff" in line or "\\xff" in line
+
+
+def test_invalid_utf8_percent_encoding_in_reference() -> None:
+    one_line_error(run_cli("get", "file:/tmp/%FF"), REFERENCE, "not UTF-8")
+
+
+def test_unknown_user_in_file_reference() -> None:
+    one_line_error(run_cli("get", "file:~cb-no-such-user/x"), NOT_FOUND, "cb-no-such-user")
+
+
+VM_TARGET = """
+[targets.vm]
+kind = "vm"
+launcher = {{ type = "{launcher}", kernel = "/boot/vmlinuz", {settings} }}
+credentials = {{ x = "generate:hex" }}
+"""
+
+
+@pytest.mark.parametrize(
+    ("toml", "command", "key"),
+    [
+        ('[sinks.credstore]\ndirectory = "/run/cs\\u0000x"\n' + UNIT, "deliver", "directory"),
+        ('[store]\npath = "/var/lib/cb\\u0000"\n' + UNIT, "deliver", "store.path"),
+        ('[credbridge]\nstore = "/x\\u0000"\n' + UNIT, "deliver", "credbridge.store"),
+        ('[sinks.credstore]\ndirectory = "~cb-no-such-user/cs"\n' + UNIT, "deliver", "directory"),
+        ('[store]\npath = "~cb-no-such-user/store"\n' + UNIT, "deliver", "store.path"),
+        ("[sinks.credstore]\ntimeout = nan\n" + UNIT, "deliver", "timeout"),
+        ("[sinks.credstore]\ntimeout = inf\n" + UNIT, "deliver", "timeout"),
+        ("[sinks.credstore]\ntimeout = 1e300\n" + UNIT, "deliver", "timeout"),
+        ("[sinks.credstore]\ntimeout = -inf\n" + UNIT, "deliver", "timeout"),
+        ('[sinks.credstore]\nwith_key = "host\\n"\n' + UNIT, "deliver", "with_key"),
+        (VM_TARGET.format(launcher="qemu", settings="timeout = nan"), "launch", "timeout"),
+        (
+            VM_TARGET.format(launcher="qemu", settings="stop_timeout = inf"),
+            "launch",
+            "stop_timeout",
+        ),
+        (
+            VM_TARGET.format(launcher="cloud-hypervisor", settings="stop_timeout = nan"),
+            "launch",
+            "stop_timeout",
+        ),
+        (
+            VM_TARGET.format(launcher="qemu", settings='initramfs = "~cb-no-such-user/i"'),
+            "launch",
+            "initramfs",
+        ),
+        (
+            VM_TARGET.format(launcher="qemu", settings='disks = ["/d\\u0000"]'),
+            "launch",
+            "disks[0].path",
+        ),
+        (
+            VM_TARGET.format(launcher="qemu", settings='serial = "file:~cb-no-such-user/log"'),
+            "launch",
+            "serial",
+        ),
+        (VM_TARGET.format(launcher="qemu", settings='memory = "9999999999T"'), "launch", "memory"),
+        (VM_TARGET.format(launcher="qemu", settings='cpu = "max\\n"'), "launch", "cpu"),
+    ],
+)
+def test_bad_settings_are_one_line(tmp_path: Path, toml: str, command: str, key: str) -> None:
+    config = write(tmp_path, toml.replace("/run/cs", str(tmp_path / "cs")))
+    args = ["vm", "--dry-run"] if command == "launch" else ["--dry-run"]
+    result = run_cli("-c", str(config), command, *args, env={"CREDBRIDGE_STORE": str(tmp_path)})
+    one_line_error(result, CONFIG, key)
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ("connect_timeout = nan", "connect_timeout"),
+        ("read_timeout = inf", "read_timeout"),
+        ("backoff = nan", "backoff"),
+        ('ca_cert = "~cb-no-such-user/ca.pem"', "ca_cert"),
+        ('client_cert = "/c\\u0000"\nclient_key = "/k"', "client_cert"),
+        ('namespace = "team\\r\\nX-Injected: 1"', "namespace"),
+        ('auth = { method = "token", token_file = "~cb-no-such-user/t" }', "auth.token_file"),
+        ('auth = { method = "token", token = "t\\nX-Injected: 1" }', "auth.token"),
+    ],
+)
+def test_bad_vault_settings_are_one_line(tmp_path: Path, setting: str, key: str) -> None:
+    config = write(tmp_path, f"[sources.vault]\n{setting}\n")
+    result = run_cli("-c", str(config), "get", "vault:secret/app#x")
+    line = one_line_error(result, CONFIG, key)
+    assert "X-Injected" not in line or "\\n" in line
+
+
+def test_nul_in_config_path_from_the_api() -> None:
+    from credbridge.core.config import load_config
+
+    with pytest.raises(ConfigError, match="NUL"):
+        load_config("/tmp/x\0y")
+
+
+def test_store_path_from_environment_is_checked(tmp_path: Path) -> None:
+    config = write(tmp_path, f'[sinks.credstore]\ndirectory = "{tmp_path}/cs"\n' + UNIT)
+    result = run_cli(
+        "-c", str(config), "deliver", "--dry-run", env={"CREDBRIDGE_STORE": "~cb-no-such-user/s"}
+    )
+    one_line_error(result, CONFIG, "CREDBRIDGE_STORE")
