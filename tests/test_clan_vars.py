@@ -29,6 +29,7 @@ from credbridge.core import (
     parse_reference,
 )
 from credbridge.core.vm import VmSink
+from support.canary import Canary
 from support.clan import ClanFlake, Identity
 from support.nixeval import REPO, evaluate, missing, nix_string
 from test_nixos_module import written_config
@@ -386,8 +387,11 @@ def test_docs_migration_delivers_the_values_clan_generated(
     tmpfs_dir: Path,
     runtime_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
+    canary: Canary,
     cli,  # type: ignore[no-untyped-def]
 ) -> None:
+    for value in clan.values.values():
+        canary.register(value)  # clan's values: in no output, argv, environment or stray file
     # Before: what sops-nix decrypted to each path that LoadCredential= handed the VM's unit.
     before = evaluate_docs(docs_block("clan-before"), clan_dir=clan.root)
     assert before["assertions"] == []
