@@ -40,6 +40,8 @@ let
     "aws-ssm".networked = true;
     # sops files are local, but their keys may live in a KMS (AWS, GCP, Azure, Vault transit).
     sops.networked = true;
+    # clan vars: files in the clan's directory, decrypted with the machine's age key.
+    "clan-vars".networked = false;
   };
 
   # Settings keys that hold a secret inline: in `settings` they would land in the Nix store.

