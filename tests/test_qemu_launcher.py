@@ -232,10 +232,12 @@ def test_live_runtime_dir_is_refused(tmpfs_dir: Path) -> None:
 
 
 def test_foreign_directory_is_not_wiped(tmpfs_dir: Path) -> None:
-    (tmpfs_dir / "data").write_text("not ours")
+    foreign = tmpfs_dir / "foreign"
+    foreign.mkdir(mode=0o700)
+    (foreign / "data").write_text("not ours")
     with pytest.raises(LaunchError, match="not made by credbridge"):
-        VmRuntime("vm", tmpfs_dir).__enter__()
-    assert (tmpfs_dir / "data").exists()
+        VmRuntime("vm", foreign).__enter__()
+    assert (foreign / "data").exists()
 
 
 # --------------------------------------------------------------------------- processes
