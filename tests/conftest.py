@@ -19,6 +19,18 @@ SHARED = REPO.parent / "shared"
 os.environ["CREDBRIDGE_LOAD_PLUGINS"] = ""
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The long harness runs (``stress``) only when asked for: ``-m stress`` or
+    ``CREDBRIDGE_STRESS=1`` (docs/reliability.md)."""
+    wanted = "stress" in (config.getoption("markexpr") or "")
+    if wanted or os.environ.get("CREDBRIDGE_STRESS", "") not in {"", "0"}:
+        return
+    skip = pytest.mark.skip(reason="long harness: run with -m stress or CREDBRIDGE_STRESS=1")
+    for item in items:
+        if "stress" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def tmpfs_dir() -> Iterator[Path]:
     """A private directory on tmpfs (/dev/shm), as a credstore must be."""
