@@ -399,20 +399,24 @@ def test_every_new_entry_is_fsynced_up_to_the_store_root(tmp_path: Path, tmpfs_d
     config = write_config(tmp_path / "c.toml", store, tmpfs_dir / "cs")
     lines = strace(sys.executable, "-m", "credbridge.core.cli", "-c", str(config), "deliver")
     pending: list[str] = []
+    created = 0
     for line in lines:
         if " = -1 " in line:
             continue
-        made = re.search(r"mkdirat\(\d+<([^>]*)>, \"([^\"]+)\"", line)
-        renamed = re.search(r"renameat2?\(\d+<([^>]*)>, \"[^\"]+\", \d+<([^>]*)>", line)
-        synced = re.search(r"fsync\(\d+<([^>]*)>\)", line)
-        if made and str(tmp_path) in made.group(1) + "/":
-            pending.append(made.group(1))
-        elif renamed and str(tmp_path) in renamed.group(2):
-            pending.append(renamed.group(2))
-        elif synced and synced.group(1) in pending:
+        changed = None
+        if made := re.search(r"mkdirat\(\d+<([^>]*)>, \"([^\"]+)\"", line):
+            changed, created = made.group(1), created + 1
+        elif made := re.search(r"mkdir\(\"([^\"]+)\"", line):
+            changed, created = os.path.dirname(made.group(1)), created + 1
+        elif renamed := re.search(r"renameat2?\(\d+<[^>]*>, \"[^\"]+\", \d+<([^>]*)>", line):
+            changed = renamed.group(1)
+        elif renamed := re.search(r"rename\(\"[^\"]+\", \"([^\"]+)\"", line):
+            changed = os.path.dirname(renamed.group(1))
+        elif synced := re.search(r"fsync\(\d+<([^>]*)>\)", line):
             pending = [p for p in pending if p != synced.group(1)]
-    created = [line for line in lines if "mkdirat" in line and str(tmp_path) in line]
-    assert len(created) >= 3, lines  # a, store, app.service, gen01
+        if changed is not None and changed.startswith(str(tmp_path)):
+            pending.append(changed)
+    assert created >= 4, lines  # a, store, app.service, gen01
     assert pending == [], f"directories changed but never fsynced: {pending}"
 
 

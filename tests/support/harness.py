@@ -71,12 +71,26 @@ class Setup:
         xopt = ["-X", f"credbridge-fault={fault}"] if fault else []
         return [sys.executable, *xopt, "-m", "credbridge.core.cli", "-c", str(self.config), *args]
 
-    def run(self, *args: str, fault: str | None = None) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(self.argv(*args, fault=fault), capture_output=True, check=False)
+    @property
+    def cwd(self) -> Path:
+        """Where the runs start: scanned for stray files like the rest of ``root``."""
+        path = self.root / "cwd"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def run(
+        self, *args: str, fault: str | None = None, xopts: Sequence[str] = ()
+    ) -> subprocess.CompletedProcess[bytes]:
+        argv = self.argv(*args, fault=fault)
+        argv[1:1] = [part for x in xopts for part in ("-X", x)]
+        return subprocess.run(argv, capture_output=True, check=False, cwd=self.cwd)
 
     def start(self, *args: str, fault: str | None = None) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            self.argv(*args, fault=fault), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            self.argv(*args, fault=fault),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self.cwd,
         )
 
     # ------------------------------------------------------------------ reading state
