@@ -667,8 +667,8 @@ def _signals_deferred() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        for signum in dict.fromkeys(received):
-            signal.raise_signal(signum)
+        for held in dict.fromkeys(received):
+            signal.raise_signal(held)
 
 
 def _wipe(values: Iterable[Secret | Pending]) -> None:

@@ -125,10 +125,11 @@ def check_dir(
     mode = stat.S_IMODE(info.st_mode)
     owner = info.st_uid
     if owner not in (0, euid, *also_trust):
+        trusted = "root" if euid == 0 else f"root or by {_user(euid)}"
         raise UnsafePath(
             path,
             f"owned by {_user(owner)}, mode {mode:04o}; credbridge trusts only directories "
-            f"owned by root or by {_user(euid)}",
+            f"owned by {trusted}",
         )
     if mode & 0o022 and not (ancestor and mode & stat.S_ISVTX and owner in (0, euid)):
         who = {0o002: "others", 0o020: "its group", 0o022: "its group and others"}

@@ -274,7 +274,16 @@ gen = "generate:hex?bytes=16"
 
     def argv(self, *xopts: str) -> list[str]:
         x = [part for option in xopts for part in ("-X", option)]
-        return [sys.executable, *x, "-m", "credbridge.core.cli", "-c", str(self.config), "launch", "vm"]
+        return [
+            sys.executable,
+            *x,
+            "-m",
+            "credbridge.core.cli",
+            "-c",
+            str(self.config),
+            "launch",
+            "vm",
+        ]
 
     def reset(self) -> None:
         shutil.rmtree(self.store, ignore_errors=True)

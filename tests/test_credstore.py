@@ -123,7 +123,7 @@ def test_symlinked_target_directory_is_refused_before_anything_changes(
     shutil.rmtree(tmpfs_dir / "worker.service")
     (tmpfs_dir / "worker.service").symlink_to(decoy)
     before = snapshot(tmpfs_dir)
-    with pytest.raises(UnsafePath, match="worker.service: is a symlink"):
+    with pytest.raises(UnsafePath, match=r"worker\.service: is a symlink"):
         deliver(config)
     assert snapshot(tmpfs_dir) == before
     assert (tmpfs_dir / "worker.service").is_symlink()

@@ -116,7 +116,7 @@ def test_store_refuses_symlinked_key_dir(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store")
     store.create("t/c", Secret(b"x"))
     os.symlink(tmp_path, tmp_path / "store" / "evil")
-    with pytest.raises(UnsafePath, match="evil: is a symlink"):
+    with pytest.raises(UnsafePath, match=r"evil: is a symlink"):
         store.create("evil/c", Secret(b"y"))
 
 

@@ -64,7 +64,7 @@ def cli(*args: str, umask: int | None = None) -> subprocess.CompletedProcess[byt
         [sys.executable, "-m", "credbridge.core.cli", *args],
         capture_output=True,
         check=False,
-        preexec_fn=None if umask is None else (lambda: os.umask(umask)),  # noqa: PLW1509
+        preexec_fn=None if umask is None else (lambda: os.umask(umask)),
     )
 
 
@@ -384,8 +384,17 @@ def strace(*argv: str) -> list[str]:
         pytest.skip("needs strace (apt-get install strace)")
     with tempfile.NamedTemporaryFile() as log:
         subprocess.run(
-            ["strace", "-f", "-y", "-qq", "-o", log.name, "-e", "trace=mkdirat,mkdir,fsync,"
-             "rename,renameat,renameat2", *argv],
+            [
+                "strace",
+                "-f",
+                "-y",
+                "-qq",
+                "-o",
+                log.name,
+                "-e",
+                "trace=mkdirat,mkdir,fsync,rename,renameat,renameat2",
+                *argv,
+            ],
             check=True,
             capture_output=True,
         )
