@@ -10,6 +10,7 @@ stress`` (or ``CREDBRIDGE_STRESS=1``) runs many (docs/reliability.md).
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import random
 import shutil
@@ -233,32 +234,53 @@ def test_a_run_that_is_staging_is_waited_for_not_wiped(tmp_path: Path, tmpfs_dir
     setup = Setup(tmp_path, tmpfs_dir, 300)
     setup.write()
     assert setup.run("deliver").returncode == 0
+
+    def partial_staging() -> bool:
+        """A new set half written (not an old set being removed after the swap)."""
+        if (tmpfs_dir / "a.service" / "static").read_bytes() != b"static-1":
+            return False
+        for entry in os.listdir(tmpfs_dir):
+            if entry.startswith(".a.service.staging-"):
+                with contextlib.suppress(FileNotFoundError):
+                    return len(os.listdir(tmpfs_dir / entry)) < 301
+        return False
+
     attempts = 0
-    for attempts in range(1, 21):  # noqa: B007 - reported below
+    for attempts in range(1, 41):  # noqa: B007 - reported below
         setup.static_file.write_bytes(b"static-2")
         first = setup.start("deliver")
-        # On a busy machine the poll may miss the staging window: then try again.
-        while not [p for p in os.listdir(tmpfs_dir) if ".staging-" in p]:
-            if first.poll() is not None:
-                assert first.returncode == 0, first.communicate()[1].decode()
-                break
-        else:
+        # Freeze it while it writes its new set; on a busy machine the poll may miss that
+        # window (or freeze it a moment too late): then try again.
+        while not partial_staging() and first.poll() is None:
+            pass
+        if first.poll() is None:
             os.kill(first.pid, signal.SIGSTOP)
-            break
-        first.communicate()
+            while Path(f"/proc/{first.pid}/stat").read_text().split()[2] != "T":
+                time.sleep(0.001)
+            if partial_staging():
+                break
+            os.kill(first.pid, signal.SIGCONT)
+        _, err = first.communicate()
+        assert first.returncode == 0, err.decode()
         setup.static_file.write_bytes(b"static-1")
         assert setup.run("deliver").returncode == 0
     else:
         pytest.fail("never caught a deliver while it was staging")
     print(f"caught a staging deliver at attempt {attempts}")
     try:
-        second = setup.start("deliver")
-        time.sleep(1.0)
+        log = tmp_path / "second.err"
+        with log.open("wb") as stderr:
+            second = subprocess.Popen(setup.argv("deliver"), stderr=stderr, cwd=setup.cwd)
+        # Let the second run do all it can: finish, or wait for the lock the first one holds.
+        deadline = time.monotonic() + 120
+        while second.poll() is None and b"waiting for" not in log.read_bytes():
+            assert time.monotonic() < deadline, "the second run neither finished nor waited"
+            time.sleep(0.05)
     finally:
         os.kill(first.pid, signal.SIGCONT)
-    results = [(p, *p.communicate(timeout=120)) for p in (first, second)]
-    for proc, _out, err in results:
-        assert proc.returncode == 0, err.decode()
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err.decode()
+    assert second.wait(timeout=120) == 0, log.read_text()
     a, b = setup.target("a.service"), setup.target("b.service")
     assert a is not None and b is not None
     assert len(a) == 301 and len(b) == 300
