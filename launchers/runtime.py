@@ -295,11 +295,11 @@ class VmRuntime:
     # ------------------------------------------------------------------ enter / exit
 
     def __enter__(self) -> VmRuntime:
-        self._claim_directory()
         try:
+            self._claim_directory()
             self._install_signals()
         except BaseException:
-            self._release()
+            self._release()  # removes the directory only if this runtime claimed it
             raise
         return self
 
