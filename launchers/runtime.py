@@ -48,6 +48,12 @@ stop_timeout=10.0, config_file=None, key=None)``
     * ``check()`` -- raise :class:`LaunchInterrupted` if a signal arrived, or
       :class:`LaunchError` if a helper died (call between startup steps).
 
+``check_runtime_dir(path, *, allow_persistent=False, config_file=None, key=None)``: refuse a
+runtime directory that is not on tmpfs/ramfs or whose existing path is unsafe (a symlink, another
+user's directory, a group/world-writable one), before anything is written -- call it from
+``Launcher.check()``. The directory and its parents are reached through
+:func:`credbridge.core.fsutil.open_dir` (no symlink followed anywhere).
+
 ``LaunchInterrupted(LaunchError)``: a termination signal arrived before the hypervisor ran;
 ``.signal`` and ``.status`` (128+N) -- launchers return ``.status``.
 
