@@ -7,6 +7,8 @@ world-writable -- root-owned sticky directories such as ``/tmp`` and ``/dev/shm`
 as ancestors, never as the directory written into (like OpenSSH's ``StrictModes``). A path that
 fails this raises :class:`~credbridge.core.errors.UnsafePath` naming the path, owner and mode.
 Once a chain is trusted only root or this user can change it, so later steps may use it.
+(``openat2(RESOLVE_NO_SYMLINKS)`` would refuse links in one call, but not check owners and modes
+on the way, so the walk opens one component at a time.)
 
 Directories credbridge creates get explicit modes whatever the umask, and the directory that
 received a new entry is fsynced, so a created chain survives power loss up to its root.
