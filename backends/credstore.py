@@ -144,8 +144,11 @@ class CredstoreSink(Sink):
             )
 
     def check(self) -> None:
-        check_path(self.base)
-        self._check_medium()
+        try:
+            check_path(self.base)
+            self._check_medium()
+        except OSError as error:
+            raise DeliveryError(f"cannot use {self.base}: {error.strerror or error}") from None
 
     def lock_files(self) -> list[Path]:
         try:

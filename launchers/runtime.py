@@ -134,8 +134,14 @@ def check_runtime_dir(
     """Refuse a runtime directory before anything is written: not on tmpfs/ramfs (unless
     ``allow_persistent``), or an existing part of its path that is unsafe (a symlink, another
     user's, group/world-writable). Launchers call it from ``Launcher.check()``."""
-    check_path(path)
-    if not allow_persistent and not is_memory_backed(path):
+    try:
+        check_path(path)
+        persistent = not allow_persistent and not is_memory_backed(path)
+    except OSError as error:
+        raise ConfigError(
+            f"runtime directory {path}: {error.strerror or error}", file=config_file, key=key
+        ) from None
+    if persistent:
         raise ConfigError(
             f"runtime directory {path} is not on tmpfs or ramfs; refusing to put secrets "
             "on persistent storage (set runtime_dir to a tmpfs path, or allow_persistent "

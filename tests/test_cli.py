@@ -223,6 +223,8 @@ def test_launch_dry_run_outside_the_unit_still_plans(tmpfs_dir: Path) -> None:
     assert "unresolved here: not found" in plan.stdout.decode()
     assert b"CREDENTIALS_DIRECTORY is not set" in plan.stderr
     # A real launch checks its runtime directory first: give it the tmpfs one systemd would.
-    real = run_cli("-c", config, "launch", "test-vm", env={**env, "RUNTIME_DIRECTORY": str(tmpfs_dir)})
+    real = run_cli(
+        "-c", config, "launch", "test-vm", env={**env, "RUNTIME_DIRECTORY": str(tmpfs_dir)}
+    )
     assert real.returncode == 5, real.stderr
     assert b"test-vm/API_KEY: credential:host-api-key: not found" in real.stderr

@@ -473,3 +473,16 @@ def test_security_doc_matches_the_child_environment_allow_list() -> None:
     assert "every child inherits" not in text
     for name in ENV_ALLOW:
         assert f"`{name}`" in text, f"docs/security.md does not list {name}"
+
+
+def test_a_file_where_a_directory_should_be_is_one_line(tmp_path: Path, tmpfs_dir: Path) -> None:
+    (tmpfs_dir / "blocker").write_text("not a directory")
+    config = write_config(tmp_path / "c.toml", tmp_path / "store", tmpfs_dir / "blocker" / "cs")
+    result = cli("-c", str(config), "deliver")
+    assert result.returncode == 9, result.stderr
+    assert b"Traceback" not in result.stderr
+    assert b"Not a directory" in result.stderr
+    runtime = vm_config(tmp_path, tmpfs_dir / "blocker" / "vm")
+    result = cli("-c", str(runtime), "launch", "vm")
+    assert result.returncode == 3, result.stderr
+    assert b"Traceback" not in result.stderr
