@@ -295,7 +295,8 @@ KERNELS = sorted(Path("/boot").glob("vmlinuz-*"))
 @pytest.mark.skipif(QEMU is None or not KERNELS, reason="needs qemu-system-x86_64 and a kernel")
 def test_launch_among_deliveries_and_rotations(tmp_path: Path, tmpfs_dir: Path) -> None:
     """A VM sharing a generated credential with a unit target is launched while deliveries
-    and rotations run: everything ends whole and the VM got a value the store holds."""
+    and rotations run: everything ends whole and the VM got a value the store holds.
+    (launch holds the store's lock only while it resolves, not while the VM runs.)"""
     setup = Setup(tmp_path, tmpfs_dir, 3)
     runtime = tmpfs_dir / "run" / "vm"
     setup.write(
@@ -317,7 +318,11 @@ shared = "target:a.service/c000"
     )
     assert setup.run("deliver").returncode == 0
     launch = setup.start("launch", "vm", fault="runtime.hypervisor-started@1:stop")
-    others = [setup.start("rotate", "a.service", "c000") for _ in range(2)]
+    # One rotation: the value the VM got must still be the store's current or previous one.
+    others = [
+        setup.start("rotate", "a.service", "c000"),
+        setup.start("rotate", "a.service", "c001"),
+    ]
     others += [setup.start("deliver") for _ in range(3)]
     others.append(setup.start("unit", "a.service", "--install", "--unit-dir", str(setup.unit_dir)))
     deadline = time.monotonic() + 120
