@@ -3,6 +3,8 @@
 Each unit target gets its own directory ``DIRECTORY/TARGET/`` holding one 0400 file per
 credential. A delivery writes a complete new directory beside it and swaps the two with one
 ``renameat2(RENAME_EXCHANGE)``: readers see either the whole old set or the whole new one.
+Runs serialise on ``DIRECTORY/.credbridge.lock``; under it, staging directories of a crashed
+run (``.TARGET.staging-*``) are removed.
 With ``encrypt = true`` each value goes through ``systemd-creds encrypt --name=NAME`` (value on
 stdin, never in argv) and the drop-in uses ``LoadCredentialEncrypted=``.
 """
@@ -11,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
-from collections.abc import Mapping, Sequence
+import stat
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from credbridge.backends.hooks.credstore import SETTINGS
@@ -29,18 +33,27 @@ from credbridge.core import (
     Staged,
 )
 from credbridge.core.config import credential_name_problem
+from credbridge.core.faults import point
 from credbridge.core.fsutil import (
+    LOCK_NAME,
+    check_path,
     ensure_private_dir,
-    exchange,
-    fsync_dir,
+    exchange_at,
     is_memory_backed,
-    read_private_file,
-    remove_tree,
+    open_dir,
+    opened_dir,
+    read_file_at,
+    remove_at,
     resolve_owner,
-    write_new_file,
+    write_new_file_at,
 )
 from credbridge.core.process import child_env
 from credbridge.core.settings import control_problem, seconds_setting
+
+log = logging.getLogger(__name__)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_STAGED_HERE: set[str] = set()
+"""Staging directories this process made and has not committed or removed yet."""
 
 DEFAULT_DIRECTORY = "/run/credstore"
 DEFAULT_ENCRYPTED_DIRECTORY = "/etc/credstore.encrypted"
@@ -142,23 +155,65 @@ class CredstoreSink(Sink):
                 "or encrypt = true)"
             )
 
+    def check(self) -> None:
+        try:
+            check_path(self.base)
+            self._check_medium()
+        except OSError as error:
+            raise DeliveryError(f"cannot use {self.base}: {error.strerror or error}") from None
+
+    def lock_files(self) -> list[Path]:
+        try:
+            ensure_private_dir(self.base)
+        except OSError as error:
+            raise DeliveryError(f"cannot prepare {self.base}: {error.strerror or error}") from None
+        return [self.base / LOCK_NAME]
+
+    def _trusted_owners(self) -> tuple[int, ...]:
+        """Owners accepted for the live target directory: it is handed to ``owner``."""
+        try:
+            uid, _gid = resolve_owner(self.owner, None)
+        except KeyError:
+            return ()
+        return (uid,) if uid != -1 else ()
+
     # ------------------------------------------------------------------ plan
 
+    def _read_live(self, names: Iterable[str]) -> tuple[dict[str, bytes | None], list[str]]:
+        """What the live directory holds now, read through a trusted chain without following
+        a symlink (a symlinked target directory is refused, not read through)."""
+        try:
+            fd = open_dir(self.directory, also_trust=self._trusted_owners())
+        except FileNotFoundError:
+            return dict.fromkeys(names), []
+        except NotADirectoryError:
+            raise DeliveryError(
+                f"{self.directory} is not a directory; refusing to replace it"
+            ) from None
+        try:
+            found: dict[str, bytes | None] = {}
+            for name in names:
+                try:
+                    found[name] = read_file_at(fd, name, str(self.directory / name))
+                except FileNotFoundError:
+                    found[name] = None
+            return found, sorted(os.listdir(fd))
+        except OSError as error:
+            raise DeliveryError(f"cannot read {self.directory}: {error.strerror}") from None
+        finally:
+            os.close(fd)
+
     def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
-        self._check_medium()
+        self.check()
+        live, present = self._read_live(credentials)
         entries = []
         for name, value in credentials.items():
-            path = self.directory / name
-            try:
-                current = read_private_file(path)
-            except FileNotFoundError:
+            current = live[name]
+            if current is None:
                 entries.append(
                     PlanEntry(name, Change.ADD, value.reason if isinstance(value, Pending) else "")
                 )
-                continue
-            except OSError as error:
-                raise DeliveryError(f"cannot read {path}: {error.strerror}") from None
-            if isinstance(value, Pending):
+            elif isinstance(value, Pending):
                 entries.append(PlanEntry(name, Change.CHANGE, value.reason))
             elif self.encrypt:
                 entries.append(PlanEntry(name, Change.CHANGE, "re-encrypted"))
@@ -166,54 +221,75 @@ class CredstoreSink(Sink):
                 entries.append(PlanEntry(name, Change.KEEP))
             else:
                 entries.append(PlanEntry(name, Change.CHANGE))
-        if self.directory.is_dir():
-            for entry in sorted(os.listdir(self.directory)):
-                if entry not in credentials:
-                    entries.append(PlanEntry(entry, Change.REMOVE))
+        for entry in present:
+            if entry not in credentials:
+                entries.append(PlanEntry(entry, Change.REMOVE))
         return entries
 
     # ------------------------------------------------------------------ stage
 
     def stage(self, deliveries: Sequence[Delivery]) -> Staged:
+        """Write the new set beside the live one; called with :meth:`lock_files` held."""
         self._check_medium()
         try:
             dir_uid, dir_gid = resolve_owner(self.owner, self.group)
             ensure_private_dir(self.base)
-            self._clean_stale()
-            staging = self.base / f".{self.target.name}.staging-{os.urandom(6).hex()}"
-            ensure_private_dir(staging, uid=dir_uid, gid=dir_gid)
+            base_fd = open_dir(self.base)
         except KeyError as error:
             raise ConfigError(
                 f"unknown user or group {error.args[0]}", file=self.label, key=self.where
             ) from None
         except OSError as error:
             raise DeliveryError(f"cannot prepare {self.base}: {error.strerror or error}") from None
+        name = f".{self.target.name}.staging-{os.urandom(6).hex()}"
+        staging = self.base / name
         try:
-            for delivery in deliveries:
-                data = self._encrypt(delivery) if self.encrypt else delivery.value.reveal()
-                try:
-                    uid, gid = resolve_owner(delivery.owner, delivery.group)
-                except KeyError as error:
-                    raise DeliveryError(
-                        f"{self.target.name}/{delivery.name}: unknown user or group {error.args[0]}"
-                    ) from None
-                write_new_file(staging / delivery.name, data, mode=delivery.mode, uid=uid, gid=gid)
-            fsync_dir(staging)
+            self._clean_stale(base_fd)
+            os.mkdir(name, 0o700, dir_fd=base_fd)
+            _STAGED_HERE.add(str(staging))
+            fd = os.open(name, _DIR_FLAGS, dir_fd=base_fd)
+            try:
+                os.fchmod(fd, 0o700)
+                for delivery in deliveries:
+                    data = self._encrypt(delivery) if self.encrypt else delivery.value.reveal()
+                    try:
+                        uid, gid = resolve_owner(delivery.owner, delivery.group)
+                    except KeyError as error:
+                        raise DeliveryError(
+                            f"{self.target.name}/{delivery.name}: unknown user or group "
+                            f"{error.args[0]}"
+                        ) from None
+                    write_new_file_at(fd, delivery.name, data, mode=delivery.mode, uid=uid, gid=gid)
+                if dir_uid != -1 or dir_gid != -1:
+                    os.fchown(fd, dir_uid, dir_gid)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.fsync(base_fd)
+            point("credstore.staged")
         except BaseException as error:
-            remove_tree(staging)
+            with contextlib.suppress(OSError):
+                remove_at(base_fd, name)
+            os.close(base_fd)
             if isinstance(error, OSError):
                 raise DeliveryError(
                     f"{self.target.name}: cannot write {staging}: {error.strerror or error}"
                 ) from None
             raise
-        return _StagedDirectory(staging, self.directory)
+        os.close(base_fd)
+        return _StagedDirectory(self.base, name, self.target.name)
 
-    def _clean_stale(self) -> None:
-        """Remove staging dirs left by a crashed run for this target."""
-        prefix = f".{self.target.name}.staging-"
-        for entry in os.listdir(self.base):
-            if entry.startswith(prefix):
-                remove_tree(self.base / entry)
+    def _clean_stale(self, base_fd: int) -> None:
+        """Remove staging dirs of crashed runs, any target's: with the base locked no other
+        run is staging here (the ones this process made are kept)."""
+        for entry in os.listdir(base_fd):
+            if (
+                entry.startswith(".")
+                and ".staging-" in entry
+                and str(self.base / entry) not in _STAGED_HERE
+            ):
+                log.info("removing %s left by an interrupted run", self.base / entry)
+                remove_at(base_fd, entry)
 
     def _encrypt(self, delivery: Delivery) -> bytes:
         # Imported here: only encrypt = true needs them, and they cost every run ~6 ms.
@@ -271,38 +347,52 @@ class CredstoreSink(Sink):
 
 
 class _StagedDirectory(Staged):
-    def __init__(self, staging: Path, live: Path) -> None:
+    def __init__(self, base: Path, staging: str, live: str) -> None:
+        self.base = base
         self.staging = staging
         self.live = live
         self.state = "staged"  # -> "swapped" (old set in staging) | "placed" (no old set)
 
     def commit(self) -> None:
+        live = self.base / self.live
         try:
-            if os.path.lexists(self.live):
-                if os.path.islink(self.live) or not self.live.is_dir():
-                    raise DeliveryError(f"{self.live} is not a directory; refusing to replace it")
-                exchange(self.staging, self.live)
-                self.state = "swapped"
-            else:
-                os.rename(self.staging, self.live)
-                self.state = "placed"
-            fsync_dir(self.live.parent)
+            with opened_dir(self.base) as base_fd:
+                try:
+                    info: os.stat_result | None = os.lstat(self.live, dir_fd=base_fd)
+                except FileNotFoundError:
+                    info = None
+                point("credstore.commit.before-swap")
+                if info is None:
+                    os.rename(self.staging, self.live, src_dir_fd=base_fd, dst_dir_fd=base_fd)
+                    self.state = "placed"
+                elif stat.S_ISDIR(info.st_mode):
+                    exchange_at(base_fd, self.staging, self.live)
+                    self.state = "swapped"
+                else:
+                    raise DeliveryError(f"{live} is not a directory; refusing to replace it")
+                point("credstore.commit.after-swap")
+                os.fsync(base_fd)
         except OSError as error:
             if error.errno == errno.EINVAL:
                 raise DeliveryError(
-                    f"{self.live.parent}: file system cannot swap directories atomically"
+                    f"{self.base}: file system cannot swap directories atomically"
                 ) from None
-            raise DeliveryError(f"cannot commit {self.live}: {error.strerror or error}") from None
+            raise DeliveryError(f"cannot commit {live}: {error.strerror or error}") from None
 
     def rollback(self) -> None:
-        if self.state == "swapped":
-            exchange(self.staging, self.live)
-        elif self.state == "placed":
-            os.rename(self.live, self.staging)
-        self.state = "staged"
-        remove_tree(self.staging)
-        with contextlib.suppress(OSError):
-            fsync_dir(self.live.parent)
+        with opened_dir(self.base) as base_fd:
+            if self.state == "swapped":
+                exchange_at(base_fd, self.staging, self.live)
+            elif self.state == "placed":
+                os.rename(self.live, self.staging, src_dir_fd=base_fd, dst_dir_fd=base_fd)
+            self.state = "staged"
+            remove_at(base_fd, self.staging)
+            _STAGED_HERE.discard(str(self.base / self.staging))
+            os.fsync(base_fd)
 
     def finalize(self) -> None:
-        remove_tree(self.staging)
+        with opened_dir(self.base) as base_fd:
+            point("credstore.finalize")
+            remove_at(base_fd, self.staging)
+            _STAGED_HERE.discard(str(self.base / self.staging))
+            os.fsync(base_fd)

@@ -525,8 +525,8 @@ class GenerateSource(RotatableSource):
         key = store_key(request)
         if key is None:
             raise NotFound(str(request.reference), "is not tied to a credential; nothing to rotate")
-        store = self._store()
         try:
+            store = self._store()
             store.rotate(key, self._fresh(request, {}))
         except (OSError, ValueError) as error:
             raise store_failure(str(request.reference), key, error) from None

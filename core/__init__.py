@@ -29,6 +29,7 @@ if TYPE_CHECKING:
         Forbidden,
         InvalidValue,
         LaunchError,
+        LockUnavailable,
         NotFound,
         PluginError,
         PluginFailed,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
         SourceError,
         Timeout,
         Unreachable,
+        UnsafePath,
     )
     from credbridge.core.hookspecs import hookimpl
     from credbridge.core.plugins import PluginManager, get_plugin_manager
@@ -89,6 +91,7 @@ _LAZY = {
     "Forbidden": "errors",
     "InvalidValue": "errors",
     "LaunchError": "errors",
+    "LockUnavailable": "errors",
     "NotFound": "errors",
     "PluginError": "errors",
     "PluginFailed": "errors",
@@ -96,6 +99,7 @@ _LAZY = {
     "SourceError": "errors",
     "Timeout": "errors",
     "Unreachable": "errors",
+    "UnsafePath": "errors",
     "hookimpl": "hookspecs",
     "PluginManager": "plugins",
     "get_plugin_manager": "plugins",
@@ -222,6 +226,7 @@ __all__ = [
     "LauncherContext",
     "LauncherType",
     "Locator",
+    "LockUnavailable",
     "Mode",
     "NotFound",
     "Outcome",
@@ -251,6 +256,7 @@ __all__ = [
     "Target",
     "Timeout",
     "Unreachable",
+    "UnsafePath",
     "VirtiofsShare",
     "VmChannel",
     "VmSink",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +17,21 @@ from credbridge.core.errors import CredbridgeError, ExitCode, PluginFailed, prin
 if TYPE_CHECKING:
     from credbridge.core.config import Config
     from credbridge.core.engine import Progress, Session
+    from credbridge.core.fsutil import LockWait
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Terminated(SystemExit):
+    """SIGTERM or SIGHUP arrived: unwind (rolling back, removing temp files), exit 128+N."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
 
 
 class _Group(click.Group):
@@ -41,6 +55,9 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("credbridge: interrupted", err=True)
             ctx.exit(130)
+        except Terminated as stop:
+            click.echo(f"credbridge: terminated by {signal.Signals(stop.signum).name}", err=True)
+            ctx.exit(128 + stop.signum)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as error:  # noqa: BLE001 - the one place a bug becomes one line
@@ -156,6 +173,7 @@ class State:
     def __init__(self, config_path: str | None, verbose: int = 0) -> None:
         self.config_path = config_path
         self.verbose = verbose
+        self.lock_wait: LockWait | None = None
 
     def config(self, *, required: bool = True) -> Config:
         from credbridge.core.config import Config, find_config, load_config
@@ -168,10 +186,49 @@ class State:
     def session(self, *, required: bool = True, progress: bool = False) -> Session:
         from credbridge.core.engine import Session
 
-        return Session(self.config(required=required), progress=_progress() if progress else None)
+        return Session(
+            self.config(required=required),
+            progress=_progress() if progress else None,
+            lock_wait=self.lock_wait,
+        )
 
 
 pass_state = click.make_pass_decorator(State)
+
+
+def _set_lock_wait(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    from credbridge.core.fsutil import LockWait
+
+    state = ctx.ensure_object(State)
+    if param.name == "no_wait" and value:
+        if state.lock_wait is not None and state.lock_wait.timeout != 0:
+            raise click.UsageError("--no-wait and --wait-lock exclude each other")
+        state.lock_wait = LockWait(timeout=0)
+    elif param.name == "wait_lock" and value is not None:
+        if state.lock_wait is not None and state.lock_wait.timeout == 0:
+            raise click.UsageError("--no-wait and --wait-lock exclude each other")
+        state.lock_wait = LockWait(timeout=value)
+    return value
+
+
+def lock_options(command: F) -> F:
+    """``--wait-lock SECONDS`` / ``--no-wait`` for the commands that take locks."""
+    command = click.option(
+        "--no-wait",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_lock_wait,
+        help="Fail at once (exit 12) if another run holds a lock this one needs.",
+    )(command)
+    return click.option(
+        "--wait-lock",
+        metavar="SECONDS",
+        type=click.FloatRange(min=0),
+        expose_value=False,
+        callback=_set_lock_wait,
+        help="Wait at most SECONDS for a lock another run holds, then fail (exit 12). "
+        "Default: wait as long as it takes, saying so after a second.",
+    )(command)
 
 
 @click.group(
@@ -193,7 +250,12 @@ pass_state = click.make_pass_decorator(State)
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
     """Carry secrets from where they are kept to systemd services and microVMs."""
+    # Nothing credbridge creates may be readable by others by accident; modes are also set
+    # explicitly where a file or directory is meant to be shared (drop-ins: 0644/0755).
+    os.umask(0o077)
     _setup_logging(verbose)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _terminate)
     ctx.obj = State(config_path, verbose)
 
 
@@ -201,6 +263,7 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
 @click.argument("targets", nargs=-1)
 @click.option("--dry-run", is_flag=True, help="Print the plan (no values); change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@lock_options
 @pass_state
 def deliver(state: State, targets: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
     """Resolve every credential of TARGETS (default: all units) and deliver them, all or nothing."""
@@ -285,10 +348,12 @@ def export(state: State, reference: str, path: Path) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where --install writes UNIT.d/credbridge.conf.",
 )
+@lock_options
 @pass_state
 def unit(state: State, target: str, install: bool, unit_dir: Path) -> None:
     """Print (or --install) the [Service] drop-in that loads TARGET's credentials."""
-    from credbridge.core.fsutil import atomic_write
+    from credbridge.core.errors import DeliveryError
+    from credbridge.core.fsutil import LOCK_NAME, atomic_write, locked, opened_dir
     from credbridge.core.settings import control_problem
 
     problem = control_problem(str(unit_dir))
@@ -301,10 +366,13 @@ def unit(state: State, target: str, install: bool, unit_dir: Path) -> None:
         return
     dropin_dir = unit_dir / f"{found.unit}.d"
     try:
-        dropin_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        atomic_write(dropin_dir / "credbridge.conf", text.encode(), mode=0o644)
+        # Unit files are world-readable by convention (they hold paths, not values).
+        with opened_dir(dropin_dir, create=True, mode=0o755, parents_mode=0o755):
+            pass
+        with locked(dropin_dir / LOCK_NAME, wait=state.lock_wait):
+            atomic_write(dropin_dir / "credbridge.conf", text.encode(), mode=0o644)
     except OSError as error:
-        raise CredbridgeError(f"cannot write {dropin_dir}: {error.strerror or error}") from None
+        raise DeliveryError(f"cannot write {dropin_dir}: {error.strerror or error}") from None
     click.echo(
         f"installed {dropin_dir / 'credbridge.conf'}; run 'systemctl daemon-reload'", err=True
     )
@@ -313,6 +381,7 @@ def unit(state: State, target: str, install: bool, unit_dir: Path) -> None:
 @cli.command()
 @click.argument("target")
 @click.argument("credential")
+@lock_options
 @pass_state
 def rotate(state: State, target: str, credential: str) -> None:
     """Generate a new value for a generated CREDENTIAL of TARGET; the old one stays readable."""
@@ -401,6 +470,7 @@ def check(state: State, targets: tuple[str, ...], as_json: bool) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("--dry-run", is_flag=True, help="Print the launch plan with values redacted.")
+@lock_options
 @pass_state
 def launch(state: State, name: str, dry_run: bool) -> None:
     """Start VM target NAME in the foreground with its credentials; exit with the VM's status."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import threading
 from collections import defaultdict
@@ -31,6 +32,8 @@ from credbridge.core.errors import (
     SourceError,
     printable,
 )
+from credbridge.core.faults import point
+from credbridge.core.fsutil import LockWait, locked
 from credbridge.core.plugins import (
     LAUNCHER,
     SINK,
@@ -186,12 +189,18 @@ class Session:
         *,
         plugins: PluginManager | None = None,
         progress: Progress | None = None,
+        lock_wait: LockWait | None = None,
     ) -> None:
         self.config = config or _empty_config()
         self.plugins = plugins or get_plugin_manager()
         self.progress = progress
+        self.lock_wait = lock_wait or LockWait()
+        """How long ``deliver``, ``rotate`` and ``launch`` wait for locks other runs hold."""
         self._sources: dict[str, Source] = {}
         self._store: Store | None = None
+        self._store_guard = threading.Lock()
+        self._run_locks: contextlib.ExitStack | None = None
+        self._store_locked = False
 
     def __enter__(self) -> Session:
         return self
@@ -230,23 +239,54 @@ class Session:
     # ------------------------------------------------------------------ opening plugins
 
     def store(self) -> Store:
-        if self._store is None:
-            kind = self.config.store_type
-            found = self.plugins.lookup(STORE, kind)
-            if found is None:
-                raise ConfigError(
-                    f"unknown store type {kind!r}", file=self.config.label, key="store.type"
+        with self._store_guard:
+            if self._store is None:
+                kind = self.config.store_type
+                found = self.plugins.lookup(STORE, kind)
+                if found is None:
+                    raise ConfigError(
+                        f"unknown store type {kind!r}", file=self.config.label, key="store.type"
+                    )
+                context = StoreContext(
+                    self.config.store_settings,
+                    self.config.directory,
+                    "store",
+                    self.config.label,
+                    resolve=self.resolve_one,
                 )
-            context = StoreContext(
-                self.config.store_settings,
-                self.config.directory,
-                "store",
-                self.config.label,
-                resolve=self.resolve_one,
-            )
-            with self.plugins.guard(STORE, kind, "open()"):
-                self._store = _GuardedStore(found[0].open(context), self.plugins, kind)
-        return self._store
+                with self.plugins.guard(STORE, kind, "open()"):
+                    self._store = _GuardedStore(found[0].open(context), self.plugins, kind)
+            if self._run_locks is not None and not self._store_locked:
+                self._lock_store(self._store, self._run_locks)
+            return self._store
+
+    # ------------------------------------------------------------------ run locks
+
+    @contextlib.contextmanager
+    def _locked_run(self, sinks: Iterable[Sink] = ()) -> Iterator[None]:
+        """Hold what concurrent runs share: the sinks' lock files now, in one global order
+        (sorted paths), and the store's run lock from its first use on (always last)."""
+        paths = sorted({os.path.abspath(path) for sink in sinks for path in sink.lock_files()})
+        with contextlib.ExitStack() as stack:
+            for path in paths:
+                stack.enter_context(locked(Path(path), wait=self.lock_wait))
+            with self._store_guard:
+                self._run_locks = stack
+                if self._store is not None:
+                    self._lock_store(self._store, stack)
+            try:
+                yield
+            finally:
+                with self._store_guard:
+                    self._run_locks = None
+                    self._store_locked = False
+
+    def _lock_store(self, store: Store, stack: contextlib.ExitStack) -> None:
+        path = store.lock_file()
+        if path is not None:
+            stack.enter_context(locked(path, wait=self.lock_wait))
+        self._store_locked = True
+        store.recover()
 
     def source(self, scheme: str) -> Source:
         if scheme not in self._sources:
@@ -459,23 +499,29 @@ class Session:
         targets = self.select_targets(names)
         mode = Mode.DRY_RUN if dry_run else Mode.DELIVER
         sinks = {t.name: self.sink(t) for t in targets}  # sink settings fail before any fetch
-        values, skipped = self.resolve_targets(targets, mode)
-        report = DeliveryReport(dry_run=dry_run, skipped=skipped)
-        try:
-            for target in targets:
-                with self.plugins.guard(SINK, target.sink, "plan()"):
-                    plan = sinks[target.name].plan(values[target.name])
-                    report.locations[target.name] = sinks[target.name].location()
-                report.entries.extend(self._entries(target, plan, values[target.name]))
-            if self._store is not None:
-                report.store = self._store.location()
-            if dry_run:
+        for target in targets:
+            with self.plugins.guard(SINK, target.sink, "check()"):
+                sinks[target.name].check()  # before anything is generated or written
+        # A dry run writes nothing and takes no lock; it may see a set being replaced.
+        with contextlib.nullcontext() if dry_run else self._locked_run(sinks.values()):
+            values, skipped = self.resolve_targets(targets, mode)
+            point("engine.resolved")
+            report = DeliveryReport(dry_run=dry_run, skipped=skipped)
+            try:
+                for target in targets:
+                    with self.plugins.guard(SINK, target.sink, "plan()"):
+                        plan = sinks[target.name].plan(values[target.name])
+                        report.locations[target.name] = sinks[target.name].location()
+                    report.entries.extend(self._entries(target, plan, values[target.name]))
+                if self._store is not None:
+                    report.store = self._store.location()
+                if dry_run:
+                    return report
+                self._commit(targets, sinks, values)
                 return report
-            self._commit(targets, sinks, values)
-            return report
-        finally:
-            for target_values in values.values():
-                _wipe(target_values.values())
+            finally:
+                for target_values in values.values():
+                    _wipe(target_values.values())
 
     def _entries(
         self,
@@ -525,21 +571,37 @@ class Session:
                 with self._sink_call(target.name, "stage()"):
                     item = sinks[target.name].stage(self.deliveries(target, values[target.name]))
                 staged.append((target.name, item))
+            # A stop (SIGTERM, SIGINT, SIGHUP) waits until every target is swapped and the old
+            # sets are gone: it can split neither the commit nor leave old sets behind.
             with _signals_deferred():
                 for name, item in staged:
+                    point("engine.commit")
                     with self._sink_call(name, "commit()"):
                         item.commit()
                     committed.append((name, item))
                     log.info("delivered %s", name)
+                for name, item in committed:
+                    try:
+                        with self._sink_call(name, "finalize()"):
+                            item.finalize()
+                    except (CredbridgeError, OSError) as failure:
+                        log.warning(
+                            "cleaning up the previous set of %s failed: %s",
+                            name,
+                            _describe(failure),
+                        )
         except BaseException as error:
-            for name, item in reversed(staged):
-                try:
-                    with self._sink_call(name, "rollback()"):
-                        item.rollback()
-                    log.info("rolled back %s", name)
-                except (CredbridgeError, OSError) as failure:
-                    # No traceback: it could carry what the sink was writing.
-                    log.error("rollback of target %s failed: %s", name, _describe(failure))  # noqa: TRY400
+            if committed and len(committed) == len(staged):
+                raise  # the deferred stop, delivered after a complete commit: nothing to undo
+            with _signals_deferred():
+                for name, item in reversed(staged):
+                    try:
+                        with self._sink_call(name, "rollback()"):
+                            item.rollback()
+                        log.info("rolled back %s", name)
+                    except (CredbridgeError, OSError) as failure:
+                        # No traceback: it could carry what the sink was writing.
+                        log.error("rollback of target %s failed: %s", name, _describe(failure))  # noqa: TRY400
             if isinstance(error, CredbridgeError):
                 raise
             if isinstance(error, OSError):
@@ -547,14 +609,6 @@ class Session:
                     f"delivery failed, nothing changed: {error.strerror or error}"
                 ) from None
             raise
-        for name, item in committed:
-            try:
-                with self._sink_call(name, "finalize()"):
-                    item.finalize()
-            except (CredbridgeError, OSError) as failure:
-                log.warning(
-                    "cleaning up the previous set of %s failed: %s", name, _describe(failure)
-                )
 
     def _sink_call(self, target: str, action: str) -> contextlib.AbstractContextManager[None]:
         """Guard a call into a target's sink; ``OSError`` stays a delivery failure."""
@@ -602,7 +656,7 @@ class Session:
                 file=self.config.label,
                 key=spec.where,
             )
-        with self.plugins.guard(SOURCE, scheme, "rotate()"):
+        with self._locked_run(), self.plugins.guard(SOURCE, scheme, "rotate()"):
             return source.rotate(request)
 
     def check(self, names: Sequence[str] = ()) -> list[CheckResult]:
@@ -667,8 +721,12 @@ class Session:
         self.validate()
         target = self.select_targets([name], kind="vm")[0]
         launcher = self.launcher(target)
+        if not dry_run:
+            launcher.check()  # before anything is generated or written
         mode = Mode.DRY_RUN if dry_run else Mode.DELIVER
-        values, _skipped = self.resolve_targets([target], mode, tolerate=dry_run)
+        # The store's run lock is held while resolving only, not for the VM's lifetime.
+        with contextlib.nullcontext() if dry_run else self._locked_run():
+            values, _skipped = self.resolve_targets([target], mode, tolerate=dry_run)
         try:
             if dry_run:
                 with self.plugins.guard(LAUNCHER, target.launcher or "", "plan()"):
@@ -732,6 +790,14 @@ class _GuardedStore(Store):
         with self._guard("location()"):
             return self._inner.location()
 
+    def lock_file(self) -> Path | None:
+        with self._guard("lock_file()"):
+            return self._inner.lock_file()
+
+    def recover(self) -> None:
+        with self._guard("recover()"):
+            self._inner.recover()
+
 
 _TERMINATING = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
@@ -739,15 +805,25 @@ _TERMINATING = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
     """Hold termination signals while targets are swapped, so a stop between two commits
-    cannot leave one target new and another old; they are delivered right after."""
+    cannot leave one target new and another old; they are delivered right after.
+
+    The handlers are swapped (not only the main thread's signal mask), so a signal that the
+    kernel hands to another thread is held too."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINATING)
+    received: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda signum, _frame: received.append(signum))
+        for signum in _TERMINATING
+    }
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for held in dict.fromkeys(received):
+            signal.raise_signal(held)
 
 
 def _public_text(value: Secret) -> str:

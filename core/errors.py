@@ -53,6 +53,8 @@ class ExitCode(enum.IntEnum):
     DELIVERY = 9
     LAUNCH = 10
     PLUGIN = 11
+    LOCKED = 12
+    UNSAFE_PATH = 13
 
 
 class CredbridgeError(Exception):
@@ -192,6 +194,36 @@ class PluginFailed(PluginError):
     def __init__(self, message: str, error: BaseException) -> None:
         super().__init__(message)
         self.error = error
+
+
+class LockUnavailable(CredbridgeError):
+    """Another credbridge run holds a lock this run needs, longer than ``--wait-lock`` allows."""
+
+    exit_code = ExitCode.LOCKED
+
+    def __init__(self, path: str, holder: str, waited: float) -> None:
+        how = (
+            "not waiting (--no-wait)" if waited <= 0 else f"gave up after {waited:g}s (--wait-lock)"
+        )
+        super().__init__(f"{path} is locked by another credbridge run (pid {holder}); {how}")
+        self.path = path
+        self.holder = holder
+
+
+class UnsafePath(CredbridgeError):
+    """A directory on the way to a secret could be changed by someone else.
+
+    It is a symlink, is owned by a user other than root and the one credbridge runs as, or is
+    group- or world-writable (root-owned sticky directories such as ``/tmp`` excepted, as
+    ancestors). The message names the path, its owner and its mode.
+    """
+
+    exit_code = ExitCode.UNSAFE_PATH
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"unsafe path {path}: {problem}")
+        self.path = path
+        self.problem = problem
 
 
 class ResolutionFailed(CredbridgeError):

@@ -1,4 +1,18 @@
-"""File-system primitives for secret files: 0700 dirs, 0400 files, atomic, no symlinks."""
+"""File-system primitives for secret files: trusted 0700 dirs, 0400 files, atomic, no symlinks.
+
+Every path is walked from ``/`` one component at a time with ``openat(O_NOFOLLOW|O_DIRECTORY)``
+(:func:`open_dir`): no symlink is followed anywhere along it, and every directory on the way
+must be owned by root or by the user credbridge runs as and must not be group- or
+world-writable -- root-owned sticky directories such as ``/tmp`` and ``/dev/shm`` are accepted
+as ancestors, never as the directory written into (like OpenSSH's ``StrictModes``). A path that
+fails this raises :class:`~credbridge.core.errors.UnsafePath` naming the path, owner and mode.
+Once a chain is trusted only root or this user can change it, so later steps may use it.
+(``openat2(RESOLVE_NO_SYMLINKS)`` would refuse links in one call, but not check owners and modes
+on the way, so the walk opens one component at a time.)
+
+Directories credbridge creates get explicit modes whatever the umask, and the directory that
+received a new entry is fsynced, so a created chain survives power loss up to its root.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +20,40 @@ import contextlib
 import ctypes
 import errno
 import grp
+import logging
 import os
 import pwd
 import stat
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+from credbridge.core.errors import LockUnavailable, UnsafePath
+from credbridge.core.faults import point
+
+log = logging.getLogger(__name__)
 
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
 RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+LOCK_NAME = ".credbridge.lock"
+"""The lock file a credbridge run holds in a directory it changes (credstore base, store root)."""
 
-# The process's own symbols include libc's (statfs, renameat2); ctypes.util.find_library
-# would run ldconfig in a subprocess on every start (~10 ms).
-_libc = ctypes.CDLL(None, use_errno=True)
+
+def load_libc() -> ctypes.CDLL:
+    """The C library, by soname: ``ctypes.util.find_library`` may run ``gcc``/``ld`` (with
+    credbridge's environment) on systems without ``ldconfig``; the already-loaded libc of the
+    interpreter (``dlopen(NULL)``) serves musl and others."""
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return ctypes.CDLL(None, use_errno=True)
+
+
+libc = load_libc()
 
 
 class _StatFs(ctypes.Structure):
@@ -29,7 +63,7 @@ class _StatFs(ctypes.Structure):
 def filesystem_type(path: Path) -> int:
     """The ``f_type`` magic of the file system holding ``path`` (statfs(2))."""
     buf = _StatFs()
-    if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+    if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(path))
     return int(buf.f_type) & 0xFFFFFFFF
@@ -37,15 +71,23 @@ def filesystem_type(path: Path) -> int:
 
 def is_memory_backed(path: Path) -> bool:
     """Whether ``path`` (or its nearest existing parent) is on tmpfs or ramfs."""
-    probe = path
-    while not probe.exists() and probe != probe.parent:
+    probe = Path(os.path.abspath(path))
+    while not os.path.lexists(probe) and probe != probe.parent:
         probe = probe.parent
     return filesystem_type(probe) in (TMPFS_MAGIC, RAMFS_MAGIC)
 
 
 def exchange(a: Path, b: Path) -> None:
     """Atomically swap two paths (renameat2 RENAME_EXCHANGE): both must exist."""
-    rc = _libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
+    rc = libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), f"{a} <-> {b}")
+
+
+def exchange_at(dir_fd: int, a: str, b: str) -> None:
+    """Atomically swap entries ``a`` and ``b`` of the directory ``dir_fd``."""
+    rc = libc.renameat2(dir_fd, os.fsencode(a), dir_fd, os.fsencode(b), RENAME_EXCHANGE)
     if rc != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), f"{a} <-> {b}")
@@ -61,34 +103,200 @@ def resolve_owner(user: str | None, group: str | None) -> tuple[int, int]:
     return uid, gid
 
 
-def ensure_private_dir(path: Path, *, mode: int = 0o700, uid: int = -1, gid: int = -1) -> None:
-    """Create ``path`` (and parents) if missing; refuse symlinks; force mode and owner."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=mode)
-    info = os.lstat(path)
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise OSError(errno.ENOTDIR, "not a real directory (symlink or file)", str(path))
-    if stat.S_IMODE(info.st_mode) != mode:
-        os.chmod(path, mode)
-    if (uid != -1 and info.st_uid != uid) or (gid != -1 and info.st_gid != gid):
-        os.chown(path, uid, gid, follow_symlinks=False)
+# --------------------------------------------------------------------------- trusted walk
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+def _user(uid: int) -> str:
     try:
-        os.fsync(fd)
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _components(path: os.PathLike[str] | str) -> list[str]:
+    # Lexical normalisation is exact here: the walk refuses every symlink it meets.
+    return [part for part in os.path.abspath(path).split("/") if part]
+
+
+def check_dir(
+    path: str, info: os.stat_result, *, ancestor: bool, also_trust: Collection[int] = ()
+) -> None:
+    """Refuse a directory someone else could change (see the module docstring)."""
+    euid = os.geteuid()
+    mode = stat.S_IMODE(info.st_mode)
+    owner = info.st_uid
+    if owner not in (0, euid, *also_trust):
+        trusted = "root" if euid == 0 else f"root or by {_user(euid)}"
+        raise UnsafePath(
+            path,
+            f"owned by {_user(owner)}, mode {mode:04o}; credbridge trusts only directories "
+            f"owned by {trusted}",
+        )
+    if mode & 0o022 and not (ancestor and mode & stat.S_ISVTX and owner in (0, euid)):
+        who = {0o002: "others", 0o020: "its group", 0o022: "its group and others"}
+        raise UnsafePath(
+            path,
+            f"owned by {_user(owner)}, mode {mode:04o}: writable by {who[mode & 0o022]}; "
+            "check its contents, then remove group/other write permission (chmod go-w)",
+        )
+
+
+def _symlink_error(path: str, dir_fd: int, name: str) -> UnsafePath:
+    try:
+        target = os.readlink(name, dir_fd=dir_fd)
+    except OSError:
+        target = "?"
+    return UnsafePath(
+        path, f"is a symlink (to {target}); credbridge follows no symlink along a path"
+    )
+
+
+def _open_child(dir_fd: int, name: str, path: str) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise OSError(error.errno, error.strerror, path) from None
+        info = os.lstat(name, dir_fd=dir_fd)
+        if stat.S_ISLNK(info.st_mode):
+            raise _symlink_error(path, dir_fd, name) from None
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path) from None
+
+
+def open_dir(
+    path: os.PathLike[str] | str,
+    *,
+    create: bool = False,
+    mode: int = 0o700,
+    parents_mode: int = 0o700,
+    also_trust: Collection[int] = (),
+) -> int:
+    """An ``O_DIRECTORY`` fd of ``path``, reached from ``/`` without following any symlink,
+    every directory on the way checked (see the module docstring). Close it when done.
+
+    With ``create``, missing directories are made: the last with ``mode``, the others with
+    ``parents_mode`` (exactly, whatever the umask); each parent that gained an entry is fsynced.
+    ``also_trust`` adds owners accepted for the last directory only (e.g. a credstore target
+    directory handed to a service user). Raises :class:`UnsafePath`, ``FileNotFoundError``
+    (without ``create``) or ``NotADirectoryError``.
+    """
+    parts = _components(path)
+    fd = os.open("/", _DIR_FLAGS)
+    current = ""
+    try:
+        check_dir("/", os.fstat(fd), ancestor=bool(parts))
+        for index, name in enumerate(parts):
+            last = index == len(parts) - 1
+            current = f"{current}/{name}"
+            created = False
+            try:
+                child = _open_child(fd, name, current)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                    created = True
+                    point("mkdir")
+                child = _open_child(fd, name, current)
+            try:
+                if created:
+                    os.fchmod(child, mode if last else parents_mode)
+                    os.fsync(fd)
+                check_dir(
+                    current,
+                    os.fstat(child),
+                    ancestor=not last,
+                    also_trust=also_trust if last else (),
+                )
+            except BaseException:
+                os.close(child)
+                raise
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def opened_dir(
+    path: os.PathLike[str] | str,
+    *,
+    create: bool = False,
+    mode: int = 0o700,
+    parents_mode: int = 0o700,
+    also_trust: Collection[int] = (),
+) -> Iterator[int]:
+    """:func:`open_dir` as a context manager."""
+    fd = open_dir(path, create=create, mode=mode, parents_mode=parents_mode, also_trust=also_trust)
+    try:
+        yield fd
     finally:
         os.close(fd)
 
 
-def write_new_file(
-    path: Path, data: bytes, *, mode: int = 0o400, uid: int = -1, gid: int = -1
-) -> None:
-    """Create ``path`` exclusively (never following a symlink), write, fsync, set owner."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def check_path(path: os.PathLike[str] | str) -> None:
+    """Check the existing part of ``path`` like :func:`open_dir` does, creating nothing.
+
+    For refusing early, before anything is written: a missing tail is fine.
+    """
+    parts = _components(path)
+    fd = os.open("/", _DIR_FLAGS)
+    current = ""
     try:
+        check_dir("/", os.fstat(fd), ancestor=bool(parts))
+        for index, name in enumerate(parts):
+            current = f"{current}/{name}"
+            try:
+                child = _open_child(fd, name, current)
+            except FileNotFoundError:
+                return
+            os.close(fd)
+            fd = child
+            check_dir(current, os.fstat(fd), ancestor=index < len(parts) - 1)
+    finally:
+        os.close(fd)
+
+
+def ensure_private_dir(
+    path: Path,
+    *,
+    mode: int = 0o700,
+    uid: int = -1,
+    gid: int = -1,
+    parents_mode: int = 0o700,
+) -> None:
+    """Create ``path`` (and parents) if missing, through a trusted chain; force mode and owner.
+
+    An existing directory keeps its contents; its mode is set to ``mode`` only when it was safe
+    already (a group- or world-writable one is refused: someone may have planted entries).
+    """
+    with opened_dir(path, create=True, mode=mode, parents_mode=parents_mode) as fd:
+        info = os.fstat(fd)
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.fchmod(fd, mode)
+        if (uid != -1 and info.st_uid != uid) or (gid != -1 and info.st_gid != gid):
+            os.fchown(fd, uid, gid)
+
+
+def fsync_dir(path: Path) -> None:
+    with opened_dir(path) as fd:
+        os.fsync(fd)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_new_file_at(
+    dir_fd: int, name: str, data: bytes, *, mode: int = 0o400, uid: int = -1, gid: int = -1
+) -> None:
+    """Create ``name`` in the directory ``dir_fd`` exclusively, write, set owner/mode, fsync."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
+    try:
+        point("write.created")
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
@@ -96,39 +304,74 @@ def write_new_file(
         if uid != -1 or gid != -1:
             os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
+        point("write.written")
         os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            os.unlink(name, dir_fd=dir_fd)
         raise
     os.close(fd)
 
 
+def write_new_file(
+    path: Path, data: bytes, *, mode: int = 0o400, uid: int = -1, gid: int = -1
+) -> None:
+    """Create ``path`` exclusively in a trusted directory (never following a symlink), write,
+    fsync, set owner and mode."""
+    with opened_dir(path.parent) as dir_fd:
+        write_new_file_at(dir_fd, path.name, data, mode=mode, uid=uid, gid=gid)
+
+
+TEMP_SUFFIX = ".tmp"
+
+
 def temp_name(directory: Path, stem: str) -> Path:
     # os.urandom is what secrets.token_hex reads, without importing secrets (hmac, OpenSSL).
-    return directory / f".{stem}.{os.urandom(6).hex()}.tmp"
+    return directory / f".{stem}.{os.urandom(6).hex()}{TEMP_SUFFIX}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temp file of :func:`atomic_write` (a crash leftover when no run
+    holds the lock)."""
+    stem, dot, rest = name.rpartition(".")
+    if not (name.startswith(".") and dot and rest == TEMP_SUFFIX[1:]):
+        return False
+    token = stem.rpartition(".")[2]
+    return len(token) == 12 and all(c in "0123456789abcdef" for c in token)
 
 
 def atomic_write(
     path: Path, data: bytes, *, mode: int = 0o400, uid: int = -1, gid: int = -1
 ) -> None:
-    """Replace ``path`` atomically: temp file in the same directory, fsync, rename, fsync dir."""
-    tmp = temp_name(path.parent, path.name)
-    write_new_file(tmp, data, mode=mode, uid=uid, gid=gid)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    """Replace ``path`` atomically: temp file in the same (trusted) directory, fsync, rename,
+    fsync the directory."""
+    with opened_dir(path.parent) as dir_fd:
+        tmp = temp_name(path.parent, path.name).name
+        write_new_file_at(dir_fd, tmp, data, mode=mode, uid=uid, gid=gid)
+        try:
+            point("atomic.before-rename")
+            os.rename(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+        point("atomic.after-rename")
+        os.fsync(dir_fd)
 
 
-def read_private_file(path: Path) -> bytes:
-    """Read a file without following a final symlink."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def read_file_at(dir_fd: int, name: str, path: str) -> bytes:
+    """Read regular file ``name`` of ``dir_fd`` without following a symlink."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise _symlink_error(path, dir_fd, name) from None
+        raise OSError(error.errno, error.strerror, path) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
         chunks = []
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
@@ -137,30 +380,109 @@ def read_private_file(path: Path) -> bytes:
         os.close(fd)
 
 
+def read_private_file(path: Path) -> bytes:
+    """Read a regular file through a trusted chain of directories, following no symlink."""
+    with opened_dir(path.parent) as dir_fd:
+        return read_file_at(dir_fd, path.name, str(path))
+
+
+def remove_at(dir_fd: int, name: str) -> None:
+    """Remove entry ``name`` of ``dir_fd`` and, for a directory, all below it (no symlink is
+    followed; a symlink is removed itself)."""
+    try:
+        info = os.lstat(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        point("remove.entry")
+        return
+    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    try:
+        for entry in os.listdir(fd):
+            remove_at(fd, entry)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+    point("remove.entry")
+
+
 def remove_tree(path: Path) -> None:
     """Remove a directory tree we created; never follows symlinks."""
-    if not os.path.lexists(path):
+    try:
+        parent = open_dir(path.parent)
+    except FileNotFoundError:
         return
-    if os.path.islink(path) or not os.path.isdir(path):
-        os.unlink(path)
-        return
-    for entry in os.scandir(path):
-        child = Path(entry.path)
-        if entry.is_dir(follow_symlinks=False):
-            remove_tree(child)
-        else:
-            os.unlink(child)
-    os.rmdir(path)
+    try:
+        remove_at(parent, path.name)
+    finally:
+        os.close(parent)
+
+
+# --------------------------------------------------------------------------- locks
+
+
+@dataclass(frozen=True)
+class LockWait:
+    """How long to wait for a lock another run holds: ``timeout`` seconds (``None``: as long
+    as it takes, ``0``: not at all), telling ``notify`` once ``notify_after`` seconds passed."""
+
+    timeout: float | None = None
+    notify_after: float = 1.0
+    notify: Callable[[str], None] | None = None
+
+
+def _holder(fd: int) -> str:
+    with contextlib.suppress(OSError):
+        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if text.isdigit():
+            return text
+    return "?"
+
+
+def _acquire(fd: int, path: Path, wait: LockWait) -> None:
+    import fcntl
+
+    started = time.monotonic()
+    delay = 0.005
+    notified = False
+    while True:
+        with contextlib.suppress(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        waited = time.monotonic() - started
+        if wait.timeout is not None and waited >= wait.timeout:
+            raise LockUnavailable(str(path), _holder(fd), wait.timeout)
+        if not notified and waited >= wait.notify_after:
+            notified = True
+            message = (
+                f"waiting for {path}, held by credbridge pid {_holder(fd)} "
+                "(--wait-lock SECONDS or --no-wait to limit)"
+            )
+            (wait.notify or log.warning)(message)
+        pause = delay if wait.timeout is None else min(delay, wait.timeout - waited)
+        time.sleep(max(pause, 0.001))
+        delay = min(delay * 2, 0.05)
 
 
 @contextlib.contextmanager
-def locked(lock_path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``lock_path`` for cross-process critical sections."""
-    import fcntl
-
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+def locked(lock_path: Path, *, wait: LockWait | None = None) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_path`` (created 0600 in a trusted directory) for
+    cross-process critical sections; waits as ``wait`` says (default: as long as it takes)."""
+    with opened_dir(lock_path.parent) as dir_fd:
+        fd = os.open(
+            lock_path.name,
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
+        )
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "lock file is not a regular file", str(lock_path))
+        _acquire(fd, lock_path, wait or LockWait())
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        point("lock.acquired")
         yield
     finally:
         os.close(fd)

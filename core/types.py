@@ -293,6 +293,15 @@ class Store(abc.ABC):
     def location(self) -> str:
         """Where values are kept, for messages (no values)."""
 
+    def lock_file(self) -> Path | None:
+        """A lock file that ``deliver``, ``rotate`` and ``launch`` hold (``flock``) from the
+        first use of the store until their commit, so that runs sharing the store serialise;
+        it may create the directory holding it. ``None``: the store needs no run lock."""
+        return None
+
+    def recover(self) -> None:  # noqa: B027 - optional: stores without crash leftovers
+        """Clean up what a crashed run left behind; called with :meth:`lock_file` held."""
+
 
 @dataclass(frozen=True, eq=False)
 class StoreContext:
@@ -391,7 +400,20 @@ class Sink(abc.ABC):
 
     @abc.abstractmethod
     def stage(self, deliveries: Sequence[Delivery]) -> Staged:
-        """Write the complete new set aside; raise :class:`DeliveryError` on failure."""
+        """Write the complete new set aside; raise :class:`DeliveryError` on failure.
+
+        Called with every file of :meth:`lock_files` locked, so leftovers of other runs found
+        now are stale and may be removed."""
+
+    def check(self) -> None:  # noqa: B027 - optional: sinks with nothing to check early
+        """Refuse early, before anything is resolved, generated or written (no side effects):
+        e.g. a plaintext credstore that is not on tmpfs, or an unsafe directory."""
+
+    def lock_files(self) -> Sequence[Path]:
+        """Lock files credbridge holds (``flock``, in one global order, honouring
+        ``--wait-lock``) from resolution through commit, so runs sharing a target directory
+        serialise; may create the directory holding them. Default: none."""
+        return ()
 
     def unit_settings(self) -> list[str]:
         """``[Service]`` lines that make the unit load what this sink delivers (may be empty)."""
@@ -481,6 +503,10 @@ class Launcher(abc.ABC):
     @abc.abstractmethod
     def launch(self, deliveries: Sequence[Delivery]) -> int:
         """Start the VM, wait for it, clean up; return the VM's exit status."""
+
+    def check(self) -> None:  # noqa: B027 - optional: launchers with nothing to check early
+        """Refuse early, before anything is resolved or generated (no side effects): e.g. a
+        runtime directory that is not on tmpfs or is unsafe."""
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

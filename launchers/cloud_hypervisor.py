@@ -54,6 +54,7 @@ from credbridge.launchers.runtime import (
     SOCKET_PATH_MAX,
     LaunchInterrupted,
     VmRuntime,
+    check_runtime_dir,
     exit_status,
     find_virtiofsd,
     virtiofsd_argv,
@@ -530,6 +531,14 @@ class CloudHypervisorLauncher(Launcher):
         ]
 
     # ------------------------------------------------------------------ launch
+
+    def check(self) -> None:
+        check_runtime_dir(
+            self.vm.runtime_dir,
+            allow_persistent=self.allow_persistent,
+            config_file=self.label,
+            key=f"{self.where}.runtime_dir",
+        )
 
     def launch(self, deliveries: Sequence[Delivery]) -> int:
         self._check_verbose(bool(deliveries))

@@ -47,6 +47,7 @@ from credbridge.launchers.runtime import (
     LaunchInterrupted,
     Virtiofsd,
     VmRuntime,
+    check_runtime_dir,
     child_env,
     find_virtiofsd,
     virtiofsd_argv,
@@ -371,6 +372,14 @@ class QemuLauncher(Launcher):
     @staticmethod
     def _smbios_paths(runtime_dir: Path, count: int) -> list[Path]:
         return [runtime_dir / "smbios" / f"oem-{index:03d}" for index in range(count)]
+
+    def check(self) -> None:
+        check_runtime_dir(
+            self.spec.runtime_dir,
+            allow_persistent=self.allow_persistent,
+            config_file=self.label,
+            key=f"{self.where}.runtime_dir",
+        )
 
     def launch(self, deliveries: Sequence[Delivery]) -> int:
         spec = self.spec

@@ -48,6 +48,12 @@ stop_timeout=10.0, config_file=None, key=None)``
     * ``check()`` -- raise :class:`LaunchInterrupted` if a signal arrived, or
       :class:`LaunchError` if a helper died (call between startup steps).
 
+``check_runtime_dir(path, *, allow_persistent=False, config_file=None, key=None)``: refuse a
+runtime directory that is not on tmpfs/ramfs or whose existing path is unsafe (a symlink, another
+user's directory, a group/world-writable one), before anything is written -- call it from
+``Launcher.check()``. The directory and its parents are reached through
+:func:`credbridge.core.fsutil.open_dir` (no symlink followed anywhere).
+
 ``LaunchInterrupted(LaunchError)``: a termination signal arrived before the hypervisor ran;
 ``.signal`` and ``.status`` (128+N) -- launchers return ``.status``.
 
@@ -72,8 +78,6 @@ child's argv or environment: values reach the hypervisor only through 0400 files
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import logging
@@ -92,10 +96,15 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from credbridge.core.errors import ConfigError, LaunchError
+from credbridge.core.faults import point
 from credbridge.core.fsutil import (
+    LockWait,
+    check_path,
     ensure_private_dir,
     is_memory_backed,
+    libc,
     locked,
+    opened_dir,
     remove_tree,
     write_new_file,
 )
@@ -112,7 +121,34 @@ SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 _PR_SET_PDEATHSIG = 1
 _POLL = 0.02
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc = libc
+
+
+def check_runtime_dir(
+    path: Path,
+    *,
+    allow_persistent: bool = False,
+    config_file: str | None = None,
+    key: str | None = None,
+) -> None:
+    """Refuse a runtime directory before anything is written: not on tmpfs/ramfs (unless
+    ``allow_persistent``), or an existing part of its path that is unsafe (a symlink, another
+    user's, group/world-writable). Launchers call it from ``Launcher.check()``."""
+    try:
+        check_path(path)
+        persistent = not allow_persistent and not is_memory_backed(path)
+    except OSError as error:
+        raise ConfigError(
+            f"runtime directory {path}: {error.strerror or error}", file=config_file, key=key
+        ) from None
+    if persistent:
+        raise ConfigError(
+            f"runtime directory {path} is not on tmpfs or ramfs; refusing to put secrets "
+            "on persistent storage (set runtime_dir to a tmpfs path, or allow_persistent "
+            "= true in the launcher table)",
+            file=config_file,
+            key=key,
+        )
 
 
 class LaunchInterrupted(LaunchError):
@@ -271,11 +307,11 @@ class VmRuntime:
     # ------------------------------------------------------------------ enter / exit
 
     def __enter__(self) -> VmRuntime:
-        self._claim_directory()
         try:
+            self._claim_directory()
             self._install_signals()
         except BaseException:
-            self._release()
+            self._release()  # removes the directory only if this runtime claimed it
             raise
         return self
 
@@ -292,17 +328,20 @@ class VmRuntime:
 
     def _claim_directory(self) -> None:
         path = self.path
-        if not self.allow_persistent and not is_memory_backed(path):
-            raise self._refuse(
-                f"runtime directory {path} is not on tmpfs or ramfs; refusing to put secrets "
-                "on persistent storage (set runtime_dir to a tmpfs path, or allow_persistent "
-                "= true in the launcher table)"
-            )
-        path.parent.mkdir(parents=True, exist_ok=True)
+        check_runtime_dir(
+            path,
+            allow_persistent=self.allow_persistent,
+            config_file=self.config_file,
+            key=self.key,
+        )
+        # Parents are created 0700 through a trusted chain (no symlink, no foreign owner).
+        with opened_dir(path.parent, create=True):
+            pass
         # Serialise claims of this directory: without it, a second launch could find the new
         # directory before its lock is held and wipe it as stale.
-        with locked(path.parent / f".{path.name}.claim"):
+        with locked(path.parent / f".{path.name}.claim", wait=LockWait(notify_after=5.0)):
             self._claim_locked(path)
+        point("runtime.claimed")
 
     def _claim_locked(self, path: Path) -> None:
         if os.path.lexists(path):
@@ -577,6 +616,7 @@ class VmRuntime:
             # The signal came while Popen ran, before the handler could forward it.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.hypervisor.pid, self.interrupted)
+        point("runtime.hypervisor-started")
         return self.hypervisor
 
     def wait(self) -> int:
@@ -666,6 +706,7 @@ __all__ = [
     "LaunchInterrupted",
     "Virtiofsd",
     "VmRuntime",
+    "check_runtime_dir",
     "child_env",
     "exit_status",
     "find_virtiofsd",

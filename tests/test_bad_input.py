@@ -43,6 +43,8 @@ def write(tmp_path: Path, text: str, name: str = "credbridge.toml") -> Path:
 
 
 UNIT = '[targets."app.service".credentials]\ndb = "generate:hex"\n'
+# A credstore that passes the sinks' early checks, so a store setting is what fails.
+SINK_OK = '[sinks.credstore]\ndirectory = "/run/cs"\nallow_persistent = true\n'
 
 
 # --------------------------------------------------------------------------- item 6: injection
@@ -264,10 +266,10 @@ credentials = {{ x = "generate:hex" }}
     ("toml", "command", "key"),
     [
         ('[sinks.credstore]\ndirectory = "/run/cs\\u0000x"\n' + UNIT, "deliver", "directory"),
-        ('[store]\npath = "/var/lib/cb\\u0000"\n' + UNIT, "deliver", "store.path"),
-        ('[credbridge]\nstore = "/x\\u0000"\n' + UNIT, "deliver", "credbridge.store"),
+        ('[store]\npath = "/var/lib/cb\\u0000"\n' + SINK_OK + UNIT, "deliver", "store.path"),
+        ('[credbridge]\nstore = "/x\\u0000"\n' + SINK_OK + UNIT, "deliver", "credbridge.store"),
         ('[sinks.credstore]\ndirectory = "~cb-no-such-user/cs"\n' + UNIT, "deliver", "directory"),
-        ('[store]\npath = "~cb-no-such-user/store"\n' + UNIT, "deliver", "store.path"),
+        ('[store]\npath = "~cb-no-such-user/store"\n' + SINK_OK + UNIT, "deliver", "store.path"),
         ("[sinks.credstore]\ntimeout = nan\n" + UNIT, "deliver", "timeout"),
         ("[sinks.credstore]\ntimeout = inf\n" + UNIT, "deliver", "timeout"),
         ("[sinks.credstore]\ntimeout = 1e300\n" + UNIT, "deliver", "timeout"),
@@ -338,7 +340,7 @@ def test_nul_in_config_path_from_the_api() -> None:
 
 
 def test_store_path_from_environment_is_checked(tmp_path: Path) -> None:
-    config = write(tmp_path, f'[sinks.credstore]\ndirectory = "{tmp_path}/cs"\n' + UNIT)
+    config = write(tmp_path, f'[sinks.credstore]\ndirectory = "{tmp_path}/cs"\nallow_persistent = true\n' + UNIT)
     result = run_cli(
         "-c", str(config), "deliver", "--dry-run", env={"CREDBRIDGE_STORE": "~cb-no-such-user/s"}
     )

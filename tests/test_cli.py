@@ -83,7 +83,8 @@ def test_deliver_failure_names_credential_and_source(tmp_path: Path, tmpfs_dir: 
     err = result.stderr.decode()
     assert result.returncode == 5
     assert "app.service/token: env:CB_CLI_TOKEN: not found" in err
-    assert not any(tmpfs_dir.iterdir())
+    # Nothing delivered: only the lock file the run held.
+    assert [p.name for p in tmpfs_dir.iterdir()] == [".credbridge.lock"]
 
 
 def test_unit_print_and_install(tmp_path: Path, tmpfs_dir: Path) -> None:
@@ -203,7 +204,7 @@ def test_no_value_in_any_output_at_debug_level(tmp_path: Path, tmpfs_dir: Path) 
             assert value not in output
 
 
-def test_launch_dry_run_outside_the_unit_still_plans() -> None:
+def test_launch_dry_run_outside_the_unit_still_plans(tmpfs_dir: Path) -> None:
     """On the host, credential: inputs only exist inside the unit: the plan shows the gap."""
     config = str(REPO / "examples" / "microvm" / "credbridge.toml")
     env = {"CREDENTIALS_DIRECTORY": ""}
@@ -218,6 +219,9 @@ def test_launch_dry_run_outside_the_unit_still_plans() -> None:
     }
     assert "unresolved here: not found" in plan.stdout.decode()
     assert b"CREDENTIALS_DIRECTORY is not set" in plan.stderr
-    real = run_cli("-c", config, "launch", "test-vm", env=env)
-    assert real.returncode == 5
+    # A real launch checks its runtime directory first: give it the tmpfs one systemd would.
+    real = run_cli(
+        "-c", config, "launch", "test-vm", env={**env, "RUNTIME_DIRECTORY": str(tmpfs_dir)}
+    )
+    assert real.returncode == 5, real.stderr
     assert b"test-vm/API_KEY: credential:host-api-key: not found" in real.stderr

@@ -4,6 +4,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from credbridge.core import (
     DeliveryError,
     ResolutionFailed,
     Session,
+    UnsafePath,
     deliver,
     load_config,
 )
@@ -41,7 +43,7 @@ def snapshot(directory: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(directory)): p.read_bytes()
         for p in sorted(directory.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.name != ".credbridge.lock"
     }
 
 
@@ -91,17 +93,40 @@ def test_failed_commit_rolls_back_every_target(
     config = make_config(tmp_path, tmpfs_dir, BODY)
     deliver(config)
     before = snapshot(tmpfs_dir)
+    # The second target's swap fails (a disk error, injected through the test-only switch
+    # of docs/reliability.md) after the first one was swapped: both must be put back.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "credbridge-fault=credstore.commit.before-swap@2:error",
+            *("-m", "credbridge.core.cli", "-c", str(config), "deliver"),
+        ],
+        capture_output=True,
+        env={**os.environ, "CB_TEST_STATIC": "v2"},
+        check=False,
+    )
+    assert result.returncode == 9, result.stderr
+    assert b"injected fault" in result.stderr
+    assert snapshot(tmpfs_dir) == before
+    assert not [p for p in tmpfs_dir.iterdir() if ".staging-" in p.name]
+
+
+def test_symlinked_target_directory_is_refused_before_anything_changes(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    config = make_config(tmp_path, tmpfs_dir, BODY)
+    deliver(config)
     monkeypatch.setenv("CB_TEST_STATIC", "v2")
-    # Sabotage the second target: its live directory is replaced by a symlink (planted by
-    # someone else); the plan can read through it, the commit must refuse to swap it.
     decoy = tmp_path / "decoy"
     shutil.copytree(tmpfs_dir / "worker.service", decoy)
     shutil.rmtree(tmpfs_dir / "worker.service")
     (tmpfs_dir / "worker.service").symlink_to(decoy)
-    with pytest.raises(DeliveryError, match="not a directory"):
+    before = snapshot(tmpfs_dir)
+    with pytest.raises(UnsafePath, match=r"worker\.service: is a symlink"):
         deliver(config)
-    assert (tmpfs_dir / "app.service" / "static").read_bytes() == b"v1"
-    assert snapshot(tmpfs_dir)["app.service/static"] == before["app.service/static"]
+    assert snapshot(tmpfs_dir) == before
     assert (tmpfs_dir / "worker.service").is_symlink()
     assert not [p for p in tmpfs_dir.iterdir() if ".staging-" in p.name]
 

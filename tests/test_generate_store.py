@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from credbridge.backends.filestore import FileStore
 from credbridge.core import Mode, Pending, Request, Session, load_config, parse_reference, resolve
+from credbridge.core.errors import UnsafePath
 from credbridge.core.secret import Secret
 
 
@@ -115,7 +116,7 @@ def test_store_refuses_symlinked_key_dir(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "store")
     store.create("t/c", Secret(b"x"))
     os.symlink(tmp_path, tmp_path / "store" / "evil")
-    with pytest.raises(OSError, match="not a real directory"):
+    with pytest.raises(UnsafePath, match=r"evil: is a symlink"):
         store.create("evil/c", Secret(b"y"))
 
 

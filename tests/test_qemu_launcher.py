@@ -232,7 +232,7 @@ def test_live_runtime_dir_is_refused(tmpfs_dir: Path) -> None:
 
 
 def test_foreign_directory_is_not_wiped(tmpfs_dir: Path) -> None:
-    foreign = tmpfs_dir / "foreign"  # inside: the claim lock file goes next to it
+    foreign = tmpfs_dir / "foreign"
     foreign.mkdir(mode=0o700)
     (foreign / "data").write_text("not ours")
     with pytest.raises(LaunchError, match="not made by credbridge"):

@@ -388,7 +388,7 @@ def test_server_killed_mid_delivery_keeps_previous_set(tmp_path: Path, tmpfs_dir
     assert "vault:secret/app/cred" in err and "unreachable" in err
     after = {p.name: p.read_bytes() for p in live.iterdir()}
     assert after == before
-    assert not [p for p in tmpfs_dir.iterdir() if p.name != "app.service"]
+    assert not [p for p in tmpfs_dir.iterdir() if p.name not in {"app.service", ".credbridge.lock"}]
 
 
 # --------------------------------------------------------------------------- auth methods

@@ -134,6 +134,8 @@ class Canary:
         """Register the contents of every file in the secret homes."""
         for home in list(self.homes):
             for file in _files(home):
+                if file.name.endswith(".lock"):  # lock files hold the holder's pid, no value
+                    continue
                 with contextlib.suppress(OSError):
                     self.register(file.read_bytes())
 
