@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         NotFound,
         PluginError,
         ResolutionFailed,
+        RestartFailed,
         SourceError,
         Timeout,
         Unreachable,
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
         StoreContext,
         StoreType,
     )
+    from credbridge.core.units import UnitAction
 
 
 # Importing the package must stay cheap (``credbridge --help`` imports it): the API below is
@@ -86,6 +88,7 @@ _LAZY = {
     "NotFound": "errors",
     "PluginError": "errors",
     "ResolutionFailed": "errors",
+    "RestartFailed": "errors",
     "SourceError": "errors",
     "Timeout": "errors",
     "Unreachable": "errors",
@@ -115,6 +118,7 @@ _LAZY = {
     "Store": "types",
     "StoreContext": "types",
     "StoreType": "types",
+    "UnitAction": "units",
 }
 
 
@@ -168,14 +172,22 @@ def deliver(
     targets: Sequence[str] = (),
     *,
     dry_run: bool = False,
+    restart: bool | None = None,
 ) -> DeliveryReport:
-    """Resolve and deliver unit targets (all when none are named); all-or-nothing."""
+    """Resolve and deliver unit targets (all when none are named); all-or-nothing.
+
+    Then the units whose credentials changed are restarted or reloaded as their ``on_change``
+    asks (``restart=True``: restart those without one; ``False``: touch none); the outcome
+    per unit is in ``report.units`` (a failed restart does not raise).
+    """
     from credbridge.core.config import Config, load_config
     from credbridge.core.engine import Session
 
     loaded = config if isinstance(config, Config) else load_config(config)
     with Session(loaded) as session:
-        return session.deliver(targets, dry_run=dry_run)
+        report = session.deliver(targets, dry_run=dry_run, restart=restart)
+        session.restart_changed(report)
+        return report
 
 
 __all__ = [
@@ -207,6 +219,7 @@ __all__ = [
     "Reference",
     "Request",
     "ResolutionFailed",
+    "RestartFailed",
     "Secret",
     "SecretDocument",
     "Session",
@@ -223,6 +236,7 @@ __all__ = [
     "StoreType",
     "Target",
     "Timeout",
+    "UnitAction",
     "Unreachable",
     "__version__",
     "deliver",

@@ -27,6 +27,7 @@ class ExitCode(enum.IntEnum):
     DELIVERY = 9
     LAUNCH = 10
     PLUGIN = 11
+    RESTART = 12
 
 
 class CredbridgeError(Exception):
@@ -140,6 +141,12 @@ class LaunchError(CredbridgeError):
     """A launcher could not start the VM or a helper it needs."""
 
     exit_code = ExitCode.LAUNCH
+
+
+class RestartFailed(CredbridgeError):
+    """A delivery committed, but systemd could not restart or reload a unit that uses it."""
+
+    exit_code = ExitCode.RESTART
 
 
 class PluginError(CredbridgeError):
