@@ -496,7 +496,13 @@ class Session:
                     shared[spec.name] = holder
             if not shared:
                 continue
-            subset = {name: values[t][c] for name, (t, c) in shared.items() if c in values[t]}
+            subset: dict[str, Secret | Pending] = {
+                name: value
+                for name, (t, c) in shared.items()
+                if isinstance(value := values[t].get(c), Secret)
+            }
+            if not subset:
+                continue
             try:
                 plan = self.sink(other).plan(subset)
             except CredbridgeError as error:

@@ -374,7 +374,7 @@ def test_rotate_and_deliver_restart_restart_exactly_the_changed_unit(run: HostRu
 def test_no_value_in_any_process_or_the_journal(run: HostRun) -> None:
     for kind in ("start", "restart", "boot2"):
         scan = run.event(kind)["scan"]
-        assert scan["needles"] >= 10
+        assert scan["needles"] >= 6  # three values or more, raw and Base64
         assert scan["proc_files"] > 50
         assert scan["journal_bytes"] > 1000
         assert scan["proc_leaks"] == [], kind

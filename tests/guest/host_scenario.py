@@ -41,7 +41,8 @@ OEM_PREFIX = "io.systemd.credential.binary:"
 
 
 def emit(event: str, **data: object) -> None:
-    print("CBHOST " + json.dumps({"event": event, **data}), flush=True)
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    print("CBHOST " + json.dumps({"event": event, "uptime": uptime, **data}), flush=True)
 
 
 def b64(data: bytes) -> str:
