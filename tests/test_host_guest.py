@@ -213,6 +213,8 @@ def run() -> HostRun:
     assert result.done, result.describe()
     assert result.events("error") == [], result.describe()
     assert result.problems == [], result.describe()
+    timeline = ", ".join(f"{r['event']} {r['uptime']:.0f}s" for r in result.records)
+    print(f"host guest: {result.seconds:.0f}s in QEMU; guest uptime at each step: {timeline}")
     return result
 
 
