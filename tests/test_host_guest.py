@@ -400,6 +400,7 @@ def test_the_deliver_unit_brings_the_vm_up_at_boot(run: HostRun) -> None:
     delivered_at = int(boot["deliver"]["ExecMainExitTimestampMonotonic"])
     started_at = int(boot["vm_start"]["ExecMainStartTimestampMonotonic"])
     assert 0 < delivered_at < started_at
+    assert boot["vm_start"]["NRestarts"] == "0"  # started once, with its credentials there
     # The same values as before the reboot: generated once, kept in the persistent store.
     before = decoded(enable["values"])
     assert decoded(boot["values"]) == before

@@ -407,7 +407,7 @@ def second_boot() -> None:
             "ExecMainStatus",
             "ExecMainExitTimestampMonotonic",
         ),
-        vm_start=show(VM_UNIT, "ExecMainStartTimestampMonotonic", "ActiveState"),
+        vm_start=show(VM_UNIT, "ExecMainStartTimestampMonotonic", "ActiveState", "NRestarts"),
         app=show(APP_UNIT, "ActiveState"),
         values=read_dir(CREDSTORE),
         app_credentials=read_dir(Path("/run/credentials") / APP_UNIT),
