@@ -216,7 +216,7 @@ class CredstoreSink(Sink):
             elif isinstance(value, Pending):
                 entries.append(PlanEntry(name, Change.CHANGE, value.reason))
             elif self.encrypt:
-                entries.append(PlanEntry(name, Change.CHANGE, "re-encrypted"))
+                entries.append(self._plan_encrypted(name, current, value))
             elif Secret(current) == value:
                 entries.append(PlanEntry(name, Change.KEEP))
             else:
@@ -290,6 +290,40 @@ class CredstoreSink(Sink):
             ):
                 log.info("removing %s left by an interrupted run", self.base / entry)
                 remove_at(base_fd, entry)
+
+    def _plan_encrypted(self, name: str, current: bytes, value: Secret) -> PlanEntry:
+        """Compare with the decrypted current file, so an unchanged value counts as kept
+        (``deliver --restart`` must not restart a unit for a fresh ciphertext)."""
+        plain = self._decrypt(name, current)
+        if plain is None:
+            return PlanEntry(name, Change.CHANGE, "re-encrypted (the current file cannot be read)")
+        try:
+            return PlanEntry(name, Change.KEEP if plain == value else Change.CHANGE)
+        finally:
+            plain.wipe()
+
+    def _decrypt(self, name: str, data: bytes) -> Secret | None:
+        import shutil  # only encrypt = true needs these (see _encrypt)
+        import subprocess
+
+        binary = shutil.which(self.systemd_creds)
+        if binary is None:
+            return None
+        argv = [binary, "decrypt", f"--name={name}", "-", "-"]
+        try:
+            result = subprocess.run(
+                argv,
+                input=data,
+                capture_output=True,
+                timeout=self.timeout,
+                check=False,
+                env=child_env(),
+            )
+        except (subprocess.TimeoutExpired, OSError):
+            return None
+        if result.returncode != 0:
+            return None
+        return Secret(result.stdout)
 
     def _encrypt(self, delivery: Delivery) -> bytes:
         # Imported here: only encrypt = true needs them, and they cost every run ~6 ms.

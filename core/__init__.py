@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         PluginError,
         PluginFailed,
         ResolutionFailed,
+        RestartFailed,
         SourceError,
         Timeout,
         Unreachable,
@@ -68,6 +69,7 @@ if TYPE_CHECKING:
         StoreType,
         lazy,
     )
+    from credbridge.core.units import UnitAction
     from credbridge.core.vm import FwCfgItem, VirtiofsShare, VmChannel, VmSink
 
 
@@ -96,6 +98,7 @@ _LAZY = {
     "PluginError": "errors",
     "PluginFailed": "errors",
     "ResolutionFailed": "errors",
+    "RestartFailed": "errors",
     "SourceError": "errors",
     "Timeout": "errors",
     "Unreachable": "errors",
@@ -135,6 +138,7 @@ _LAZY = {
     "VirtiofsShare": "vm",
     "VmChannel": "vm",
     "VmSink": "vm",
+    "UnitAction": "units",
 }
 
 
@@ -194,14 +198,22 @@ def deliver(
     targets: Sequence[str] = (),
     *,
     dry_run: bool = False,
+    restart: bool | None = None,
 ) -> DeliveryReport:
-    """Resolve and deliver unit targets (all when none are named); all-or-nothing."""
+    """Resolve and deliver unit targets (all when none are named); all-or-nothing.
+
+    Then the units whose credentials changed are restarted or reloaded as their ``on_change``
+    asks (``restart=True``: restart those without one; ``False``: touch none); the outcome
+    per unit is in ``report.units`` (a failed restart does not raise).
+    """
     from credbridge.core.config import Config, load_config
     from credbridge.core.engine import Session
 
     loaded = config if isinstance(config, Config) else load_config(config)
     with Session(loaded) as session:
-        return session.deliver(targets, dry_run=dry_run)
+        report = session.deliver(targets, dry_run=dry_run, restart=restart)
+        session.restart_changed(report)
+        return report
 
 
 __all__ = [
@@ -238,6 +250,7 @@ __all__ = [
     "Reference",
     "Request",
     "ResolutionFailed",
+    "RestartFailed",
     "RotatableSource",
     "Secret",
     "SecretDocument",
@@ -255,6 +268,7 @@ __all__ = [
     "StoreType",
     "Target",
     "Timeout",
+    "UnitAction",
     "Unreachable",
     "UnsafePath",
     "VirtiofsShare",

@@ -264,29 +264,52 @@ def cli(ctx: click.Context, config_path: str | None, verbose: int) -> None:
 @click.option("--dry-run", is_flag=True, help="Print the plan (no values); change nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @lock_options
+@click.option(
+    "--restart/--no-restart",
+    default=None,
+    help="Restart the units whose credentials changed (targets' own on_change still apply); "
+    "--no-restart touches no unit.",
+)
 @pass_state
-def deliver(state: State, targets: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+def deliver(
+    state: State, targets: tuple[str, ...], dry_run: bool, as_json: bool, restart: bool | None
+) -> None:
     """Resolve every credential of TARGETS (default: all units) and deliver them, all or nothing."""
+    from credbridge.core.errors import RestartFailed
+
     with state.session(progress=not as_json) as session:
-        report = session.deliver(targets, dry_run=dry_run)
+        report = session.deliver(targets, dry_run=dry_run, restart=restart)
+        # After the commit, outside it: a unit that fails to restart leaves the delivery as is.
+        session.restart_changed(report)
+    for warning in report.warnings:
+        click.echo(f"credbridge: warning: {printable(warning)}", err=True)
     if as_json:
         import json
 
         click.echo(json.dumps(report.as_json(), indent=2))
-        return
-    verb = "would " if dry_run else ""
-    for entry in report.entries:
-        detail = f" ({entry.detail})" if entry.detail else ""
-        _row(
-            entry.target,
-            entry.credential,
-            entry.reference,
-            entry.sink,
-            f"{verb}{entry.change.value}{detail}",
-        )
+    else:
+        verb = "would " if dry_run else ""
+        for entry in report.entries:
+            detail = f" ({entry.detail})" if entry.detail else ""
+            _row(
+                entry.target,
+                entry.credential,
+                entry.reference,
+                entry.sink,
+                f"{verb}{entry.change.value}{detail}",
+            )
+        for action in report.units:
+            status = "would" if dry_run else action.status
+            detail = f" ({action.detail})" if action.detail else ""
+            _row("unit", action.unit, action.action, f"{status}{detail}")
     # For a person: on stderr, so the lines above stay the whole of stdout for scripts.
     for line in report.summary():
         click.echo(f"credbridge: {printable(line)}", err=True)
+    failed = [a for a in report.units if a.status == "failed"]
+    if failed:
+        raise RestartFailed(
+            "\n".join(f"delivered, but {a.action} of {a.unit} failed: {a.detail}" for a in failed)
+        )
 
 
 def _row(*fields: str) -> None:
@@ -384,13 +407,23 @@ def unit(state: State, target: str, install: bool, unit_dir: Path) -> None:
 @lock_options
 @pass_state
 def rotate(state: State, target: str, credential: str) -> None:
-    """Generate a new value for a generated CREDENTIAL of TARGET; the old one stays readable."""
+    """Generate a new value for a generated CREDENTIAL of TARGET; the old one stays readable.
+
+    Prints the unit targets that now need delivery, one per line."""
     with state.session() as session:
         where = session.rotate(target, credential)
-    click.echo(
-        f"rotated {target}/{credential} in {where}; run 'credbridge deliver' to deliver it",
-        err=True,
-    )
+        units, vms = session.affected_by(target, credential)
+    click.echo(f"rotated {target}/{credential} in {where}", err=True)
+    for name in units:
+        click.echo(name)
+    for vm in vms:
+        click.echo(
+            f"VM {vm.name} takes it when it starts: 'credbridge deliver --restart' restarts "
+            f"{vm.unit} once its credentials are delivered",
+            err=True,
+        )
+    if units:
+        click.echo(f"deliver it: credbridge deliver --restart {' '.join(units)}", err=True)
 
 
 @cli.command()

@@ -80,6 +80,10 @@ def unit_name_problem(name: object) -> str | None:
 TARGET_KINDS = ("unit", "vm")
 DEFAULT_SINK = {"unit": "credstore", "vm": "oem-strings"}
 DEFAULT_LAUNCHER = "cloud-hypervisor"
+DEFAULT_VM_UNIT = "microvm@{name}.service"
+"""The unit a VM target's ``credbridge launch`` runs in (microvm.nix's host units)."""
+ON_CHANGE = ("restart", "reload-or-restart", "reload", "none")
+"""What ``deliver`` asks systemd to do with a unit whose credentials changed (strongest first)."""
 
 
 def keypath(*parts: str) -> str:
@@ -119,6 +123,8 @@ class Target:
     launcher: str | None = None
     launcher_settings: Mapping[str, Any] = field(default_factory=dict)
     where: str = ""
+    on_change: str | None = None
+    """``restart``, ``reload``, ``reload-or-restart`` or ``none``; None: the run's default."""
 
     def credential(self, name: str) -> CredentialSpec | None:
         for spec in self.credentials:
@@ -139,6 +145,8 @@ class Config:
     store_type: str = "file"
     store_settings: Mapping[str, Any] = field(default_factory=dict)
     concurrency: int = DEFAULT_CONCURRENCY
+    default_on_change: str | None = None
+    """``[defaults] on_change``: for targets without their own ``on_change``."""
 
     @property
     def label(self) -> str:
@@ -260,7 +268,7 @@ def parse_config(
             raise fail(key, f"must be a table, not {type(value).__name__}")
         return value
 
-    known_top = {"credbridge", "store", "sources", "sinks", "targets"}
+    known_top = {"credbridge", "store", "sources", "sinks", "targets", "defaults"}
     for key in data:
         if key not in known_top:
             raise fail(
@@ -298,6 +306,12 @@ def parse_config(
         for k, v in table(data.get("sinks", {}), "sinks").items()
     }
 
+    defaults = table(data.get("defaults", {}), "defaults")
+    for key in defaults:
+        if key != "on_change":
+            raise fail(keypath("defaults", key), "unknown setting (expected on_change)")
+    default_on_change = _on_change(defaults.get("on_change"), "defaults.on_change", fail)
+
     targets: dict[str, Target] = {}
     for name, body in table(data.get("targets", {}), "targets").items():
         where = keypath("targets", name)
@@ -315,6 +329,7 @@ def parse_config(
         store_type=store_type,
         store_settings=store,
         concurrency=concurrency,
+        default_on_change=default_on_change,
     )
     _check_target_links(config, fail)
     from credbridge.core.plugins import get_plugin_manager
@@ -325,7 +340,7 @@ def parse_config(
 
 
 def _parse_target(name: str, body: Mapping[str, Any], where: str, fail: Any) -> Target:
-    allowed = {"kind", "unit", "credentials", "sink", "launcher", "description"}
+    allowed = {"kind", "unit", "credentials", "sink", "launcher", "description", "on_change"}
     for key in body:
         if key not in allowed:
             raise fail(
@@ -338,6 +353,8 @@ def _parse_target(name: str, body: Mapping[str, Any], where: str, fail: Any) -> 
     unit = body.get("unit")
     if unit is None and kind == "unit":
         unit = name if name.rpartition(".")[2] in UNIT_TYPES else f"{name}.service"
+    elif unit is None:
+        unit = DEFAULT_VM_UNIT.format(name=name)
     if unit is not None and (problem := unit_name_problem(unit)) is not None:
         raise fail(f"{where}.unit", problem)
 
@@ -369,7 +386,16 @@ def _parse_target(name: str, body: Mapping[str, Any], where: str, fail: Any) -> 
         launcher=launcher,
         launcher_settings=launcher_settings,
         where=where,
+        on_change=_on_change(body.get("on_change"), f"{where}.on_change", fail),
     )
+
+
+def _on_change(value: Any, where: str, fail: Any) -> str | None:
+    if value is None:
+        return None
+    if value not in ON_CHANGE:
+        raise fail(where, f"must be one of {', '.join(map(repr, ON_CHANGE))}, not {value!r}")
+    return str(value)
 
 
 def _typed_table(value: Any, where: str, fail: Any) -> tuple[str, Mapping[str, Any]]:

@@ -64,6 +64,7 @@ from credbridge.core.types import (
     Store,
     StoreContext,
 )
+from credbridge.core.units import UnitAction, act_on_units, select_units
 from credbridge.core.validation import check_reference, validate_config
 
 log = logging.getLogger(__name__)
@@ -106,12 +107,18 @@ class DeliveryReport:
     """Where each target's credentials went (``Sink.location()``; empty if it does not say)."""
     store: str | None = None
     """Where generated values are kept, when the run used the store."""
+    units: list[UnitAction] = field(default_factory=list)
+    """Units to restart or reload because their credentials changed (see
+    :meth:`Session.restart_changed`)."""
+    warnings: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
             "dry_run": self.dry_run,
             "entries": [e.as_json() for e in self.entries],
             "skipped": self.skipped,
+            "units": [u.as_json() for u in self.units],
+            "warnings": self.warnings,
         }
 
     def summary(self) -> list[str]:
@@ -490,10 +497,15 @@ class Session:
                     )
         return chosen
 
-    def deliver(self, names: Sequence[str] = (), *, dry_run: bool = False) -> DeliveryReport:
+    def deliver(
+        self, names: Sequence[str] = (), *, dry_run: bool = False, restart: bool | None = None
+    ) -> DeliveryReport:
         """Resolve and deliver the named unit targets (all when none are named).
 
         With ``dry_run`` nothing is written or generated; the report says what would change.
+        ``report.units`` lists the units whose credentials changed and what ``on_change`` asks
+        for (``restart``: True for ``--restart``, False for ``--no-restart``); nothing acts on
+        them here -- call :meth:`restart_changed` once the delivery is committed.
         """
         self.validate()
         targets = self.select_targets(names)
@@ -515,6 +527,15 @@ class Session:
                     report.entries.extend(self._entries(target, plan, values[target.name]))
                 if self._store is not None:
                     report.store = self._store.location()
+                report.units = select_units(
+                    self.config,
+                    targets,
+                    [(e.target, e.credential, e.change) for e in report.entries],
+                    self._owner,
+                    restart,
+                )
+                if names:
+                    report.warnings = self._link_warnings(targets, values)
                 if dry_run:
                     return report
                 self._commit(targets, sinks, values)
@@ -522,6 +543,98 @@ class Session:
             finally:
                 for target_values in values.values():
                     _wipe(target_values.values())
+
+    def restart_changed(self, report: DeliveryReport) -> list[UnitAction]:
+        """Restart or reload the units of a committed delivery (``report.units``), once each,
+        in order; failures are returned per unit (the delivery stays committed)."""
+        if report.dry_run:
+            return report.units
+        report.units = act_on_units(report.units)
+        return report.units
+
+    def _owner(self, target: Target, spec: CredentialSpec) -> str:
+        return self._follow_links(spec, target).owner or f"{target.name}/{spec.name}"
+
+    def _link_warnings(
+        self, delivered: Sequence[Target], values: Mapping[str, Mapping[str, Secret | Pending]]
+    ) -> list[str]:
+        """Targets left out of this delivery that share a secret (``target:`` links) with a
+        delivered one and would keep a different value of it."""
+        holders: dict[str, tuple[str, str]] = {}
+        for target in delivered:
+            for spec in target.credentials:
+                holders.setdefault(self._owner(target, spec), (target.name, spec.name))
+        chosen = {t.name for t in delivered}
+        warnings = []
+        for other in self.config.targets.values():
+            if other.name in chosen or other.kind != "unit":
+                continue
+            shared = {}
+            for spec in other.credentials:
+                holder = holders.get(self._owner(other, spec))
+                if holder is not None:
+                    shared[spec.name] = holder
+            if not shared:
+                continue
+            subset: dict[str, Secret | Pending] = {
+                name: value
+                for name, (t, c) in shared.items()
+                if isinstance(value := values[t].get(c), Secret)
+            }
+            if not subset:
+                continue
+            try:
+                plan = self.sink(other).plan(subset)
+            except CredbridgeError as error:
+                log.debug("cannot compare %s with the delivered values: %s", other.name, error)
+                continue
+            for entry in plan:
+                if entry.credential in subset and entry.change is Change.CHANGE:
+                    t, c = shared[entry.credential]
+                    warnings.append(
+                        f"{other.name}/{entry.credential} shares its value with {t}/{c} through "
+                        f"a target: link but was not delivered; the two now differ: run "
+                        f"'credbridge deliver {other.name}'"
+                    )
+        return warnings
+
+    def affected_by(self, target_name: str, credential: str) -> tuple[list[str], list[Target]]:
+        """Targets holding the value of ``target_name/credential`` (``target:`` links and
+        ``credential:`` inputs of a VM's unit followed): unit targets to deliver, VM targets
+        that read it at launch."""
+        target = self.config.target(target_name)
+        spec = target.credential(credential)
+        if spec is None:
+            raise ConfigError(
+                f"target {target_name!r} has no credential {credential!r}",
+                file=self.config.label,
+                key=target.where,
+            )
+        owner = self._owner(target, spec)
+        units: list[str] = []
+        names_in_unit: set[tuple[str | None, str]] = set()
+        for other in self.config.targets.values():
+            if other.kind != "unit":
+                continue
+            for other_spec in other.credentials:
+                if self._owner(other, other_spec) == owner:
+                    if other.name not in units:
+                        units.append(other.name)
+                    names_in_unit.add((other.unit, other_spec.name))
+        vms = []
+        for other in self.config.targets.values():
+            if other.kind != "vm":
+                continue
+            for other_spec in other.credentials:
+                reference = other_spec.reference
+                inside = (
+                    reference.scheme == "credential"
+                    and (other.unit, reference.path) in names_in_unit
+                )
+                if inside or self._owner(other, other_spec) == owner:
+                    vms.append(other)
+                    break
+        return units, vms
 
     def _entries(
         self,

@@ -55,6 +55,7 @@ class ExitCode(enum.IntEnum):
     PLUGIN = 11
     LOCKED = 12
     UNSAFE_PATH = 13
+    RESTART = 14
 
 
 class CredbridgeError(Exception):
@@ -175,6 +176,12 @@ class LaunchError(CredbridgeError):
     """A launcher could not start the VM or a helper it needs."""
 
     exit_code = ExitCode.LAUNCH
+
+
+class RestartFailed(CredbridgeError):
+    """A delivery committed, but systemd could not restart or reload a unit that uses it."""
+
+    exit_code = ExitCode.RESTART
 
 
 class PluginError(CredbridgeError):

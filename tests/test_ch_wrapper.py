@@ -365,7 +365,7 @@ def test_launch_through_the_standin(
             proc.kill()
             proc.wait()
     assert leaks == []
-    assert proc.returncode == 128 + 15, err.decode()
+    assert proc.returncode == 0, err.decode()  # cloud-hypervisor ends cleanly on SIGTERM
     records = read_records(standin_run["record"])
     create = next(r for r in records if r["path"].endswith("vm.create"))
     assert create["status"] == 204, create

@@ -62,7 +62,7 @@ def test_deliver_ends_with_a_summary_and_keeps_the_lines(tmp_path: Path, tmpfs_d
     assert "app.service: 2 kept" in again.stderr.decode()
     assert "kept in the store" not in again.stderr.decode()  # nothing new was generated
     as_json = run_cli("deliver", "--json", "-c", path, env=env)
-    assert set(json.loads(as_json.stdout)) == {"dry_run", "entries", "skipped"}
+    assert set(json.loads(as_json.stdout)) == {"dry_run", "entries", "skipped", "units", "warnings"}
     for result in (dry, real, again, as_json):
         assert b"token-canary-value" not in result.stdout + result.stderr
 

@@ -472,8 +472,8 @@ def test_no_secret_in_any_child_and_signal_cleans_up(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    # The stand-in exits 128+SIGTERM like a process killed by it; credbridge passes it on.
-    assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+    # cloud-hypervisor (and the stand-in) shut down cleanly on SIGTERM: status 0, passed on.
+    assert proc.returncode == 0, err.decode()
     assert not run_dir.exists()
     alive = [p for p in pids[1:] if Path(f"/proc/{p}").exists() and not _zombie(p)]
     assert alive == []

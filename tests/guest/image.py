@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -251,35 +252,55 @@ def ensure_guest(cache_dir: Path | None = None) -> GuestImage:
     base = cache_dir if cache_dir is not None else default_cache_dir()
     kernel = find_host_kernel()
     digest = recipe_hash(kernel)
-    final = base / f"guest-{digest}"
-    image = _image_in(final, kernel.version)
-    if image is not None:
-        return image
-    base.mkdir(parents=True, exist_ok=True)
-    _remove_stale_builds(base)
-    lock_path = base / f"guest-{digest}.lock"
-    with open(lock_path, "a+") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        image = _image_in(final, kernel.version)
-        if image is not None:
-            return image
-        tmp = Path(tempfile.mkdtemp(prefix=f".guest-{digest}-", dir=base))
-        try:
-            _build(tmp, kernel)
-            os.rename(tmp, final)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+    final = cached_build(
+        base,
+        f"guest-{digest}",
+        lambda tmp: _build(tmp, kernel),
+        lambda directory: _image_in(directory, kernel.version) is not None,
+    )
     image = _image_in(final, kernel.version)
     if image is None:  # pragma: no cover - would be a bug in _build
         raise GuestBuildError(f"build finished but {final} is incomplete")
     return image
 
 
+def cached_build(
+    base: Path,
+    name: str,
+    build: Callable[[Path], None],
+    complete: Callable[[Path], bool],
+) -> Path:
+    """``base/name``, built once by ``build(tmpdir)`` under a lock and renamed into place.
+
+    Shared by every cached test artefact (the probe guest, the host guest and its layers):
+    concurrent test runs wait for one build; a killed build leaves only a temporary
+    directory, removed by a later run.
+    """
+    final = base / name
+    if complete(final):
+        return final
+    base.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(base)
+    with open(base / f"{name}.lock", "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        if complete(final):
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=base))
+        try:
+            build(tmp)
+            os.rename(tmp, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    if not complete(final):  # pragma: no cover - would be a bug in build
+        raise GuestBuildError(f"build finished but {final} is incomplete")
+    return final
+
+
 def _remove_stale_builds(base: Path, max_age: float = 6 * 3600) -> None:
     """Remove temporary build dirs left behind by killed builds (never a live one)."""
     now = time.time()
-    for tmp in base.glob(".guest-*"):
+    for tmp in base.glob(".*-*"):
         try:
             if tmp.is_dir() and now - tmp.stat().st_mtime > max_age:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -297,7 +318,7 @@ def _image_in(directory: Path, kernel_version: str) -> GuestImage | None:
     return None
 
 
-def _check_tools() -> None:
+def check_build_tools() -> None:
     if os.geteuid() != 0:
         raise GuestBuildError("building the guest image needs root (debootstrap, device nodes)")
     missing = [t for t in ("debootstrap", "cpio", "zstd", "depmod") if shutil.which(t) is None]
@@ -308,7 +329,7 @@ def _check_tools() -> None:
         )
 
 
-def _run(argv: list[str]) -> None:
+def run_build_step(argv: list[str]) -> None:
     result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
     if result.returncode != 0:
         tail = result.stdout.decode(errors="replace")[-4000:]
@@ -316,11 +337,11 @@ def _run(argv: list[str]) -> None:
 
 
 def _build(workdir: Path, kernel: HostKernel) -> None:
-    _check_tools()
+    check_build_tools()
     started = time.monotonic()
     root = workdir / "root"
     mirror = os.environ.get(MIRROR_ENV, DEFAULT_MIRROR)
-    _run(
+    run_build_step(
         [
             "debootstrap",
             "--variant=minbase",
@@ -332,10 +353,10 @@ def _build(workdir: Path, kernel: HostKernel) -> None:
     )
     debootstrap_s = time.monotonic() - started
     _customize(root)
-    _install_modules(root, kernel)
-    _strip(root)
+    install_modules(root, kernel)
+    strip_tree(root)
     shutil.copyfile(kernel.vmlinuz, workdir / "vmlinuz")
-    _pack(root, workdir / "initramfs.cpio.zst")
+    pack_initramfs(root, workdir / "initramfs.cpio.zst")
     root_size = _tree_size(root)
     shutil.rmtree(root)
     manifest = {
@@ -375,17 +396,25 @@ def _customize(root: Path) -> None:
     for name in SHIPPED_UNITS:
         _write(unit_dir / name, shipped[name])
     _write(root / probe.CREDENTIALS_DROPIN_PATH.lstrip("/"), shipped[SHIPPED_DROPIN])
+    customize_system(root, "cbguest")
+    _symlink(
+        f"../{probe.PROBE_UNIT_NAME}", unit_dir / "multi-user.target.wants" / probe.PROBE_UNIT_NAME
+    )
+
+
+def customize_system(root: Path, hostname: str) -> None:
+    """What every test guest gets: no gettys or timers, a fixed machine id, a volatile
+    journal, an empty root password (no network), ``multi-user.target`` as default."""
+    etc = root / "etc"
+    unit_dir = etc / "systemd" / "system"
     # Drop the distribution's enablement of gettys and timers, then mask the rest.
     for wants in ("getty.target.wants", "timers.target.wants"):
         shutil.rmtree(unit_dir / wants, ignore_errors=True)
     for unit in MASKED_UNITS:
         _symlink("/dev/null", unit_dir / unit)
-    _symlink(
-        f"../{probe.PROBE_UNIT_NAME}", unit_dir / "multi-user.target.wants" / probe.PROBE_UNIT_NAME
-    )
     _symlink("/usr/lib/systemd/system/multi-user.target", unit_dir / "default.target")
     _write(etc / "machine-id", MACHINE_ID, 0o444)
-    _write(etc / "hostname", "cbguest\n")
+    _write(etc / "hostname", f"{hostname}\n")
     _write(etc / "fstab", "# empty: the root file system is the initramfs\n")
     # Journal only in memory; nothing forwarded to the console.
     _write(
@@ -406,7 +435,10 @@ def _module_name(rel_path: str) -> str:
     return name.removesuffix(".ko").replace("-", "_")
 
 
-def _install_modules(root: Path, kernel: HostKernel) -> None:
+def install_modules(
+    root: Path, kernel: HostKernel, modules: Sequence[str] = KERNEL_MODULES
+) -> None:
+    """Copy ``modules`` and their dependencies from the host kernel, then depmod."""
     src = kernel.modules_dir
     deps: dict[str, list[str]] = {}
     by_name: dict[str, str] = {}
@@ -421,7 +453,7 @@ def _install_modules(root: Path, kernel: HostKernel) -> None:
         builtin = {_module_name(x) for x in (src / "modules.builtin").read_text().split()}
 
     selected: set[str] = set()
-    for wanted in KERNEL_MODULES:
+    for wanted in modules:
         key = wanted.replace("-", "_")
         if key in builtin:
             continue
@@ -447,10 +479,10 @@ def _install_modules(root: Path, kernel: HostKernel) -> None:
     for meta in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
         if (src / meta).is_file():
             shutil.copy2(src / meta, dst / meta)
-    _run(["depmod", "-b", str(root), kernel.version])
+    run_build_step(["depmod", "-b", str(root), kernel.version])
 
 
-def _strip(root: Path) -> None:
+def strip_tree(root: Path) -> None:
     for pattern in STRIP_PATHS:
         for path in sorted(root.glob(pattern)):
             if path.is_symlink() or path.is_file():
@@ -473,7 +505,7 @@ def _tree_size(root: Path) -> int:
     return total
 
 
-def _pack(root: Path, output: Path) -> None:
+def pack_initramfs(root: Path, output: Path) -> None:
     if (root / "etc" / "initrd-release").exists():
         raise GuestBuildError(
             "/etc/initrd-release exists in the guest; systemd would run as an initrd"

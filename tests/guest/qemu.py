@@ -148,8 +148,13 @@ def qemu_argv(
     shared_memory: bool = False,
     cpus: int = 2,
     qemu: str | None = None,
+    reboot: bool = False,
 ) -> list[str]:
-    """The exact argv :func:`boot` runs (serial console on stdout)."""
+    """The exact argv :func:`boot` runs (serial console on stdout).
+
+    ``reboot=True`` lets a guest reboot (QEMU resets and boots the same kernel again)
+    instead of making QEMU exit.
+    """
     binary = qemu or qemu_binary() or QEMU_BINARY
     argv = [
         binary,
@@ -163,7 +168,7 @@ def qemu_argv(
         "-nographic",
         "-monitor", "none",
         "-serial", "stdio",
-        "-no-reboot",
+        *([] if reboot else ["-no-reboot"]),
         "-kernel", str(image.kernel),
         "-initrd", str(image.initramfs),
         "-append", kernel_cmdline(cmdline_extra),
@@ -273,9 +278,52 @@ def boot(
         cpus=cpus,
         qemu=binary,
     )
+    run = run_console(argv, f"{PROBE_PREFIX} done".encode(), timeout=timeout)
+    console = run.console
+    report = parse_probe_output(console)
+    return BootResult(
+        argv=argv,
+        console=console,
+        returncode=run.returncode,
+        timed_out=run.timed_out,
+        seconds=run.seconds,
+        seconds_to_done=run.seconds_to_done,
+        listed=report.listed,
+        values=report.values,
+        missing=report.missing,
+        virtiofs_files=report.virtiofs_files,
+        virtiofs_mounted=report.virtiofs_mounted,
+        done=report.done,
+        errors=report.errors,
+        units=report.units,
+        mounts=report.mounts,
+        requires_mounts_for=report.requires_mounts_for,
+    )
+
+
+@dataclass(frozen=True)
+class ConsoleRun:
+    """A QEMU run: its whole serial console and how it ended."""
+
+    console: str
+    returncode: int | None
+    timed_out: bool
+    seconds: float
+    #: Seconds from QEMU start until the done marker appeared (None if it never did).
+    seconds_to_done: float | None
+
+
+def run_console(
+    argv: Sequence[str], done_marker: bytes, *, timeout: float, grace: float = POWEROFF_GRACE
+) -> ConsoleRun:
+    """Run QEMU with the serial console on stdout until it exits (kill on timeout).
+
+    Once ``done_marker`` appeared QEMU gets ``grace`` seconds to power off before it is
+    killed (the result is complete by then).
+    """
     started = time.monotonic()
     proc = subprocess.Popen(
-        argv,
+        list(argv),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -284,7 +332,6 @@ def boot(
     chunks: list[bytes] = []
     done_at: list[float] = []
     done_event = threading.Event()
-    marker = f"{PROBE_PREFIX} done".encode()
 
     def reader() -> None:
         assert proc.stdout is not None
@@ -295,7 +342,7 @@ def boot(
                 break
             chunks.append(data)
             pending = (pending + data)[-4096:]
-            if not done_event.is_set() and marker in pending:
+            if not done_event.is_set() and done_marker in pending:
                 done_at.append(time.monotonic() - started)
                 done_event.set()
 
@@ -307,7 +354,7 @@ def boot(
         now = time.monotonic()
         limit = deadline
         if done_event.is_set():
-            limit = min(deadline, started + done_at[0] + POWEROFF_GRACE)
+            limit = min(deadline, started + done_at[0] + grace)
         try:
             proc.wait(timeout=max(0.0, min(limit - now, 0.5)))
             break
@@ -317,26 +364,12 @@ def boot(
                 _kill(proc)
                 break
     thread.join(timeout=10)
-    seconds = time.monotonic() - started
-    console = b"".join(chunks).decode("utf-8", errors="replace")
-    report = parse_probe_output(console)
-    return BootResult(
-        argv=argv,
-        console=console,
+    return ConsoleRun(
+        console=b"".join(chunks).decode("utf-8", errors="replace"),
         returncode=proc.returncode,
         timed_out=timed_out,
-        seconds=seconds,
+        seconds=time.monotonic() - started,
         seconds_to_done=done_at[0] if done_at else None,
-        listed=report.listed,
-        values=report.values,
-        missing=report.missing,
-        virtiofs_files=report.virtiofs_files,
-        virtiofs_mounted=report.virtiofs_mounted,
-        done=report.done,
-        errors=report.errors,
-        units=report.units,
-        mounts=report.mounts,
-        requires_mounts_for=report.requires_mounts_for,
     )
 
 

@@ -32,6 +32,13 @@ and for ``vm.create`` the *names* in the OEM strings (never values).
 error answer that quotes *parts* of the first OEM string: 12 characters from the middle of its
 Base64 and 10 bytes from the middle of the decoded value, the way a real server's parser
 error quotes the input near the fault. It exists to prove the launcher withholds such answers.
+``--standin-capture DIR`` (recording mode, for tests that must compare the bytes the VM would
+get) keeps, in DIR (0700, made if missing): ``standin-PID.json`` (pid, uid, gid and the
+parent-death signal the process was started with), ``vm.create-PID.json`` (the exact body,
+0400) and ``standin-PID.exit.json`` (the signal that ended it, if any, and the exit status).
+
+Signals: SIGTERM and SIGINT shut the stand-in down with status 0, as cloud-hypervisor's VMM
+does; SIGHUP ends it with 128+1, as a process killed by it.
 """
 
 from __future__ import annotations
@@ -285,6 +292,17 @@ class StandIn:
 
     # ---------------------------------------------------------------- records
 
+    def capture(self, name: str, data: bytes) -> None:
+        """Write ``DIR/name`` once, 0400, never through a symlink (recording mode only)."""
+        if not self.options.standin_capture:
+            return
+        directory = Path(self.options.standin_capture)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        path = directory / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o400)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+
     def record(self, entry: dict[str, Any]) -> None:
         if self.options.standin_record:
             with open(self.options.standin_record, "a", encoding="utf-8") as handle:
@@ -343,6 +361,7 @@ class StandIn:
                 return 400, echo_parts(config), info
             self.config = config
             self.state = "Created"
+            self.capture(f"vm.create-{os.getpid()}.json", body)
             info["memory_shared"] = config.get("memory", {}).get("shared", False)
             info["fs_tags"] = [f["tag"] for f in config.get("fs", [])]
             return 204, b"", info
@@ -525,6 +544,23 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
 
+def _process_facts() -> dict[str, Any]:
+    """Who runs the stand-in, and whether it dies with its parent (PR_GET_PDEATHSIG)."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    value = ctypes.c_int(0)
+    libc.prctl(2, ctypes.byref(value), 0, 0, 0)  # PR_GET_PDEATHSIG
+    return {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "pdeathsig": value.value,
+    }
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ch_standin", allow_abbrev=False)
     parser.add_argument("--standin-spec")
@@ -532,6 +568,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--standin-exit", type=int)
     parser.add_argument("--standin-record")
     parser.add_argument("--standin-echo", choices=["create", "boot"])
+    parser.add_argument("--standin-capture")
     parser.add_argument("--api-socket", required=True)
     parser.add_argument("-v", action="count", default=0)
     parser.add_argument("--seccomp")
@@ -562,8 +599,16 @@ def main(argv: list[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
     spec = load_spec(Path(options.standin_spec)) if options.standin_spec else None
     standin = StandIn(options, spec)
+    received: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        received.append(signum)
+        # cloud-hypervisor shuts its VMM down cleanly (status 0) on SIGTERM and SIGINT.
+        standin.finish(128 + signum if signum == signal.SIGHUP else 0)
+
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda s, _f: standin.finish(128 + s))
+        signal.signal(signum, stop)
+    standin.capture(f"standin-{os.getpid()}.json", json.dumps(_process_facts()).encode())
     try:
         # Flags that describe a VM (cloud-hypervisor boots it at once, API or not).
         cli_config = config_from_cli(options)
@@ -596,7 +641,10 @@ def main(argv: list[str] | None = None) -> int:
                     standin.finish(standin.pending_exit)
             while not standin.done.wait(0.2):
                 pass
-            return standin.exit_code or 0
+            code = standin.exit_code or 0
+            facts = {"signals": received, "exit": code}
+            standin.capture(f"standin-{os.getpid()}.exit.json", json.dumps(facts).encode())
+            return code
         finally:
             server.shutdown()
             server.server_close()

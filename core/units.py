@@ -1,0 +1,188 @@
+"""Restart what changed: which systemd units ``deliver`` acts on, and acting on them.
+
+After a delivery committed, the units whose delivered set changed (a credential added,
+changed or removed) are restarted or reloaded -- once each, after every target committed,
+through ``systemctl``:
+
+============================  ===============================================
+``on_change``                 what credbridge runs
+============================  ===============================================
+``restart``                   ``systemctl try-restart UNIT``
+``reload-or-restart``         ``systemctl try-reload-or-restart UNIT``
+``reload``                    ``systemctl reload UNIT`` (only if it is active)
+``none``                      nothing
+============================  ===============================================
+
+A unit target acts on its ``unit``. A VM target acts on its ``unit`` (default
+``microvm@NAME.service``) when a credential it takes at launch changed in this delivery: a
+``credential:NAME`` its unit receives from a delivered unit target, or a ``target:`` link to
+a changed credential. Several targets naming one unit are merged: the strongest action wins.
+
+``systemctl`` runs with the allow-listed environment of :func:`credbridge.core.process.child_env`
+and never sees a value (unit names only).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from credbridge.core.config import ON_CHANGE, Config, CredentialSpec, Target
+from credbridge.core.process import child_env
+from credbridge.core.types import Change
+
+log = logging.getLogger(__name__)
+
+SYSTEMCTL = "systemctl"
+RESTART_TIMEOUT = 300.0
+"""Seconds one ``systemctl`` call may take (it waits for the unit's stop and start)."""
+VERBS = {
+    "restart": "try-restart",
+    "reload-or-restart": "try-reload-or-restart",
+    "reload": "reload",
+}
+_STRENGTH = {name: len(ON_CHANGE) - index for index, name in enumerate(ON_CHANGE)}
+
+
+@dataclass(frozen=True)
+class UnitAction:
+    """What ``deliver`` does (or did) to one unit, and why (the targets that changed)."""
+
+    unit: str
+    action: str
+    targets: tuple[str, ...]
+    status: str = "planned"
+    """``planned`` (not run yet, or ``--dry-run``), ``done``, ``failed`` or ``skipped``."""
+    detail: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "unit": self.unit,
+            "action": self.action,
+            "targets": list(self.targets),
+            "status": self.status,
+            "detail": self.detail,
+        }
+
+
+def on_change_for(target: Target, config: Config, restart: bool | None) -> str:
+    """The action for one target: its own ``on_change``, else ``--restart`` (``restart``),
+    else ``[defaults] on_change``, else ``none``; ``--no-restart`` (False) disables all."""
+    if restart is False:
+        return "none"
+    if target.on_change is not None:
+        return target.on_change
+    if restart:
+        return "restart"
+    return config.default_on_change or "none"
+
+
+@dataclass
+class _Selection:
+    order: list[str] = field(default_factory=list)
+    actions: dict[str, str] = field(default_factory=dict)
+    targets: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, unit: str, action: str, target: str) -> None:
+        if action == "none":
+            return
+        if unit not in self.actions:
+            self.order.append(unit)
+            self.actions[unit] = action
+            self.targets[unit] = []
+        elif _STRENGTH[action] > _STRENGTH[self.actions[unit]]:
+            self.actions[unit] = action
+        if target not in self.targets[unit]:
+            self.targets[unit].append(target)
+
+    def result(self) -> list[UnitAction]:
+        return [UnitAction(u, self.actions[u], tuple(self.targets[u])) for u in self.order]
+
+
+def select_units(
+    config: Config,
+    delivered: Sequence[Target],
+    changes: Iterable[tuple[str, str, Change]],
+    owner_of: Callable[[Target, CredentialSpec], str],
+    restart: bool | None,
+) -> list[UnitAction]:
+    """The units to act on after delivering ``delivered`` with these (target, credential,
+    change) results; ``owner_of`` names the credential a value belongs to (links followed)."""
+    changed = {(t, c) for t, c, change in changes if change is not Change.KEEP}
+    by_name = {t.name: t for t in delivered}
+    changed_owners = {
+        owner_of(by_name[t], spec)
+        for t, c in changed
+        if t in by_name and (spec := by_name[t].credential(c)) is not None
+    }
+    # credential:NAME inside a unit is what a delivered target with that unit wrote as NAME.
+    changed_in_unit = {(by_name[t].unit, c) for t, c in changed if t in by_name}
+    selection = _Selection()
+    for target in config.targets.values():
+        if target.unit is None:
+            continue
+        if target.kind != "vm":
+            if target.name in by_name and any(t == target.name for t, _ in changed):
+                selection.add(target.unit, on_change_for(target, config, restart), target.name)
+            continue
+        for spec in target.credentials:
+            reference = spec.reference
+            inside = (target.unit, reference.path) in changed_in_unit
+            via_unit = reference.scheme == "credential" and inside
+            if via_unit or owner_of(target, spec) in changed_owners:
+                selection.add(target.unit, on_change_for(target, config, restart), target.name)
+                break
+    return selection.result()
+
+
+def act_on_units(
+    actions: Sequence[UnitAction], *, timeout: float = RESTART_TIMEOUT
+) -> list[UnitAction]:
+    """Run ``systemctl`` once per unit, in order; failures are reported, not raised."""
+    env = child_env()
+    binary = shutil.which(SYSTEMCTL, path=env.get("PATH"))
+    results = []
+    for action in actions:
+        if binary is None:
+            results.append(replace(action, status="failed", detail=f"{SYSTEMCTL} not found"))
+            continue
+        if action.action == "reload" and not _is_active(binary, action.unit, env, timeout):
+            results.append(replace(action, status="skipped", detail="not running"))
+            continue
+        verb = VERBS[action.action]
+        log.info("systemctl %s %s", verb, action.unit)
+        code, message = _systemctl(binary, [verb, "--", action.unit], env, timeout)
+        if code == 0:
+            results.append(replace(action, status="done"))
+        else:
+            results.append(replace(action, status="failed", detail=message))
+    return results
+
+
+def _is_active(binary: str, unit: str, env: dict[str, str], timeout: float) -> bool:
+    code, _ = _systemctl(binary, ["is-active", "--quiet", "--", unit], env, timeout)
+    return code == 0
+
+
+def _systemctl(
+    binary: str, args: Sequence[str], env: dict[str, str], timeout: float
+) -> tuple[int, str]:
+    try:
+        result = subprocess.run(
+            [binary, "--no-ask-password", *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=env,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return -1, f"systemctl {args[0]} did not finish within {timeout:g}s"
+    except OSError as error:
+        return -1, f"cannot run {binary}: {error.strerror or error}"
+    lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+    return result.returncode, (lines[0] if lines else f"systemctl exited with {result.returncode}")

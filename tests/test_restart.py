@@ -1,0 +1,461 @@
+"""Restart what changed: which units ``deliver`` acts on, once each, after the commit.
+
+systemd itself is exercised in tests/test_host_guest.py (real units restarting in the host
+guest). Here a ``systemctl`` on PATH records every call -- its argv and what the credstore
+held at that moment -- so these tests check the selection: exactly the changed units,
+exactly once, after every target committed, the configured action, and per-unit failures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+STUB = """#!/bin/sh
+# Records one JSON line per call: argv and the SHA-256 of the watched credstore file then
+# (a digest: the value itself must not land in a file or an argv, which the canary checks).
+here=$(dirname "$0")
+python3 - "$here" "$@" >>"$here/calls.jsonl" <<'EOF'
+import hashlib, json, os, sys
+here, watched = sys.argv[1], ""
+if os.path.isfile(os.path.join(here, "watch")):
+    try:
+        with open(open(os.path.join(here, "watch")).read(), "rb") as handle:
+            watched = hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        pass
+print(json.dumps({"watched": watched, "argv": sys.argv[2:]}))
+EOF
+unit=""
+for arg in "$@"; do unit="$arg"; done
+case "$*" in
+    *is-active*) grep -qx "$unit" "$here/active" 2>/dev/null; exit $? ;;
+esac
+if grep -qx "$unit" "$here/fail" 2>/dev/null; then
+    echo "Job for $unit failed because the control process exited with error code." >&2
+    exit 1
+fi
+exit 0
+"""
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> Path:
+    """A directory holding the recording ``systemctl``; put it first on PATH."""
+    if shutil.which("python3") is None:
+        pytest.skip("python3 is needed by the stub")
+    directory = tmp_path / "bin"
+    directory.mkdir()
+    script = directory / "systemctl"
+    script.write_text(STUB)
+    script.chmod(0o755)
+    return directory
+
+
+def calls(stub: Path) -> list[dict[str, Any]]:
+    log = stub / "calls.jsonl"
+    if not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def verbs(stub: Path) -> list[tuple[str, str]]:
+    """(verb, unit) of every call, options left out."""
+    out = []
+    for call in calls(stub):
+        words = [a for a in call["argv"] if not a.startswith("-")]
+        out.append((words[0], words[-1]))
+    return out
+
+
+def write(tmp_path: Path, credstore: Path, body: str) -> Path:
+    (tmp_path / "values").mkdir(exist_ok=True)
+    config = tmp_path / "credbridge.toml"
+    config.write_text(
+        f'[store]\npath = "{tmp_path / "store"}"\n'
+        f'[sinks.credstore]\ndirectory = "{credstore}"\n' + body
+    )
+    return config
+
+
+def value(tmp_path: Path, name: str, data: str) -> None:
+    path = tmp_path / "values" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(data)
+
+
+BODY = """
+[targets."app.service".credentials]
+token = "file:values/token"
+[targets."worker.service".credentials]
+other = "file:values/other"
+"""
+
+
+def run(cli: Any, stub: Path, config: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return cli("-c", str(config), *args, env={"PATH": f"{stub}:{os.environ['PATH']}"})
+
+
+def test_only_the_changed_unit_is_restarted_once_after_the_commit(
+    tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
+) -> None:
+    value(tmp_path, "token", "token-1")
+    value(tmp_path, "other", "other-1")
+    config = write(tmp_path, tmpfs_dir, BODY)
+    first = run(cli, stub, config, "deliver", "--restart")
+    assert first.returncode == 0, first.stderr.decode()
+    # Both units are new: each restarted (try-restart: a stopped unit stays stopped).
+    assert verbs(stub) == [("try-restart", "app.service"), ("try-restart", "worker.service")]
+    (stub / "calls.jsonl").unlink()
+
+    (stub / "watch").write_text(str(tmpfs_dir / "app.service" / "token"))
+    value(tmp_path, "token", "token-2")
+    second = run(cli, stub, config, "deliver", "--restart")
+    assert second.returncode == 0, second.stderr.decode()
+    assert verbs(stub) == [("try-restart", "app.service")]
+    # systemctl ran after the commit: the unit restarts onto the new value.
+    assert calls(stub)[0]["watched"] == hashlib.sha256(b"token-2").hexdigest()
+    assert calls(stub)[0]["argv"] == ["--no-ask-password", "try-restart", "--", "app.service"]
+    assert "unit\tapp.service\trestart\tdone" in second.stdout.decode().splitlines()
+    (stub / "calls.jsonl").unlink()
+
+    third = run(cli, stub, config, "deliver", "--restart")
+    assert third.returncode == 0
+    assert calls(stub) == []
+
+
+def test_without_restart_nothing_is_touched(
+    tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
+) -> None:
+    value(tmp_path, "token", "a")
+    value(tmp_path, "other", "b")
+    config = write(tmp_path, tmpfs_dir, BODY)
+    assert run(cli, stub, config, "deliver").returncode == 0
+    assert calls(stub) == []
+
+
+@pytest.mark.parametrize(
+    ("settings", "flag", "expected"),
+    [
+        ('on_change = "reload-or-restart"', (), [("try-reload-or-restart", "app.service")]),
+        ('on_change = "restart"', ("--no-restart",), []),
+        ('on_change = "none"', ("--restart",), []),
+        ('on_change = "reload"', ("--restart",), [("is-active", "app.service")]),
+        ("", (), []),
+        ("", ("--restart",), [("try-restart", "app.service")]),
+    ],
+)
+def test_on_change_per_target(
+    tmp_path: Path,
+    tmpfs_dir: Path,
+    stub: Path,
+    cli: Any,
+    settings: str,
+    flag: tuple[str, ...],
+    expected: list[tuple[str, str]],
+) -> None:
+    value(tmp_path, "token", "a")
+    config = write(
+        tmp_path,
+        tmpfs_dir,
+        f'[targets."app.service"]\n{settings}\n'
+        '[targets."app.service".credentials]\ntoken = "file:values/token"\n',
+    )
+    result = run(cli, stub, config, "deliver", *flag)
+    assert result.returncode == 0, result.stderr.decode()
+    assert verbs(stub) == expected
+    if settings.endswith('"reload"'):  # not running: nothing to reload, and said so
+        assert "unit\tapp.service\treload\tskipped (not running)" in result.stdout.decode()
+
+
+def test_reload_of_a_running_unit(tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any) -> None:
+    value(tmp_path, "token", "a")
+    (stub / "active").write_text("app.service\n")
+    config = write(
+        tmp_path,
+        tmpfs_dir,
+        '[targets."app.service"]\non_change = "reload"\n'
+        '[targets."app.service".credentials]\ntoken = "file:values/token"\n',
+    )
+    assert run(cli, stub, config, "deliver").returncode == 0
+    assert verbs(stub) == [("is-active", "app.service"), ("reload", "app.service")]
+
+
+def test_defaults_on_change_and_the_command_line(
+    tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
+) -> None:
+    value(tmp_path, "token", "a")
+    value(tmp_path, "other", "b")
+    config = write(
+        tmp_path,
+        tmpfs_dir,
+        '[defaults]\non_change = "restart"\n'
+        '[targets."app.service".credentials]\ntoken = "file:values/token"\n'
+        '[targets."worker.service"]\non_change = "none"\n'
+        '[targets."worker.service".credentials]\nother = "file:values/other"\n',
+    )
+    assert run(cli, stub, config, "deliver").returncode == 0
+    assert verbs(stub) == [("try-restart", "app.service")]
+
+
+def test_failed_restart_has_its_own_exit_code_and_the_delivery_stays(
+    tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
+) -> None:
+    value(tmp_path, "token", "a")
+    value(tmp_path, "other", "b")
+    (stub / "fail").write_text("app.service\n")
+    config = write(tmp_path, tmpfs_dir, BODY)
+    result = run(cli, stub, config, "deliver", "--restart")
+    assert result.returncode == 14, result.stderr.decode()
+    err = result.stderr.decode()
+    assert "delivered, but restart of app.service failed: Job for app.service failed" in err
+    # Every unit was still tried once; the delivery is committed.
+    assert verbs(stub) == [("try-restart", "app.service"), ("try-restart", "worker.service")]
+    assert (tmpfs_dir / "app.service" / "token").read_text() == "a"
+    lines = result.stdout.decode().splitlines()
+    assert "unit\tworker.service\trestart\tdone" in lines
+    assert any(line.startswith("unit\tapp.service\trestart\tfailed") for line in lines)
+
+
+def test_missing_systemctl_is_a_failed_restart(tmp_path: Path, tmpfs_dir: Path, cli: Any) -> None:
+    value(tmp_path, "token", "a")
+    config = write(
+        tmp_path, tmpfs_dir, '[targets."app.service".credentials]\ntoken = "file:values/token"\n'
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli("-c", str(config), "deliver", "--restart", env={"PATH": str(empty)})
+    assert result.returncode == 14
+    assert "systemctl not found" in result.stderr.decode()
+
+
+def test_dry_run_and_json_list_the_units(
+    tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
+) -> None:
+    value(tmp_path, "token", "a")
+    value(tmp_path, "other", "b")
+    config = write(tmp_path, tmpfs_dir, BODY)
+    dry = run(cli, stub, config, "deliver", "--restart", "--dry-run")
+    assert dry.returncode == 0, dry.stderr.decode()
+    lines = dry.stdout.decode().splitlines()
+    assert "unit\tapp.service\trestart\twould" in lines
+    assert "unit\tworker.service\trestart\twould" in lines
+    assert calls(stub) == []
+    assert not (tmpfs_dir / "app.service").exists()
+    as_json = run(cli, stub, config, "deliver", "--restart", "--dry-run", "--json")
+    units = json.loads(as_json.stdout)["units"]
+    assert units == [
+        {
+            "unit": "app.service",
+            "action": "restart",
+            "targets": ["app.service"],
+            "status": "planned",
+            "detail": "",
+        },
+        {
+            "unit": "worker.service",
+            "action": "restart",
+            "targets": ["worker.service"],
+            "status": "planned",
+            "detail": "",
+        },
+    ]
+    real = run(cli, stub, config, "deliver", "--restart", "--json")
+    assert [u["status"] for u in json.loads(real.stdout)["units"]] == ["done", "done"]
+
+
+VM_BODY = """
+[targets."microvm@vm1.service".credentials]
+host-key = "file:values/token"
+host-other = "file:values/other"
+
+[targets.vm1]
+kind = "vm"
+launcher = { type = "qemu", kernel = "/nonexistent" }
+[targets.vm1.credentials]
+KEY = "credential:host-key"
+
+[targets.vm2]
+kind = "vm"
+unit = "vm2-runner.service"
+launcher = { type = "qemu", kernel = "/nonexistent" }
+[targets.vm2.credentials]
+KEY = "target:microvm@vm1.service/host-other"
+"""
+
+
+def test_vm_targets_restart_their_unit(
+    tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
+) -> None:
+    value(tmp_path, "token", "a")
+    value(tmp_path, "other", "b")
+    config = write(tmp_path, tmpfs_dir, VM_BODY)
+    assert run(cli, stub, config, "deliver").returncode == 0
+    value(tmp_path, "token", "a2")  # what vm1 takes through its unit's credentials
+    result = run(cli, stub, config, "deliver", "--restart", "--json")
+    assert result.returncode == 0, result.stderr.decode()
+    units = json.loads(result.stdout)["units"]
+    # One restart of the host unit, on behalf of the unit target and the VM in it.
+    assert [(u["unit"], u["targets"]) for u in units] == [
+        ("microvm@vm1.service", ["microvm@vm1.service", "vm1"])
+    ]
+    assert verbs(stub) == [("try-restart", "microvm@vm1.service")]
+    (stub / "calls.jsonl").unlink()
+
+    value(tmp_path, "other", "b2")  # vm2 links to it: its own unit (the `unit` key) restarts
+    result = run(cli, stub, config, "deliver", "--restart", "--json")
+    units = json.loads(result.stdout)["units"]
+    assert [(u["unit"], u["targets"]) for u in units] == [
+        ("microvm@vm1.service", ["microvm@vm1.service"]),
+        ("vm2-runner.service", ["vm2"]),
+    ]
+    assert verbs(stub) == [
+        ("try-restart", "microvm@vm1.service"),
+        ("try-restart", "vm2-runner.service"),
+    ]
+
+
+def test_strongest_action_wins_for_a_shared_unit(
+    tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
+) -> None:
+    value(tmp_path, "token", "a")
+    value(tmp_path, "other", "b")
+    config = write(
+        tmp_path,
+        tmpfs_dir,
+        VM_BODY.replace(
+            '[targets.vm1]\nkind = "vm"', '[targets.vm1]\nkind = "vm"\non_change = "restart"'
+        ).replace(
+            '[targets."microvm@vm1.service".credentials]',
+            '[targets."microvm@vm1.service"]\non_change = "reload"\n'
+            '[targets."microvm@vm1.service".credentials]',
+        ),
+    )
+    result = run(cli, stub, config, "deliver", "--dry-run", "--json")
+    units = json.loads(result.stdout)["units"]
+    assert [(u["unit"], u["action"]) for u in units] == [("microvm@vm1.service", "restart")]
+
+
+def test_rotate_prints_the_targets_that_need_delivery(
+    tmp_path: Path, tmpfs_dir: Path, cli: Any
+) -> None:
+    config = write(
+        tmp_path,
+        tmpfs_dir,
+        """
+[targets."microvm@vm1.service".credentials]
+host-key = "generate:hex?bytes=16"
+unrelated = "generate:hex?bytes=16"
+[targets."backup.service".credentials]
+key = "target:microvm@vm1.service/host-key"
+[targets."other.service".credentials]
+key = "generate:hex?bytes=16"
+[targets.vm1]
+kind = "vm"
+launcher = { type = "qemu", kernel = "/nonexistent" }
+[targets.vm1.credentials]
+KEY = "credential:host-key"
+""",
+    )
+    assert cli("-c", str(config), "deliver").returncode == 0
+    result = cli("-c", str(config), "rotate", "backup.service", "key")
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == ["microvm@vm1.service", "backup.service"]
+    err = result.stderr.decode()
+    assert "VM vm1 takes it when it starts" in err
+    assert "microvm@vm1.service" in err
+    assert "credbridge deliver --restart microvm@vm1.service backup.service" in err
+
+
+def test_subset_delivery_warns_about_a_link_left_behind(
+    tmp_path: Path, tmpfs_dir: Path, cli: Any
+) -> None:
+    body = """
+[targets."app.service".credentials]
+db = "generate:hex?bytes=16"
+[targets."worker.service".credentials]
+db = "target:app.service/db"
+[targets."lone.service".credentials]
+x = "generate:hex?bytes=16"
+"""
+    config = write(tmp_path, tmpfs_dir, body)
+    first = cli("-c", str(config), "deliver", "app.service")
+    assert first.returncode == 0
+    assert "warning" not in first.stderr.decode()  # worker holds nothing yet: nothing differs
+    assert cli("-c", str(config), "deliver").returncode == 0
+    assert cli("-c", str(config), "rotate", "app.service", "db").returncode == 0
+    dry = cli("-c", str(config), "deliver", "--dry-run", "app.service")
+    assert "worker.service/db shares its value with app.service/db" in dry.stderr.decode()
+    result = cli("-c", str(config), "deliver", "app.service")
+    assert result.returncode == 0
+    err = result.stderr.decode()
+    assert "credbridge: warning: worker.service/db shares its value with app.service/db" in err
+    assert "run 'credbridge deliver worker.service'" in err
+    both = cli("-c", str(config), "deliver", "app.service", "worker.service")
+    assert "warning" not in both.stderr.decode()
+    lone = cli("-c", str(config), "deliver", "lone.service")
+    assert "warning" not in lone.stderr.decode()
+    # The JSON report carries the warnings too.
+    assert cli("-c", str(config), "rotate", "app.service", "db").returncode == 0
+    report = json.loads(cli("-c", str(config), "deliver", "--json", "app.service").stdout)
+    assert len(report["warnings"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('[targets."a.service"]\non_change = "bounce"\n', 'targets."a.service".on_change: must be'),
+        ('[defaults]\non_change = "always"\n', "defaults.on_change: must be one of"),
+        ("[defaults]\nrestart = true\n", "defaults.restart: unknown setting"),
+    ],
+)
+def test_on_change_is_validated(
+    tmp_path: Path, tmpfs_dir: Path, cli: Any, text: str, problem: str
+) -> None:
+    config = write(tmp_path, tmpfs_dir, text)
+    result = cli("-c", str(config), "deliver", "--dry-run")
+    assert result.returncode == 3
+    assert problem in result.stderr.decode()
+
+
+def _null_key() -> str | None:
+    if shutil.which("systemd-creds") is None:
+        return None
+    out = subprocess.run(
+        ["systemd-creds", "--version"], capture_output=True, text=True, check=False
+    ).stdout
+    version = int(out.split()[1]) if out.startswith("systemd ") else 0
+    return "null" if version >= 256 else "tpm2-absent"
+
+
+def test_encrypted_targets_are_compared_by_their_plaintext(
+    tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
+) -> None:
+    """A new ciphertext of the same value is not a change: no restart for it."""
+    key = _null_key()
+    if key is None:
+        pytest.skip("systemd-creds is not installed")
+    value(tmp_path, "token", "same")
+    config = write(
+        tmp_path,
+        tmpfs_dir,
+        f'[targets."app.service"]\nsink = {{ type = "credstore", encrypt = true, '
+        f'with_key = "{key}", directory = "{tmpfs_dir}" }}\n'
+        '[targets."app.service".credentials]\ntoken = "file:values/token"\n',
+    )
+    assert run(cli, stub, config, "deliver", "--restart").returncode == 0
+    (stub / "calls.jsonl").unlink()
+    again = run(cli, stub, config, "deliver", "--restart", "--json")
+    assert [e["change"] for e in json.loads(again.stdout)["entries"]] == ["keep"]
+    assert calls(stub) == []
+    value(tmp_path, "token", "new")
+    changed = run(cli, stub, config, "deliver", "--restart", "--json")
+    assert [e["change"] for e in json.loads(changed.stdout)["entries"]] == ["change"]
+    assert verbs(stub) == [("try-restart", "app.service")]
