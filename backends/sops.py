@@ -46,7 +46,6 @@ from credbridge.backends.hooks.sops import SOURCE_SETTINGS, STORE_SETTINGS
 from credbridge.core import (
     BadReference,
     ConfigError,
-    CredbridgeError,
     DocumentSource,
     Forbidden,
     InvalidValue,
@@ -70,6 +69,7 @@ from credbridge.core.fsutil import (
     write_new_file,
 )
 from credbridge.core.process import child_env
+from credbridge.core.remote import resolve_text
 from credbridge.core.settings import name_setting, path_setting, seconds_setting
 
 log = logging.getLogger(__name__)
@@ -422,20 +422,7 @@ class SopsRunner:
         assert reference is not None
         if self._resolve is None:
             raise Forbidden("", f"age_key {reference}: references cannot be resolved here")
-        try:
-            secret = self._resolve(reference)
-        except SourceError as error:
-            raise type(error)(
-                "", f"age_key from {reference}: {error.kind}: {error.problem}"
-            ) from None
-        except CredbridgeError as error:
-            raise Forbidden("", f"age_key from {reference}: {error}") from None
-        try:
-            text = secret.reveal_text().strip()
-        except UnicodeDecodeError:
-            raise InvalidValue("", f"age_key from {reference} is not text") from None
-        finally:
-            secret.wipe()
+        text = resolve_text(self._resolve, reference, "age_key")
         if not _AGE_IDENTITY.search(text):
             raise InvalidValue(
                 "", f"age_key from {reference} holds no age identity (AGE-SECRET-KEY-1...)"

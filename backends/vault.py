@@ -30,7 +30,6 @@ from credbridge.backends.hooks.vault import SETTINGS
 from credbridge.core import (
     BadReference,
     ConfigError,
-    CredbridgeError,
     DocumentSource,
     Forbidden,
     InvalidValue,
@@ -51,6 +50,7 @@ from credbridge.core.remote import (
     demote_retry_warnings,
     optional_import,
     renamed,
+    resolve_text,
     tls_reason,
 )
 from credbridge.core.settings import MAX_SECONDS, control_problem, path_setting
@@ -551,20 +551,7 @@ class VaultSource(DocumentSource):
 
     def _material(self, key: str, reference: str) -> str:
         """Resolve a login input given as a reference (``credential:``, ``file:``, ``env:``)."""
-        try:
-            secret = self._resolve(reference)
-        except SourceError as error:
-            raise type(error)(
-                "", f"auth {key} from {reference}: {error.kind}: {error.problem}"
-            ) from None
-        except CredbridgeError as error:
-            raise Forbidden("", f"auth {key} from {reference}: {error}") from None
-        try:
-            value = secret.reveal_text().strip()
-        except UnicodeDecodeError:
-            raise InvalidValue("", f"auth {key} from {reference} is not text") from None
-        finally:
-            secret.wipe()
+        value = resolve_text(self._resolve, reference, f"auth {key}")
         if not value:
             raise Forbidden("", f"auth {key} from {reference} is empty")
         self._redactor.add(value)

@@ -28,7 +28,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
 from typing import Any
 
-from credbridge.core.errors import PluginError, SourceError
+from credbridge.core.errors import (
+    CredbridgeError,
+    Forbidden,
+    InvalidValue,
+    PluginError,
+    SourceError,
+)
 from credbridge.core.secret import Secret, SecretDocument
 from credbridge.core.settings import SettingsTable
 
@@ -231,6 +237,24 @@ def renamed(error: SourceError, reference: str) -> SourceError:
     return type(error)(reference, error.problem)
 
 
+def resolve_text(resolve: Callable[[str], Secret], reference: str, what: str) -> str:
+    """Resolve a reference holding key material (a token, a secret ID, an age identity) to
+    stripped text. Errors name ``what`` and the reference, never the value; the resolved
+    :class:`Secret` is wiped."""
+    try:
+        secret = resolve(reference)
+    except SourceError as error:
+        raise type(error)("", f"{what} from {reference}: {error.kind}: {error.problem}") from None
+    except CredbridgeError as error:
+        raise Forbidden("", f"{what} from {reference}: {error}") from None
+    try:
+        return secret.reveal_text().strip()
+    except UnicodeDecodeError:
+        raise InvalidValue("", f"{what} from {reference} is not text") from None
+    finally:
+        secret.wipe()
+
+
 def caused_by(error: BaseException, *types: type[BaseException]) -> BaseException | None:
     """The first exception of ``types`` among ``error`` and what it wraps, or ``None``.
 
@@ -382,5 +406,6 @@ __all__ = [
     "one_line",
     "optional_import",
     "renamed",
+    "resolve_text",
     "tls_reason",
 ]

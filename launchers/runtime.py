@@ -111,12 +111,13 @@ from credbridge.core.fsutil import (
 from credbridge.core.process import child_env
 from credbridge.core.types import Delivery
 from credbridge.core.vm import VirtiofsShare, VmChannel, VmSink
+from credbridge.launchers.hooks import RUNTIME_KEYS
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".credbridge.lock"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-RUNTIME_SETTINGS = frozenset({"allow_persistent", "virtiofsd", "virtiofsd_args", "stop_timeout"})
+RUNTIME_SETTINGS = RUNTIME_KEYS
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 _PR_SET_PDEATHSIG = 1
 _POLL = 0.02

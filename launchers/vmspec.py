@@ -27,25 +27,10 @@ from typing import Any
 from credbridge.core.config import Config
 from credbridge.core.errors import ConfigError
 from credbridge.core.settings import control_problem, seconds_setting
+from credbridge.launchers.hooks import VM_KEYS
 
-COMMON_KEYS = frozenset(
-    {
-        "kernel",
-        "firmware",
-        "initramfs",
-        "cmdline",
-        "memory",
-        "cpus",
-        "disks",
-        "serial",
-        "console",
-        "net",
-        "binary",
-        "runtime_dir",
-        "extra_args",
-        "timeout",
-    }
-)
+COMMON_KEYS = VM_KEYS
+"""The hypervisor-neutral keys of a VM target's ``launcher`` table (declared with the plugins)."""
 _SIZE = re.compile(r"\s*([0-9]{1,15})\s*([KMGT]?)i?B?\s*", re.IGNORECASE)
 _OPTION_KEY = re.compile(r"[a-z][a-z0-9_.-]*")
 MAX_MEMORY = 1 << 50  # 1 PiB: beyond any host; keeps a typo from reaching the hypervisor

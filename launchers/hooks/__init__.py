@@ -25,6 +25,6 @@ VM_KEYS = frozenset(
         "timeout",
     }
 )
-"""The hypervisor-neutral VM description (launchers/vmspec.py ``COMMON_KEYS``)."""
+"""The hypervisor-neutral VM description (launchers/vmspec.py reads them)."""
 RUNTIME_KEYS = frozenset({"allow_persistent", "virtiofsd", "virtiofsd_args", "stop_timeout"})
-"""What the VM runtime reads (launchers/runtime.py ``RUNTIME_SETTINGS``)."""
+"""What the VM runtime reads (launchers/runtime.py)."""
