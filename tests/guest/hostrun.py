@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .hostimage import CONSOLE_PREFIX, DONE_MARKER, PAYLOAD_FW_CFG, HostGuestImage
-from .qemu import QEMU_BINARY, HarnessError, qemu_binary, run_console
+from .qemu import QEMU_BINARY, HarnessError, qemu_binary, run_console, tcg_machine_argv
 
 HOST_CMDLINE = (
     "console=ttyS0 rdinit=/init panic=-1 quiet loglevel=3 systemd.show_status=0 "
@@ -110,19 +110,8 @@ def host_qemu_argv(
     cpus: int = 2,
     qemu: str | None = None,
 ) -> list[str]:
-    binary = qemu or qemu_binary() or QEMU_BINARY
     return [
-        binary,
-        "-accel", "tcg",
-        "-cpu", "max",
-        "-M", "q35",
-        "-smp", str(cpus),
-        "-m", str(memory_mb),
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-monitor", "none",
-        "-serial", "stdio",
+        *tcg_machine_argv(qemu, memory_mb=memory_mb, cpus=cpus),
         "-kernel", str(image.kernel),
         "-initrd", str(image.initramfs),
         "-append", HOST_CMDLINE,

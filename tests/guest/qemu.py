@@ -139,6 +139,23 @@ def kernel_cmdline(cmdline_extra: str = "") -> str:
     return f"{BASE_CMDLINE} {cmdline_extra}".strip()
 
 
+def tcg_machine_argv(qemu: str | None, *, memory_mb: int, cpus: int) -> list[str]:
+    """QEMU with its machine under TCG, no default devices, the serial console on stdout."""
+    return [
+        qemu or qemu_binary() or QEMU_BINARY,
+        "-accel", "tcg",
+        "-cpu", "max",
+        "-M", "q35",
+        "-smp", str(cpus),
+        "-m", str(memory_mb),
+        "-nodefaults",
+        "-no-user-config",
+        "-nographic",
+        "-monitor", "none",
+        "-serial", "stdio",
+    ]  # fmt: skip
+
+
 def qemu_argv(
     image: GuestImage,
     extra_args: Sequence[str] = (),
@@ -155,19 +172,8 @@ def qemu_argv(
     ``reboot=True`` lets a guest reboot (QEMU resets and boots the same kernel again)
     instead of making QEMU exit.
     """
-    binary = qemu or qemu_binary() or QEMU_BINARY
     argv = [
-        binary,
-        "-accel", "tcg",
-        "-cpu", "max",
-        "-M", "q35",
-        "-smp", str(cpus),
-        "-m", str(memory_mb),
-        "-nodefaults",
-        "-no-user-config",
-        "-nographic",
-        "-monitor", "none",
-        "-serial", "stdio",
+        *tcg_machine_argv(qemu, memory_mb=memory_mb, cpus=cpus),
         *([] if reboot else ["-no-reboot"]),
         "-kernel", str(image.kernel),
         "-initrd", str(image.initramfs),
