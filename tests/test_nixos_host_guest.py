@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -307,7 +308,9 @@ in_guest = pytest.mark.skipif(_SKIPPED, reason=_SKIP or "")
 
 
 @pytest.fixture(scope="module")
-def run(evaluated: dict[str, Any], system: NixosSystem) -> HostRun:
+def run(
+    evaluated: dict[str, Any], system: NixosSystem, tmp_path_factory: pytest.TempPathFactory
+) -> HostRun:
     if _SKIP is not None:
         pytest.fail(_SKIP)
     try:
@@ -321,6 +324,11 @@ def run(evaluated: dict[str, Any], system: NixosSystem) -> HostRun:
         "plan.json": json.dumps(plan(evaluated, system)).encode(),
     }
     result = run_host_guest(image, files, timeout=900)
+    # The whole console (every event, journals) for a person debugging a failure.
+    keep = os.environ.get("CREDBRIDGE_KEEP_CONSOLE")
+    console = Path(keep) if keep else tmp_path_factory.mktemp("nixos-host-guest") / "console"
+    console.write_text(result.console)
+    print(f"host guest console: {console} (CREDBRIDGE_KEEP_CONSOLE=PATH keeps it)")
     assert not result.timed_out, result.describe()
     assert result.done, result.describe()
     assert result.events("error") == [], result.describe()
@@ -348,8 +356,9 @@ def test_installed_units_verify_under_the_guests_systemd(run: HostRun) -> None:
     assert event["wrapper"] == ["ch-remote", "cloud-hypervisor"]
     assert "exec /opt/credbridge/bin/credbridge-cloud-hypervisor" in event["wrapper_script"]
     assert all(r["rc"] == 0 for r in event["activation"].values()), event["activation"]
-    assert event["verify"]["rc"] == 0, event["verify"]
-    assert event["verify"]["stderr"].strip() == "", event["verify"]["stderr"]
+    verify = run.event("boot")["verify"]
+    assert verify["rc"] == 0, verify
+    assert verify["stderr"].strip() == "", verify["stderr"]
     # Enabled the NixOS way: .wants links, no [Install] processing by systemctl enable.
     assert event["enabled"][DELIVER] == "enabled"
     assert event["enabled"]["microvms.target"] in {"static", "enabled"}
@@ -366,7 +375,9 @@ def test_deliver_runs_before_every_consumer_at_boot(run: HostRun) -> None:
     for unit in [*CONSUMERS, VM_UNIT]:
         props = boot["units"][unit]["props"]
         assert props["ActiveState"] == "active", (unit, boot["journal"])
-        assert props["NRestarts"] == "0", unit  # came up once, credentials already there
+        # Started once in this boot (no restart: the credentials were there at the start).
+        assert boot["units"][unit]["starts"] == 1, (unit, boot["journal"])
+        assert props["NRestarts"] == "0", unit
         assert DELIVER in props["After"].split(), unit
         assert DELIVER in props["Wants"].split(), unit
         # The consumer began starting (credentials set up) only after delivery finished.
@@ -464,17 +475,25 @@ def test_rotation_and_the_deliver_unit_restart_exactly_the_changed_units(run: Ho
     event = run.event("restart")
     for rotation in event["rotations"]:
         assert rotation["rc"] == 0, rotation
+    # `systemctl restart credbridge-deliver` returns: credbridge queued the restarts
+    # (--no-block) instead of waiting for jobs that systemd holds until it has finished.
     assert event["restart"]["rc"] == 0, event["restart"] | {"journal": event["journal"]}
     assert event["settled"], event["jobs"] + event["journal"]
+    queued = re.findall(r"credbridge\[\d+\]: unit\s+(\S+)\s+restart\s+(\S+)", event["journal"])
+    assert sorted(queued) == [("app.service", "queued"), (VM_UNIT, "queued")], event["journal"]
     before, after = event["before"], event["after"]
     deliver = after["deliver"]["props"]
     assert (deliver["ActiveState"], deliver["Result"]) == ("active", "success")
     changed = {"app.service", VM_UNIT}
+    delivered = ms(deliver, "ActiveEnterTimestampMonotonic")
     for unit in [*CONSUMERS, VM_UNIT]:
-        old = before["units"][unit]["props"]["InvocationID"]
-        new = after["units"][unit]["props"]["InvocationID"]
-        assert (old != new) is (unit in changed), unit
-        assert after["units"][unit]["props"]["ActiveState"] == "active", unit
+        old, new = before["units"][unit], after["units"][unit]
+        restarted = unit in changed
+        assert (old["props"]["InvocationID"] != new["props"]["InvocationID"]) is restarted, unit
+        assert new["starts"] == old["starts"] + restarted, unit
+        assert new["props"]["ActiveState"] == "active", unit
+        if restarted:  # started again only once the new delivery had finished
+            assert ms(new["props"], "InactiveExitTimestampMonotonic") >= delivered, unit
     # The restarted units hold the new values; the VM got a new vm.create with its new key.
     old_app = decoded(before["units"]["app.service"]["credentials"])
     new_app = decoded(after["units"]["app.service"]["credentials"])

@@ -152,7 +152,6 @@ def first_boot() -> None:
         for name, text in sorted(PLAN["activation"].items())
     }
     reload = run("systemctl", "daemon-reload")
-    verify = command("systemd-analyze", "verify", "--man=no", *PLAN["verify"], timeout=120)
     emit(
         "installed",
         build=build,
@@ -160,7 +159,6 @@ def first_boot() -> None:
         wrapper_script=(Path(PLAN["wrapper"]["path"]) / "bin" / "cloud-hypervisor").read_text(),
         activation=activation,
         reload=reload,
-        verify=verify,
         config=mode_of(Path(CONFIG)) | {"resolved": os.path.realpath(CONFIG)},
         enabled={
             unit: str(run("systemctl", "is-enabled", unit)["stdout"]).strip()
@@ -223,6 +221,7 @@ def unit_facts(unit: str) -> dict[str, object]:
     pid = int(props.get("MainPID", "0") or 0)
     return {
         "props": props,
+        "starts": starts(unit),
         "main": process(pid) if pid else None,
         "environ": environ_of(pid) if pid else {},
         "credentials": read_dir(Path("/run/credentials") / unit),
@@ -285,11 +284,28 @@ def scan(values: list[bytes]) -> dict[str, object]:
     return result
 
 
-def journal(*units: str) -> str:
+#: systemd's "unit started" journal message (a start job that finished).
+STARTED = "MESSAGE_ID=39f53479d3a045ac8e11786248231fbf"
+
+
+def journal(*units: str, after: str = "") -> str:
     argv = ["journalctl", "-b", "-o", "short-monotonic", "--no-pager"]
+    if after:
+        argv.append(f"--after-cursor={after}")
     for unit in units:
         argv += ["-u", unit]
     return str(run(*argv)["stdout"])[-6000:]
+
+
+def cursor() -> str:
+    out = str(run("journalctl", "-n", "0", "--show-cursor", "--no-pager")["stdout"])
+    return out.strip().rpartition("-- cursor: ")[2]
+
+
+def starts(unit: str) -> int:
+    """How often systemd started ``unit`` in this boot (its journal's "Started" messages)."""
+    out = run("journalctl", "-b", "-o", "cat", "--no-pager", f"UNIT={unit}", STARTED)
+    return len([line for line in str(out["stdout"]).splitlines() if line.strip()])
 
 
 def second_boot() -> None:
@@ -302,9 +318,12 @@ def second_boot() -> None:
         120,
     )
     facts = state()
+    # After install-microvm-test-vm linked `current` and preStart `booted`, as on NixOS.
+    verify = command("systemd-analyze", "verify", "--man=no", *PLAN["verify"], timeout=120)
     emit(
         "boot",
         **facts,
+        verify=verify,
         get=_raw_gets(),
         order=str(run("systemd-analyze", "critical-chain", "--no-pager", VM_UNIT)["stdout"]),
         journal=journal(DELIVER, *CONSUMERS, VM_UNIT),
@@ -315,6 +334,7 @@ def second_boot() -> None:
     # A change behind an unchanged config, then the module's wiring: the deliver unit runs
     # again (as `systemctl restart` or a switch would run it) and acts on `on_change`.
     before = state()
+    mark = cursor()
     rotations = [credbridge("rotate", unit, name) for unit, name in PLAN["rotate"]]
     restart = command("systemctl", "restart", DELIVER, timeout=PLAN["restart_timeout"])
     settled = True
@@ -340,7 +360,7 @@ def second_boot() -> None:
         after=after,
         get=_raw_gets(),
         jobs=str(run("systemctl", "list-jobs", "--no-legend", "--plain")["stdout"]),
-        journal=journal(DELIVER, *CONSUMERS, VM_UNIT),
+        journal=journal(DELIVER, *CONSUMERS, VM_UNIT, after=mark),
         scan=scan(old_values + values_of(after)),
     )
 
