@@ -20,11 +20,18 @@ a changed credential. Several targets naming one unit are merged: the strongest 
 
 ``systemctl`` runs with the allow-listed environment of :func:`credbridge.core.process.child_env`
 and never sees a value (unit names only).
+
+Inside a systemd service (``$INVOCATION_ID`` set: ``credbridge-deliver.service``, a timer's
+unit) the jobs are only queued (``systemctl --no-block``, status ``queued``). The delivering
+unit is ordered ``Before=`` the units it restarts, so systemd holds their start until its own
+start job has finished -- and that job is this very process: waiting would deadlock until the
+timeout, with the units stopped meanwhile. Queued, they start as soon as the delivery ends.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
@@ -56,7 +63,8 @@ class UnitAction:
     action: str
     targets: tuple[str, ...]
     status: str = "planned"
-    """``planned`` (not run yet, or ``--dry-run``), ``done``, ``failed`` or ``skipped``."""
+    """``planned`` (not run yet, or ``--dry-run``), ``done``, ``queued`` (inside a service:
+    the job is in systemd's queue), ``failed`` or ``skipped``."""
     detail: str = ""
 
     def as_json(self) -> dict[str, Any]:
@@ -139,12 +147,27 @@ def select_units(
     return selection.result()
 
 
+def inside_a_service() -> bool:
+    """Whether this process runs in a systemd service (systemd sets ``$INVOCATION_ID``)."""
+    return bool(os.environ.get("INVOCATION_ID"))
+
+
 def act_on_units(
-    actions: Sequence[UnitAction], *, timeout: float = RESTART_TIMEOUT
+    actions: Sequence[UnitAction],
+    *,
+    timeout: float = RESTART_TIMEOUT,
+    wait: bool | None = None,
 ) -> list[UnitAction]:
-    """Run ``systemctl`` once per unit, in order; failures are reported, not raised."""
+    """Run ``systemctl`` once per unit, in order; failures are reported, not raised.
+
+    ``wait`` (default: not :func:`inside_a_service`) waits for each job; otherwise the jobs
+    are queued with ``--no-block`` and reported ``queued`` (see the module's docstring).
+    """
+    if wait is None:
+        wait = not inside_a_service()
     env = child_env()
     binary = shutil.which(SYSTEMCTL, path=env.get("PATH"))
+    mode = [] if wait else ["--no-block"]
     results = []
     for action in actions:
         if binary is None:
@@ -155,9 +178,9 @@ def act_on_units(
             continue
         verb = VERBS[action.action]
         log.info("systemctl %s %s", verb, action.unit)
-        code, message = _systemctl(binary, [verb, "--", action.unit], env, timeout)
+        code, message = _systemctl(binary, [*mode, verb, "--", action.unit], env, timeout)
         if code == 0:
-            results.append(replace(action, status="done"))
+            results.append(replace(action, status="done" if wait else "queued"))
         else:
             results.append(replace(action, status="failed", detail=message))
     return results

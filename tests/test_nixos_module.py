@@ -30,9 +30,8 @@ from support.nixeval import (
     evaluate,
     instantiate,
     missing,
-    render_units,
-    systemd_analyze_verify,
 )
+from support.nixos_system import render_system, verify_root
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -182,9 +181,7 @@ def test_no_deliver_unit_without_unit_targets(tmp_path: Path) -> None:
     result = ok({"services.credbridge.settings.sources.vault.address": "https://v:8200"})
     assert "credbridge-deliver" not in result["services"]
     assert json.loads(result["etc"]["credbridge/config.json"])["targets"] == {}
-    extra = ok(
-        {'services.credbridge.settings.targets."app.service".credentials.x': "generate:hex"}
-    )
+    extra = ok({'services.credbridge.settings.targets."app.service".credentials.x': "generate:hex"})
     assert extra["services"]["credbridge-deliver"]["before"] == []
 
 
@@ -325,9 +322,13 @@ def test_builtin_schemes_are_the_plugins_schemes() -> None:
     )
     assert result["assertions"] == []
     module = (REPO / "nix" / "module.nix").read_text()
-    block = module[module.index("builtinSchemes = {") : module.index("};", module.index("builtinSchemes"))]
+    block = module[
+        module.index("builtinSchemes = {") : module.index("};", module.index("builtinSchemes"))
+    ]
     lines = [line.strip() for line in block.splitlines()[1:]]
-    declared = {line.split(".")[0].strip('"') for line in lines if line and not line.startswith("#")}
+    declared = {
+        line.split(".")[0].strip('"') for line in lines if line and not line.startswith("#")
+    }
     assert declared == set(get_plugin_manager().sources())
 
 
@@ -462,7 +463,11 @@ def test_disabled_module_adds_nothing() -> None:
         nix_config({**APP, 'services.credbridge.units."ap.service".credentials.x': "bad"})
     )
     assert result["assertions"] == []
-    assert set(result["result"]["services"]) == {"app", "microvm@"}
+    services = set(result["result"]["services"])
+    assert not any("credbridge" in name for name in services)
+    assert services == {"app", "microvm@"} | {
+        f"microvm-{helper}@" for helper in ("tap-interfaces", "macvtap-interfaces", "pci-devices")
+    } | {"microvm-virtiofsd@"}
     assert result["result"]["etc"] == {}
 
 
@@ -470,36 +475,40 @@ def test_disabled_module_adds_nothing() -> None:
 
 
 def test_rendered_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """The module's units written as NixOS writes them (tests/support/nixos_system.py; the
+    full NixOS-to-systemd path, booted, is tests/test_nixos_host_guest.py)."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze not installed (Debian package systemd)")
-    venv = Path(sys.executable).parent.parent
-    state = tmp_path / "microvms"
-    (state / "test-vm" / "current" / "bin").mkdir(parents=True)
-    (state / "test-vm" / "booted" / "bin").mkdir(parents=True)
-    for script in ("current/bin/microvm-run", "booted/bin/microvm-shutdown"):
-        (state / "test-vm" / script).write_text("#!/bin/sh\nexit 0\n")
-        (state / "test-vm" / script).chmod(0o755)
     # Without the optional credential: its `SetCredential=NAME:` (an empty default, as
     # `credbridge unit` writes it) is "Invalid syntax" to Debian's systemd 252; newer systemd
     # accepts an empty value (docs/nixos.md).
     settings = json.loads(json.dumps(UNIT_AND_VM))
     del settings['services.credbridge.units."app.service".credentials']["feature"]
-    result = ok({**settings, "microvm.stateDir": str(state)}, paths={"credbridge": str(venv)})
-    units = tmp_path / "units"
-    units.mkdir()
-    names = render_units(result["services"], units)
-    names = [n for n in names if n != "microvm@.service"]
-    verify = systemd_analyze_verify(units, names)
+    paths = {"credbridge": "/opt/credbridge", "coreutils": "/usr", "runtimeShell": "/bin/sh"}
+    system = render_system(ok(settings, paths=paths))
+    root = tmp_path / "root"
+    system.write(root)
+    (root / "opt/credbridge/bin").mkdir(parents=True)
+    shutil.copy(Path(sys.executable).parent / "credbridge", root / "opt/credbridge/bin")
+    (root / "bin").mkdir()
+    shutil.copy("/bin/true", root / "bin/true")  # app.service's ExecStart
+    for script in ("current/bin/microvm-run", "booted/bin/microvm-shutdown"):
+        path = root / "var/lib/microvms/test-vm" / script
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("#!/bin/sh\nexit 0\n")
+        path.chmod(0o755)
+    names = ["app.service", "credbridge-deliver.service", "microvm@test-vm.service"]
+    verify = verify_root(root, names)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert verify.stderr.strip() == "", verify.stderr
-    dropin = (units / "microvm@test-vm.service.d" / "overrides.conf").read_text()
+    dropin = system.unit_file("microvm@test-vm.service")
     assert "LoadCredential=API_KEY:/run/credstore/microvm@test-vm.service/API_KEY" in dropin
     assert 'Environment="CREDBRIDGE_VM=test-vm"' in dropin
     # Not vacuous: a broken drop-in fails the same check.
-    (units / "microvm@test-vm.service.d" / "broken.conf").write_text(
+    (root / "etc/systemd/system/microvm@test-vm.service.d/broken.conf").write_text(
         "[Service]\nLoadCredentialz=x:/y\n"
     )
-    broken = systemd_analyze_verify(units, names)
+    broken = verify_root(root, names)
     assert "Unknown key 'LoadCredentialz'" in broken.stderr
 
 

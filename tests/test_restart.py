@@ -1,7 +1,7 @@
 """Restart what changed: which units ``deliver`` acts on, once each, after the commit.
 
-systemd itself is exercised in tests/test_host_guest.py (real units restarting in the host
-guest). Here a ``systemctl`` on PATH records every call -- its argv and what the credstore
+systemd itself is exercised in tests/test_host_guest.py and tests/test_nixos_host_guest.py
+(real units restarting in the host guest, the latter from inside credbridge-deliver.service). Here a ``systemctl`` on PATH records every call -- its argv and what the credstore
 held at that moment -- so these tests check the selection: exactly the changed units,
 exactly once, after every target committed, the configured action, and per-unit failures.
 """
@@ -44,6 +44,12 @@ if grep -qx "$unit" "$here/fail" 2>/dev/null; then
 fi
 exit 0
 """
+
+
+@pytest.fixture(autouse=True)
+def outside_a_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As from a shell: a test runner started by systemd must not make restarts queued."""
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
 
 
 @pytest.fixture
@@ -129,6 +135,29 @@ def test_only_the_changed_unit_is_restarted_once_after_the_commit(
     third = run(cli, stub, config, "deliver", "--restart")
     assert third.returncode == 0
     assert calls(stub) == []
+
+
+def test_inside_a_service_the_jobs_are_queued_not_awaited(
+    tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
+) -> None:
+    """In credbridge-deliver.service (ordered Before= the units it restarts), waiting for a
+    restart deadlocks: systemd starts the unit only after the delivering job ended
+    (tests/test_nixos_host_guest.py shows it under systemd). So there: --no-block."""
+    value(tmp_path, "token", "a")
+    value(tmp_path, "other", "b")
+    (stub / "fail").write_text("worker.service\n")
+    config = write(tmp_path, tmpfs_dir, BODY)
+    env = {"PATH": f"{stub}:{os.environ['PATH']}", "INVOCATION_ID": "0" * 32}
+    result = cli("-c", str(config), "deliver", "--restart", env=env)
+    assert result.returncode == 14, result.stderr.decode()
+    assert [c["argv"] for c in calls(stub)] == [
+        ["--no-ask-password", "--no-block", "try-restart", "--", "app.service"],
+        ["--no-ask-password", "--no-block", "try-restart", "--", "worker.service"],
+    ]
+    lines = result.stdout.decode().splitlines()
+    assert "unit\tapp.service\trestart\tqueued" in lines
+    # A job systemd refuses to queue (unknown unit, bad transaction) still fails the run.
+    assert any(line.startswith("unit\tworker.service\trestart\tfailed") for line in lines)
 
 
 def test_without_restart_nothing_is_touched(

@@ -49,8 +49,8 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def run(*argv: str, timeout: float = 300) -> dict[str, object]:
-    result = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+def run(*argv: str, timeout: float = 300, env: dict[str, str] | None = None) -> dict[str, object]:
+    result = subprocess.run(argv, capture_output=True, timeout=timeout, env=env, check=False)
     return {
         "argv": list(argv),
         "rc": result.returncode,
@@ -59,8 +59,13 @@ def run(*argv: str, timeout: float = 300) -> dict[str, object]:
     }
 
 
+#: What an operator's shell has: this driver runs in cbhost-driver.service, whose
+#: $INVOCATION_ID would make credbridge queue restarts as it does inside a service.
+OPERATOR_ENV = {k: v for k, v in os.environ.items() if k != "INVOCATION_ID"}
+
+
 def credbridge(*args: str) -> dict[str, object]:
-    return run("/usr/bin/credbridge", "-c", CONFIG, *args)
+    return run("/usr/bin/credbridge", "-c", CONFIG, *args, env=OPERATOR_ENV)
 
 
 def show(unit: str, *props: str) -> dict[str, str]:

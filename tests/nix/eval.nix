@@ -23,6 +23,9 @@ let
   };
   cfg = eval.config;
   failed = map (a: a.message) (lib.filter (a: !a.assertion) cfg.assertions);
+  storeFiles = lib.unique (
+    lib.concatMap (s: s.jobScripts) (lib.attrValues cfg.systemd.services) ++ cfg.stub.storeFiles
+  );
   guest =
     name: vm:
     let
@@ -35,9 +38,17 @@ let
       };
     in
     {
-      package = if g.config.microvm.cloud-hypervisor.package == null then null else {
-        inherit (g.config.microvm.cloud-hypervisor.package) name version buildCommand;
-      };
+      package =
+        let
+          p = g.config.microvm.cloud-hypervisor.package;
+        in
+        if p == null then
+          null
+        else
+          {
+            inherit (p) name version buildCommand;
+            path = p.outPath; # `outPath` would make the JSON a string
+          };
       assertions = map (a: a.message) (lib.filter (a: !a.assertion) g.config.assertions);
     };
 in
@@ -45,10 +56,18 @@ in
   assertions = failed;
   result = lib.optionalAttrs (failed == [ ]) {
     services = cfg.systemd.services;
+    targets = cfg.systemd.targets;
+    globalEnvironment = cfg.systemd.globalEnvironment;
+    activation = cfg.system.activationScripts;
+    storeFiles = map (f: {
+      path = "${f}${f.destination}";
+      inherit (f) text executable;
+    }) storeFiles;
     etc = lib.mapAttrs (_: e: e.text) cfg.environment.etc;
     tmpfiles = cfg.systemd.tmpfiles.rules;
     wrapper = {
       inherit (cfg.services.credbridge.cloudHypervisorWrapper) name version buildCommand;
+      path = cfg.services.credbridge.cloudHypervisorWrapper.outPath;
     };
     vms = if withMicrovm then lib.mapAttrs guest cfg.microvm.vms else null;
   };

@@ -54,7 +54,39 @@ let
     virtiofsd = drv "virtiofsd" { meta.mainProgram = "virtiofsd"; };
     sops = drv "sops" { };
     openssl = drv "openssl" { meta.mainProgram = "openssl"; };
+    # NixOS's default service PATH (nixos/lib/systemd-lib.nix, stage2ServiceConfig).
+    coreutils = drv "coreutils" { };
+    findutils = drv "findutils" { };
+    gnugrep = drv "gnugrep" { };
+    gnused = drv "gnused" { };
+    systemd = drv "systemd" { };
     runtimeShell = paths.runtimeShell or "/bin/sh";
+    # Text files in the store; `text`/`executable`/`destination` stay readable so tests can
+    # write the file where the store path points (tests/support/nixeval.py).
+    writeTextFile =
+      {
+        name,
+        text,
+        executable ? false,
+        destination ? "",
+      }:
+      drv name {
+        # Distinct contents, distinct paths (all other stub outputs share one fake hash).
+        outPath =
+          paths.${name}
+            or "/nix/store/${builtins.substring 0 32 (builtins.hashString "sha256" "${name}\n${destination}\n${text}")}-${name}";
+        inherit text executable destination;
+        storeFile = true;
+      };
+    writeText = name: text: final.writeTextFile { inherit name text; };
+    writeShellScriptBin =
+      name: text:
+      final.writeTextFile {
+        inherit name;
+        executable = true;
+        destination = "/bin/${name}";
+        text = "#!${final.runtimeShell}\n${text}";
+      };
     runCommand =
       name: env: buildCommand:
       drv name (

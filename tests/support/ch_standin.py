@@ -8,7 +8,7 @@ tested against this program, started exactly the way the launcher starts the rea
 (tests write a small executable wrapper that adds the ``--standin-*`` options, and point the
 launcher's ``binary`` at it). It serves the endpoints the launcher uses on the UNIX socket —
 ``GET /api/v1/vmm.ping``, ``PUT /api/v1/vm.create``, ``vm.boot``, ``vm.shutdown``,
-``vmm.shutdown``, ``GET vm.info`` — and checks every request against the vendored OpenAPI spec
+``vmm.shutdown``, ``vm.power-button`` (noboot mode), ``GET vm.info`` — and checks every request against the vendored OpenAPI spec
 (unknown endpoint or method: 404/405; a ``vm.create`` body that is not a valid ``VmConfig``, or
 that carries keys the spec does not declare: 400).
 
@@ -19,7 +19,10 @@ cloud-hypervisor writes, loaded with ``-smbios file=`` from a 0400 file in the s
 ``value=`` would put the strings in QEMU's argv); ``fs`` entries become vhost-user-fs devices
 with shared memory; serial ``Tty`` is QEMU's stdio. When the guest powers off, the stand-in
 exits 0 like cloud-hypervisor does. ``--standin-mode noboot`` only answers the API (for
-signal tests and the benchmark); ``--standin-exit N`` makes it exit with N right after
+signal tests and the benchmark; ``vm.power-button`` there stands for a guest that powers off
+at once: the stand-in answers 204 and exits 0, as cloud-hypervisor does when its guest powers
+off; in boot mode it is refused with 500, the stand-in has no ACPI path into its QEMU);
+``--standin-exit N`` makes it exit with N right after
 ``vm.boot``, as a VMM whose guest failed would.
 
 Without ``--standin-spec`` it serves the same endpoints (:data:`ENDPOINTS`) and leaves out
@@ -78,6 +81,7 @@ ENDPOINTS: dict[str, dict[str, dict[str, Any]]] = {
     "/vm.info": {"get": {}},
     "/vm.shutdown": {"put": {}},
     "/vmm.shutdown": {"put": {}},
+    "/vm.power-button": {"put": {}},
 }
 """The endpoints served when no spec is given (their shape in the spec: no body but vm.create's)."""
 
@@ -390,6 +394,17 @@ class StandIn:
                 return 405, b"", info
             self.stop_vm()
             self.state = "Shutdown"
+            return 204, b"", info
+        if endpoint == "vm.power-button":
+            if self.config is None:
+                return 404, b"", info
+            if self.state != "Running":
+                return 405, b"", info
+            if self.options.standin_mode != "noboot":
+                info["problem"] = "power-button is served in noboot mode only"
+                return 500, b"power-button is served in noboot mode only", info
+            self.state = "Shutdown"
+            self.pending_exit = 0
             return 204, b"", info
         if endpoint == "vmm.shutdown":
             self.stop_vm()

@@ -2,8 +2,8 @@
 
 Nothing here builds a derivation: the module is evaluated with ``lib.evalModules`` against
 small stub modules (tests/nix/stub-*.nix) in a throw-away Nix state directory, read-only
-(``--readonly-mode``), with no network and no experimental features. ``render_units`` writes the
-evaluated ``systemd.services`` as unit files the way NixOS does, for ``systemd-analyze verify``.
+(``--readonly-mode``), with no network and no experimental features. tests/support/nixos_system.py
+writes the evaluated units and files the way NixOS does.
 """
 
 from __future__ import annotations
@@ -106,77 +106,3 @@ def evaluate(
         args["guestConfig"] = guest if isinstance(guest, str) else to_nix(guest)
     result: dict[str, Any] = instantiate(EVAL, args)
     return result
-
-
-# --------------------------------------------------------------------------- unit files
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _lines(key: str, value: Any) -> list[str]:
-    if isinstance(value, list):
-        return [f"{key}={_value(v)}" for v in value]
-    return [f"{key}={_value(value)}"]
-
-
-def unit_text(service: Mapping[str, Any]) -> str:
-    """A service of ``systemd.services`` as NixOS writes it (nixos/lib/systemd-lib.nix)."""
-    unit: list[str] = ["[Unit]"]
-    if service.get("description"):
-        unit.append(f"Description={service['description']}")
-    for key, option in (
-        ("Documentation", "documentation"),
-        ("After", "after"),
-        ("Before", "before"),
-        ("Wants", "wants"),
-        ("Requires", "requires"),
-    ):
-        if service.get(option):
-            unit.append(f"{key}={' '.join(service[option])}")
-    if service.get("restartTriggers"):
-        unit.append(f"X-Restart-Triggers={' '.join(service['restartTriggers'])}")
-    for key, value in service.get("unitConfig", {}).items():
-        unit += _lines(key, value)
-    body = ["[Service]"]
-    for key, value in sorted(service.get("environment", {}).items()):
-        body.append(f'Environment="{key}={value}"')
-    for key, value in service.get("serviceConfig", {}).items():
-        body += _lines(key, value)
-    install = []
-    for key, option in (("WantedBy", "wantedBy"), ("RequiredBy", "requiredBy")):
-        if service.get(option):
-            install.append(f"{key}={' '.join(service[option])}")
-    sections = [unit, body] + ([["[Install]", *install]] if install else [])
-    return "\n\n".join("\n".join(s) for s in sections) + "\n"
-
-
-def render_units(services: Mapping[str, Mapping[str, Any]], directory: Path) -> list[str]:
-    """Write unit files (drop-ins for ``overrideStrategy = "asDropin"``); return unit names."""
-    names = []
-    for name, service in services.items():
-        unit = f"{name}.service"
-        if service.get("overrideStrategy") == "asDropin":
-            dropin = directory / f"{unit}.d"
-            dropin.mkdir(parents=True, exist_ok=True)
-            (dropin / "overrides.conf").write_text(unit_text(service))
-        else:
-            (directory / unit).write_text(unit_text(service))
-        names.append(unit)
-    return names
-
-
-def systemd_analyze_verify(directory: Path, units: list[str]) -> subprocess.CompletedProcess[str]:
-    """``systemd-analyze verify`` of ``units`` found through ``directory`` (and drop-ins)."""
-    env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{directory}:", "SYSTEMD_LOG_COLOR": "0"}
-    return subprocess.run(
-        ["systemd-analyze", "verify", *units],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
