@@ -1,0 +1,95 @@
+"""cosmic-ray's test command: run only the tests that reach the mutated lines.
+
+cosmic-ray writes one mutant into the workspace's copy of a module, runs this, and counts a
+non-zero exit as *killed*. This finds the lines that differ from the pristine copy, looks
+them up in the per-test coverage map (``map.json``, made by ``run.py``), and runs those
+tests, fastest first, stopping at the first failure (``-x``). A mutant of a line that only
+runs at import time (a constant, a decorator, a ``def``) runs every test that reaches the
+module; a mutant of a line no test reaches survives without running anything, and says so
+on stdout (kept in the session database for the report).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+IMPORT_TIME = ""
+"""The context of lines executed outside any test (imports during collection)."""
+NO_TEST_MARK = "credbridge-mutation: no test reaches"
+
+
+def changed_lines(pristine: list[str], mutated: list[str]) -> set[int]:
+    """1-based line numbers of ``pristine`` that the mutant replaced."""
+    lines: set[int] = set()
+    matcher = difflib.SequenceMatcher(a=pristine, b=mutated, autojunk=False)
+    for tag, i1, i2, _j1, _j2 in matcher.get_opcodes():
+        if tag != "equal":
+            lines.update(range(i1 + 1, max(i2, i1 + 1) + 1))
+    return lines
+
+
+def main() -> int:
+    work = Path(os.environ["CREDBRIDGE_MUTATION_WORK"])
+    src = work / "src"
+    pristine_dir = work / "pristine"
+    mapping: dict[str, dict[str, list[str]]] = json.loads((work / "map.json").read_text())
+    durations: dict[str, float] = json.loads((work / "durations.json").read_text())
+
+    selected: set[str] = set()
+    touched = []
+    for module, by_line in mapping.items():
+        pristine = (pristine_dir / module).read_text().splitlines()
+        mutated = (src / module).read_text().splitlines()
+        if pristine == mutated:
+            continue
+        lines = changed_lines(pristine, mutated)
+        touched.append(f"{module}:{min(lines)}-{max(lines)}")
+        reached = {test for line in lines for test in by_line.get(str(line), [])}
+        if IMPORT_TIME in reached:
+            # A line run at import (a constant, a decorator): every test that uses the module.
+            reached = {test for tests in by_line.values() for test in tests}
+        selected |= reached - {IMPORT_TIME}
+    selected &= set(durations)
+    if not touched:
+        print("credbridge-mutation: no mutated line found (baseline run)")
+        return 0
+    if not selected:
+        print(f"{NO_TEST_MARK} {', '.join(touched)}")
+        return 0
+    ordered = sorted(selected, key=lambda test: (durations[test], test))
+    budget = 60 + 3 * sum(durations[test] for test in ordered)
+    print(f"credbridge-mutation: {', '.join(touched)}: {len(ordered)} tests, budget {budget:.0f}s")
+    with tempfile.NamedTemporaryFile("w", suffix=".args", delete=False) as args:
+        args.write("\n".join(ordered) + "\n")
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "--no-header",
+        "-p",
+        "no:cacheprovider",
+        f"@{args.name}",
+    ]
+    process = subprocess.Popen(argv, cwd=src, start_new_session=True)
+    try:
+        return process.wait(timeout=budget)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        print("credbridge-mutation: timed out (counted as killed)")
+        return 3
+    finally:
+        Path(args.name).unlink()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
