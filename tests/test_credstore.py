@@ -109,7 +109,7 @@ def test_failed_commit_rolls_back_every_target(
     assert result.returncode == 9, result.stderr
     assert b"injected fault" in result.stderr
     assert snapshot(tmpfs_dir) == before
-    assert not [p for p in tmpfs_dir.iterdir() if ".staging-" in p.name]
+    assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock", "app.service", "worker.service"]
 
 
 def test_symlinked_target_directory_is_refused_before_anything_changes(
@@ -128,7 +128,7 @@ def test_symlinked_target_directory_is_refused_before_anything_changes(
         deliver(config)
     assert snapshot(tmpfs_dir) == before
     assert (tmpfs_dir / "worker.service").is_symlink()
-    assert not [p for p in tmpfs_dir.iterdir() if ".staging-" in p.name]
+    assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock", "app.service", "worker.service"]
 
 
 def test_unknown_owner_fails_before_anything_changes(
@@ -159,14 +159,13 @@ def test_stale_staging_dirs_are_cleaned(
 
 
 def test_refuses_persistent_disk_without_opt_in(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, disk_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CB_TEST_STATIC", "v1")
-    disk = tmp_path / "credstore"
+    disk = disk_dir / "credstore"
     from credbridge.core.fsutil import is_memory_backed
 
-    if is_memory_backed(tmp_path):
-        pytest.skip("the temp directory is on tmpfs here")
+    assert not is_memory_backed(disk_dir)
     with pytest.raises(DeliveryError, match="not on tmpfs or ramfs"):
         deliver(make_config(tmp_path, disk, BODY))
     assert not disk.exists()

@@ -25,7 +25,7 @@ DURATIONS = "CREDBRIDGE_MUTATION_DURATIONS"
 CHILD_HOOK = (
     "import os, sys; "
     "exec('try:\\n import coverage\\n c = coverage.Coverage.current()\\n"
-    " t = os.environ.get(\"" + ENV + "\")\\n"
+    ' t = os.environ.get("' + ENV + '")\\n'
     " if c is not None and t: c.switch_context(t)\\nexcept Exception:\\n pass')\n"
 )
 """The line of ``zz_credbridge_mutation.pth`` (after coverage's own ``a1_coverage.pth``)."""

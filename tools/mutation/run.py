@@ -40,7 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-DEFAULT_WORK = Path("/var/tmp/credbridge-mutation")
+DEFAULT_WORK = Path("/var/tmp/credbridge-mutation")  # noqa: S108 - disk-backed, root's own
 MAP_MARKERS = "not guest and not fuzz and not stress"
 
 # Module -> the functions (cosmic-ray's innermost definition names) in scope; None: all.
@@ -192,12 +192,11 @@ def ensure_venv(work: Path) -> Path:
     wanted = hashlib.sha256((work / "src" / "pyproject.toml").read_bytes()).hexdigest()
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
-    log("making the workspace venv (pip install -e 'src[test]' cosmic-ray coverage)")
+    log("making the workspace venv (pip install -e 'src[test,mutation]')")
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "-e", f"{work / 'src'}[test]", "cosmic-ray>=8.7",
-         "coverage>=7.10"],
+        [str(python), "-m", "pip", "install", "-q", "-e", f"{work / 'src'}[test,mutation]"],
         check=True,
     )  # fmt: skip
     purelib = subprocess.run(
