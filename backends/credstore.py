@@ -49,6 +49,7 @@ from credbridge.core.fsutil import (
 )
 from credbridge.core.process import child_env
 from credbridge.core.settings import control_problem, seconds_setting
+from credbridge.core.vm import check_size, check_unit_total
 
 log = logging.getLogger(__name__)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -203,8 +204,21 @@ class CredstoreSink(Sink):
         finally:
             os.close(fd)
 
+    def _check_limits(self, sizes: Mapping[str, int]) -> None:
+        """systemd's limits, checked before anything is written: a unit whose credentials
+        exceed them fails to start ("Argument list too long"), whatever credbridge wrote."""
+        for name, size in sizes.items():
+            try:
+                check_size(name, size)
+            except DeliveryError as error:
+                raise DeliveryError(f"{self.target.name}: {error}") from None
+        check_unit_total(self.target.name, sizes)
+
     def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
         self.check()
+        self._check_limits(
+            {name: len(value) for name, value in credentials.items() if isinstance(value, Secret)}
+        )
         live, present = self._read_live(credentials)
         entries = []
         for name, value in credentials.items():
@@ -231,6 +245,7 @@ class CredstoreSink(Sink):
     def stage(self, deliveries: Sequence[Delivery]) -> Staged:
         """Write the new set beside the live one; called with :meth:`lock_files` held."""
         self._check_medium()
+        self._check_limits({delivery.name: len(delivery.value) for delivery in deliveries})
         try:
             dir_uid, dir_gid = resolve_owner(self.owner, self.group)
             ensure_private_dir(self.base)
