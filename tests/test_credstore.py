@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import secret_value
@@ -300,3 +304,51 @@ def test_systemd_creds_gets_no_secret_environment(
     assert b"PATH=" in seen  # the spy really ran
     assert b"env-secret-value-1" not in seen
     assert b"vault-token-value-2" not in seen
+
+
+@pytest.fixture
+def real_group() -> Iterator[grp.struct_group]:
+    """A real group of this machine (made with groupadd, removed afterwards)."""
+    assert os.geteuid() == 0, "owner/group delivery is tested as root"
+    name = f"cbtest{os.getpid() % 100000}"
+    subprocess.run(["groupadd", "--system", name], check=True, capture_output=True)
+    try:
+        yield grp.getgrnam(name)
+    finally:
+        subprocess.run(["groupdel", name], check=False, capture_output=True)
+
+
+def test_mode_owner_and_group_end_on_the_delivered_files(
+    tmp_path: Path, tmpfs_dir: Path, real_group: grp.struct_group, cli: Any
+) -> None:
+    """The README's tls-key: ``mode = "0440", group = "app"`` (and an owner), for real."""
+    nobody = pwd.getpwnam("nobody")
+    key = tmp_path / "app.key"
+    key.write_text(secret_value("tls-private-key-material"))
+    body = f"""
+[targets."app.service".credentials]
+tls-key = {{ ref = "file:{key}", mode = "0440", group = "{real_group.gr_name}" }}
+owned = {{ ref = "file:{key}", owner = "nobody", group = "{real_group.gr_name}" }}
+plain = "file:{key}"
+"""
+    config = make_config(
+        tmp_path, tmpfs_dir, body, f'owner = "nobody"\ngroup = "{real_group.gr_name}"'
+    )
+    result = cli("-c", str(config), "deliver")
+    assert result.returncode == 0, result.stderr
+    target = tmpfs_dir / "app.service"
+
+    def owner_mode(path: Path) -> tuple[int, int, int]:
+        info = os.lstat(path)
+        return info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)
+
+    assert owner_mode(target / "tls-key") == (0, real_group.gr_gid, 0o440)
+    assert owner_mode(target / "owned") == (nobody.pw_uid, real_group.gr_gid, 0o400)
+    assert owner_mode(target / "plain") == (0, 0, 0o400)
+    # The sink's owner/group hand the target directory over (0700: its owner reads it).
+    assert owner_mode(target) == (nobody.pw_uid, real_group.gr_gid, 0o700)
+    # A second delivery keeps them (nothing changed, nothing rewritten wrongly).
+    again = cli("-c", str(config), "deliver")
+    assert again.returncode == 0, again.stderr
+    assert owner_mode(target / "tls-key") == (0, real_group.gr_gid, 0o440)
+    assert owner_mode(target) == (nobody.pw_uid, real_group.gr_gid, 0o700)
