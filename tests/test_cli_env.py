@@ -145,7 +145,6 @@ def test_a_store_the_user_may_not_read_exits_6(tmp_path: Path, tmpfs_dir: Path) 
         key_dir.chmod(0o700)
     assert result.returncode == 6, result.stderr
     assert result.stderr.decode().splitlines() == [
-        "credbridge: error: stored:app.service/made: store key app.service/made: "
-        "Permission denied"
+        "credbridge: error: stored:app.service/made: store key app.service/made: Permission denied"
     ]
     assert result.stdout == b""

@@ -1,0 +1,361 @@
+"""docs/sources/vault.md's promises, each against the real OpenBao (issue 13, items 2, 6, 8).
+
+* Retries: reads (GET) are retried on 429/502/503/504 with ``Retry-After`` honoured, 4xx never;
+  a login (POST) only when no connection could be made. A loopback proxy in front of the
+  real server answers a set number of times itself (tests/support/httpproxy.py).
+* No error echoes the token or the login material, even when the server's answer quotes it.
+* Mutual TLS (``client_cert``/``client_key``) and ``ca_path`` against a listener that
+  requires a client certificate.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import secret_value
+from credbridge.core import Forbidden, NotFound, Secret, Unreachable
+from support.httpproxy import HttpProxy, Reply
+from support.httpproxy import Request as ProxyRequest
+from support.openbao import DevServer, free_port_pair, openbao
+from test_vault import put, resolve, token_file, unique, vault_config
+
+pytestmark = pytest.mark.vault
+__all__ = ["openbao"]
+
+
+class Script:
+    """A proxy rule: answer the first ``times`` GETs of one path with ``status`` itself."""
+
+    def __init__(
+        self, path: str, status: int, times: int, headers: dict[str, str] | None = None
+    ) -> None:
+        self.path = path
+        self.status = status
+        self.times = times
+        self.headers = headers or {}
+        self.arrivals: list[float] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, request: ProxyRequest) -> Reply | None:
+        if self.path not in request.path:
+            return None
+        with self._lock:
+            self.arrivals.append(time.monotonic())
+            if len(self.arrivals) > self.times:
+                return None
+        body = json.dumps({"errors": [f"injected {self.status}"]}).encode()
+        return Reply(self.status, body, {"Content-Type": "application/json", **self.headers})
+
+
+def read_through(
+    openbao: DevServer, tmp_path: Path, script: Script, **settings: Any
+) -> tuple[Any, HttpProxy]:
+    base = unique("retry")
+    put(openbao, f"secret/{base}/db", password="retry-pw")
+    script.path = f"/v1/secret/data/{base}/db"
+    auth = {"token_file": token_file(tmp_path, openbao.token)}
+    with HttpProxy(openbao.port, script) as proxy:
+        config = vault_config(proxy.url, auth=auth, **settings)
+        (outcome,) = resolve(config, f"vault:secret/{base}/db?kv=2#password").values()
+    return outcome, proxy
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_reads_are_retried_on_throttling_and_gateway_statuses(
+    openbao: DevServer, tmp_path: Path, status: int
+) -> None:
+    script = Script("", status, times=2)
+    outcome, _ = read_through(openbao, tmp_path, script, retries=3, backoff=0.01)
+    assert outcome == "retry-pw"
+    assert len(script.arrivals) == 3  # two answered by the proxy, the third by OpenBao
+
+
+def test_retries_stop_at_the_configured_count(openbao: DevServer, tmp_path: Path) -> None:
+    script = Script("", 503, times=100)
+    outcome, _ = read_through(openbao, tmp_path, script, retries=2, backoff=0.01)
+    assert isinstance(outcome, Unreachable)
+    assert "503" in outcome.problem
+    assert len(script.arrivals) == 3  # the request and 2 retries
+    none = Script("", 503, times=100)
+    outcome, _ = read_through(openbao, tmp_path, none, retries=0, backoff=0.01)
+    assert isinstance(outcome, Unreachable)
+    assert len(none.arrivals) == 1
+
+
+def test_retry_after_is_honoured(openbao: DevServer, tmp_path: Path) -> None:
+    script = Script("", 429, times=1, headers={"Retry-After": "2"})
+    outcome, _ = read_through(openbao, tmp_path, script, retries=3, backoff=0.01)
+    assert outcome == "retry-pw"
+    assert len(script.arrivals) == 2
+    assert script.arrivals[1] - script.arrivals[0] >= 1.9
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [(400, Unreachable), (403, Forbidden), (404, NotFound)]
+)
+def test_4xx_answers_are_never_retried(
+    openbao: DevServer, tmp_path: Path, status: int, kind: type[Exception]
+) -> None:
+    script = Script("", status, times=100)
+    outcome, _ = read_through(openbao, tmp_path, script, retries=3, backoff=0.01)
+    assert isinstance(outcome, kind), outcome
+    assert len(script.arrivals) == 1
+
+
+def approle(openbao: DevServer, tmp_path: Path) -> tuple[str, dict[str, Any], str, str]:
+    """An AppRole login config (role_id and secret_id in files); returns the secret_id too."""
+    client = openbao.client()
+    mount = unique("approle")
+    client.sys.enable_auth_method("approle", path=mount)
+    base = unique("ar")
+    put(openbao, f"secret/{base}/db", password="approle-pw")
+    policy = unique("pol")
+    client.sys.create_or_update_policy(
+        name=policy, policy=f'path "secret/data/{base}/*" {{ capabilities = ["read"] }}'
+    )
+    client.auth.approle.create_or_update_approle("app", token_policies=[policy], mount_point=mount)
+    role_id = client.auth.approle.read_role_id("app", mount_point=mount)["data"]["role_id"]
+    secret_id = secret_value(
+        client.auth.approle.generate_secret_id("app", mount_point=mount)["data"]["secret_id"]
+    )
+    secret_value(role_id)
+    (tmp_path / "role-id").write_text(role_id)
+    (tmp_path / "secret-id").write_text(secret_id)
+    auth = {
+        "method": "approle",
+        "mount": mount,
+        "role_id": f"file:{tmp_path / 'role-id'}",
+        "secret_id": f"file:{tmp_path / 'secret-id'}",
+    }
+    return f"vault:secret/{base}/db#password", auth, role_id, secret_id
+
+
+def test_a_login_answered_503_is_not_retried(openbao: DevServer, tmp_path: Path) -> None:
+    ref, auth, _, _ = approle(openbao, tmp_path)
+    logins: list[str] = []
+
+    def rule(request: ProxyRequest) -> Reply | None:
+        if request.method == "POST" and request.path.endswith("/login"):
+            logins.append(request.path)
+            return Reply(503, b'{"errors":["standby"]}', {"Content-Type": "application/json"})
+        return None
+
+    with HttpProxy(openbao.port, rule) as proxy:
+        (outcome,) = resolve(
+            vault_config(proxy.url, auth=auth, retries=3, backoff=0.01), ref
+        ).values()
+    assert isinstance(outcome, Unreachable), outcome
+    assert outcome.problem.endswith("is unavailable (503)"), outcome.problem
+    assert len(logins) == 1
+
+
+def test_a_login_is_retried_when_no_connection_could_be_made(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """Nothing listens on the address at first; the proxy comes up while credbridge retries
+    (urllib3's backoff: 0, 1, 2 s with backoff = 0.5): the login goes through."""
+    ref, auth, _, _ = approle(openbao, tmp_path)
+    port = free_port_pair()
+    started: list[HttpProxy] = []
+
+    def come_up() -> None:
+        time.sleep(0.6)
+        started.append(HttpProxy(openbao.port, port=port))
+
+    thread = threading.Thread(target=come_up)
+    thread.start()
+    try:
+        config = vault_config(f"http://127.0.0.1:{port}", auth=auth, retries=4, backoff=0.5)
+        (outcome,) = resolve(config, ref).values()
+    finally:
+        thread.join()
+        for proxy in started:
+            proxy.close()
+    assert outcome == "approle-pw"
+    (proxy,) = started
+    assert [r.method for r, _, _ in proxy.seen].count("POST") == 1
+
+
+def test_login_errors_never_echo_the_login_material(openbao: DevServer, tmp_path: Path) -> None:
+    """The server's answer to a failed login quotes the secret_id, the role_id and a token:
+    the error names the login and the status, and withholds the answer."""
+    from credbridge.core.remote import WITHHELD
+
+    ref, auth, role_id, secret_id = approle(openbao, tmp_path)
+    token = openbao.token
+
+    def rule(request: ProxyRequest) -> Reply | None:
+        if request.method == "POST" and request.path.endswith("/login"):
+            quoted = f"invalid secret_id {secret_id} for role {role_id} (token {token})"
+            body = json.dumps({"errors": [quoted]}).encode()
+            return Reply(400, body, {"Content-Type": "application/json"})
+        return None
+
+    with HttpProxy(openbao.port, rule) as proxy:
+        (outcome,) = resolve(vault_config(proxy.url, auth=auth), ref).values()
+        assert proxy.injected() == 1
+    assert isinstance(outcome, Forbidden), outcome
+    text = str(outcome)
+    assert f"approle login at auth/{auth['mount']} failed (400)" in text
+    assert text.endswith(WITHHELD)
+    for material in (secret_id, role_id, token, secret_id[4:16], role_id[8:20]):
+        assert material not in text
+
+
+def test_token_quoted_in_a_read_error_is_withheld(openbao: DevServer, tmp_path: Path) -> None:
+    from credbridge.core.remote import WITHHELD
+
+    token = f"quoted-token-{uuid.uuid4().hex}"
+    openbao.client().auth.token.create(id=token, policies=["root"], ttl="1h")
+    base = unique("q")
+    put(openbao, f"secret/{base}/db", password="pw")
+
+    def rule(request: ProxyRequest) -> Reply | None:
+        if request.method == "GET" and f"/{base}/db" in request.path:
+            body = json.dumps({"errors": [f"token {token} lacks policy"]}).encode()
+            return Reply(500, body, {"Content-Type": "application/json"})
+        return None
+
+    with HttpProxy(openbao.port, rule) as proxy:
+        config = vault_config(proxy.url, auth={"token_file": token_file(tmp_path, token)})
+        (outcome,) = resolve(config, f"vault:secret/{base}/db?kv=2#password").values()
+    assert isinstance(outcome, Unreachable)
+    assert str(outcome).endswith(f"answered 500 for secret/{base}/db: {WITHHELD}")
+    assert token not in str(outcome) and token[13:25] not in str(outcome)
+
+
+# --------------------------------------------------------------------------- mutual TLS
+
+
+def _pem_key(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _issue(ca: Any, ca_key: Any, name: str, *, server: bool) -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+@pytest.fixture(scope="module")
+def mtls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """OpenBao with a TLS listener that requires a client certificate signed by the test CA."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory = tmp_path_factory.mktemp("mtls")
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "credbridge mTLS test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = {"ca.pem": ca.public_bytes(serialization.Encoding.PEM)}
+    files["server.pem"], files["server-key.pem"] = _issue(ca, ca_key, "127.0.0.1", server=True)
+    files["client.pem"], files["client-key.pem"] = _issue(ca, ca_key, "credbridge", server=False)
+    for file_name, data in files.items():
+        (directory / file_name).write_bytes(data)
+    (directory / "client-key.pem").chmod(0o600)
+    capath = directory / "capath"
+    capath.mkdir()
+    (capath / "test-ca.pem").write_bytes(files["ca.pem"])
+    subprocess.run(["openssl", "rehash", str(capath)], check=True, capture_output=True)
+    port = free_port_pair()
+    extra = (
+        f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n'
+        f'  cluster_address = "127.0.0.1:{port + 1}"\n'
+        f'  tls_cert_file = "{directory / "server.pem"}"\n'
+        f'  tls_key_file = "{directory / "server-key.pem"}"\n'
+        "  tls_require_and_verify_client_cert = true\n"
+        f'  tls_client_ca_file = "{directory / "ca.pem"}"\n}}\n'
+    )
+    with DevServer(extra_config=extra) as server:
+        put(server, "secret/app/mtls", password="mtls-pw")
+        yield {"server": server, "address": f"https://127.0.0.1:{port}", "dir": directory}
+
+
+def test_mutual_tls_with_client_certificate_and_ca_path(
+    mtls_server: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    server: DevServer = mtls_server["server"]
+    directory: Path = mtls_server["dir"]
+    address: str = mtls_server["address"]
+    ref = "vault:secret/app/mtls#password"
+    auth = {"token_file": token_file(tmp_path, server.token)}
+    client = {
+        "client_cert": str(directory / "client.pem"),
+        "client_key": str(directory / "client-key.pem"),
+    }
+    with_cert = vault_config(address, auth=auth, ca_cert=str(directory / "ca.pem"), **client)
+    assert list(resolve(with_cert, ref).values()) == ["mtls-pw"]
+    by_ca_path = vault_config(address, auth=auth, ca_path=str(directory / "capath"), **client)
+    assert list(resolve(by_ca_path, ref).values()) == ["mtls-pw"]
+    # Without the client certificate the listener refuses the handshake.
+    (without,) = resolve(
+        vault_config(address, auth=auth, ca_cert=str(directory / "ca.pem")), ref
+    ).values()
+    assert isinstance(without, Unreachable), without
+    assert without.problem.startswith(f"TLS with {address} failed"), without.problem
+    # An empty CA directory trusts nothing: the server's certificate is refused.
+    empty = tmp_path / "empty-capath"
+    empty.mkdir()
+    (untrusted,) = resolve(
+        vault_config(address, auth=auth, ca_path=str(empty), **client), ref
+    ).values()
+    assert isinstance(untrusted, Unreachable)
+    assert "certificate verify failed" in untrusted.problem
+    assert not isinstance(untrusted, Secret)
