@@ -42,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 DEFAULT_WORK = Path("/var/tmp/credbridge-mutation")  # noqa: S108 - disk-backed, root's own
 MAP_MARKERS = "not guest and not fuzz and not stress"
+MAP_IGNORE = ("--ignore=tests/test_quality.py",)  # ruff and mypy: about types, not behaviour
 
 # Module -> the functions (cosmic-ray's innermost definition names) in scope; None: all.
 SCOPE: dict[str, frozenset[str] | None] = {
@@ -237,13 +238,17 @@ def make_map(work: Path, python: Path, digest: str) -> None:
     env["COVERAGE_RCFILE"] = str(rc)
     result = subprocess.run(
         [str(python), "-m", "coverage", "run", f"--rcfile={rc}", "-m", "pytest", "-q",
-         "-p", "contexts", "-p", "no:cacheprovider", "-m", MAP_MARKERS],
+         "-p", "contexts", "-p", "no:cacheprovider", "-m", MAP_MARKERS, *MAP_IGNORE],
         cwd=src,
         env=env,
         check=False,
     )  # fmt: skip
-    if result.returncode != 0:
-        sys.exit(f"the suite failed under coverage (exit {result.returncode}); fix it first")
+    if result.returncode not in (0, 1):
+        sys.exit(f"the suite could not run under coverage (exit {result.returncode})")
+    if result.returncode == 1:
+        # Tests that watch imports (tests/test_startup.py) see coverage's own; what they ran
+        # is still recorded, and mutants run them without coverage.
+        log("some tests failed under coverage (listed above); their lines are still mapped")
     subprocess.run(
         [str(python), "-m", "coverage", "combine", f"--rcfile={rc}", "-q"],
         cwd=src,
