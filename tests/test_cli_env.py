@@ -110,8 +110,15 @@ def test_an_interrupt_exits_130_and_changes_nothing(tmp_path: Path, tmpfs_dir: P
     config = write_config(tmp_path, tmp_path / "store", tmpfs_dir, "v")
     # Paused (SIGSTOP, the test-only switch) once every value is resolved; SIGINT then.
     process = subprocess.Popen(
-        [sys.executable, "-X", "credbridge-fault=engine.resolved@1:stop", *CLI[1:]]
-        + ["-c", str(config), "deliver"],
+        [
+            sys.executable,
+            "-X",
+            "credbridge-fault=engine.resolved@1:stop",
+            *CLI[1:],
+            "-c",
+            str(config),
+            "deliver",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -136,8 +143,15 @@ def test_a_store_the_user_may_not_read_exits_6(tmp_path: Path, tmpfs_dir: Path) 
     key_dir.chmod(0)
     try:
         result = subprocess.run(
-            ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
-            + [*CLI, "-c", str(config), "get", "stored:app.service/made"],
+            [
+                "setpriv",
+                "--bounding-set=-dac_override,-dac_read_search",
+                *CLI,
+                "-c",
+                str(config),
+                "get",
+                "stored:app.service/made",
+            ],
             capture_output=True,
             check=False,
         )
