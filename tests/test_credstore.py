@@ -278,8 +278,7 @@ def test_sink_settings_are_type_checked(
     """A string "false" must never switch the tmpfs guard off."""
     with pytest.raises(ConfigError) as info:
         deliver(make_config(tmp_path, tmpfs_dir, BODY, setting), dry_run=True)
-    assert problem in str(info.value)
-    assert "sinks.credstore" in str(info.value) or "sink" in str(info.value)
+    assert f": sinks.credstore.{problem}" in str(info.value)
 
 
 def test_systemd_creds_gets_no_secret_environment(
