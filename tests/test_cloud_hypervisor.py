@@ -198,6 +198,17 @@ def test_dry_run_plan_redacts_and_conforms(
         f"path={tmpfs_dir / 'run' / 'api.sock'}",
     ]
     assert not (tmpfs_dir / "run").exists()
+    # The plan above was made from the real values (so its redaction means something): a
+    # value over systemd's limit fails the dry run, naming it.
+    (tmp_path / "big").mkdir()
+    big = write_config(
+        tmp_path / "big",
+        {**KERNEL, "runtime_dir": str(tmpfs_dir / "run")},
+        {**SECRETS, "HUGE": b"h" * ((1 << 20) + 1)},
+    )
+    refused = cli("-c", str(big), "launch", "test-vm", "--dry-run")
+    assert refused.returncode == 9, refused.stderr
+    assert "credential 'HUGE': 1048577 bytes is over systemd's limit" in refused.stderr.decode()
 
 
 def _forms() -> list[bytes]:
