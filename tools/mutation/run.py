@@ -257,7 +257,7 @@ def make_map(work: Path, python: Path, digest: str) -> None:
     )
     script = (
         "import json, sys, coverage\n"
-        "src, modules, out = sys.argv[1], sys.argv[2:-1], sys.argv[-1]\n"
+        "src, modules, out = sys.argv[1], sys.argv[2:-2], sys.argv[-1]\n"
         "data = coverage.CoverageData(basename=sys.argv[-2]); data.read()\n"
         "result = {}\n"
         "for module in modules:\n"
@@ -302,6 +302,20 @@ def run_module(work: Path, python: Path, module: str, digest: str) -> None:
         stamp.write_text(digest)
     env = dict(os.environ)
     env["CREDBRIDGE_MUTATION_WORK"] = str(work)
+    # The test command itself must work: on the pristine copy it finds no mutant and exits 0
+    # (an error of its own would otherwise count every mutant as killed).
+    baseline = subprocess.run(
+        [str(python), str(HERE / "select_tests.py")],
+        cwd=work / "src",
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if baseline.returncode != 0 or "baseline run" not in baseline.stdout:
+        sys.exit(
+            f"the test command fails on the pristine copy:\n{baseline.stdout}{baseline.stderr}"
+        )
     log(f"{module}: cosmic-ray exec")
     subprocess.run(
         [str(python.parent / "cosmic-ray"), "exec", str(config), str(session)],
@@ -376,8 +390,10 @@ def report(work: Path, python: Path, modules: Iterable[str]) -> None:
         rows = [r for r in data["rows"] if r["worker"] != "skipped"]
         killed = [r for r in rows if r["test"] == "killed"]
         survived = [r for r in rows if r["test"] == "survived"]
-        unreached = [r for r in survived if "no test reaches" in r["output"]]
         errors = [r for r in rows if r["test"] not in {"killed", "survived"}]
+        errors += [r for r in survived if "internal error" in r["output"]]
+        survived = [r for r in survived if r not in errors]
+        unreached = [r for r in survived if "no test reaches" in r["output"]]
         judged = len(killed) + len(survived)
         score = f"{100 * len(killed) / judged:.1f}%" if judged else "-"
         table.append(

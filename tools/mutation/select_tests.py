@@ -23,6 +23,8 @@ from pathlib import Path
 IMPORT_TIME = ""
 """The context of lines executed outside any test (imports during collection)."""
 NO_TEST_MARK = "credbridge-mutation: no test reaches"
+INTERNAL_ERROR = "credbridge-mutation: internal error"
+"""Reported, exit 0: run.py counts such mutants as errors, neither killed nor survived."""
 
 
 def changed_lines(pristine: list[str], mutated: list[str]) -> set[int]:
@@ -92,4 +94,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except Exception as error:  # noqa: BLE001 - never let our own bug count as a kill
+        print(f"{INTERNAL_ERROR}: {type(error).__name__}: {error}")
+        sys.exit(0)
