@@ -217,17 +217,35 @@ def test_unit_dropin(tmp_path: Path, tmpfs_dir: Path) -> None:
     assert "[Service]" in lines
     assert f"LoadCredential=api-key:{tmpfs_dir}/app.service/api-key" in lines
     assert f"LoadCredential=static:{tmpfs_dir}/app.service/static" in lines
-    assert optional.splitlines()[-2:] == [
-        "SetCredential=maybe:",
-        f"LoadCredential=maybe:{tmpfs_dir}/opt.service/maybe",
-    ]
+    # No SetCredential= default (systemd 252 refuses an empty one): a missing optional
+    # credential is an empty directory at this path (tests/test_host_credentials.py).
+    assert optional.splitlines()[-1:] == [f"LoadCredential=maybe:{tmpfs_dir}/opt.service/maybe"]
+    assert "SetCredential" not in optional
 
 
 def test_optional_missing_credential_is_skipped(tmp_path: Path, tmpfs_dir: Path) -> None:
     body = '[targets."opt.service".credentials]\nmaybe = { ref = "env:CB_NOPE", optional = true }\nk = "generate:uuid"\n'
     report = deliver(make_config(tmp_path, tmpfs_dir, body))
     assert report.skipped == ["opt.service/maybe"]
-    assert sorted(os.listdir(tmpfs_dir / "opt.service")) == ["k"]
+    target = tmpfs_dir / "opt.service"
+    assert sorted(os.listdir(target)) == ["k", "maybe"]
+    # maybe: an empty 0700 directory, which systemd's LoadCredential= loads nothing from.
+    assert stat.S_ISDIR(os.lstat(target / "maybe").st_mode)
+    assert stat.S_IMODE(os.lstat(target / "maybe").st_mode) == 0o700
+    assert os.listdir(target / "maybe") == []
+    # Nothing to do the next time; once the source has it, the file replaces the directory.
+    again = deliver(make_config(tmp_path, tmpfs_dir, body))
+    assert {(e.credential, e.change) for e in again.entries} == {("k", Change.KEEP)}
+    os.environ["CB_NOPE"] = "now-here"
+    try:
+        found = deliver(make_config(tmp_path, tmpfs_dir, body))
+    finally:
+        del os.environ["CB_NOPE"]
+    assert ("maybe", Change.ADD) in {(e.credential, e.change) for e in found.entries}
+    assert (target / "maybe").read_bytes() == b"now-here"
+    gone = deliver(make_config(tmp_path, tmpfs_dir, body))
+    assert ("maybe", Change.REMOVE) in {(e.credential, e.change) for e in gone.entries}
+    assert stat.S_ISDIR(os.lstat(target / "maybe").st_mode)
 
 
 def _null_key() -> str | None:
