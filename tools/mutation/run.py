@@ -42,6 +42,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 DEFAULT_WORK = Path("/var/tmp/credbridge-mutation")  # noqa: S108 - disk-backed, root's own
 MAP_MARKERS = "not guest and not fuzz and not stress"
+TOOLS = ("cosmic-ray>=8.7", "coverage>=7.10")
+"""Installed into the workspace venv only (not an extra: the NixOS package mirrors the extras)."""
 MAP_IGNORE = ("--ignore=tests/test_quality.py",)  # ruff and mypy: about types, not behaviour
 
 # Module -> the functions (cosmic-ray's innermost definition names) in scope; None: all.
@@ -193,11 +195,11 @@ def ensure_venv(work: Path) -> Path:
     wanted = hashlib.sha256((work / "src" / "pyproject.toml").read_bytes()).hexdigest()
     if python.exists() and stamp.exists() and stamp.read_text() == wanted:
         return python
-    log("making the workspace venv (pip install -e 'src[test,mutation]')")
+    log("making the workspace venv (pip install -e 'src[test]' and the mutation tools)")
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "-e", f"{work / 'src'}[test,mutation]"],
+        [str(python), "-m", "pip", "install", "-q", "-e", f"{work / 'src'}[test]", *TOOLS],
         check=True,
     )  # fmt: skip
     purelib = subprocess.run(
