@@ -11,6 +11,7 @@ on stdout (kept in the session database for the report).
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import os
@@ -37,6 +38,33 @@ def changed_lines(pristine: list[str], mutated: list[str]) -> set[int]:
     return lines
 
 
+def use_lines(source: str, lines: set[int]) -> set[int]:
+    """The lines that use what the module-level lines ``lines`` define: the body of a function
+    whose signature or decorators they are, every use of a name they assign."""
+    tree = ast.parse(source)
+    uses: set[int] = set()
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            if set(range(first, node.body[0].lineno)) & lines:
+                uses |= set(range(node.body[0].lineno, (node.end_lineno or node.lineno) + 1))
+                names.add(node.name)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            span = set(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+            if span & lines:
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+                    names |= {n.attr for n in ast.walk(target) if isinstance(n, ast.Attribute)}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Name) and node.id in names) or (
+            isinstance(node, ast.Attribute) and node.attr in names
+        ):
+            uses.add(node.lineno)
+    return uses - lines
+
+
 def main() -> int:
     work = Path(os.environ["CREDBRIDGE_MUTATION_WORK"])
     src = work / "src"
@@ -55,8 +83,12 @@ def main() -> int:
         touched.append(f"{module}:{min(lines)}-{max(lines)}")
         reached = {test for line in lines for test in by_line.get(str(line), [])}
         if IMPORT_TIME in reached:
-            # A line run at import (a constant, a decorator): every test that uses the module.
-            reached = {test for tests in by_line.values() for test in tests}
+            # A line run at import (a signature, a decorator, a constant): the tests that run
+            # what it defines, else every test that uses the module.
+            uses = use_lines("\n".join(pristine), lines)
+            reached = {test for line in uses for test in by_line.get(str(line), [])}
+            if not reached - {IMPORT_TIME}:
+                reached = {test for tests in by_line.values() for test in tests}
         selected |= reached - {IMPORT_TIME}
     selected &= set(durations)
     if not touched:
