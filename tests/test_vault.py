@@ -237,12 +237,13 @@ def test_many_references_concurrently(openbao: DevServer, tmp_path: Path) -> Non
 def test_missing_path_field_version_and_mount(openbao: DevServer, tmp_path: Path) -> None:
     base = unique("miss")
     put(openbao, f"secret/{base}/db", password="pw")
+    nomount = unique("nomount")
     got = resolve(
         root_config(openbao, tmp_path),
         f"vault:secret/{base}/nope#password",
         f"vault:secret/{base}/db#nofield",
         f"vault:secret/{base}/db?version=7#password",
-        f"vault:{unique('nomount')}/x#y",
+        f"vault:{nomount}/x#y",
     )
     for ref, outcome in got.items():
         assert isinstance(outcome, NotFound), (ref, outcome)
@@ -252,7 +253,7 @@ def test_missing_path_field_version_and_mount(openbao: DevServer, tmp_path: Path
     assert f"no secret at secret/{base}/nope" in messages[0]
     assert "no field" in messages[1]
     assert "no version 7" in messages[2]
-    assert "no secrets engine is mounted" in messages[3]
+    assert messages[3] == f"no secrets engine is mounted at {nomount}/"
 
 
 def test_deleted_version_is_named(openbao: DevServer, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
 import subprocess
 import threading
 import time
@@ -23,7 +24,9 @@ from typing import Any
 
 import pytest
 from conftest import secret_value
-from credbridge.core import Forbidden, NotFound, Secret, Unreachable
+from credbridge.core import Forbidden, NotFound, Request, Secret, Session, Unreachable
+from credbridge.core.config import parse_config
+from credbridge.core.reference import parse_reference
 from support.httpproxy import HttpProxy, Reply
 from support.httpproxy import Request as ProxyRequest
 from support.openbao import DevServer, free_port_pair, openbao
@@ -349,7 +352,10 @@ def test_mutual_tls_with_client_certificate_and_ca_path(
         vault_config(address, auth=auth, ca_cert=str(directory / "ca.pem")), ref
     ).values()
     assert isinstance(without, Unreachable), without
-    assert without.problem.startswith(f"TLS with {address} failed"), without.problem
+    assert without.problem.startswith(f"TLS with {address} failed: "), without.problem
+    assert without.problem.endswith(
+        "the server requires a client certificate (set client_cert and client_key)"
+    ), without.problem
     # An empty CA directory trusts nothing: the server's certificate is refused.
     empty = tmp_path / "empty-capath"
     empty.mkdir()
@@ -359,3 +365,36 @@ def test_mutual_tls_with_client_certificate_and_ca_path(
     assert isinstance(untrusted, Unreachable)
     assert "certificate verify failed" in untrusted.problem
     assert not isinstance(untrusted, Secret)
+
+
+def _connections_to(port: int) -> int:
+    """Established TCP connections this process holds to 127.0.0.1:``port``."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote, state, inode = fields[2], fields[3], fields[9]
+        if state == "01" and inode in inodes and int(remote.split(":")[1], 16) == port:
+            count += 1
+    return count
+
+
+def test_closing_the_session_closes_the_connections(openbao: DevServer, tmp_path: Path) -> None:
+    base = unique("close")
+    put(openbao, f"secret/{base}/db", password="pw")
+    config = vault_config(openbao.address, auth={"token_file": token_file(tmp_path, openbao.token)})
+    requests = [Request(parse_reference(f"vault:secret/{base}/db#password"))]
+    session = Session(parse_config(config))
+    try:
+        assert [v.reveal_text() for v in session.resolve(requests).values()] == ["pw"]
+        assert _connections_to(openbao.port) >= 1  # kept alive for the next read
+    finally:
+        session.close()
+    assert _connections_to(openbao.port) == 0
