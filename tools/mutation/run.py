@@ -151,6 +151,41 @@ OPERATORS = re.compile(
 )
 
 
+ANNOTATION_SPANS = (
+    "import ast, json, sys\n"
+    "tree = ast.parse(open(sys.argv[1]).read())\n"
+    "spans = []\n"
+    "for node in ast.walk(tree):\n"
+    "    found = []\n"
+    "    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):\n"
+    "        a = node.args\n"
+    "        for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:\n"
+    "            if arg is not None and arg.annotation is not None:\n"
+    "                found.append(arg.annotation)\n"
+    "        if node.returns is not None:\n"
+    "            found.append(node.returns)\n"
+    "    elif isinstance(node, ast.AnnAssign):\n"
+    "        found.append(node.annotation)\n"
+    "    spans += [[n.lineno, n.col_offset, n.end_lineno, n.end_col_offset] for n in found]\n"
+    "print(json.dumps(spans))\n"
+)
+"""Prints the spans of every annotation of a module. With ``from __future__ import
+annotations`` (every module in scope) annotations are strings never evaluated: a mutant
+inside one (``str | None`` to ``str & None``) is equivalent by construction."""
+
+
+def in_spans(spans: list[list[int]], row: int, col: int) -> bool:
+    return any((r0, c0) <= (row, col) < (r1, c1) for r0, c0, r1, c1 in spans)
+
+
+def annotation_spans(python: Path, path: Path) -> list[list[int]]:
+    out = subprocess.run(
+        [str(python), "-c", ANNOTATION_SPANS, str(path)], capture_output=True, check=True
+    ).stdout
+    spans: list[list[int]] = json.loads(out)
+    return spans
+
+
 def log(message: str) -> None:
     stamp = datetime.datetime.now().strftime("%H:%M:%S")
     print(f"[{stamp}] {message}", flush=True)
@@ -334,6 +369,9 @@ def filter_scope(python: Path, session: Path, module: str) -> None:
         "from cosmic_ray.work_db import use_db, WorkDB\n"
         "from cosmic_ray.work_item import WorkResult, WorkerOutcome\n"
         "scope = json.loads(sys.argv[2]); operators = re.compile(sys.argv[3])\n"
+        "spans = json.loads(sys.argv[4])\n"
+        "def annotated(row, col):\n"
+        "    return any((a, b) <= (row, col) < (c, d) for a, b, c, d in spans)\n"
         "with use_db(sys.argv[1], WorkDB.Mode.open) as db:\n"
         "    for item in list(db.pending_work_items):\n"
         "        for m in item.mutations:\n"
@@ -342,6 +380,8 @@ def filter_scope(python: Path, session: Path, module: str) -> None:
         "                why = 'operator not in the kept set'\n"
         "            elif scope is not None and m.definition_name not in scope:\n"
         "                why = 'outside the module scope'\n"
+        "            elif annotated(*m.start_pos):\n"
+        "                why = 'in an annotation (never evaluated)'\n"
         "            if why:\n"
         "                db.set_result(item.job_id, WorkResult(output=why,\n"
         "                              worker_outcome=WorkerOutcome.SKIPPED))\n"
@@ -355,6 +395,7 @@ def filter_scope(python: Path, session: Path, module: str) -> None:
             str(session),
             json.dumps(None if scope is None else sorted(scope)),
             OPERATORS.pattern,
+            json.dumps(annotation_spans(python, session.parents[1] / "pristine" / module)),
         ],
         check=True,
     )
@@ -371,6 +412,7 @@ def report(work: Path, python: Path, modules: Iterable[str]) -> None:
         "        rows.append({'job': item.job_id, 'worker': result.worker_outcome.value,\n"
         "                     'test': result.test_outcome.value if result.test_outcome else None,\n"
         "                     'op': m.operator_name, 'line': m.start_pos[0],\n"
+        "                     'col': m.start_pos[1],\n"
         "                     'definition': m.definition_name, 'diff': result.diff or '',\n"
         "                     'output': (result.output or '')[-400:]})\n"
         "    pending = db.num_work_items - db.num_results\n"
@@ -389,7 +431,12 @@ def report(work: Path, python: Path, modules: Iterable[str]) -> None:
                 [str(python), "-c", script, str(session)], capture_output=True, check=True
             ).stdout
         )
-        rows = [r for r in data["rows"] if r["worker"] != "skipped"]
+        spans = annotation_spans(python, work / "pristine" / module)
+        rows = [
+            r
+            for r in data["rows"]
+            if r["worker"] != "skipped" and not in_spans(spans, r["line"], r["col"])
+        ]
         killed = [r for r in rows if r["test"] == "killed"]
         survived = [r for r in rows if r["test"] == "survived"]
         errors = [r for r in rows if r["test"] not in {"killed", "survived"}]

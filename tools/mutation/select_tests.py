@@ -40,9 +40,10 @@ def changed_lines(pristine: list[str], mutated: list[str]) -> set[int]:
     return lines
 
 
-def use_lines(source: str, lines: set[int]) -> set[int]:
-    """The lines that use what the module-level lines ``lines`` define: the body of a function
-    whose signature or decorators they are, every use of a name they assign."""
+def use_lines(source: str, lines: set[int]) -> tuple[set[int], set[str]]:
+    """The lines that use what the module-level lines ``lines`` define (the body of a function
+    whose signature or decorators they are, every use of a name they assign or define), and
+    those names."""
     tree = ast.parse(source)
     uses: set[int] = set()
     names: set[str] = set()
@@ -59,12 +60,19 @@ def use_lines(source: str, lines: set[int]) -> set[int]:
                 for target in targets:
                     names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
                     names |= {n.attr for n in ast.walk(target) if isinstance(n, ast.Attribute)}
-    for node in ast.walk(tree):
+    uses |= name_lines(source, names, tree)
+    return uses - lines, names
+
+
+def name_lines(source: str, names: set[str], tree: ast.AST | None = None) -> set[int]:
+    """The lines of ``source`` that name one of ``names``."""
+    found = set()
+    for node in ast.walk(tree if tree is not None else ast.parse(source)):
         if (isinstance(node, ast.Name) and node.id in names) or (
             isinstance(node, ast.Attribute) and node.attr in names
         ):
-            uses.add(node.lineno)
-    return uses - lines
+            found.add(node.lineno)
+    return found
 
 
 def main() -> int:
@@ -86,9 +94,15 @@ def main() -> int:
         reached = {test for line in lines for test in by_line.get(str(line), [])}
         if IMPORT_TIME in reached:
             # A line run at import (a signature, a decorator, a constant): the tests that run
-            # what it defines, else every test that uses the module.
-            uses = use_lines("\n".join(pristine), lines)
+            # what it defines, here and in the other modules of the map, else every test that
+            # uses the module.
+            uses, names = use_lines("\n".join(pristine), lines)
             reached = {test for line in uses for test in by_line.get(str(line), [])}
+            for other, other_lines in mapping.items():
+                if other != module and names:
+                    source = (pristine_dir / other).read_text()
+                    for line in name_lines(source, names):
+                        reached |= set(other_lines.get(str(line), []))
             if not reached - {IMPORT_TIME}:
                 reached = {test for tests in by_line.values() for test in tests}
         selected |= reached - {IMPORT_TIME}
