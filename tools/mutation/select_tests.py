@@ -27,6 +27,7 @@ IMPORT_TIME = ""
 """The context of lines executed outside any test (imports during collection)."""
 NO_TEST_MARK = "credbridge-mutation: no test reaches"
 INTERNAL_ERROR = "credbridge-mutation: internal error"
+ANNOTATION_ONLY = "credbridge-mutation: only an annotation changed (never evaluated)"
 """Reported, exit 0: run.py counts such mutants as errors, neither killed nor survived."""
 
 
@@ -38,6 +39,26 @@ def changed_lines(pristine: list[str], mutated: list[str]) -> set[int]:
         if tag != "equal":
             lines.update(range(i1 + 1, max(i2, i1 + 1) + 1))
     return lines
+
+
+def same_code(a: str, b: str) -> bool:
+    """Whether two versions of a module differ only in annotations, which ``from __future__
+    import annotations`` keeps as strings that nothing evaluates."""
+    if "from __future__ import annotations" not in a:
+        return False
+
+    def stripped(source: str) -> str:
+        tree = ast.parse(source)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.arg):
+                node.annotation = None
+            elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                node.returns = None
+            elif isinstance(node, ast.AnnAssign):
+                node.annotation = ast.Constant(None)
+        return ast.dump(tree)
+
+    return stripped(a) == stripped(b)
 
 
 def use_lines(source: str, lines: set[int]) -> tuple[set[int], set[str]]:
@@ -91,6 +112,9 @@ def main() -> int:
             continue
         lines = changed_lines(pristine, mutated)
         touched.append(f"{module}:{min(lines)}-{max(lines)}")
+        if same_code("\n".join(pristine), "\n".join(mutated)):
+            print(f"{ANNOTATION_ONLY} {touched[-1]}")
+            return 0
         reached = {test for line in lines for test in by_line.get(str(line), [])}
         if IMPORT_TIME in reached:
             # A line run at import (a signature, a decorator, a constant): the tests that run
