@@ -250,7 +250,7 @@ def test_missing_path_field_version_and_mount(openbao: DevServer, tmp_path: Path
         assert str(outcome).startswith(ref + ": ")
         assert "\n" not in str(outcome)
     messages = [o.problem for o in got.values()]
-    assert f"no secret at secret/{base}/nope" in messages[0]
+    assert messages[0] == f"no secret at secret/{base}/nope (KV v2 mount secret/)"
     assert "no field" in messages[1]
     assert "no version 7" in messages[2]
     assert messages[3] == f"no secrets engine is mounted at {nomount}/"
@@ -266,7 +266,7 @@ def test_deleted_version_is_named(openbao: DevServer, tmp_path: Path) -> None:
     got = resolve(root_config(openbao, tmp_path), f"vault:secret/{base}/db?version=1#password")
     outcome = next(iter(got.values()))
     assert isinstance(outcome, NotFound)
-    assert "was deleted" in outcome.problem
+    assert outcome.problem == f"version 1 of secret/{base}/db was deleted"
 
 
 def test_token_without_permission_is_forbidden(openbao: DevServer, tmp_path: Path) -> None:
@@ -747,7 +747,7 @@ def test_canary_never_in_output_or_logs(
     assert got.stdout == canary_value.encode()  # the one place the value may appear
     outputs.append(got)
     assert all(o.returncode != 0 for o in outputs[:4])  # "missing" fails each of them
-    assert b'DEBUG: http://127.0.0.1:' in outputs[2].stderr  # really at DEBUG: urllib3's lines
+    assert b"DEBUG: http://127.0.0.1:" in outputs[2].stderr  # really at DEBUG: urllib3's lines
     for output in outputs:
         for canary in (canary_value, canary_token):
             assert canary.encode() not in output.stderr

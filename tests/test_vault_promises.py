@@ -24,7 +24,15 @@ from typing import Any
 
 import pytest
 from conftest import secret_value
-from credbridge.core import Forbidden, NotFound, Request, Secret, Session, Unreachable
+from credbridge.core import (
+    Forbidden,
+    InvalidValue,
+    NotFound,
+    Request,
+    Secret,
+    Session,
+    Unreachable,
+)
 from credbridge.core.config import parse_config
 from credbridge.core.reference import parse_reference
 from support.httpproxy import HttpProxy, Reply
@@ -398,3 +406,80 @@ def test_closing_the_session_closes_the_connections(openbao: DevServer, tmp_path
     finally:
         session.close()
     assert _connections_to(openbao.port) == 0
+
+
+def test_requests_ca_bundle_variables_are_honoured_without_a_configured_ca(
+    mtls_server: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server: DevServer = mtls_server["server"]
+    directory: Path = mtls_server["dir"]
+    auth = {"token_file": token_file(tmp_path, server.token)}
+    config = vault_config(
+        mtls_server["address"],
+        auth=auth,
+        client_cert=str(directory / "client.pem"),
+        client_key=str(directory / "client-key.pem"),
+    )
+    ref = "vault:secret/app/mtls#password"
+    for variable in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        monkeypatch.setenv(variable, str(directory / "ca.pem"))
+        assert list(resolve(config, ref).values()) == ["mtls-pw"], variable
+
+
+def test_netrc_credentials_are_never_sent(
+    openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """requests would add ~/.netrc's password for the host as an Authorization header when it
+    reads the environment per request; credbridge reads proxies once and nothing else."""
+    home = tmp_path / "home"
+    home.mkdir()
+    netrc = home / ".netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password netrc-password-0123\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("NETRC", raising=False)
+    base = unique("netrc")
+    put(openbao, f"secret/{base}/db", password="pw")
+    with HttpProxy(openbao.port) as proxy:
+        config = vault_config(proxy.url, auth={"token_file": token_file(tmp_path, openbao.token)})
+        assert list(resolve(config, f"vault:secret/{base}/db#password").values()) == ["pw"]
+        headers = [request.headers for request, _, _ in proxy.seen]
+    assert headers
+    assert all("authorization" not in h for h in headers), headers
+
+
+def test_a_login_answer_without_a_token_is_forbidden(openbao: DevServer, tmp_path: Path) -> None:
+    ref, auth, _, _ = approle(openbao, tmp_path)
+
+    def rule(request: ProxyRequest) -> Reply | None:
+        if request.method == "POST" and request.path.endswith("/login"):
+            body = json.dumps({"auth": {"client_token": "", "policies": []}}).encode()
+            return Reply(200, body, {"Content-Type": "application/json"})
+        return None
+
+    with HttpProxy(openbao.port, rule) as proxy:
+        (outcome,) = resolve(vault_config(proxy.url, auth=auth), ref).values()
+    assert isinstance(outcome, Forbidden), outcome
+    assert outcome.problem == f"approle login at auth/{auth['mount']}: the server returned no token"
+
+
+def test_login_material_that_cannot_be_read_is_named(openbao: DevServer, tmp_path: Path) -> None:
+    ref, auth, _, _ = approle(openbao, tmp_path)
+    missing = {**auth, "role_id": f"file:{tmp_path / 'no-such-file'}"}
+    (outcome,) = resolve(vault_config(openbao.address, auth=missing), ref).values()
+    assert isinstance(outcome, NotFound), outcome
+    assert outcome.problem.startswith(f"auth role_id from file:{tmp_path / 'no-such-file'}: ")
+    (tmp_path / "binary-secret-id").write_bytes(b"\xff\xfe\x00not text")
+    binary = {**auth, "secret_id": f"file:{tmp_path / 'binary-secret-id'}"}
+    (outcome,) = resolve(vault_config(openbao.address, auth=binary), ref).values()
+    assert isinstance(outcome, InvalidValue), outcome
+    assert (
+        outcome.problem == f"auth secret_id from file:{tmp_path / 'binary-secret-id'} is not text"
+    )
+    (tmp_path / "bad-ref").write_text("x")
+    bad = {**auth, "role_id": "nosuchscheme:x"}
+    (outcome,) = resolve(vault_config(openbao.address, auth=bad), ref).values()
+    assert isinstance(outcome, Forbidden), outcome
+    assert outcome.problem.startswith("auth role_id from nosuchscheme:x: ")
