@@ -55,6 +55,8 @@ def one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
         ("db-password", True),
         ("ssh.authorized_keys.root", True),
         ("a b", True),  # systemd allows a space
+        (" ~", True),  # the first and the last printable ASCII character
+        ("a\x7f", False),  # DEL, the one after it
         ("x" * 255, True),
         ("", False),
         (".", False),
@@ -230,3 +232,17 @@ def test_vm_sinks_refuse_unit_targets() -> None:
     data = {"targets": {"a.service": {"sink": "oem-strings"}}}
     with pytest.raises(ConfigError, match="cannot serve a unit target"):
         Session(parse_config(data, directory=Path("/tmp"))).validate()
+
+
+def test_a_vm_sink_must_implement_prepare() -> None:
+    """A plugin's VM sink without prepare() fails when made, not at launch."""
+
+    class Incomplete(VmSink):
+        def plan(self, credentials: Any) -> list[Any]:
+            return []
+
+        def location(self) -> str:
+            return "nowhere"
+
+    with pytest.raises(TypeError, match="prepare"):
+        Incomplete()  # type: ignore[abstract]
