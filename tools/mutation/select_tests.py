@@ -81,6 +81,22 @@ def use_lines(source: str, lines: set[int]) -> tuple[set[int], set[str]]:
                 for target in targets:
                     names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
                     names |= {n.attr for n in ast.walk(target) if isinstance(n, ast.Attribute)}
+    # Follow module-level assignments from those names (NAME_MAX = FW_CFG_NAME_MAX - ...).
+    assigned = {
+        node: {t.id for t in node.targets if isinstance(t, ast.Name)}
+        for node in getattr(tree, "body", [])
+        if isinstance(node, ast.Assign)
+    }
+    while True:
+        more = {
+            target
+            for node, targets in assigned.items()
+            if {n.id for n in ast.walk(node.value) if isinstance(n, ast.Name)} & names
+            for target in targets
+        } - names
+        if not more:
+            break
+        names |= more
     uses |= name_lines(source, names, tree)
     return uses - lines, names
 
