@@ -246,3 +246,18 @@ def test_a_vm_sink_must_implement_prepare() -> None:
 
     with pytest.raises(TypeError, match="prepare"):
         Incomplete()  # type: ignore[abstract]
+
+
+@pytest.mark.parametrize(("sink", "where"), [("fw-cfg", "fw_cfg"), ("virtiofs", "virtiofs")])
+def test_vm_sink_plans_list_names_and_check_every_value(sink: str, where: str) -> None:
+    """A plan (launch --dry-run) names each credential, says which are still to be generated,
+    and checks names and sizes of all of them, also after a value that does not exist yet."""
+    plan = make_sink(sink).plan({"later": Pending("generated on first use"), "db": Secret(b"v")})
+    assert [(e.credential, e.change) for e in plan] == [("later", Change.ADD), ("db", Change.ADD)]
+    assert plan[0].detail.endswith(" (generated on first use)")
+    assert "(" not in plan[1].detail
+    assert where in plan[1].detail
+    with pytest.raises(DeliveryError, match="'big'"):
+        make_sink(sink).plan({"later": Pending("generated"), "big": Secret(b"b" * ((1 << 20) + 1))})
+    with pytest.raises(DeliveryError, match="invalid name"):
+        make_sink(sink).plan({"later": Pending("generated"), "a/b": Secret(b"v")})
