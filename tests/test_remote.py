@@ -154,7 +154,10 @@ def test_settings_table_names_file_and_key() -> None:
         config_file="/etc/c.toml",
         known={"timeout", "n", "mode", "name", "flag"},
     )
-    with pytest.raises(ConfigError, match=r"^/etc/c.toml: sources.demo.timeout: must be a positive number of seconds"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^/etc/c.toml: sources.demo.timeout: must be a positive number of seconds",
+    ):
         table.timeout("timeout", 5)
     with pytest.raises(ConfigError, match="n: must be an integer from 1 to 256"):
         table.integer("n", 1, minimum=1, maximum=256)
@@ -168,3 +171,36 @@ def test_settings_table_names_file_and_key() -> None:
     for bad in (float("nan"), float("inf"), True, "5"):
         with pytest.raises(ConfigError):
             SettingsTable({"t": bad}, where="w", config_file=None, known={"t"}).timeout("t", 1)
+
+
+def test_a_one_byte_value_counts_when_asked_to() -> None:
+    """The cloud-hypervisor launcher withholds an answer quoting even a 1-byte value."""
+    r = Redactor(min_length=0)  # anything below 1 is 1
+    r.add(b"k")
+    assert r.quotes_secret(b"error near k") and not r.quotes_secret(b"error near j")
+
+
+def test_one_line_keeps_a_line_of_exactly_the_limit() -> None:
+    from credbridge.core.remote import one_line
+
+    assert one_line("x" * 20, limit=20) == "x" * 20
+    assert one_line("x" * 21, limit=20) == "x" * 17 + "..."
+    assert one_line("a\nb", limit=20) == "a b"
+
+
+def test_only_a_librarys_retry_warnings_are_demoted(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from credbridge.core.remote import demote_retry_warnings
+
+    name = "credbridge-test-library"
+    demote_retry_warnings(name, "Retrying")
+    library = logging.getLogger(name)
+    with caplog.at_level(logging.INFO):
+        library.warning("Retrying (attempt 2) after connection broken")
+        library.warning("Connection pool is full")
+        library.error("Retrying failed for good")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == name] == [
+        ("WARNING", "Connection pool is full"),
+        ("ERROR", "Retrying failed for good"),
+    ]
