@@ -248,7 +248,9 @@ def test_a_vm_sink_must_implement_prepare() -> None:
         Incomplete()  # type: ignore[abstract]
 
 
-@pytest.mark.parametrize(("sink", "where"), [("fw-cfg", "fw_cfg"), ("virtiofs", "virtiofs")])
+@pytest.mark.parametrize(
+    ("sink", "where"), [("fw-cfg", "fw_cfg"), ("virtiofs", "virtiofs"), ("oem-strings", "SMBIOS")]
+)
 def test_vm_sink_plans_list_names_and_check_every_value(sink: str, where: str) -> None:
     """A plan (launch --dry-run) names each credential, says which are still to be generated,
     and checks names and sizes of all of them, also after a value that does not exist yet."""
