@@ -483,13 +483,3 @@ def test_login_material_that_cannot_be_read_is_named(openbao: DevServer, tmp_pat
     (outcome,) = resolve(vault_config(openbao.address, auth=bad), ref).values()
     assert isinstance(outcome, Forbidden), outcome
     assert outcome.problem.startswith("auth role_id from nosuchscheme:x: ")
-
-
-def test_a_selected_object_is_canonical_json(openbao: DevServer, tmp_path: Path) -> None:
-    """A JSON pointer to an object yields compact JSON with sorted keys: the same bytes on
-    every run, whatever order the server answers in (no spurious change, no restart)."""
-    base = unique("json")
-    put(openbao, f"secret/{base}/app", cfg={"zeta": 1, "alpha": {"y": True, "b": None}})
-    config = vault_config(openbao.address, auth={"token_file": token_file(tmp_path, openbao.token)})
-    got = resolve(config, f"vault:secret/{base}/app#/cfg")
-    assert list(got.values()) == ['{"alpha":{"b":null,"y":true},"zeta":1}']
