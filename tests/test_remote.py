@@ -204,3 +204,61 @@ def test_only_a_librarys_retry_warnings_are_demoted(caplog: pytest.LogCaptureFix
         ("WARNING", "Connection pool is full"),
         ("ERROR", "Retrying failed for good"),
     ]
+
+
+def test_a_missing_dependency_of_a_client_library_is_named() -> None:
+    from credbridge.core.remote import optional_import
+
+    with pytest.raises(PluginError) as error:
+        optional_import("credbridge_no_such_pkg.client", extra="vault", scheme="vault")
+    assert str(error.value) == (
+        "vault: references need the Python package 'credbridge_no_such_pkg', which is not "
+        "installed (pip install 'credbridge[vault]')"
+    )
+
+
+def test_tls_reason_keeps_only_the_verification_reason() -> None:
+    import ssl
+
+    from credbridge.core.remote import tls_reason
+
+    error = ssl.SSLCertVerificationError(
+        1,
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate "
+        "in certificate chain (_ssl.c:1006)",
+    )
+    assert tls_reason(error, ca_hint="set ca_cert") == (
+        "certificate verify failed: self-signed certificate in certificate chain (set ca_cert)"
+    )
+    assert tls_reason(error) == (
+        "certificate verify failed: self-signed certificate in certificate chain"
+    )
+
+
+def test_capped_library_loggers_keep_their_retry_lines_at_debug() -> None:
+    import logging
+
+    from credbridge.core.remote import cap_library_logging
+
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        cap_library_logging(["cbtest-lib"], keep_debug=["cbtest-lib.retries"])
+        assert logging.getLogger("cbtest-lib").level == logging.INFO
+        assert logging.getLogger("cbtest-lib.retries").level == logging.DEBUG
+    finally:
+        root.setLevel(previous)
+
+
+def test_fan_out_runs_a_single_task_inline_and_many_on_threads() -> None:
+    import threading
+
+    from credbridge.core.remote import fan_out
+
+    seen: list[str] = []
+    fan_out([lambda: seen.append(threading.current_thread().name)], workers=4, name="cbtest")
+    assert seen == [threading.current_thread().name]
+    seen.clear()
+    fan_out([lambda: seen.append(threading.current_thread().name)] * 2, workers=4, name="cbtest")
+    assert len(seen) == 2 and all(name.startswith("cbtest") for name in seen)
