@@ -369,3 +369,41 @@ plain = "file:{key}"
     assert again.returncode == 0, again.stderr
     assert owner_mode(target / "tls-key") == (0, real_group.gr_gid, 0o440)
     assert owner_mode(target) == (nobody.pw_uid, real_group.gr_gid, 0o700)
+
+
+def test_a_disk_error_between_two_swaps_is_a_delivery_failure(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError in the engine itself (not in a sink) during the commit: every target put
+    back, exit 9 with one line, never an internal error."""
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    config = make_config(tmp_path, tmpfs_dir, BODY)
+    deliver(config)
+    before = snapshot(tmpfs_dir)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "credbridge-fault=engine.commit@2:error",
+            *("-m", "credbridge.core.cli", "-c", str(config), "deliver"),
+        ],
+        capture_output=True,
+        env={**os.environ, "CB_TEST_STATIC": "v2"},
+        check=False,
+    )
+    assert result.returncode == 9, result.stderr
+    assert result.stderr.decode().splitlines() == [
+        "credbridge: error: delivery failed, nothing changed: injected fault at engine.commit"
+    ]
+    assert snapshot(tmpfs_dir) == before
+
+
+def test_the_api_delivers_unless_asked_for_a_dry_run(tmp_path: Path, tmpfs_dir: Path) -> None:
+    os.environ["CB_TEST_STATIC"] = "api"
+    try:
+        with Session(load_config(make_config(tmp_path, tmpfs_dir, BODY))) as session:
+            report = session.deliver()
+    finally:
+        del os.environ["CB_TEST_STATIC"]
+    assert not report.dry_run
+    assert (tmpfs_dir / "app.service" / "static").read_bytes() == b"api"

@@ -414,6 +414,9 @@ def test_a_stop_signal_mid_commit_is_held_until_every_target_is_swapped(
             process.kill()
             process.wait()
     assert process.returncode == 128 + signum, stderr
+    said = "interrupted" if signum == signal.SIGINT else f"terminated by {signum.name}"
+    # One line: nothing was rolled back (nor tried) after the complete commit.
+    assert stderr.decode().splitlines() == [f"credbridge: {said}"]
     a, b = setup.target("a.service"), setup.target("b.service")
     assert a is not None and b is not None
     assert a["static"] == b["static"] == b"static-2", "the commit was split"
