@@ -262,3 +262,24 @@ def test_fan_out_runs_a_single_task_inline_and_many_on_threads() -> None:
     seen.clear()
     fan_out([lambda: seen.append(threading.current_thread().name)] * 2, workers=4, name="cbtest")
     assert len(seen) == 2 and all(name.startswith("cbtest") for name in seen)
+
+
+def test_short_values_are_indexed_with_their_base64_and_hex() -> None:
+    r = Redactor(min_length=1)
+    r.add(b"abc")
+    assert r.quotes_secret(base64.b64encode(b"abc"))
+    assert r.quotes_secret(b"abc".hex().encode())
+
+
+def test_a_demoted_retry_warning_shows_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from credbridge.core.remote import demote_retry_warnings
+
+    name = "credbridge-test-library-2"
+    demote_retry_warnings(name, "Retrying")
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="credbridge"):
+        logging.getLogger(name).warning("Retrying (attempt 2)")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == name] == [
+        ("DEBUG", "Retrying (attempt 2)")
+    ]
