@@ -407,3 +407,33 @@ def test_the_api_delivers_unless_asked_for_a_dry_run(tmp_path: Path, tmpfs_dir: 
         del os.environ["CB_TEST_STATIC"]
     assert not report.dry_run
     assert (tmpfs_dir / "app.service" / "static").read_bytes() == b"api"
+
+
+def test_a_failed_cleanup_of_the_old_set_keeps_the_delivery(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new sets are live when removing an old one fails: exit 0, a warning naming the
+    target, and the next run removes what was left."""
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    config = make_config(tmp_path, tmpfs_dir, BODY)
+    deliver(config)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "credbridge-fault=credstore.finalize@1:error",
+            *("-m", "credbridge.core.cli", "-c", str(config), "deliver"),
+        ],
+        capture_output=True,
+        env={**os.environ, "CB_TEST_STATIC": "v2"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "cleaning up the previous set of app.service failed: injected fault at credstore.finalize"
+    ) in result.stderr.decode()
+    assert (tmpfs_dir / "app.service" / "static").read_bytes() == b"v2"
+    assert (tmpfs_dir / "worker.service" / "api-key").exists()
+    monkeypatch.setenv("CB_TEST_STATIC", "v2")
+    deliver(config)
+    assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock", "app.service", "worker.service"]
