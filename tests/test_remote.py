@@ -283,3 +283,33 @@ def test_a_demoted_retry_warning_shows_at_debug(caplog: pytest.LogCaptureFixture
     assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == name] == [
         ("DEBUG", "Retrying (attempt 2)")
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)",
+         "the server does not speak TLS there (use an http:// address?)"),
+        ("Hostname mismatch, certificate is not valid for 'x'. (_ssl.c:1006)",
+         "the certificate is not valid for this host name"),
+        ("[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required",
+         "the server requires a client certificate"),
+        ("[SSL: UNSAFE_LEGACY_RENEGOTIATION_DISABLED] unsafe legacy renegotiation",
+         "unsafe legacy renegotiation disabled"),
+        ("EOF occurred in violation of protocol", "handshake failed"),
+    ],
+)  # fmt: skip
+def test_tls_reason_names_each_kind_of_failure(text: str, reason: str) -> None:
+    import ssl
+
+    from credbridge.core.remote import tls_reason
+
+    assert tls_reason(ssl.SSLError(1, text)) == reason
+
+
+def test_values_in_documents_and_json_escapes_are_indexed() -> None:
+    r = Redactor(min_length=4)
+    r.add_document(SecretDocument({"n": 12345678, "flag": True, "none": None, "s": ["€-value"]}))
+    assert r.quotes_secret(b"got 12345678 back")  # numbers are values too
+    assert not r.quotes_secret(b"True") and not r.quotes_secret(b"None")
+    assert r.quotes_secret(b'"\\u20ac-value"')  # a JSON-escaped quote of the value
