@@ -313,3 +313,23 @@ def test_values_in_documents_and_json_escapes_are_indexed() -> None:
     assert r.quotes_secret(b"got 12345678 back")  # numbers are values too
     assert not r.quotes_secret(b"True") and not r.quotes_secret(b"None")
     assert r.quotes_secret(b'"\\u20ac-value"')  # a JSON-escaped quote of the value
+
+
+def test_a_value_at_the_very_end_or_alone_is_caught() -> None:
+    short = Redactor(min_length=1)
+    short.add(b"abc")
+    long = Redactor()
+    long.add(b"0123456789abcdef")
+    for redactor, value in ((short, b"abc"), (long, b"0123456789abcdef")):
+        assert redactor.quotes_secret(b"error: " + value)
+        assert redactor.quotes_secret(value)
+
+
+def test_fan_out_with_one_worker_runs_inline() -> None:
+    import threading
+
+    from credbridge.core.remote import fan_out
+
+    seen: list[str] = []
+    fan_out([lambda: seen.append(threading.current_thread().name)] * 3, workers=1, name="cbt")
+    assert seen == [threading.current_thread().name] * 3
