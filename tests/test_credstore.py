@@ -111,7 +111,11 @@ def test_failed_commit_rolls_back_every_target(
         check=False,
     )
     assert result.returncode == 9, result.stderr
-    assert b"injected fault" in result.stderr
+    # One line: the failure; both rollbacks went through (a failed one would be logged).
+    assert result.stderr.decode().splitlines() == [
+        f"credbridge: error: cannot commit {tmpfs_dir / 'worker.service'}: injected fault at "
+        "credstore.commit.before-swap"
+    ]
     assert snapshot(tmpfs_dir) == before
     assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock", "app.service", "worker.service"]
 
@@ -437,3 +441,59 @@ def test_a_failed_cleanup_of_the_old_set_keeps_the_delivery(
     monkeypatch.setenv("CB_TEST_STATIC", "v2")
     deliver(config)
     assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock", "app.service", "worker.service"]
+
+
+@pytest.mark.parametrize("which", ["owner", "group"])
+def test_the_sink_owner_or_group_alone_is_applied_to_the_target_directory(
+    tmp_path: Path, tmpfs_dir: Path, real_group: grp.struct_group, cli: Any, which: str
+) -> None:
+    nobody = pwd.getpwnam("nobody")
+    setting = 'owner = "nobody"' if which == "owner" else f'group = "{real_group.gr_name}"'
+    (tmp_path / "v").write_text("value")
+    body = f'[targets."app.service".credentials]\nk = "file:{tmp_path / "v"}"\n'
+    result = cli("-c", str(make_config(tmp_path, tmpfs_dir, body, setting)), "deliver")
+    assert result.returncode == 0, result.stderr
+    info = os.lstat(tmpfs_dir / "app.service")
+    expected = (nobody.pw_uid, 0) if which == "owner" else (0, real_group.gr_gid)
+    assert (info.st_uid, info.st_gid) == expected
+
+
+def test_a_write_error_while_staging_names_the_target_and_leaves_nothing(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    config = make_config(tmp_path, tmpfs_dir, BODY)
+    deliver(config)  # the generated value is in the store: the next write is the credstore's
+    before = snapshot(tmpfs_dir)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "credbridge-fault=write.created@1:error",
+            *("-m", "credbridge.core.cli", "-c", str(config), "deliver"),
+        ],
+        capture_output=True,
+        env={**os.environ, "CB_TEST_STATIC": "v2"},
+        check=False,
+    )
+    assert result.returncode == 9, result.stderr
+    (line,) = result.stderr.decode().splitlines()
+    assert line.startswith(f"credbridge: error: app.service: cannot write {tmpfs_dir}/.app.service")
+    assert line.endswith(": injected fault at write.created")
+    assert snapshot(tmpfs_dir) == before
+    assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock", "app.service", "worker.service"]
+
+
+def test_a_hanging_systemd_creds_times_out(tmp_path: Path, tmpfs_dir: Path) -> None:
+    hang = tmp_path / "systemd-creds"
+    hang.write_text("#!/bin/sh\nexec sleep 60\n")
+    hang.chmod(0o755)
+    extra = f'encrypt = true\nsystemd_creds = "{hang}"\ntimeout = 1'
+    os.environ["CB_TEST_STATIC"] = "v1"
+    try:
+        with pytest.raises(DeliveryError) as error:
+            deliver(make_config(tmp_path, tmpfs_dir, BODY, extra))
+    finally:
+        del os.environ["CB_TEST_STATIC"]
+    assert str(error.value).endswith("systemd-creds encrypt timed out")
+    assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock"]
