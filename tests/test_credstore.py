@@ -497,3 +497,20 @@ def test_a_hanging_systemd_creds_times_out(tmp_path: Path, tmpfs_dir: Path) -> N
         del os.environ["CB_TEST_STATIC"]
     assert str(error.value).endswith("systemd-creds encrypt timed out")
     assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock"]
+
+
+def test_a_changed_delivery_says_only_what_changed(
+    tmp_path: Path, tmpfs_dir: Path, cli: Any
+) -> None:
+    """The old set is removed without a word: no warning, no staging directory left."""
+    (tmp_path / "v").write_text("one")
+    body = f'[targets."app.service".credentials]\nk = "file:{tmp_path / "v"}"\n'
+    config = make_config(tmp_path, tmpfs_dir, body)
+    assert cli("-c", str(config), "deliver").returncode == 0
+    (tmp_path / "v").write_text("two")
+    result = cli("-c", str(config), "deliver")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode().splitlines() == [
+        f"credbridge: app.service: 1 changed (credstore: {tmpfs_dir / 'app.service'})"
+    ]
+    assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock", "app.service"]
