@@ -263,3 +263,35 @@ def test_vm_sink_plans_list_names_and_check_every_value(sink: str, where: str) -
         make_sink(sink).plan({"later": Pending("generated"), "big": Secret(b"b" * ((1 << 20) + 1))})
     with pytest.raises(DeliveryError, match="invalid name"):
         make_sink(sink).plan({"later": Pending("generated"), "a/b": Secret(b"v")})
+
+
+@pytest.mark.parametrize(
+    ("module", "known"),
+    [("fw_cfg", "(fw-cfg takes none)"), ("virtiofs", "(known: tag)"), ("oem_strings", "(known: ")],
+)
+def test_plugins_opened_directly_refuse_unknown_settings(module: str, known: str) -> None:
+    """The config loader refuses undeclared keys first; a sink opened directly (a plugin's
+    own code, credbridge.testing) names the first unknown key itself."""
+    import importlib
+
+    from credbridge.core.types import SinkContext
+
+    config = parse_config(
+        {"targets": {"vm": {"kind": "vm", "launcher": {"type": "qemu", "kernel": "/k"}}}},
+        directory=Path("/tmp"),
+    )
+    opener = importlib.import_module(f"credbridge.backends.{module}").open_sink
+    context = SinkContext(config.target("vm"), {"zz": 1, "aa": 2}, config, "targets.vm.sink")
+    with pytest.raises(ConfigError) as error:
+        opener(context)
+    assert "unknown setting 'aa' " in str(error.value)
+    assert known in str(error.value)
+
+
+def test_the_file_store_opened_directly_refuses_unknown_settings() -> None:
+    from credbridge.backends.filestore import open_store
+    from credbridge.core.types import StoreContext
+
+    with pytest.raises(ConfigError) as error:
+        open_store(StoreContext({"zz": 1, "aa": 2}, Path("/tmp")))
+    assert "unknown setting 'aa' for the file store" in str(error.value)
