@@ -295,3 +295,16 @@ def test_the_file_store_opened_directly_refuses_unknown_settings() -> None:
     with pytest.raises(ConfigError) as error:
         open_store(StoreContext({"zz": 1, "aa": 2}, Path("/tmp")))
     assert "unknown setting 'aa' for the file store" in str(error.value)
+
+
+def test_channel_items_cannot_be_changed_after_prepare(tmpfs_dir: Path) -> None:
+    """A launcher hands these paths to the hypervisor: nothing may repoint them later."""
+    import dataclasses
+
+    runtime = tmpfs_dir / "rt"
+    runtime.mkdir(mode=0o700)
+    (item,) = make_sink("fw-cfg").prepare(deliveries(a=b"v"), runtime).fw_cfg
+    (share,) = make_sink("virtiofs").prepare(deliveries(b=b"v"), runtime).virtiofs
+    for thing, field_name in ((item, "path"), (share, "directory")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(thing, field_name, Path("/elsewhere"))
