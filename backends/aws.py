@@ -754,7 +754,8 @@ class AwsSource(DocumentSource):
         if code in _THROTTLED:
             tries = f" after {attempts} attempt(s)" if attempts else ""
             return Unreachable("", _in_route(f"throttled ({code}){tries} reading {what}", route))
-        if code == "InvalidRequestException" and "deletion" in str(message or "").lower():
+        # AWS says "marked for deletion", moto "currently marked deleted".
+        if code == "InvalidRequestException" and "marked" in str(message or "").lower():
             return NotFound("", _in_route(f"{what} is scheduled for deletion", route))
         if code in {"InvalidParameterException", "InvalidRequestException", "ValidationException"}:
             return InvalidValue(

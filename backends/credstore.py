@@ -49,6 +49,7 @@ from credbridge.core.fsutil import (
 )
 from credbridge.core.process import child_env
 from credbridge.core.settings import control_problem, seconds_setting
+from credbridge.core.vm import check_size, check_unit_total
 
 log = logging.getLogger(__name__)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -194,17 +195,38 @@ class CredstoreSink(Sink):
             found: dict[str, bytes | None] = {}
             for name in names:
                 try:
+                    if stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
+                        found[name] = None  # the placeholder of a missing optional credential
+                        continue
                     found[name] = read_file_at(fd, name, str(self.directory / name))
                 except FileNotFoundError:
                     found[name] = None
-            return found, sorted(os.listdir(fd))
+            files = [
+                entry
+                for entry in os.listdir(fd)
+                if not stat.S_ISDIR(os.lstat(entry, dir_fd=fd).st_mode)
+            ]
+            return found, sorted(files)
         except OSError as error:
             raise DeliveryError(f"cannot read {self.directory}: {error.strerror}") from None
         finally:
             os.close(fd)
 
+    def _check_limits(self, sizes: Mapping[str, int]) -> None:
+        """systemd's limits, checked before anything is written: a unit whose credentials
+        exceed them fails to start ("Argument list too long"), whatever credbridge wrote."""
+        for name, size in sizes.items():
+            try:
+                check_size(name, size)
+            except DeliveryError as error:
+                raise DeliveryError(f"{self.target.name}: {error}") from None
+        check_unit_total(self.target.name, sizes)
+
     def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
         self.check()
+        self._check_limits(
+            {name: len(value) for name, value in credentials.items() if isinstance(value, Secret)}
+        )
         live, present = self._read_live(credentials)
         entries = []
         for name, value in credentials.items():
@@ -231,6 +253,7 @@ class CredstoreSink(Sink):
     def stage(self, deliveries: Sequence[Delivery]) -> Staged:
         """Write the new set beside the live one; called with :meth:`lock_files` held."""
         self._check_medium()
+        self._check_limits({delivery.name: len(delivery.value) for delivery in deliveries})
         try:
             dir_uid, dir_gid = resolve_owner(self.owner, self.group)
             ensure_private_dir(self.base)
@@ -260,6 +283,13 @@ class CredstoreSink(Sink):
                             f"{error.args[0]}"
                         ) from None
                     write_new_file_at(fd, delivery.name, data, mode=delivery.mode, uid=uid, gid=gid)
+                delivered = {delivery.name for delivery in deliveries}
+                for spec in self.target.credentials:
+                    if spec.optional and spec.name not in delivered:
+                        # An empty directory where the file would be: systemd loads a directory
+                        # given to LoadCredential= file by file, so the unit starts without
+                        # the credential (a missing file would fail it; see unit_settings).
+                        os.mkdir(spec.name, 0o700, dir_fd=fd)
                 if dir_uid != -1 or dir_gid != -1:
                     os.fchown(fd, dir_uid, dir_gid)
                 os.fsync(fd)
@@ -372,10 +402,11 @@ class CredstoreSink(Sink):
             problem = credential_name_problem(spec.name)
             if problem is not None:
                 raise DeliveryError(f"{self.target.name}/{spec.name}: {problem}")
+            # An optional credential the source did not have is an empty directory at this path
+            # (stage): systemd 252 and later load nothing from it and start the unit. The
+            # empty default "SetCredential=NAME:" that later versions accept is "Invalid
+            # syntax" to 252, and any non-empty default would hand the unit a made-up value.
             path = unit_path_value(self.directory / spec.name)
-            if spec.optional:
-                # An empty default makes a missing optional file non-fatal for the unit.
-                lines.append(f"SetCredential={spec.name}:")
             lines.append(f"{directive}={spec.name}:{path}")
         return lines
 

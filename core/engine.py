@@ -320,9 +320,10 @@ class Session:
             raise ConfigError(
                 f"unknown sink {target.sink!r}", file=self.config.label, key=f"{target.where}.sink"
             )
-        context = SinkContext(
-            target, self.config.sink_settings(target), self.config, f"{target.where}.sink"
-        )
+        # Errors name the table the settings came from: the target's own sink table, or the
+        # global [sinks.NAME] when the target has none.
+        where = f"{target.where}.sink" if target.sink_settings else keypath("sinks", target.sink)
+        context = SinkContext(target, self.config.sink_settings(target), self.config, where)
         with self.plugins.guard(SINK, target.sink, "open()"):
             return found[0].open(context)
 

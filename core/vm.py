@@ -10,7 +10,7 @@ launcher writes them where only the hypervisor reads them.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,12 @@ from credbridge.core.types import Delivery, Sink, Staged
 
 FW_CFG_PREFIX = "opt/io.systemd.credentials/"
 CREDENTIAL_SIZE_MAX = 1 << 20
-"""systemd's per-credential limit (``CREDENTIAL_SIZE_MAX``), also its per-import total."""
+"""systemd's per-credential limit (``CREDENTIAL_SIZE_MAX``, src/shared/creds-util.h): 1 MiB
+from systemd 250 through 258 at least; also its per-import total of VM credentials."""
+CREDENTIALS_TOTAL_SIZE_MAX = CREDENTIAL_SIZE_MAX
+"""systemd's limit on what one unit receives (``CREDENTIALS_TOTAL_SIZE_MAX``, the same 1 MiB):
+each credential counts the length of its name plus its size (exec-credential.c); one more
+byte fails the unit with "Argument list too long" before it starts."""
 NAME_MAX = 255
 
 
@@ -59,6 +64,19 @@ def check_size(name: str, size: int) -> None:
         raise DeliveryError(
             f"credential {name!r}: {size} bytes is over systemd's limit of "
             f"{CREDENTIAL_SIZE_MAX} bytes (1 MiB) per credential"
+        )
+
+
+def check_unit_total(unit: str, sizes: Mapping[str, int]) -> None:
+    """Raise :class:`DeliveryError` when a unit's credentials together exceed what systemd
+    passes to one unit (names count, as systemd counts them); names the largest."""
+    total = sum(len(name) + size for name, size in sizes.items())
+    if total > CREDENTIALS_TOTAL_SIZE_MAX:
+        largest = max(sizes, key=lambda name: (sizes[name], name))
+        raise DeliveryError(
+            f"{unit}: its {len(sizes)} credentials take {total} bytes (names included), over "
+            f"systemd's limit of {CREDENTIALS_TOTAL_SIZE_MAX} bytes (1 MiB) per unit; "
+            f"the largest is {largest!r} ({sizes[largest]} bytes)"
         )
 
 

@@ -98,7 +98,7 @@ let
           default = false;
           description = ''
             A missing value (not found) is skipped instead of failing the delivery; the unit
-            then gets an empty credential (`SetCredential=${name}:`).
+            then starts without it (credbridge puts an empty directory where its file would be).
           '';
         };
         mode = mkOption {
@@ -274,8 +274,8 @@ let
     // lib.mapAttrs' (_: vm: lib.nameValuePair vm.unit (vmHostTargetJSON vm)) cfg.vms
     // lib.mapAttrs vmTargetJSON cfg.vms;
 
-  # LoadCredential=/LoadCredentialEncrypted= (and SetCredential= for optional ones), as
-  # `credbridge unit` prints them for the same target.
+  # LoadCredential=/LoadCredentialEncrypted=, as `credbridge unit` prints them for the same
+  # target (an optional credential's missing file is an empty directory credbridge made).
   credentialSettings =
     unit: u:
     let
@@ -284,7 +284,6 @@ let
       names = lib.attrNames u.credentials;
     in
     lib.filterAttrs (_: v: v != [ ]) {
-      SetCredential = map (n: "${n}:") (lib.filter (n: u.credentials.${n}.optional) names);
       ${directive} = map (n: "${n}:${escapeUnitValue "${directory}/${unit}/${n}"}") names;
     };
 

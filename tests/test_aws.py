@@ -692,3 +692,58 @@ def test_errors_are_one_line_source_errors(aws: MotoServer) -> None:
     for outcome in resolve(sources(), "aws-sm:none-here", "aws-ssm:/none/here:3"):
         assert isinstance(outcome, SourceError)
         assert "\n" not in str(outcome)
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "kind", "problem"),
+    [
+        (
+            "AccessDeniedException",
+            "not authorized to perform kms:Decrypt on the key",
+            Forbidden,
+            "cannot decrypt parameter /{name} (KMS AccessDeniedException): not authorized to "
+            "perform kms:Decrypt on the key",
+        ),
+        (
+            "AccessDeniedException",
+            "not authorized to perform ssm:GetParameters",
+            Forbidden,
+            "access denied to parameter /{name} (AccessDeniedException): not authorized to "
+            "perform ssm:GetParameters",
+        ),
+        (
+            "InvalidRequestException",
+            "the request is not valid here",
+            InvalidValue,
+            "AWS refused reading parameter /{name} (InvalidRequestException): the request is "
+            "not valid here",
+        ),
+    ],
+    ids=["kms-denied", "denied", "invalid-request"],
+)
+def test_error_codes_are_typed_and_named(
+    aws: MotoServer, code: str, message: str, kind: type[Exception], problem: str
+) -> None:
+    name = unique("code")
+    aws.client("ssm").put_parameter(Name=f"/{name}", Value="v", Type="SecureString")
+
+    def rule(request: Any) -> Reply | None:
+        if request.operation == "GetParameters":
+            return Reply.aws_json(400, code, message)
+        return None
+
+    with HttpProxy(aws.port, rule) as proxy:
+        outcome = resolve(sources(endpoint_url=proxy.url, max_attempts=1), f"aws-ssm:/{name}")[0]
+    assert isinstance(outcome, kind), outcome
+    assert outcome.problem == problem.format(name=name)
+
+
+def test_a_secret_scheduled_for_deletion_is_not_found(aws: MotoServer) -> None:
+    """Real moto: a deleted secret in its recovery window answers InvalidRequestException."""
+    name = unique("del")
+    client = aws.client("secretsmanager")
+    client.create_secret(Name=name, SecretString="going")
+    client.delete_secret(SecretId=name, RecoveryWindowInDays=7)
+    outcome = resolve(sources(), f"aws-sm:{name}")[0]
+    assert isinstance(outcome, NotFound), outcome
+    assert outcome.problem == f"secret {name} is scheduled for deletion"

@@ -198,6 +198,17 @@ def test_dry_run_plan_redacts_and_conforms(
         f"path={tmpfs_dir / 'run' / 'api.sock'}",
     ]
     assert not (tmpfs_dir / "run").exists()
+    # The plan above was made from the real values (so its redaction means something): a
+    # value over systemd's limit fails the dry run, naming it.
+    (tmp_path / "big").mkdir()
+    big = write_config(
+        tmp_path / "big",
+        {**KERNEL, "runtime_dir": str(tmpfs_dir / "run")},
+        {**SECRETS, "HUGE": b"h" * ((1 << 20) + 1)},
+    )
+    refused = cli("-c", str(big), "launch", "test-vm", "--dry-run")
+    assert refused.returncode == 9, refused.stderr
+    assert "credential 'HUGE': 1048577 bytes is over systemd's limit" in refused.stderr.decode()
 
 
 def _forms() -> list[bytes]:
@@ -391,8 +402,10 @@ def test_api_error_names_endpoint_and_status_never_values(
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 10, err.decode()
     lines = err.decode().strip().splitlines()
-    assert lines[-1].startswith(
-        "credbridge: error: cloud-hypervisor API PUT /api/v1/vm.create failed: HTTP 400"
+    # The answer quotes no value, so it is shown (the withheld case is the test below).
+    assert lines[-1] == (
+        "credbridge: error: cloud-hypervisor API PUT /api/v1/vm.create failed: HTTP 400: "
+        "invalid VmConfig: .net[0].bogus: not declared by VmConfig"
     )
     for form in _forms():
         assert form not in out + err

@@ -216,8 +216,7 @@ def test_deliver_survives_kills_at_its_write_steps(tmp_path: Path, tmpfs_dir: Pa
 
 
 def test_deliver_survives_sigterm_at_its_write_steps(tmp_path: Path, tmpfs_dir: Path) -> None:
-    if stress():
-        pytest.skip("the stress run kills with both signals in the test above")
+    # Under stress the test above kills with SIGTERM too; this short run stays (no skip).
     report = run_deliver_case(tmp_path, tmpfs_dir, [signal.SIGTERM], 0, 5)
     print("\n" + report.line())
 

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import secret_value
@@ -107,9 +111,13 @@ def test_failed_commit_rolls_back_every_target(
         check=False,
     )
     assert result.returncode == 9, result.stderr
-    assert b"injected fault" in result.stderr
+    # One line: the failure; both rollbacks went through (a failed one would be logged).
+    assert result.stderr.decode().splitlines() == [
+        f"credbridge: error: cannot commit {tmpfs_dir / 'worker.service'}: injected fault at "
+        "credstore.commit.before-swap"
+    ]
     assert snapshot(tmpfs_dir) == before
-    assert not [p for p in tmpfs_dir.iterdir() if ".staging-" in p.name]
+    assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock", "app.service", "worker.service"]
 
 
 def test_symlinked_target_directory_is_refused_before_anything_changes(
@@ -128,7 +136,7 @@ def test_symlinked_target_directory_is_refused_before_anything_changes(
         deliver(config)
     assert snapshot(tmpfs_dir) == before
     assert (tmpfs_dir / "worker.service").is_symlink()
-    assert not [p for p in tmpfs_dir.iterdir() if ".staging-" in p.name]
+    assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock", "app.service", "worker.service"]
 
 
 def test_unknown_owner_fails_before_anything_changes(
@@ -159,14 +167,13 @@ def test_stale_staging_dirs_are_cleaned(
 
 
 def test_refuses_persistent_disk_without_opt_in(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, disk_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CB_TEST_STATIC", "v1")
-    disk = tmp_path / "credstore"
+    disk = disk_dir / "credstore"
     from credbridge.core.fsutil import is_memory_backed
 
-    if is_memory_backed(tmp_path):
-        pytest.skip("the temp directory is on tmpfs here")
+    assert not is_memory_backed(disk_dir)
     with pytest.raises(DeliveryError, match="not on tmpfs or ramfs"):
         deliver(make_config(tmp_path, disk, BODY))
     assert not disk.exists()
@@ -214,17 +221,35 @@ def test_unit_dropin(tmp_path: Path, tmpfs_dir: Path) -> None:
     assert "[Service]" in lines
     assert f"LoadCredential=api-key:{tmpfs_dir}/app.service/api-key" in lines
     assert f"LoadCredential=static:{tmpfs_dir}/app.service/static" in lines
-    assert optional.splitlines()[-2:] == [
-        "SetCredential=maybe:",
-        f"LoadCredential=maybe:{tmpfs_dir}/opt.service/maybe",
-    ]
+    # No SetCredential= default (systemd 252 refuses an empty one): a missing optional
+    # credential is an empty directory at this path (tests/test_host_credentials.py).
+    assert optional.splitlines()[-1:] == [f"LoadCredential=maybe:{tmpfs_dir}/opt.service/maybe"]
+    assert "SetCredential" not in optional
 
 
 def test_optional_missing_credential_is_skipped(tmp_path: Path, tmpfs_dir: Path) -> None:
     body = '[targets."opt.service".credentials]\nmaybe = { ref = "env:CB_NOPE", optional = true }\nk = "generate:uuid"\n'
     report = deliver(make_config(tmp_path, tmpfs_dir, body))
     assert report.skipped == ["opt.service/maybe"]
-    assert sorted(os.listdir(tmpfs_dir / "opt.service")) == ["k"]
+    target = tmpfs_dir / "opt.service"
+    assert sorted(os.listdir(target)) == ["k", "maybe"]
+    # maybe: an empty 0700 directory, which systemd's LoadCredential= loads nothing from.
+    assert stat.S_ISDIR(os.lstat(target / "maybe").st_mode)
+    assert stat.S_IMODE(os.lstat(target / "maybe").st_mode) == 0o700
+    assert os.listdir(target / "maybe") == []
+    # Nothing to do the next time; once the source has it, the file replaces the directory.
+    again = deliver(make_config(tmp_path, tmpfs_dir, body))
+    assert {(e.credential, e.change) for e in again.entries} == {("k", Change.KEEP)}
+    os.environ["CB_NOPE"] = "now-here"
+    try:
+        found = deliver(make_config(tmp_path, tmpfs_dir, body))
+    finally:
+        del os.environ["CB_NOPE"]
+    assert ("maybe", Change.ADD) in {(e.credential, e.change) for e in found.entries}
+    assert (target / "maybe").read_bytes() == b"now-here"
+    gone = deliver(make_config(tmp_path, tmpfs_dir, body))
+    assert ("maybe", Change.REMOVE) in {(e.credential, e.change) for e in gone.entries}
+    assert stat.S_ISDIR(os.lstat(target / "maybe").st_mode)
 
 
 def _null_key() -> str | None:
@@ -275,8 +300,7 @@ def test_sink_settings_are_type_checked(
     """A string "false" must never switch the tmpfs guard off."""
     with pytest.raises(ConfigError) as info:
         deliver(make_config(tmp_path, tmpfs_dir, BODY, setting), dry_run=True)
-    assert problem in str(info.value)
-    assert "sinks.credstore" in str(info.value) or "sink" in str(info.value)
+    assert f": sinks.credstore.{problem}" in str(info.value)
 
 
 def test_systemd_creds_gets_no_secret_environment(
@@ -301,3 +325,192 @@ def test_systemd_creds_gets_no_secret_environment(
     assert b"PATH=" in seen  # the spy really ran
     assert b"env-secret-value-1" not in seen
     assert b"vault-token-value-2" not in seen
+
+
+@pytest.fixture
+def real_group() -> Iterator[grp.struct_group]:
+    """A real group of this machine (made with groupadd, removed afterwards)."""
+    assert os.geteuid() == 0, "owner/group delivery is tested as root"
+    name = f"cbtest{os.getpid() % 100000}"
+    subprocess.run(["groupadd", "--system", name], check=True, capture_output=True)
+    try:
+        yield grp.getgrnam(name)
+    finally:
+        subprocess.run(["groupdel", name], check=False, capture_output=True)
+
+
+def test_mode_owner_and_group_end_on_the_delivered_files(
+    tmp_path: Path, tmpfs_dir: Path, real_group: grp.struct_group, cli: Any
+) -> None:
+    """The README's tls-key: ``mode = "0440", group = "app"`` (and an owner), for real."""
+    nobody = pwd.getpwnam("nobody")
+    key = tmp_path / "app.key"
+    key.write_text(secret_value("tls-private-key-material"))
+    body = f"""
+[targets."app.service".credentials]
+tls-key = {{ ref = "file:{key}", mode = "0440", group = "{real_group.gr_name}" }}
+owned = {{ ref = "file:{key}", owner = "nobody", group = "{real_group.gr_name}" }}
+plain = "file:{key}"
+"""
+    config = make_config(
+        tmp_path, tmpfs_dir, body, f'owner = "nobody"\ngroup = "{real_group.gr_name}"'
+    )
+    result = cli("-c", str(config), "deliver")
+    assert result.returncode == 0, result.stderr
+    target = tmpfs_dir / "app.service"
+
+    def owner_mode(path: Path) -> tuple[int, int, int]:
+        info = os.lstat(path)
+        return info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)
+
+    assert owner_mode(target / "tls-key") == (0, real_group.gr_gid, 0o440)
+    assert owner_mode(target / "owned") == (nobody.pw_uid, real_group.gr_gid, 0o400)
+    assert owner_mode(target / "plain") == (0, 0, 0o400)
+    # The sink's owner/group hand the target directory over (0700: its owner reads it).
+    assert owner_mode(target) == (nobody.pw_uid, real_group.gr_gid, 0o700)
+    # A second delivery keeps them (nothing changed, nothing rewritten wrongly).
+    again = cli("-c", str(config), "deliver")
+    assert again.returncode == 0, again.stderr
+    assert owner_mode(target / "tls-key") == (0, real_group.gr_gid, 0o440)
+    assert owner_mode(target) == (nobody.pw_uid, real_group.gr_gid, 0o700)
+
+
+def test_a_disk_error_between_two_swaps_is_a_delivery_failure(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError in the engine itself (not in a sink) during the commit: every target put
+    back, exit 9 with one line, never an internal error."""
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    config = make_config(tmp_path, tmpfs_dir, BODY)
+    deliver(config)
+    before = snapshot(tmpfs_dir)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "credbridge-fault=engine.commit@2:error",
+            *("-m", "credbridge.core.cli", "-c", str(config), "deliver"),
+        ],
+        capture_output=True,
+        env={**os.environ, "CB_TEST_STATIC": "v2"},
+        check=False,
+    )
+    assert result.returncode == 9, result.stderr
+    assert result.stderr.decode().splitlines() == [
+        "credbridge: error: delivery failed, nothing changed: injected fault at engine.commit"
+    ]
+    assert snapshot(tmpfs_dir) == before
+
+
+def test_the_api_delivers_unless_asked_for_a_dry_run(tmp_path: Path, tmpfs_dir: Path) -> None:
+    os.environ["CB_TEST_STATIC"] = "api"
+    try:
+        with Session(load_config(make_config(tmp_path, tmpfs_dir, BODY))) as session:
+            report = session.deliver()
+    finally:
+        del os.environ["CB_TEST_STATIC"]
+    assert not report.dry_run
+    assert (tmpfs_dir / "app.service" / "static").read_bytes() == b"api"
+
+
+def test_a_failed_cleanup_of_the_old_set_keeps_the_delivery(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new sets are live when removing an old one fails: exit 0, a warning naming the
+    target, and the next run removes what was left."""
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    config = make_config(tmp_path, tmpfs_dir, BODY)
+    deliver(config)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "credbridge-fault=credstore.finalize@1:error",
+            *("-m", "credbridge.core.cli", "-c", str(config), "deliver"),
+        ],
+        capture_output=True,
+        env={**os.environ, "CB_TEST_STATIC": "v2"},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "cleaning up the previous set of app.service failed: injected fault at credstore.finalize"
+    ) in result.stderr.decode()
+    assert (tmpfs_dir / "app.service" / "static").read_bytes() == b"v2"
+    assert (tmpfs_dir / "worker.service" / "api-key").exists()
+    monkeypatch.setenv("CB_TEST_STATIC", "v2")
+    deliver(config)
+    assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock", "app.service", "worker.service"]
+
+
+@pytest.mark.parametrize("which", ["owner", "group"])
+def test_the_sink_owner_or_group_alone_is_applied_to_the_target_directory(
+    tmp_path: Path, tmpfs_dir: Path, real_group: grp.struct_group, cli: Any, which: str
+) -> None:
+    nobody = pwd.getpwnam("nobody")
+    setting = 'owner = "nobody"' if which == "owner" else f'group = "{real_group.gr_name}"'
+    (tmp_path / "v").write_text("value")
+    body = f'[targets."app.service".credentials]\nk = "file:{tmp_path / "v"}"\n'
+    result = cli("-c", str(make_config(tmp_path, tmpfs_dir, body, setting)), "deliver")
+    assert result.returncode == 0, result.stderr
+    info = os.lstat(tmpfs_dir / "app.service")
+    expected = (nobody.pw_uid, 0) if which == "owner" else (0, real_group.gr_gid)
+    assert (info.st_uid, info.st_gid) == expected
+
+
+def test_a_write_error_while_staging_names_the_target_and_leaves_nothing(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    config = make_config(tmp_path, tmpfs_dir, BODY)
+    deliver(config)  # the generated value is in the store: the next write is the credstore's
+    before = snapshot(tmpfs_dir)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "credbridge-fault=write.created@1:error",
+            *("-m", "credbridge.core.cli", "-c", str(config), "deliver"),
+        ],
+        capture_output=True,
+        env={**os.environ, "CB_TEST_STATIC": "v2"},
+        check=False,
+    )
+    assert result.returncode == 9, result.stderr
+    (line,) = result.stderr.decode().splitlines()
+    assert line.startswith(f"credbridge: error: app.service: cannot write {tmpfs_dir}/.app.service")
+    assert line.endswith(": injected fault at write.created")
+    assert snapshot(tmpfs_dir) == before
+    assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock", "app.service", "worker.service"]
+
+
+def test_a_hanging_systemd_creds_times_out(tmp_path: Path, tmpfs_dir: Path) -> None:
+    hang = tmp_path / "systemd-creds"
+    hang.write_text("#!/bin/sh\nexec sleep 60\n")
+    hang.chmod(0o755)
+    extra = f'encrypt = true\nsystemd_creds = "{hang}"\ntimeout = 1'
+    os.environ["CB_TEST_STATIC"] = "v1"
+    try:
+        with pytest.raises(DeliveryError) as error:
+            deliver(make_config(tmp_path, tmpfs_dir, BODY, extra))
+    finally:
+        del os.environ["CB_TEST_STATIC"]
+    assert str(error.value).endswith("systemd-creds encrypt timed out")
+    assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock"]
+
+
+def test_a_changed_delivery_says_only_what_changed(
+    tmp_path: Path, tmpfs_dir: Path, cli: Any
+) -> None:
+    """The old set is removed without a word: no warning, no staging directory left."""
+    (tmp_path / "v").write_text("one")
+    body = f'[targets."app.service".credentials]\nk = "file:{tmp_path / "v"}"\n'
+    config = make_config(tmp_path, tmpfs_dir, body)
+    assert cli("-c", str(config), "deliver").returncode == 0
+    (tmp_path / "v").write_text("two")
+    result = cli("-c", str(config), "deliver")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.decode().splitlines() == [
+        f"credbridge: app.service: 1 changed (credstore: {tmpfs_dir / 'app.service'})"
+    ]
+    assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock", "app.service"]

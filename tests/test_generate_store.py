@@ -139,3 +139,14 @@ def test_rotate_with_a_broken_store_is_one_line(tmp_path: Path, cli) -> None:  #
     assert result.returncode == 7, err
     assert "store key app/a" in err
     assert "Traceback" not in err
+
+
+def test_the_file_store_lists_its_keys(tmp_path: Path) -> None:
+    """Store.keys(): every key that has a current value, nested keys included, sorted."""
+    store = FileStore(tmp_path / "store")
+    assert store.keys() == []  # no store directory yet
+    store.create("b.service/token", Secret(b"1"))
+    store.create("a.service/db", Secret(b"2"))
+    store.create("a.service/nested/key", Secret(b"3"))
+    (tmp_path / "store" / "a.service" / "empty").mkdir()  # no value: not a key
+    assert store.keys() == ["a.service/db", "a.service/nested/key", "b.service/token"]

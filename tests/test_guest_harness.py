@@ -27,7 +27,6 @@ from guest.image import GuestBuildError, GuestImage, ensure_guest, find_host_ker
 from guest.qemu import (  # noqa: E402
     BootResult,
     boot,
-    find_virtiofsd,
     parse_probe_output,
     probe_cmdline,
     qemu_argv,
@@ -161,8 +160,13 @@ def test_fw_cfg_credential_arrives_byte_exact(guest_image: GuestImage, tmp_path:
 
 @pytest.fixture
 def virtiofs_share(tmp_path: Path) -> tuple[Path, Path]:
-    if find_virtiofsd() is None:
-        pytest.skip("no virtiofsd (Debian 12: /usr/lib/qemu/virtiofsd from qemu-system-x86)")
+    from credbridge.core.errors import LaunchError
+    from credbridge.launchers.runtime import find_virtiofsd as launcher_finds_virtiofsd
+
+    try:  # where the launcher looks (PATH, /usr/libexec, /usr/lib/qemu), as a user's VM would
+        launcher_finds_virtiofsd()
+    except LaunchError as error:
+        pytest.skip(str(error))
     shared = tmp_path / "share"
     shared.mkdir(mode=0o700)
     return shared, tmp_path / "virtiofsd.sock"

@@ -10,10 +10,12 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -380,22 +382,57 @@ def test_sigterm_while_staging_rolls_back_and_removes_the_staging(
     assert not setup.leftovers()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_mid_commit_is_held_until_every_target_is_swapped(
+    tmp_path: Path, tmpfs_dir: Path, signum: signal.Signals
+) -> None:
+    """credbridge is paused (SIGSTOP, the test-only switch) right after the first of two
+    targets was swapped; the signal arrives then. The commit must go on to the second
+    target, remove both old sets, and only then act on the signal (exit 128+N)."""
+    setup = Setup(tmp_path, tmpfs_dir, 2)
+    setup.write()
+    with setup.config.open("a") as config:  # b.service's section is last: b gets it too
+        config.write(f'static = "file:{setup.static_file}"\n')
+    assert setup.run("deliver").returncode == 0
+    setup.static_file.write_bytes(b"static-2")
+    process = setup.start("deliver", fault="credstore.commit.after-swap@1:stop")
+    try:
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{process.pid}/stat").read_text().split(") ")[1][0] != "T":
+            assert time.monotonic() < deadline, "the run never reached the commit"
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.02)
+        # Paused between the two swaps: one target new, the other old.
+        a, b = setup.target("a.service"), setup.target("b.service")
+        assert a is not None and b is not None
+        assert {a["static"], b["static"]} == {b"static-1", b"static-2"}
+        os.kill(process.pid, signum)
+        os.kill(process.pid, signal.SIGCONT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signum, stderr
+    said = "interrupted" if signum == signal.SIGINT else f"terminated by {signum.name}"
+    # One line: nothing was rolled back (nor tried) after the complete commit.
+    assert stderr.decode().splitlines() == [f"credbridge: {said}"]
+    a, b = setup.target("a.service"), setup.target("b.service")
+    assert a is not None and b is not None
+    assert a["static"] == b["static"] == b"static-2", "the commit was split"
+    assert not setup.leftovers(), "old sets left behind"
+
+
 def strace(*argv: str) -> list[str]:
-    if shutil.which("strace") is None:
-        pytest.skip("needs strace (apt-get install strace)")
+    return strace_calls("mkdirat,mkdir,fsync,rename,renameat,renameat2", *argv)
+
+
+def strace_calls(calls: str, *argv: str) -> list[str]:
+    # strace is in the README's test command: missing, it is an error, not a skip.
+    assert shutil.which("strace") is not None, "needs strace (apt-get install strace)"
     with tempfile.NamedTemporaryFile() as log:
         subprocess.run(
-            [
-                "strace",
-                "-f",
-                "-y",
-                "-qq",
-                "-o",
-                log.name,
-                "-e",
-                "trace=mkdirat,mkdir,fsync,rename,renameat,renameat2",
-                *argv,
-            ],
+            ["strace", "-f", "-y", "-qq", "-o", log.name, "-e", f"trace={calls}", *argv],
             check=True,
             capture_output=True,
         )
@@ -428,6 +465,44 @@ def test_every_new_entry_is_fsynced_up_to_the_store_root(tmp_path: Path, tmpfs_d
             pending.append(changed)
     assert created >= 4, lines  # a, store, app.service, gen01
     assert pending == [], f"directories changed but never fsynced: {pending}"
+
+
+def test_every_secret_file_is_fsynced_before_it_is_renamed_into_place(
+    tmp_path: Path, tmpfs_dir: Path
+) -> None:
+    """Each file credbridge creates in the store and the credstore (a value, a temp file) is
+    fsynced through its own descriptor before the rename that publishes it, and the
+    credstore's staging directory and base directory are fsynced after their changes."""
+    store = tmp_path / "store"
+    credstore = tmpfs_dir / "cs"
+    config = write_config(tmp_path / "c.toml", store, credstore)
+    lines = strace_calls(
+        "openat,fsync,fdatasync,rename,renameat,renameat2",
+        sys.executable, "-m", "credbridge.core.cli", "-c", str(config), "deliver",
+    )  # fmt: skip
+    created: list[str] = []
+    synced: set[str] = set()
+    unsynced_at_rename: list[str] = []
+    for line in lines:
+        if " = -1 " in line:
+            continue
+        if (made := re.search(r"openat\(.*O_CREAT.*\) = \d+<([^>]*)>", line)) and (
+            made.group(1).startswith((str(store), str(credstore)))
+        ):
+            created.append(made.group(1))
+        elif done := re.search(r"f(?:data)?sync\(\d+<([^>]*)>\)", line):
+            synced.add(done.group(1))
+        elif moved := re.search(r"renameat2?\(\d+<([^>]*)>, \"([^\"]+)\"", line):
+            source = os.path.join(moved.group(1), moved.group(2))
+            if source in created and source not in synced:
+                unsynced_at_rename.append(source)
+    secret_files = [p for p in created if not p.endswith(".lock")]
+    assert len(secret_files) >= 2, lines  # the store's value and the credstore's file
+    assert [p for p in secret_files if p not in synced] == []
+    assert unsynced_at_rename == []
+    staging = {p.rsplit("/", 1)[0] for p in secret_files if p.startswith(str(credstore))}
+    assert staging and staging <= synced, "the staging directory was not fsynced"
+    assert str(credstore) in synced, "the credstore directory was not fsynced after the swap"
 
 
 # --------------------------------------------------------------------------- item 9

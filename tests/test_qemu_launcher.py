@@ -23,16 +23,31 @@ from credbridge.core.engine import Session
 from credbridge.core.errors import ConfigError, LaunchError
 from credbridge.core.secret import Secret
 from credbridge.core.types import Delivery
-from credbridge.launchers import qemu as qemu_module
-from credbridge.launchers.qemu import QemuInfo, QemuLauncher, escape, parse_version
+from credbridge.launchers.qemu import QemuLauncher, escape, parse_version
 from credbridge.launchers.qemu import smbios_path_works as works
-from credbridge.launchers.runtime import LOCK_NAME, VmRuntime, child_env, exit_status
+from credbridge.launchers.runtime import (
+    LOCK_NAME,
+    VmRuntime,
+    child_env,
+    exit_status,
+    find_virtiofsd,
+)
 from support.proc import children as proc_children
 from support.proc import descendants
 
 QEMU = shutil.which("qemu-system-x86_64")
 KERNELS = sorted(Path("/boot").glob("vmlinuz-*"))
-VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
+
+
+def _virtiofsd() -> str | None:
+    """virtiofsd as the launcher finds it (PATH, /usr/libexec, /usr/lib/qemu)."""
+    try:
+        return find_virtiofsd().path
+    except LaunchError:
+        return None
+
+
+VIRTIOFSD = _virtiofsd()
 SECRET = b"sup3r-s3cret,value\n\xff"
 
 needs_qemu = pytest.mark.skipif(
@@ -150,27 +165,28 @@ def test_launcher_settings_are_checked(tmpfs_dir: Path) -> None:
         launcher_for(tmpfs_dir, bogus=1)
 
 
-def test_version_decides_between_smbios_and_fw_cfg(
-    tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_version_decides_between_smbios_and_fw_cfg(tmpfs_dir: Path, tmp_path: Path) -> None:
+    # Two stand-in QEMU binaries that answer --version as QEMU 9.1 and 10.0 do.
     banners = {
-        "qemu-old": "QEMU emulator version 9.1.0",
+        "qemu-old": "QEMU emulator version 9.1.0 (Debian 1:9.1.0+ds-1)",
         "qemu-new": "QEMU emulator version 10.0.2",
     }
-    for binary, banner in banners.items():
-        monkeypatch.setitem(
-            qemu_module._info_cache, binary, QemuInfo(binary, parse_version(banner), banner)
+    for name, banner in banners.items():
+        stub = tmp_path / name
+        stub.write_text(
+            f"#!/bin/sh\necho '{banner}'\necho 'Copyright (c) 2003-2024 Fabrice Bellard'\n"
         )
-    old, _ = launcher_for(tmpfs_dir / "rt", binary="qemu-old")
+        stub.chmod(0o755)
+    old, _ = launcher_for(tmpfs_dir / "rt", binary=str(tmp_path / "qemu-old"))
     plan = dict(old.plan({"db": Secret(SECRET)}))
     assert plan["delivery"] == "fw-cfg (fallback from oem-strings)"
     assert "9.1.0" in plan["warnings"][0] and "fw_cfg" in plan["warnings"][0]
     assert "-smbios" not in plan["argv"] and "-fw_cfg" in plan["argv"]
-    new, _ = launcher_for(tmpfs_dir / "rt", binary="qemu-new")
+    new, _ = launcher_for(tmpfs_dir / "rt", binary=str(tmp_path / "qemu-new"))
     plan = dict(new.plan({"db": Secret(SECRET)}))
     assert plan["delivery"] == "oem-strings" and plan["warnings"] == []
     assert "-smbios" in plan["argv"] and "-fw_cfg" not in plan["argv"]
-    forced, _ = launcher_for(tmpfs_dir / "rt", binary="qemu-old", smbios_path=True)
+    forced, _ = launcher_for(tmpfs_dir / "rt", binary=str(tmp_path / "qemu-old"), smbios_path=True)
     assert forced.use_smbios_path() == (True, None)
     assert not (tmpfs_dir / "rt").exists(), "a plan writes nothing"
 
@@ -178,20 +194,14 @@ def test_version_decides_between_smbios_and_fw_cfg(
 # --------------------------------------------------------------------------- runtime dir
 
 
-def test_runtime_refuses_persistent_storage(tmp_path: Path) -> None:
-    if Path("/var/tmp").is_dir() and not _on_tmpfs(tmp_path):
-        with pytest.raises(ConfigError) as error:
-            VmRuntime("vm", tmp_path / "rt", config_file="c.toml", key="t.runtime_dir").__enter__()
-        assert str(error.value).startswith("c.toml: t.runtime_dir: runtime directory")
-        assert not (tmp_path / "rt").exists()
-    else:
-        pytest.skip("tmp_path is on tmpfs here")
-
-
-def _on_tmpfs(path: Path) -> bool:
+def test_runtime_refuses_persistent_storage(disk_dir: Path) -> None:
     from credbridge.core.fsutil import is_memory_backed
 
-    return is_memory_backed(path)
+    assert not is_memory_backed(disk_dir)
+    with pytest.raises(ConfigError) as error:
+        VmRuntime("vm", disk_dir / "rt", config_file="c.toml", key="t.runtime_dir").__enter__()
+    assert str(error.value).startswith("c.toml: t.runtime_dir: runtime directory")
+    assert not (disk_dir / "rt").exists()
 
 
 def test_runtime_dir_is_private_and_removed_on_exception(tmpfs_dir: Path) -> None:
@@ -312,7 +322,7 @@ accel = "tcg"
 memory = "256M"
 serial = "null"
 runtime_dir = "{runtime}"
-virtiofsd = "{VIRTIOFSD}"
+{f'virtiofsd = "{VIRTIOFSD}"' if VIRTIOFSD else ""}
 [targets.vm.credentials]
 db = "file:{tmpfs_dir / "secret"}"
 """
@@ -401,7 +411,7 @@ def test_killed_hypervisor_gives_128_plus_signal(vm_config: tuple[Path, Path]) -
 
 
 @needs_qemu
-@pytest.mark.skipif(not VIRTIOFSD.exists(), reason="needs /usr/lib/qemu/virtiofsd")
+@pytest.mark.skipif(VIRTIOFSD is None, reason="no virtiofsd found where the launcher looks")
 def test_dead_virtiofsd_stops_the_vm(vm_config: tuple[Path, Path]) -> None:
     base, runtime = vm_config
     proc = start_launch(base / "virtiofs.toml")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from credbridge.core import (
     BadReference,
@@ -80,3 +82,17 @@ def test_no_selector_on_single_field_document() -> None:
     assert ref.select(SecretDocument({"only": "v"})).reveal() == b"v"
     with pytest.raises(InvalidValue, match="2 fields"):
         ref.select(SecretDocument({"a": "1", "b": "2"}))
+
+
+def test_a_selected_object_is_canonical_json(tmp_path: Path) -> None:
+    """A JSON pointer to an object yields compact JSON with sorted keys: the same bytes on
+    every run, whatever order the document lists them in (no spurious change or restart)."""
+    from credbridge.core import Request, Session, parse_reference
+    from credbridge.core.config import parse_config
+
+    document = tmp_path / "app.json"
+    document.write_text('{"cfg": {"zeta": 1, "alpha": {"y": true, "b": null}}}')
+    request = Request(parse_reference(f"file:{document}#/cfg"))
+    with Session(parse_config({})) as session:
+        (value,) = session.resolve([request]).values()
+    assert value.reveal() == b'{"alpha":{"b":null,"y":true},"zeta":1}'

@@ -154,7 +154,10 @@ def test_settings_table_names_file_and_key() -> None:
         config_file="/etc/c.toml",
         known={"timeout", "n", "mode", "name", "flag"},
     )
-    with pytest.raises(ConfigError, match=r"^/etc/c.toml: sources.demo.timeout: must be a positive number of seconds"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^/etc/c.toml: sources.demo.timeout: must be a positive number of seconds",
+    ):
         table.timeout("timeout", 5)
     with pytest.raises(ConfigError, match="n: must be an integer from 1 to 256"):
         table.integer("n", 1, minimum=1, maximum=256)
@@ -168,3 +171,165 @@ def test_settings_table_names_file_and_key() -> None:
     for bad in (float("nan"), float("inf"), True, "5"):
         with pytest.raises(ConfigError):
             SettingsTable({"t": bad}, where="w", config_file=None, known={"t"}).timeout("t", 1)
+
+
+def test_a_one_byte_value_counts_when_asked_to() -> None:
+    """The cloud-hypervisor launcher withholds an answer quoting even a 1-byte value."""
+    r = Redactor(min_length=0)  # anything below 1 is 1
+    r.add(b"k")
+    assert r.quotes_secret(b"error near k") and not r.quotes_secret(b"error near j")
+
+
+def test_one_line_keeps_a_line_of_exactly_the_limit() -> None:
+    from credbridge.core.remote import one_line
+
+    assert one_line("x" * 20, limit=20) == "x" * 20
+    assert one_line("x" * 21, limit=20) == "x" * 17 + "..."
+    assert one_line("a\nb", limit=20) == "a b"
+
+
+def test_only_a_librarys_retry_warnings_are_demoted(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from credbridge.core.remote import demote_retry_warnings
+
+    name = "credbridge-test-library"
+    demote_retry_warnings(name, "Retrying")
+    library = logging.getLogger(name)
+    with caplog.at_level(logging.INFO):
+        library.warning("Retrying (attempt 2) after connection broken")
+        library.warning("Connection pool is full")
+        library.error("Retrying failed for good")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == name] == [
+        ("WARNING", "Connection pool is full"),
+        ("ERROR", "Retrying failed for good"),
+    ]
+
+
+def test_a_missing_dependency_of_a_client_library_is_named() -> None:
+    from credbridge.core.remote import optional_import
+
+    with pytest.raises(PluginError) as error:
+        optional_import("credbridge_no_such_pkg.client", extra="vault", scheme="vault")
+    assert str(error.value) == (
+        "vault: references need the Python package 'credbridge_no_such_pkg', which is not "
+        "installed (pip install 'credbridge[vault]')"
+    )
+
+
+def test_tls_reason_keeps_only_the_verification_reason() -> None:
+    import ssl
+
+    from credbridge.core.remote import tls_reason
+
+    error = ssl.SSLCertVerificationError(
+        1,
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate "
+        "in certificate chain (_ssl.c:1006)",
+    )
+    assert tls_reason(error, ca_hint="set ca_cert") == (
+        "certificate verify failed: self-signed certificate in certificate chain (set ca_cert)"
+    )
+    assert tls_reason(error) == (
+        "certificate verify failed: self-signed certificate in certificate chain"
+    )
+
+
+def test_capped_library_loggers_keep_their_retry_lines_at_debug() -> None:
+    import logging
+
+    from credbridge.core.remote import cap_library_logging
+
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        cap_library_logging(["cbtest-lib"], keep_debug=["cbtest-lib.retries"])
+        assert logging.getLogger("cbtest-lib").level == logging.INFO
+        assert logging.getLogger("cbtest-lib.retries").level == logging.DEBUG
+    finally:
+        root.setLevel(previous)
+
+
+def test_fan_out_runs_a_single_task_inline_and_many_on_threads() -> None:
+    import threading
+
+    from credbridge.core.remote import fan_out
+
+    seen: list[str] = []
+    fan_out([lambda: seen.append(threading.current_thread().name)], workers=4, name="cbtest")
+    assert seen == [threading.current_thread().name]
+    seen.clear()
+    fan_out([lambda: seen.append(threading.current_thread().name)] * 2, workers=4, name="cbtest")
+    assert len(seen) == 2 and all(name.startswith("cbtest") for name in seen)
+
+
+def test_short_values_are_indexed_with_their_base64_and_hex() -> None:
+    r = Redactor(min_length=1)
+    r.add(b"abc")
+    assert r.quotes_secret(base64.b64encode(b"abc"))
+    assert r.quotes_secret(b"abc".hex().encode())
+
+
+def test_a_demoted_retry_warning_shows_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from credbridge.core.remote import demote_retry_warnings
+
+    name = "credbridge-test-library-2"
+    demote_retry_warnings(name, "Retrying")
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="credbridge"):
+        logging.getLogger(name).warning("Retrying (attempt 2)")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == name] == [
+        ("DEBUG", "Retrying (attempt 2)")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)",
+         "the server does not speak TLS there (use an http:// address?)"),
+        ("Hostname mismatch, certificate is not valid for 'x'. (_ssl.c:1006)",
+         "the certificate is not valid for this host name"),
+        ("[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required",
+         "the server requires a client certificate"),
+        ("[SSL: UNSAFE_LEGACY_RENEGOTIATION_DISABLED] unsafe legacy renegotiation",
+         "unsafe legacy renegotiation disabled"),
+        ("EOF occurred in violation of protocol", "handshake failed"),
+    ],
+)  # fmt: skip
+def test_tls_reason_names_each_kind_of_failure(text: str, reason: str) -> None:
+    import ssl
+
+    from credbridge.core.remote import tls_reason
+
+    assert tls_reason(ssl.SSLError(1, text)) == reason
+
+
+def test_values_in_documents_and_json_escapes_are_indexed() -> None:
+    r = Redactor(min_length=4)
+    r.add_document(SecretDocument({"n": 12345678, "flag": True, "none": None, "s": ["€-value"]}))
+    assert r.quotes_secret(b"got 12345678 back")  # numbers are values too
+    assert not r.quotes_secret(b"True") and not r.quotes_secret(b"None")
+    assert r.quotes_secret(b'"\\u20ac-value"')  # a JSON-escaped quote of the value
+
+
+def test_a_value_at_the_very_end_or_alone_is_caught() -> None:
+    short = Redactor(min_length=1)
+    short.add(b"abc")
+    long = Redactor()
+    long.add(b"0123456789abcdef")
+    for redactor, value in ((short, b"abc"), (long, b"0123456789abcdef")):
+        assert redactor.quotes_secret(b"error: " + value)
+        assert redactor.quotes_secret(value)
+
+
+def test_fan_out_with_one_worker_runs_inline() -> None:
+    import threading
+
+    from credbridge.core.remote import fan_out
+
+    seen: list[str] = []
+    fan_out([lambda: seen.append(threading.current_thread().name)] * 3, workers=1, name="cbt")
+    assert seen == [threading.current_thread().name] * 3

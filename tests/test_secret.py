@@ -52,3 +52,63 @@ def test_equality_is_by_value_and_unhashable() -> None:
     assert Secret(b"a") != Secret(b"b")
     with pytest.raises(TypeError):
         hash(Secret(b"a"))
+
+
+def test_a_secret_is_truthy_even_when_empty() -> None:
+    """An empty value is still a value: ``if value:`` must not treat it as missing."""
+    empty = Secret(b"")
+    assert len(empty) == 0
+    assert bool(empty) is True
+    assert (empty or None) is empty
+
+
+WIPE_PROBE = """
+import secrets, sys
+from credbridge.core import Secret
+
+
+def in_memory(shifted, shift):
+    # Looks for the bytes that `shifted` is `shift` above without ever holding them itself
+    # (it would find its own copy): every chunk read is shifted before the search.
+    table = bytes((c + shift) % 256 for c in range(256))
+    with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", buffering=0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "rw" not in fields[1] or (len(fields) > 5 and fields[5].startswith("[v")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except (OSError, ValueError, OverflowError):
+                continue
+            if shifted in chunk.translate(table):
+                return True
+    return False
+
+
+# Built byte by byte in a bytearray zeroed below: the Secret's buffer is the only copy made.
+value = bytearray(48)
+for index in range(len(value)):
+    value[index] = b"0123456789abcdef"[secrets.randbelow(16)]
+before = bytes((c + 1) % 256 for c in value)
+after = bytes((c + 2) % 256 for c in value)
+secret = Secret(value)
+for index in range(len(value)):
+    value[index] = 0
+found_before = in_memory(before, 1)
+secret.wipe()
+print(found_before, in_memory(after, 2))
+"""
+
+
+def test_wipe_overwrites_the_value_in_memory() -> None:
+    """In a child process (the suite's canary keeps copies of every value in this one): the
+    value is in memory before the wipe (the search works) and nowhere after it."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", WIPE_PROBE], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["True", "False"], result.stdout + result.stderr

@@ -55,6 +55,8 @@ def one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
         ("db-password", True),
         ("ssh.authorized_keys.root", True),
         ("a b", True),  # systemd allows a space
+        (" ~", True),  # the first and the last printable ASCII character
+        ("a\x7f", False),  # DEL, the one after it
         ("x" * 255, True),
         ("", False),
         (".", False),
@@ -230,3 +232,79 @@ def test_vm_sinks_refuse_unit_targets() -> None:
     data = {"targets": {"a.service": {"sink": "oem-strings"}}}
     with pytest.raises(ConfigError, match="cannot serve a unit target"):
         Session(parse_config(data, directory=Path("/tmp"))).validate()
+
+
+def test_a_vm_sink_must_implement_prepare() -> None:
+    """A plugin's VM sink without prepare() fails when made, not at launch."""
+
+    class Incomplete(VmSink):
+        def plan(self, credentials: Any) -> list[Any]:
+            return []
+
+        def location(self) -> str:
+            return "nowhere"
+
+    with pytest.raises(TypeError, match="prepare"):
+        Incomplete()  # type: ignore[abstract]
+
+
+@pytest.mark.parametrize(
+    ("sink", "where"), [("fw-cfg", "fw_cfg"), ("virtiofs", "virtiofs"), ("oem-strings", "SMBIOS")]
+)
+def test_vm_sink_plans_list_names_and_check_every_value(sink: str, where: str) -> None:
+    """A plan (launch --dry-run) names each credential, says which are still to be generated,
+    and checks names and sizes of all of them, also after a value that does not exist yet."""
+    plan = make_sink(sink).plan({"later": Pending("generated on first use"), "db": Secret(b"v")})
+    assert [(e.credential, e.change) for e in plan] == [("later", Change.ADD), ("db", Change.ADD)]
+    assert plan[0].detail.endswith(" (generated on first use)")
+    assert "(" not in plan[1].detail
+    assert where in plan[1].detail
+    with pytest.raises(DeliveryError, match="'big'"):
+        make_sink(sink).plan({"later": Pending("generated"), "big": Secret(b"b" * ((1 << 20) + 1))})
+    with pytest.raises(DeliveryError, match="invalid name"):
+        make_sink(sink).plan({"later": Pending("generated"), "a/b": Secret(b"v")})
+
+
+@pytest.mark.parametrize(
+    ("module", "known"),
+    [("fw_cfg", "(fw-cfg takes none)"), ("virtiofs", "(known: tag)"), ("oem_strings", "(known: ")],
+)
+def test_plugins_opened_directly_refuse_unknown_settings(module: str, known: str) -> None:
+    """The config loader refuses undeclared keys first; a sink opened directly (a plugin's
+    own code, credbridge.testing) names the first unknown key itself."""
+    import importlib
+
+    from credbridge.core.types import SinkContext
+
+    config = parse_config(
+        {"targets": {"vm": {"kind": "vm", "launcher": {"type": "qemu", "kernel": "/k"}}}},
+        directory=Path("/tmp"),
+    )
+    opener = importlib.import_module(f"credbridge.backends.{module}").open_sink
+    context = SinkContext(config.target("vm"), {"zz": 1, "aa": 2}, config, "targets.vm.sink")
+    with pytest.raises(ConfigError) as error:
+        opener(context)
+    assert "unknown setting 'aa' " in str(error.value)
+    assert known in str(error.value)
+
+
+def test_the_file_store_opened_directly_refuses_unknown_settings() -> None:
+    from credbridge.backends.filestore import open_store
+    from credbridge.core.types import StoreContext
+
+    with pytest.raises(ConfigError) as error:
+        open_store(StoreContext({"zz": 1, "aa": 2}, Path("/tmp")))
+    assert "unknown setting 'aa' for the file store" in str(error.value)
+
+
+def test_channel_items_cannot_be_changed_after_prepare(tmpfs_dir: Path) -> None:
+    """A launcher hands these paths to the hypervisor: nothing may repoint them later."""
+    import dataclasses
+
+    runtime = tmpfs_dir / "rt"
+    runtime.mkdir(mode=0o700)
+    (item,) = make_sink("fw-cfg").prepare(deliveries(a=b"v"), runtime).fw_cfg
+    (share,) = make_sink("virtiofs").prepare(deliveries(b=b"v"), runtime).virtiofs
+    for thing, field_name in ((item, "path"), (share, "directory")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(thing, field_name, Path("/elsewhere"))

@@ -56,9 +56,12 @@ Rule = Callable[[Request], "Reply | None"]
 
 
 class HttpProxy:
-    """Listens on 127.0.0.1:RANDOM and forwards to ``upstream_port`` unless ``rule`` answers."""
+    """Listens on 127.0.0.1:RANDOM (or ``port``) and forwards to ``upstream_port`` unless
+    ``rule`` answers."""
 
-    def __init__(self, upstream_port: int, rule: Rule | None = None, *, hold: float = 0) -> None:
+    def __init__(
+        self, upstream_port: int, rule: Rule | None = None, *, hold: float = 0, port: int = 0
+    ) -> None:
         self.upstream_port = upstream_port
         self.rule: Rule = rule or (lambda _request: None)
         self.hold = hold
@@ -68,7 +71,7 @@ class HttpProxy:
         self.seen: list[tuple[Request, int, bool]] = []
         """(request, status, answered by the rule)"""
         self._lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _handler(self))
+        self._server = _Server(("127.0.0.1", port), _handler(self))
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -1,0 +1,128 @@
+"""The cloud-hypervisor launcher when the hypervisor misbehaves (issue 13, item 10).
+
+Stand-in hypervisors here are small programs with one fault each, run exactly where the
+launcher runs cloud-hypervisor: one that listens on the API socket and never answers (and
+ignores SIGTERM), one that never opens its API socket. docs/vm.md promises: the API
+``timeout`` bounds the wait, a child that ignores SIGTERM is killed after ``stop_timeout``,
+and a stop signal before the VM started ends the launch with 128+N, leaving nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support.ch_harness import write_config
+
+KERNEL = {"kernel": "/var/lib/microvms/test-vm/vmlinux"}  # never read: nothing boots
+
+SECRETS = {"api-key": b"robust-api-key-0123456789"}
+
+SILENT_API = """\
+import os, signal, socket, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+path = next(a.split("path=", 1)[1] for a in sys.argv if a.startswith("path="))
+open(sys.argv[1], "w").write(str(os.getpid()))
+server = socket.socket(socket.AF_UNIX)
+server.bind(path.split(",")[0])
+server.listen(8)
+held = []
+while True:
+    connection, _ = server.accept()
+    held.append(connection)  # read nothing, answer nothing
+"""
+
+NO_SOCKET = """\
+import os, sys, time
+open(sys.argv[1], "w").write(str(os.getpid()))
+time.sleep(3600)
+"""
+
+
+def stand_in(directory: Path, name: str, program: str) -> Path:
+    """The program, started as cloud-hypervisor is; it writes its pid to ``directory/pid``
+    (credbridge gives its children an allow-listed environment: the path is in argv)."""
+    script = directory / f"{name}.py"
+    script.write_text(program)
+    wrapper = directory / name
+    pid_file = directory / "pid"
+    wrapper.write_text(f'#!/bin/sh\nexec {sys.executable} {script} {pid_file} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def launch(config: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "CREDBRIDGE_LOAD_PLUGINS": ""}
+    return subprocess.Popen(
+        [sys.executable, "-m", "credbridge.core.cli", "-c", str(config), "launch", "test-vm"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+
+
+def wait_for_file(path: Path, process: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 60
+    while not (path.exists() and path.read_text()):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+    return int(path.read_text())
+
+
+def gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"
+
+
+def test_an_api_that_never_answers_times_out_and_a_deaf_hypervisor_is_killed(
+    tmpfs_dir: Path,
+) -> None:
+    binary = stand_in(tmpfs_dir, "silent-api", SILENT_API)
+    run_dir = tmpfs_dir / "run"
+    settings = {**KERNEL, "binary": str(binary), "runtime_dir": str(run_dir)}
+    config = write_config(tmpfs_dir, {**settings, "timeout": 2, "stop_timeout": 1.5}, SECRETS)
+    pid_file = tmpfs_dir / "pid"
+    started = time.monotonic()
+    process = launch(config)
+    pid = wait_for_file(pid_file, process)
+    _, stderr = process.communicate(timeout=120)
+    elapsed = time.monotonic() - started
+    lines = stderr.decode().splitlines()
+    assert process.returncode == 10, stderr
+    assert lines[-1] == (
+        "credbridge: error: cloud-hypervisor's API (/api/v1/vmm.ping) did not answer within 2s"
+    ), lines
+    # It ignored SIGTERM: killed after stop_timeout, not waited for forever.
+    assert any("ignored SIGTERM; killing it" in line for line in lines), lines
+    assert gone(pid)
+    assert 2 + 1.5 <= elapsed < 60, elapsed
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_signal_before_the_vm_started_exits_128_plus_n(
+    tmpfs_dir: Path, signum: signal.Signals
+) -> None:
+    binary = stand_in(tmpfs_dir, "no-socket", NO_SOCKET)
+    run_dir = tmpfs_dir / "run"
+    settings = {**KERNEL, "binary": str(binary), "runtime_dir": str(run_dir), "timeout": 60}
+    config = write_config(tmpfs_dir, settings, SECRETS)
+    pid_file = tmpfs_dir / "pid"
+    process = launch(config)
+    pid = wait_for_file(pid_file, process)  # started, waiting for its API socket
+    os.kill(process.pid, signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, stderr
+    assert gone(pid), "the hypervisor outlived the launch"
+    assert not run_dir.exists()
+    assert b"robust-api-key" not in stderr
