@@ -1,0 +1,136 @@
+"""What the file-system primitives tell a user when they refuse: exact words, real errnos,
+the pid that holds a lock (mutants of core/fsutil.py that the end-to-end tests let through)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pwd
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from credbridge.core.errors import LockUnavailable, UnsafePath
+from credbridge.core.fsutil import (
+    LockWait,
+    check_dir,
+    exchange,
+    exchange_at,
+    filesystem_type,
+    locked,
+)
+
+NOBODY = pwd.getpwnam("nobody")
+
+
+@pytest.mark.parametrize(
+    ("mode", "who"),
+    [(0o757, "others"), (0o775, "its group"), (0o777, "its group and others")],
+)
+def test_a_writable_directory_is_refused_naming_who_can_write(
+    tmp_path: Path, mode: int, who: str
+) -> None:
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    directory.chmod(mode)
+    with pytest.raises(UnsafePath) as refused:
+        check_dir(str(directory), directory.stat(), ancestor=False)
+    assert str(refused.value) == (
+        f"unsafe path {directory}: owned by root (uid 0), mode {mode:04o}: writable by {who}; "
+        "check its contents, then remove group/other write permission (chmod go-w)"
+    )
+
+
+def test_a_directory_of_another_user_names_whom_root_trusts(tmp_path: Path) -> None:
+    assert os.geteuid() == 0, "the suite runs as root"
+    directory = tmp_path / "theirs"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, NOBODY.pw_uid, NOBODY.pw_gid)
+    with pytest.raises(UnsafePath) as refused:
+        check_dir(str(directory), directory.stat(), ancestor=False)
+    assert str(refused.value) == (
+        f"unsafe path {directory}: owned by nobody (uid {NOBODY.pw_uid}), mode 0700; "
+        "credbridge trusts only directories owned by root"
+    )
+
+
+def test_a_sticky_ancestor_of_root_is_trusted_only_as_an_ancestor(tmp_path: Path) -> None:
+    directory = tmp_path / "sticky"
+    directory.mkdir()
+    directory.chmod(0o1777)
+    check_dir(str(directory), directory.stat(), ancestor=True)
+    with pytest.raises(UnsafePath, match="writable by its group and others"):
+        check_dir(str(directory), directory.stat(), ancestor=False)
+
+
+def test_failed_system_calls_report_their_real_errno(tmp_path: Path) -> None:
+    """The libc calls made through ctypes keep errno: a missing path is ENOENT, not 'Success'."""
+    present = tmp_path / "present"
+    present.mkdir()
+    with pytest.raises(FileNotFoundError) as swapped:
+        exchange(present, tmp_path / "missing")
+    assert swapped.value.errno == errno.ENOENT
+    assert swapped.value.strerror == os.strerror(errno.ENOENT)
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(FileNotFoundError):
+            exchange_at(fd, "present", "missing")
+    finally:
+        os.close(fd)
+    with pytest.raises(FileNotFoundError) as probed:
+        filesystem_type(tmp_path / "missing")
+    assert probed.value.errno == errno.ENOENT
+
+
+def test_a_lock_held_elsewhere_names_the_pid_holding_it(tmp_path: Path) -> None:
+    directory = tmp_path / "base"
+    directory.mkdir(mode=0o700)
+    lock = directory / ".credbridge.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                import sys
+                from pathlib import Path
+                from credbridge.core.fsutil import locked
+                with locked(Path({str(lock)!r})):
+                    print("held", flush=True)
+                    sys.stdin.read()
+                """
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=REPO,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        assert lock.read_bytes() == f"{holder.pid}\n".encode()
+        with pytest.raises(LockUnavailable) as busy, locked(lock, wait=LockWait(timeout=0)):
+            pass
+        assert str(busy.value) == (
+            f"{lock} is locked by another credbridge run (pid {holder.pid}); "
+            "not waiting (--no-wait)"
+        )
+        notices: list[str] = []
+        with pytest.raises(LockUnavailable, match=r"gave up after 0\.3s \(--wait-lock\)"):
+            with locked(lock, wait=LockWait(timeout=0.3, notify_after=0.05, notify=notices.append)):
+                pass
+        assert notices == [
+            f"waiting for {lock}, held by credbridge pid {holder.pid} "
+            "(--wait-lock SECONDS or --no-wait to limit)"
+        ]
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    with locked(lock, wait=LockWait(timeout=0)):
+        assert lock.read_bytes() == f"{os.getpid()}\n".encode()
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
