@@ -23,6 +23,7 @@ from credbridge.core.fsutil import (
     exchange_at,
     filesystem_type,
     locked,
+    opened_dir,
 )
 
 NOBODY = pwd.getpwnam("nobody")
@@ -127,6 +128,11 @@ def test_a_lock_held_elsewhere_names_the_pid_holding_it(tmp_path: Path) -> None:
             f"waiting for {lock}, held by credbridge pid {holder.pid} "
             "(--wait-lock SECONDS or --no-wait to limit)"
         ]
+        notices.clear()
+        with pytest.raises(LockUnavailable):
+            with locked(lock, wait=LockWait(timeout=0.2, notify_after=30, notify=notices.append)):
+                pass
+        assert notices == [], "told of a wait shorter than notify_after"
     finally:
         assert holder.stdin is not None
         holder.stdin.close()
@@ -134,3 +140,17 @@ def test_a_lock_held_elsewhere_names_the_pid_holding_it(tmp_path: Path) -> None:
     with locked(lock, wait=LockWait(timeout=0)):
         assert lock.read_bytes() == f"{os.getpid()}\n".encode()
     assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+
+
+def test_created_directories_get_their_own_modes_whatever_the_umask(tmp_path: Path) -> None:
+    """The last directory gets ``mode``, the parents made on the way ``parents_mode``."""
+    old = os.umask(0o077)
+    try:
+        with opened_dir(tmp_path / "a" / "b" / "c", create=True, mode=0o750, parents_mode=0o711):
+            pass
+    finally:
+        os.umask(old)
+    modes = {
+        name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("a", "a/b", "a/b/c")
+    }
+    assert modes == {"a": 0o711, "a/b": 0o711, "a/b/c": 0o750}
