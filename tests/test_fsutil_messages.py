@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-
 from credbridge.core.errors import LockUnavailable, UnsafePath
 from credbridge.core.fsutil import (
     LockWait,
@@ -88,6 +87,11 @@ def test_failed_system_calls_report_their_real_errno(tmp_path: Path) -> None:
     assert probed.value.errno == errno.ENOENT
 
 
+def take(lock: Path, wait: LockWait) -> None:
+    with locked(lock, wait=wait):
+        pass
+
+
 def test_a_lock_held_elsewhere_names_the_pid_holding_it(tmp_path: Path) -> None:
     directory = tmp_path / "base"
     directory.mkdir(mode=0o700)
@@ -121,17 +125,16 @@ def test_a_lock_held_elsewhere_names_the_pid_holding_it(tmp_path: Path) -> None:
             "not waiting (--no-wait)"
         )
         notices: list[str] = []
+        waiting = LockWait(timeout=0.3, notify_after=0.05, notify=notices.append)
         with pytest.raises(LockUnavailable, match=r"gave up after 0\.3s \(--wait-lock\)"):
-            with locked(lock, wait=LockWait(timeout=0.3, notify_after=0.05, notify=notices.append)):
-                pass
+            take(lock, waiting)
         assert notices == [
             f"waiting for {lock}, held by credbridge pid {holder.pid} "
             "(--wait-lock SECONDS or --no-wait to limit)"
         ]
         notices.clear()
         with pytest.raises(LockUnavailable):
-            with locked(lock, wait=LockWait(timeout=0.2, notify_after=30, notify=notices.append)):
-                pass
+            take(lock, LockWait(timeout=0.2, notify_after=30, notify=notices.append))
         assert notices == [], "told of a wait shorter than notify_after"
     finally:
         assert holder.stdin is not None
@@ -150,7 +153,5 @@ def test_created_directories_get_their_own_modes_whatever_the_umask(tmp_path: Pa
             pass
     finally:
         os.umask(old)
-    modes = {
-        name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("a", "a/b", "a/b/c")
-    }
+    modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("a", "a/b", "a/b/c")}
     assert modes == {"a": 0o711, "a/b": 0o711, "a/b/c": 0o750}
