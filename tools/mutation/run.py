@@ -3,6 +3,7 @@
     python tools/mutation/run.py                 # every module in SCOPE
     python tools/mutation/run.py core/fsutil.py  # some of them
     python tools/mutation/run.py --report        # the table of the last runs, no new run
+    python tools/mutation/run.py --retry-survivors  # after adding tests: the survivors again
 
 Tool: cosmic-ray (docs/testing.md says why), which writes each mutant into the module's file
 and runs a test command. Nothing here touches the checkout: a workspace (``--work``, default
@@ -14,7 +15,7 @@ cosmic-ray session per module. Steps:
 2. map: run the default suite minus guests (``-m "not guest and not fuzz and not stress"``)
    once under coverage.py, each line recorded under the tests that ran it, in children too
    (``contexts.py``); redone when the copy changed;
-3. per module: ``cosmic-ray init``, then mark as skipped the mutants outside the module's
+3. per module (a session is kept while the module's source is unchanged): ``cosmic-ray init``, then mark as skipped the mutants outside the module's
    scope (``SCOPE``) and those of operators outside ``OPERATORS``, then ``cosmic-ray exec``
    with ``select_tests.py`` as the test command (only the tests that reach the mutant);
 4. report: killed / survived per module, the survivors' diffs in ``WORK/report/MODULE.txt``.
@@ -313,7 +314,29 @@ def session_of(work: Path, module: str) -> Path:
     return work / "sessions" / (module.replace("/", "__") + ".sqlite")
 
 
-def run_module(work: Path, python: Path, module: str, digest: str) -> None:
+def module_digest(work: Path, module: str) -> str:
+    """What a module's mutants depend on: its source, its scope and the operators kept.
+    The tests are not part of it: new tests only kill more (``--retry-survivors``)."""
+    digest = hashlib.sha256((work / "pristine" / module).read_bytes())
+    digest.update(repr((sorted(SCOPE[module] or ()), OPERATORS.pattern)).encode())
+    return digest.hexdigest()
+
+
+def retry_survivors(python: Path, session: Path) -> None:
+    """Forget the survivors' results, so that ``cosmic-ray exec`` runs them again."""
+    script = (
+        "import sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1])\n"
+        "n = db.execute(\"delete from work_results where test_outcome = 'SURVIVED'\").rowcount\n"
+        "db.commit(); print(n)\n"
+    )
+    out = subprocess.run(
+        [str(python), "-c", script, str(session)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    log(f"{session.stem}: {out} survivor(s) to run again")
+
+
+def run_module(work: Path, python: Path, module: str, *, retry: bool = False) -> None:
     session = session_of(work, module)
     stamp = session.with_suffix(".sha256")
     config = session.with_suffix(".toml")
@@ -328,6 +351,7 @@ def run_module(work: Path, python: Path, module: str, digest: str) -> None:
         "[cosmic-ray.distributor]\n"
         'name = "local"\n'
     )
+    digest = module_digest(work, module)
     if not (stamp.exists() and stamp.read_text() == digest and session.exists()):
         session.unlink(missing_ok=True)
         subprocess.run(
@@ -337,6 +361,8 @@ def run_module(work: Path, python: Path, module: str, digest: str) -> None:
         )
         filter_scope(python, session, module)
         stamp.write_text(digest)
+    elif retry:
+        retry_survivors(python, session)
     env = dict(os.environ)
     env["CREDBRIDGE_MUTATION_WORK"] = str(work)
     # The test command itself must work: on the pristine copy it finds no mutant and exits 0
@@ -466,6 +492,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path(os.environ.get(
         "CREDBRIDGE_MUTATION_WORK", DEFAULT_WORK)))  # fmt: skip
     parser.add_argument("--report", action="store_true", help="only print the last results")
+    parser.add_argument(
+        "--retry-survivors",
+        action="store_true",
+        help="run the survivors of the kept sessions again (after adding tests)",
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in SCOPE]
     if unknown:
@@ -485,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy2(work / "src" / module, pristine / module)
     make_map(work, python, digest)
     for module in modules:
-        run_module(work, python, module, digest)
+        run_module(work, python, module, retry=args.retry_survivors)
         report(work, python, modules)
     log(f"done: {sysconfig.get_python_version()} / results in {work / 'report'}")
     return 0

@@ -101,6 +101,16 @@ def use_lines(source: str, lines: set[int]) -> tuple[set[int], set[str]]:
     return uses - lines, names
 
 
+def runs_at_import(source: str, lines: set[int]) -> bool:
+    """Whether one of ``lines`` lies outside every function body (a module- or class-level
+    statement, a signature, a decorator): it runs when the module is imported."""
+    bodies: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            bodies |= set(range(node.body[0].lineno, (node.end_lineno or node.lineno) + 1))
+    return bool(lines - bodies)
+
+
 def name_lines(source: str, names: set[str], tree: ast.AST | None = None) -> set[int]:
     """The lines of ``source`` that name one of ``names``."""
     found = set()
@@ -132,12 +142,15 @@ def main() -> int:
             print(f"{ANNOTATION_ONLY} {touched[-1]}")
             return 0
         reached = {test for line in lines for test in by_line.get(str(line), [])}
-        if IMPORT_TIME in reached:
+        if IMPORT_TIME in reached or runs_at_import("\n".join(pristine), lines):
             # A line run at import (a signature, a decorator, a constant): the tests that run
             # what it defines, here and in the other modules of the map, else every test that
-            # uses the module.
+            # uses the module. Its own contexts say only which test happened to import the
+            # module first (a lazy import inside a test), so they are kept but not trusted.
             uses, names = use_lines("\n".join(pristine), lines)
-            reached = {test for line in uses for test in by_line.get(str(line), [])}
+            reached = (reached - {IMPORT_TIME}) | {
+                test for line in uses for test in by_line.get(str(line), [])
+            }
             for other, other_lines in mapping.items():
                 if other != module and names:
                     source = (pristine_dir / other).read_text()
