@@ -15,9 +15,10 @@ cosmic-ray session per module. Steps:
 2. map: run the default suite minus guests (``-m "not guest and not fuzz and not stress"``)
    once under coverage.py, each line recorded under the tests that ran it, in children too
    (``contexts.py``); redone when the copy changed;
-3. per module (a session is kept while the module's source is unchanged): ``cosmic-ray init``, then mark as skipped the mutants outside the module's
-   scope (``SCOPE``) and those of operators outside ``OPERATORS``, then ``cosmic-ray exec``
-   with ``select_tests.py`` as the test command (only the tests that reach the mutant);
+3. per module: ``cosmic-ray init`` (a session is kept while the module's source is unchanged),
+   then mark as skipped the mutants outside the module's scope (``SCOPE``) and those of
+   operators outside ``OPERATORS``, then ``cosmic-ray exec`` with ``select_tests.py`` as the
+   test command (only the tests that reach the mutant);
 4. report: killed / survived per module, the survivors' diffs in ``WORK/report/MODULE.txt``.
 
 Sequential (one mutant at a time): it fits a 2-core machine that also runs other things;
@@ -38,6 +39,7 @@ import sys
 import sysconfig
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -427,6 +429,16 @@ def filter_scope(python: Path, session: Path, module: str) -> None:
     )
 
 
+def keyword_marker(source: list[str], row: dict[str, Any]) -> bool:
+    """Whether a mutant turns the ``*`` of a signature (keyword-only marker) into ``/``:
+    cosmic-ray takes it for a multiplication. Equivalent by construction: every parameter
+    after ``*`` is passed by keyword, which ``/`` accepts as well."""
+    if not row["op"].startswith("core/ReplaceBinaryOperator_Mul"):
+        return False
+    text = source[row["line"] - 1][row["col"] :]
+    return text.startswith("*") and text[1:].lstrip().startswith(",")
+
+
 def report(work: Path, python: Path, modules: Iterable[str]) -> None:
     script = (
         "import json, sys\n"
@@ -458,10 +470,13 @@ def report(work: Path, python: Path, modules: Iterable[str]) -> None:
             ).stdout
         )
         spans = annotation_spans(python, work / "pristine" / module)
+        source = (work / "pristine" / module).read_text().splitlines()
         rows = [
             r
             for r in data["rows"]
-            if r["worker"] != "skipped" and not in_spans(spans, r["line"], r["col"])
+            if r["worker"] != "skipped"
+            and not in_spans(spans, r["line"], r["col"])
+            and not keyword_marker(source, r)
         ]
         killed = [r for r in rows if r["test"] == "killed"]
         survived = [r for r in rows if r["test"] == "survived"]
