@@ -18,12 +18,14 @@ from credbridge.core.errors import LockUnavailable, UnsafePath
 from credbridge.core.fsutil import (
     LockWait,
     check_dir,
+    ensure_private_dir,
     exchange,
     exchange_at,
     filesystem_type,
     locked,
     opened_dir,
 )
+from credbridge.launchers.runtime import VmRuntime
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -155,3 +157,29 @@ def test_created_directories_get_their_own_modes_whatever_the_umask(tmp_path: Pa
         os.umask(old)
     modes = {name: stat.S_IMODE((tmp_path / name).stat().st_mode) for name in ("a", "a/b", "a/b/c")}
     assert modes == {"a": 0o711, "a/b": 0o711, "a/b/c": 0o750}
+
+
+def test_an_existing_private_directory_gets_its_mode_back(tmp_path: Path) -> None:
+    """A directory of ours that is merely readable by others (0755: nobody could plant
+    anything) is narrowed to the mode asked for, not refused and not left as it was."""
+    directory = tmp_path / "store"
+    directory.mkdir()
+    directory.chmod(0o755)
+    ensure_private_dir(directory)
+    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+
+
+def test_a_vm_runtime_directory_and_its_new_parents_are_0700_whatever_the_umask(
+    tmpfs_dir: Path,
+) -> None:
+    old = os.umask(0)
+    try:
+        with VmRuntime("vm", tmpfs_dir / "a" / "b" / "vm") as runtime:
+            modes = {
+                name: stat.S_IMODE((tmpfs_dir / name).stat().st_mode)
+                for name in ("a", "a/b", "a/b/vm")
+            }
+            assert runtime.path == tmpfs_dir / "a" / "b" / "vm"
+    finally:
+        os.umask(old)
+    assert modes == {"a": 0o700, "a/b": 0o700, "a/b/vm": 0o700}
