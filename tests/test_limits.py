@@ -101,6 +101,37 @@ def test_oem_strings_of_exactly_max_bytes_are_accepted_and_one_byte_more_refused
     )
 
 
+def test_the_default_smbios_budget_is_48_kib(tmpfs_dir: Path) -> None:
+    sink = vm_sink("oem-strings")
+    first = b"\x01" * 30000
+    # base64 grows in steps of 4: pad the second name until the rest is a whole number of them
+    name = next(
+        "l" * n
+        for n in range(1, 5)
+        if (48 * 1024 - oem_string_bytes("first", first) - oem_string_bytes("l" * n, b"")) % 4 == 0
+    )
+    room = 48 * 1024 - oem_string_bytes("first", first) - oem_string_bytes(name, b"")
+    last = b"\x02" * (room // 4 * 3)
+    assert oem_string_bytes("first", first) + oem_string_bytes(name, last) == 48 * 1024
+    sink.prepare(deliveries(**{"first": first, name: last}), tmpfs_dir)
+    with pytest.raises(DeliveryError, match="over the SMBIOS budget of 49152 bytes"):
+        sink.prepare(deliveries(**{"first": first, name: last + b"\x02"}), tmpfs_dir)
+
+
+@pytest.mark.parametrize("budget", [1, 65535])
+def test_max_bytes_from_1_to_65535_is_accepted(budget: int) -> None:
+    assert vm_sink("oem-strings", {"max_bytes": budget}).max_bytes == budget  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("budget", [0, 65536, True, -1, "1000"])
+def test_max_bytes_outside_1_to_65535_is_refused(budget: object) -> None:
+    with pytest.raises(ConfigError) as error:
+        vm_sink("oem-strings", {"max_bytes": budget})
+    assert str(error.value).endswith(
+        "targets.vm.sink.max_bytes: must be a number of bytes from 1 to 65535"
+    )
+
+
 def test_fw_cfg_names_of_28_characters_are_accepted_and_29_refused(tmpfs_dir: Path) -> None:
     sink = vm_sink("fw-cfg")
     channel = sink.prepare(deliveries(**{"n" * 28: b"v"}), runtime(tmpfs_dir, "ok"))
