@@ -4,6 +4,7 @@ the pid that holds a lock (mutants of core/fsutil.py that the end-to-end tests l
 from __future__ import annotations
 
 import errno
+import grp
 import os
 import pwd
 import stat
@@ -24,6 +25,7 @@ from credbridge.core.fsutil import (
     filesystem_type,
     locked,
     opened_dir,
+    resolve_owner,
 )
 from credbridge.launchers.runtime import VmRuntime
 
@@ -183,3 +185,21 @@ def test_a_vm_runtime_directory_and_its_new_parents_are_0700_whatever_the_umask(
     finally:
         os.umask(old)
     assert modes == {"a": 0o700, "a/b": 0o700, "a/b/vm": 0o700}
+
+
+def test_owner_and_group_resolve_to_ids_and_unset_means_unchanged() -> None:
+    assert resolve_owner(None, None) == (-1, -1)
+    assert resolve_owner("nobody", None) == (NOBODY.pw_uid, -1)
+    assert resolve_owner(None, "0") == (-1, 0)
+    assert resolve_owner("1234", "nogroup") == (1234, grp.getgrnam("nogroup").gr_gid)
+
+
+def test_exchange_swaps_relative_paths_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a").write_text("first")
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path)
+    exchange(Path("a"), Path("b"))
+    assert (tmp_path / "b").read_text() == "first"
+    assert (tmp_path / "a").is_dir()
