@@ -18,14 +18,18 @@ from conftest import REPO
 from credbridge.core.errors import LockUnavailable, UnsafePath
 from credbridge.core.fsutil import (
     LockWait,
+    atomic_write,
     check_dir,
+    check_path,
     ensure_private_dir,
     exchange,
     exchange_at,
     filesystem_type,
     locked,
     opened_dir,
+    read_private_file,
     resolve_owner,
+    write_new_file,
 )
 from credbridge.launchers.runtime import VmRuntime
 
@@ -203,3 +207,58 @@ def test_exchange_swaps_relative_paths_from_the_working_directory(
     exchange(Path("a"), Path("b"))
     assert (tmp_path / "b").read_text() == "first"
     assert (tmp_path / "a").is_dir()
+
+
+def test_files_and_directories_keep_our_owner_unless_told_otherwise(tmp_path: Path) -> None:
+    """The helpers plugins use (atomic_write, write_new_file, ensure_private_dir): no owner or
+    group given means ours; a group alone changes only the group."""
+    ours = (os.geteuid(), os.getegid())
+    atomic_write(tmp_path / "atomic", b"value")
+    write_new_file(tmp_path / "new", b"value")
+    ensure_private_dir(tmp_path / "dir")
+    for name in ("atomic", "new", "dir"):
+        info = (tmp_path / name).stat()
+        assert (info.st_uid, info.st_gid) == ours, name
+    assert stat.S_IMODE((tmp_path / "atomic").stat().st_mode) == 0o400
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o400
+    group = grp.getgrnam("nogroup").gr_gid
+    atomic_write(tmp_path / "grouped", b"value", mode=0o440, gid=group)
+    info = (tmp_path / "grouped").stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (ours[0], group, 0o440)
+
+
+def test_reading_a_secret_file_follows_no_symlink_and_opens_no_fifo(tmp_path: Path) -> None:
+    (tmp_path / "real").write_bytes(b"value")
+    (tmp_path / "real").chmod(0o400)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert read_private_file(tmp_path / "real") == b"value"
+    with pytest.raises(UnsafePath, match=r"link: is a symlink \(to .*real\)"):
+        read_private_file(tmp_path / "link")
+    os.mkfifo(tmp_path / "fifo", 0o600)
+    # Without O_NONBLOCK, opening a FIFO nobody writes to never returns: run it in a child.
+    reader = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pathlib import Path\n"
+            "from credbridge.core.fsutil import read_private_file\n"
+            "try:\n"
+            f"    read_private_file(Path({str(tmp_path / 'fifo')!r}))\n"
+            "except OSError as error:\n"
+            "    print(error.strerror); sys.exit(3)\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (reader.returncode, reader.stdout) == (3, "not a regular file\n")
+
+
+def test_check_path_refuses_a_sticky_directory_at_the_end_of_the_path(tmp_path: Path) -> None:
+    """/tmp-like directories are fine on the way, never as the directory itself."""
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    check_path(sticky / "store")
+    with pytest.raises(UnsafePath, match="writable by its group and others"):
+        check_path(sticky)
