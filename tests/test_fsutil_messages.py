@@ -262,3 +262,27 @@ def test_check_path_refuses_a_sticky_directory_at_the_end_of_the_path(tmp_path: 
     check_path(sticky / "store")
     with pytest.raises(UnsafePath, match="writable by its group and others"):
         check_path(sticky)
+
+
+def test_a_short_wait_for_a_lock_says_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """By default a run tells of a wait only after a moment (1 s): a lock released sooner is
+    taken silently."""
+    lock = tmp_path / ".credbridge.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; from pathlib import Path\n"
+            "from credbridge.core.fsutil import locked\n"
+            f"with locked(Path({str(lock)!r})):\n"
+            "    print('held', flush=True); time.sleep(0.3)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    with caplog.at_level("DEBUG"), locked(lock):
+        pass
+    assert holder.wait(timeout=30) == 0
+    assert [r.getMessage() for r in caplog.records if "waiting for" in r.getMessage()] == []
