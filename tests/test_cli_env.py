@@ -55,7 +55,13 @@ def test_credbridge_config_and_credbridge_store_choose_config_and_store(
     missing = cli("deliver", env={"CREDBRIDGE_CONFIG": str(tmp_path / "nope.toml")}, cwd=cwd)
     assert missing.returncode == 3
     assert str(tmp_path / "nope.toml") in missing.stderr.decode()
-    chosen = cli("-c", str(config), "deliver", env={"CREDBRIDGE_CONFIG": "/nope.toml"}, cwd=cwd)
+    chosen = cli(
+        "-c",
+        str(config),
+        "deliver",
+        env={"CREDBRIDGE_CONFIG": "/nope.toml", "CREDBRIDGE_STORE": str(store)},
+        cwd=cwd,
+    )
     assert chosen.returncode == 0, chosen.stderr
 
 
