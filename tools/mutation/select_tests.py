@@ -12,9 +12,12 @@ on stdout (kept in the session database for the report).
 from __future__ import annotations
 
 import ast
+import contextlib
 import difflib
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +32,55 @@ NO_TEST_MARK = "credbridge-mutation: no test reaches"
 INTERNAL_ERROR = "credbridge-mutation: internal error"
 ANNOTATION_ONLY = "credbridge-mutation: only an annotation changed (never evaluated)"
 """Reported, exit 0: run.py counts such mutants as errors, neither killed nor survived."""
+
+
+SANDBOX_SCRIPT = """
+set -e
+mount --make-rprivate /
+mount --bind "$SANDBOX_TMP" /tmp
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+for d in /var/tmp /run /etc /root /nix /nonexistent; do
+    if [ -d "$d" ]; then mount --bind "$d" "$d"; fi
+done
+mount -o remount,bind,ro /
+mount -o remount,bind,ro /dev
+exec "$@"
+"""
+"""Mutants run as root, and a mutant of core/fsutil.py can chmod every directory on a test's
+path (``/``, ``/var``, ``/tmp``, ``/dev``...), which breaks the machine and, through it, the
+other workspace's tests. In a private mount namespace ``/`` and ``/dev`` are read-only and
+``/tmp`` (disk-backed, a fresh directory of the workspace) and ``/dev/shm`` are the run's
+own; what must stay writable (the workspace under /var/tmp, /run for virtiofsd, /etc for
+groupadd, /root and /nix for caches and nix) is bound writable, and its modes are put back
+after the run (:func:`restore_modes`)."""
+SANDBOX = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c", SANDBOX_SCRIPT, "sh")
+GUARDED = ("/", "/var", "/var/tmp", "/run", "/etc", "/root", "/nix", "/tmp", "/dev", "/dev/shm")  # noqa: S108
+
+
+def guarded_modes(work: Path) -> dict[str, list[int]]:
+    """Mode, owner and group of the guarded directories, as first seen by any mutant's run
+    (``WORK/guarded-modes.json``): what they are put back to."""
+    baseline = work / "guarded-modes.json"
+    with contextlib.suppress(FileNotFoundError):
+        found: dict[str, list[int]] = json.loads(baseline.read_text())
+        return found
+    found = {}
+    for path in GUARDED:
+        with contextlib.suppress(OSError):
+            info = os.lstat(path)
+            found[path] = [info.st_mode & 0o7777, info.st_uid, info.st_gid]
+    baseline.write_text(json.dumps(found))
+    return found
+
+
+def restore_modes(modes: dict[str, list[int]]) -> None:
+    for path, (mode, uid, gid) in modes.items():
+        with contextlib.suppress(OSError):
+            info = os.lstat(path)
+            if [info.st_mode & 0o7777, info.st_uid, info.st_gid] != [mode, uid, gid]:
+                os.chown(path, uid, gid, follow_symlinks=False)
+                os.chmod(path, mode)
+                print(f"credbridge-mutation: the mutant changed {path}; put back")
 
 
 def changed_lines(pristine: list[str], mutated: list[str]) -> set[int]:
@@ -111,6 +163,18 @@ def runs_at_import(source: str, lines: set[int]) -> bool:
     return bool(lines - bodies)
 
 
+def enclosing_names(source: str, lines: set[int]) -> set[str]:
+    """The innermost function (or class) around each of ``lines``."""
+    found: dict[int, tuple[int, str]] = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            span = range(node.lineno, (node.end_lineno or node.lineno) + 1)
+            for line in lines:
+                if line in span and (line not in found or node.lineno > found[line][0]):
+                    found[line] = (node.lineno, node.name)
+    return {name for _, name in found.values() if name not in {"__init__", "main"}}
+
+
 def name_lines(source: str, names: set[str], tree: ast.AST | None = None) -> set[int]:
     """The lines of ``source`` that name one of ``names``."""
     found = set()
@@ -131,6 +195,8 @@ def main() -> int:
 
     selected: set[str] = set()
     touched = []
+    words: set[str] = set()
+    dotted: set[str] = set()
     for module, by_line in mapping.items():
         pristine = (pristine_dir / module).read_text().splitlines()
         mutated = (src / module).read_text().splitlines()
@@ -138,6 +204,8 @@ def main() -> int:
             continue
         lines = changed_lines(pristine, mutated)
         touched.append(f"{module}:{min(lines)}-{max(lines)}")
+        dotted.add("credbridge." + module.removesuffix(".py").replace("/", "."))
+        words |= enclosing_names("\n".join(pristine), lines)
         if same_code("\n".join(pristine), "\n".join(mutated)):
             print(f"{ANNOTATION_ONLY} {touched[-1]}")
             return 0
@@ -166,7 +234,23 @@ def main() -> int:
     if not selected:
         print(f"{NO_TEST_MARK} {', '.join(touched)}")
         return 0
-    ordered = sorted(selected, key=lambda test: (durations[test], test))
+    texts: dict[str, str] = {}
+
+    def relevance(test: str) -> int:
+        """0: the test's file names the mutated function or class; 1: it imports the mutated
+        module; 2: it only reaches it (through the CLI, another module)."""
+        path = test.split("::", 1)[0]
+        if path not in texts:
+            try:
+                texts[path] = (src / path).read_text()
+            except OSError:
+                texts[path] = ""
+        text = texts[path]
+        if any(re.search(rf"\b{re.escape(word)}\b", text) for word in words):
+            return 0
+        return 1 if any(name in text for name in dotted) else 2
+
+    ordered = sorted(selected, key=lambda test: (relevance(test), durations[test], test))
     if len(ordered) > MAX_TESTS:
         # Pessimistic, never flattering: a mutant only a slower test would kill is counted
         # as a survivor. It keeps a mutant of code every test reaches (fsutil, secret) to
@@ -175,9 +259,12 @@ def main() -> int:
         ordered = ordered[:MAX_TESTS]
     budget = 60 + 3 * sum(durations[test] for test in ordered)
     print(f"credbridge-mutation: {', '.join(touched)}: {len(ordered)} tests, budget {budget:.0f}s")
-    with tempfile.NamedTemporaryFile("w", suffix=".args", delete=False) as args:
-        args.write("\n".join(ordered) + "\n")
+    sandbox_tmp = Path(tempfile.mkdtemp(prefix="sandbox-tmp-", dir=work))
+    sandbox_tmp.chmod(0o1777)
+    args = sandbox_tmp / "tests.args"
+    args.write_text("\n".join(ordered) + "\n")
     argv = [
+        *SANDBOX,
         sys.executable,
         "-m",
         "pytest",
@@ -186,9 +273,11 @@ def main() -> int:
         "--no-header",
         "-p",
         "no:cacheprovider",
-        f"@{args.name}",
+        f"@{args}",
     ]
-    process = subprocess.Popen(argv, cwd=src, start_new_session=True)
+    modes = guarded_modes(work)
+    env = dict(os.environ, SANDBOX_TMP=str(sandbox_tmp))
+    process = subprocess.Popen(argv, cwd=src, env=env, start_new_session=True)
     try:
         return process.wait(timeout=budget)
     except subprocess.TimeoutExpired:
@@ -197,7 +286,8 @@ def main() -> int:
         print("credbridge-mutation: timed out (counted as killed)")
         return 3
     finally:
-        Path(args.name).unlink()
+        restore_modes(modes)
+        shutil.rmtree(sandbox_tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
