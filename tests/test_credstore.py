@@ -284,6 +284,30 @@ def test_encrypted_credstore_round_trips_through_systemd_creds(
     assert f"LoadCredentialEncrypted=static:{blob}" in text.splitlines()
 
 
+def test_with_key_chooses_the_key_systemd_creds_seals_with(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first 16 bytes of an encrypted credential name the sealing key (base64: the first
+    20 characters): each with_key gives the header systemd-creds itself writes for it."""
+    null_key = _null_key()
+    if null_key is None:
+        pytest.skip("systemd-creds is not installed")
+    monkeypatch.setenv("CB_TEST_STATIC", "v")
+    for key in ("host", null_key):
+        shutil.rmtree(tmp_path / "store", ignore_errors=True)
+        config = make_config(tmp_path, tmpfs_dir, BODY, f'encrypt = true\nwith_key = "{key}"')
+        deliver(config, ["app.service"])
+        reference = subprocess.run(
+            ["systemd-creds", "encrypt", "--name=static", f"--with-key={key}", "-", "-"],
+            input=b"v",
+            capture_output=True,
+            check=True,
+        ).stdout
+        delivered = (tmpfs_dir / "app.service" / "static").read_bytes()
+        assert delivered[:20] == reference[:20], key
+    assert delivered[:20] != b"Whxqht+dQJax1aZeCGLx"  # the host key's id: the loop saw both
+
+
 @pytest.mark.parametrize(
     ("setting", "problem"),
     [
@@ -514,3 +538,15 @@ def test_a_changed_delivery_says_only_what_changed(
         f"credbridge: app.service: 1 changed (credstore: {tmpfs_dir / 'app.service'})"
     ]
     assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock", "app.service"]
+
+
+def test_a_credstore_path_through_a_file_is_named_with_the_reason(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CB_TEST_STATIC", "v")
+    (tmpfs_dir / "file").write_text("")
+    credstore = tmpfs_dir / "file" / "credstore"
+    with pytest.raises(DeliveryError) as error:
+        deliver(make_config(tmp_path, credstore, BODY))
+    assert str(error.value) == f"cannot use {credstore}: Not a directory"
+    assert not (tmp_path / "store").exists(), "generated before the refusal"

@@ -7,6 +7,7 @@ import errno
 import grp
 import os
 import pwd
+import signal
 import stat
 import subprocess
 import sys
@@ -286,3 +287,34 @@ def test_a_short_wait_for_a_lock_says_nothing(
         pass
     assert holder.wait(timeout=30) == 0
     assert [r.getMessage() for r in caplog.records if "waiting for" in r.getMessage()] == []
+
+
+def test_a_new_secret_file_is_private_from_its_creation_whatever_the_umask(
+    tmp_path: Path,
+) -> None:
+    """Embedded under a umask of 022 (the API sets none), the file is 0600 from the moment it
+    exists: the value is written before its final mode is set. The writer is stopped right
+    after the create (the fault hook's ``stop``) and the file looked at from outside."""
+    code = (
+        "import os; from pathlib import Path\n"
+        "from credbridge.core.fsutil import write_new_file\n"
+        "os.umask(0o022)\n"
+        f"write_new_file(Path({str(tmp_path / 'secret')!r}), b'value', mode=0o440)\n"
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-X", "credbridge-fault=write.created@1:stop", "-c", code]
+    )
+    try:
+        _, status = os.waitpid(writer.pid, os.WSTOPPED)
+        assert os.WIFSTOPPED(status)
+        assert stat.S_IMODE((tmp_path / "secret").stat().st_mode) == 0o600
+    finally:
+        os.kill(writer.pid, signal.SIGCONT)
+    assert writer.wait(timeout=30) == 0
+    assert stat.S_IMODE((tmp_path / "secret").stat().st_mode) == 0o440
+
+
+def test_an_owner_with_uid_1_is_applied(tmp_path: Path) -> None:
+    """uid 1 (``daemon`` on Debian) is an owner like any other, not a 'leave unchanged'."""
+    write_new_file(tmp_path / "daemon", b"value", uid=1)
+    assert (tmp_path / "daemon").stat().st_uid == 1
