@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-MAX_TESTS = 50
+MAX_TESTS = 30
 """At most this many tests (the fastest) run per mutant."""
 IMPORT_TIME = ""
 """The context of lines executed outside any test (imports during collection)."""
