@@ -550,3 +550,37 @@ def test_a_credstore_path_through_a_file_is_named_with_the_reason(
         deliver(make_config(tmp_path, credstore, BODY))
     assert str(error.value) == f"cannot use {credstore}: Not a directory"
     assert not (tmp_path / "store").exists(), "generated before the refusal"
+
+
+@pytest.mark.parametrize(
+    ("pcrs", "accepted"), [("7", True), ("0+7", True), (7, True), ("7\n", False)]
+)
+def test_tpm2_pcrs_is_a_plain_string_or_number(
+    tmp_path: Path, tmpfs_dir: Path, pcrs: object, accepted: bool
+) -> None:
+    value = f'"{pcrs}"'.replace("\n", "\\n") if isinstance(pcrs, str) else str(pcrs)
+    config = load_config(make_config(tmp_path, tmpfs_dir, BODY, f"tpm2_pcrs = {value}"))
+    with Session(config) as session:
+        if accepted:
+            session.sink(config.target("app.service"))
+            return
+        with pytest.raises(ConfigError, match='tpm2_pcrs: must be a string like "7" or "0\\+7"'):
+            session.sink(config.target("app.service"))
+
+
+@pytest.mark.parametrize("owner", ["daemon", "nobody"])
+def test_a_target_directory_handed_to_its_owner_is_trusted_on_the_next_run(
+    tmp_path: Path, tmpfs_dir: Path, cli: Any, owner: str
+) -> None:
+    """The live directory belongs to ``owner`` after a delivery (uid 1 for daemon, like any
+    other): the next delivery replaces it instead of refusing it as someone else's."""
+    value = tmp_path / "v"
+    value.write_text("first")
+    body = f'[targets."app.service".credentials]\nk = "file:{value}"\n'
+    config = make_config(tmp_path, tmpfs_dir, body, f'owner = "{owner}"')
+    assert cli("-c", str(config), "deliver").returncode == 0
+    assert os.lstat(tmpfs_dir / "app.service").st_uid == pwd.getpwnam(owner).pw_uid
+    value.write_text("second")
+    again = cli("-c", str(config), "deliver")
+    assert again.returncode == 0, again.stderr
+    assert (tmpfs_dir / "app.service" / "k").read_text() == "second"

@@ -235,6 +235,22 @@ def test_tls_reason_keeps_only_the_verification_reason() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] tlsv13 alert certificate required",
+        "[SSL: CERTIFICATE_REQUIRED] (_ssl.c:2580)",  # OpenSSL's code alone
+        "peer says: certificate required",  # the words alone (another TLS stack)
+    ],
+)
+def test_tls_reason_names_a_required_client_certificate_in_either_spelling(text: str) -> None:
+    import ssl
+
+    from credbridge.core.remote import tls_reason
+
+    assert tls_reason(ssl.SSLError(1, text)) == "the server requires a client certificate"
+
+
 def test_capped_library_loggers_keep_their_retry_lines_at_debug() -> None:
     import logging
 
