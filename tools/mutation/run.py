@@ -338,7 +338,35 @@ def retry_survivors(python: Path, session: Path) -> None:
     log(f"{session.stem}: {out} survivor(s) to run again")
 
 
-def run_module(work: Path, python: Path, module: str, *, retry: bool = False) -> None:
+def sample_pending(python: Path, session: Path, fraction: float) -> None:
+    """Mark all but ``fraction`` of the pending mutants as sampled out, chosen by a hash of
+    their job id (random, and the same on every call): the score is then an estimate from an
+    unbiased sample, for a module too large for the time at hand."""
+    script = (
+        "import hashlib, sys\n"
+        "from cosmic_ray.work_db import use_db, WorkDB\n"
+        "from cosmic_ray.work_item import WorkResult, WorkerOutcome\n"
+        "fraction = float(sys.argv[2]); n = 0\n"
+        "with use_db(sys.argv[1], WorkDB.Mode.open) as db:\n"
+        "    for item in list(db.pending_work_items):\n"
+        "        draw = int(hashlib.sha256(item.job_id.encode()).hexdigest()[:8], 16) / 2**32\n"
+        "        if draw >= fraction:\n"
+        "            db.set_result(item.job_id, WorkResult(output='sampled out',\n"
+        "                          worker_outcome=WorkerOutcome.SKIPPED)); n += 1\n"
+        "print(n)\n"
+    )
+    out = subprocess.run(
+        [str(python), "-c", script, str(session), str(fraction)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    log(f"{session.stem}: {out} pending mutant(s) sampled out")
+
+
+def run_module(
+    work: Path, python: Path, module: str, *, retry: bool = False, sample: float = 1.0
+) -> None:
     session = session_of(work, module)
     stamp = session.with_suffix(".sha256")
     config = session.with_suffix(".toml")
@@ -365,6 +393,8 @@ def run_module(work: Path, python: Path, module: str, *, retry: bool = False) ->
         stamp.write_text(digest)
     elif retry:
         retry_survivors(python, session)
+    if sample < 1.0:
+        sample_pending(python, session, sample)
     env = dict(os.environ)
     env["CREDBRIDGE_MUTATION_WORK"] = str(work)
     # The test command itself must work: on the pristine copy it finds no mutant and exits 0
@@ -458,8 +488,10 @@ def report(work: Path, python: Path, modules: Iterable[str]) -> None:
     )
     out_dir = work / "report"
     out_dir.mkdir(exist_ok=True)
-    table = ["| module | mutants | killed | survived | not reached | score | pending |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    table = [
+        "| module | mutants | killed | survived | not reached | score | pending | sampled out |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for module in modules:
         session = session_of(work, module)
         if not session.exists():
@@ -471,6 +503,7 @@ def report(work: Path, python: Path, modules: Iterable[str]) -> None:
         )
         spans = annotation_spans(python, work / "pristine" / module)
         source = (work / "pristine" / module).read_text().splitlines()
+        sampled = sum(1 for r in data["rows"] if r["output"] == "sampled out")
         rows = [
             r
             for r in data["rows"]
@@ -488,7 +521,7 @@ def report(work: Path, python: Path, modules: Iterable[str]) -> None:
         score = f"{100 * len(killed) / judged:.1f}%" if judged else "-"
         table.append(
             f"| {module} | {judged} | {len(killed)} | {len(survived)} | {len(unreached)} "
-            f"| {score} | {data['pending'] + len(errors)} |"
+            f"| {score} | {data['pending'] + len(errors)} | {sampled} |"
         )
         lines = []
         for r in sorted(survived, key=lambda r: r["line"]):
@@ -512,6 +545,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the survivors of the kept sessions again (after adding tests)",
     )
+    parser.add_argument(
+        "--sample",
+        type=float,
+        default=1.0,
+        metavar="FRACTION",
+        help="run only this random fraction of each module's pending mutants (the rest are "
+        "reported as sampled out)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the workspace as it is: no copy of the checkout, no new map",
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.modules if m not in SCOPE]
     if unknown:
@@ -522,16 +568,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.report:
         report(work, work / "venv" / "bin" / "python", modules)
         return 0
-    digest = sync(work)
-    python = ensure_venv(work)
     pristine = work / "pristine"
-    shutil.rmtree(pristine, ignore_errors=True)
-    for module in SCOPE:
-        (pristine / module).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(work / "src" / module, pristine / module)
-    make_map(work, python, digest)
+    if args.resume:
+        python = work / "venv" / "bin" / "python"
+        for module in SCOPE:  # a run stopped mid-mutant leaves that mutant in the copy
+            shutil.copy2(pristine / module, work / "src" / module)
+    else:
+        digest = sync(work)
+        python = ensure_venv(work)
+        shutil.rmtree(pristine, ignore_errors=True)
+        for module in SCOPE:
+            (pristine / module).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(work / "src" / module, pristine / module)
+        make_map(work, python, digest)
     for module in modules:
-        run_module(work, python, module, retry=args.retry_survivors)
+        run_module(work, python, module, retry=args.retry_survivors, sample=args.sample)
         report(work, python, modules)
     log(f"done: {sysconfig.get_python_version()} / results in {work / 'report'}")
     return 0
