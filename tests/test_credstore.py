@@ -558,7 +558,7 @@ def test_a_credstore_path_through_a_file_is_named_with_the_reason(
 def test_tpm2_pcrs_is_a_plain_string_or_number(
     tmp_path: Path, tmpfs_dir: Path, pcrs: object, accepted: bool
 ) -> None:
-    value = f'"{pcrs}"'.replace("\n", "\\n") if isinstance(pcrs, str) else str(pcrs)
+    value = f'"{pcrs}"'.replace("\n", "\\n") if isinstance(pcrs, str) else str(pcrs).lower()
     config = load_config(make_config(tmp_path, tmpfs_dir, BODY, f"tpm2_pcrs = {value}"))
     with Session(config) as session:
         if accepted:
@@ -584,3 +584,87 @@ def test_a_target_directory_handed_to_its_owner_is_trusted_on_the_next_run(
     again = cli("-c", str(config), "deliver")
     assert again.returncode == 0, again.stderr
     assert (tmpfs_dir / "app.service" / "k").read_text() == "second"
+
+
+def failing_systemd_creds(tmp_path: Path, stderr: str) -> Path:
+    stub = tmp_path / "systemd-creds"
+    stub.write_text(f"#!/bin/sh\ncat >/dev/null\nprintf '{stderr}' >&2\nexit 3\n")
+    stub.chmod(0o755)
+    return stub
+
+
+@pytest.mark.parametrize(
+    ("stderr", "reason"),
+    [("Loading key failed\\nTPM2 not available\\n", "TPM2 not available"), ("", "no message")],
+)
+def test_a_failing_systemd_creds_encrypt_is_named_with_its_last_line(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch, stderr: str, reason: str
+) -> None:
+    monkeypatch.setenv("CB_TEST_STATIC", "v")
+    stub = failing_systemd_creds(tmp_path, stderr)
+    config = make_config(tmp_path, tmpfs_dir, BODY, f'encrypt = true\nsystemd_creds = "{stub}"')
+    with pytest.raises(DeliveryError) as error:
+        deliver(config, ["app.service"])
+    assert str(error.value) in {
+        f"app.service/{name}: systemd-creds encrypt failed (exit 3): {reason}"
+        for name in ("api-key", "static")
+    }
+    assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock"]
+
+
+def test_an_encrypted_credential_that_no_longer_decrypts_is_replaced(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unreadable blob (corrupted, or sealed with a key since replaced) compares as
+    changed: the next delivery writes a good one instead of failing."""
+    key = _null_key()
+    if key is None:
+        pytest.skip("systemd-creds is not installed")
+    monkeypatch.setenv("CB_TEST_STATIC", "v")
+    config = make_config(tmp_path, tmpfs_dir, BODY, f'encrypt = true\nwith_key = "{key}"')
+    deliver(config, ["app.service"])
+    blob = tmpfs_dir / "app.service" / "static"
+    blob.chmod(0o600)
+    blob.write_bytes(b"corrupted")
+    report = deliver(config, ["app.service"])
+    assert ("static", Change.CHANGE) in {(e.credential, e.change) for e in report.entries}
+    plain = subprocess.run(
+        ["systemd-creds", "decrypt", "--name=static", str(blob), "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert plain == b"v"
+
+
+def test_a_numeric_owner_is_a_uid_and_a_flag_is_refused(tmp_path: Path, tmpfs_dir: Path) -> None:
+    (tmp_path / "v").write_text("value")
+    body = f'[targets."app.service".credentials]\nk = "file:{tmp_path / "v"}"\n'
+    deliver(make_config(tmp_path, tmpfs_dir, body, "owner = 65534"))
+    assert os.lstat(tmpfs_dir / "app.service").st_uid == 65534
+    with pytest.raises(ConfigError, match=r"owner: must be a string"):
+        deliver(make_config(tmp_path, tmpfs_dir, body, "owner = true"))
+
+
+def test_a_credstore_that_cannot_be_made_is_named_with_the_reason(tmp_path: Path) -> None:
+    (tmp_path / "v").write_text("value")
+    body = f'[targets."app.service".credentials]\nk = "file:{tmp_path / "v"}"\n'
+    base = Path("/proc/credbridge-cannot-exist")
+    config = make_config(tmp_path, base, body, "allow_persistent = true")
+    with pytest.raises(DeliveryError) as error:
+        deliver(config)
+    assert str(error.value) == f"cannot prepare {base}: No such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("extra", "directory"),
+    [("", "/run/credstore"), ("encrypt = true", "/etc/credstore.encrypted")],
+)
+def test_the_default_credstore_follows_systemd_and_encryption(
+    tmp_path: Path, extra: str, directory: str
+) -> None:
+    path = tmp_path / "credbridge.toml"
+    path.write_text(f'[store]\npath = "{tmp_path / "store"}"\n[sinks.credstore]\n{extra}\n{BODY}')
+    with Session(load_config(path)) as session:
+        _, text = session.unit_dropin("app.service")
+    directive = "LoadCredentialEncrypted" if extra else "LoadCredential"
+    assert f"{directive}=static:{directory}/app.service/static" in text.splitlines()
