@@ -349,3 +349,45 @@ def test_fan_out_with_one_worker_runs_inline() -> None:
     seen: list[str] = []
     fan_out([lambda: seen.append(threading.current_thread().name)] * 3, workers=1, name="cbt")
     assert seen == [threading.current_thread().name] * 3
+
+
+@pytest.mark.parametrize("offset", range(9))
+def test_any_9_byte_piece_of_a_100_kb_value_is_caught(offset: int) -> None:
+    """Up to 65,536 windows per form (docs: a 100 kB form is indexed every 2 bytes, so any
+    9-byte run is caught wherever it starts)."""
+    big = os.urandom(50_000).hex().encode()
+    r = Redactor()
+    r.add(big, derived=False)
+    start = 40_000 + offset
+    assert r.quotes_secret(b"error near " + big[start : start + 9] + b" here")
+
+
+@pytest.mark.parametrize(
+    "text", ["[SSL: WRONG_VERSION_NUMBER] (_ssl.c:1006)", "ssl: wrong version number"]
+)
+def test_tls_reason_names_plain_http_in_either_spelling(text: str) -> None:
+    import ssl
+
+    from credbridge.core.remote import tls_reason
+
+    assert tls_reason(ssl.SSLError(1, text)) == (
+        "the server does not speak TLS there (use an http:// address?)"
+    )
+
+
+def test_a_redactor_is_true_once_it_holds_any_value() -> None:
+    empty = Redactor()
+    assert not empty
+    long_only = Redactor()
+    long_only.add(b"a value longer than a window", derived=False)
+    short_only = Redactor()
+    short_only.add(b"abcd", derived=False)
+    assert long_only and short_only
+
+
+def test_an_empty_value_is_never_indexed_whatever_min_length() -> None:
+    """An empty string is part of every reply: indexed, it would withhold them all."""
+    r = Redactor(min_length=0)
+    r.add(b"")
+    assert not r
+    assert r.detail("a harmless reply") == "a harmless reply"
