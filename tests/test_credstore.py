@@ -668,3 +668,26 @@ def test_the_default_credstore_follows_systemd_and_encryption(
         _, text = session.unit_dropin("app.service")
     directive = "LoadCredentialEncrypted" if extra else "LoadCredential"
     assert f"{directive}=static:{directory}/app.service/static" in text.splitlines()
+
+
+def test_delivery_puts_the_callers_signal_handlers_back(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An embedding program's handlers (and Python's own SIGINT handler) are in place again
+    after the commit that held the signals."""
+    import signal
+
+    monkeypatch.setenv("CB_TEST_STATIC", "v")
+
+    def on_hup(signum: int, frame: object) -> None:
+        pass
+
+    previous = signal.signal(signal.SIGHUP, on_hup)
+    try:
+        before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        deliver(make_config(tmp_path, tmpfs_dir, BODY))
+        after = {s: signal.getsignal(s) for s in before}
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert after == before
+    assert after[signal.SIGINT] is signal.default_int_handler

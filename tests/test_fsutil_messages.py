@@ -26,6 +26,8 @@ from credbridge.core.fsutil import (
     exchange,
     exchange_at,
     filesystem_type,
+    is_memory_backed,
+    is_temp_name,
     locked,
     opened_dir,
     read_private_file,
@@ -318,3 +320,90 @@ def test_an_owner_with_uid_1_is_applied(tmp_path: Path) -> None:
     """uid 1 (``daemon`` on Debian) is an owner like any other, not a 'leave unchanged'."""
     write_new_file(tmp_path / "daemon", b"value", uid=1)
     assert (tmp_path / "daemon").stat().st_uid == 1
+
+
+def test_what_a_user_other_than_root_trusts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run as uid 1000, credbridge trusts root's directories and its own, and root's sticky
+    /tmp on the way; not another user's (the suite runs as root, so the euid is stood in)."""
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    check_dir("/", os.stat("/"), ancestor=True)
+    check_dir(str(tmp_path), tmp_path.stat(), ancestor=False)  # root's
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    check_dir(str(sticky), sticky.stat(), ancestor=True)
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o700)
+    os.chown(mine, 1000, 1000)
+    check_dir(str(mine), mine.stat(), ancestor=False)
+    os.chown(sticky, 1000, 1000)
+    check_dir(str(sticky), sticky.stat(), ancestor=True)  # a sticky directory of its own
+    os.chown(mine, NOBODY.pw_uid, NOBODY.pw_gid)
+    with pytest.raises(UnsafePath) as refused:
+        check_dir(str(mine), mine.stat(), ancestor=False)
+    try:
+        user = f"{pwd.getpwuid(1000).pw_name} (uid 1000)"
+    except KeyError:
+        user = "uid 1000"
+    assert str(refused.value).endswith(f"trusts only directories owned by root or by {user}")
+
+
+def test_a_new_directory_is_private_from_its_creation_under_umask_0(tmp_path: Path) -> None:
+    """Between mkdir and its fchmod, nobody else may write into a new directory (they could
+    plant an entry): it is created 0700 even where the umask is 0 (the API sets none)."""
+    code = (
+        "import os; from pathlib import Path\n"
+        "from credbridge.core.fsutil import ensure_private_dir\n"
+        "os.umask(0)\n"
+        f"ensure_private_dir(Path({str(tmp_path / 'new')!r}), mode=0o750)\n"
+    )
+    maker = subprocess.Popen([sys.executable, "-X", "credbridge-fault=mkdir@1:stop", "-c", code])
+    try:
+        _, status = os.waitpid(maker.pid, os.WSTOPPED)
+        assert os.WIFSTOPPED(status)
+        assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o700
+    finally:
+        os.kill(maker.pid, signal.SIGCONT)
+    assert maker.wait(timeout=30) == 0
+    assert stat.S_IMODE((tmp_path / "new").stat().st_mode) == 0o750
+
+
+def test_ensure_private_dir_applies_a_group_alone(tmp_path: Path) -> None:
+    group = grp.getgrnam("nogroup").gr_gid
+    ensure_private_dir(tmp_path / "new", gid=group)
+    existing = tmp_path / "existing"
+    existing.mkdir(mode=0o700)
+    ensure_private_dir(existing, gid=group)
+    for path in (tmp_path / "new", existing):
+        assert (path.stat().st_uid, path.stat().st_gid) == (0, group)
+
+
+def test_ramfs_counts_as_memory(tmp_path: Path) -> None:
+    mount = tmp_path / "ramfs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(mount)], check=True)
+    try:
+        assert is_memory_backed(mount / "credstore")
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    assert not is_memory_backed(disk_dir_path())
+
+
+def disk_dir_path() -> Path:
+    return Path("/var/tmp")
+
+
+@pytest.mark.parametrize(
+    ("name", "temp"),
+    [
+        (".current.0123456789ab.tmp", True),
+        ("current.0123456789ab.tmp", False),  # no leading dot: never one of ours
+        (".current.0123456789ab.txt", False),
+        (".current.0123456789a.tmp", False),
+        (".current.zzzzzzzzzzzz.tmp", False),
+    ],
+)
+def test_only_atomic_writes_own_temp_names_count_as_leftovers(name: str, temp: bool) -> None:
+    assert is_temp_name(name) is temp
