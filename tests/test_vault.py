@@ -10,6 +10,7 @@ import logging
 import os
 import socket
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -650,7 +651,10 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevSe
 
 
 def test_tls_with_private_ca(
-    tls_server: tuple[DevServer, str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tls_server: tuple[DevServer, str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     server, address, ca = tls_server
     auth = {"token_file": token_file(tmp_path, server.token)}
@@ -665,8 +669,15 @@ def test_tls_with_private_ca(
     untrusted = next(iter(resolve(vault_config(address, auth=auth), ref).values()))
     assert isinstance(untrusted, Unreachable)
     assert untrusted.problem.startswith(f"TLS with {address} failed: certificate verify failed")
+    off = f"TLS verification of {address} is off (tls_verify = false)"
+    assert off not in caplog.messages
     insecure = vault_config(address, auth=auth, tls_verify=False)
-    assert list(resolve(insecure, ref).values()) == ["tls-pw"]
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert list(resolve(insecure, ref).values()) == ["tls-pw"]
+    # Said once by credbridge, instead of urllib3's InsecureRequestWarning on every request.
+    assert caplog.messages.count(off) == 1
+    assert [w for w in seen if "Unverified HTTPS" in str(w.message)] == []
 
     monkeypatch.setenv("VAULT_CACERT", str(ca))
     assert list(resolve(vault_config(address, auth=auth), ref).values()) == ["tls-pw"]
