@@ -93,9 +93,9 @@ def test_reads_are_retried_on_throttling_and_gateway_statuses(
 
 def test_retries_stop_at_the_configured_count(openbao: DevServer, tmp_path: Path) -> None:
     script = Script("", 503, times=100)
-    outcome, _ = read_through(openbao, tmp_path, script, retries=2, backoff=0.01)
+    outcome, proxy = read_through(openbao, tmp_path, script, retries=2, backoff=0.01)
     assert isinstance(outcome, Unreachable)
-    assert "503" in outcome.problem
+    assert outcome.problem == f"{proxy.url} is unavailable (503)"
     assert len(script.arrivals) == 3  # the request and 2 retries
     none = Script("", 503, times=100)
     outcome, _ = read_through(openbao, tmp_path, none, retries=0, backoff=0.01)
