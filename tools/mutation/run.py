@@ -325,17 +325,19 @@ def module_digest(work: Path, module: str) -> str:
 
 
 def retry_survivors(python: Path, session: Path) -> None:
-    """Forget the survivors' results, so that ``cosmic-ray exec`` runs them again."""
+    """Forget the survivors' results (and the sampled-out mutants'), so that
+    ``cosmic-ray exec`` runs them again."""
     script = (
         "import sqlite3, sys\n"
         "db = sqlite3.connect(sys.argv[1])\n"
-        "n = db.execute(\"delete from work_results where test_outcome = 'SURVIVED'\").rowcount\n"
+        "n = db.execute(\"delete from work_results where test_outcome = 'SURVIVED'\"\n"
+        "               \" or output = 'sampled out'\").rowcount\n"
         "db.commit(); print(n)\n"
     )
     out = subprocess.run(
         [str(python), "-c", script, str(session)], capture_output=True, text=True, check=True
     ).stdout.strip()
-    log(f"{session.stem}: {out} survivor(s) to run again")
+    log(f"{session.stem}: {out} survivor(s) and sampled-out mutant(s) to run again")
 
 
 def sample_pending(python: Path, session: Path, fraction: float) -> None:
@@ -543,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--retry-survivors",
         action="store_true",
-        help="run the survivors of the kept sessions again (after adding tests)",
+        help="run the survivors (and sampled-out mutants) of the kept sessions again",
     )
     parser.add_argument(
         "--sample",
