@@ -96,3 +96,26 @@ def test_a_selected_object_is_canonical_json(tmp_path: Path) -> None:
     with Session(parse_config({})) as session:
         (value,) = session.resolve([request]).values()
     assert value.reveal() == b'{"alpha":{"b":null,"y":true},"zeta":1}'
+
+
+def test_int_option_bounds_by_default_are_0_to_1_mib() -> None:
+    """The documented defaults of ``Reference.int_option`` (docs/plugins.md), for plugins."""
+    for value in (0, 1 << 20):
+        assert parse_reference(f"demo:x?n={value}").int_option("n", 5) == value
+    with pytest.raises(BadReference, match=r"option n=1048577 is outside 0\.\.1048576"):
+        parse_reference("demo:x?n=1048577").int_option("n", 5)
+    assert parse_reference("demo:x").int_option("n", 5) == 5
+
+
+def test_int_option_takes_at_most_20_digits() -> None:
+    twenty = parse_reference("demo:x?n=" + "0" * 19 + "7")
+    assert twenty.int_option("n", 5) == 7
+    with pytest.raises(BadReference, match="is not an integer"):
+        parse_reference("demo:x?n=" + "0" * 20 + "7").int_option("n", 5)
+
+
+def test_a_pointer_one_past_the_end_of_a_list_is_not_found() -> None:
+    document = SecretDocument({"hosts": ["a", "b", "c"]})
+    assert parse_reference("demo:x#/hosts/2").select(document).reveal() == b"c"
+    with pytest.raises(NotFound, match="no element '/hosts/3' in the secret"):
+        parse_reference("demo:x#/hosts/3").select(document)

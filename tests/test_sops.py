@@ -843,6 +843,11 @@ def test_store_settings_and_errors(keys: tuple[AgeKey, AgeKey], tmp_path: Path) 
         with pytest.raises(Forbidden, match="belongs to another user"):
             good.read("a")
         os.chown(tmp_path / "own" / "x.yaml", 0, 0)
+        # Run by another user, root's directory and file are trusted all the same.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "geteuid", lambda: 1000)
+            found = good.read("a")
+            assert found is not None and found.reveal() == b"x"
     (tmp_path / "own" / "x.yaml").rename(tmp_path / "elsewhere.yaml")
     (tmp_path / "own" / "x.yaml").symlink_to(tmp_path / "elsewhere.yaml")
     with pytest.raises(Forbidden, match="is a symlink"):
