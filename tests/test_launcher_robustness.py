@@ -126,3 +126,27 @@ def test_a_signal_before_the_vm_started_exits_128_plus_n(
     assert gone(pid), "the hypervisor outlived the launch"
     assert not run_dir.exists()
     assert b"robust-api-key" not in stderr
+
+
+def test_a_virtiofsd_socket_path_of_107_bytes_is_used_and_108_refused(tmpfs_dir: Path) -> None:
+    """AF_UNIX paths hold 107 bytes (108 with the NUL): the longest is used, one more refused
+    before virtiofsd is started."""
+    from credbridge.core.errors import ConfigError
+    from credbridge.core.vm import VirtiofsShare
+    from credbridge.launchers.runtime import VmRuntime, find_virtiofsd
+
+    share = tmpfs_dir / "share"
+    share.mkdir(mode=0o700)
+    tail = len("/sockets/virtiofsd-t.sock")
+    runtime = tmpfs_dir / ("r" * (107 - len(f"{tmpfs_dir}/") - tail))
+    daemon = find_virtiofsd()
+    with VmRuntime("vm", runtime) as rt:
+        socket_path = rt.start_virtiofsd(VirtiofsShare("t", share), daemon)
+        assert len(os.fsencode(socket_path)) == 107
+        assert socket_path.is_socket()
+        with pytest.raises(ConfigError) as refused:
+            rt.start_virtiofsd(VirtiofsShare("tt", share), daemon)
+    assert str(refused.value).endswith(
+        f"socket path {runtime}/sockets/virtiofsd-tt.sock is longer than 107 bytes; "
+        "choose a shorter runtime_dir"
+    )
