@@ -341,16 +341,20 @@ def retry_survivors(python: Path, session: Path) -> None:
 
 
 def sample_pending(python: Path, session: Path, fraction: float) -> None:
-    """Mark all but ``fraction`` of the pending mutants as sampled out, chosen by a hash of
-    their job id (random, and the same on every call): the score is then an estimate from an
-    unbiased sample, for a module too large for the time at hand."""
+    """Keep only ``fraction`` of the module's mutants, chosen by a hash of their job id
+    (random, and the same on every call): the others are marked sampled out, including any
+    that already ran, so the score is that of an unbiased sample whatever ran before."""
     script = (
         "import hashlib, sys\n"
         "from cosmic_ray.work_db import use_db, WorkDB\n"
         "from cosmic_ray.work_item import WorkResult, WorkerOutcome\n"
         "fraction = float(sys.argv[2]); n = 0\n"
         "with use_db(sys.argv[1], WorkDB.Mode.open) as db:\n"
-        "    for item in list(db.pending_work_items):\n"
+        "    done = {item.job_id: result for item, result in db.completed_work_items}\n"
+        "    for item in db.work_items:\n"
+        "        result = done.get(item.job_id)\n"
+        "        if result is not None and result.worker_outcome == WorkerOutcome.SKIPPED:\n"
+        "            continue  # out of scope, or sampled out already\n"
         "        draw = int(hashlib.sha256(item.job_id.encode()).hexdigest()[:8], 16) / 2**32\n"
         "        if draw >= fraction:\n"
         "            db.set_result(item.job_id, WorkResult(output='sampled out',\n"
@@ -363,7 +367,7 @@ def sample_pending(python: Path, session: Path, fraction: float) -> None:
         text=True,
         check=True,
     ).stdout.strip()
-    log(f"{session.stem}: {out} pending mutant(s) sampled out")
+    log(f"{session.stem}: {out} mutant(s) sampled out")
 
 
 def run_module(
