@@ -24,8 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-MAX_TESTS = 30
-"""At most this many tests (the fastest) run per mutant."""
+MAX_TESTS = int(os.environ.get("CREDBRIDGE_MUTATION_MAX_TESTS", "30"))
+"""At most this many tests run per mutant (the most relevant, then the fastest)."""
 IMPORT_TIME = ""
 """The context of lines executed outside any test (imports during collection)."""
 NO_TEST_MARK = "credbridge-mutation: no test reaches"
