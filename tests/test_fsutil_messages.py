@@ -31,7 +31,9 @@ from credbridge.core.fsutil import (
     locked,
     opened_dir,
     read_private_file,
+    remove_tree,
     resolve_owner,
+    temp_name,
     write_new_file,
 )
 from credbridge.launchers.runtime import VmRuntime
@@ -407,3 +409,76 @@ def disk_dir_path() -> Path:
 )
 def test_only_atomic_writes_own_temp_names_count_as_leftovers(name: str, temp: bool) -> None:
     assert is_temp_name(name) is temp
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_a_writable_ancestor_of_root_without_the_sticky_bit_is_refused(
+    tmp_path: Path, mode: int
+) -> None:
+    directory = tmp_path / "open"
+    directory.mkdir()
+    directory.chmod(mode)
+    with pytest.raises(UnsafePath, match="writable by"):
+        check_dir(str(directory), directory.stat(), ancestor=True)
+
+
+def test_also_trust_covers_the_last_directory_only(tmp_path: Path) -> None:
+    """A credstore target handed to a service user is trusted; a parent of theirs is not."""
+    theirs = tmp_path / "theirs"
+    (theirs / "inner").mkdir(parents=True, mode=0o700)
+    os.chown(theirs, NOBODY.pw_uid, NOBODY.pw_gid)
+    os.chown(theirs / "inner", NOBODY.pw_uid, NOBODY.pw_gid)
+    with opened_dir(theirs, also_trust=(NOBODY.pw_uid,)):
+        pass
+    with (
+        pytest.raises(UnsafePath, match=f"unsafe path {theirs}: owned by nobody"),
+        opened_dir(theirs / "inner", also_trust=(NOBODY.pw_uid,)),
+    ):
+        pass
+
+
+@pytest.mark.parametrize(("uid", "gid"), [(1, -1), (-1, 1), (-1, 0), (1, 1)])
+def test_ensure_private_dir_hands_over_owner_and_group_including_ids_0_and_1(
+    tmp_path: Path, uid: int, gid: int
+) -> None:
+    """Ids 0 and 1 (root's group, daemon) are ids like others; -1 leaves a field alone."""
+    nogroup = grp.getgrnam("nogroup").gr_gid
+    directory = tmp_path / "d"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 0, nogroup)
+    ensure_private_dir(directory, uid=uid, gid=gid)
+    info = directory.stat()
+    assert (info.st_uid, info.st_gid) == (0 if uid == -1 else uid, nogroup if gid == -1 else gid)
+
+
+def test_a_new_file_is_never_written_over_an_existing_one(tmp_path: Path) -> None:
+    (tmp_path / "there").write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        write_new_file(tmp_path / "there", b"new")
+    assert (tmp_path / "there").read_bytes() == b"old"
+    write_new_file(tmp_path / "grouped", b"v", gid=1)
+    assert (tmp_path / "grouped").stat().st_gid == 1
+
+
+def test_temp_names_are_recognised_as_leftovers(tmp_path: Path) -> None:
+    name = temp_name(tmp_path, "current")
+    assert name.parent == tmp_path
+    assert is_temp_name(name.name)
+
+
+def test_removing_what_is_already_gone_is_fine(tmp_path: Path) -> None:
+    remove_tree(tmp_path / "never-made")
+    (tmp_path / "tree" / "sub").mkdir(parents=True)
+    (tmp_path / "tree" / "sub" / "f").write_text("x")
+    (tmp_path / "tree" / "link").symlink_to("/etc")
+    remove_tree(tmp_path / "tree")
+    assert not (tmp_path / "tree").exists()
+    assert Path("/etc").is_dir()
+
+
+def test_an_owner_without_a_name_is_shown_by_id(tmp_path: Path) -> None:
+    directory = tmp_path / "orphan"
+    directory.mkdir(mode=0o700)
+    os.chown(directory, 4242, 4242)
+    with pytest.raises(UnsafePath, match=r"owned by uid 4242, mode 0700"):
+        check_dir(str(directory), directory.stat(), ancestor=False)
