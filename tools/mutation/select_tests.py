@@ -175,6 +175,30 @@ def enclosing_names(source: str, lines: set[int]) -> set[str]:
     return {name for _, name in found.values() if name not in {"__init__", "main"}}
 
 
+def import_time_callers(source: str, lines: set[int]) -> set[int]:
+    """The module-level statements that call a function enclosing one of ``lines``."""
+    tree = ast.parse(source)
+    enclosing = {
+        node.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and any(node.body[0].lineno <= line <= (node.end_lineno or 0) for line in lines)
+    }
+    found: set[int] = set()
+    for statement in getattr(tree, "body", []):
+        if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            continue
+        for node in ast.walk(statement):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in enclosing
+            ):
+                end = statement.end_lineno or statement.lineno
+                found |= set(range(statement.lineno, end + 1))
+    return found
+
+
 def name_lines(source: str, names: set[str], tree: ast.AST | None = None) -> set[int]:
     """The lines of ``source`` that name one of ``names``."""
     found = set()
@@ -210,7 +234,12 @@ def main() -> int:
             print(f"{ANNOTATION_ONLY} {touched[-1]}")
             return 0
         reached = {test for line in lines for test in by_line.get(str(line), [])}
-        if IMPORT_TIME in reached or runs_at_import("\n".join(pristine), lines):
+        callers = import_time_callers("\n".join(pristine), lines)
+        if callers:
+            # A function the module calls while it is imported (libc = load_libc()): its
+            # coverage says only which test imported first; what it returns is what counts.
+            lines = lines | callers
+        if IMPORT_TIME in reached or callers or runs_at_import("\n".join(pristine), lines):
             # A line run at import (a signature, a decorator, a constant): the tests that run
             # what it defines, here and in the other modules of the map, else every test that
             # uses the module. Its own contexts say only which test happened to import the
