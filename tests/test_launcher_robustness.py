@@ -150,3 +150,64 @@ def test_a_virtiofsd_socket_path_of_107_bytes_is_used_and_108_refused(tmpfs_dir:
         f"socket path {runtime}/sockets/virtiofsd-tt.sock is longer than 107 bytes; "
         "choose a shorter runtime_dir"
     )
+
+
+def test_a_runtime_directory_on_disk_is_refused_by_default(disk_dir: Path) -> None:
+    from credbridge.core.errors import ConfigError
+    from credbridge.launchers.runtime import check_runtime_dir
+
+    with pytest.raises(ConfigError, match="runtime directory"):
+        check_runtime_dir(disk_dir / "rt")
+    check_runtime_dir(disk_dir / "rt", allow_persistent=True)
+
+
+def test_a_hypervisor_that_cannot_be_started_is_named(tmpfs_dir: Path) -> None:
+    from credbridge.core.errors import LaunchError
+    from credbridge.launchers.runtime import VmRuntime
+
+    with (
+        VmRuntime("vm", tmpfs_dir / "rt") as rt,
+        pytest.raises(LaunchError) as error,
+    ):
+        rt.start(["/nonexistent/hypervisor", "--flag"])
+    assert str(error.value) == "cannot start /nonexistent/hypervisor: No such file or directory"
+
+
+def test_a_helper_that_ends_cleanly_as_the_vm_powers_off_is_no_failure(tmpfs_dir: Path) -> None:
+    """virtiofsd exits 0 when the hypervisor closes its socket at power-off: the hypervisor
+    gets stop_timeout to exit by itself, and the launch ends with its status."""
+    from credbridge.launchers.runtime import VmRuntime
+
+    with VmRuntime("vm", tmpfs_dir / "rt", stop_timeout=20) as rt:
+        rt.start_helper("helper", [sys.executable, "-c", "pass"])
+        status = rt.run([sys.executable, "-c", "import time; time.sleep(1.5)"])
+    assert status == 0
+
+
+def test_children_inherit_no_descriptor_but_those_passed(tmpfs_dir: Path) -> None:
+    """Even a descriptor some library left inheritable (a secret's memfd, say) stays home."""
+    from credbridge.launchers.runtime import VmRuntime
+
+    leaked = os.memfd_create("leak")
+    passed = os.memfd_create("passed")
+    os.set_inheritable(leaked, True)
+    probe = (
+        "import os, sys\n"
+        "def is_open(fd):\n"
+        "    try:\n"
+        "        os.fstat(fd)\n"
+        "    except OSError:\n"
+        "        return False\n"
+        "    return True\n"
+        "wanted = [int(fd) for fd in sys.argv[1:]]\n"
+        f"sys.exit(0 if not is_open({leaked}) and all(map(is_open, wanted)) else 7)\n"
+    )
+    try:
+        with VmRuntime("vm", tmpfs_dir / "rt") as rt:
+            rt.start_helper("helper", [sys.executable, "-c", probe])
+            status = rt.run([sys.executable, "-c", probe, str(passed)], pass_fds=[passed])
+            assert rt.helpers[0].process.wait(timeout=30) == 0
+    finally:
+        os.close(leaked)
+        os.close(passed)
+    assert status == 0
