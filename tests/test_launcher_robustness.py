@@ -211,3 +211,41 @@ def test_children_inherit_no_descriptor_but_those_passed(tmpfs_dir: Path) -> Non
         os.close(leaked)
         os.close(passed)
     assert status == 0
+
+
+def test_a_runtime_leaves_nothing_behind(tmpfs_dir: Path) -> None:
+    """After the VM: helpers stopped, signal handlers back, no descriptor left open."""
+    from credbridge.launchers.runtime import VmRuntime
+
+    def on_hup(signum: int, frame: object) -> None:
+        pass
+
+    previous = signal.signal(signal.SIGHUP, on_hup)
+    fds_before = sorted(os.listdir("/proc/self/fd"))
+    try:
+        with VmRuntime("vm", tmpfs_dir / "rt") as rt:
+            helper = rt.start_helper(
+                "helper", [sys.executable, "-c", "import time; time.sleep(60)"]
+            )
+            assert rt.run([sys.executable, "-c", "pass"]) == 0
+        assert helper.process.poll() is not None, "the helper outlived the VM"
+        assert signal.getsignal(signal.SIGHUP) is on_hup
+        assert sorted(os.listdir("/proc/self/fd")) == fds_before
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_virtiofsd_whose_help_fails_is_judged_by_what_it_printed(tmp_path: Path) -> None:
+    """Some builds exit non-zero after printing --help: what they print still tells."""
+    from credbridge.core.errors import LaunchError
+    from credbridge.launchers.runtime import virtiofsd_flavour
+
+    rust = tmp_path / "rust-virtiofsd"
+    rust.write_text("#!/bin/sh\necho '  --shared-dir <dir>'\nexit 2\n")
+    other = tmp_path / "other"
+    other.write_text("#!/bin/sh\necho 'usage: other'\nexit 0\n")
+    for stub in (rust, other):
+        stub.chmod(0o755)
+    assert virtiofsd_flavour(str(rust)) == "rust"
+    with pytest.raises(LaunchError, match="does not look like virtiofsd"):
+        virtiofsd_flavour(str(other))
