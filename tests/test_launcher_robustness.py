@@ -165,11 +165,14 @@ def test_a_hypervisor_that_cannot_be_started_is_named(tmpfs_dir: Path) -> None:
     from credbridge.core.errors import LaunchError
     from credbridge.launchers.runtime import VmRuntime
 
-    with (
-        VmRuntime("vm", tmpfs_dir / "rt") as rt,
-        pytest.raises(LaunchError) as error,
-    ):
-        rt.start(["/nonexistent/hypervisor", "--flag"])
+    with VmRuntime("vm", tmpfs_dir / "rt") as rt:
+        with pytest.raises(LaunchError) as helper:
+            rt.start_helper("virtiofsd for share 'x'", ["/nonexistent/virtiofsd", "--flag"])
+        with pytest.raises(LaunchError) as error:
+            rt.start(["/nonexistent/hypervisor", "--flag"])
+    assert str(helper.value) == (
+        "cannot start virtiofsd for share 'x' (/nonexistent/virtiofsd): No such file or directory"
+    )
     assert str(error.value) == "cannot start /nonexistent/hypervisor: No such file or directory"
 
 
