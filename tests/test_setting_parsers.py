@@ -1,0 +1,129 @@
+"""The setting parsers every plugin uses (core/settings.py): what each accepts, at its
+boundaries, and the one line it gives for anything else."""
+
+from __future__ import annotations
+
+import math
+import os
+import pwd
+from pathlib import Path
+from typing import Any
+
+import pytest
+from credbridge.core.errors import ConfigError
+from credbridge.core.settings import (
+    SettingsTable,
+    expand_user,
+    name_setting,
+    number_setting,
+    path_setting,
+    seconds_setting,
+)
+
+ROOT_HOME = pwd.getpwuid(0).pw_dir
+
+
+def test_expand_user_expands_a_leading_tilde_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", "/home/op")
+    assert expand_user("~/x/y") == Path("/home/op/x/y")
+    assert expand_user("~") == Path("/home/op")
+    assert expand_user("~root/x") == Path(ROOT_HOME) / "x"
+    assert expand_user("a/~/b") == Path("a/~/b")
+    assert expand_user("/abs/~x") == Path("/abs/~x")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "~nosuchuser42/x",
+            "cannot expand '~nosuchuser42': no user 'nosuchuser42' on this machine",
+        ),
+        ("~nosuchuser42", "cannot expand '~nosuchuser42': no user 'nosuchuser42' on this machine"),
+    ],
+)
+def test_an_unknown_user_is_named(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as error:
+        expand_user(text)
+    assert str(error.value) == message
+
+
+def test_a_home_that_cannot_be_found_is_said_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOME")
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: (_ for _ in ()).throw(KeyError(uid)))
+    with pytest.raises(ValueError) as error:
+        expand_user("~/x")
+    assert str(error.value) == (
+        "cannot expand '~': $HOME is not set and the user has no home directory"
+    )
+
+
+@pytest.mark.parametrize("value", ["", 5, None, ["x"]])
+def test_paths_and_names_must_be_non_empty_strings(value: Any) -> None:
+    with pytest.raises(ConfigError, match=r"c\.toml: a\.b: must be a non-empty path string"):
+        path_setting(value, base=Path("/base"), file="c.toml", key="a.b")
+    with pytest.raises(ConfigError, match=r"c\.toml: a\.b: must be a non-empty string"):
+        name_setting(value, file="c.toml", key="a.b")
+
+
+def test_relative_paths_are_taken_from_the_config_directory() -> None:
+    assert path_setting("x/y", base=Path("/etc/cb"), file=None, key="k") == Path("/etc/cb/x/y")
+    assert path_setting("/x", base=Path("/etc/cb"), file=None, key="k") == Path("/x")
+    assert name_setting("sops", file=None, key="k") == "sops"
+
+
+@pytest.mark.parametrize("value", [1e-9, 1, 86400, 86400.0])
+def test_seconds_up_to_a_day_are_accepted(value: float) -> None:
+    assert seconds_setting(value, file=None, key="t") == float(value)
+
+
+@pytest.mark.parametrize("value", [0, -1, 86400.001, 86401, math.nan, math.inf, True, "5"])
+def test_seconds_outside_a_day_are_refused(value: Any) -> None:
+    with pytest.raises(ConfigError, match="t: must be a positive number of seconds, at most 86400"):
+        seconds_setting(value, file=None, key="t")
+
+
+def test_a_timeout_in_a_settings_table_is_at_most_an_hour() -> None:
+    table = SettingsTable({"t": 3600}, where="sources.x", config_file=None, known=["t"])
+    assert table.timeout("t", 5) == 3600.0
+    too_long = SettingsTable({"t": 3601}, where="sources.x", config_file=None, known=["t"])
+    with pytest.raises(
+        ConfigError, match=r"sources\.x\.t: must be a positive number of seconds, at most 3600"
+    ):
+        too_long.timeout("t", 5)
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [(0, True), (2.5, True), (-0.1, False), (math.nan, False), (False, False), ("1", False)],
+)
+def test_numbers_from_their_minimum(value: Any, ok: bool) -> None:
+    table = SettingsTable({"n": value}, where="s", config_file=None, known=["n"])
+    if ok:
+        assert table.number("n", 1.0) == value
+    else:
+        with pytest.raises(ConfigError, match=r"s\.n: must be a number from 0 to inf"):
+            table.number("n", 1.0)
+
+
+def test_table_text_must_be_non_blank() -> None:
+    table = SettingsTable({"a": "  ", "b": 5, "c": "ok"}, where="s", config_file=None, known="abc")
+    for key in ("a", "b"):
+        with pytest.raises(ConfigError, match=f"s.{key}: must be a non-empty string"):
+            table.text(key)
+    assert table.text("c") == "ok"
+    assert table.text("missing", "dflt") == "dflt"
+
+
+def test_home_is_read_from_the_environment_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", os.path.join("/", "elsewhere"))
+    assert expand_user("~") == Path("/elsewhere")
+
+
+@pytest.mark.parametrize(("value", "ok"), [(0, True), (2, True), (2.0001, False), (-0.0001, False)])
+def test_number_setting_includes_both_ends(value: float, ok: bool) -> None:
+    if ok:
+        assert number_setting(value, file=None, key="n", minimum=0, maximum=2) == value
+    else:
+        with pytest.raises(ConfigError, match="n: must be a number from 0 to 2"):
+            number_setting(value, file=None, key="n", minimum=0, maximum=2)
