@@ -2,10 +2,12 @@
 
 cosmic-ray writes one mutant into the workspace's copy of a module, runs this, and counts a
 non-zero exit as *killed*. This finds the lines that differ from the pristine copy, looks
-them up in the per-test coverage map (``map.json``, made by ``run.py``), and runs those
-tests, fastest first, stopping at the first failure (``-x``). A mutant of a line that only
-runs at import time (a constant, a decorator, a ``def``) runs every test that reaches the
-module; a mutant of a line no test reaches survives without running anything, and says so
+them up in the per-test coverage map (``map.json``, made by ``run.py``), and runs at most
+``MAX_TESTS`` of those tests in a sandbox (``SANDBOX``), stopping at the first failure
+(``-x``): first those whose file names the mutated function, then those that import its
+module, fastest first within each. A line that runs at import time (a constant, a
+decorator, a ``def``, a function the module calls while loading) runs the tests of what it
+defines; a mutant of a line no test reaches survives without running anything, and says so
 on stdout (kept in the session database for the report).
 """
 
