@@ -51,6 +51,22 @@ def snapshot(directory: Path) -> dict[str, bytes]:
     }
 
 
+def redeliver_with_fault(config: Path, fault: str) -> subprocess.CompletedProcess[bytes]:
+    """``credbridge deliver`` of a changed value (CB_TEST_STATIC=v2), with a fault injected
+    through the test-only switch of docs/reliability.md (``POINT@N:ACTION``)."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            f"credbridge-fault={fault}",
+            *("-m", "credbridge.core.cli", "-c", str(config), "deliver"),
+        ],
+        capture_output=True,
+        env={**os.environ, "CB_TEST_STATIC": "v2"},
+        check=False,
+    )
+
+
 def test_deliver_writes_0400_files_in_0700_dirs(
     tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -99,17 +115,7 @@ def test_failed_commit_rolls_back_every_target(
     before = snapshot(tmpfs_dir)
     # The second target's swap fails (a disk error, injected through the test-only switch
     # of docs/reliability.md) after the first one was swapped: both must be put back.
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "credbridge-fault=credstore.commit.before-swap@2:error",
-            *("-m", "credbridge.core.cli", "-c", str(config), "deliver"),
-        ],
-        capture_output=True,
-        env={**os.environ, "CB_TEST_STATIC": "v2"},
-        check=False,
-    )
+    result = redeliver_with_fault(config, "credstore.commit.before-swap@2:error")
     assert result.returncode == 9, result.stderr
     # One line: the failure; both rollbacks went through (a failed one would be logged).
     assert result.stderr.decode().splitlines() == [
@@ -408,17 +414,7 @@ def test_a_disk_error_between_two_swaps_is_a_delivery_failure(
     config = make_config(tmp_path, tmpfs_dir, BODY)
     deliver(config)
     before = snapshot(tmpfs_dir)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "credbridge-fault=engine.commit@2:error",
-            *("-m", "credbridge.core.cli", "-c", str(config), "deliver"),
-        ],
-        capture_output=True,
-        env={**os.environ, "CB_TEST_STATIC": "v2"},
-        check=False,
-    )
+    result = redeliver_with_fault(config, "engine.commit@2:error")
     assert result.returncode == 9, result.stderr
     assert result.stderr.decode().splitlines() == [
         "credbridge: error: delivery failed, nothing changed: injected fault at engine.commit"
@@ -445,17 +441,7 @@ def test_a_failed_cleanup_of_the_old_set_keeps_the_delivery(
     monkeypatch.setenv("CB_TEST_STATIC", "v1")
     config = make_config(tmp_path, tmpfs_dir, BODY)
     deliver(config)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "credbridge-fault=credstore.finalize@1:error",
-            *("-m", "credbridge.core.cli", "-c", str(config), "deliver"),
-        ],
-        capture_output=True,
-        env={**os.environ, "CB_TEST_STATIC": "v2"},
-        check=False,
-    )
+    result = redeliver_with_fault(config, "credstore.finalize@1:error")
     assert result.returncode == 0, result.stderr
     assert (
         "cleaning up the previous set of app.service failed: injected fault at credstore.finalize"
@@ -489,17 +475,7 @@ def test_a_write_error_while_staging_names_the_target_and_leaves_nothing(
     config = make_config(tmp_path, tmpfs_dir, BODY)
     deliver(config)  # the generated value is in the store: the next write is the credstore's
     before = snapshot(tmpfs_dir)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "credbridge-fault=write.created@1:error",
-            *("-m", "credbridge.core.cli", "-c", str(config), "deliver"),
-        ],
-        capture_output=True,
-        env={**os.environ, "CB_TEST_STATIC": "v2"},
-        check=False,
-    )
+    result = redeliver_with_fault(config, "write.created@1:error")
     assert result.returncode == 9, result.stderr
     (line,) = result.stderr.decode().splitlines()
     assert line.startswith(f"credbridge: error: app.service: cannot write {tmpfs_dir}/.app.service")
