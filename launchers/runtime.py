@@ -382,6 +382,12 @@ class VmRuntime:
                 ) from None
             os.rmdir(path)
             return
+        except OSError as error:
+            # A symlink (ELOOP), a directory (EISDIR), ...: credbridge only ever makes a file.
+            raise LaunchError(
+                f"runtime directory {path} exists and was not made by credbridge "
+                f"({LOCK_NAME}: {error.strerror}); remove it or choose another runtime_dir"
+            ) from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -308,6 +308,26 @@ def test_no_credentials_is_forbidden(moto: MotoServer, monkeypatch: pytest.Monke
         assert outcome.problem.startswith("no AWS credentials found (environment, ~/.aws")
 
 
+def test_a_failing_credential_process_is_forbidden_and_named(
+    moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A profile whose ``credential_process`` fails (an expired SSO helper, a vault agent that
+    is down): botocore raises while the chain is resolved, before any call is made."""
+    helper = tmp_path / "credential-helper"
+    helper.write_text("#!/bin/sh\necho 'helper: the session expired' >&2\nexit 3\n")
+    helper.chmod(0o700)
+    (tmp_path / "home" / "aws-config").write_text(
+        f"[profile broken]\ncredential_process = {helper}\nregion = us-east-1\n"
+    )
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.url)
+    for ref in ("aws-sm:x?profile=broken", "aws-ssm:/x?profile=broken"):
+        outcome = resolve(sources(), ref)[0]
+        assert isinstance(outcome, Forbidden), outcome
+        assert outcome.problem.startswith("AWS credentials could not be loaded: "), outcome
+        assert "the session expired" in outcome.problem
+        assert "\n" not in str(outcome)
+
+
 def test_unknown_profile_is_named(aws: MotoServer) -> None:
     outcome = resolve(sources(), "aws-sm:x?profile=nope")[0]
     assert isinstance(outcome, Forbidden)

@@ -252,3 +252,117 @@ def test_a_virtiofsd_whose_help_fails_is_judged_by_what_it_printed(tmp_path: Pat
     assert virtiofsd_flavour(str(rust)) == "rust"
     with pytest.raises(LaunchError, match="does not look like virtiofsd"):
         virtiofsd_flavour(str(other))
+
+
+def test_a_helper_that_died_before_the_vm_started_is_named_with_its_status(
+    tmpfs_dir: Path,
+) -> None:
+    from credbridge.core.errors import LaunchError
+    from credbridge.launchers.runtime import VmRuntime
+
+    for status in (3, 0):
+        with VmRuntime("vm", tmpfs_dir / "rt") as rt:
+            helper = rt.start_helper(
+                "helper", [sys.executable, "-c", f"raise SystemExit({status})"]
+            )
+            helper.process.wait(timeout=30)
+            with pytest.raises(LaunchError) as error:
+                rt.start([sys.executable, "-c", "pass"])
+            assert rt.hypervisor is None
+        assert str(error.value) == f"helper exited with status {status} before the VM started"
+
+
+def test_the_hypervisor_start_is_logged_without_its_arguments(
+    tmpfs_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The argv may carry a value (OEM strings on the command line, when a user asks for it):
+    the debug line counts the arguments and never shows them."""
+    import logging
+
+    from credbridge.launchers.runtime import VmRuntime
+
+    argv = [sys.executable, "-c", "pass", "--platform", "oem_strings=[robust-api-key-0123456789]"]
+    with (
+        caplog.at_level(logging.DEBUG, logger="credbridge.launchers.runtime"),
+        VmRuntime("vm", tmpfs_dir / "rt") as rt,
+    ):
+        assert rt.run(argv) == 0
+    messages = [record.getMessage() for record in caplog.records]
+    assert f"starting hypervisor of VM vm: {sys.executable} with 4 arguments" in messages
+    assert not any("robust-api-key" in message for message in messages)
+
+
+def test_a_failing_cleanup_is_logged_and_the_others_still_run(
+    tmpfs_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from credbridge.launchers.runtime import VmRuntime
+
+    ran: list[str] = []
+
+    def failing() -> None:
+        ran.append("failing")
+        raise RuntimeError("the sink's socket is gone")
+
+    with VmRuntime("vm", tmpfs_dir / "rt") as rt:
+        rt.callback(ran.append, "first")
+        rt.callback(failing)
+        rt.callback(ran.append, "last")
+        assert rt.run([sys.executable, "-c", "pass"]) == 0
+    assert ran == ["last", "failing", "first"]  # in reverse, every one
+    assert not (tmpfs_dir / "rt").exists()
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == ["cleanup of VM vm failed"]
+    assert errors[0].exc_info is not None and errors[0].exc_info[0] is RuntimeError
+
+
+@pytest.mark.parametrize("planted", ["symlink", "directory"])
+def test_a_stale_directory_whose_lock_is_no_file_is_refused_not_followed(
+    tmpfs_dir: Path, planted: str
+) -> None:
+    """A leftover runtime directory is cleared only when its lock file proves credbridge made
+    it; a symlink there is never followed (not even to read a pid)."""
+    from credbridge.core.errors import LaunchError
+    from credbridge.launchers.runtime import LOCK_NAME, VmRuntime
+
+    runtime = tmpfs_dir / "rt"
+    runtime.mkdir(mode=0o700)
+    victim = tmpfs_dir / "victim"
+    victim.write_text("4242\n")
+    if planted == "symlink":
+        (runtime / LOCK_NAME).symlink_to(victim)
+    else:
+        (runtime / LOCK_NAME).mkdir()
+    with pytest.raises(LaunchError) as error, VmRuntime("vm", runtime):
+        pass
+    reason = "Too many levels of symbolic links" if planted == "symlink" else "Is a directory"
+    assert str(error.value) == (
+        f"runtime directory {runtime} exists and was not made by credbridge "
+        f"({LOCK_NAME}: {reason}); remove it or choose another runtime_dir"
+    )
+    assert victim.read_text() == "4242\n"
+    assert (runtime / LOCK_NAME).exists()  # left for the user to look at
+
+
+def test_waiting_for_the_vm_is_idle(tmpfs_dir: Path) -> None:
+    """The wait sleeps on pidfds and the wake pipe: a VM that runs for a while costs its
+    launcher next to no CPU (a polling loop would burn a core)."""
+    from credbridge.launchers.runtime import VmRuntime
+
+    with VmRuntime("vm", tmpfs_dir / "rt") as rt:
+        rt.start_helper("helper", [sys.executable, "-c", "import time; time.sleep(60)"])
+        rt.start([sys.executable, "-c", "import time; time.sleep(2)"])
+        before = time.process_time()
+        assert rt.wait() == 0
+        spent = time.process_time() - before
+    assert spent < 0.5, f"{spent:.2f} s of CPU while waiting 2 s"
+
+
+def test_a_hypervisor_reaped_before_the_wait_still_gives_its_status(tmpfs_dir: Path) -> None:
+    """A launcher may poll the hypervisor between start() and wait() (to see whether it died
+    during the API handshake); once reaped it has no pidfd, and wait() must still answer."""
+    from credbridge.launchers.runtime import VmRuntime
+
+    with VmRuntime("vm", tmpfs_dir / "rt") as rt:
+        hypervisor = rt.start([sys.executable, "-c", "raise SystemExit(7)"])
+        hypervisor.wait(timeout=30)  # reaped: its pid may already belong to another process
+        assert rt.wait() == 7

