@@ -371,6 +371,24 @@ class SopsRunner:
         self._lock = threading.Lock()
         self._age_key_memfd: int | None = None
         self._age_key_error: SourceError | None = None
+        self._running: set[subprocess.Popen[bytes]] = set()
+        self._stopping = False
+
+    def stop_running(self) -> None:
+        """Kill every sops this runner started that is still running, and any started until
+        :meth:`resume`: an interrupt in the main thread must not wait for worker threads'
+        sops runs to end by themselves (they run in their own sessions, out of reach of the
+        terminal's signals)."""
+        with self._lock:
+            self._stopping = True
+            running = list(self._running)
+        for process in running:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+    def resume(self) -> None:
+        with self._lock:
+            self._stopping = False
 
     def binary(self) -> SopsBinary:
         try:
@@ -469,6 +487,12 @@ class SopsRunner:
             ) from None
         finally:
             environment.clear()
+        with self._lock:
+            self._running.add(process)
+            stopping = self._stopping
+        if stopping:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
         with process:
             try:
                 stdout, stderr = process.communicate(
@@ -482,6 +506,9 @@ class SopsRunner:
             except BaseException:
                 _kill_group(process)
                 raise
+            finally:
+                with self._lock:
+                    self._running.discard(process)
         rc = process.returncode
         log.debug(
             "sops: %s %s exited %d in %.0f ms",
@@ -633,8 +660,17 @@ class SopsSource(DocumentSource):
         if workers <= 1:
             results = {key: one(key) for key in files}
         else:
-            with ThreadPoolExecutor(workers, thread_name_prefix="credbridge-sops") as pool:
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="credbridge-sops")
+            try:
                 results = dict(zip(files, pool.map(one, files), strict=True))
+            except BaseException:
+                # An interrupt (KeyboardInterrupt, the engine's Terminated) reaches the main
+                # thread only: end the workers' sops runs, or the exit waits for all of them.
+                self.runner.stop_running()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+                self.runner.resume()
         return {locator: results[key] for locator, key in keys.items()}
 
     def _document(self, key: tuple[Path, str]) -> Secret | SecretDocument:

@@ -625,38 +625,48 @@ def test_each_sops_run_is_logged_with_its_command_file_and_duration(
     assert 1 <= int(runs[0][4]) <= elapsed_ms + 1
 
 
+@pytest.mark.parametrize("files", [1, 3])
 def test_an_interrupt_ends_sops_and_its_helpers_at_once(
-    keys: tuple[AgeKey, AgeKey], tmp_path: Path
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, tmpfs_dir: Path, files: int
 ) -> None:
     """SIGINT while sops waits for its key command: credbridge exits 130 without waiting for
-    sops, and the key command (in sops's own session) is killed with it."""
-    path = encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
-    pid_file = tmp_path / "helper.pid"
+    sops, and the key commands (in sops's own sessions) are killed with it; with several
+    files too, whose sops runs wait in worker threads the signal never reaches."""
+    lines = ["[targets.app.credentials]"]
+    for index in range(files):
+        path = encrypt(tmp_path / f"app{index}.yaml", YAML.encode(), keys[0])
+        lines.append(f'c{index} = "sops:{path}#token"')
+    config = tmp_path / "credbridge.toml"
+    config.write_text(f'[sinks.credstore]\ndirectory = "{tmpfs_dir}"\n' + "\n".join(lines) + "\n")
+    pids = tmp_path / "helpers"
+    pids.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOPS_")}
-    env["SOPS_AGE_KEY_CMD"] = f"sh -c 'echo $$ > {pid_file}; exec sleep 60'"
+    env["SOPS_AGE_KEY_CMD"] = f"sh -c 'echo $$ > {pids}/$$; exec sleep 60'"
     process = subprocess.Popen(
-        [sys.executable, "-m", "credbridge.core.cli", "get", f"sops:{path}#token"],
+        [sys.executable, "-m", "credbridge.core.cli", "-c", str(config), "deliver"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
     )
     deadline = time.monotonic() + 60
-    while not (pid_file.exists() and pid_file.read_text().strip()):
+    while len([p for p in pids.iterdir() if p.read_text().strip()]) < files:
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()
         time.sleep(0.02)
-    helper = int(pid_file.read_text())
+    helpers = [int(p.name) for p in pids.iterdir()]
     os.kill(process.pid, signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=30)  # far less than the helper's 60 s
+    stdout, stderr = process.communicate(timeout=30)  # far less than the helpers' 60 s
     assert process.returncode == 130, stderr
     assert stderr.decode().splitlines() == ["credbridge: interrupted"]
     assert stdout == b""
+    assert not (tmpfs_dir / "app").exists()
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{helper}").exists():
-        state = Path(f"/proc/{helper}/stat").read_text().rpartition(") ")[2][0]
-        if state == "Z":
-            break  # dead, waiting for its parent (sops, killed too) to be reaped
-        assert time.monotonic() < deadline, f"the key command {helper} outlived the interrupt"
-        time.sleep(0.05)
+    for helper in helpers:
+        while Path(f"/proc/{helper}").exists():
+            state = Path(f"/proc/{helper}/stat").read_text().rpartition(") ")[2][0]
+            if state == "Z":
+                break  # dead, waiting for its parent (sops, killed too) to be reaped
+            assert time.monotonic() < deadline, f"key command {helper} outlived the interrupt"
+            time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- canary
