@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime
-import ipaddress
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from credbridge.core import (
 )
 from credbridge.core.errors import ExitCode
 from support.openbao import DevServer, InterruptingProxy, free_port_pair, openbao
+from support.testca import TestCA
 
 pytestmark = pytest.mark.vault
 
@@ -510,7 +510,7 @@ def test_kubernetes_login_reaches_the_server(openbao: DevServer, tmp_path: Path)
     client.sys.enable_auth_method("kubernetes", path=mount)
     client.auth.kubernetes.configure(
         kubernetes_host="https://127.0.0.1:1",
-        kubernetes_ca_cert=_make_ca(tmp_path)[0].decode(),
+        kubernetes_ca_cert=TestCA().pem.decode(),
         disable_local_ca_jwt=True,
         mount_point=mount,
     )
@@ -572,73 +572,15 @@ def test_token_sources(openbao: DevServer, tmp_path: Path, monkeypatch: pytest.M
 # --------------------------------------------------------------------------- TLS
 
 
-def _make_ca(directory: Path) -> tuple[bytes, Path, Path]:
-    """A self-signed CA and a server certificate for 127.0.0.1 signed by it."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "credbridge test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "server.pem", directory / "server-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca.public_bytes(serialization.Encoding.PEM), cert_path, key_path
-
-
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevServer, str, Path]]:
     directory = tmp_path_factory.mktemp("tls")
-    ca, cert, key = _make_ca(directory)
-    (directory / "ca.pem").write_bytes(ca)
+    ca = TestCA()
+    cert, key = directory / "server.pem", directory / "server-key.pem"
+    (directory / "ca.pem").write_bytes(ca.pem)
+    cert_pem, key_pem = ca.issue("127.0.0.1", server=True)
+    cert.write_bytes(cert_pem)
+    key.write_bytes(key_pem)
     port = free_port_pair()
     extra = (
         f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n'

@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import subprocess
@@ -38,6 +36,7 @@ from credbridge.core.reference import parse_reference
 from support.httpproxy import HttpProxy, Reply
 from support.httpproxy import Request as ProxyRequest
 from support.openbao import DevServer, free_port_pair, openbao
+from support.testca import TestCA
 from test_vault import put, resolve, token_file, unique, vault_config
 
 pytestmark = pytest.mark.vault
@@ -248,74 +247,14 @@ def test_token_quoted_in_a_read_error_is_withheld(openbao: DevServer, tmp_path: 
 # --------------------------------------------------------------------------- mutual TLS
 
 
-def _pem_key(key: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _issue(ca: Any, ca_key: Any, name: str, *, server: bool) -> tuple[bytes, bytes]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    cert = builder.sign(ca_key, hashes.SHA256())
-    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
-
-
 @pytest.fixture(scope="module")
 def mtls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """OpenBao with a TLS listener that requires a client certificate signed by the test CA."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     directory = tmp_path_factory.mktemp("mtls")
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "credbridge mTLS test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    files = {"ca.pem": ca.public_bytes(serialization.Encoding.PEM)}
-    files["server.pem"], files["server-key.pem"] = _issue(ca, ca_key, "127.0.0.1", server=True)
-    files["client.pem"], files["client-key.pem"] = _issue(ca, ca_key, "credbridge", server=False)
+    ca = TestCA("credbridge mTLS test CA")
+    files = {"ca.pem": ca.pem}
+    files["server.pem"], files["server-key.pem"] = ca.issue("127.0.0.1", server=True)
+    files["client.pem"], files["client-key.pem"] = ca.issue("credbridge", server=False)
     for file_name, data in files.items():
         (directory / file_name).write_bytes(data)
     (directory / "client-key.pem").chmod(0o600)
