@@ -10,12 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,14 +21,12 @@ from typing import Any
 
 import pytest
 
+from support.servers import free_port, spawn_logged, stop_by_pid, wait_until_answering
+
+__all__ = ["ACCESS_KEY", "MotoServer", "free_port", "moto"]
+
 ACCESS_KEY = "AKIAMOTOTESTING00001"
 SECRET_KEY = "moto-secret-key-for-tests-0123456789abcd"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def moto_binary() -> list[str]:
@@ -59,26 +54,12 @@ class MotoServer:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env["HOME"] = str(self.home)
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [*moto_binary(), "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        end = time.monotonic() + 60
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"moto_server exited: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1):  # noqa: S310
-                    return self
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > end:
-                raise RuntimeError(f"moto_server did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.05)
+        argv = [*moto_binary(), "-H", "127.0.0.1", "-p", str(self.port)]
+        self.process = spawn_logged(argv, env, self.log)
+        wait_until_answering(
+            self.process, f"{self.url}/moto-api/", name="moto_server", log=self.log
+        )
+        return self
 
     def reset(self) -> None:
         request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")  # noqa: S310
@@ -86,13 +67,7 @@ class MotoServer:
             pass
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_by_pid(self.process)
         shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> MotoServer:

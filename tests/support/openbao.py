@@ -15,14 +15,13 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from support.servers import spawn_logged, stop_by_pid, wait_until_answering
 
 
 def bao_binary() -> str:
@@ -101,30 +100,13 @@ class DevServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
         env["HOME"] = str(self.home)
         # The root token is given in argv here only because this is a throwaway dev server.
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
-        self.wait_ready()
+        self.process = spawn_logged(argv, env, self.log)
+        # 200 from /v1/sys/health: initialised and unsealed.
+        health = f"{self.address}/v1/sys/health"
+        wait_until_answering(
+            self.process, health, name="bao server", log=self.log, want_status=200, deadline=30
+        )
         return self
-
-    def wait_ready(self, deadline: float = 30.0) -> None:
-        """Poll /v1/sys/health until the server answers unsealed (a start-up wait, not a test)."""
-        end = time.monotonic() + deadline
-        url = f"{self.address}/v1/sys/health"
-        while True:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"bao server exited: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as answer:  # noqa: S310 - loopback
-                    if answer.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > end:
-                raise RuntimeError(f"bao server did not start: {self.log.read_text()[-2000:]}")
-            time.sleep(0.05)
 
     def kill(self) -> None:
         """SIGKILL the server (a crash), by PID."""
@@ -133,13 +115,7 @@ class DevServer:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_by_pid(self.process)
         shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> DevServer:
