@@ -3,16 +3,14 @@ the lazy import of botocore."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from credbridge.backends.aws import AwsSettings, AwsSource, _split_parameter
 from credbridge.core import BadReference, ConfigError, Session, parse_reference
+from support.imports import cli_imports
 
 
 def load(settings: dict[str, Any], scheme: str = "aws-sm") -> AwsSettings:
@@ -67,7 +65,10 @@ def test_defaults_and_full_table() -> None:
         ({"max_attempts": 11}, "max_attempts: must be an integer from 1 to 10"),
         ({"retry_mode": "legacy"}, "retry_mode: must be one of standard, adaptive"),
         ({"read_timeout": 0}, "read_timeout: must be a positive number of seconds"),
-        ({"connect_timeout": float("nan")}, "connect_timeout: must be a positive number of seconds"),
+        (
+            {"connect_timeout": float("nan")},
+            "connect_timeout: must be a positive number of seconds",
+        ),
         ({"concurrency": 0}, "concurrency: must be an integer from 1 to 256"),
         ({"profile": "a\nb"}, "profile: value contains the control character"),
         (
@@ -156,32 +157,12 @@ def test_routes_region_precedence() -> None:
 # --------------------------------------------------------------------------- lazy import
 
 HEAVY = ("boto3", "botocore")
-PROBE = """
-import json, sys
-from credbridge.core.cli import cli
-try:
-    cli(sys.argv[1:], prog_name="credbridge", standalone_mode=False)
-except SystemExit:
-    pass
-except Exception as error:
-    print("error:", type(error).__name__, file=sys.stderr)
-print(json.dumps({m: m in sys.modules for m in %r}))
-""" % (HEAVY,)
 
 
 def probe(*args: str, cwd: Path) -> dict[str, bool]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(AWS_EC2_METADATA_DISABLED="true", HOME=str(cwd))
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE, *args],
-        capture_output=True,
-        cwd=cwd,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    result: dict[str, bool] = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    return result
+    return cli_imports(args, env=env, cwd=cwd).which(HEAVY)
 
 
 def test_botocore_is_imported_only_for_aws_references(tmp_path: Path, tmpfs_dir: Path) -> None:

@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO, run_cli, secret_value
+from support.imports import cli_imports
 
 
 def config(tmp_path: Path, credstore: Path) -> Path:
@@ -127,7 +126,9 @@ def test_check_reports_without_values(tmp_path: Path, tmpfs_dir: Path) -> None:
     assert results["token"]["ok"] is False
     assert results["api-key"]["ok"] is True
     assert not (tmp_path / "store").exists()  # check never generates
-    good = run_cli("-c", str(path), "check", env={"CB_CLI_TOKEN": secret_value("secret-check-value")})
+    good = run_cli(
+        "-c", str(path), "check", env={"CB_CLI_TOKEN": secret_value("secret-check-value")}
+    )
     assert good.returncode == 0, good.stderr
     assert b"secret-check-value" not in good.stdout + good.stderr
 
@@ -158,27 +159,11 @@ def test_commands_do_not_import_heavy_libraries(
     args: list[str], tmp_path: Path, tmpfs_dir: Path
 ) -> None:
     path = config(tmp_path, tmpfs_dir)
-    probe = (
-        "import sys, json\n"
-        "from credbridge.core.cli import cli\n"
-        "try:\n"
-        f"    cli({['-c', str(path), *args]!r}, prog_name='credbridge')\n"
-        "except SystemExit as e:\n"
-        "    code = e.code\n"
-        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
-        "sys.stderr.write('HEAVY=' + json.dumps(heavy) + '\\n')\n"
-        "sys.exit(code)\n"
+    result = cli_imports(
+        ["-c", str(path), *args], env={"CB_CLI_TOKEN": "x", "PATH": "/usr/bin:/bin"}
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        capture_output=True,
-        text=True,
-        env={"CB_CLI_TOKEN": "x", "PATH": "/usr/bin:/bin"},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    heavy_line = [line for line in result.stderr.splitlines() if line.startswith("HEAVY=")][-1]
-    assert json.loads(heavy_line[6:]) == []
+    assert result.exit_code == 0, result.stderr
+    assert sorted(m for m in result.modules if m.split(".")[0] in HEAVY) == []
 
 
 def test_no_value_in_any_output_at_debug_level(tmp_path: Path, tmpfs_dir: Path) -> None:

@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-HEAVY = ("hvac", "requests", "urllib3")
+from support.imports import cli_imports
 
-# Runs the real CLI in-process in a child, then reports which heavy modules got imported.
-PROBE = """
-import json, sys
-from credbridge.core.cli import cli
-try:
-    cli(sys.argv[1:], prog_name="credbridge", standalone_mode=False)
-except SystemExit:
-    pass
-except Exception as error:
-    print("error:", type(error).__name__, file=sys.stderr)
-print(json.dumps({m: m in sys.modules for m in %r}))
-""" % (HEAVY,)
+HEAVY = ("hvac", "requests", "urllib3")
 
 
 def probe(*args: str, cwd: Path) -> dict[str, bool]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
-    done = subprocess.run(
-        [sys.executable, "-c", PROBE, *args],
-        capture_output=True,
-        cwd=cwd,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    result: dict[str, bool] = json.loads(done.stdout.decode().strip().splitlines()[-1])
-    return result
+    return cli_imports(args, env=env, cwd=cwd).which(HEAVY)
 
 
 def test_plugins_and_generate_only_delivery_do_not_import_hvac(
