@@ -302,7 +302,6 @@ class VmRuntime:
         self._cleanups: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._old_handlers: dict[int, Any] = {}
         self._wake_r = self._wake_w = -1
-        self._stopping = False
         self._main_thread = threading.get_ident()
 
     # ------------------------------------------------------------------ enter / exit
@@ -590,7 +589,6 @@ class VmRuntime:
             process.wait()
 
     def _stop_helpers(self) -> None:
-        self._stopping = True
         for helper in reversed(self.helpers):
             self._terminate(helper.process, helper.name)
             if helper.pidfd is not None:

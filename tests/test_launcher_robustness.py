@@ -366,3 +366,34 @@ def test_a_hypervisor_reaped_before_the_wait_still_gives_its_status(tmpfs_dir: P
         hypervisor = rt.start([sys.executable, "-c", "raise SystemExit(7)"])
         hypervisor.wait(timeout=30)  # reaped: its pid may already belong to another process
         assert rt.wait() == 7
+
+
+def test_a_signal_while_a_helper_starts_ends_the_launch_with_128_plus_n(tmpfs_dir: Path) -> None:
+    """SIGTERM before the hypervisor exists (here: while waiting for a helper's socket) is
+    held by the runtime's handler and raised between steps, naming the signal."""
+    from credbridge.launchers.runtime import LaunchInterrupted, VmRuntime
+
+    send_sigterm = "import os, signal, time; os.kill(os.getppid(), signal.SIGTERM); time.sleep(60)"
+    with pytest.raises(LaunchInterrupted) as stopped, VmRuntime("vm", tmpfs_dir / "rt") as rt:
+        rt.start_helper("helper", [sys.executable, "-c", send_sigterm], ready=tmpfs_dir / "never")
+    assert stopped.value.status == 128 + signal.SIGTERM
+    assert str(stopped.value) == "interrupted by SIGTERM before the VM started"
+    assert rt.hypervisor is None
+    assert rt.helpers[0].process.poll() is not None  # stopped with the runtime
+    assert not (tmpfs_dir / "rt").exists()
+
+
+def test_helpers_run_in_their_own_session_out_of_reach_of_terminal_signals(
+    tmpfs_dir: Path,
+) -> None:
+    """A Ctrl-C on the terminal goes to credbridge's process group: credbridge forwards it to
+    the hypervisor and stops helpers itself, in order, so helpers must not get it directly."""
+    from credbridge.launchers.runtime import VmRuntime
+
+    with VmRuntime("vm", tmpfs_dir / "rt") as rt:
+        helper = rt.start_helper("helper", [sys.executable, "-c", "import time; time.sleep(60)"])
+        hypervisor = rt.start([sys.executable, "-c", "import time; time.sleep(60)"])
+        assert os.getsid(helper.process.pid) == helper.process.pid != os.getsid(0)
+        assert os.getpgid(hypervisor.pid) == os.getpgid(0)  # the console keeps working
+        hypervisor.kill()
+        assert rt.wait() == 128 + signal.SIGKILL
