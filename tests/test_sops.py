@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -329,6 +330,34 @@ def test_age_key_from_a_credential_reaches_only_that_child_never_in_argv_or_envi
     assert env["SOPS_DECRYPTION_ORDER"] == "age"
     assert "UNRELATED_TOKEN" not in env
     assert "--disable-version-check" in argv
+
+
+def test_the_age_key_memory_file_sops_reads_is_sealed(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen from inside sops (by the key command it starts, through /proc): the memory file
+    holding the key can be neither written, grown, shrunk nor unsealed."""
+    key = keys[0]
+    encrypt(tmp_path / "app.yaml", YAML.encode(), key)
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "sops-age-key").write_text(key.text())
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    seals = tmp_path / "seals"
+    inspect = tmp_path / "inspect.py"
+    inspect.write_text(
+        "import fcntl, os\n"
+        "name = os.environ['SOPS_AGE_KEY_FILE'].rpartition('/')[2]\n"
+        "fd = os.open(f'/proc/{os.getppid()}/fd/{name}', os.O_RDONLY)\n"
+        f"open({str(seals)!r}, 'w').write(str(fcntl.fcntl(fd, fcntl.F_GET_SEALS)))\n"
+    )
+    monkeypatch.setenv("SOPS_AGE_KEY_CMD", f"{sys.executable} {inspect}")
+    ref = f"sops:{tmp_path}/app.yaml#token"
+    assert resolve({"sources": {"sops": {"age_key": "credential:sops-age-key"}}}, ref) == {
+        ref: b"top-level"
+    }
+    wanted = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+    assert int(seals.read_text()) == wanted
 
 
 def test_age_key_from_a_file_reference_relative_to_the_config(
