@@ -302,7 +302,6 @@ class VmRuntime:
         self._cleanups: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
         self._old_handlers: dict[int, Any] = {}
         self._wake_r = self._wake_w = -1
-        self._main_thread = threading.get_ident()
 
     # ------------------------------------------------------------------ enter / exit
 
