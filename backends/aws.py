@@ -820,9 +820,17 @@ class AwsSource(DocumentSource):
         if isinstance(error, bx.SSLError):
             reason = tls_reason(error, ca_hint="set AWS_CA_BUNDLE to the CA that signed it")
             return Unreachable("", _in_route(f"TLS with {url} failed: {reason}", route))
-        if isinstance(
-            error, bx.EndpointConnectionError | bx.ConnectionClosedError | bx.ProxyConnectionError
-        ):
+        if isinstance(error, bx.ProxyConnectionError):
+            proxy = _without_userinfo(getattr(error, "kwargs", {}).get("proxy_url"))
+            return Unreachable(
+                "",
+                _in_route(
+                    f"cannot reach the proxy {proxy} (HTTPS_PROXY/HTTP_PROXY) for {url}: "
+                    f"{connection_reason(error)} ({what})",
+                    route,
+                ),
+            )
+        if isinstance(error, bx.EndpointConnectionError | bx.ConnectionClosedError):
             return Unreachable(
                 "", _in_route(f"cannot reach {url}: {connection_reason(error)} ({what})", route)
             )
@@ -851,6 +859,20 @@ class AwsSource(DocumentSource):
                 profile.credentials = None
             self._profiles.clear()
         self._redactor.clear()
+
+
+def _without_userinfo(url: object) -> str:
+    """A proxy URL fit for a message: scheme, host and port, never ``user:password@``."""
+    from urllib.parse import urlsplit
+
+    if not isinstance(url, str) or not url:
+        return "(unknown)"
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparsable URL)"
+    return f"{parts.scheme}://{parts.hostname or '?'}{port}"
 
 
 def _in_route(problem: str, route: Route | None) -> str:

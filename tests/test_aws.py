@@ -328,6 +328,29 @@ def test_a_failing_credential_process_is_forbidden_and_named(
         assert "\n" not in str(outcome)
 
 
+def test_a_proxy_that_is_down_is_named_without_its_password(
+    aws: MotoServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Behind a proxy (HTTPS_PROXY/HTTP_PROXY, as botocore reads them) that does not answer:
+    the error names the proxy, not only the endpoint, and never its credentials."""
+    closed = free_port()
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, f"http://ops:proxy-pass-0815@127.0.0.1:{closed}")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with caplog.at_level(logging.DEBUG, logger="credbridge.backends.aws"):
+        outcome = resolve(sources(max_attempts=1), "aws-sm:x")[0]
+    assert isinstance(outcome, Unreachable), outcome
+    assert outcome.problem == (
+        f"cannot reach the proxy http://127.0.0.1:{closed} (HTTPS_PROXY/HTTP_PROXY) for the "
+        "AWS secretsmanager endpoint: connection refused (BatchGetSecretValue of 1 secret(s))"
+    )
+    # No region, profile or role given: the client is for the defaults.
+    messages = [r.getMessage() for r in caplog.records]
+    assert "aws-sm: secretsmanager client for defaults" in messages
+    assert not any("proxy-pass-0815" in m for m in messages)
+
+
 def test_unknown_profile_is_named(aws: MotoServer) -> None:
     outcome = resolve(sources(), "aws-sm:x?profile=nope")[0]
     assert isinstance(outcome, Forbidden)
