@@ -1036,6 +1036,43 @@ def test_store_working_copy_is_private_while_sops_edits_it(
     assert sorted(p.name for p in directory.iterdir()) == [".store.yaml.lock", "store.yaml"]
 
 
+def test_store_lists_only_its_entries_and_rotates_a_key_it_never_held(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path
+) -> None:
+    """A store file edited by hand (plain sops) may hold other things: a note, a table
+    without ``current``; they are no store keys. Rotating a key that was never created
+    gives it a current value and no previous one."""
+    path = tmp_path / "store.yaml"
+    encrypt(
+        path,
+        b"app/db:\n  current: one\nnotes: the current owner is ops\nops:\n  owner: team\n",
+        keys[0],
+    )
+    runner = sops_backend.SopsRunner(sops_backend.SopsSettings(age_key_file=keys[0].path))
+    store = sops_backend.SopsStore(path, runner, [keys[0].recipient])
+    assert store.keys() == ["app/db"]
+    store.rotate("app/new", Secret(b"fresh"))
+    assert store.read("app/new") == Secret(b"fresh")
+    assert store.read("app/new", previous=True) is None
+    plain = json.loads(sops("decrypt", "--output-type", "json", str(path), key=keys[0]))
+    assert plain["app/new"] == {"current": "fresh"}
+    assert plain["notes"] == "the current owner is ops"  # kept as it was
+    assert store.keys() == ["app/db", "app/new"]
+
+
+def test_store_path_that_is_a_directory_is_named(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, cli
+) -> None:  # type: ignore[no-untyped-def]
+    config_path = store_project(tmp_path, keys)
+    store_file = config_path.parent / "secrets" / "generated.yaml"
+    store_file.mkdir()
+    result = cli("-c", str(config_path), "get", "stored:app/db")
+    assert result.returncode == 7, result.stderr
+    assert result.stderr.decode().splitlines() == [
+        f"credbridge: error: store key app/db: cannot read {store_file}: not a regular file"
+    ]
+
+
 def test_store_wrong_key_is_a_typed_store_error(
     keys: tuple[AgeKey, AgeKey], age_keygen: str, tmp_path: Path, cli
 ) -> None:  # type: ignore[no-untyped-def]
