@@ -671,7 +671,12 @@ def test_an_interrupt_ends_sops_and_its_helpers_at_once(
         path = encrypt(tmp_path / f"app{index}.yaml", YAML.encode(), keys[0])
         lines.append(f'c{index} = "sops:{path}#token"')
     config = tmp_path / "credbridge.toml"
-    config.write_text(f'[sinks.credstore]\ndirectory = "{tmpfs_dir}"\n' + "\n".join(lines) + "\n")
+    # Two files at a time: with three, one waits for a worker and must never start.
+    config.write_text(
+        f'[sinks.credstore]\ndirectory = "{tmpfs_dir}"\n[sources.sops]\nconcurrency = 2\n'
+        + "\n".join(lines)
+        + "\n"
+    )
     pids = tmp_path / "helpers"
     pids.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SOPS_")}
@@ -683,12 +688,13 @@ def test_an_interrupt_ends_sops_and_its_helpers_at_once(
         env=env,
     )
     deadline = time.monotonic() + 60
-    while len([p for p in pids.iterdir() if p.read_text().strip()]) < files:
+    while len([p for p in pids.iterdir() if p.read_text().strip()]) < min(files, 2):
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()
         time.sleep(0.02)
-    helpers = [int(p.name) for p in pids.iterdir()]
     os.kill(process.pid, signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=30)  # far less than the helpers' 60 s
+    stdout, stderr = process.communicate(timeout=20)  # less than sops's 30 s timeout
+    helpers = [int(p.name) for p in pids.iterdir()]
+    assert len(helpers) == min(files, 2)  # the waiting file's sops never started
     assert process.returncode == 130, stderr
     assert stderr.decode().splitlines() == ["credbridge: interrupted"]
     assert stdout == b""
