@@ -39,6 +39,7 @@ from credbridge.core.errors import ExitCode
 from credbridge.core.remote import WITHHELD
 from support.httpproxy import HttpProxy, Reply
 from support.moto import ACCESS_KEY, MotoServer, free_port, moto
+from support.servers import established_connections
 
 pytestmark = pytest.mark.aws
 
@@ -349,6 +350,25 @@ def test_a_proxy_that_is_down_is_named_without_its_password(
     messages = [r.getMessage() for r in caplog.records]
     assert "aws-sm: secretsmanager client for defaults" in messages
     assert not any("proxy-pass-0815" in m for m in messages)
+
+
+def test_a_closed_source_holds_no_connection_even_while_referenced(aws: MotoServer) -> None:
+    """``Source.close()`` closes every client's pool itself: an embedding program may keep
+    the source object alive after closing it. (moto closes each connection after answering;
+    the proxy in front keeps them alive, as AWS does.)"""
+    name = unique("close")
+    aws.client("secretsmanager").create_secret(Name=name, SecretString="v")
+    aws.client("ssm").put_parameter(Name=f"/{name}", Value="v", Type="SecureString")
+    with (
+        HttpProxy(aws.port) as proxy,
+        Session(parse_config(sources(endpoint_url=proxy.url))) as session,
+    ):
+        for scheme, ref in (("aws-sm", f"aws-sm:{name}"), ("aws-ssm", f"aws-ssm:/{name}")):
+            assert resolve(None, ref, session=session) == [b"v"]
+            source = session.source(scheme)
+            assert established_connections(proxy.port) >= 1
+            source.close()
+            assert established_connections(proxy.port) == 0, scheme
 
 
 def test_unknown_profile_is_named(aws: MotoServer) -> None:

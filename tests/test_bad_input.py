@@ -345,7 +345,10 @@ def test_nul_in_config_path_from_the_api() -> None:
 
 
 def test_store_path_from_environment_is_checked(tmp_path: Path) -> None:
-    config = write(tmp_path, f'[sinks.credstore]\ndirectory = "{tmp_path}/cs"\nallow_persistent = true\n' + UNIT)
+    config = write(
+        tmp_path,
+        f'[sinks.credstore]\ndirectory = "{tmp_path}/cs"\nallow_persistent = true\n' + UNIT,
+    )
     result = run_cli(
         "-c", str(config), "deliver", "--dry-run", env={"CREDBRIDGE_STORE": "~cb-no-such-user/s"}
     )

@@ -111,7 +111,7 @@ def test_spawns_from_credbridge_code_are_recognised(canary: Canary) -> None:
     assert found == ["secret #1 (raw form) in argv of a child of credbridge"]
 
 
-INNER_TESTS = '''
+INNER_TESTS = """
 import base64, logging, os, sys
 
 from credbridge.core.errors import DeliveryError
@@ -145,7 +145,7 @@ def test_leak_through_a_credbridge_child(canary):
 def test_clean(canary):
     canary.register(VALUE)
     logging.getLogger("x").debug("nothing secret here")
-'''
+"""
 
 
 def test_the_fixture_fails_leaking_tests(tmp_path: Path) -> None:

@@ -239,7 +239,7 @@ def test_launcher_table_sets_only_how_to_run(tmp_path: Path, tmpfs_dir: Path) ->
         assert launcher.vm.runtime_dir == tmpfs_dir
     data["targets"]["test-vm"]["launcher"]["kernel"] = "/boot/vmlinuz"
     config.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match=r'targets.test-vm.launcher.kernel: the VM\'s shape'):
+    with pytest.raises(ConfigError, match=r"targets.test-vm.launcher.kernel: the VM\'s shape"):
         open_wrapper(config, argv)
 
 

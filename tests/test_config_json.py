@@ -11,7 +11,10 @@ import pytest
 from credbridge.core import ConfigError, Session, load_config
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = [REPO / "examples" / "credbridge.toml", REPO / "examples" / "microvm" / "credbridge.toml"]
+EXAMPLES = [
+    REPO / "examples" / "credbridge.toml",
+    REPO / "examples" / "microvm" / "credbridge.toml",
+]
 
 
 def write_json(tmp_path: Path, data: Any, name: str = "credbridge.json") -> Path:
@@ -121,9 +124,7 @@ def test_cli_accepts_a_json_config(tmp_path: Path, cli: Any) -> None:
         },
     )
     try:
-        result = cli(
-            "-c", str(path), "deliver", env={"JSON_TEST_TOKEN": "json-config-value-8Hq2"}
-        )
+        result = cli("-c", str(path), "deliver", env={"JSON_TEST_TOKEN": "json-config-value-8Hq2"})
         assert result.returncode == 0, result.stderr.decode()
         assert (credstore / "app.service" / "token").read_bytes() == b"json-config-value-8Hq2"
         result = cli("-c", str(path), "unit", "app.service")

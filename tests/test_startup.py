@@ -65,8 +65,7 @@ def test_loading_every_plugin_imports_no_implementation() -> None:
 
 def test_a_record_loads_its_implementation_on_first_use() -> None:
     loaded = modules_after(
-        "from credbridge.core import resolve\n"
-        "assert resolve(['env:PATH'])['env:PATH'].reveal()\n"
+        "from credbridge.core import resolve\nassert resolve(['env:PATH'])['env:PATH'].reveal()\n"
     )
     assert "credbridge.backends.local" in loaded
     assert "credbridge.backends.generate" not in loaded

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -36,6 +35,7 @@ from credbridge.core.reference import parse_reference
 from support.httpproxy import HttpProxy, Reply
 from support.httpproxy import Request as ProxyRequest
 from support.openbao import DevServer, free_port_pair, openbao
+from support.servers import established_connections
 from support.testca import TestCA
 from test_vault import put, resolve, token_file, unique, vault_config
 
@@ -314,25 +314,6 @@ def test_mutual_tls_with_client_certificate_and_ca_path(
     assert not isinstance(untrusted, Secret)
 
 
-def _connections_to(port: int) -> int:
-    """Established TCP connections this process holds to 127.0.0.1:``port``."""
-    inodes = set()
-    for fd in Path("/proc/self/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    count = 0
-    for line in Path("/proc/self/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        remote, state, inode = fields[2], fields[3], fields[9]
-        if state == "01" and inode in inodes and int(remote.split(":")[1], 16) == port:
-            count += 1
-    return count
-
-
 def test_closing_the_session_closes_the_connections(openbao: DevServer, tmp_path: Path) -> None:
     base = unique("close")
     put(openbao, f"secret/{base}/db", password="pw")
@@ -341,10 +322,27 @@ def test_closing_the_session_closes_the_connections(openbao: DevServer, tmp_path
     session = Session(parse_config(config))
     try:
         assert [v.reveal_text() for v in session.resolve(requests).values()] == ["pw"]
-        assert _connections_to(openbao.port) >= 1  # kept alive for the next read
+        assert established_connections(openbao.port) >= 1  # kept alive for the next read
     finally:
         session.close()
-    assert _connections_to(openbao.port) == 0
+    assert established_connections(openbao.port) == 0
+
+
+def test_a_closed_source_holds_no_connection_even_while_referenced(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    """``Source.close()`` releases the pool itself: an embedding program may keep the source
+    object (and so its session) alive after closing it."""
+    base = unique("close")
+    put(openbao, f"secret/{base}/db", password="pw")
+    config = vault_config(openbao.address, auth={"token_file": token_file(tmp_path, openbao.token)})
+    requests = [Request(parse_reference(f"vault:secret/{base}/db#password"))]
+    with Session(parse_config(config)) as session:
+        assert [v.reveal_text() for v in session.resolve(requests).values()] == ["pw"]
+        source = session.source("vault")
+        assert established_connections(openbao.port) >= 1
+        source.close()
+        assert established_connections(openbao.port) == 0
 
 
 def test_requests_ca_bundle_variables_are_honoured_without_a_configured_ca(
