@@ -397,3 +397,29 @@ def test_helpers_run_in_their_own_session_out_of_reach_of_terminal_signals(
         assert os.getpgid(hypervisor.pid) == os.getpgid(0)  # the console keeps working
         hypervisor.kill()
         assert rt.wait() == 128 + signal.SIGKILL
+
+
+def test_the_hypervisor_keeps_the_console_and_helpers_get_no_stdin(tmpfs_dir: Path) -> None:
+    """The hypervisor reads credbridge's stdin (a serial console on the terminal); helpers
+    read nothing from it."""
+    from credbridge.launchers.runtime import VmRuntime
+
+    report = "import os, sys; open(sys.argv[1], 'w').write(os.readlink('/proc/self/fd/0'))"
+    saved = os.dup(0)
+    console_r, console_w = os.pipe()
+    os.dup2(console_r, 0)
+    try:
+        with VmRuntime("vm", tmpfs_dir / "rt") as rt:
+            helper = rt.start_helper(
+                "helper", [sys.executable, "-c", report, str(tmpfs_dir / "helper")]
+            )
+            assert rt.run([sys.executable, "-c", report, str(tmpfs_dir / "hypervisor")]) == 0
+            helper.process.wait(timeout=30)
+        console = os.readlink("/proc/self/fd/0")
+    finally:
+        os.dup2(saved, 0)
+        for fd in (saved, console_r, console_w):
+            os.close(fd)
+    assert console.startswith("pipe:")
+    assert (tmpfs_dir / "hypervisor").read_text() == console
+    assert (tmpfs_dir / "helper").read_text() == "/dev/null"
