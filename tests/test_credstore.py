@@ -571,7 +571,11 @@ def failing_systemd_creds(tmp_path: Path, stderr: str) -> Path:
 
 @pytest.mark.parametrize(
     ("stderr", "reason"),
-    [("Loading key failed\\nTPM2 not available\\n", "TPM2 not available"), ("", "no message")],
+    [
+        ("Loading key failed\\nTPM2 not available\\n", "TPM2 not available"),
+        ("Loading key failed\\nretrying\\nTPM2 not available\\n", "TPM2 not available"),
+        ("", "no message"),
+    ],
 )
 def test_a_failing_systemd_creds_encrypt_is_named_with_its_last_line(
     tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch, stderr: str, reason: str
@@ -668,3 +672,21 @@ def test_delivery_puts_the_callers_signal_handlers_back(
     # A handler installed outside Python reads as None and can only be put back as SIG_DFL.
     assert after == {s: signal.SIG_DFL if h is None else h for s, h in before.items()}
     assert after[signal.SIGHUP] is on_hup
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("relative/store", "must be absolute and normalized"),
+        ("/run/credstore/../x", "must be absolute and normalized"),
+        ("/run/cred\nstore", "cannot go into a unit file"),
+    ],
+)
+def test_a_load_credential_path_systemd_would_ignore_is_refused(path: str, problem: str) -> None:
+    """The last line of defence for sinks built in code: systemd ignores a LoadCredential=
+    path that is not absolute and normalized, so such a path is never written."""
+    from credbridge.backends.credstore import unit_path_value
+
+    with pytest.raises(DeliveryError, match=problem):
+        unit_path_value(Path(path))
+    assert unit_path_value(Path("/run/credstore/100%")) == "/run/credstore/100%%"

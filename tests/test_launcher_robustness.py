@@ -423,3 +423,14 @@ def test_the_hypervisor_keeps_the_console_and_helpers_get_no_stdin(tmpfs_dir: Pa
     assert console.startswith("pipe:")
     assert (tmpfs_dir / "hypervisor").read_text() == console
     assert (tmpfs_dir / "helper").read_text() == "/dev/null"
+
+
+def test_a_configured_virtiofsd_that_is_missing_is_named(tmp_path: Path) -> None:
+    """A configured path is used alone: no fallback to another virtiofsd found elsewhere."""
+    from credbridge.core.errors import LaunchError
+    from credbridge.launchers.runtime import find_virtiofsd
+
+    missing = str(tmp_path / "virtiofsd")
+    with pytest.raises(LaunchError) as error:
+        find_virtiofsd(missing)
+    assert str(error.value) == f"virtiofsd {missing!r} not found or not executable"

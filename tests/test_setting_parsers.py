@@ -14,6 +14,7 @@ from credbridge.core.errors import ConfigError
 from credbridge.core.settings import (
     SettingsTable,
     expand_user,
+    int_setting,
     name_setting,
     number_setting,
     path_setting,
@@ -127,3 +128,17 @@ def test_number_setting_includes_both_ends(value: float, ok: bool) -> None:
     else:
         with pytest.raises(ConfigError, match="n: must be a number from 0 to 2"):
             number_setting(value, file=None, key="n", minimum=0, maximum=2)
+
+
+@pytest.mark.parametrize(("value", "ok"), [(1, True), (64, True), (0, False), (65, False)])
+def test_int_setting_includes_both_ends(value: int, ok: bool) -> None:
+    if ok:
+        assert int_setting(value, file=None, key="n", minimum=1, maximum=64) == value
+    else:
+        with pytest.raises(ConfigError, match="n: must be an integer from 1 to 64"):
+            int_setting(value, file=None, key="n", minimum=1, maximum=64)
+
+
+def test_of_several_unknown_settings_the_first_in_order_is_named() -> None:
+    with pytest.raises(ConfigError, match=r"s\.alpha: unknown setting \(known: b\)"):
+        SettingsTable({"zulu": 1, "b": 2, "alpha": 3}, where="s", config_file=None, known=["b"])
