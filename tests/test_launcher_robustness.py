@@ -434,3 +434,15 @@ def test_a_configured_virtiofsd_that_is_missing_is_named(tmp_path: Path) -> None
     with pytest.raises(LaunchError) as error:
         find_virtiofsd(missing)
     assert str(error.value) == f"virtiofsd {missing!r} not found or not executable"
+
+
+def test_virtiofsd_on_path_comes_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lookup order of docs/vm.md: PATH, then /usr/libexec, then /usr/lib/qemu."""
+    from credbridge.launchers.runtime import find_virtiofsd
+
+    stub = tmp_path / "virtiofsd"
+    stub.write_text("#!/bin/sh\necho '  --shared-dir <dir>'\n")
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    found = find_virtiofsd()
+    assert (found.path, found.flavour) == (str(stub), "rust")
