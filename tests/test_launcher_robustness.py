@@ -446,3 +446,53 @@ def test_virtiofsd_on_path_comes_first(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
     found = find_virtiofsd()
     assert (found.path, found.flavour) == (str(stub), "rust")
+
+
+_WITHOUT_PIDFDS = """
+import errno, os, signal, sys, time
+from pathlib import Path
+
+def no_pidfd(pid):
+    raise OSError(errno.ENOSYS, "pidfd_open is not available")  # an old kernel, or seccomp
+
+os.pidfd_open = no_pidfd
+from credbridge.core.errors import LaunchError
+from credbridge.launchers.runtime import VmRuntime
+
+runtime, case = Path(sys.argv[1]), sys.argv[2]
+with VmRuntime("vm", runtime) as rt:
+    if case == "exit":
+        rt.start([sys.executable, "-c", "import time; time.sleep(1); raise SystemExit(5)"])
+        before = time.process_time()
+        status = rt.wait()
+        print(status, round(time.process_time() - before, 3))
+    elif case == "helper-dies":
+        rt.start_helper("helper", [sys.executable, "-c", "import time; time.sleep(0.5); raise SystemExit(4)"])
+        try:
+            rt.run([sys.executable, "-c", "import time; time.sleep(60)"])
+        except LaunchError as error:
+            print(error)
+"""
+
+
+@pytest.mark.parametrize("case", ["exit", "helper-dies"])
+def test_without_pidfds_the_wait_polls_and_sees_every_exit(tmpfs_dir: Path, case: str) -> None:
+    """On a kernel without pidfd_open (before 5.3) or under a seccomp filter that denies it,
+    the wait falls back to polling: the same exits are seen, and it still idles."""
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_PIDFDS, str(tmpfs_dir / "rt"), case],
+        capture_output=True,
+        text=True,
+        timeout=60,  # a wait that never wakes up fails here instead of hanging
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    if case == "exit":
+        status, cpu = result.stdout.split()
+        assert status == "5"
+        assert float(cpu) < 0.5, f"{cpu} s of CPU while waiting 1 s"
+    else:
+        assert result.stdout.strip() == (
+            "helper exited with status 4 while VM vm was running; the VM was stopped"
+        )
+    assert not (tmpfs_dir / "rt").exists()
