@@ -496,3 +496,53 @@ def test_without_pidfds_the_wait_polls_and_sees_every_exit(tmpfs_dir: Path, case
             "helper exited with status 4 while VM vm was running; the VM was stopped"
         )
     assert not (tmpfs_dir / "rt").exists()
+
+
+def test_a_given_virtiofsd_is_used_and_the_found_one_otherwise(
+    tmpfs_dir: Path, tmp_path: Path
+) -> None:
+    """``start_virtiofsd(share, daemon)`` runs the daemon it is given (a launcher's
+    ``virtiofsd`` setting); without one, the one found on the system (the real virtiofsd)."""
+    from credbridge.core.vm import VirtiofsShare
+    from credbridge.launchers.runtime import Virtiofsd, VmRuntime, find_virtiofsd
+
+    share = tmpfs_dir / "share"
+    share.mkdir(mode=0o700)
+    given = tmp_path / "my-virtiofsd"
+    given.write_text(
+        f"#!{sys.executable}\n"
+        "import socket, sys, time\n"
+        "path = next(a.split('=', 1)[1] for a in sys.argv if a.startswith('--socket-path='))\n"
+        "socket.socket(socket.AF_UNIX).bind(path)\n"
+        "time.sleep(60)\n"
+    )
+    given.chmod(0o755)
+    with VmRuntime("vm", tmpfs_dir / "rt") as rt:
+        rt.start_virtiofsd(VirtiofsShare("given", share), Virtiofsd(str(given), "rust"))
+        rt.start_virtiofsd(VirtiofsShare("found", share))
+        started = [helper.process.args[0] for helper in rt.helpers]  # type: ignore[index]
+    assert started == [str(given), find_virtiofsd().path]
+
+
+def test_a_process_that_exits_before_its_socket_appears_is_named(tmpfs_dir: Path) -> None:
+    """The hypervisor dies before it opens its API socket: said with its status at once,
+    not after the start-up timeout."""
+    from credbridge.core.errors import LaunchError
+    from credbridge.launchers.runtime import VmRuntime
+
+    with VmRuntime("vm", tmpfs_dir / "rt", startup_timeout=600) as rt:
+        hypervisor = rt.start([sys.executable, "-c", "raise SystemExit(3)"])
+        with pytest.raises(LaunchError) as error:
+            rt.wait_for_path(tmpfs_dir / "rt" / "api.sock", "API socket", process=hypervisor)
+    assert str(error.value) == "API socket: the process exited with status 3 before it appeared"
+
+
+def test_a_virtiofsd_that_cannot_run_is_named(tmp_path: Path) -> None:
+    from credbridge.core.errors import LaunchError
+    from credbridge.launchers.runtime import virtiofsd_flavour
+
+    not_executable = tmp_path / "virtiofsd"
+    not_executable.write_text("#!/bin/sh\n")
+    not_executable.chmod(0o644)
+    with pytest.raises(LaunchError, match=f"cannot run virtiofsd {not_executable}: .*Permission"):
+        virtiofsd_flavour(str(not_executable))
