@@ -524,17 +524,25 @@ def test_a_given_virtiofsd_is_used_and_the_found_one_otherwise(
     assert started == [str(given), find_virtiofsd().path]
 
 
-def test_a_process_that_exits_before_its_socket_appears_is_named(tmpfs_dir: Path) -> None:
+@pytest.mark.parametrize("status", [3, 0])
+def test_a_process_that_exits_before_its_socket_appears_is_named(
+    tmpfs_dir: Path, status: int
+) -> None:
     """The hypervisor dies before it opens its API socket: said with its status at once,
     not after the start-up timeout."""
     from credbridge.core.errors import LaunchError
     from credbridge.launchers.runtime import VmRuntime
 
     with VmRuntime("vm", tmpfs_dir / "rt", startup_timeout=600) as rt:
-        hypervisor = rt.start([sys.executable, "-c", "raise SystemExit(3)"])
+        hypervisor = rt.start([sys.executable, "-c", f"raise SystemExit({status})"])
         with pytest.raises(LaunchError) as error:
             rt.wait_for_path(tmpfs_dir / "rt" / "api.sock", "API socket", process=hypervisor)
-    assert str(error.value) == "API socket: the process exited with status 3 before it appeared"
+        # Everything credbridge keeps there is the owner's alone.
+        for entry in (tmpfs_dir / "rt").iterdir():
+            assert entry.lstat().st_mode & 0o077 == 0, entry
+    assert str(error.value) == (
+        f"API socket: the process exited with status {status} before it appeared"
+    )
 
 
 def test_a_virtiofsd_that_cannot_run_is_named(tmp_path: Path) -> None:
