@@ -554,3 +554,30 @@ def test_a_virtiofsd_that_cannot_run_is_named(tmp_path: Path) -> None:
     not_executable.chmod(0o644)
     with pytest.raises(LaunchError, match=f"cannot run virtiofsd {not_executable}: .*Permission"):
         virtiofsd_flavour(str(not_executable))
+
+
+def test_a_runtime_in_another_thread_runs_without_signal_handling(tmpfs_dir: Path) -> None:
+    """An embedding program may launch from a worker thread: signal handlers can only be set
+    from the main thread, so there are none (and no wake pipe), and the VM still runs."""
+    import threading
+
+    from credbridge.launchers.runtime import VmRuntime
+
+    outcome: list[object] = []
+
+    def launch() -> None:
+        try:
+            with VmRuntime("vm", tmpfs_dir / "rt") as rt:
+                rt.start_helper("helper", [sys.executable, "-c", "import time; time.sleep(60)"])
+                outcome.append(rt.run([sys.executable, "-c", "raise SystemExit(6)"]))
+        except BaseException as error:  # reported to the test below
+            outcome.append(error)
+
+    before = signal.getsignal(signal.SIGTERM)
+    worker = threading.Thread(target=launch)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive()
+    assert outcome == [6]
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert not (tmpfs_dir / "rt").exists()
