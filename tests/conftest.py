@@ -9,6 +9,7 @@ inside them besides pytest's own ``tmp_path`` tree; then both are removed.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,12 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 # Only credbridge's own plugins: a plugin installed on the developer's machine must not
 # change what the tests see (tests that need a third-party plugin set this themselves).
 os.environ["CREDBRIDGE_LOAD_PLUGINS"] = ""
+
+# A run started in the background of a non-interactive shell (`.ci/run &`) inherits SIGINT
+# ignored, and every child would too: the tests that interrupt credbridge need the default.
+# A handler here becomes SIG_DFL in each child at exec, where Python installs its own again.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _session: dict[str, object] = {}
 
