@@ -121,22 +121,22 @@ def test_home_is_read_from_the_environment_first(monkeypatch: pytest.MonkeyPatch
     assert expand_user("~") == Path("/elsewhere")
 
 
-@pytest.mark.parametrize(("value", "ok"), [(0, True), (2, True), (2.0001, False), (-0.0001, False)])
-def test_number_setting_includes_both_ends(value: float, ok: bool) -> None:
-    if ok:
-        assert number_setting(value, file=None, key="n", minimum=0, maximum=2) == value
-    else:
-        with pytest.raises(ConfigError, match="n: must be a number from 0 to 2"):
-            number_setting(value, file=None, key="n", minimum=0, maximum=2)
-
-
-@pytest.mark.parametrize(("value", "ok"), [(1, True), (64, True), (0, False), (65, False)])
-def test_int_setting_includes_both_ends(value: int, ok: bool) -> None:
-    if ok:
-        assert int_setting(value, file=None, key="n", minimum=1, maximum=64) == value
-    else:
-        with pytest.raises(ConfigError, match="n: must be an integer from 1 to 64"):
-            int_setting(value, file=None, key="n", minimum=1, maximum=64)
+@pytest.mark.parametrize(
+    ("parse", "low", "high", "outside", "refusal"),
+    [
+        (number_setting, 0, 2, (2.0001, -0.0001), "must be a number from 0 to 2"),
+        (int_setting, 1, 64, (0, 65), "must be an integer from 1 to 64"),
+    ],
+    ids=["number", "int"],
+)
+def test_ranged_settings_include_both_ends(
+    parse: Any, low: float, high: float, outside: tuple[float, float], refusal: str
+) -> None:
+    for value in (low, high):
+        assert parse(value, file=None, key="n", minimum=low, maximum=high) == value
+    for value in outside:
+        with pytest.raises(ConfigError, match=f"n: {refusal}"):
+            parse(value, file=None, key="n", minimum=low, maximum=high)
 
 
 def test_of_several_unknown_settings_the_first_in_order_is_named() -> None:

@@ -303,6 +303,17 @@ def test_relative_paths_from_the_config_directory(
 # --------------------------------------------------------------------------- key material
 
 
+AGE_KEY_FROM_CREDENTIAL = {"sources": {"sops": {"age_key": "credential:sops-age-key"}}}
+
+
+def age_key_as_credential(key: AgeKey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``key`` as the systemd credential ``sops-age-key`` (``AGE_KEY_FROM_CREDENTIAL`` reads it)."""
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "sops-age-key").write_text(key.text())
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+
+
 def test_age_key_from_a_credential_reaches_only_that_child_never_in_argv_or_environment(
     keys: tuple[AgeKey, AgeKey],
     tmp_path: Path,
@@ -311,14 +322,10 @@ def test_age_key_from_a_credential_reaches_only_that_child_never_in_argv_or_envi
 ) -> None:
     key = keys[0]
     encrypt(tmp_path / "app.yaml", YAML.encode(), key)
-    credentials = tmp_path / "creds"
-    credentials.mkdir()
-    (credentials / "sops-age-key").write_text(key.text())
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    age_key_as_credential(key, tmp_path, monkeypatch)
     monkeypatch.setenv("UNRELATED_TOKEN", "must-not-reach-sops")
     monkeypatch.setenv("SOPS_DECRYPTION_ORDER", "age")  # the usual sops variables do
-    config = {"sources": {"sops": {"age_key": "credential:sops-age-key"}}}
-    got = resolve(config, f"sops:{tmp_path}/app.yaml#/db/password")
+    got = resolve(AGE_KEY_FROM_CREDENTIAL, f"sops:{tmp_path}/app.yaml#/db/password")
     assert got[f"sops:{tmp_path}/app.yaml#/db/password"] == CANARY.encode()
     identity = next(line for line in key.text().splitlines() if line.startswith("AGE-SECRET-KEY-"))
     ((argv, env),) = [(a, e) for a, e in spawned if "decrypt" in a]
@@ -339,10 +346,7 @@ def test_the_age_key_memory_file_sops_reads_is_sealed(
     holding the key can be neither written, grown, shrunk nor unsealed."""
     key = keys[0]
     encrypt(tmp_path / "app.yaml", YAML.encode(), key)
-    credentials = tmp_path / "creds"
-    credentials.mkdir()
-    (credentials / "sops-age-key").write_text(key.text())
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    age_key_as_credential(key, tmp_path, monkeypatch)
     seals = tmp_path / "seals"
     inspect = tmp_path / "inspect.py"
     inspect.write_text(
@@ -353,9 +357,7 @@ def test_the_age_key_memory_file_sops_reads_is_sealed(
     )
     monkeypatch.setenv("SOPS_AGE_KEY_CMD", f"{sys.executable} {inspect}")
     ref = f"sops:{tmp_path}/app.yaml#token"
-    assert resolve({"sources": {"sops": {"age_key": "credential:sops-age-key"}}}, ref) == {
-        ref: b"top-level"
-    }
+    assert resolve(AGE_KEY_FROM_CREDENTIAL, ref) == {ref: b"top-level"}
     wanted = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
     assert int(seals.read_text()) == wanted
 

@@ -578,7 +578,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DevSe
     ca = TestCA()
     cert, key = directory / "server.pem", directory / "server-key.pem"
     (directory / "ca.pem").write_bytes(ca.pem)
-    cert_pem, key_pem = ca.issue("127.0.0.1", server=True)
+    cert_pem, key_pem = ca.issue("127.0.0.1")
     cert.write_bytes(cert_pem)
     key.write_bytes(key_pem)
     port = free_port_pair()

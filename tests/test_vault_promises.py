@@ -253,8 +253,8 @@ def mtls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
     directory = tmp_path_factory.mktemp("mtls")
     ca = TestCA("credbridge mTLS test CA")
     files = {"ca.pem": ca.pem}
-    files["server.pem"], files["server-key.pem"] = ca.issue("127.0.0.1", server=True)
-    files["client.pem"], files["client-key.pem"] = ca.issue("credbridge", server=False)
+    files["server.pem"], files["server-key.pem"] = ca.issue("127.0.0.1")
+    files["client.pem"], files["client-key.pem"] = ca.issue("credbridge")
     for file_name, data in files.items():
         (directory / file_name).write_bytes(data)
     (directory / "client-key.pem").chmod(0o600)
