@@ -46,12 +46,15 @@ from credbridge.core import (
     __version__,
 )
 from credbridge.core.remote import (
+    AnswerRefused,
+    AnswerTooSlow,
     Redactor,
     cap_library_logging,
     caused_by,
     connection_reason,
     fan_out,
     optional_import,
+    read_answer,
     renamed,
     tls_reason,
 )
@@ -406,6 +409,7 @@ class AwsSource(DocumentSource):
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise self._error(error, f"creating the {self.service} client", route) from None
+        _bound_answers(client, settings.read_timeout)
         log.debug(
             "%s: %s client for %s", settings.scheme, self.service, route.describe() or "defaults"
         )
@@ -422,7 +426,9 @@ class AwsSource(DocumentSource):
             raise
         except botocore.exceptions.BotoCoreError as error:
             raise Forbidden(
-                "", f"AWS credentials could not be loaded: {self._redactor.detail(str(error))}"
+                "",
+                "AWS credentials could not be loaded",
+                server_text=self._redactor.defer(str(error)),
             ) from None
         if frozen is None or not frozen.access_key:
             raise Forbidden(
@@ -452,6 +458,7 @@ class AwsSource(DocumentSource):
                 retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
             ),
         )
+        _bound_answers(sts, settings.read_timeout)
         arguments = {"RoleArn": settings.role_arn, "RoleSessionName": settings.role_session_name}
         if settings.external_id:
             arguments["ExternalId"] = settings.external_id
@@ -460,7 +467,7 @@ class AwsSource(DocumentSource):
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             failure = self._error(error, f"sts:AssumeRole of {settings.role_arn}")
             if isinstance(failure, NotFound | InvalidValue):
-                failure = Forbidden("", failure.problem)
+                failure = failure.retyped("", kind=Forbidden)
             raise failure from None
         finally:
             sts.close()
@@ -743,14 +750,20 @@ class AwsSource(DocumentSource):
     def _coded_error(
         self, code: str, message: Any, what: str, route: Route | None, attempts: int | None = None
     ) -> SourceError:
-        detail = self._redactor.quote(str(message) if message else "")
+        # AWS's message is shown only once every value of the run is known (it can quote one
+        # that is still on its way, even one from the same answer): see Redactor.defer.
+        said = self._redactor.defer(str(message) if message else "")
         if code in _NOT_FOUND:
             return NotFound("", _in_route(f"no {what}", route))
         kms_denied = code in _DENIED and "kms" in str(message or "").lower()
         if code in _KMS or code.startswith("KMS") or kms_denied:
-            return Forbidden("", _in_route(f"cannot decrypt {what} (KMS {code}){detail}", route))
+            return Forbidden(
+                "", _in_route(f"cannot decrypt {what} (KMS {code})", route), server_text=said
+            )
         if code in _DENIED:
-            return Forbidden("", _in_route(f"access denied to {what} ({code}){detail}", route))
+            return Forbidden(
+                "", _in_route(f"access denied to {what} ({code})", route), server_text=said
+            )
         if code in _THROTTLED:
             tries = f" after {attempts} attempt(s)" if attempts else ""
             return Unreachable("", _in_route(f"throttled ({code}){tries} reading {what}", route))
@@ -759,10 +772,12 @@ class AwsSource(DocumentSource):
             return NotFound("", _in_route(f"{what} is scheduled for deletion", route))
         if code in {"InvalidParameterException", "InvalidRequestException", "ValidationException"}:
             return InvalidValue(
-                "", _in_route(f"AWS refused reading {what} ({code}){detail}", route)
+                "", _in_route(f"AWS refused reading {what} ({code})", route), server_text=said
             )
         return Unreachable(
-            "", _in_route(f"AWS answered {code or 'an error'} for {what}{detail}", route)
+            "",
+            _in_route(f"AWS answered {code or 'an error'} for {what}", route),
+            server_text=said,
         )
 
     def _error(self, error: Exception, what: str, route: Route | None = None) -> SourceError:
@@ -799,6 +814,12 @@ class AwsSource(DocumentSource):
             | bx.SSOError,
         ):
             return Forbidden("", f"AWS credentials could not be loaded: {type(error).__name__}")
+        refused = caused_by(error, AnswerRefused)
+        if isinstance(refused, AnswerRefused):
+            problem = _in_route(f"the answer from {url} for {what} {refused.reason}", route)
+            if isinstance(refused, AnswerTooSlow):
+                return Timeout("", problem)
+            return InvalidValue("", problem)
         if isinstance(error, bx.ConnectTimeoutError):
             return Timeout(
                 "",
@@ -873,6 +894,38 @@ def _without_userinfo(url: object) -> str:
     except ValueError:
         return "(unparsable URL)"
     return f"{parts.scheme}://{parts.hostname or '?'}{port}"
+
+
+def _bound_answers(client: Any, timeout: float) -> None:
+    """Read every answer's body of ``client`` within ``timeout`` seconds and ANSWER_LIMIT
+    bytes (:func:`read_answer`): botocore's read_timeout bounds each read, not the answer."""
+    import botocore.exceptions as bx
+
+    # botocore has no public hook around reading a body; its endpoint's HTTP session does it.
+    session = client._endpoint.http_session
+    send = session.send
+
+    def bounded(request: Any) -> Any:
+        if request.stream_output:
+            return send(request)
+        request.stream_output = True  # the body is left to us
+        try:
+            response = send(request)
+        finally:
+            request.stream_output = False
+        try:
+            response._content = read_answer(response.raw.read1, timeout=timeout)
+        except AnswerRefused as error:
+            # The rest of the body is still on the connection: it cannot be reused.
+            response.raw.close()
+            if isinstance(error, AnswerTooSlow):
+                # A read timeout to botocore: retried like one, up to max_attempts.
+                raise bx.ReadTimeoutError(endpoint_url=request.url, error=error) from None
+            raise bx.HTTPClientError(error=error) from None
+        response.raw.release_conn()
+        return response
+
+    session.send = bounded
 
 
 def _in_route(problem: str, route: Route | None) -> str:

@@ -44,7 +44,10 @@ from credbridge.core import (
     Unreachable,
 )
 from credbridge.core.remote import (
+    AnswerRefused,
+    AnswerTooSlow,
     Redactor,
+    bounded_http_adapter,
     caused_by,
     connection_reason,
     demote_retry_warnings,
@@ -432,7 +435,6 @@ class VaultSource(DocumentSource):
     def _connect(self) -> None:
         """Build the shared session and log in, once (callers hold ``self._lock``)."""
         import requests
-        from requests.adapters import HTTPAdapter
         from urllib3.util.retry import Retry
 
         settings = self.settings
@@ -461,8 +463,12 @@ class VaultSource(DocumentSource):
             raise_on_status=False,
             respect_retry_after_header=True,
         )
-        adapter = HTTPAdapter(
-            pool_connections=1, pool_maxsize=settings.concurrency, max_retries=retry
+        # read_timeout bounds each read; this bounds the whole body (and its size) too.
+        adapter = bounded_http_adapter(
+            timeout=settings.read_timeout,
+            pool_connections=1,
+            pool_maxsize=settings.concurrency,
+            max_retries=retry,
         )
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -723,20 +729,22 @@ class VaultSource(DocumentSource):
         if isinstance(error, SourceError):
             return error
         if isinstance(error, hvac.exceptions.VaultError):
-            detail = self._redactor.detail("; ".join(map(str, error.errors or [])))
+            said = "; ".join(map(str, error.errors or []))
+            # What the server said is shown only once every value of the run is known: it
+            # can quote a value another worker has not received yet (Redactor.defer).
+            detail = self._redactor.defer(said)
             status = _STATUS.get(type(error).__name__, "error")
             if isinstance(error, hvac.exceptions.VaultDown):
-                state = "sealed" if "sealed" in detail.lower() else "unavailable (503)"
+                state = "sealed" if "sealed" in said.lower() else "unavailable (503)"
                 return Unreachable(reference, f"{address} is {state}")
             if isinstance(error, hvac.exceptions.VaultNotInitialized):
                 return Unreachable(reference, f"{address} is not initialized")
             if login:
-                why = f": {detail}" if detail else ""
                 if isinstance(
                     error, hvac.exceptions.RateLimitExceeded | hvac.exceptions.BadGateway
                 ):
-                    return Unreachable(reference, f"{where} failed ({status}){why}")
-                return Forbidden(reference, f"{where} failed ({status}){why}")
+                    return Unreachable(reference, f"{where} failed ({status})", server_text=detail)
+                return Forbidden(reference, f"{where} failed ({status})", server_text=detail)
             if isinstance(error, hvac.exceptions.InvalidPath):
                 return self._not_found(error, reference, where, mount, version)
             if isinstance(error, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
@@ -747,8 +755,16 @@ class VaultSource(DocumentSource):
                 )
             if isinstance(error, hvac.exceptions.RateLimitExceeded):
                 return Unreachable(reference, f"{address} kept rate-limiting (429)")
-            why = f": {detail}" if detail else ""
-            return Unreachable(reference, f"{address} answered {status} for {where}{why}")
+            return Unreachable(
+                reference, f"{address} answered {status} for {where}", server_text=detail
+            )
+        refused = caused_by(error, AnswerRefused)
+        if isinstance(refused, AnswerTooSlow):
+            return Timeout(reference, f"the answer from {address} for {where} {refused.reason}")
+        if isinstance(refused, AnswerRefused):
+            return InvalidValue(
+                reference, f"the answer from {address} for {where} {refused.reason}"
+            )
         if isinstance(error, requests.exceptions.SSLError):
             return Unreachable(reference, f"TLS with {address} failed: {_tls_reason(error)}")
         if isinstance(error, requests.exceptions.ConnectTimeout):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -205,6 +206,9 @@ def _set_lock_wait(ctx: click.Context, param: click.Parameter, value: Any) -> An
             raise click.UsageError("--no-wait and --wait-lock exclude each other")
         state.lock_wait = LockWait(timeout=0)
     elif param.name == "wait_lock" and value is not None:
+        if not math.isfinite(value):
+            # FloatRange lets nan through (nan < 0 is false), and nan would wait forever.
+            raise click.BadParameter("must be a finite number of seconds", ctx, param)
         if state.lock_wait is not None and state.lock_wait.timeout == 0:
             raise click.UsageError("--no-wait and --wait-lock exclude each other")
         state.lock_wait = LockWait(timeout=value)

@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from credbridge.core.config import Config, CredentialSpec, Target, keypath, linked_reference
 from credbridge.core.errors import (
@@ -66,6 +66,9 @@ from credbridge.core.types import (
 )
 from credbridge.core.units import UnitAction, act_on_units, select_units
 from credbridge.core.validation import check_reference, validate_config
+
+if TYPE_CHECKING:
+    from credbridge.core.remote import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +211,14 @@ class Session:
         self._store_guard = threading.Lock()
         self._run_locks: contextlib.ExitStack | None = None
         self._store_locked = False
+        # Server texts in errors are checked against every value this session resolved, once
+        # the outermost resolve() has every outcome (a source resolves its login material
+        # through a nested call). Nested calls' values (tokens, soon wiped) are indexed at
+        # once; the outermost calls' values only when an error needs them.
+        self._resolved: list[Secret] = []
+        self._nested_values: Redactor | None = None
+        self._resolving = 0
+        self._resolving_guard = threading.Lock()
 
     def __enter__(self) -> Session:
         return self
@@ -369,7 +380,41 @@ class Session:
     def resolve(
         self, requests: Iterable[Request], mode: Mode = Mode.DELIVER
     ) -> dict[Request, Outcome]:
-        """Resolve requests, all schemes concurrently; failures are returned, not raised."""
+        """Resolve requests, all schemes concurrently; failures are returned, not raised.
+
+        A failure's server text (what a Vault or AWS error answer said) is shown only when
+        this is the outermost call and every outcome is in: then no value of the run can
+        arrive any more, and the text is withheld if it quotes any of them (docs/security.md).
+        """
+        with self._resolving_guard:
+            self._resolving += 1
+        outermost = False
+        try:
+            results = self._resolve(requests, mode)
+        finally:
+            with self._resolving_guard:
+                self._resolving -= 1
+                outermost = self._resolving == 0
+        values = [v for v in results.values() if isinstance(v, Secret)]
+        if not outermost:
+            if values:
+                with self._resolving_guard:
+                    if self._nested_values is None:
+                        self._nested_values = _redactor()
+                    for value in values:
+                        self._nested_values.add(value)
+            return results
+        with self._resolving_guard:
+            self._resolved += values
+            known, nested = list(self._resolved), self._nested_values
+        pending = [e for e in results.values() if isinstance(e, SourceError) and e.server_text]
+        if pending:
+            _disclose(pending, known, nested)
+        return results
+
+    def _resolve(
+        self, requests: Iterable[Request], mode: Mode = Mode.DELIVER
+    ) -> dict[Request, Outcome]:
         by_scheme: dict[str, list[Request]] = defaultdict(list)
         for request in dict.fromkeys(requests):
             by_scheme[request.reference.scheme].append(request)
@@ -957,7 +1002,29 @@ def _wipe(values: Iterable[Secret | Pending]) -> None:
             value.wipe()
 
 
+def _redactor() -> Redactor:
+    from credbridge.core.remote import Redactor
+
+    return Redactor()
+
+
+def _disclose(
+    errors: Sequence[SourceError], values: Sequence[Secret], nested: Redactor | None
+) -> None:
+    from credbridge.core.remote import WITHHELD, disclose
+
+    redactor = _redactor()
+    for value in values:
+        if value.wiped:
+            # A value no longer readable cannot be looked for: show no server text at all.
+            for error in errors:
+                error.disclose(WITHHELD)
+            return
+        redactor.add(value)
+    disclose(errors, redactor, *([nested] if nested is not None else []))
+
+
 def _rebind(error: SourceError, reference: Reference) -> SourceError:
     if error.reference == str(reference):
         return error
-    return type(error)(str(reference), error.problem)
+    return error.retyped(str(reference))

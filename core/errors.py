@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import unicodedata
+from collections.abc import Callable
 
 # Characters that end a line or rewrite a terminal: C0/C1 controls, DEL, line/paragraph
 # separators, format characters (bidi overrides) and lone surrogates (undecodable argv bytes).
@@ -103,21 +104,67 @@ ReferenceError_ = BadReference
 """The old name of :class:`BadReference`, kept so existing imports keep working."""
 
 
+SERVER_TEXT_LIMIT = 1 << 16
+"""Characters of a server's error text that are kept (and checked) at most."""
+
+
+class ServerText:
+    """Text a server or tool wrote into an error answer, kept out of the error's message.
+
+    A server can quote anything it knows in an error, including values this run fetches
+    later, from it or from another source. So the text is not part of the message when the
+    error is made; the engine shows it (or says it was withheld) only once every value of
+    the run is known (:meth:`SourceError.disclose`, :func:`credbridge.core.remote.disclose`).
+    An error that leaves the engine before that — a run stopped early — never shows it.
+    ``guard`` is the source's own check (its tokens and login material).
+    """
+
+    __slots__ = ("guard", "text")
+
+    def __init__(self, text: str, guard: Callable[[str], bool] | None = None) -> None:
+        self.text = text[:SERVER_TEXT_LIMIT]
+        self.guard = guard
+
+
 class SourceError(CredbridgeError):
     """A source could not produce the value of a reference.
 
     Subclasses say why; the message names the reference (and credential, once known),
-    never the value or any token.
+    never the value or any token. ``server_text`` is what the server said, pending until the
+    engine has checked it against every value of the run (see :class:`ServerText`).
     """
 
     exit_code = ExitCode.NOT_FOUND
     kind = "failed"
 
-    def __init__(self, reference: str, problem: str) -> None:
+    def __init__(
+        self, reference: str, problem: str, *, server_text: ServerText | None = None
+    ) -> None:
         super().__init__(f"{reference}: {problem}")
         self.reference = reference
         self.problem = problem
         self.credential: str | None = None
+        self.server_text = server_text
+
+    def disclose(self, detail: str) -> None:
+        """Append ``detail`` (the checked server text, or a note that it was withheld) once;
+        afterwards the error has no pending server text."""
+        if self.server_text is None:
+            return
+        self.server_text = None
+        if detail:
+            self.problem += f": {detail}"
+            self.message += f": {detail}"
+            self.args = (self.message,)
+
+    def retyped(
+        self, reference: str, problem: str | None = None, kind: type[SourceError] | None = None
+    ) -> SourceError:
+        """A copy naming ``reference`` (and saying ``problem``, as ``kind``) that keeps the
+        pending server text."""
+        return (kind or type(self))(
+            reference, self.problem if problem is None else problem, server_text=self.server_text
+        )
 
     def for_credential(self, target: str, credential: str) -> SourceError:
         """Return a copy of this error that also names the credential it was resolved for."""
@@ -128,6 +175,7 @@ class SourceError(CredbridgeError):
         clone.reference = self.reference
         clone.problem = self.problem
         clone.credential = f"{target}/{credential}"
+        clone.server_text = self.server_text
         return clone
 
 

@@ -6,8 +6,13 @@ problems to solve, and solves them here once (docs/plugins.md, "Networked source
 * :class:`Redactor` decides whether a server's reply may be quoted in an error: never when it
   shares 8 or more consecutive bytes with a secret value, its Base64 or hex form, or any
   token or login material the source used;
+* :meth:`Redactor.defer` keeps a server's error text out of the message until the engine has
+  every value of the run (:func:`disclose`): a reply can quote a value that arrives later;
 * :func:`optional_import` imports a client library when the first reference needs it, and
   turns a missing library into one clear line;
+* :func:`read_answer` and :func:`bounded_http_adapter` put a deadline and a size bound on the
+  whole body of an answer (a client library's read timeout applies to each read, so a server
+  sending a byte a second would hold the run for ever, and a huge answer would fill memory);
 * :func:`connection_reason`, :func:`tls_reason` and :func:`caused_by` turn what an HTTP stack
   raised into a short, value-free reason for :class:`Unreachable`/:class:`Timeout` errors;
 * :func:`cap_library_logging` keeps client libraries that log request and response bodies
@@ -24,6 +29,7 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import ModuleType
 from typing import Any
@@ -33,6 +39,7 @@ from credbridge.core.errors import (
     Forbidden,
     InvalidValue,
     PluginError,
+    ServerText,
     SourceError,
 )
 from credbridge.core.secret import Secret, SecretDocument
@@ -165,9 +172,27 @@ class Redactor:
         return line
 
     def quote(self, reply: bytes | str | None, *, limit: int = QUOTE_LIMIT) -> str:
-        """``": DETAIL"`` for appending to a message, or ``""`` when the reply is empty."""
+        """``": DETAIL"`` for appending to a message, or ``""`` when the reply is empty.
+
+        Only for replies checked against every value they could quote (a launcher knows its
+        values before it calls); a source's error text goes through :meth:`defer`.
+        """
         detail = self.detail(reply, limit=limit)
         return f": {detail}" if detail else ""
+
+    def defer(self, reply: bytes | str | None) -> ServerText | None:
+        """A server's error text to attach to a :class:`SourceError` (``server_text=``).
+
+        It is shown only by :func:`disclose`, once the run's every value is known, and only
+        if neither those values nor what this redactor holds (tokens, login material) are in
+        it. ``None`` for an empty reply.
+        """
+        if reply is None:
+            return None
+        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+        if not one_line(text[:REPLY_SCAN_LIMIT]):
+            return None
+        return ServerText(text, self.quotes_secret)
 
 
 def _derived_forms(raw: bytes) -> Iterator[bytes]:
@@ -208,6 +233,90 @@ def one_line(text: str, *, limit: int = QUOTE_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# --------------------------------------------------------------------------- bounded answers
+
+ANSWER_LIMIT = 16 << 20
+"""Bytes an answer's body may have; a larger one is refused (values are far smaller)."""
+
+
+class AnswerRefused(Exception):
+    """An answer's body arrived too slowly or was too large; ``reason`` says which, as a
+    predicate ("the answer from X ..." + reason)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class AnswerTooSlow(AnswerRefused):
+    """The body did not arrive in full within the deadline."""
+
+
+class AnswerTooLarge(AnswerRefused):
+    """The body was larger than the limit."""
+
+
+def read_answer(
+    read1: Callable[[int], bytes], *, timeout: float, limit: int = ANSWER_LIMIT
+) -> bytes:
+    """The whole body, read with ``read1`` (returns what has arrived, ``b""`` at the end).
+
+    Raises :class:`AnswerTooSlow` once ``timeout`` seconds have passed (checked after each
+    read, which the socket's own timeout bounds) and :class:`AnswerTooLarge` as soon as more
+    than ``limit`` bytes came, so memory stays bounded too.
+    """
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = read1(1 << 16)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise AnswerTooLarge(f"is larger than {_size(limit)}")
+        chunks.append(chunk)
+        if time.monotonic() > deadline:
+            raise AnswerTooSlow(f"did not arrive in full within {timeout:g}s")
+
+
+def _size(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
+
+
+def bounded_http_adapter(*, timeout: float, limit: int = ANSWER_LIMIT, **options: Any) -> Any:
+    """A ``requests`` adapter (``HTTPAdapter(**options)``) that reads each answer's body with
+    :func:`read_answer`: at most ``timeout`` seconds once the headers are in, and ``limit``
+    bytes. A slow body raises ``requests.exceptions.ReadTimeout`` and a large one a
+    ``RequestException``, each wrapping the :class:`AnswerRefused` (find it with
+    :func:`caused_by`)."""
+    import requests.exceptions
+    from requests.adapters import HTTPAdapter
+
+    class BoundedAdapter(HTTPAdapter):
+        def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+            kwargs["stream"] = True
+            response = super().send(request, *args, **kwargs)
+            try:
+                body = read_answer(
+                    lambda size: response.raw.read1(size, decode_content=True),
+                    timeout=timeout,
+                    limit=limit,
+                )
+            except AnswerRefused as error:
+                # The rest of the body is still on the connection: it cannot be reused.
+                response.close()
+                if isinstance(error, AnswerTooSlow):
+                    raise requests.exceptions.ReadTimeout(error, request=request) from None
+                raise requests.exceptions.RequestException(error, request=request) from None
+            response.raw.release_conn()
+            response._content = body
+            response._content_consumed = True  # type: ignore[attr-defined]
+            return response
+
+    return BoundedAdapter(**options)
+
+
 # --------------------------------------------------------------------------- lazy imports
 
 
@@ -234,7 +343,26 @@ def renamed(error: SourceError, reference: str) -> SourceError:
     """The same error naming ``reference`` (errors are often raised before it is known)."""
     if error.reference == reference:
         return error
-    return type(error)(reference, error.problem)
+    return error.retyped(reference)
+
+
+def disclose(errors: Iterable[SourceError], *values: Redactor) -> None:
+    """Show each error's pending server text, now that ``values`` hold every value of the run.
+
+    The text is shown as one short line when neither ``values`` nor the source's own guard
+    finds secret material in it, else replaced by :data:`WITHHELD`. Call it only when no value
+    of the run can arrive any more: an error never disclosed never shows its server text.
+    """
+    for error in errors:
+        pending = error.server_text
+        if pending is None:
+            continue
+        line = one_line(pending.text)
+        checks: list[Callable[[str], bool]] = [redactor.quotes_secret for redactor in values]
+        if pending.guard is not None:
+            checks.append(pending.guard)
+        clean = not any(check(text) for check in checks for text in (pending.text, line))
+        error.disclose(line if clean else WITHHELD)
 
 
 def resolve_text(resolve: Callable[[str], Secret], reference: str, what: str) -> str:
@@ -244,7 +372,7 @@ def resolve_text(resolve: Callable[[str], Secret], reference: str, what: str) ->
     try:
         secret = resolve(reference)
     except SourceError as error:
-        raise type(error)("", f"{what} from {reference}: {error.kind}: {error.problem}") from None
+        raise error.retyped("", f"{what} from {reference}: {error.kind}: {error.problem}") from None
     except CredbridgeError as error:
         raise Forbidden("", f"{what} from {reference}: {error}") from None
     try:
@@ -393,18 +521,25 @@ def fan_out(
 
 
 __all__ = [
+    "ANSWER_LIMIT",
     "MAX_WINDOWS_PER_FORM",
     "WINDOW",
     "WITHHELD",
+    "AnswerRefused",
+    "AnswerTooLarge",
+    "AnswerTooSlow",
     "Redactor",
     "SettingsTable",
+    "bounded_http_adapter",
     "cap_library_logging",
     "caused_by",
     "connection_reason",
     "demote_retry_warnings",
+    "disclose",
     "fan_out",
     "one_line",
     "optional_import",
+    "read_answer",
     "renamed",
     "resolve_text",
     "tls_reason",

@@ -45,6 +45,11 @@ class Secret:
             self._buffer[index] = 0
         self._wiped = True
 
+    @property
+    def wiped(self) -> bool:
+        """Whether :meth:`wipe` was called (the value can no longer be revealed)."""
+        return self._wiped
+
     def __len__(self) -> int:
         return len(self._buffer)
 

@@ -218,7 +218,7 @@ def _rename(error: SourceError, reference: Reference) -> SourceError:
     """Name the full reference (with selector) in an error raised for its locator."""
     if error.reference == str(reference):
         return error
-    return type(error)(str(reference), error.problem)
+    return error.retyped(str(reference))
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)

@@ -46,7 +46,7 @@ from credbridge.core import (
     Pending,
     Secret,
 )
-from credbridge.core.remote import Redactor
+from credbridge.core.remote import AnswerRefused, Redactor, read_answer
 from credbridge.core.settings import seconds_setting
 from credbridge.core.vm import VmChannel, VmSink
 from credbridge.launchers.runtime import (
@@ -68,6 +68,8 @@ DEFAULT_BINARY = "cloud-hypervisor"
 API_PREFIX = "/api/v1/"
 SOCKET_NAME = "api.sock"
 REDACTED = "<redacted>"
+API_ANSWER_LIMIT = 1 << 20
+"""Bytes an API answer may have (cloud-hypervisor's are a few KiB)."""
 EXTRA_KEYS = frozenset({"verbose", "oem_strings_on_cmdline", "platform"}) | RUNTIME_SETTINGS
 VIRTIO_FS_TAG_MAX = 36
 #: The only OEM string form allowed on a command line (research §2.2: no ``,[]"``/spaces).
@@ -130,20 +132,26 @@ class ApiClient:
                 headers["Content-Type"] = "application/json"
             connection.request(method, API_PREFIX + endpoint, body=body, headers=headers)
             response = connection.getresponse()
-            return response.status, response.read()
+            # The socket timeout bounds each read; the answer as a whole gets the same time.
+            answer = read_answer(response.read1, timeout=self.timeout, limit=API_ANSWER_LIMIT)
+            return response.status, answer
         finally:
             connection.close()
 
     def ping(self) -> bool:
         try:
             status, _ = self.call("GET", "vmm.ping")
-        except (OSError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException, AnswerRefused):
             return False
         return status == 200
 
     def put(self, endpoint: str, body: bytes | None = None) -> None:
         try:
             status, answer = self.call("PUT", endpoint, body)
+        except AnswerRefused as error:
+            raise LaunchError(
+                f"cloud-hypervisor API PUT {API_PREFIX}{endpoint}: the answer {error.reason}"
+            ) from None
         except (OSError, http.client.HTTPException) as error:
             reason = getattr(error, "strerror", None) or type(error).__name__
             raise LaunchError(

@@ -195,6 +195,10 @@ def test_lock_options_are_checked(tmp_path: Path, tmpfs_dir: Path) -> None:
     assert b"exclude each other" in both.stderr
     negative = setup.run("deliver", "--wait-lock", "-1")
     assert negative.returncode == 2
+    for endless in ("nan", "inf"):  # nan used to wait forever
+        refused = setup.run("deliver", "--wait-lock", endless)
+        assert refused.returncode == 2, refused.stderr
+        assert b"finite" in refused.stderr
     for command in (["rotate", "a.service", "c000"], ["launch", "x"], ["unit", "a.service"]):
         help_text = setup.run(*command, "--help").stdout
         assert b"--wait-lock" in help_text and b"--no-wait" in help_text

@@ -3,7 +3,8 @@
 Tests put it between credbridge and a real server (moto, OpenBao) to inject what the real
 server will not do on demand: throttling answers (``ThrottlingException``), or an error answer
 that quotes part of a secret. ``rule(request)`` sees every request and returns ``None`` to
-forward it, or a :class:`Reply` to answer instead. Every request is recorded.
+forward it, or a :class:`Reply` to answer instead; ``rewrite(request, body)`` may change the
+body of a forwarded answer (an error added next to the real values). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Reply:
     status: int
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    drip: float = 0
+    """Seconds between the body's bytes (0: all at once): a server that is slow on purpose."""
 
     @classmethod
     def aws_json(cls, status: int, code: str, message: str) -> Reply:
@@ -53,6 +56,7 @@ class Reply:
 
 
 Rule = Callable[[Request], "Reply | None"]
+Rewrite = Callable[[Request, bytes], bytes]
 
 
 class HttpProxy:
@@ -60,10 +64,17 @@ class HttpProxy:
     ``rule`` answers."""
 
     def __init__(
-        self, upstream_port: int, rule: Rule | None = None, *, hold: float = 0, port: int = 0
+        self,
+        upstream_port: int,
+        rule: Rule | None = None,
+        *,
+        hold: float = 0,
+        port: int = 0,
+        rewrite: Rewrite | None = None,
     ) -> None:
         self.upstream_port = upstream_port
         self.rule: Rule = rule or (lambda _request: None)
+        self.rewrite = rewrite
         self.hold = hold
         """Seconds each request is held before it is forwarded (to see calls overlap)."""
         self.in_flight = 0
@@ -88,7 +99,7 @@ class HttpProxy:
         with self._lock:
             return sum(1 for _, _, by_rule in self.seen if by_rule)
 
-    def serve(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+    def serve(self, request: Request) -> tuple[int, dict[str, str], bytes, float]:
         with self._lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -100,12 +111,12 @@ class HttpProxy:
             with self._lock:
                 self.in_flight -= 1
 
-    def _serve(self, request: Request) -> tuple[int, dict[str, str], bytes]:
+    def _serve(self, request: Request) -> tuple[int, dict[str, str], bytes, float]:
         reply = self.rule(request)
         if reply is not None:
             with self._lock:
                 self.seen.append((request, reply.status, True))
-            return reply.status, reply.headers, reply.body
+            return reply.status, reply.headers, reply.body, reply.drip
         connection = http.client.HTTPConnection("127.0.0.1", self.upstream_port, timeout=60)
         try:
             connection.putrequest(
@@ -125,9 +136,11 @@ class HttpProxy:
             status = answer.status
         finally:
             connection.close()
+        if self.rewrite is not None:
+            body = self.rewrite(request, body)
         with self._lock:
             self.seen.append((request, status, False))
-        return status, headers, body
+        return status, headers, body, 0
 
     def close(self) -> None:
         self._server.shutdown()
@@ -154,8 +167,9 @@ def _handler(proxy: HttpProxy) -> type[http.server.BaseHTTPRequestHandler]:
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             request = Request(self.command, self.path, headers, body)
+            drip = 0.0
             try:
-                status, answer_headers, answer = proxy.serve(request)
+                status, answer_headers, answer, drip = proxy.serve(request)
             except OSError:
                 status, answer_headers, answer = 502, {}, b"upstream unreachable"
             self.send_response(status)
@@ -164,8 +178,13 @@ def _handler(proxy: HttpProxy) -> type[http.server.BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
             with contextlib.suppress(OSError):
-                self.wfile.write(answer)
-                self.wfile.flush()
+                if not drip:
+                    self.wfile.write(answer)
+                    self.wfile.flush()
+                for index in range(len(answer) if drip else 0):
+                    self.wfile.write(answer[index : index + 1])
+                    self.wfile.flush()
+                    time.sleep(drip)
 
         do_GET = _serve
         do_POST = _serve

@@ -1,0 +1,181 @@
+"""No value of a run in any error, whatever order the values and the errors arrive in (issue 19).
+
+A server's error text can quote a value the run fetches later — from the same server, from
+the same answer, or from another source — so an error text is shown only once every value of
+the run is known, and withheld if it quotes one (docs/security.md, "Error messages"). Real
+servers never quote another secret in an error, so a loopback proxy in front of the real
+OpenBao and moto (tests/support/httpproxy.py) injects the answers; a later value is held back
+by the proxy for a second so the error is certainly first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import secret_value
+from credbridge.core import Request, Secret, Session, SourceError
+from credbridge.core.config import parse_config
+from credbridge.core.reference import parse_reference
+from credbridge.core.remote import WITHHELD
+from support.httpproxy import HttpProxy, Reply
+from support.httpproxy import Request as ProxyRequest
+from support.moto import MotoServer, moto
+from support.openbao import DevServer, openbao
+from test_vault import put, token_file, unique, vault_config
+
+__all__ = ["moto", "openbao"]
+
+LATE = 1.0
+"""Seconds the proxy holds back the answer carrying the value (the error comes first)."""
+
+
+def resolve_all(config: dict[str, Any], *refs: str) -> list[Any]:
+    requests = [Request(parse_reference(r)) for r in refs]
+    with Session(parse_config(config)) as session:
+        outcomes = session.resolve(requests)
+    return [
+        outcomes[r].reveal_text() if isinstance(outcomes[r], Secret) else outcomes[r]
+        for r in requests
+    ]
+
+
+def assert_withheld(outcome: object, value: str) -> None:
+    assert isinstance(outcome, SourceError), outcome
+    text = str(outcome)
+    assert text.endswith(WITHHELD), text
+    for part in (value, value[4:16]):
+        assert part not in text
+
+
+# --------------------------------------------------------------------------- Vault
+
+
+@pytest.mark.vault
+@pytest.mark.parametrize(("concurrency", "late"), [(4, True), (1, False)], ids=["after", "before"])
+def test_vault_error_quoting_a_value_of_the_run_is_withheld(
+    openbao: DevServer, tmp_path: Path, concurrency: int, late: bool
+) -> None:
+    """The 400 for secret/b quotes secret/a's value; with 4 workers a's answer arrives a
+    second after the error, with 1 it arrived before. A 400 for secret/c quotes the value of a
+    ``file:`` reference of the same run (another source). All are withheld; a harmless error
+    text is still shown."""
+    base = unique("late")
+    value = secret_value(f"value-of-a-{uuid.uuid4().hex}")
+    put(openbao, f"secret/{base}/a", password=value)
+    local = secret_value(f"local-file-{uuid.uuid4().hex}")
+    (tmp_path / "local").write_text(local)
+    said = {"b": f"invalid input near {value}", "c": f"cannot parse {local}", "d": "slow disk"}
+
+    def rule(request: ProxyRequest) -> Reply | None:
+        leaf = request.path.rstrip("/").rpartition("/")[2]
+        if f"/{base}/" not in request.path:
+            return None
+        if leaf == "a":
+            if late:
+                time.sleep(LATE)
+            return None
+        body = json.dumps({"errors": [said[leaf]]}).encode()
+        return Reply(400, body, {"Content-Type": "application/json"})
+
+    with HttpProxy(openbao.port, rule) as proxy:
+        config = vault_config(proxy.url, auth={"token_file": token_file(tmp_path, openbao.token)})
+        config["credbridge"] = {"concurrency": concurrency}
+        got = resolve_all(
+            config,
+            f"vault:secret/{base}/a?kv=2#password",
+            f"vault:secret/{base}/b?kv=2#password",
+            f"file:{tmp_path / 'local'}",
+            f"vault:secret/{base}/c?kv=2#password",
+            f"vault:secret/{base}/d?kv=2#password",
+        )
+        assert proxy.injected() == 3
+    assert got[0] == value and got[2] == local
+    assert_withheld(got[1], value)
+    assert f"answered 400 for secret/{base}/b" in str(got[1])
+    assert_withheld(got[3], local)
+    assert str(got[4]).endswith(f"answered 400 for secret/{base}/d: slow disk")
+
+
+# --------------------------------------------------------------------------- AWS
+
+
+@pytest.fixture
+def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoServer:
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name, value in moto.env().items():
+        monkeypatch.setenv(name, value)
+    return moto
+
+
+def aws_config(url: str, concurrency: int) -> dict[str, Any]:
+    table = {"endpoint_url": url, "max_attempts": 1, "connect_timeout": 2, "read_timeout": 10}
+    return {"credbridge": {"concurrency": concurrency}, "sources": {"aws-sm": table}}
+
+
+@pytest.mark.aws
+def test_aws_batch_error_quoting_a_value_of_the_same_answer_is_withheld(
+    aws: MotoServer,
+) -> None:
+    """One BatchGetSecretValue answer carries a's value and, for b, an error quoting it; with
+    one worker the error used to be rendered before the value reached the redactor."""
+    name = unique("batch")
+    value = secret_value(f"batch-value-{uuid.uuid4().hex}")
+    sm = aws.client("secretsmanager")
+    sm.create_secret(Name=f"{name}/a", SecretString=value)
+    sm.create_secret(Name=f"{name}/b", SecretString=secret_value(f"b-{uuid.uuid4().hex}"))
+
+    def rewrite(request: ProxyRequest, body: bytes) -> bytes:
+        if request.operation != "BatchGetSecretValue":
+            return body
+        answer = json.loads(body)
+        answer["SecretValues"] = [v for v in answer["SecretValues"] if v["Name"] != f"{name}/b"]
+        message = f"cannot decode near {value}"
+        answer["Errors"] = [
+            {"SecretId": f"{name}/b", "ErrorCode": "InternalServiceError", "Message": message}
+        ]
+        return json.dumps(answer).encode()
+
+    with HttpProxy(aws.port, rewrite=rewrite) as proxy:
+        got = resolve_all(aws_config(proxy.url, 1), f"aws-sm:{name}/a", f"aws-sm:{name}/b")
+        assert "BatchGetSecretValue" in proxy.operations()
+    assert got[0] == value
+    assert_withheld(got[1], value)
+    assert f"AWS answered InternalServiceError for secret {name}/b" in str(got[1])
+
+
+@pytest.mark.aws
+def test_aws_single_call_error_quoting_a_later_value_is_withheld(aws: MotoServer) -> None:
+    """GetSecretValue of b (a version stage: its own call) fails quoting a's value, which the
+    batch call brings a second later."""
+    name = unique("single")
+    value = secret_value(f"single-value-{uuid.uuid4().hex}")
+    sm = aws.client("secretsmanager")
+    sm.create_secret(Name=f"{name}/a", SecretString=value)
+
+    def rule(request: ProxyRequest) -> Reply | None:
+        if request.operation == "BatchGetSecretValue":
+            time.sleep(LATE)
+            return None
+        if request.operation == "GetSecretValue":
+            return Reply.aws_json(400, "InvalidRequestException", f"bad stage near {value}")
+        return None
+
+    with HttpProxy(aws.port, rule) as proxy:
+        got = resolve_all(
+            aws_config(proxy.url, 4),
+            f"aws-sm:{name}/a",
+            f"aws-sm:{name}/b?version-stage=AWSPREVIOUS",
+        )
+        assert proxy.injected() == 1
+    assert got[0] == value
+    assert_withheld(got[1], value)
+    assert "AWS refused reading secret" in str(got[1])
