@@ -68,7 +68,7 @@ from credbridge.core.fsutil import (
     temp_name,
     write_new_file,
 )
-from credbridge.core.process import child_env
+from credbridge.core.process import OutputTooLarge, child_env, communicate
 from credbridge.core.remote import resolve_text
 from credbridge.core.settings import name_setting, path_setting, seconds_setting
 
@@ -495,14 +495,18 @@ class SopsRunner:
                 os.killpg(process.pid, signal.SIGKILL)
         with process:
             try:
-                stdout, stderr = process.communicate(
-                    stdin if stdin is not None else b"", timeout=self.settings.timeout
+                # A deadline for the whole run, and a bound on what it prints.
+                stdout, stderr = communicate(
+                    process, stdin if stdin is not None else b"", timeout=self.settings.timeout
                 )
             except subprocess.TimeoutExpired:
                 _kill_group(process)
                 raise Timeout(
                     "", f"sops did not finish with {what} within {self.settings.timeout:g}s"
                 ) from None
+            except OutputTooLarge as error:
+                _kill_group(process)
+                raise InvalidValue("", f"sops printed {error} for {what}") from None
             except BaseException:
                 _kill_group(process)
                 raise

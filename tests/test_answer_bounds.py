@@ -11,6 +11,7 @@ dripped answers would take minutes) with the typed error naming the reference.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 from credbridge.core import InvalidValue, LaunchError, Timeout
+from credbridge.core.process import OUTPUT_LIMIT
 from credbridge.core.remote import ANSWER_LIMIT
 from credbridge.launchers.cloud_hypervisor import API_ANSWER_LIMIT, ApiClient
 from support.httpproxy import HttpProxy, Reply
@@ -27,9 +29,10 @@ from support.httpproxy import Request as ProxyRequest
 from support.moto import MotoServer, moto
 from support.openbao import DevServer, openbao
 from test_error_texts import aws, aws_config, resolve_all
+from test_sops import AgeKey, age_keygen, encrypt, key_config, keys
 from test_vault import put, token_file, unique, vault_config
 
-__all__ = ["aws", "moto", "openbao"]
+__all__ = ["age_keygen", "aws", "keys", "moto", "openbao"]
 
 DRIP = 0.5
 """Seconds between the bytes of a dripped answer: each read is well within read_timeout."""
@@ -187,3 +190,20 @@ def test_cloud_hypervisor_oversized_api_answer_is_refused(
     answers.append(http_answer(200, b"z" * (API_ANSWER_LIMIT + 1)))
     with pytest.raises(LaunchError, match=r"vm\.boot: the answer is larger than 1 MiB"):
         ApiClient(path, 5).put("vm.boot")
+
+
+# --------------------------------------------------------------------------- sops
+
+
+@pytest.mark.timeout(120)
+def test_sops_output_beyond_the_limit_is_refused(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path
+) -> None:
+    """A sops file whose value is larger than OUTPUT_LIMIT: the real sops decrypts it, and
+    credbridge stops reading (and stops sops) at the limit instead of holding it all. (The
+    whole-run deadline of a sops run is test_sops.py::test_timeout_ends_sops_and_its_helpers.)"""
+    path = encrypt(tmp_path / "big.bin", os.urandom(OUTPUT_LIMIT + 1024), keys[0])
+    reference = f"sops:{path}"
+    (outcome,) = resolve_all(key_config(keys[0]), reference)
+    assert isinstance(outcome, InvalidValue), outcome
+    assert str(outcome) == f"{reference}: sops printed more than 16 MiB for {path}"

