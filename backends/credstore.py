@@ -383,10 +383,16 @@ class CredstoreSink(Sink):
                 f"{self.target.name}/{delivery.name}: systemd-creds encrypt timed out"
             ) from None
         if result.returncode != 0:
-            reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
+            from credbridge.core.remote import Redactor
+
+            # The tool read the value: its message is shown only if it quotes no part of it.
+            redactor = Redactor(min_length=1)
+            redactor.add(delivery.value)
+            lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
+            reason = redactor.detail(lines[-1]) if lines else ""
             raise DeliveryError(
                 f"{self.target.name}/{delivery.name}: systemd-creds encrypt failed "
-                f"(exit {result.returncode}): {reason[-1] if reason else 'no message'}"
+                f"(exit {result.returncode}): {reason or 'no message'}"
             )
         return result.stdout
 

@@ -7,6 +7,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -590,6 +591,24 @@ def test_a_failing_systemd_creds_encrypt_is_named_with_its_last_line(
         for name in ("api-key", "static")
     }
     assert sorted(os.listdir(tmpfs_dir)) == [".credbridge.lock"]
+
+
+def test_a_systemd_creds_message_quoting_the_value_is_withheld(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """systemd-creds read the value on stdin: a message that quotes it is not shown."""
+    from credbridge.core.remote import WITHHELD
+
+    value = f"static-value-{uuid.uuid4().hex}"
+    monkeypatch.setenv("CB_TEST_STATIC", value)
+    stub = tmp_path / "systemd-creds"
+    stub.write_text("#!/bin/sh\nprintf 'bad input: ' >&2\ncat >&2\nexit 3\n")
+    stub.chmod(0o755)
+    config = make_config(tmp_path, tmpfs_dir, BODY, f'encrypt = true\nsystemd_creds = "{stub}"')
+    with pytest.raises(DeliveryError) as error:
+        deliver(config, ["app.service"])
+    assert str(error.value).endswith(f"systemd-creds encrypt failed (exit 3): {WITHHELD}")
+    assert value[6:18] not in str(error.value)
 
 
 def test_an_encrypted_credential_that_no_longer_decrypts_is_replaced(
