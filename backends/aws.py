@@ -120,6 +120,25 @@ _REFUSED = frozenset(
 _NOT_FOUND = frozenset(
     {"ResourceNotFoundException", "ParameterNotFound", "ParameterVersionNotFound"}
 )
+_KNOWN_KMS = frozenset(
+    {
+        "KMSDisabledException",
+        "KMSInvalidStateException",
+        "KMSInvalidSignatureException",
+        "KMSNotFoundException",
+        "KMSOptInRequired",
+    }
+)
+_KNOWN_CODES = (
+    _DENIED
+    | _KMS
+    | _KNOWN_KMS
+    | _THROTTLED
+    | _REFUSED
+    | _NOT_FOUND
+    | {"InternalServiceError", "InternalFailure", "ServiceUnavailable"}
+)
+"""Error codes shown as they are; any other code is server text like a message (deferred)."""
 
 
 # --------------------------------------------------------------------------- settings
@@ -751,14 +770,22 @@ class AwsSource(DocumentSource):
         self, code: str, message: Any, what: str, route: Route | None, attempts: int | None = None
     ) -> SourceError:
         # AWS's message is shown only once every value of the run is known (it can quote one
-        # that is still on its way, even one from the same answer): see Redactor.defer.
-        said = self._redactor.defer(str(message) if message else "")
+        # that is still on its way, even one from the same answer): see Redactor.defer. So is
+        # a code AWS does not use: the server chose it, it could hold anything.
+        text = str(message) if message else ""
+        unknown_kms = False
+        # botocore gives the HTTP status as the code when an answer has none.
+        if code and code not in _KNOWN_CODES and not (code.isdigit() and len(code) == 3):
+            text = f"{code}: {text}" if text else code
+            code, unknown_kms = "", code.startswith("KMS")
+        said = self._redactor.defer(text)
         if code in _NOT_FOUND:
             return NotFound("", _in_route(f"no {what}", route))
         kms_denied = code in _DENIED and "kms" in str(message or "").lower()
-        if code in _KMS or code.startswith("KMS") or kms_denied:
+        if code in _KMS | _KNOWN_KMS or unknown_kms or kms_denied:
+            kms = f"KMS {code}" if code else "KMS"
             return Forbidden(
-                "", _in_route(f"cannot decrypt {what} (KMS {code})", route), server_text=said
+                "", _in_route(f"cannot decrypt {what} ({kms})", route), server_text=said
             )
         if code in _DENIED:
             return Forbidden(

@@ -677,10 +677,20 @@ class VaultSource(DocumentSource):
                 raise InvalidValue(
                     "", f"unexpected answer describing the mount of {path}"
                 ) from None
+            mount_path = mount_path if mount_path.endswith("/") else mount_path + "/"
+            # Both names come from the server and end up in messages: the mount must be a
+            # part of the path asked for, and an engine that is not KV is named only as
+            # server text (shown once every value of the run is known).
+            if not (path + "/").startswith(mount_path) or not mount_path.strip("/"):
+                raise InvalidValue("", f"unexpected answer describing the mount of {path}")
             if engine not in {"kv", "generic"}:
-                raise InvalidValue("", f"{mount_path} is a {engine!r} secrets engine, not KV")
+                raise InvalidValue(
+                    "",
+                    f"{mount_path} is not a KV secrets engine",
+                    server_text=self._redactor.defer(f"its type is {engine!r}"),
+                )
             version = 2 if str(options.get("version", "1")) == "2" else 1
-            mount = _Mount(mount_path if mount_path.endswith("/") else mount_path + "/", version)
+            mount = _Mount(mount_path, version)
             with self._lock:
                 self._mounts[(namespace, mount.path)] = mount
             log.debug("vault: %s is a KV v%d mount", mount.path, version)

@@ -72,8 +72,14 @@ def test_vault_error_quoting_a_value_of_the_run_is_withheld(
     (tmp_path / "local").write_text(local)
     said = {"b": f"invalid input near {value}", "c": f"cannot parse {local}", "d": "slow disk"}
 
+    mount = unique("mnt")
+
     def rule(request: ProxyRequest) -> Reply | None:
         leaf = request.path.rstrip("/").rpartition("/")[2]
+        if f"/sys/internal/ui/mounts/{mount}/" in request.path:
+            # The engine's type is server text too: here it is the value of secret/a.
+            answer = {"data": {"path": f"{mount}/", "type": value, "options": {}}}
+            return Reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
         if f"/{base}/" not in request.path:
             return None
         if leaf == "a":
@@ -93,9 +99,12 @@ def test_vault_error_quoting_a_value_of_the_run_is_withheld(
             f"file:{tmp_path / 'local'}",
             f"vault:secret/{base}/c?kv=2#password",
             f"vault:secret/{base}/d?kv=2#password",
+            f"vault:{mount}/x#password",
         )
-        assert proxy.injected() == 3
+        assert proxy.injected() == 4
     assert got[0] == value and got[2] == local
+    assert_withheld(got[5], value)
+    assert f"{mount}/ is not a KV secrets engine" in str(got[5])
     assert_withheld(got[1], value)
     assert f"answered 400 for secret/{base}/b" in str(got[1])
     assert_withheld(got[3], local)
@@ -166,8 +175,10 @@ def test_aws_single_call_error_quoting_a_later_value_is_withheld(aws: MotoServer
         if request.operation == "BatchGetSecretValue":
             time.sleep(LATE)
             return None
-        if request.operation == "GetSecretValue":
+        if request.operation == "GetSecretValue" and f"{name}/b" in request.body.decode():
             return Reply.aws_json(400, "InvalidRequestException", f"bad stage near {value}")
+        if request.operation == "GetSecretValue":  # the code itself is the value
+            return Reply.aws_json(400, value, "try again")
         return None
 
     with HttpProxy(aws.port, rule) as proxy:
@@ -175,11 +186,14 @@ def test_aws_single_call_error_quoting_a_later_value_is_withheld(aws: MotoServer
             aws_config(proxy.url, 4),
             f"aws-sm:{name}/a",
             f"aws-sm:{name}/b?version-stage=AWSPREVIOUS",
+            f"aws-sm:{name}/c?version-stage=AWSPREVIOUS",
         )
-        assert proxy.injected() == 1
+        assert proxy.injected() == 2
     assert got[0] == value
     assert_withheld(got[1], value)
     assert "AWS refused reading secret" in str(got[1])
+    assert_withheld(got[2], value)
+    assert f"AWS answered an error for secret {name}/c (stage AWSPREVIOUS)" in str(got[2])
 
 
 # --------------------------------------------------------------------------- sops
