@@ -53,6 +53,7 @@ from credbridge.core.remote import (
     caused_by,
     connection_reason,
     fan_out,
+    header_deadline_pools,
     optional_import,
     read_answer,
     renamed,
@@ -931,6 +932,11 @@ def _bound_answers(client: Any, timeout: float) -> None:
     # botocore has no public hook around reading a body; its endpoint's HTTP session does it.
     session = client._endpoint.http_session
     send = session.send
+    # The status line and headers get the same deadline (pools are made on first use).
+    session._pool_classes_by_scheme = header_deadline_pools(
+        session._pool_classes_by_scheme, timeout
+    )
+    session._manager.pool_classes_by_scheme = session._pool_classes_by_scheme
 
     def bounded(request: Any) -> Any:
         if request.stream_output:

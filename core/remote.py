@@ -24,10 +24,12 @@ problems to solve, and solves them here once (docs/plugins.md, "Networked source
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib
 import logging
 import math
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -284,16 +286,74 @@ def _size(limit: int) -> str:
     return f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
 
 
+def header_deadline_pools(pools: Mapping[str, type], timeout: float) -> dict[str, type]:
+    """urllib3 connection pool classes whose connections must receive an answer's status line
+    and headers within ``timeout`` seconds of sending the request (the socket's timeout bounds
+    each read only). Past it, the socket is shut down and a ``TimeoutError`` raised, which
+    urllib3 reports (and retries) as a read timeout."""
+    return {scheme: _deadline_pool(pool, timeout) for scheme, pool in pools.items()}
+
+
+def _deadline_pool(pool: type, timeout: float) -> type:
+    base: type = pool.ConnectionCls  # type: ignore[attr-defined]
+
+    class DeadlineConnection(base):  # type: ignore[misc]
+        def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+            expired = threading.Event()
+            sock = self.sock
+
+            def expire() -> None:
+                expired.set()
+                if sock is not None:
+                    # The plain socket's shutdown (an SSL socket's own would drop its state
+                    # under the reading thread): the blocked read returns at once.
+                    with contextlib.suppress(OSError):
+                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+            timer = threading.Timer(timeout, expire)
+            timer.daemon = True
+            timer.start()
+            try:
+                return super().getresponse(*args, **kwargs)
+            except Exception:
+                if expired.is_set():
+                    raise TimeoutError(f"no answer within {timeout:g}s") from None
+                raise
+            finally:
+                timer.cancel()
+
+    class DeadlinePool(pool):  # type: ignore[misc]
+        ConnectionCls = DeadlineConnection
+
+    return DeadlinePool
+
+
 def bounded_http_adapter(*, timeout: float, limit: int = ANSWER_LIMIT, **options: Any) -> Any:
-    """A ``requests`` adapter (``HTTPAdapter(**options)``) that reads each answer's body with
-    :func:`read_answer`: at most ``timeout`` seconds once the headers are in, and ``limit``
-    bytes. A slow body raises ``requests.exceptions.ReadTimeout`` and a large one a
-    ``RequestException``, each wrapping the :class:`AnswerRefused` (find it with
-    :func:`caused_by`)."""
+    """A ``requests`` adapter (``HTTPAdapter(**options)``) whose answers must bring their
+    headers within ``timeout`` seconds (:func:`header_deadline_pools`), and then their body
+    within ``timeout`` seconds more and ``limit`` bytes (:func:`read_answer`). A slow body
+    raises ``requests.exceptions.ReadTimeout`` and a large one a ``RequestException``, each
+    wrapping the :class:`AnswerRefused` (find it with :func:`caused_by`)."""
     import requests.exceptions
     from requests.adapters import HTTPAdapter
 
     class BoundedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            manager = self.poolmanager
+            manager.pool_classes_by_scheme = header_deadline_pools(
+                manager.pool_classes_by_scheme, timeout
+            )
+
+        def proxy_manager_for(self, *args: Any, **kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(*args, **kwargs)
+            if not getattr(manager, "_credbridge_deadline", False):
+                manager.pool_classes_by_scheme = header_deadline_pools(
+                    manager.pool_classes_by_scheme, timeout
+                )
+                manager._credbridge_deadline = True
+            return manager
+
         def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
             kwargs["stream"] = True
             response = super().send(request, *args, **kwargs)
@@ -537,6 +597,7 @@ __all__ = [
     "demote_retry_warnings",
     "disclose",
     "fan_out",
+    "header_deadline_pools",
     "one_line",
     "optional_import",
     "read_answer",

@@ -78,6 +78,20 @@ def test_vault_answer_dripping_slowly_ends_at_read_timeout(
 
 
 @pytest.mark.vault
+@pytest.mark.timeout(60)
+def test_vault_answer_whose_headers_drip_slowly_ends_at_read_timeout(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    body = json.dumps({"data": {"data": {"password": "pw"}}, "padding": PADDING}).encode()
+    headers = {"Content-Type": "application/json", "X-Padding": PADDING}
+    reply = Reply(200, body, headers, drip=-DRIP)
+    reference, outcome = vault_through(openbao, tmp_path, reply, read_timeout=2, retries=0)
+    assert isinstance(outcome, Timeout), outcome
+    assert str(outcome).startswith(f"{reference}: ")
+    assert "within 2s" in str(outcome)
+
+
+@pytest.mark.vault
 @pytest.mark.timeout(120)
 def test_vault_oversized_answer_is_refused(openbao: DevServer, tmp_path: Path) -> None:
     body = oversized_json(lambda big: {"data": {"data": {"password": big}}})
@@ -116,6 +130,18 @@ def test_aws_answer_dripping_slowly_ends_at_read_timeout(aws: MotoServer) -> Non
     assert isinstance(outcome, Timeout), outcome
     assert str(outcome).startswith(f"{reference}: ")
     assert "did not arrive in full within 2s" in str(outcome)
+
+
+@pytest.mark.aws
+@pytest.mark.timeout(60)
+def test_aws_answer_whose_headers_drip_slowly_ends_at_read_timeout(aws: MotoServer) -> None:
+    body = json.dumps({"SecretValues": [], "Errors": []}).encode()
+    headers = {"Content-Type": "application/x-amz-json-1.1", "X-Padding": PADDING}
+    reply = Reply(200, body, headers, drip=-DRIP)
+    reference, outcome = aws_through(aws, reply, read_timeout=2)
+    assert isinstance(outcome, Timeout), outcome
+    assert str(outcome).startswith(f"{reference}: ")
+    assert "within 2s" in str(outcome)
 
 
 @pytest.mark.aws

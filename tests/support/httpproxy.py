@@ -42,7 +42,8 @@ class Reply:
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
     drip: float = 0
-    """Seconds between the body's bytes (0: all at once): a server that is slow on purpose."""
+    """Seconds between the body's bytes (0: all at once): a server that is slow on purpose.
+    A negative value drips the status line and headers too (``-drip`` seconds apart)."""
 
     @classmethod
     def aws_json(cls, status: int, code: str, message: str) -> Reply:
@@ -172,6 +173,17 @@ def _handler(proxy: HttpProxy) -> type[http.server.BaseHTTPRequestHandler]:
                 status, answer_headers, answer, drip = proxy.serve(request)
             except OSError:
                 status, answer_headers, answer = 502, {}, b"upstream unreachable"
+            if drip < 0:
+                head = [f"HTTP/1.1 {status} X", f"Content-Length: {len(answer)}"]
+                head += [f"{name}: {value}" for name, value in answer_headers.items()]
+                raw = ("\r\n".join(head) + "\r\n\r\n").encode() + answer
+                with contextlib.suppress(OSError):
+                    for index in range(len(raw)):
+                        self.wfile.write(raw[index : index + 1])
+                        self.wfile.flush()
+                        time.sleep(-drip)
+                self.close_connection = True
+                return
             self.send_response(status)
             for name, value in answer_headers.items():
                 self.send_header(name, value)
