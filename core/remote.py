@@ -286,6 +286,29 @@ def _size(limit: int) -> str:
     return f"{limit >> 20} MiB" if limit >= 1 << 20 else f"{limit} bytes"
 
 
+@contextlib.contextmanager
+def socket_deadline(sock: socket.socket | None, timeout: float) -> Iterator[threading.Event]:
+    """Shut ``sock`` down if the block has not ended within ``timeout`` seconds (a blocked
+    read then returns at once); the event says whether that happened."""
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        if sock is not None:
+            # The plain socket's shutdown (an SSL socket's own would drop its state under the
+            # reading thread).
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    timer = threading.Timer(timeout, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield expired
+    finally:
+        timer.cancel()
+
+
 def header_deadline_pools(pools: Mapping[str, type], timeout: float) -> dict[str, type]:
     """urllib3 connection pool classes whose connections must receive an answer's status line
     and headers within ``timeout`` seconds of sending the request (the socket's timeout bounds
@@ -299,28 +322,13 @@ def _deadline_pool(pool: type, timeout: float) -> type:
 
     class DeadlineConnection(base):  # type: ignore[misc]
         def getresponse(self, *args: Any, **kwargs: Any) -> Any:
-            expired = threading.Event()
-            sock = self.sock
-
-            def expire() -> None:
-                expired.set()
-                if sock is not None:
-                    # The plain socket's shutdown (an SSL socket's own would drop its state
-                    # under the reading thread): the blocked read returns at once.
-                    with contextlib.suppress(OSError):
-                        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-            timer = threading.Timer(timeout, expire)
-            timer.daemon = True
-            timer.start()
-            try:
-                return super().getresponse(*args, **kwargs)
-            except Exception:
-                if expired.is_set():
-                    raise TimeoutError(f"no answer within {timeout:g}s") from None
-                raise
-            finally:
-                timer.cancel()
+            with socket_deadline(self.sock, timeout) as expired:
+                try:
+                    return super().getresponse(*args, **kwargs)
+                except Exception:
+                    if expired.is_set():
+                        raise TimeoutError(f"no answer within {timeout:g}s") from None
+                    raise
 
     class DeadlinePool(pool):  # type: ignore[misc]
         ConnectionCls = DeadlineConnection
@@ -603,5 +611,6 @@ __all__ = [
     "read_answer",
     "renamed",
     "resolve_text",
+    "socket_deadline",
     "tls_reason",
 ]

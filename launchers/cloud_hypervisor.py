@@ -46,7 +46,13 @@ from credbridge.core import (
     Pending,
     Secret,
 )
-from credbridge.core.remote import AnswerRefused, Redactor, read_answer
+from credbridge.core.remote import (
+    AnswerRefused,
+    AnswerTooSlow,
+    Redactor,
+    read_answer,
+    socket_deadline,
+)
 from credbridge.core.settings import seconds_setting
 from credbridge.core.vm import VmChannel, VmSink
 from credbridge.launchers.runtime import (
@@ -131,8 +137,15 @@ class ApiClient:
             if body is not None:
                 headers["Content-Type"] = "application/json"
             connection.request(method, API_PREFIX + endpoint, body=body, headers=headers)
-            response = connection.getresponse()
-            # The socket timeout bounds each read; the answer as a whole gets the same time.
+            # The socket timeout bounds each read; the headers, then the body as a whole, get
+            # the same time.
+            with socket_deadline(connection.sock, self.timeout) as expired:
+                try:
+                    response = connection.getresponse()
+                except (OSError, http.client.HTTPException):
+                    if expired.is_set():
+                        raise AnswerTooSlow(f"did not arrive within {self.timeout:g}s") from None
+                    raise
             answer = read_answer(response.read1, timeout=self.timeout, limit=API_ANSWER_LIMIT)
             return response.status, answer
         finally:

@@ -160,8 +160,8 @@ def test_aws_oversized_answer_is_refused(aws: MotoServer) -> None:
 
 @pytest.fixture
 def api_socket(tmp_path: Path) -> Iterator[tuple[Path, list[bytes]]]:
-    """A Unix socket answering each request with the next scripted raw HTTP answer, byte by
-    byte DRIP seconds apart when the answer starts with ``DRIP ``."""
+    """A Unix socket answering each request with the next scripted raw HTTP answer; its body
+    dripped byte by byte DRIP seconds apart after ``DRIP ``, all of it after ``DRIPALL ``."""
     path = tmp_path / "api.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
@@ -177,12 +177,14 @@ def api_socket(tmp_path: Path) -> Iterator[tuple[Path, list[bytes]]]:
             with connection:
                 connection.recv(65536)
                 answer = answers.pop(0)
-                drip = answer.startswith(b"DRIP ")
-                answer = answer.removeprefix(b"DRIP ")
+                # "DRIP ": the body is dripped; "DRIPALL ": the status line and headers too.
+                at_once = 0 if answer.startswith(b"DRIPALL ") else len(answer)
+                if answer.startswith(b"DRIP"):
+                    answer = answer.partition(b" ")[2]
+                    at_once = min(at_once, answer.index(b"\r\n\r\n") + 4)
                 try:
-                    if not drip:
-                        connection.sendall(answer)
-                    for index in range(len(answer) if drip else 0):
+                    connection.sendall(answer[:at_once])
+                    for index in range(at_once, len(answer)):
                         connection.sendall(answer[index : index + 1])
                         time.sleep(DRIP)
                 except OSError:
@@ -206,6 +208,17 @@ def test_cloud_hypervisor_api_answer_dripping_slowly_ends_at_the_timeout(
     path, answers = api_socket
     answers.append(b"DRIP " + http_answer(500, PADDING.encode()))
     with pytest.raises(LaunchError, match=r"vm\.boot: the answer did not arrive in full within 2s"):
+        ApiClient(path, 2).put("vm.boot")
+
+
+@pytest.mark.timeout(60)
+def test_cloud_hypervisor_api_status_line_dripping_slowly_ends_at_the_timeout(
+    api_socket: tuple[Path, list[bytes]],
+) -> None:
+    path, answers = api_socket
+    head = http_answer(500, b"").replace(b"\r\n\r\n", f"\r\nX-Padding: {PADDING}\r\n\r\n".encode())
+    answers.append(b"DRIPALL " + head)
+    with pytest.raises(LaunchError, match=r"vm\.boot: the answer did not arrive within 2s"):
         ApiClient(path, 2).put("vm.boot")
 
 
