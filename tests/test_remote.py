@@ -391,3 +391,33 @@ def test_an_empty_value_is_never_indexed_whatever_min_length() -> None:
     r.add(b"")
     assert not r
     assert r.detail("a harmless reply") == "a harmless reply"
+
+
+def test_a_server_text_is_shown_only_when_disclosed_and_clean() -> None:
+    """A pending server text is no part of the message (an error that leaves resolution early
+    never shows it); disclose() shows it when no value of the run is in it, else withholds it,
+    and copies (renamed, for_credential, retyped) carry it until then."""
+    from credbridge.core import Forbidden, Unreachable
+    from credbridge.core.remote import WITHHELD, Redactor, disclose, renamed
+
+    token = Redactor()
+    token.add("token-abcdefghijkl")
+    clean = Unreachable("vault:a", "answered 400", server_text=token.defer("bad input"))
+    late = Unreachable("vault:b", "answered 400", server_text=token.defer("near late-value-123"))
+    leaks_token = Forbidden("vault:c", "login failed", server_text=token.defer("token-abcdefgh"))
+    assert str(clean) == "vault:a: answered 400"
+    assert "late-value" not in str(late)
+    copies = [renamed(clean, "vault:a#x"), late.for_credential("t", "c"), leaks_token.retyped("")]
+    assert all(copy.server_text is not None for copy in copies)
+    values = Redactor()
+    values.add(Secret(b"late-value-123"))
+    disclose([clean, late, leaks_token, *copies], values)
+    assert str(clean) == "vault:a: answered 400: bad input"
+    assert str(late) == f"vault:b: answered 400: {WITHHELD}"
+    assert str(leaks_token) == f"vault:c: login failed: {WITHHELD}"
+    assert str(copies[0]) == "vault:a#x: answered 400: bad input"
+    assert str(copies[1]).endswith(f"answered 400: {WITHHELD}")
+    assert all(error.server_text is None for error in (clean, late, leaks_token, *copies))
+    disclose([clean], values)  # once only
+    assert str(clean) == "vault:a: answered 400: bad input"
+    assert token.defer("  \n ") is None
