@@ -270,3 +270,72 @@ def test_a_symlink_swapped_in_for_the_drop_in_directory_is_refused(
     )
     assert_refused(result, dropin_dir, victim, victim_before)
     assert b"installed" not in result.stderr
+
+
+# --------------------------------------------------------------------------- virtiofs
+
+# The write steps of ``launch`` with a virtiofs sink (two credentials) after the share directory
+# was made (``mkdir@2``), up to the last one before virtiofsd is started on it (``mkdir@3``:
+# the sockets directory).
+VIRTIOFS_STEPS = [
+    "mkdir@2",
+    "write.created@1",
+    "write.written@1",
+    "write.created@2",
+    "write.written@2",
+    "mkdir@3",
+]
+VM_SECRETS = {"API_KEY": b"k3y-Zq8mW2vXr7tPa9LdNe4s", "DB_PASSWORD": b"password-Hq2Lr8Vd"}
+
+
+def virtiofs_launch(tmpfs_dir: Path) -> tuple[list[str], Path, Path]:
+    """``credbridge launch`` of a VM through the cloud-hypervisor stand-in (API only, exits
+    at once after booting) with its credentials in a virtiofs share served by the real
+    virtiofsd: the command line, the share directory and the stand-in's request record."""
+    from support.ch_harness import write_config, write_standin
+
+    record = tmpfs_dir / "record.jsonl"
+    binary = write_standin(tmpfs_dir, exit_code=0, record=record)
+    runtime = tmpfs_dir / "run"
+    launcher = {"kernel": "/var/lib/microvms/test-vm/vmlinux", "binary": str(binary)}
+    config = write_config(
+        tmpfs_dir, {**launcher, "runtime_dir": str(runtime)}, VM_SECRETS, sink="virtiofs"
+    )
+    return ["-c", str(config), "launch", "test-vm"], runtime / "virtiofs" / "credbridge", record
+
+
+def test_the_virtiofs_points_are_every_step_before_virtiofsd_starts(tmpfs_dir: Path) -> None:
+    argv, _, _ = virtiofs_launch(tmpfs_dir)
+    trace = tmpfs_dir / "trace"
+    result = subprocess.run(
+        [CLI[0], "-X", f"credbridge-fault-trace={trace}", *CLI[1:], *argv],
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    counted: list[str] = []
+    seen: dict[str, int] = {}
+    for step in trace.read_text().split():
+        seen[step] = seen.get(step, 0) + 1
+        counted.append(f"{step}@{seen[step]}")
+    start = counted.index("mkdir@2")
+    assert counted[start : counted.index("runtime.hypervisor-started@1")] == VIRTIOFS_STEPS
+
+
+@pytest.mark.parametrize("point", VIRTIOFS_STEPS)
+def test_a_symlink_swapped_in_for_the_virtiofs_share_is_refused(
+    tmp_path: Path, tmpfs_dir: Path, point: str
+) -> None:
+    """virtiofsd follows a symlink given as its shared directory: the guest would see the
+    victim's files. The launch must stop before virtiofsd starts, and the VM never boot."""
+    argv, share, record = virtiofs_launch(tmpfs_dir)
+    victim = tmp_path / "victim"
+    victim_before = make_victim(victim)
+    result = run_with_swap(argv, point, share, victim, tmp_path)
+    stderr = result.stderr.decode()
+    assert result.returncode == 13, stderr
+    assert f"unsafe path {share}: is a symlink (to {victim})" in stderr, stderr
+    assert snapshot(victim) == victim_before, "something was written through the link"
+    assert not record.exists() or b"vm.create" not in record.read_bytes(), "the VM was created"
+    assert not share.parent.parent.exists(), "the runtime directory was left behind"
