@@ -126,10 +126,13 @@ STEPS_AFTER_A_COMMITS = [
 def delivered_setup(root: Path, credstore: Path) -> Setup:
     """Both targets delivered once, then the ``file:`` value changed: the next deliver
     replaces a.service's set (and swaps b.service's unchanged one)."""
+    from credbridge.core.config import load_config
+    from credbridge.core.engine import Session
+
     setup = Setup(root, credstore, 2)
     setup.write()
-    result = setup.run("deliver")
-    assert result.returncode == 0, result.stderr.decode()
+    with Session(load_config(setup.config)) as session:  # in-process: no interpreter start
+        session.deliver()
     setup.static_file.write_bytes(b"static-2")
     return setup
 
