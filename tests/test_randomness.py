@@ -24,13 +24,12 @@ import datetime
 import json
 import math
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 from credbridge.backends import bech32, keygen
 from credbridge.backends.generate import CHARSETS, generate
 from credbridge.core.reference import parse_reference
@@ -396,11 +395,7 @@ def test_real_runs_generate_different_values_under_every_id(
             f'[store]\npath = "{root / "store"}"\n'
             f'[sinks.credstore]\ndirectory = "{tmpfs_dir / run}"\n' + "\n".join(lines) + "\n"
         )
-        result = subprocess.run(
-            [sys.executable, "-m", "credbridge.core.cli", "-c", str(config), "deliver"],
-            capture_output=True,
-            check=False,
-        )
+        result = run_cli("-c", str(config), "deliver")
         assert result.returncode == 0, result.stderr.decode()
         runs.append(_store_values(root / "store"))
     assert len(runs[0]) == len(runs[1]) == 3 * len(GENERATED) + 2
