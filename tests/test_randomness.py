@@ -112,7 +112,7 @@ def test_random_values_never_repeat_and_their_bytes_are_uniform(kind: str) -> No
     assert_uniform((byte for r in raw for byte in r), BYTE_VALUES, f"generate:{kind} bytes")
 
 
-def test_one_byte_values_cover_every_byte_value() -> None:
+def test_one_byte_values_are_uniform() -> None:
     """``?bytes=1`` 64,000 times (mean 250 per byte value, δ = 0.514): the size option does
     not fix the drawn bytes."""
     values = draw("generate:bytes?bytes=1", 64000)
