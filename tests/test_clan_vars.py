@@ -611,7 +611,7 @@ def test_docs_migration_delivers_the_values_clan_generated(
     assert before["assertions"] == []
     loaded = before["result"]["services"]["microvm@test-vm"]["serviceConfig"]["LoadCredential"]
     assert loaded == [
-        f"{name}:/run/secrets/vars/test-vm-{name}/value"
+        f"{name}:/run/secrets/vars/per-machine/host/test-vm-{name}/value"
         for name in ("api-key", "db-password", "jwt-secret")
     ]
     unit_got_before = {
