@@ -427,6 +427,16 @@ def test_age_store_symlinks_and_both_stores(age_clan: AgeClan, clan: Clan, tmp_p
     assert f"{folder} is a symlink" in str(error)
     folder.unlink()
     real.rename(folder)
+    # A clan on the age store alone (no vars/ at all): the error names its files only.
+    shutil.move(root / "vars", tmp_path / "public-vars")
+    missing_var = resolve(config, "clan-vars:nope/value")["clan-vars:nope/value"]
+    assert isinstance(missing_var, NotFound)
+    age_files = [
+        root / "secrets/clan-vars" / p / "nope/value/value.age"
+        for p in ("per-machine/host", "shared")
+    ]
+    assert str(missing_var).endswith(f"neither {age_files[0]} nor {age_files[1]} exists")
+    shutil.move(tmp_path / "public-vars", root / "vars")
     # A var left in the sops store after a switch to the age store: one of them is stale.
     stale = root / "vars/per-machine/host/api/value"
     stale.mkdir(parents=True)
