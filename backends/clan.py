@@ -160,6 +160,7 @@ class ClanVarsSource(DocumentSource):
         self.machine = machine
         self._lock = threading.Lock()
         self._files: dict[Path, Future[Secret | SourceError]] = {}
+        self._age_store: bool | None = None
 
     # ------------------------------------------------------------------ finding the var
 
@@ -187,12 +188,14 @@ class ClanVarsSource(DocumentSource):
         """
         found: list[tuple[Path, bytes, str]] = []
         public: list[Path] = []
+        age = self._has_age_store()
         for candidate, age_candidate in zip(var.candidates(), var.age_candidates(), strict=True):
             before = len(found)
             with contextlib.suppress(_Missing):
                 found.append((*self._read(candidate, ENCRYPTED_VAR), "sops"))
-            with contextlib.suppress(_Missing):
-                found.append((*self._read(age_candidate, f"{var.file}.age"), "age"))
+            if age:
+                with contextlib.suppress(_Missing):
+                    found.append((*self._read(age_candidate, f"{var.file}.age"), "age"))
             if len(found) == before and self._exists(candidate, PUBLIC_VAR):
                 public.append(self.directory.joinpath(*candidate, PUBLIC_VAR))
         if len(found) == 1:
@@ -218,7 +221,6 @@ class ClanVarsSource(DocumentSource):
                 f"read it with file:{public[0]}",
             )
         # Name the files of the store(s) this clan uses: the age store if its tree is there.
-        age = self._exists(AGE_STORE[:1], AGE_STORE[1], directory=True)
         paths = [str(self.directory.joinpath(*c, ENCRYPTED_VAR)) for c in var.candidates()]
         age_paths = [
             str(self.directory.joinpath(*c, f"{var.file}.age")) for c in var.age_candidates()
@@ -240,6 +242,16 @@ class ClanVarsSource(DocumentSource):
             f"no clan var {var.name}: {paths[0]} does not exist; for a machine's var set "
             "machine in [sources.clan-vars] or write MACHINE/GENERATOR/FILE",
         )
+
+    def _has_age_store(self) -> bool:
+        """Whether the clan has an age store (``secrets/clan-vars``); looked at once per run."""
+        with self._lock:
+            known = self._age_store
+        if known is None:
+            known = self._exists(AGE_STORE[:1], AGE_STORE[1], directory=True)
+            with self._lock:
+                self._age_store = known
+        return known
 
     def _exists(self, components: tuple[str, ...], leaf: str, *, directory: bool = False) -> bool:
         try:
@@ -431,6 +443,7 @@ class ClanVarsSource(DocumentSource):
                     if isinstance(value, Secret):
                         value.wipe()
             self._files.clear()
+            self._age_store = None
 
 
 def classify_age(rc: int, stderr: bytes, *, what: str) -> SourceError:
