@@ -185,12 +185,12 @@ def select(document: Secret | SecretDocument, selector: str | None, reference: s
         data = document.reveal_data()
         if isinstance(data, Mapping):
             if len(data) == 1:
-                return leaf_to_secret(next(iter(data.values())))
+                return leaf_to_secret(next(iter(data.values())), as_written=document.as_written)
             fields = ", ".join(sorted(map(str, data)))
             raise InvalidValue(
                 reference, f"secret has {len(data)} fields ({fields}); choose one with '#FIELD'"
             )
-        return leaf_to_secret(data)
+        return leaf_to_secret(data, as_written=document.as_written)
     if isinstance(document, Secret):
         try:
             document = SecretDocument.parse_json(document)
@@ -198,14 +198,20 @@ def select(document: Secret | SecretDocument, selector: str | None, reference: s
             raise InvalidValue(
                 reference, f"selector #{selector} needs a JSON value, and this is not JSON"
             ) from None
-    tokens = _split_pointer(selector, reference) if selector.startswith("/") else [selector]
+    pointer = selector.startswith("/")
+    tokens = _split_pointer(selector, reference) if pointer else [selector]
+    # Messages show the selector as written: the pointer's escaped tokens up to the failing
+    # one (``/a~1b``), or the key itself for ``#KEY`` (which is one key, slashes and all).
+    written = selector.split("/")[1:] if pointer else [selector]
     node: Any = document.reveal_data()
-    walked = ""
-    for token in tokens:
-        walked += "/" + token
+    for depth, token in enumerate(tokens):
+        walked = "/" + "/".join(written[: depth + 1]) if pointer else selector
         if isinstance(node, Mapping):
             if token not in node:
-                raise NotFound(reference, f"no field {walked!r} in the secret")
+                hint = ""
+                if not pointer and "/" in selector:
+                    hint = f" (#{selector} names one top-level key; for a path write #/{selector})"
+                raise NotFound(reference, f"no field {walked!r} in the secret{hint}")
             node = node[token]
         elif isinstance(node, list):
             if not re.fullmatch(r"0|[1-9][0-9]*", token) or int(token) >= len(node):
@@ -213,4 +219,4 @@ def select(document: Secret | SecretDocument, selector: str | None, reference: s
             node = node[int(token)]
         else:
             raise NotFound(reference, f"{walked!r} descends into a scalar")
-    return leaf_to_secret(node)
+    return leaf_to_secret(node, as_written=document.as_written)

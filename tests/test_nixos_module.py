@@ -603,7 +603,11 @@ def test_package_nix_matches_pyproject() -> None:
     assert result["optional-dependencies"]["vault"] == names(extras["vault"])
     assert result["optional-dependencies"]["aws"] == names(extras["aws"])
     assert set(result["optional-dependencies"]) == set(extras) - {"all", "test"}
-    assert result["makeWrapperArgs"][-1].endswith("-sops/bin")
+    # sops, and age for clan's age store (clan-vars:)
+    assert [p.rsplit("-", 1)[1] for p in result["makeWrapperArgs"][-1].split(":")] == [
+        "sops/bin",
+        "age/bin",
+    ]
     assert result["mainProgram"] == "credbridge"
     assert result["license"] == pyproject["license"]
     assert "credbridge.launchers.ch_wrapper" in result["pythonImportsCheck"]
