@@ -17,6 +17,7 @@ from urllib.parse import quote
 import pytest
 from conftest import secret_value
 from credbridge.core import BadReference, InvalidValue, NotFound, Session, parse_reference
+from support.httpproxy import HttpProxy, Reply
 from support.moto import MotoServer, moto
 from test_aws import _clean_env, aws, resolve, sources, unique
 
@@ -336,3 +337,25 @@ def test_pasted_forms_pass_the_scheme_checks() -> None:
             "aws-ssm:/aws/reference/secretsmanager/prod/db+x@y:AWSPREVIOUS",
         ):
             session.check_reference(parse_reference(pasted))
+
+
+def test_an_answer_without_a_value_is_an_error_not_an_empty_value(moto: MotoServer) -> None:
+    """moto fails (500) on a SecretBinary read through the reference path, and AWS does not
+    document that answer: a parameter answered without a Value is refused, never delivered
+    as an empty value. The answer is injected by a proxy in front of moto."""
+    name = "/aws/reference/secretsmanager/binary"
+
+    def rule(request: Any) -> Reply | None:
+        if request.operation == "GetParameters":
+            body = {"Parameters": [{"Name": name, "Type": "SecureString"}], "InvalidParameters": []}
+            return Reply(
+                200, json.dumps(body).encode(), {"Content-Type": "application/x-amz-json-1.1"}
+            )
+        return None
+
+    with HttpProxy(moto.port, rule) as proxy, pytest.MonkeyPatch.context() as patch:
+        for key, value in moto.env().items():
+            patch.setenv(key, value)
+        outcome = resolve(sources(endpoint_url=proxy.url, max_attempts=1), f"aws-ssm:{name}")[0]
+    assert isinstance(outcome, InvalidValue)
+    assert outcome.problem == f"parameter {name} came back without a value"
