@@ -166,7 +166,7 @@ def parse_reference(text: str) -> Reference:
 
 _SECRET_ARN_HEAD = re.compile(r"arn:[a-z-]+:secretsmanager:[a-z0-9-]*:[0-9]*:secret:")
 _PARAMETER_ARN_HEAD = re.compile(r"arn:[a-z-]+:ssm:")
-_CLOUDFORMATION = re.compile(r"\{\{resolve:(secretsmanager|ssm|ssm-secure):(.*)\}\}", re.DOTALL)
+_CLOUDFORMATION = re.compile(r"\{\{resolve:(secretsmanager|ssm|ssm-secure):(.*)\}\}")
 
 
 def _url_hint(scheme: str, path: str) -> str:
@@ -187,6 +187,18 @@ def _pasted_aws_form(text: str) -> Reference | None:
     These are taken literally (no percent-decoding, no ``?options`` or ``#selector``), as the
     tools that print them do.
     """
+    reference = _pasted_reference(text)
+    if reference is None:
+        return None
+    # Through the grammar's own checks, so the canonical form parses back to the same.
+    try:
+        parsed = parse_reference(str(reference))
+    except BadReference as error:
+        raise BadReference(text, error.problem) from None
+    return Reference(parsed.locator, parsed.selector, text)
+
+
+def _pasted_reference(text: str) -> Reference | None:
     cloudformation = _CLOUDFORMATION.fullmatch(text)
     if cloudformation is not None:
         service, body = cloudformation.groups()
