@@ -680,19 +680,18 @@ class AwsSource(DocumentSource):
         # A secret read through SECRET_REFERENCE is answered under a name of the service's
         # choosing (AWS: the path, moto: the secret's name), so it is asked alone.
         chunks: list[dict[str, list[Locator]]] = []
+        taken: list[set[str] | None] = []  # each chunk's parameters; None: a chunk of its own
         for name, group in names.items():
             base = _parameter_key(_split_parameter(name)[0])
-            for chunk in chunks:
-                if (
-                    len(chunk) < SSM_BATCH
-                    and not base.startswith(SECRET_REFERENCE)
-                    and all(_parameter_key(_split_parameter(n)[0]) != base for n in chunk)
-                    and not next(iter(chunk)).startswith(SECRET_REFERENCE)
-                ):
+            alone = base.startswith(SECRET_REFERENCE)
+            for chunk, bases in zip(chunks, taken, strict=True):
+                if not alone and bases is not None and len(chunk) < SSM_BATCH and base not in bases:
                     chunk[name] = group
+                    bases.add(base)
                     break
             else:
                 chunks.append({name: group})
+                taken.append(None if alone else {base})
         return [
             self._guarded(
                 [loc for group in chunk.values() for loc in group],
