@@ -11,15 +11,17 @@ CloudFormation ``{{resolve:...}}`` dynamic references.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from conftest import secret_value
+from conftest import run_cli, secret_value
 from credbridge.core import BadReference, InvalidValue, NotFound, Session, parse_reference
+from credbridge.core.errors import ExitCode
 from support.httpproxy import HttpProxy, Reply
 from support.moto import MotoServer, moto
-from test_aws import _clean_env, aws, resolve, sources, unique
+from test_aws import _clean_env, aws, config_file, resolve, sources, unique
 
 pytestmark = pytest.mark.aws
 
@@ -359,3 +361,34 @@ def test_an_answer_without_a_value_is_an_error_not_an_empty_value(moto: MotoServ
         outcome = resolve(sources(endpoint_url=proxy.url, max_attempts=1), f"aws-ssm:{name}")[0]
     assert isinstance(outcome, InvalidValue)
     assert outcome.problem == f"parameter {name} came back without a value"
+
+
+def test_pasted_forms_on_the_command_line(moto: MotoServer, tmp_path: Path) -> None:
+    sm = moto.client("secretsmanager")
+    name = unique("cli")
+    arn = sm.create_secret(Name=name, SecretString=json.dumps({"password": "cli-pw-51c2"}))["ARN"]
+    secret_value("cli-pw-51c2")
+    config = config_file(tmp_path, sources())
+    expected = json.loads(sm.get_secret_value(SecretId=arn)["SecretString"])["password"].encode()
+    for pasted in (
+        f"{arn}:password::",
+        f"{{{{resolve:secretsmanager:{name}:SecretString:password}}}}",
+    ):
+        result = run_cli("-c", str(config), "get", pasted, env=moto.env())
+        assert (result.returncode, result.stdout) == (0, expected), result.stderr
+    missing = run_cli("-c", str(config), "get", f"{arn}:nokey::", env=moto.env())
+    assert missing.returncode == ExitCode.NOT_FOUND
+    # Messages name the reference in its credbridge form.
+    assert (
+        missing.stderr
+        == (f"credbridge: error: aws-sm:{arn}#nokey: no field '/nokey' in the secret\n").encode()
+    )
+    refused = run_cli(
+        "-c",
+        str(config),
+        "get",
+        f"{{{{resolve:secretsmanager:{name}:SecretBinary:k}}}}",
+        env=moto.env(),
+    )
+    assert refused.returncode == ExitCode.REFERENCE
+    assert refused.stderr.count(b"\n") == 1
