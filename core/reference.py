@@ -123,7 +123,8 @@ def parse_reference(text: str) -> Reference:
     if not path:
         raise BadReference(text, "empty path")
     if path.startswith("//"):
-        raise BadReference(text, _url_hint(scheme, path))
+        suffix = ("?" + query if query else "") + ("#" + selector if hash_sep else "")
+        raise BadReference(text, _url_hint(scheme, path, suffix))
     problem = control_problem(path)
     if problem is not None:
         raise BadReference(text, f"path {problem}")
@@ -169,14 +170,17 @@ _PARAMETER_ARN_HEAD = re.compile(r"arn:[a-z-]+:ssm:")
 _CLOUDFORMATION = re.compile(r"\{\{resolve:(secretsmanager|ssm|ssm-secure):(.*)\}\}")
 
 
-def _url_hint(scheme: str, path: str) -> str:
+def _url_hint(scheme: str, path: str, suffix: str) -> str:
     """The message for ``SCHEME://...``: what to write instead (the URL form means nothing)."""
     rest = path[2:]
     if rest.startswith("/"):  # file:///etc/x is the URL of /etc/x
-        return f"'{scheme}://' is URL syntax, which references do not use: write {scheme}:{rest}"
+        return (
+            f"'{scheme}://' is URL syntax, which references do not use: "
+            f"write {scheme}:{rest}{suffix}"
+        )
     return (
-        f"'{scheme}://' is URL syntax, which references do not use: write {scheme}:{rest} "
-        f"(or {scheme}:/{rest} for an absolute path); a server address belongs in "
+        f"'{scheme}://' is URL syntax, which references do not use: write {scheme}:{rest}{suffix} "
+        f"(or {scheme}:/{rest}{suffix} for an absolute path); a server address belongs in "
         f"[sources.{scheme}]"
     )
 

@@ -155,7 +155,8 @@ def test_the_api_path_of_vault_read_gets_the_reference_to_write(
 @pytest.mark.parametrize(
     ("text", "hint"),
     [
-        ("vault://secret/app#password", "write vault:secret/app"),
+        ("vault://secret/app#password", "write vault:secret/app#password (or"),
+        ("vault://secret/app?version=2#/db/host", "write vault:secret/app?version=2#/db/host"),
         ("vault:///secret/app", "write vault:/secret/app"),
         ("file://etc/hostname", "write file:etc/hostname (or file:/etc/hostname"),
         ("file:///etc/hostname", "write file:/etc/hostname"),
