@@ -180,8 +180,8 @@ def _url_hint(scheme: str, path: str, suffix: str) -> str:
         )
     return (
         f"'{scheme}://' is URL syntax, which references do not use: write {scheme}:{rest}{suffix} "
-        f"(or {scheme}:/{rest}{suffix} for an absolute path); a server address belongs in "
-        f"[sources.{scheme}]"
+        f"(or {scheme}:/{rest}{suffix} for an absolute path); a server's address belongs in "
+        "the source's settings, never in a reference"
     )
 
 
