@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 SM_SCHEME = "aws-sm"
 SSM_SCHEME = "aws-ssm"
+SECRET_REFERENCE = "/aws/reference/secretsmanager/"  # noqa: S105 - a path, not a password
+"""Parameter Store's path to a Secrets Manager secret (GetParameters reads it through)."""
 SM_BATCH = 20
 """BatchGetSecretValue takes at most 20 ids (botocore does not check it; chunk here)."""
 SSM_BATCH = 10
@@ -262,7 +264,19 @@ def _split_parameter(path: str) -> tuple[str, str | None]:
 def validate_ssm(reference: Reference) -> None:
     text = str(reference)
     name, selector = _split_parameter(reference.path)
-    if name.startswith("arn:"):
+    if name.startswith(SECRET_REFERENCE):
+        if not _SECRET_NAME.fullmatch(name[len(SECRET_REFERENCE) :]):
+            raise BadReference(
+                text,
+                f"expected aws-ssm:{SECRET_REFERENCE}SECRET_NAME[:VERSION_STAGE | :VERSION_ID]",
+            )
+        if reference.option("version") is not None:
+            raise BadReference(
+                text,
+                "a Secrets Manager secret has no parameter versions: "
+                "give :VERSION_STAGE or :VERSION_ID",
+            )
+    elif name.startswith("arn:"):
         if not _SSM_ARN.fullmatch(name):
             raise BadReference(
                 text, "expected an SSM parameter ARN (arn:aws:ssm:REGION:ACCOUNT:parameter/NAME)"
@@ -285,6 +299,14 @@ def validate_ssm(reference: Reference) -> None:
             raise BadReference(text, "give the version either as ?version=N or as NAME:N, not both")
         reference.int_option("version", 0, minimum=1, maximum=1 << 31)
     _check_route(reference)
+
+
+def _parameter_key(name: str) -> str:
+    """What Parameter Store takes for the same parameter: a top-level parameter is the same
+    with or without its leading '/' (``/x`` is ``x``), and answers with either."""
+    if name.startswith("arn:") or name.count("/") != 1 or not name.startswith("/"):
+        return name
+    return name[1:]
 
 
 def _ssm_name(locator: Locator) -> str:
@@ -682,15 +704,21 @@ class AwsSource(DocumentSource):
             names.setdefault(_ssm_name(locator), []).append(locator)
         # One name per parameter in a call: the answer names the parameter, not always the
         # version or label asked for (moto leaves Selector out), so two would be ambiguous.
+        # A secret read through SECRET_REFERENCE is answered under a name of the service's
+        # choosing (AWS: the path, moto: the secret's name), so it is asked alone.
         chunks: list[dict[str, list[Locator]]] = []
+        taken: list[set[str] | None] = []  # each chunk's parameters; None: a chunk of its own
         for name, group in names.items():
-            base = _split_parameter(name)[0]
-            for chunk in chunks:
-                if len(chunk) < SSM_BATCH and all(_split_parameter(n)[0] != base for n in chunk):
+            base = _parameter_key(_split_parameter(name)[0])
+            alone = base.startswith(SECRET_REFERENCE)
+            for chunk, bases in zip(chunks, taken, strict=True):
+                if not alone and bases is not None and len(chunk) < SSM_BATCH and base not in bases:
                     chunk[name] = group
+                    bases.add(base)
                     break
             else:
                 chunks.append({name: group})
+                taken.append(None if alone else {base})
         return [
             self._guarded(
                 [loc for group in chunk.values() for loc in group],
@@ -739,16 +767,27 @@ class AwsSource(DocumentSource):
             )
             return
         invalid = {str(n) for n in answer.get("InvalidParameters", [])}
-        for parameter in answer.get("Parameters", []):
+        parameters = answer.get("Parameters", [])
+        for parameter in parameters:
             for name in chunk:
                 if _same_parameter(name, parameter):
                     found[name] = parameter
+        only = next(iter(chunk))
+        # A call for one name: its one parameter is the answer, however it is named.
+        if (
+            len(chunk) == 1
+            and len(parameters) == 1
+            and not found
+            and not invalid
+            and _same_selector(only, parameters[0])
+        ):
+            found[only] = parameters[0]
         for name in chunk:
             if name in invalid or name not in found:
                 missing.add(name)
         for name, locators in chunk.items():
             if name in found:
-                outcome: Secret | SourceError = self._ssm_document(found[name])
+                outcome: Secret | SourceError = self._ssm_document(found[name], name)
             else:
                 base, selector = _split_parameter(name)
                 problem = (
@@ -760,8 +799,10 @@ class AwsSource(DocumentSource):
             for locator in locators:
                 results[locator] = outcome
 
-    def _ssm_document(self, parameter: Mapping[str, Any]) -> Secret:
-        secret = Secret.from_text(str(parameter.get("Value", "")))
+    def _ssm_document(self, parameter: Mapping[str, Any], name: str) -> Secret | SourceError:
+        if parameter.get("Value") is None:
+            return InvalidValue("", f"parameter {name} came back without a value")
+        secret = Secret.from_text(str(parameter["Value"]))
         self._redactor.add(secret)
         return secret
 
@@ -986,9 +1027,16 @@ def _same_secret(secret_id: str, value: Mapping[str, Any]) -> bool:
 
 
 def _same_parameter(requested: str, parameter: Mapping[str, Any]) -> bool:
-    base, selector = _split_parameter(requested)
-    if base not in (parameter.get("Name"), parameter.get("ARN")):
+    base = _split_parameter(requested)[0]
+    named = _parameter_key(str(parameter.get("Name", "")))
+    if _parameter_key(base) != named and base != parameter.get("ARN"):
         return False
+    return _same_selector(requested, parameter)
+
+
+def _same_selector(requested: str, parameter: Mapping[str, Any]) -> bool:
+    """The version or label asked for, when the answer says which one it is."""
+    selector = _split_parameter(requested)[1]
     given = parameter.get("Selector")
     if selector is None or not given:
         return True

@@ -1,7 +1,8 @@
 """``clan-vars:`` — secrets that clan vars already generated, read where clan keeps them.
 
 Reference: ``clan-vars:GENERATOR/FILE`` (the machine from ``[sources.clan-vars] machine``) or
-``clan-vars:MACHINE/GENERATOR/FILE``, with ``?strip=true`` to drop trailing whitespace.
+``clan-vars:MACHINE/GENERATOR/FILE``, with ``?strip=true`` to drop trailing newlines (what a
+shell's ``$(cat FILE)`` drops).
 
 clan's sops backend keeps each secret var as its own sops file, ``secret``, in the clan's
 directory (clan-core ``clan_lib/vars/_types.py`` ``StoreBase.rel_dir``)::
@@ -9,11 +10,19 @@ directory (clan-core ``clan_lib/vars/_types.py`` ``StoreBase.rel_dir``)::
     vars/per-machine/MACHINE/GENERATOR/FILE/secret     a machine's var
     vars/shared/GENERATOR/FILE/secret                  a shared var (``share = true``)
 
-Each is a sops *binary* file (JSON: ``data`` plus ``sops`` metadata) whose data is exactly the
-bytes the generator script wrote to ``$out/FILE`` — ``openssl rand -base64 32`` gives 45
+clan's ``age`` secret store (``clan.core.vars.settings.secretStore = "age"``, clan-core
+``clan_lib/vars/secret_modules/age.py``) keeps the same var, age-encrypted (``age --armor``),
+at ``secrets/clan-vars/per-machine/MACHINE/GENERATOR/FILE/FILE.age`` (and ``.../shared/...``).
+Both stores are read; which one holds a var is seen from the tree, and it is decrypted with
+``age --decrypt`` and the same key. An export's var (``vars/per-export/...``, clan-core's
+``PerExport`` placement) is ``clan-vars:per-export/EXPORT/GENERATOR/FILE``.
+
+Each sops var is a sops *binary* file (JSON: ``data`` plus ``sops`` metadata) whose data is
+exactly the bytes the generator script wrote to ``$out/FILE`` — ``openssl rand -base64 32`` gives 45
 bytes, newline included — encrypted to the age keys of the machines, users and groups linked
 beside it. This is what sops-nix decrypts (``format = "binary"``) to
-``/run/secrets/vars/GENERATOR/FILE``. The source finds the file clan wrote, reads it without
+``/run/secrets/vars/per-machine/MACHINE/GENERATOR/FILE`` (older clans:
+``/run/secrets/vars/GENERATOR/FILE``). The source finds the file clan wrote, reads it without
 following symlinks through directories another user could change, and decrypts it through the
 same sops runner as ``sops:`` (one sops run per file and run; the machine's age key from
 ``age_key_file``, usually ``/var/lib/sops-nix/key.txt`` where clan installs it). Nothing is
@@ -22,9 +31,13 @@ generated or written. Settings and the migration recipe: docs/sources/clan.md.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import shutil
+import signal
 import stat
+import subprocess
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -47,13 +60,21 @@ from credbridge.core import (
     SecretDocument,
     SourceContext,
     SourceError,
+    Timeout,
+    Unreachable,
 )
+from credbridge.core.process import child_env
 
 SCHEME = "clan-vars"
 ENCRYPTED_VAR = "secret"
 """clan's sops backend: the encrypted var, one file per var (``secret_modules/sops.py``)."""
 PUBLIC_VAR = "value"
 """clan's in-repo public vars: the plain value (``public_modules/in_repo.py``)."""
+AGE_STORE = ("secrets", "clan-vars")
+"""clan's age store: ``secrets/clan-vars/REL_DIR/FILE/FILE.age`` (``secret_modules/age.py``)."""
+PER_EXPORT = "per-export"
+"""The directory of an export's vars (clan-core ``_types.py`` ``PerExport``)."""
+AGE_INSTALL_HINT = "install age (Debian: apt-get install age; NixOS: pkgs.age) or put it on PATH"
 MAX_FILE_BYTES = 64 << 20
 
 _TRUE = {"1", "true", "yes"}
@@ -77,8 +98,13 @@ def _name_problem(name: str) -> str | None:
 def validate_reference(reference: Reference) -> None:
     _check_strip(reference)
     parts = reference.path.split("/")
-    if len(parts) not in (2, 3):
-        raise BadReference(str(reference), "a clan var is GENERATOR/FILE or MACHINE/GENERATOR/FILE")
+    exported = len(parts) >= 4 and parts[0] == PER_EXPORT
+    if len(parts) not in (2, 3) and not exported:
+        raise BadReference(
+            str(reference),
+            "a clan var is GENERATOR/FILE, MACHINE/GENERATOR/FILE or "
+            f"{PER_EXPORT}/EXPORT/GENERATOR/FILE",
+        )
     for part in parts:
         problem = _name_problem(part)
         if problem is not None:
@@ -89,21 +115,33 @@ def validate_reference(reference: Reference) -> None:
 
 @dataclass(frozen=True)
 class VarPath:
-    """Where a var may be: a machine's (``per-machine``) and the shared one (``shared``)."""
+    """Where a var may be: a machine's (``per-machine``) and the shared one (``shared``), or
+    an export's (``per-export/EXPORT``)."""
 
     generator: str
     file: str
     machine: str | None
+    export: tuple[str, ...] | None = None
 
     @property
     def name(self) -> str:
         return f"{self.generator}/{self.file}"
 
-    def candidates(self) -> list[tuple[str, ...]]:
-        shared = ("vars", "shared", self.generator, self.file)
+    def placements(self) -> list[tuple[str, ...]]:
+        """clan's ``rel_dir`` of each place the var may be (``Placement.rel_prefix()``)."""
+        if self.export is not None:
+            return [(PER_EXPORT, *self.export)]
         if self.machine is None:
-            return [shared]
-        return [("vars", "per-machine", self.machine, self.generator, self.file), shared]
+            return [("shared",)]
+        return [("per-machine", self.machine), ("shared",)]
+
+    def candidates(self) -> list[tuple[str, ...]]:
+        """The var's directory in clan's sops store (``vars/REL_DIR/GENERATOR/FILE``)."""
+        return [("vars", *p, self.generator, self.file) for p in self.placements()]
+
+    def age_candidates(self) -> list[tuple[str, ...]]:
+        """The var's directory in clan's age store (``secrets/clan-vars/REL_DIR/...``)."""
+        return [(*AGE_STORE, *p, self.generator, self.file) for p in self.placements()]
 
 
 class _Missing(Exception):
@@ -122,36 +160,55 @@ class ClanVarsSource(DocumentSource):
         self.machine = machine
         self._lock = threading.Lock()
         self._files: dict[Path, Future[Secret | SourceError]] = {}
+        self._age_store: bool | None = None
 
     # ------------------------------------------------------------------ finding the var
 
     def var_path(self, locator: Locator) -> VarPath:
         parts = locator.path.split("/")
+        if len(parts) >= 4:
+            return VarPath(parts[-2], parts[-1], None, tuple(parts[1:-2]))
         if len(parts) == 3:
             return VarPath(parts[1], parts[2], parts[0])
         return VarPath(parts[0], parts[1], self.machine)
 
     def fetch_document(self, locator: Locator) -> Secret | SecretDocument:
         var = self.var_path(locator)
-        path, encrypted = self._find(var)
-        value = self._decrypt(path, encrypted).reveal()
+        path, encrypted, store = self._find(var)
+        value = self._decrypt(path, encrypted, store).reveal()
         strip = (locator.option("strip") or "false").lower() in _TRUE
-        return Secret(value.rstrip() if strip else value)
+        # A shell's command substitution removes trailing newlines, and nothing else.
+        return Secret(value.rstrip(b"\n") if strip else value)
 
-    def _find(self, var: VarPath) -> tuple[Path, bytes]:
-        """The one ``secret`` file clan keeps for ``var``, and its (encrypted) bytes."""
-        found: list[tuple[Path, bytes]] = []
+    def _find(self, var: VarPath) -> tuple[Path, bytes, str]:
+        """The one file clan keeps for ``var``, its (encrypted) bytes and its store.
+
+        A var is in clan's sops store (``vars/.../secret``) or its age store
+        (``secrets/clan-vars/.../FILE.age``); whichever file is there says which.
+        """
+        found: list[tuple[Path, bytes, str]] = []
         public: list[Path] = []
-        for candidate in var.candidates():
-            try:
-                found.append(self._read(candidate, ENCRYPTED_VAR))
-            except _Missing:
-                if self._exists(candidate, PUBLIC_VAR):
-                    public.append(self.directory.joinpath(*candidate, PUBLIC_VAR))
+        age = self._has_age_store()
+        for candidate, age_candidate in zip(var.candidates(), var.age_candidates(), strict=True):
+            before = len(found)
+            with contextlib.suppress(_Missing):
+                found.append((*self._read(candidate, ENCRYPTED_VAR), "sops"))
+            if age:
+                with contextlib.suppress(_Missing):
+                    found.append((*self._read(age_candidate, f"{var.file}.age"), "age"))
+            if len(found) == before and self._exists(candidate, PUBLIC_VAR):
+                public.append(self.directory.joinpath(*candidate, PUBLIC_VAR))
         if len(found) == 1:
             return found[0]
         if found:
-            both = " and ".join(str(p) for p, _ in found)
+            both = " and ".join(str(p) for p, _, _ in found)
+            if len({store for _, _, store in found}) == len(found):
+                raise InvalidValue(
+                    "",
+                    f"clan var {var.name} is in both of clan's secret stores ({both}); clan "
+                    "reads the one clan.core.vars.settings.secretStore names (the other is "
+                    "stale): remove it, or name the file with sops: or file:",
+                )
             raise InvalidValue(
                 "",
                 f"clan var {var.name} is both a machine's and a shared var ({both}); clan keeps "
@@ -163,24 +220,53 @@ class ClanVarsSource(DocumentSource):
                 f"clan var {var.name} is a public var ({public[0]}), not a secret; "
                 f"read it with file:{public[0]}",
             )
+        # Name the files of the store(s) this clan uses: the age store if its tree is there.
         paths = [str(self.directory.joinpath(*c, ENCRYPTED_VAR)) for c in var.candidates()]
-        if var.machine is not None:
-            raise NotFound("", f"no clan var {var.name}: neither {' nor '.join(paths)} exists")
+        age_paths = [
+            str(self.directory.joinpath(*c, f"{var.file}.age")) for c in var.age_candidates()
+        ]
+        if age:
+            sops_tree = self._exists((), "vars", directory=True)
+            paths = [*paths, *age_paths] if sops_tree else age_paths
+        if len(paths) > 1:
+            raise NotFound(
+                "",
+                f"no clan var {var.name}: none of {', '.join(paths)} exists"
+                if len(paths) > 2
+                else f"no clan var {var.name}: neither {' nor '.join(paths)} exists",
+            )
+        if var.machine is not None or var.export is not None:
+            raise NotFound("", f"no clan var {var.name}: {paths[0]} does not exist")
         raise NotFound(
             "",
             f"no clan var {var.name}: {paths[0]} does not exist; for a machine's var set "
             "machine in [sources.clan-vars] or write MACHINE/GENERATOR/FILE",
         )
 
-    def _exists(self, components: tuple[str, ...], leaf: str) -> bool:
+    def _has_age_store(self) -> bool:
+        """Whether the clan has an age store (``secrets/clan-vars``); looked at once per run."""
+        with self._lock:
+            known = self._age_store
+        if known is None:
+            known = self._exists(AGE_STORE[:1], AGE_STORE[1], directory=True)
+            with self._lock:
+                self._age_store = known
+        return known
+
+    def _exists(self, components: tuple[str, ...], leaf: str, *, directory: bool = False) -> bool:
         try:
-            self._read(components, leaf, content=False)
+            self._read(components, leaf, content=False, directory=directory)
         except (_Missing, SourceError):
             return False
         return True
 
     def _read(
-        self, components: tuple[str, ...], leaf: str, *, content: bool = True
+        self,
+        components: tuple[str, ...],
+        leaf: str,
+        *,
+        content: bool = True,
+        directory: bool = False,
     ) -> tuple[Path, bytes]:
         """Open ``DIRECTORY/COMPONENTS.../LEAF`` one component at a time, following no symlink.
 
@@ -211,10 +297,12 @@ class ClanVarsSource(DocumentSource):
                 fd = child
                 self._check_directory(fd, path, trusted)
             path = path / leaf
-            child = self._open_child(fd, leaf, path, directory=False)
+            child = self._open_child(fd, leaf, path, directory=directory)
             os.close(fd)
             fd = child
             info = os.fstat(fd)
+            if directory:
+                return path, b""
             if not stat.S_ISREG(info.st_mode):
                 raise InvalidValue("", f"{path} is not a regular file")
             if info.st_uid not in trusted:
@@ -263,8 +351,9 @@ class ClanVarsSource(DocumentSource):
 
     # ------------------------------------------------------------------ decrypting
 
-    def _decrypt(self, path: Path, encrypted: bytes) -> Secret:
-        """One sops run per file and run; later callers (any thread) share its outcome."""
+    def _decrypt(self, path: Path, encrypted: bytes, store: str) -> Secret:
+        """One sops (or age) run per file and run; later callers (any thread) share its
+        outcome."""
         with self._lock:
             future = self._files.get(path)
             owner = future is None
@@ -273,13 +362,17 @@ class ClanVarsSource(DocumentSource):
         if owner:
             try:
                 # The bytes checked above go to sops through stdin: no second open by path.
-                raw = self.runner.run(
-                    ["decrypt", "--input-type", "binary", "--output-type", "binary", "/dev/stdin"],
-                    what=str(path),
-                    file=path,
-                    kind="binary",
-                    stdin=encrypted,
-                )
+                if store == "age":
+                    raw = self._age_decrypt(path, encrypted)
+                else:
+                    args = ["decrypt", "--input-type", "binary", "--output-type", "binary"]
+                    raw = self.runner.run(
+                        [*args, "/dev/stdin"],
+                        what=str(path),
+                        file=path,
+                        kind="binary",
+                        stdin=encrypted,
+                    )
                 future.set_result(Secret(raw))
             except SourceError as error:
                 future.set_result(error)
@@ -290,6 +383,58 @@ class ClanVarsSource(DocumentSource):
             raise type(outcome)(outcome.reference, outcome.problem)
         return Secret(outcome.reveal())
 
+    def _age_decrypt(self, path: Path, encrypted: bytes) -> bytes:
+        """``age --decrypt -i KEY`` on ``encrypted`` (stdin), with the key sops would use."""
+        binary = shutil.which("age", path=os.environ.get("PATH", os.defpath))
+        if binary is None:
+            raise Unreachable(
+                "", f"no age binary for {path} (clan's age store); {AGE_INSTALL_HINT}"
+            )
+        environment = self.runner.environment()
+        key = environment.get("SOPS_AGE_KEY_FILE")
+        if key is None:
+            config = environment.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+            default = os.path.join(config, "sops", "age", "keys.txt")
+            key = default if os.path.exists(default) else None
+        environment.clear()
+        if key is None:
+            raise Forbidden(
+                "",
+                f"no key could decrypt {path}: no age key was found (set age_key or "
+                "age_key_file in [sources.clan-vars]; clan's age store installs the machine's "
+                "key as /etc/secret-vars/key.txt)",
+            )
+        try:
+            process = subprocess.Popen(
+                [binary, "--decrypt", "-i", key],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=child_env(),
+                pass_fds=self.runner.pass_fds(),
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise Unreachable(
+                "", f"cannot start age ({binary}): {error.strerror}; {AGE_INSTALL_HINT}"
+            ) from None
+        timeout = self.runner.settings.timeout
+        with process:
+            try:
+                stdout, stderr = process.communicate(encrypted, timeout=timeout)
+            except BaseException as error:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                if isinstance(error, subprocess.TimeoutExpired):
+                    raise Timeout(
+                        "", f"age did not finish with {path} within {timeout:g}s"
+                    ) from None
+                raise
+        if process.returncode != 0:
+            raise classify_age(process.returncode, stderr, what=str(path))
+        return stdout
+
     def close(self) -> None:
         with self._lock:
             for future in self._files.values():
@@ -298,6 +443,31 @@ class ClanVarsSource(DocumentSource):
                     if isinstance(value, Secret):
                         value.wipe()
             self._files.clear()
+            self._age_store = None
+
+
+def classify_age(rc: int, stderr: bytes, *, what: str) -> SourceError:
+    """One typed line for a failed ``age --decrypt``; age's stderr is matched, never repeated."""
+    text = stderr.decode("utf-8", "replace").lower()
+    if rc < 0:
+        return Unreachable("", f"age was killed by signal {-rc} while decrypting {what}")
+    if "no identity matched" in text:
+        return Forbidden(
+            "", f"no key could decrypt {what}: the age key(s) given match none of its recipients"
+        )
+    if "failed to open file" in text or "permission denied" in text:
+        return Forbidden(
+            "", f"no key could decrypt {what}: the age key file (age_key_file) cannot be read"
+        )
+    if "identity" in text or "error at line" in text:
+        return Forbidden("", f"no key could decrypt {what}: an age key given is malformed")
+    if "header" in text or "armor" in text:
+        return InvalidValue("", f"{what} is not an age-encrypted file")
+    if "payload" in text or "authenticate" in text:
+        return InvalidValue("", f"{what} failed its integrity check: tampered or corrupted")
+    return Unreachable(
+        "", f"age failed on {what} (exit {rc}); run age --decrypt on it by hand to see why"
+    )
 
 
 def open_source(context: SourceContext) -> ClanVarsSource:

@@ -45,6 +45,7 @@ from credbridge.core.fsutil import (
     read_file_at,
     remove_at,
     resolve_owner,
+    symlink_error,
     write_new_file_at,
 )
 from credbridge.core.process import child_env
@@ -432,15 +433,21 @@ class _StagedDirectory(Staged):
                     info: os.stat_result | None = os.lstat(self.live, dir_fd=base_fd)
                 except FileNotFoundError:
                     info = None
+                self._refuse_unless_directory(base_fd, info)
                 point("credstore.commit.before-swap")
                 if info is None:
-                    os.rename(self.staging, self.live, src_dir_fd=base_fd, dst_dir_fd=base_fd)
-                    self.state = "placed"
-                elif stat.S_ISDIR(info.st_mode):
+                    self._place(base_fd)
+                else:
                     exchange_at(base_fd, self.staging, self.live)
                     self.state = "swapped"
-                else:
-                    raise DeliveryError(f"{live} is not a directory; refusing to replace it")
+                    # Checking the live entry and swapping it are two steps: what the swap
+                    # took out is checked again, and anything but a directory (a symlink put
+                    # in between) goes back where it was and is refused, not replaced.
+                    swapped_out = os.lstat(self.staging, dir_fd=base_fd)
+                    if not stat.S_ISDIR(swapped_out.st_mode):
+                        exchange_at(base_fd, self.staging, self.live)
+                        self.state = "staged"
+                        self._refuse_unless_directory(base_fd, swapped_out)
                 point("credstore.commit.after-swap")
                 os.fsync(base_fd)
         except OSError as error:
@@ -449,6 +456,27 @@ class _StagedDirectory(Staged):
                     f"{self.base}: file system cannot swap directories atomically"
                 ) from None
             raise DeliveryError(f"cannot commit {live}: {error.strerror or error}") from None
+
+    def _refuse_unless_directory(self, base_fd: int, info: os.stat_result | None) -> None:
+        """Refuse a live entry that is there but no directory; a symlink as the planning did."""
+        if info is None or stat.S_ISDIR(info.st_mode):
+            return
+        if stat.S_ISLNK(info.st_mode):
+            raise symlink_error(str(self.base / self.live), base_fd, self.live)
+        raise DeliveryError(f"{self.base / self.live} is not a directory; refusing to replace it")
+
+    def _place(self, base_fd: int) -> None:
+        """The first set of a target: the staging directory becomes the live one."""
+        try:
+            os.rename(self.staging, self.live, src_dir_fd=base_fd, dst_dir_fd=base_fd)
+        except OSError as error:
+            # Something took the free name since it was checked (a directory cannot be
+            # renamed over a symlink or a file: ENOTDIR): refused as above.
+            if error.errno not in (errno.ENOTDIR, errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            self._refuse_unless_directory(base_fd, os.lstat(self.live, dir_fd=base_fd))
+            raise
+        self.state = "placed"
 
     def rollback(self) -> None:
         with opened_dir(self.base) as base_fd:

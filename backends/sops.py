@@ -1,8 +1,9 @@
 """``sops:`` — values from sops-encrypted files; and the ``sops`` store of generated values.
 
 Reference: ``sops:PATH[?type=yaml|json|dotenv|ini|binary][#/json/pointer | #key]``. The file
-type comes from the extension (``.yaml``/``.yml``, ``.json``, ``.env``, ``.ini``; anything
-else is binary, like sops itself); relative paths start at the config file's directory.
+type comes from how the name ends, as sops decides it (``.yaml``/``.yml``, ``.json``,
+``.env``, ``.ini``, case-sensitive, a file named ``.env`` included; anything else is binary);
+``?type=`` is sops's ``--input-type``. Relative paths start at the config file's directory.
 
 Everything goes through the real ``sops`` binary, with an argument list and never a shell.
 Each file is decrypted once per run, to JSON parsed here (a binary file to its bytes), no
@@ -70,6 +71,7 @@ from credbridge.core.fsutil import (
 )
 from credbridge.core.process import OutputTooLarge, child_env, communicate
 from credbridge.core.remote import resolve_text
+from credbridge.core.secret import JSONNumber
 from credbridge.core.settings import name_setting, path_setting, seconds_setting
 
 log = logging.getLogger(__name__)
@@ -142,10 +144,17 @@ _AGE_IDENTITY = re.compile(r"^AGE-(SECRET-KEY|PLUGIN)-", re.MULTILINE)
 
 
 def file_type(path: str, override: str | None = None) -> str:
-    """The sops file type of ``path``: ``?type=`` if given, else from the extension."""
+    """The sops file type of ``path``: ``?type=`` if given, else from how the name ends.
+
+    sops's own rule (``cmd/sops/formats/formats.go`` ``FormatForPath``): a case-sensitive
+    test of the path's end, so ``.env`` itself is a dotenv file and ``x.YAML`` is binary.
+    """
     if override:
         return override
-    return EXTENSION_TYPES.get(Path(path).suffix.lower(), "binary")
+    for ending, kind in EXTENSION_TYPES.items():
+        if path.endswith(ending):
+            return kind
+    return "binary"
 
 
 def _config_path(value: str, config_dir: Path) -> Path:
@@ -622,14 +631,31 @@ def parse_document(raw: bytes, kind: str, what: str) -> Secret | SecretDocument:
     """What ``sops decrypt`` printed: the bytes of a binary file, else parsed JSON."""
     if kind == "binary":
         return Secret(raw)
+
+    def first_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # sops --extract takes the first of two equal keys. An INI file's keys before any
+        # section and its explicit [DEFAULT] reach the JSON as two DEFAULT groups: both are
+        # the DEFAULT section, as sops writes them back, so their keys are merged.
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key not in out:
+                out[key] = value
+            elif kind == "ini" and isinstance(out[key], dict) and isinstance(value, dict):
+                for name, item in value.items():
+                    out[key].setdefault(name, item)
+        return out
+
     try:
-        data = json.loads(raw)
+        # Numbers stay as sops printed them (-0, 1e-7), objects in the file's order.
+        data = json.loads(
+            raw, object_pairs_hook=first_wins, parse_int=JSONNumber, parse_float=JSONNumber
+        )
     except (ValueError, UnicodeDecodeError):
         raise InvalidValue("", f"sops printed no JSON for {what}") from None
     if kind == "ini" and isinstance(data, dict) and data.get("DEFAULT") == {}:
         # sops adds an empty DEFAULT section; without it a one-section file needs no selector.
         del data["DEFAULT"]
-    return SecretDocument(data)
+    return SecretDocument(data, as_written=True)
 
 
 class SopsSource(DocumentSource):

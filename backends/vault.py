@@ -367,10 +367,10 @@ def _validate(reference: Reference) -> None:
     kv = reference.option("kv")
     if kv is not None and kv not in {"1", "2"}:
         raise BadReference(text, "kv must be 1 or 2")
-    if reference.option("version") is not None:
-        reference.int_option("version", 0, minimum=1, maximum=1 << 31)
-        if kv == "1":
-            raise BadReference(text, "version needs a KV v2 mount; KV v1 keeps no versions")
+    # ?version=0 is the latest version, in Vault's and OpenBao's API and `kv get -version=0`.
+    version = reference.int_option("version", 0, minimum=0, maximum=1 << 31)
+    if version and kv == "1":
+        raise BadReference(text, "version needs a KV v2 mount; KV v1 keeps no versions")
     namespace = reference.option("namespace")
     if namespace is not None and not namespace.strip("/"):
         raise BadReference(text, "namespace must not be empty")
@@ -621,6 +621,8 @@ class VaultSource(DocumentSource):
         if not secret_path:
             raise NotFound("", f"{path} is the mount itself; name a secret below it")
         version = locator.option("version")
+        if version is not None and not version.strip("0"):
+            version = None  # ?version=0: the latest version, as the server reads it
         where = f"{mount.path}{secret_path}"
         if version and mount.version == 1:
             raise InvalidValue(
@@ -823,6 +825,15 @@ class VaultSource(DocumentSource):
         kind = f" (KV v{mount.version} mount {mount.path})" if mount else ""
         if version:
             return NotFound(reference, f"no version {version} of {where}")
+        api_path = _kv2_api_path(where, mount)
+        if api_path is not None:
+            # `vault read MOUNT/data/PATH` (and the CSI driver, and policies) name KV v2's HTTP
+            # API path; a reference names the secret as `vault kv get` does.
+            return NotFound(
+                reference,
+                f"no secret at {where}{kind}; if {where} is the API path that 'vault read' "
+                f"takes, write vault:{api_path}",
+            )
         return NotFound(reference, f"no secret at {where}{kind}")
 
     def close(self) -> None:
@@ -831,6 +842,16 @@ class VaultSource(DocumentSource):
                 self._session.close()
             self._clients.clear()
             self._token = None
+
+
+def _kv2_api_path(where: str, mount: _Mount | None) -> str | None:
+    """``secret/app`` for ``secret/data/app`` on a KV v2 mount ``secret/``, else None."""
+    if mount is None or mount.version != 2:
+        return None
+    below = where[len(mount.path) :]
+    if not below.startswith("data/") or below == "data/":
+        return None
+    return mount.path + below[len("data/") :]
 
 
 _STATUS = {

@@ -398,6 +398,11 @@ def unit(state: State, target: str, install: bool, unit_dir: Path) -> None:
             pass
         with locked(dropin_dir / LOCK_NAME, wait=state.lock_wait):
             atomic_write(dropin_dir / "credbridge.conf", text.encode(), mode=0o644)
+            # atomic_write reached the directory once, before writing: a symlink swapped in
+            # for it since then would leave the drop-in where systemd does not look. Walking
+            # the path again refuses it (exit 13), as a symlink there beforehand is refused.
+            with opened_dir(dropin_dir):
+                pass
     except OSError as error:
         raise DeliveryError(f"cannot write {dropin_dir}: {error.strerror or error}") from None
     click.echo(

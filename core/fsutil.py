@@ -141,7 +141,8 @@ def check_dir(
         )
 
 
-def _symlink_error(path: str, dir_fd: int, name: str) -> UnsafePath:
+def symlink_error(path: str, dir_fd: int, name: str) -> UnsafePath:
+    """The refusal of entry ``name`` of ``dir_fd`` (shown as ``path``), a symlink."""
     try:
         target = os.readlink(name, dir_fd=dir_fd)
     except OSError:
@@ -159,7 +160,7 @@ def _open_child(dir_fd: int, name: str, path: str) -> int:
             raise OSError(error.errno, error.strerror, path) from None
         info = os.lstat(name, dir_fd=dir_fd)
         if stat.S_ISLNK(info.st_mode):
-            raise _symlink_error(path, dir_fd, name) from None
+            raise symlink_error(path, dir_fd, name) from None
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path) from None
 
 
@@ -367,7 +368,7 @@ def read_file_at(dir_fd: int, name: str, path: str) -> bytes:
         fd = os.open(name, flags, dir_fd=dir_fd)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise _symlink_error(path, dir_fd, name) from None
+            raise symlink_error(path, dir_fd, name) from None
         raise OSError(error.errno, error.strerror, path) from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -109,6 +109,9 @@ def parse_reference(text: str) -> Reference:
     problem = control_problem(text)
     if problem is not None:
         raise BadReference(text, f"reference {problem}; percent-encode such bytes")
+    pasted = _pasted_aws_form(text)
+    if pasted is not None:
+        return pasted
     scheme, sep, rest = text.partition(":")
     if not sep:
         raise BadReference(text, "missing 'SCHEME:' prefix (e.g. 'file:/path')")
@@ -119,6 +122,9 @@ def parse_reference(text: str) -> Reference:
     path = _decode(path_part, text, "path")
     if not path:
         raise BadReference(text, "empty path")
+    if path.startswith("//"):
+        suffix = ("?" + query if query else "") + ("#" + selector if hash_sep else "")
+        raise BadReference(text, _url_hint(scheme, path, suffix))
     problem = control_problem(path)
     if problem is not None:
         raise BadReference(text, f"path {problem}")
@@ -148,7 +154,136 @@ def parse_reference(text: str) -> Reference:
         sel = _decode(selector, text, "selector")
         if sel.startswith("/"):
             _split_pointer(sel, text)  # validate escapes now, not at fetch time
+    if scheme == "aws-sm":
+        path, sel = _ecs_secret_arn(text, path, options, sel)
     return Reference(Locator(scheme, path, tuple(sorted(options))), sel, text)
+
+
+# --------------------------------------------------------------------------- pasted forms
+# References are SCHEME:PATH, never URLs; and the forms AWS's own tools print (an ECS/Batch
+# ``valueFrom``, a CloudFormation dynamic reference) are read as the aws-sm:/aws-ssm:
+# reference they mean, so a user can paste them. docs/references.md, "What you would type
+# elsewhere".
+
+_SECRET_ARN_HEAD = re.compile(r"arn:[a-z-]+:secretsmanager:[a-z0-9-]*:[0-9]*:secret:")
+_PARAMETER_ARN_HEAD = re.compile(r"arn:[a-z-]+:ssm:")
+_CLOUDFORMATION = re.compile(r"\{\{resolve:(secretsmanager|ssm|ssm-secure):(.*)\}\}")
+
+
+def _url_hint(scheme: str, path: str, suffix: str) -> str:
+    """The message for ``SCHEME://...``: what to write instead (the URL form means nothing)."""
+    rest = path[2:]
+    if rest.startswith("/"):  # file:///etc/x is the URL of /etc/x
+        return (
+            f"'{scheme}://' is URL syntax, which references do not use: "
+            f"write {scheme}:{rest}{suffix}"
+        )
+    return (
+        f"'{scheme}://' is URL syntax, which references do not use: write {scheme}:{rest}{suffix} "
+        f"(or {scheme}:/{rest}{suffix} for an absolute path); a server's address belongs in "
+        "the source's settings, never in a reference"
+    )
+
+
+def _pasted_aws_form(text: str) -> Reference | None:
+    """A bare ARN or a ``{{resolve:...}}`` as the aws-sm:/aws-ssm: reference it means.
+
+    These are taken literally (no percent-decoding, no ``?options`` or ``#selector``), as the
+    tools that print them do.
+    """
+    reference = _pasted_reference(text)
+    if reference is None:
+        return None
+    # Through the grammar's own checks, so the canonical form parses back to the same.
+    try:
+        parsed = parse_reference(str(reference))
+    except BadReference as error:
+        raise BadReference(text, error.problem) from None
+    return Reference(parsed.locator, parsed.selector, text)
+
+
+def _pasted_reference(text: str) -> Reference | None:
+    cloudformation = _CLOUDFORMATION.fullmatch(text)
+    if cloudformation is not None:
+        service, body = cloudformation.groups()
+        if not body:
+            raise BadReference(text, f"{{{{resolve:{service}:...}}}} names no secret")
+        if service != "secretsmanager":
+            # {{resolve:ssm:NAME:VERSION}} -> aws-ssm:NAME:VERSION (the same NAME:VERSION form).
+            return Reference(Locator("aws-ssm", body), None, text)
+        return _cloudformation_secret(text, body)
+    if _SECRET_ARN_HEAD.match(text):
+        options: list[tuple[str, str]] = []
+        path, selector = _ecs_secret_arn(text, text, options, None)
+        return Reference(Locator("aws-sm", path, tuple(sorted(options))), selector, text)
+    if _PARAMETER_ARN_HEAD.match(text):
+        return Reference(Locator("aws-ssm", text), None, text)
+    return None
+
+
+def _cloudformation_secret(text: str, body: str) -> Reference:
+    """``secret-id:SecretString:json-key:version-stage:version-id``, trailing parts optional."""
+    parts = body.split(":")
+    # An ARN as the secret id keeps its own seven colon-separated parts.
+    count = 7 if body.startswith("arn:") else 1
+    secret_id, extra = ":".join(parts[:count]), parts[count:]
+    if len(extra) > 4:
+        raise BadReference(
+            text,
+            "expected {{resolve:secretsmanager:SECRET_ID:SecretString:JSON_KEY:"
+            "VERSION_STAGE:VERSION_ID}}",
+        )
+    secret_string, key, stage, version_id = [*extra, "", "", "", ""][:4]
+    if secret_string not in {"", "SecretString"}:
+        raise BadReference(
+            text, f"CloudFormation reads only 'SecretString' there, not {secret_string!r}"
+        )
+    options = _version_options(stage, version_id)
+    return Reference(Locator("aws-sm", secret_id, options), _key_selector(key), text)
+
+
+def _ecs_secret_arn(
+    text: str, path: str, options: list[tuple[str, str]], selector: str | None
+) -> tuple[str, str | None]:
+    """``arn:...:secret:NAME:JSON_KEY:VERSION_STAGE:VERSION_ID`` (ECS, Batch): the ARN of
+    the secret, with the JSON key as the selector and the version as options."""
+    head = _SECRET_ARN_HEAD.match(path)
+    if head is None:
+        return path, selector
+    name, *extra = path[head.end() :].split(":")
+    if not extra:
+        return path, selector
+    if len(extra) > 3:
+        raise BadReference(
+            text, "expected arn:...:secret:NAME[:JSON_KEY[:VERSION_STAGE[:VERSION_ID]]]"
+        )
+    key, stage, version_id = [*extra, "", ""][:3]
+    given = dict(options)
+    for option, value in _version_options(stage, version_id):
+        if option in given:
+            raise BadReference(text, f"{option} is given both in the ARN and as ?{option}=")
+        options.append((option, value))
+    if key and selector is not None:
+        raise BadReference(text, "the JSON key is given both in the ARN and as '#SELECTOR'")
+    return path[: head.end()] + name, _key_selector(key) if key else selector
+
+
+def _version_options(stage: str, version_id: str) -> tuple[tuple[str, str], ...]:
+    options = []
+    if stage:
+        options.append(("version-stage", stage))
+    if version_id:
+        options.append(("version-id", version_id))
+    return tuple(sorted(options))
+
+
+def _key_selector(key: str) -> str | None:
+    """A top-level JSON key as a selector; one that starts with '/' as a one-token pointer."""
+    if not key:
+        return None
+    if key.startswith("/"):
+        return "/" + key.replace("~", "~0").replace("/", "~1")
+    return key
 
 
 def _decode(part: str, reference: str, what: str) -> str:
@@ -185,12 +320,12 @@ def select(document: Secret | SecretDocument, selector: str | None, reference: s
         data = document.reveal_data()
         if isinstance(data, Mapping):
             if len(data) == 1:
-                return leaf_to_secret(next(iter(data.values())))
+                return leaf_to_secret(next(iter(data.values())), as_written=document.as_written)
             fields = ", ".join(sorted(map(str, data)))
             raise InvalidValue(
                 reference, f"secret has {len(data)} fields ({fields}); choose one with '#FIELD'"
             )
-        return leaf_to_secret(data)
+        return leaf_to_secret(data, as_written=document.as_written)
     if isinstance(document, Secret):
         try:
             document = SecretDocument.parse_json(document)
@@ -198,14 +333,20 @@ def select(document: Secret | SecretDocument, selector: str | None, reference: s
             raise InvalidValue(
                 reference, f"selector #{selector} needs a JSON value, and this is not JSON"
             ) from None
-    tokens = _split_pointer(selector, reference) if selector.startswith("/") else [selector]
+    pointer = selector.startswith("/")
+    tokens = _split_pointer(selector, reference) if pointer else [selector]
+    # Messages show the selector as written: the pointer's escaped tokens up to the failing
+    # one (``/a~1b``), or the key itself for ``#KEY`` (which is one key, slashes and all).
+    written = selector.split("/")[1:] if pointer else [selector]
     node: Any = document.reveal_data()
-    walked = ""
-    for token in tokens:
-        walked += "/" + token
+    for depth, token in enumerate(tokens):
+        walked = "/" + "/".join(written[: depth + 1]) if pointer else selector
         if isinstance(node, Mapping):
             if token not in node:
-                raise NotFound(reference, f"no field {walked!r} in the secret")
+                hint = ""
+                if not pointer and "/" in selector:
+                    hint = f" (#{selector} names one top-level key; for a path write #/{selector})"
+                raise NotFound(reference, f"no field {walked!r} in the secret{hint}")
             node = node[token]
         elif isinstance(node, list):
             if not re.fullmatch(r"0|[1-9][0-9]*", token) or int(token) >= len(node):
@@ -213,4 +354,4 @@ def select(document: Secret | SecretDocument, selector: str | None, reference: s
             node = node[int(token)]
         else:
             raise NotFound(reference, f"{walked!r} descends into a scalar")
-    return leaf_to_secret(node)
+    return leaf_to_secret(node, as_written=document.as_written)

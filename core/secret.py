@@ -85,17 +85,30 @@ class Secret:
         return Secret(self._buffer)
 
 
+class JSONNumber(str):
+    """A number exactly as the JSON text that held it wrote it (sops's ``-0``, ``1e-7``).
+
+    A source whose reference client prints numbers in its own form (``sops decrypt
+    --extract``) keeps them as this text: a float would turn ``-0`` into ``0`` and ``1e-7``
+    into ``1e-07``.
+    """
+
+    __slots__ = ()
+
+
 class SecretDocument:
     """A structured secret (parsed JSON, a Vault KV secret): a selector picks one leaf.
 
     The data itself is plain Python objects; this wrapper keeps them out of ``repr`` and
-    logs.
+    logs. ``as_written``: an object leaf keeps the file's key order and :class:`JSONNumber`
+    text (as sops prints it) instead of sorted keys.
     """
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "as_written")
 
-    def __init__(self, data: Any) -> None:
+    def __init__(self, data: Any, *, as_written: bool = False) -> None:
         self._data = data
+        self.as_written = as_written
 
     @classmethod
     def parse_json(cls, raw: Secret) -> SecretDocument:
@@ -121,12 +134,34 @@ class SecretDocument:
         raise TypeError(msg)
 
 
-def leaf_to_secret(value: Any) -> Secret:
-    """Turn a selected JSON leaf into bytes: strings as UTF-8, anything else as compact JSON."""
+def leaf_to_secret(value: Any, *, as_written: bool = False) -> Secret:
+    """Turn a selected JSON leaf into bytes: strings as UTF-8, anything else as compact JSON.
+
+    ``as_written``: objects in the document's own key order, numbers as their
+    :class:`JSONNumber` text, other text as UTF-8 (sops's order and numbers); else sorted keys.
+    """
     if isinstance(value, str):
         return Secret(value.encode("utf-8"))
     if isinstance(value, bytes | bytearray):
         return Secret(value)
     import json
 
+    if as_written:
+        return Secret(_json_as_written(value).encode("utf-8"))
     return Secret(json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8"))
+
+
+def _json_as_written(value: Any) -> str:
+    import json
+
+    if isinstance(value, JSONNumber):
+        return str.__str__(value)
+    if isinstance(value, dict):
+        items = (
+            f"{json.dumps(str(k), ensure_ascii=False)}:{_json_as_written(v)}"
+            for k, v in value.items()
+        )
+        return "{" + ",".join(items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_json_as_written(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)

@@ -532,6 +532,11 @@ class VmRuntime:
     ) -> Path:
         daemon = daemon or find_virtiofsd()
         sockets = self.private_dir("sockets")
+        # virtiofsd opens the shared directory by its path and follows a symlink there: the
+        # path is walked again now, after the files were written into it, and a symlink
+        # swapped in since is refused (exit 13) before the guest could see what it points to.
+        with opened_dir(share.directory):
+            pass
         socket_path = sockets / f"virtiofsd-{share.tag}.sock"
         if len(os.fsencode(socket_path)) > SOCKET_PATH_MAX:
             raise self._refuse(

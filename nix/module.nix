@@ -307,7 +307,25 @@ let
       ) cfg.vms
     );
 
-  schemeOf = ref: lib.head (lib.splitString ":" ref);
+  # The AWS forms credbridge reads as aws-sm:/aws-ssm: references (docs/references.md).
+  pastedScheme =
+    ref:
+    if builtins.match "[{][{]resolve:secretsmanager:.*[}][}]" ref != null then
+      "aws-sm"
+    else if builtins.match "[{][{]resolve:ssm(-secure)?:.*[}][}]" ref != null then
+      "aws-ssm"
+    else if builtins.match "arn:[a-z-]+:secretsmanager:.*" ref != null then
+      "aws-sm"
+    else if builtins.match "arn:[a-z-]+:ssm:.*" ref != null then
+      "aws-ssm"
+    else
+      null;
+  schemeOf =
+    ref:
+    let
+      pasted = pastedScheme ref;
+    in
+    if pasted != null then pasted else lib.head (lib.splitString ":" ref);
   referenceProblem =
     ref:
     let
@@ -316,12 +334,21 @@ let
     in
     if ref != lib.trim ref || lib.hasInfix "\n" ref then
       "must be one line without surrounding spaces"
+    else if pastedScheme ref != null then
+      (
+        if cfg.schemes ? ${scheme} then
+          null
+        else
+          "is read as a ${scheme}: reference, and ${scheme} is not a known scheme"
+      )
     else if builtins.match "[a-z][a-z0-9+.-]*:.*" ref == null then
       "missing 'SCHEME:' prefix (e.g. 'file:/path')"
     else if parts == null then
       "is not SCHEME:PATH[?OPTIONS][#SELECTOR]"
     else if lib.elemAt parts 1 == "" then
       "has an empty path"
+    else if lib.hasPrefix "//" (lib.elemAt parts 1) then
+      "is URL syntax ('${scheme}://'), which references do not use: write ${scheme}:PATH (e.g. 'vault:secret/app', 'file:/etc/x')"
     else if lib.elemAt parts 3 == "#" then
       "has an empty selector after '#'"
     else if scheme == "target" then

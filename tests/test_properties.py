@@ -120,7 +120,10 @@ def test_reference_parser(profile: str) -> None:
 @pytest.mark.parametrize("profile", BUDGETS)
 def test_reference_round_trip_of_built_references(profile: str) -> None:
     """References built from parts: ``str()`` then ``parse`` gives the parts back."""
-    path = st.text(min_size=1, max_size=30).filter(lambda p: control_problem(p) is None)
+    # A path that begins with '//' is URL syntax, which the grammar refuses (test_reference.py).
+    path = st.text(min_size=1, max_size=30).filter(
+        lambda p: control_problem(p) is None and not p.startswith("//")
+    )
     options = st.dictionaries(st.text(max_size=8), st.text(max_size=12), max_size=3).filter(
         lambda o: all(control_problem(k + v) is None for k, v in o.items())
     )

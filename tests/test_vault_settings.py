@@ -161,7 +161,7 @@ def test_good_references(text: str, fresh_plugins: None) -> None:
         ("vault:secret#x", "MOUNT/PATH"),
         ("vault:secret//x#y", "MOUNT/PATH"),
         ("vault:secret/../x#y", "MOUNT/PATH"),
-        ("vault:secret/x?version=0#y", "outside"),
+        ("vault:secret/x?version=2147483649#y", "outside"),
         ("vault:secret/x?version=two#y", "not an integer"),
         ("vault:secret/x?kv=3#y", "kv must be 1 or 2"),
         ("vault:secret/x?kv=1&version=2#y", "KV v1 keeps no versions"),

@@ -1,14 +1,17 @@
 # clan-core's NixOS options that docs/nixos.md's clan migration reads or sets, loosely typed:
 # clan.core.settings (the clan's directory, the machine's name) and clan.core.vars.generators
-# with each file's `path` as clan's sops backend sets it: sops-nix's /run/secrets/vars/GEN/FILE
-# (clan-core nixosModules/clanCore/vars/secret/sops/default.nix, commit 08a5ad08).
-{ lib, ... }:
+# with each file's `path` as clan's sops backend sets it: sops-nix's secret named
+# vars/REL_DIR/FILE, so /run/secrets/vars/per-machine/MACHINE/GEN/FILE (shared:
+# /run/secrets/vars/shared/GEN/FILE) (clan-core nixosModules/clanCore/vars/secret/sops/
+# generators-to-sops.nix, commit 0cb84e7d; before it, /run/secrets/vars/GEN/FILE).
+{ lib, config, ... }:
 let
   inherit (lib) mkOption types;
   generator =
-    { name, ... }:
+    { name, config, ... }:
     let
       generatorName = name;
+      generator = config;
     in
     {
       options = {
@@ -43,7 +46,7 @@ let
                     readOnly = true;
                     default =
                       if config.secret then
-                        "/run/secrets/vars/${generatorName}/${name}"
+                        "/run/secrets/vars/${relDir generator.share}/${generatorName}/${name}"
                       else
                         throw "public vars have a value, not a path";
                   };
@@ -55,6 +58,8 @@ let
         };
       };
     };
+  machine = config.clan.core.settings.machine.name;
+  relDir = share: if share then "shared" else "per-machine/${machine}";
 in
 {
   options.clan.core = {

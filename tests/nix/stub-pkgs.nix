@@ -53,6 +53,7 @@ let
     cloud-hypervisor = drv "cloud-hypervisor" { version = "48.0"; };
     virtiofsd = drv "virtiofsd" { meta.mainProgram = "virtiofsd"; };
     sops = drv "sops" { };
+    age = drv "age" { };
     openssl = drv "openssl" { meta.mainProgram = "openssl"; };
     # NixOS's default service PATH (nixos/lib/systemd-lib.nix, stage2ServiceConfig).
     coreutils = drv "coreutils" { };

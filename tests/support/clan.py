@@ -26,6 +26,14 @@ Everything here follows clan-core's sources (repository clan-lol/clan-core), rea
   a public var is ``.../FILE/value`` in clear.
 - ``pkgs/clan-cli/clan_lib/vars/generator.py`` @ d48176e174fff055c68d827c0fbd77ca4c842995:
   the stored value is ``$out/FILE``'s bytes, unchanged.
+- ``pkgs/clan-cli/clan_lib/vars/secret_modules/age.py`` @ 3e95ac64d8446e27130b9e0410e878f5a9dc4b85
+  (the ``age`` secret store, ``clan.core.vars.settings.secretStore = "age"``): a secret var is
+  ``secrets/clan-vars/REL_DIR/FILE/FILE.age``, written by ``age --armor -r R... -o FILE.age``
+  with the value on stdin, to the machine's key when deployed (``secrets/age-keys/machines/
+  MACHINE/pub``, the private half in ``key.age`` encrypted the same way to the user
+  recipients), else to the user recipients; shared and undeployed vars get the sorted
+  recipients in a ``FILE.age.recipients`` sidecar. ``populate_dir`` uploads the decrypted
+  machine key as ``key.txt`` (``clan.core.vars.age.secretLocation``, ``/etc/secret-vars``).
 """
 
 from __future__ import annotations
@@ -86,6 +94,8 @@ class ClanFlake:
     keys: Path
     machines: dict[str, str] = field(default_factory=dict)
     """Machine name -> public key."""
+    age_machines: dict[str, str] = field(default_factory=dict)
+    """Machine name -> public key of its age-store key (``secrets/age-keys/machines``)."""
 
     @classmethod
     def create(cls, root: Path, keygen: str, keys: Path) -> ClanFlake:
@@ -178,19 +188,92 @@ class ClanFlake:
         machine: str | None = None,
         shared_with: tuple[str, ...] = (),
         deploy: bool = True,
+        placement: tuple[str, ...] | None = None,
     ) -> Path:
-        """A secret var as the sops store's ``_set`` writes it; returns its ``secret`` file."""
+        """A secret var as the sops store's ``_set`` writes it; returns its ``secret`` file.
+
+        ``placement`` is the directory under ``vars/`` of a placement that is neither a
+        machine's nor ``shared`` (an export's); its members are ``shared_with``."""
         if machine is not None:
             folder = self.root / "vars" / "per-machine" / machine / generator / file
             members = (machine,) if deploy else ()
         else:
-            folder = self.root / "vars" / "shared" / generator / file
+            folder = self.root.joinpath("vars", *(placement or ("shared",)), generator, file)
             members = shared_with if deploy else ()
         folder.mkdir(parents=True)
         for member in members:
             self._allow(folder, "machines", member)
         self._allow(folder, "users", "admin")
         return self._encrypt(folder, value)
+
+    # ------------------------------------------------------------------ clan's age store
+
+    def _age_encrypt(self, value: bytes, recipients: list[str], output: Path) -> None:
+        """``_run_age_encrypt``: ``age --armor -r R... -o OUTPUT``, the value on stdin."""
+        command = ["age", "--armor"]
+        for recipient in recipients:
+            command += ["-r", recipient]
+        subprocess.run([*command, "-o", str(output)], input=value, check=True, capture_output=True)
+
+    def add_age_machine(self, name: str) -> Identity:
+        """``ensure_machine_key`` of the age store; returns the key as ``populate_dir``
+        uploads it (``key.txt``), decrypted from the repository with the admin's key."""
+        generated = subprocess.run([self.keygen], check=True, capture_output=True).stdout
+        public = next(
+            line.split(":", 1)[1].strip()
+            for line in generated.decode().splitlines()
+            if line.startswith("# public key:")
+        )
+        folder = self.root / "secrets" / "age-keys" / "machines" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "pub").write_text(public)
+        self._age_encrypt(generated, [self.admin.public], folder / "key.age")
+        (folder / "key.age.recipients").write_text(self.admin.public + "\n")
+        installed = self.keys / f"{name}-age-store-key.txt"
+        installed.write_bytes(self.age_decrypt(folder / "key.age"))
+        installed.chmod(0o600)
+        self.age_machines[name] = public
+        return Identity(installed, public)
+
+    def set_age_var(
+        self,
+        generator: str,
+        file: str,
+        value: bytes,
+        *,
+        machine: str | None = None,
+        shared_with: tuple[str, ...] = (),
+        deploy: bool = True,
+        placement: tuple[str, ...] | None = None,
+    ) -> Path:
+        """A secret var as the age store's ``_set`` writes it; returns its ``FILE.age``.
+
+        ``placement`` is the placement's directory under ``secrets/clan-vars/`` when it is
+        neither a machine's nor ``shared`` (an export's); its recipients are the machines of
+        ``shared_with``."""
+        if placement is None:
+            placement = ("per-machine", machine) if machine is not None else ("shared",)
+        members = (machine,) if machine is not None else shared_with
+        if deploy:
+            recipients = sorted(self.age_machines[m] for m in members)
+        else:
+            recipients = [self.admin.public]
+        folder = self.root.joinpath("secrets", "clan-vars", *placement, generator, file)
+        folder.mkdir(parents=True, exist_ok=True)
+        secret = folder / f"{file}.age"
+        self._age_encrypt(value, recipients, secret)
+        if machine is None or not deploy:
+            (folder / f"{file}.age.recipients").write_text("\n".join(recipients) + "\n")
+        return secret
+
+    def age_decrypt(self, secret: Path, key: Path | None = None) -> bytes:
+        """What the age store's activation script writes to /run/secrets
+        (``age --decrypt -i KEY -o DEST SRC``)."""
+        return subprocess.run(
+            ["age", "--decrypt", "-i", str(key or self.admin.path), str(secret)],
+            check=True,
+            capture_output=True,
+        ).stdout
 
     def set_public_var(self, machine: str, generator: str, file: str, value: bytes) -> Path:
         folder = self.root / "vars" / "per-machine" / machine / generator / file
