@@ -381,7 +381,7 @@ def test_pasted_forms_on_the_command_line(moto: MotoServer, tmp_path: Path) -> N
     # Messages name the reference in its credbridge form.
     assert (
         missing.stderr
-        == (f"credbridge: error: aws-sm:{arn}#nokey: no field '/nokey' in the secret\n").encode()
+        == (f"credbridge: error: aws-sm:{arn}#nokey: no field 'nokey' in the secret\n").encode()
     )
     refused = run_cli(
         "-c",
