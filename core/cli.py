@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 from credbridge.core import __version__
@@ -194,6 +195,23 @@ class State:
 
 
 pass_state = click.make_pass_decorator(State)
+
+
+def pass_config(command: F) -> F:
+    """Call a command with the loaded :class:`Config` as its first argument (docs/plugins.md).
+
+    The config is the one ``-c PATH`` names (before or after the command's name), else
+    ``$CREDBRIDGE_CONFIG`` or ``./credbridge.toml``; it is loaded and validated when the command
+    runs, and a bad one is one line and the exit code it gets in the built-in commands.
+    """
+
+    @functools.wraps(command)
+    def with_config(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context()
+        state = ctx.find_object(State) or State(None)
+        return ctx.invoke(command, state.config(), *args, **kwargs)
+
+    return cast("F", with_config)
 
 
 def _set_lock_wait(ctx: click.Context, param: click.Parameter, value: Any) -> Any:

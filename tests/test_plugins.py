@@ -439,7 +439,11 @@ def test_invalid_name_and_raising_hook_are_skipped(caplog: pytest.LogCaptureFixt
     manager = manager_with(Invalid(), Raising(), _Upper())
     assert "upper" in manager.sources()
     assert "credstore" in manager.sinks()
-    assert "plugin 'p0': credbridge_sources raised PluginError" in caplog.text
+    # credbridge's own errors say which name and why (they carry no values); others do not.
+    assert (
+        "plugin 'p0': credbridge_sources raised PluginError: invalid source scheme name "
+        "'Not_Valid': use lowercase letters" in caplog.text
+    )
     assert "plugin 'p1': credbridge_sinks raised RuntimeError" in caplog.text
     assert "hook-canary" not in caplog.text
 
@@ -661,3 +665,141 @@ def test_bad_reference_is_the_public_name() -> None:
     assert ReferenceError_ is BadReference
     assert BadReference.__name__ == "BadReference"
     assert SINK.record_type is SinkType
+
+
+RUN_WITH_PLUGIN = """
+import importlib
+import sys
+
+from credbridge.core.cli import main
+from credbridge.testing import registered
+
+with registered(importlib.import_module(sys.argv[1])):
+    sys.argv[1:2] = []
+    main()
+"""
+
+
+def run_with_plugin(
+    directory: Path, module: str, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``credbridge ARGS`` with the plugin module in ``directory`` registered in-process."""
+    env = {**os.environ, "PYTHONPATH": str(directory), "CREDBRIDGE_LOAD_PLUGINS": ""}
+    env.pop("CREDBRIDGE_CONFIG", None)
+    return subprocess.run(
+        [sys.executable, "-c", RUN_WITH_PLUGIN, module, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or directory,
+        timeout=120,
+        check=False,
+    )
+
+
+RAISING_COMMANDS = """
+import click
+from credbridge.core import hookimpl
+
+@hookimpl
+def credbridge_commands(cli):
+    @cli.command()
+    def boom():
+        raise ValueError("command-canary-" + "value-in-message")
+
+    @cli.group()
+    def tool():
+        pass
+
+    @tool.command()
+    def sub():
+        raise KeyError("subcommand-canary")
+
+    @cli.command()
+    def usage():
+        raise click.UsageError("click's own errors stay click's")
+"""
+
+
+def test_a_raising_plugin_command_is_that_plugins_bug_exit_11(tmp_path: Path) -> None:
+    (tmp_path / "raising_commands.py").write_text(RAISING_COMMANDS)
+    boom = run_with_plugin(tmp_path, "raising_commands", "boom")
+    assert boom.returncode == 11, boom.stderr
+    assert boom.stderr.splitlines() == [
+        "credbridge: error: plugin 'raising_commands' ((registered for a test)) failed in "
+        "command 'boom': ValueError (a bug in that plugin: report it with the output of -vv)"
+    ]
+    sub = run_with_plugin(tmp_path, "raising_commands", "tool", "sub")
+    assert sub.returncode == 11, sub.stderr
+    assert "failed in command 'tool sub': KeyError" in sub.stderr
+    assert "subcommand-canary" not in sub.stderr
+    verbose = run_with_plugin(tmp_path, "raising_commands", "-vv", "boom")
+    assert verbose.returncode == 11
+    assert "raising_commands.py" in verbose.stderr  # where it happened, never the message
+    assert "command-canary-value-in-message" not in verbose.stderr
+    usage = run_with_plugin(tmp_path, "raising_commands", "usage")
+    assert usage.returncode == 2
+    assert "click's own errors stay click's" in usage.stderr
+
+
+def test_pass_config_example_gets_the_config_named_with_c(tmp_path: Path) -> None:
+    """The command example in docs/plugins.md, run as written."""
+    text = (REPO / "docs" / "plugins.md").read_text()
+    ((name, code),) = re.findall(
+        r"<!-- command-example: (\S+) -->\n```python\n(.*?)```", text, re.DOTALL
+    )
+    (tmp_path / name).write_text(code)
+    module = name.removesuffix(".py")
+    config = tmp_path / "elsewhere.toml"
+    config.write_text(
+        f'[store]\npath = "{tmp_path / "store"}"\n'
+        '[targets."app.service".credentials]\n'
+        'a = "generate:hex"\nb = "generate:uuid"\n'
+        '[targets."web.service".credentials]\nkey = "generate:hex"\n'
+    )
+    expected = "app.service unit 2\nweb.service unit 1\n"
+    after = run_with_plugin(tmp_path, module, "targets", "-c", str(config))
+    assert (after.returncode, after.stdout) == (0, expected), after.stderr
+    before = run_with_plugin(tmp_path, module, "-c", str(config), "targets", "--kind", "unit")
+    assert (before.returncode, before.stdout) == (0, expected), before.stderr
+    vms = run_with_plugin(tmp_path, module, "-c", str(config), "targets", "--kind", "vm")
+    assert (vms.returncode, vms.stdout) == (0, ""), vms.stderr
+    config.write_text('[targets."app.service".credentials\na = "generate:hex"\n')
+    bad = run_with_plugin(tmp_path, module, "targets", "-c", str(config))
+    assert bad.returncode == 3, bad.stderr
+    assert str(config) in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_plugin_load_warnings_are_left_to_the_embedding_program() -> None:
+    """A library's warnings go through logging; without a handler of the program's, nothing is
+    printed (no last-resort output), while the credbridge command prints them itself."""
+    code = "from credbridge.core import get_plugin_manager; get_plugin_manager()"
+    env = {**os.environ, "CREDBRIDGE_DISABLE_PLUGINS": "no-such-plugin"}
+    quiet = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert quiet.stderr == ""
+    configured = subprocess.run(
+        [sys.executable, "-c", f"import logging; logging.basicConfig(); {code}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert "names no installed plugin: no-such-plugin" in configured.stderr
+    cli = subprocess.run(
+        [sys.executable, "-m", "credbridge.core", "plugins"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert "credbridge: WARNING:" in cli.stderr and "no-such-plugin" in cli.stderr
+
+
+def test_dir_of_the_package_is_its_public_api() -> None:
+    import credbridge.core
+
+    assert dir(credbridge.core) == sorted(credbridge.core.__all__)
+    for name in credbridge.core.__all__:
+        assert getattr(credbridge.core, name) is not None, name
