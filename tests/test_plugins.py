@@ -681,13 +681,15 @@ with registered(importlib.import_module(sys.argv[1])):
 
 
 def run_with_plugin(
-    directory: Path, module: str, *args: str, cwd: Path | None = None
+    directory: Path, module: str, *args: str, cwd: Path | None = None, fault: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    """``credbridge ARGS`` with the plugin module in ``directory`` registered in-process."""
+    """``credbridge ARGS`` with the plugin module in ``directory`` registered in-process
+    (``fault``: a ``-X credbridge-fault=`` spec, core/faults.py)."""
     env = {**os.environ, "PYTHONPATH": str(directory), "CREDBRIDGE_LOAD_PLUGINS": ""}
     env.pop("CREDBRIDGE_CONFIG", None)
+    options = ["-X", f"credbridge-fault={fault}"] if fault else []
     return subprocess.run(
-        [sys.executable, "-c", RUN_WITH_PLUGIN, module, *args],
+        [sys.executable, *options, "-c", RUN_WITH_PLUGIN, module, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -803,3 +805,100 @@ def test_dir_of_the_package_is_its_public_api() -> None:
     assert dir(credbridge.core) == sorted(credbridge.core.__all__)
     for name in credbridge.core.__all__:
         assert getattr(credbridge.core, name) is not None, name
+
+
+def test_sink_example_delivers_swaps_and_cleans_up_through_credbridge(tmp_path: Path) -> None:
+    """The sink example in docs/plugins.md, run through check, deliver --dry-run and deliver."""
+    text = (REPO / "docs" / "plugins.md").read_text()
+    ((name, code),) = re.findall(
+        r"<!-- sink-example: (\S+) -->\n```python\n(.*?)```", text, re.DOTALL
+    )
+    (tmp_path / name).write_text(code)
+    module = name.removesuffix(".py")
+    out = tmp_path / "out"
+    config = tmp_path / "credbridge.toml"
+    (tmp_path / "db").write_text("first")
+
+    def configure(credentials: str) -> None:
+        config.write_text(
+            f'[store]\npath = "{tmp_path / "store"}"\n'
+            f'[sinks.dirset]\ndirectory = "{out}"\n'
+            '[targets."app.service"]\nsink = "dirset"\n'
+            f'[targets."app.service".credentials]\n{credentials}'
+        )
+
+    def credbridge(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_with_plugin(tmp_path, module, "-c", str(config), *args)
+
+    configure(f'db = "file:{tmp_path / "db"}"\nkey = "generate:hex?bytes=8"\n')
+    checked = credbridge("check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    dry = credbridge("deliver", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert not out.exists()  # a dry run writes nothing, takes no lock
+    first = credbridge("deliver")
+    assert first.returncode == 0, first.stderr
+    live = out / "app.service"
+    assert sorted(p.name for p in live.iterdir()) == ["db", "key"]
+    assert (live / "db").read_bytes() == b"first"
+    assert (live / "db").stat().st_mode & 0o777 == 0o400
+    key = (live / "key").read_bytes()
+    assert len(key) == 16
+
+    (tmp_path / "db").write_text("second")
+    configure(f'db = "file:{tmp_path / "db"}"\nnew = "generate:uuid"\n')
+    planned = credbridge("deliver", "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    second = credbridge("deliver")
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in live.iterdir()) == ["db", "new"]
+    assert (live / "db").read_bytes() == b"second"
+    # finalize() removed the old set; only the live set and the lock file remain.
+    assert sorted(p.name for p in out.iterdir()) == [".credbridge.lock", "app.service"]
+
+    # An unsafe directory: refused before anything is resolved (deliver), a FAIL line (check).
+    (tmp_path / "real").mkdir()
+    out.rename(tmp_path / "gone")
+    out.symlink_to(tmp_path / "real")
+    refused = credbridge("deliver")
+    assert refused.returncode == 13, refused.stderr
+    failed = credbridge("check")
+    assert failed.returncode == 13, failed.stdout + failed.stderr
+    assert "FAIL" in failed.stdout
+    assert list((tmp_path / "real").iterdir()) == []
+
+
+def test_sink_example_rolls_back_a_committed_target(tmp_path: Path) -> None:
+    """The second target's commit fails (a failing disk): the first, committed, is put back."""
+    text = (REPO / "docs" / "plugins.md").read_text()
+    ((name, code),) = re.findall(
+        r"<!-- sink-example: (\S+) -->\n```python\n(.*?)```", text, re.DOTALL
+    )
+    (tmp_path / name).write_text(code)
+    module = name.removesuffix(".py")
+    out = tmp_path / "out"
+    value = tmp_path / "value"
+    config = tmp_path / "credbridge.toml"
+    config.write_text(
+        f'[sinks.dirset]\ndirectory = "{out}"\n'
+        + "".join(
+            f'[targets."{unit}"]\nsink = "dirset"\n'
+            f'[targets."{unit}".credentials]\nv = "file:{value}"\n'
+            for unit in ("a.service", "b.service")
+        )
+    )
+    value.write_text("old")
+    delivered = run_with_plugin(tmp_path, module, "-c", str(config), "deliver")
+    assert delivered.returncode == 0, delivered.stderr
+    value.write_text("new")
+    failed = run_with_plugin(
+        tmp_path, module, "-c", str(config), "deliver", fault="engine.commit@2:error"
+    )
+    assert failed.returncode == 9, failed.stderr
+    assert "delivery failed, nothing changed" in failed.stderr
+    for unit in ("a.service", "b.service"):
+        assert (out / unit / "v").read_bytes() == b"old", unit
+    assert sorted(p.name for p in out.iterdir()) == [".credbridge.lock", "a.service", "b.service"]
+    again = run_with_plugin(tmp_path, module, "-c", str(config), "deliver")
+    assert again.returncode == 0, again.stderr
+    assert (out / "b.service" / "v").read_bytes() == b"new"
