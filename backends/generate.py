@@ -127,7 +127,9 @@ def _validate(reference: Reference) -> None:
         charset = reference.option("charset", "alnum")
         if charset not in CHARSETS:
             raise BadReference(
-                str(reference), f"unknown charset {charset!r} (known: {', '.join(CHARSETS)})"
+                str(reference),
+                f"unknown charset {reference.written_option('charset', charset or '')!r} "
+                f"(known: {', '.join(CHARSETS)})",
             )
     if kind in KEY_KINDS:
         _validate_key_options(kind, reference)
@@ -146,7 +148,9 @@ def _choice(reference: Reference, key: str, choices: Sequence[str], default: str
     value = reference.option(key, default) or default
     if value not in choices:
         raise BadReference(
-            str(reference), f"option {key}={value!r} is not one of {', '.join(choices)}"
+            str(reference),
+            f"option {key}={reference.written_option(key, value)!r} is not one of "
+            f"{', '.join(choices)}",
         )
     return value
 

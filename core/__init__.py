@@ -13,11 +13,13 @@ Plugins import :data:`hookimpl` and the record types from here.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from credbridge.core.cli import pass_config
     from credbridge.core.config import Config, CredentialSpec, Target, load_config, parse_config
     from credbridge.core.engine import CheckResult, DeliveryEntry, DeliveryReport, Session
     from credbridge.core.errors import (
@@ -76,6 +78,7 @@ if TYPE_CHECKING:
 # Importing the package must stay cheap (``credbridge --help`` imports it): the API below is
 # loaded on first use, while type checkers see the imports above.
 _LAZY = {
+    "pass_config": "cli",
     "Config": "config",
     "CredentialSpec": "config",
     "Target": "config",
@@ -154,11 +157,16 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    # The lazily loaded API too, so completion and dir() show what can be imported.
-    return sorted({*globals(), *_LAZY})
+    # The public API (loaded or not), not the modules this file imports for itself.
+    return sorted(__all__)
 
 
 __version__ = "0.1.0"
+
+# A library leaves output to the application: without this, credbridge's warnings (a plugin
+# that failed to load) reach an embedding program's stderr through logging's last resort.
+# The credbridge command installs its own handler (core/cli.py).
+logging.getLogger("credbridge").addHandler(logging.NullHandler())
 
 
 def resolve(
@@ -284,5 +292,6 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_reference",
+    "pass_config",
     "resolve",
 ]

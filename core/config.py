@@ -339,13 +339,24 @@ def parse_config(
     return config
 
 
+def _dotted_name_hint(name: str, key: str, value: Any) -> str:
+    """``[targets.app.service.credentials]`` is target ``app`` with a table ``service``: TOML
+    splits an unquoted key at every dot. Say how to write the name the user meant."""
+    if not isinstance(value, Mapping):
+        return ""
+    inner = ("credentials",) if "credentials" in value else ()
+    table = keypath("targets", f"{name}.{key}", *inner)
+    return f"; a unit name with a dot must be quoted in TOML: [{table}]"
+
+
 def _parse_target(name: str, body: Mapping[str, Any], where: str, fail: Any) -> Target:
     allowed = {"kind", "unit", "credentials", "sink", "launcher", "description", "on_change"}
     for key in body:
         if key not in allowed:
             raise fail(
                 keypath("targets", name, key),
-                f"unknown setting (expected one of: {', '.join(sorted(allowed))})",
+                f"unknown setting (expected one of: {', '.join(sorted(allowed))})"
+                + _dotted_name_hint(name, key, body[key]),
             )
     kind = body.get("kind", "vm" if "launcher" in body else "unit")
     if kind not in TARGET_KINDS:

@@ -282,11 +282,6 @@ def ensure_private_dir(
             os.fchown(fd, uid, gid)
 
 
-def fsync_dir(path: Path) -> None:
-    with opened_dir(path) as fd:
-        os.fsync(fd)
-
-
 # --------------------------------------------------------------------------- files
 
 

@@ -315,6 +315,10 @@ def _failure_text(error: BaseException) -> str:
         return f"{name}: {error}"
     if isinstance(error, OSError) and error.strerror:
         return f"{name}: {error.strerror}"
+    if isinstance(error, CredbridgeError):
+        # credbridge's own messages name what is wrong and never carry a value (an invalid
+        # record name, a bad lazy() target): the reason a plugin's records were skipped.
+        return f"{name}: {error}"
     return name
 
 
@@ -715,10 +719,41 @@ class PluginManager:
                     other = added.get(name, CORE)
                     self._warn(info, f"command {name!r} clashes with {other!r}'s; skipped")
                     continue
-                group.add_command(collector.commands[name], name)
+                command = collector.commands[name]
+                self._guard_command(command, provider, name)
+                group.add_command(command, name)
                 added[name] = provider
                 info.commands.append(name)
         return added
+
+    def _guard_command(self, command: click.Command, provider: str, path: str) -> None:
+        """Guard a plugin's command (a group's subcommands too) like every other plugin call:
+        anything but a :class:`CredbridgeError` or click's own exits is that plugin's bug."""
+        import click
+
+        callback = command.callback
+        if callback is not None:
+            passthrough = (
+                CredbridgeError,
+                click.exceptions.Exit,
+                click.ClickException,
+                click.exceptions.Abort,
+            )
+
+            @functools.wraps(callback)
+            def guarded(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return callback(*args, **kwargs)
+                except passthrough:
+                    raise
+                except Exception as error:
+                    what = f"command {path!r}"
+                    raise _plugin_bug(self._info(provider), what, error) from error
+
+            command.callback = guarded
+        if isinstance(command, click.Group):
+            for name, subcommand in command.commands.items():
+                self._guard_command(subcommand, provider, f"{path} {name}")
 
     # ------------------------------------------------------------------ guarded calls
 
@@ -754,12 +789,7 @@ class PluginManager:
         """The :class:`PluginFailed` for ``error`` raised by ``kind`` ``name``'s ``action``."""
         found = self._collect(kind).get(name) or []
         info = self._info(found[0][1]) if found else PluginInfo("?", "?", "", "", False)
-        whose = "credbridge: please report it" if info.builtin else "that plugin: report it"
-        return PluginFailed(
-            f"{info.describe()} failed in {kind.label} {name!r} {action}: "
-            f"{_failure_text(error)} (a bug in {whose} with the output of -vv)",
-            error,
-        )
+        return _plugin_bug(info, f"{kind.label} {name!r} {action}", error)
 
     # ------------------------------------------------------------------ test support
 
@@ -790,6 +820,15 @@ class PluginManager:
             if proxy is not None and not self.pm.has_plugin(name):
                 self.pm.register(proxy, name=name)
         self._records.clear()
+
+
+def _plugin_bug(info: PluginInfo, what: str, error: BaseException) -> PluginFailed:
+    whose = "credbridge: please report it" if info.builtin else "that plugin: report it"
+    return PluginFailed(
+        f"{info.describe()} failed in {what}: {_failure_text(error)} "
+        f"(a bug in {whose} with the output of -vv)",
+        error,
+    )
 
 
 def _record_name(record: object) -> str:

@@ -83,11 +83,23 @@ class Reference:
         if raw is None:
             return default
         if not _DIGITS.fullmatch(raw) or len(raw) > 20:
-            raise BadReference(str(self), f"option {key}={raw!r} is not an integer")
+            raise BadReference(
+                str(self), f"option {key}={self.written_option(key, raw)!r} is not an integer"
+            )
         value = int(raw, 10)
         if not minimum <= value <= maximum:
             raise BadReference(str(self), f"option {key}={value} is outside {minimum}..{maximum}")
         return value
+
+    def written_option(self, key: str, decoded: str) -> str:
+        """Option ``key``'s value as the reference's text spells it, for messages: decoding
+        turns ``+`` into a space and ``%XX`` into bytes, so ``?bytes=+32`` reads ``' 32'``."""
+        query = self.text.partition("#")[0].partition("?")[2]
+        for pair in query.split("&") if query else ():
+            name, _, value = pair.partition("=")
+            if unquote(name.replace("+", " ")) == key:
+                return value
+        return decoded
 
     def __str__(self) -> str:
         text = str(self.locator)

@@ -319,14 +319,6 @@ def redact_oem(text: str) -> str:
     return f"{head}={REDACTED}" if sep else REDACTED
 
 
-def redact_body(body: Mapping[str, Any]) -> dict[str, Any]:
-    out = json.loads(json.dumps(body))
-    platform = out.get("platform")
-    if isinstance(platform, dict) and "oem_strings" in platform:
-        platform["oem_strings"] = [redact_oem(s) for s in platform["oem_strings"]]
-    return dict(out)
-
-
 def redact_argv(argv: Sequence[str]) -> list[str]:
     out = list(argv)
     for index, arg in enumerate(out):

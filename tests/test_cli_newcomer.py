@@ -4,9 +4,12 @@ README's lines from the checkout, one key set for launch plans, and bugs as one 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO, run_cli
 from credbridge.core.types import PLAN_KEYS
+from support.canary import run_cli_watched
 
 
 def unit_config(tmp_path: Path, credstore: Path) -> Path:
@@ -168,3 +172,48 @@ def test_readme_quick_start_runs_from_the_checkout(tmp_path: Path, tmpfs_dir: Pa
         result = run_cli(*argv[1:], cwd=checkout, env={"CREDENTIALS_DIRECTORY": ""})
         assert result.returncode == 0, (line, result.stderr)
     assert (tmpfs_dir / "cs" / "demo-app.service" / "api-key").stat().st_size == 44
+
+
+def test_boot_unit_names_the_credbridge_that_is_installed(tmp_path: Path, tmpfs_dir: Path) -> None:
+    """``unit --boot`` writes credbridge-deliver.service naming the entry point that ran it
+    (not a /usr/bin/credbridge nothing creates); systemd accepts it, and its ExecStart= runs."""
+    entry_point = Path(sys.executable).parent / "credbridge"
+    assert entry_point.is_file()
+    config = unit_config(tmp_path, tmpfs_dir)
+    units = tmp_path / "units"
+    installed = subprocess.run(
+        [str(entry_point), "-c", str(config), "unit", "--boot", "--install", "--unit-dir", units],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
+    service = units / "credbridge-deliver.service"
+    text = service.read_text()
+    (exec_start,) = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    command = shlex.split(exec_start.removeprefix("ExecStart="))
+    assert command == [str(entry_point), "-c", str(config), "deliver"]
+    assert "Before=app.service\n" in text
+    if shutil.which("systemd-analyze"):
+        verified = subprocess.run(
+            ["systemd-analyze", "verify", str(service)], capture_output=True, text=True
+        )
+        assert verified.returncode == 0, verified.stderr
+    delivered = run_cli_watched(
+        command,
+        tuple(command[1:]),
+        env={**os.environ, "CB_NEWCOMER_TOKEN": "t"},
+        cwd=tmp_path,
+        input=None,
+        timeout=120,
+    )
+    assert delivered.returncode == 0, delivered.stderr
+    assert sorted(p.name for p in (tmpfs_dir / "app.service").iterdir()) == ["api-key", "token"]
+    # Run as a module, the unit names this interpreter and the module.
+    module = run_cli("-c", str(config), "unit", "--boot")
+    assert module.returncode == 0, module.stderr
+    assert f"ExecStart={sys.executable} -m credbridge.core -c {config} deliver\n" in (
+        module.stdout.decode()
+    )
+    both = run_cli("-c", str(config), "unit", "--boot", "app.service")
+    assert both.returncode == 2

@@ -64,6 +64,24 @@ def test_config_errors_name_file_and_key(tmp_path: Path, body: str, key: str, pr
     assert info.value.exit_code == 3
 
 
+@pytest.mark.parametrize(
+    ("table", "quoted"),
+    [
+        ("[targets.app.service.credentials]", '[targets."app.service".credentials]'),
+        ("[targets.app.service]", '[targets."app.service"]'),
+    ],
+)
+def test_an_unquoted_dotted_unit_name_gets_a_quoting_hint(
+    tmp_path: Path, table: str, quoted: str
+) -> None:
+    path = write(tmp_path, f'{table}\ndb = "generate:hex"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert "targets.app.service: unknown setting" in message
+    assert message.endswith(f"a unit name with a dot must be quoted in TOML: {quoted}")
+
+
 def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[targets\n")
     with pytest.raises(ConfigError, match="invalid TOML"):

@@ -439,7 +439,11 @@ def test_invalid_name_and_raising_hook_are_skipped(caplog: pytest.LogCaptureFixt
     manager = manager_with(Invalid(), Raising(), _Upper())
     assert "upper" in manager.sources()
     assert "credstore" in manager.sinks()
-    assert "plugin 'p0': credbridge_sources raised PluginError" in caplog.text
+    # credbridge's own errors say which name and why (they carry no values); others do not.
+    assert (
+        "plugin 'p0': credbridge_sources raised PluginError: invalid source scheme name "
+        "'Not_Valid': use lowercase letters" in caplog.text
+    )
     assert "plugin 'p1': credbridge_sinks raised RuntimeError" in caplog.text
     assert "hook-canary" not in caplog.text
 
@@ -661,3 +665,240 @@ def test_bad_reference_is_the_public_name() -> None:
     assert ReferenceError_ is BadReference
     assert BadReference.__name__ == "BadReference"
     assert SINK.record_type is SinkType
+
+
+RUN_WITH_PLUGIN = """
+import importlib
+import sys
+
+from credbridge.core.cli import main
+from credbridge.testing import registered
+
+with registered(importlib.import_module(sys.argv[1])):
+    sys.argv[1:2] = []
+    main()
+"""
+
+
+def run_with_plugin(
+    directory: Path, module: str, *args: str, cwd: Path | None = None, fault: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """``credbridge ARGS`` with the plugin module in ``directory`` registered in-process
+    (``fault``: a ``-X credbridge-fault=`` spec, core/faults.py)."""
+    env = {**os.environ, "PYTHONPATH": str(directory), "CREDBRIDGE_LOAD_PLUGINS": ""}
+    env.pop("CREDBRIDGE_CONFIG", None)
+    options = ["-X", f"credbridge-fault={fault}"] if fault else []
+    return subprocess.run(
+        [sys.executable, *options, "-c", RUN_WITH_PLUGIN, module, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or directory,
+        timeout=120,
+        check=False,
+    )
+
+
+RAISING_COMMANDS = """
+import click
+from credbridge.core import hookimpl
+
+@hookimpl
+def credbridge_commands(cli):
+    @cli.command()
+    def boom():
+        raise ValueError("command-canary-" + "value-in-message")
+
+    @cli.group()
+    def tool():
+        pass
+
+    @tool.command()
+    def sub():
+        raise KeyError("subcommand-canary")
+
+    @cli.command()
+    def usage():
+        raise click.UsageError("click's own errors stay click's")
+"""
+
+
+def test_a_raising_plugin_command_is_that_plugins_bug_exit_11(tmp_path: Path) -> None:
+    (tmp_path / "raising_commands.py").write_text(RAISING_COMMANDS)
+    boom = run_with_plugin(tmp_path, "raising_commands", "boom")
+    assert boom.returncode == 11, boom.stderr
+    assert boom.stderr.splitlines() == [
+        "credbridge: error: plugin 'raising_commands' ((registered for a test)) failed in "
+        "command 'boom': ValueError (a bug in that plugin: report it with the output of -vv)"
+    ]
+    sub = run_with_plugin(tmp_path, "raising_commands", "tool", "sub")
+    assert sub.returncode == 11, sub.stderr
+    assert "failed in command 'tool sub': KeyError" in sub.stderr
+    assert "subcommand-canary" not in sub.stderr
+    verbose = run_with_plugin(tmp_path, "raising_commands", "-vv", "boom")
+    assert verbose.returncode == 11
+    assert "raising_commands.py" in verbose.stderr  # where it happened, never the message
+    assert "command-canary-value-in-message" not in verbose.stderr
+    usage = run_with_plugin(tmp_path, "raising_commands", "usage")
+    assert usage.returncode == 2
+    assert "click's own errors stay click's" in usage.stderr
+
+
+def test_pass_config_example_gets_the_config_named_with_c(tmp_path: Path) -> None:
+    """The command example in docs/plugins.md, run as written."""
+    text = (REPO / "docs" / "plugins.md").read_text()
+    ((name, code),) = re.findall(
+        r"<!-- command-example: (\S+) -->\n```python\n(.*?)```", text, re.DOTALL
+    )
+    (tmp_path / name).write_text(code)
+    module = name.removesuffix(".py")
+    config = tmp_path / "elsewhere.toml"
+    config.write_text(
+        f'[store]\npath = "{tmp_path / "store"}"\n'
+        '[targets."app.service".credentials]\n'
+        'a = "generate:hex"\nb = "generate:uuid"\n'
+        '[targets."web.service".credentials]\nkey = "generate:hex"\n'
+    )
+    expected = "app.service unit 2\nweb.service unit 1\n"
+    after = run_with_plugin(tmp_path, module, "targets", "-c", str(config))
+    assert (after.returncode, after.stdout) == (0, expected), after.stderr
+    before = run_with_plugin(tmp_path, module, "-c", str(config), "targets", "--kind", "unit")
+    assert (before.returncode, before.stdout) == (0, expected), before.stderr
+    vms = run_with_plugin(tmp_path, module, "-c", str(config), "targets", "--kind", "vm")
+    assert (vms.returncode, vms.stdout) == (0, ""), vms.stderr
+    config.write_text('[targets."app.service".credentials\na = "generate:hex"\n')
+    bad = run_with_plugin(tmp_path, module, "targets", "-c", str(config))
+    assert bad.returncode == 3, bad.stderr
+    assert str(config) in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_plugin_load_warnings_are_left_to_the_embedding_program() -> None:
+    """A library's warnings go through logging; without a handler of the program's, nothing is
+    printed (no last-resort output), while the credbridge command prints them itself."""
+    code = "from credbridge.core import get_plugin_manager; get_plugin_manager()"
+    env = {**os.environ, "CREDBRIDGE_DISABLE_PLUGINS": "no-such-plugin"}
+    quiet = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert quiet.stderr == ""
+    configured = subprocess.run(
+        [sys.executable, "-c", f"import logging; logging.basicConfig(); {code}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert "names no installed plugin: no-such-plugin" in configured.stderr
+    cli = subprocess.run(
+        [sys.executable, "-m", "credbridge.core", "plugins"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    assert "credbridge: WARNING:" in cli.stderr and "no-such-plugin" in cli.stderr
+
+
+def test_dir_of_the_package_is_its_public_api() -> None:
+    import credbridge.core
+
+    assert dir(credbridge.core) == sorted(credbridge.core.__all__)
+    for name in credbridge.core.__all__:
+        assert getattr(credbridge.core, name) is not None, name
+
+
+def test_sink_example_delivers_swaps_and_cleans_up_through_credbridge(tmp_path: Path) -> None:
+    """The sink example in docs/plugins.md, run through check, deliver --dry-run and deliver."""
+    text = (REPO / "docs" / "plugins.md").read_text()
+    ((name, code),) = re.findall(
+        r"<!-- sink-example: (\S+) -->\n```python\n(.*?)```", text, re.DOTALL
+    )
+    (tmp_path / name).write_text(code)
+    module = name.removesuffix(".py")
+    out = tmp_path / "out"
+    config = tmp_path / "credbridge.toml"
+    (tmp_path / "db").write_text("first")
+
+    def configure(credentials: str) -> None:
+        config.write_text(
+            f'[store]\npath = "{tmp_path / "store"}"\n'
+            f'[sinks.dirset]\ndirectory = "{out}"\n'
+            '[targets."app.service"]\nsink = "dirset"\n'
+            f'[targets."app.service".credentials]\n{credentials}'
+        )
+
+    def credbridge(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_with_plugin(tmp_path, module, "-c", str(config), *args)
+
+    configure(f'db = "file:{tmp_path / "db"}"\nkey = "generate:hex?bytes=8"\n')
+    checked = credbridge("check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    dry = credbridge("deliver", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert not out.exists()  # a dry run writes nothing, takes no lock
+    first = credbridge("deliver")
+    assert first.returncode == 0, first.stderr
+    live = out / "app.service"
+    assert sorted(p.name for p in live.iterdir()) == ["db", "key"]
+    assert (live / "db").read_bytes() == b"first"
+    assert (live / "db").stat().st_mode & 0o777 == 0o400
+    key = (live / "key").read_bytes()
+    assert len(key) == 16
+
+    (tmp_path / "db").write_text("second")
+    configure(f'db = "file:{tmp_path / "db"}"\nnew = "generate:uuid"\n')
+    planned = credbridge("deliver", "--dry-run")
+    assert planned.returncode == 0, planned.stderr
+    second = credbridge("deliver")
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in live.iterdir()) == ["db", "new"]
+    assert (live / "db").read_bytes() == b"second"
+    # finalize() removed the old set; only the live set and the lock file remain.
+    assert sorted(p.name for p in out.iterdir()) == [".credbridge.lock", "app.service"]
+
+    # An unsafe directory: refused before anything is resolved (deliver), a FAIL line (check).
+    (tmp_path / "real").mkdir()
+    out.rename(tmp_path / "gone")
+    out.symlink_to(tmp_path / "real")
+    refused = credbridge("deliver")
+    assert refused.returncode == 13, refused.stderr
+    failed = credbridge("check")
+    assert failed.returncode == 13, failed.stdout + failed.stderr
+    assert "FAIL" in failed.stdout
+    assert list((tmp_path / "real").iterdir()) == []
+
+
+def test_sink_example_rolls_back_a_committed_target(tmp_path: Path) -> None:
+    """The second target's commit fails (a failing disk): the first, committed, is put back."""
+    text = (REPO / "docs" / "plugins.md").read_text()
+    ((name, code),) = re.findall(
+        r"<!-- sink-example: (\S+) -->\n```python\n(.*?)```", text, re.DOTALL
+    )
+    (tmp_path / name).write_text(code)
+    module = name.removesuffix(".py")
+    out = tmp_path / "out"
+    value = tmp_path / "value"
+    config = tmp_path / "credbridge.toml"
+    config.write_text(
+        f'[sinks.dirset]\ndirectory = "{out}"\n'
+        + "".join(
+            f'[targets."{unit}"]\nsink = "dirset"\n'
+            f'[targets."{unit}".credentials]\nv = "file:{value}"\n'
+            for unit in ("a.service", "b.service")
+        )
+    )
+    value.write_text("old")
+    delivered = run_with_plugin(tmp_path, module, "-c", str(config), "deliver")
+    assert delivered.returncode == 0, delivered.stderr
+    value.write_text("new")
+    failed = run_with_plugin(
+        tmp_path, module, "-c", str(config), "deliver", fault="engine.commit@2:error"
+    )
+    assert failed.returncode == 9, failed.stderr
+    assert "delivery failed, nothing changed" in failed.stderr
+    for unit in ("a.service", "b.service"):
+        assert (out / unit / "v").read_bytes() == b"old", unit
+    assert sorted(p.name for p in out.iterdir()) == [".credbridge.lock", "a.service", "b.service"]
+    again = run_with_plugin(tmp_path, module, "-c", str(config), "deliver")
+    assert again.returncode == 0, again.stderr
+    assert (out / "b.service" / "v").read_bytes() == b"new"

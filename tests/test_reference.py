@@ -10,6 +10,7 @@ from credbridge.core import (
     Secret,
     SecretDocument,
     parse_reference,
+    resolve,
 )
 
 
@@ -112,6 +113,18 @@ def test_int_option_takes_at_most_20_digits() -> None:
     assert twenty.int_option("n", 5) == 7
     with pytest.raises(BadReference, match="is not an integer"):
         parse_reference("demo:x?n=" + "0" * 20 + "7").int_option("n", 5)
+
+
+def test_a_bad_option_is_echoed_as_written() -> None:
+    """``+`` decodes to a space (form encoding): the message quotes what the user wrote."""
+    with pytest.raises(BadReference, match=r"option bytes='\+32' is not an integer"):
+        parse_reference("generate:hex?bytes=+32").int_option("bytes", 32)
+    with pytest.raises(BadReference, match=r"option n='%2B1' is not an integer"):
+        parse_reference("demo:x?a=1&n=%2B1#f").int_option("n", 5)
+    with pytest.raises(BadReference, match=r"unknown charset '\+alnum'"):
+        resolve(["generate:password?charset=+alnum"])
+    with pytest.raises(BadReference, match=r"option curve='\+p256' is not one of"):
+        resolve(["generate:ssh-ecdsa?curve=+p256"])
 
 
 def test_a_pointer_one_past_the_end_of_a_list_is_not_found() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -21,7 +22,10 @@ import pytest
 STUB = """#!/bin/sh
 # Records one JSON line per call: argv and the SHA-256 of the watched credstore file then
 # (a digest: the value itself must not land in a file or an argv, which the canary checks).
-here=$(dirname "$0")
+# The log goes into the stub's own directory, named when the stub is written: a path derived
+# from $0 is "." when the script is run as `sh -c "$(cat systemctl)"` or through stdin, which
+# once put a calls.jsonl into the checkout.
+here=@HERE@
 python3 - "$here" "$@" >>"$here/calls.jsonl" <<'EOF'
 import hashlib, json, os, sys
 here, watched = sys.argv[1], ""
@@ -60,9 +64,25 @@ def stub(tmp_path: Path) -> Path:
     directory = tmp_path / "bin"
     directory.mkdir()
     script = directory / "systemctl"
-    script.write_text(STUB)
+    script.write_text(STUB.replace("@HERE@", shlex.quote(str(directory))))
     script.chmod(0o755)
     return directory
+
+
+def test_the_stub_logs_into_its_own_directory_however_it_is_run(stub: Path, tmp_path: Path) -> None:
+    """Run through a shell reading it from stdin ($0 is then "sh"), from another directory:
+    the log still lands beside the stub, never in the working directory."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    subprocess.run(
+        ["sh", "-s", "status", "app.service"],
+        input=(stub / "systemctl").read_text(),
+        text=True,
+        cwd=elsewhere,
+        check=True,
+    )
+    assert list(elsewhere.iterdir()) == []
+    assert calls(stub) == [{"watched": "", "argv": ["status", "app.service"]}]
 
 
 def calls(stub: Path) -> list[dict[str, Any]]:
