@@ -119,6 +119,50 @@ def _choice(mapping: Mapping[str, str]) -> Convert:
     return convert
 
 
+def _int_list(text: str) -> list[int]:
+    """cloud-hypervisor's ``IntegerList``: ``[0,2-4]`` (brackets optional, ranges inclusive)."""
+    out: list[int] = []
+    for item in text.strip().strip("[]").split(","):
+        low, dash, high = item.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
+            raise ValueError(f"is not a list of CPUs like [0,2-3] ({item!r})")
+        if dash and int(low) >= int(high):
+            raise ValueError(f"has an empty range {item!r}")
+        out += range(int(low), int(high if dash else low) + 1)
+    return out
+
+
+def _topology(text: str) -> dict[str, int]:
+    """``threads_per_core:cores_per_die:dies_per_package:packages`` as a ``CpuTopology``."""
+    parts = text.split(":")
+    if len(parts) != 4 or not all(part.isdigit() for part in parts):
+        raise ValueError("is not threads:cores:dies:packages")
+    keys = ("threads_per_core", "cores_per_die", "dies_per_package", "packages")
+    return dict(zip(keys, map(int, parts), strict=True))
+
+
+def _affinity(text: str) -> list[dict[str, Any]]:
+    """cloud-hypervisor's ``Tuple<u32, Vec<usize>>``: ``[0@[0-1],1@[2]]``."""
+    body = text.strip()
+    if not (body.startswith("[") and body.endswith("]")):
+        raise ValueError("is not a list like [0@[0,1],1@[2]]")
+    out = []
+    for item in split_options(body[1:-1]):
+        vcpu, at, host_cpus = item.partition("@")
+        if not at or not vcpu.isdigit():
+            raise ValueError(f"has an entry that is not vcpu@[cpus] ({item!r})")
+        out.append({"vcpu": int(vcpu), "host_cpus": _int_list(host_cpus)})
+    return out
+
+
+def _cpu_features(text: str) -> dict[str, bool]:
+    """``features=[amx]``: the only CPU feature cloud-hypervisor v53 knows (on x86_64)."""
+    names = [name for name in text.strip().strip("[]").split(",") if name]
+    if any(name != "amx" for name in names):
+        raise ValueError("names a feature other than amx")
+    return {"amx": True} if names else {}
+
+
 IMAGE_TYPES = {"raw": "Raw", "qcow2": "Qcow2", "vhd": "FixedVhd", "vhdx": "Vhdx"}
 HOTPLUG_METHODS = {"acpi": "Acpi", "virtio-mem": "VirtioMem"}
 
@@ -126,7 +170,21 @@ HOTPLUG_METHODS = {"acpi": "Acpi", "virtio-mem": "VirtioMem"}
 #: listed one was checked to mean the same in cloud-hypervisor's CLI parser (vmm/src/config.rs)
 #: and in the OpenAPI ``VmConfig`` (including renames such as ``socket`` -> ``vhost_socket``).
 OPTION_KEYS: dict[str, dict[str, tuple[str, Convert]]] = {
-    "--cpus": {"boot": ("boot_vcpus", _int), "max": ("max_vcpus", _int)},
+    "--cpus": {
+        "boot": ("boot_vcpus", _int),
+        "max": ("max_vcpus", _int),
+        "topology": ("topology", _topology),
+        "kvm_hyperv": ("kvm_hyperv", _toggle),
+        "max_phys_bits": ("max_phys_bits", _int),
+        "affinity": ("affinity", _affinity),
+        "features": ("features", _cpu_features),
+        "nested": ("nested", _toggle),
+        "core_scheduling": (
+            "core_scheduling",
+            _choice({"vm": "Vm", "vcpu": "Vcpu", "off": "Off"}),
+        ),
+    },
+    "--tpm": {"socket": ("socket", _path)},
     "--memory": {
         "size": ("size", _bytes),
         "mergeable": ("mergeable", _toggle),
@@ -220,11 +278,28 @@ OPTION_KEYS: dict[str, dict[str, tuple[str, Convert]]] = {
 FS_DEFAULTS = {"num_queues": 1, "queue_size": 1024}
 #: Flags cloud-hypervisor accepts several values for (``--disk a b`` or ``--disk a --disk b``).
 LIST_FLAGS = {"--disk": "disks", "--net": "net", "--fs": "fs", "--device": "devices"}
-SINGLE_FLAGS = {"--vsock": "vsock", "--balloon": "balloon", "--rng": "rng"}
+SINGLE_FLAGS = {"--vsock": "vsock", "--balloon": "balloon", "--rng": "rng", "--tpm": "tpm"}
 PAYLOAD_FLAGS = {"--kernel": "kernel", "--initramfs": "initramfs", "--firmware": "firmware"}
 SWITCHES = {"--watchdog": "watchdog", "--pvpanic": "pvpanic"}
 #: Flags about the cloud-hypervisor process, not the VM: passed on when not the default.
-PROCESS_FLAGS = {"--seccomp": "true", "--log-file": None}
+PROCESS_FLAGS = {"--seccomp": "true", "--log-file": None, "--event-monitor": None}
+#: Option keys cloud-hypervisor v53's CLI accepts that a vm.create body cannot carry, and why.
+REFUSED_KEYS = {
+    ("--cpus", "profile"): "has no field in the API's CpusConfig (v53 OpenAPI spec)",
+    ("--net", "fd"): (
+        "(a macvtap interface): cloud-hypervisor v53 drops file descriptors sent with "
+        "vm.create (vmm/src/api/http/http_endpoint.rs) and takes them only on vm.add-net, "
+        "which the wrapper does not send yet; use a tap interface"
+    ),
+}
+#: Flags refused with a reason of their own (every other unknown flag: "is not translated").
+REFUSED_FLAGS = {
+    "--gpu": (
+        "exists only in cloud-hypervisor's graphics build (not in v53's main.rs) and has no "
+        "API field; run graphics VMs without the credbridge wrapper"
+    ),
+    "--restore": "restores a snapshot instead of creating a VM: nothing to add credentials to",
+}
 #: Launcher-table keys the wrapper takes from the config: how to run, not what to run.
 CONFIG_LAUNCHER_KEYS = RUNTIME_SETTINGS | {"timeout", "runtime_dir"}
 PASS_THROUGH = ({"--version"}, {"-V"}, {"--help"}, {"-h"})
@@ -283,6 +358,8 @@ def typed_options(flag: str, text: str) -> dict[str, Any]:
     table = OPTION_KEYS[flag]
     out: dict[str, Any] = {}
     for key, value in parse_options(flag, text).items():
+        if (flag, key) in REFUSED_KEYS:
+            raise UntranslatableArgument(flag, f"option {key!r} {REFUSED_KEYS[flag, key]}")
         if key not in table:
             known = ", ".join(table)
             raise UntranslatableArgument(
@@ -416,6 +493,8 @@ def parse_argv(argv: Sequence[str]) -> Invocation:
             or name in PROCESS_FLAGS
             or name in {"--cmdline", "--serial", "--console", "--api-socket"}
         )
+        if name in REFUSED_FLAGS:
+            raise UntranslatableArgument(name, REFUSED_FLAGS[name])
         if not known:
             raise UntranslatableArgument(name, "is not translated into the cloud-hypervisor API")
         given: list[str] = []
@@ -456,9 +535,12 @@ def _translate(values: Mapping[str, list[str]], switches: set[str]) -> Invocatio
         raise UntranslatableArgument("--kernel", "missing: no --kernel or --firmware given")
 
     cpus = typed_options("--cpus", one("--cpus") or "boot=1")
-    boot = cpus.get("boot_vcpus", 1)
+    boot = cpus.setdefault("boot_vcpus", 1)
+    cpus.setdefault("max_vcpus", boot)
+    if cpus.get("features") == {}:
+        del cpus["features"]
     settings["cpus"] = boot
-    overlay["cpus"] = {"boot_vcpus": boot, "max_vcpus": cpus.get("max_vcpus", boot)}
+    overlay["cpus"] = cpus
 
     memory = typed_options("--memory", one("--memory") or "size=512M")
     memory.setdefault("size", 512 << 20)
@@ -467,13 +549,6 @@ def _translate(values: Mapping[str, list[str]], switches: set[str]) -> Invocatio
 
     disks = [typed_options("--disk", text) for text in values.get("--disk", [])]
     settings["disks"] = [_disk_setting(disk) for disk in disks]
-    for text in values.get("--net", []):
-        if "fd" in parse_options("--net", text):
-            raise UntranslatableArgument(
-                "--net",
-                "fd= (a macvtap interface) is not translated: cloud-hypervisor ignores file "
-                "descriptors in a vm.create body; use a tap interface",
-            )
     settings["net"] = [typed_options("--net", text) for text in values.get("--net", [])]
     fs = [{**FS_DEFAULTS, **typed_options("--fs", t)} for t in values.get("--fs", [])]
     for entry in fs:
@@ -521,6 +596,70 @@ def _disk_setting(disk: dict[str, Any]) -> dict[str, Any]:
     return disk
 
 
+# --------------------------------------------------------------------------- create-time rules
+#: cloud-hypervisor v53's ``VmConfig::validate`` (vmm/src/config.rs) rules that a VmConfig
+#: valid for the OpenAPI spec can still break, named by cloud-hypervisor's ValidationError.
+CH_RULES_VERSION = "53.0"
+_SPECIAL_VSOCK_CIDS = {0, 1, 2, (1 << 32) - 1}
+
+
+def _shared_backing(memory: Mapping[str, Any]) -> bool:
+    """``VmConfig::backed_by_shared_memory``."""
+    if memory.get("shared") or memory.get("hugepages"):
+        return True
+    zones = memory.get("zones") or []
+    return memory.get("size") == 0 and all(z.get("shared") or z.get("hugepages") for z in zones)
+
+
+def create_rule_broken(body: Mapping[str, Any], arch: str) -> str | None:
+    """The first of cloud-hypervisor's create-time rules ``body`` breaks, or None."""
+    memory: Mapping[str, Any] = body.get("memory", {})
+    cpus: Mapping[str, Any] = body.get("cpus", {})
+    boot, most = cpus.get("boot_vcpus", 1), cpus.get("max_vcpus", 1)
+    if most < boot:
+        return f"CpusMaxLowerThanBoot: max={most} is lower than boot={boot}"
+    if most > (255 if arch == "x86_64" else 8192):
+        return f"TooManyCpus: max={most} is more than cloud-hypervisor supports on {arch}"
+    if topology := cpus.get("topology"):
+        parts = list(topology.values())
+        if 0 in parts:
+            return "CpuTopologyZeroPart: a topology part is 0"
+        if arch == "x86_64" and topology["threads_per_core"] > 2:
+            return "CpuTopologyThreadsPerCore: more than 2 threads per core on x86_64"
+        if arch == "aarch64" and topology["dies_per_package"] != 1:
+            return "CpuTopologyDiesPerPackage: aarch64 takes 1 die per package"
+        if (count := parts[0] * parts[1] * parts[2] * parts[3]) != most:
+            return f"CpuTopologyCount: the topology gives {count} vCPUs, max is {most}"
+    if "hugepage_size" in memory:
+        size = memory["hugepage_size"]
+        if not memory.get("hugepages"):
+            return "HugePageSizeWithoutHugePages: hugepage_size needs hugepages=on"
+        if size <= 0 or size & (size - 1):
+            return f"InvalidHugePageSize: {size} is not a power of two"
+    if memory.get("shared") and memory.get("mergeable"):
+        return "InvalidSharedMemoryWithMergeable: shared=on and mergeable=on"
+    if any(z.get("shared") and z.get("mergeable") for z in memory.get("zones") or []):
+        return "InvalidSharedMemoryWithMergeable: a memory zone is shared and mergeable"
+    if body.get("fs") and not _shared_backing(memory):
+        return "VhostUserRequiresSharedMemory: --fs needs shared=on or hugepages=on"
+    if (vsock := body.get("vsock")) and vsock.get("cid") in _SPECIAL_VSOCK_CIDS:
+        return f"VsockSpecialCid: cid {vsock['cid']} is reserved"
+    if (balloon := body.get("balloon")) is not None:
+        zones = sum(zone.get("size", 0) for zone in memory.get("zones") or [])
+        total = memory.get("size", 0) + zones + memory.get("hotplugged_size", 0)
+        if balloon.get("size", 0) >= total:
+            return f"BalloonLargerThanRam: balloon {balloon['size']} >= RAM {total}"
+    paths = [d["path"] for d in body.get("devices", []) if "path" in d]
+    if len(paths) != len(set(paths)):
+        return "DuplicateDevicePath: a --device path is given twice"
+    ids = [
+        d["id"] for key in ("disks", "net", "fs", "devices") for d in body.get(key, []) if "id" in d
+    ]
+    if len(ids) != len(set(ids)):
+        return "IdentifierNotUnique: a device id is given twice"
+    return None
+
+
 # --------------------------------------------------------------------------- the launcher
 
 
@@ -545,9 +684,16 @@ class WrapperLauncher(CloudHypervisorLauncher):
         credential_fs = body.pop("fs", [])
         body.update({k: v for k, v in inv.overlay.items() if k not in {"memory", "fs"}})
         memory = dict(inv.memory)
-        if credential_fs and not memory.get("hugepages"):
-            # vhost-user (the credentials' virtiofs share) needs memory shared with virtiofsd.
+        if credential_fs and not memory.get("hugepages") and not memory.get("shared"):
+            # vhost-user (the credentials' virtiofs share) needs memory shared with virtiofsd,
+            # and cloud-hypervisor refuses shared memory that KSM may merge.
             memory["shared"] = True
+            if memory.pop("mergeable", False):
+                log.info(
+                    "VM %s: memory shared with virtiofsd for the credentials' share, so "
+                    "mergeable=on (KSM) is turned off",
+                    self.target.name,
+                )
         body["memory"] = memory
         fs = [*inv.overlay.get("fs", []), *credential_fs]
         if fs:
@@ -563,6 +709,10 @@ class WrapperLauncher(CloudHypervisorLauncher):
             platform["oem_strings"] = strings
         if not platform:
             del body["platform"]
+        if problem := create_rule_broken(body, machine()):
+            raise ConfigError(
+                f"cloud-hypervisor would refuse this VM: {problem}", key=self.target.name
+            )
         socket_path = self._socket(spec.socket)
         return LaunchSpec(self._argv(socket_path), body, socket_path)
 
