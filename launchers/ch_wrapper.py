@@ -26,6 +26,7 @@ starts nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -41,9 +42,14 @@ from credbridge.core.config import load_config
 from credbridge.core.engine import Session
 from credbridge.core.errors import ConfigError, CredbridgeError, LaunchError
 from credbridge.core.secret import Secret
-from credbridge.core.types import LauncherContext, Mode
+from credbridge.core.types import LauncherContext, Mode, Pending
 from credbridge.core.vm import VmChannel
-from credbridge.launchers.cloud_hypervisor import CloudHypervisorLauncher, LaunchSpec
+from credbridge.launchers.cloud_hypervisor import (
+    API_PREFIX,
+    ApiClient,
+    CloudHypervisorLauncher,
+    LaunchSpec,
+)
 from credbridge.launchers.runtime import RUNTIME_SETTINGS
 
 log = logging.getLogger(__name__)
@@ -228,6 +234,8 @@ OPTION_KEYS: dict[str, dict[str, tuple[str, Convert]]] = {
         "socket": ("vhost_socket", _path),
         "vhost_mode": ("vhost_mode", _choice({"client": "Client", "server": "Server"})),
         "pci_segment": ("pci_segment", _int),
+        # Sent with vm.add-net as SCM_RIGHTS, never in a body (WrapperLauncher).
+        "fd": ("fds", _int_list),
     },
     "--fs": {
         "tag": ("tag", _text),
@@ -286,11 +294,6 @@ PROCESS_FLAGS = {"--seccomp": "true", "--log-file": None, "--event-monitor": Non
 #: Option keys cloud-hypervisor v53's CLI accepts that a vm.create body cannot carry, and why.
 REFUSED_KEYS = {
     ("--cpus", "profile"): "has no field in the API's CpusConfig (v53 OpenAPI spec)",
-    ("--net", "fd"): (
-        "(a macvtap interface): cloud-hypervisor v53 drops file descriptors sent with "
-        "vm.create (vmm/src/api/http/http_endpoint.rs) and takes them only on vm.add-net, "
-        "which the wrapper does not send yet; use a tap interface"
-    ),
 }
 #: Flags refused with a reason of their own (every other unknown flag: "is not translated").
 REFUSED_FLAGS = {
@@ -450,6 +453,8 @@ class Invocation:
     """The OEM strings of ``--platform`` (microvm.nix's ``vmm.notify_socket`` among them)."""
     api_socket: str | None = None
     process_args: list[str] = field(default_factory=list)
+    net_fds: list[list[int] | None] = field(default_factory=list)
+    """Per ``--net``: the file descriptors of ``fd=[…]`` (macvtap queues microvm-run opened)."""
 
     @property
     def memory(self) -> dict[str, Any]:
@@ -549,7 +554,9 @@ def _translate(values: Mapping[str, list[str]], switches: set[str]) -> Invocatio
 
     disks = [typed_options("--disk", text) for text in values.get("--disk", [])]
     settings["disks"] = [_disk_setting(disk) for disk in disks]
-    settings["net"] = [typed_options("--net", text) for text in values.get("--net", [])]
+    nets = [typed_options("--net", text) for text in values.get("--net", [])]
+    inv.net_fds = [net.pop("fds", None) for net in nets]
+    settings["net"] = nets
     fs = [{**FS_DEFAULTS, **typed_options("--fs", t)} for t in values.get("--fs", [])]
     for entry in fs:
         if "tag" not in entry or "socket" not in entry:
@@ -649,6 +656,20 @@ def create_rule_broken(body: Mapping[str, Any], arch: str) -> str | None:
         total = memory.get("size", 0) + zones + memory.get("hotplugged_size", 0)
         if balloon.get("size", 0) >= total:
             return f"BalloonLargerThanRam: balloon {balloon['size']} >= RAM {total}"
+    for net in body.get("net", []):
+        queues = net.get("num_queues", 2)
+        if queues < 2:
+            return f"VnetQueueLowerThan2: --net num_queues={queues}"
+        if (fds := net.get("fds")) is not None:
+            if len(fds) * 2 != queues:
+                given = len(fds) * 2
+                return f"VnetQueueFdMismatch: fd= gives {given} queues, num_queues={queues}"
+            if any(fd <= 2 for fd in fds):
+                return "VnetReservedFd: --net fd= names stdin, stdout or stderr"
+        if queues // 2 > boot:
+            return f"TooManyQueues: --net num_queues={queues} with {boot} boot vCPUs"
+        if ("ip" in net) != ("mask" in net):
+            return "IpProvidedWithoutMask: --net ip= and mask= go together"
     paths = [d["path"] for d in body.get("devices", []) if "path" in d]
     if len(paths) != len(set(paths)):
         return "DuplicateDevicePath: a --device path is given twice"
@@ -669,6 +690,9 @@ class WrapperLauncher(CloudHypervisorLauncher):
     def __init__(self, context: LauncherContext, invocation: Invocation) -> None:
         super().__init__(context)
         self.invocation = invocation
+        self.late_nets: list[tuple[dict[str, Any], list[int]]] = []
+        """Interfaces sent with ``vm.add-net`` after ``vm.create``: every ``--net``, in order,
+        when one has file descriptors (cloud-hypervisor drops fds sent with vm.create)."""
 
     def _socket(self, default: Path) -> Path:
         return Path(self.invocation.api_socket) if self.invocation.api_socket else default
@@ -709,12 +733,35 @@ class WrapperLauncher(CloudHypervisorLauncher):
             platform["oem_strings"] = strings
         if not platform:
             del body["platform"]
-        if problem := create_rule_broken(body, machine()):
+        nets = body.get("net", [])
+        fds = inv.net_fds
+        checked = {
+            **body,
+            "net": [{**n, "fds": f} if f else n for n, f in zip(nets, fds, strict=True)],
+        }
+        if problem := create_rule_broken(checked, machine()):
             raise ConfigError(
                 f"cloud-hypervisor would refuse this VM: {problem}", key=self.target.name
             )
+        self.late_nets = []
+        if any(fds):
+            self.late_nets = [(net, f or []) for net, f in zip(body.pop("net"), fds, strict=True)]
         socket_path = self._socket(spec.socket)
         return LaunchSpec(self._argv(socket_path), body, socket_path)
+
+    def plan(self, credentials: Mapping[str, Secret | Pending]) -> Mapping[str, Any]:
+        plan = dict(super().plan(credentials))
+        add_net = [
+            {"method": "PUT", "endpoint": API_PREFIX + "vm.add-net", "body": net, "fds": fds}
+            for net, fds in self.late_nets
+        ]
+        plan["requests"] = [*plan["requests"][:2], *add_net, *plan["requests"][2:]]
+        return plan
+
+    def _after_create(self, api: ApiClient) -> None:
+        for net, fds in self.late_nets:
+            # The file descriptors travel as SCM_RIGHTS with the request (http_endpoint.rs).
+            api.put("vm.add-net", json.dumps(net).encode(), fds=fds)
 
     def _argv(self, socket_path: Path) -> list[str]:
         return [self.binary, "--api-socket", f"path={socket_path}", *self.invocation.process_args]
@@ -747,6 +794,20 @@ def _clear_stale_socket(path: Path) -> None:
     if not stat.S_ISSOCK(info.st_mode):
         raise LaunchError(f"--api-socket {path} exists and is not a socket; refusing to replace it")
     path.unlink()
+
+
+def check_inherited_fds(invocation: Invocation) -> None:
+    """Every ``--net fd=`` names a descriptor this process inherited. Checked first thing:
+    a number the wrapper itself opened later would be some other file."""
+    for fd in (fd for fds in invocation.net_fds for fd in fds or ()):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise UntranslatableArgument(
+                "--net",
+                f"fd {fd} is not open (microvm-run opens a macvtap interface's queues "
+                "before it execs cloud-hypervisor)",
+            ) from None
 
 
 def real_binary(environ: Mapping[str, str]) -> str:
@@ -796,6 +857,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         binary = real_binary(environ)
         os.execv(shutil.which(binary) or binary, [binary, *argv])  # noqa: S606 (no secrets)
     invocation = parse_argv(argv)
+    if not plan:
+        check_inherited_fds(invocation)
     name = environ.get(VM_ENV)
     if not name:
         raise ConfigError(

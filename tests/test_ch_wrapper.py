@@ -51,7 +51,6 @@ needs_runner = pytest.mark.skipif(
 #: What the wrapper refuses of the real runner's command lines, and the line it says.
 WRAPPER_REFUSES = {
     "graphics": "--gpu: exists only in cloud-hypervisor's graphics build",
-    "macvtap": "--net: option 'fd' (a macvtap interface): cloud-hypervisor v53 drops",
 }
 #: microvm.nix's notify-socket OEM string (set when vsock.cid is).
 NOTIFY_OEM = "io.systemd.credential:vmm.notify_socket=vsock-stream:2:8888"
@@ -560,6 +559,102 @@ def test_launch_through_the_standin(
     assert not (tmpfs_dir / "credbridge").exists()
     for form in secret_forms(SECRETS.values()):
         assert form not in err
+
+
+def test_macvtap_plan_adds_every_interface_after_create(
+    runner_argvs: dict[str, list[str]], spec: dict[str, Any], tmp_path: Path, tmpfs_dir: Path
+) -> None:
+    """cloud-hypervisor v53 drops file descriptors sent with vm.create and takes them with
+    vm.add-net: every interface goes there, in the runner's order, the macvtap queues' fds as
+    SCM_RIGHTS, never in a body."""
+    from support.ch_standin import schema_problems
+
+    argv = runner_argvs["macvtap"]
+    assert "fd=[3,4],mac=02:00:00:00:00:02,num_queues=4" in argv
+    result = run_plan(argv, write_vm_config(tmp_path, SECRETS), tmp_path, tmpfs_dir)
+    assert result.returncode == 0, result.stderr.decode()
+    requests = json.loads(result.stdout)["requests"]
+    assert [r["endpoint"].rpartition("/")[2] for r in requests] == [
+        "vmm.ping",
+        "vm.create",
+        "vm.add-net",
+        "vm.add-net",
+        "vm.boot",
+    ]
+    assert "net" not in requests[1]["body"]
+    assert [(r["body"], r["fds"]) for r in requests[2:4]] == [
+        ({"tap": "vm-tap0", "mac": "02:00:00:00:00:01", "num_queues": 4}, []),
+        ({"mac": "02:00:00:00:00:02", "num_queues": 4}, [3, 4]),
+    ]
+    for request in requests[2:4]:
+        assert schema_problems(request["body"], "NetConfig", spec) == []
+
+
+@needs_spec
+def test_macvtap_fds_reach_the_vmm_over_the_api_socket(
+    runner_argvs: dict[str, list[str]],
+    tmp_path: Path,
+    tmpfs_dir: Path,
+    standin_run: dict[str, Any],
+) -> None:
+    """Started as microvm-run starts it (fds 3 and 4 open on the macvtap device, here two
+    files), the wrapper sends them with vm.add-net as SCM_RIGHTS; the stand-in receives them
+    the way cloud-hypervisor's HTTP server does and records which files arrived."""
+    argv = runner_argvs["macvtap"]
+    queues = [tmp_path / "tap-queue-0", tmp_path / "tap-queue-1"]
+    for queue in queues:
+        queue.write_bytes(b"")
+    env = {
+        **os.environ,
+        "CREDBRIDGE_VM": "test-vm",
+        "CREDBRIDGE_CONFIG": str(write_vm_config(tmp_path, SECRETS)),
+        "CREDBRIDGE_CLOUD_HYPERVISOR": str(standin_run["binary"]),
+        "RUNTIME_DIRECTORY": str(tmpfs_dir),
+    }
+    wrapper = Path(sys.executable).parent / "credbridge-cloud-hypervisor"
+    script = 'exec 3<>"$1" 4<>"$2"; shift 2; exec "$@"'
+    proc = subprocess.Popen(
+        ["bash", "-c", script, "microvm-run", *map(str, queues), str(wrapper), *argv],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not any(r["path"].endswith("vm.boot") for r in read_records(standin_run["record"])):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            assert time.monotonic() < deadline, "no vm.boot within 60s"
+            time.sleep(0.05)
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    records = read_records(standin_run["record"])
+    add_net = [r for r in records if r["path"].endswith("vm.add-net")]
+    assert [r["status"] for r in add_net] == [204, 204]
+    assert add_net[0]["net_fds"] == []
+    assert add_net[1]["net_fds"] == [[q.stat().st_ino, q.stat().st_dev] for q in queues]
+    order = [r["path"].rpartition("/")[2] for r in records if r["method"] == "PUT"]
+    assert order == ["vm.create", "vm.add-net", "vm.add-net", "vm.boot", *order[4:]]
+
+
+def test_macvtap_fds_must_be_inherited(runner_argvs: dict[str, list[str]], tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "credbridge.launchers.ch_wrapper", *runner_argvs["macvtap"]],
+        capture_output=True,
+        env={**os.environ, "CREDBRIDGE_VM": "test-vm", "CREDBRIDGE_CLOUD_HYPERVISOR": "/bin/false"},
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 3
+    assert result.stderr.decode().splitlines() == [
+        "credbridge-cloud-hypervisor: error: cloud-hypervisor argument --net: fd 3 is not open "
+        "(microvm-run opens a macvtap interface's queues before it execs cloud-hypervisor) "
+        "(the credbridge wrapper refuses what it cannot translate)"
+    ]
 
 
 def test_wrapper_is_installed_as_a_console_script() -> None:
