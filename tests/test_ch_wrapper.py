@@ -133,7 +133,7 @@ def credential_strings(secrets: Mapping[str, bytes]) -> list[str]:
 def test_vendored_versions_are_named() -> None:
     """The microvm.nix commit the runner files come from and the cloud-hypervisor version the
     flag tables and create-time rules come from, in the vendored READMEs and docs/nixos.md."""
-    from credbridge.launchers.ch_wrapper import CH_RULES_VERSION
+    from credbridge.launchers.ch_rules import CH_RULES_VERSION
     from support.microvm_runner import MICROVM, MICROVM_COMMIT
 
     assert MICROVM_COMMIT in (MICROVM / "README.md").read_text()
@@ -181,7 +181,7 @@ def test_every_runner_argv_plans_with_every_sink(
     tmp_path: Path,
     tmpfs_dir: Path,
 ) -> None:
-    from credbridge.launchers.ch_wrapper import create_rule_broken
+    from credbridge.launchers.ch_rules import create_rule_broken
     from support.ch_standin import schema_problems
 
     argv = runner_argvs[name]
