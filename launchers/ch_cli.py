@@ -125,8 +125,36 @@ def _cpu_features(text: str) -> dict[str, bool]:
     return {"amx": True} if names else {}
 
 
+def _queue_affinity(text: str) -> list[dict[str, Any]]:
+    """``queue_affinity=[0@[1,2],1@[3]]`` as ``VirtQueueAffinity`` objects."""
+    return [
+        {"queue_index": item["vcpu"], "host_cpus": item["host_cpus"]} for item in _affinity(text)
+    ]
+
+
+def _access(text: str) -> str:
+    """A landlock rule's ``access``: ``r``, ``w`` or ``rw`` (at most two letters in v53)."""
+    if not text or len(text) > 2 or set(text) - {"r", "w"}:
+        raise ValueError("is not r, w or rw")
+    return text
+
+
 IMAGE_TYPES = {"raw": "Raw", "qcow2": "Qcow2", "vhd": "FixedVhd", "vhdx": "Vhdx"}
 HOTPLUG_METHODS = {"acpi": "Acpi", "virtio-mem": "VirtioMem"}
+LOCK_GRANULARITY = {"byte-range": "ByteRange", "full": "Full"}
+#: PciDeviceCommonConfig::OPTIONS_IOMMU, which most devices take.
+PCI_COMMON: dict[str, tuple[str, Convert]] = {
+    "id": ("id", _text),
+    "iommu": ("iommu", _toggle),
+    "pci_segment": ("pci_segment", _int),
+    "pci_device_id": ("pci_device_id", _int),
+}
+#: ``bw_*``/``ops_*``: a RateLimiterConfig (dotted names are nested objects).
+RATE_LIMITER: dict[str, tuple[str, Convert]] = {
+    f"{short}_{part}": (f"rate_limiter_config.{group}.{part}", _int)
+    for short, group in (("bw", "bandwidth"), ("ops", "ops"))
+    for part in ("size", "one_time_burst", "refill_time")
+}
 
 #: CLI option key -> (VmConfig key, converter), per flag. Keys not listed are refused: each
 #: listed one was checked to mean the same in cloud-hypervisor's CLI parser (vmm/src/config.rs)
@@ -157,23 +185,26 @@ OPTION_KEYS: dict[str, dict[str, tuple[str, Convert]]] = {
         "hotplug_size": ("hotplug_size", _bytes),
         "hotplugged_size": ("hotplugged_size", _bytes),
         "prefault": ("prefault", _toggle),
+        "reserve": ("reserve", _toggle),
         "thp": ("thp", _toggle),
     },
     "--disk": {
         "path": ("path", _path),
         "readonly": ("readonly", _toggle),
         "direct": ("direct", _toggle),
-        "iommu": ("iommu", _toggle),
         "num_queues": ("num_queues", _int),
         "queue_size": ("queue_size", _int),
         "vhost_user": ("vhost_user", _toggle),
         "socket": ("vhost_socket", _path),
-        "id": ("id", _text),
         "serial": ("serial", _text),
-        "pci_segment": ("pci_segment", _int),
+        "rate_limit_group": ("rate_limit_group", _text),
+        "queue_affinity": ("queue_affinity", _queue_affinity),
         "image_type": ("image_type", _choice(IMAGE_TYPES)),
+        "lock_granularity": ("lock_granularity", _choice(LOCK_GRANULARITY)),
         "sparse": ("sparse", _toggle),
         "backing_files": ("backing_files", _toggle),
+        **RATE_LIMITER,
+        **PCI_COMMON,
     },
     "--net": {
         "tap": ("tap", _text),
@@ -181,48 +212,63 @@ OPTION_KEYS: dict[str, dict[str, tuple[str, Convert]]] = {
         "mask": ("mask", _text),
         "mac": ("mac", _text),
         "host_mac": ("host_mac", _text),
+        "offload_tso": ("offload_tso", _toggle),
+        "offload_ufo": ("offload_ufo", _toggle),
+        "offload_csum": ("offload_csum", _toggle),
         "mtu": ("mtu", _int),
-        "iommu": ("iommu", _toggle),
         "num_queues": ("num_queues", _int),
         "queue_size": ("queue_size", _int),
-        "id": ("id", _text),
         "vhost_user": ("vhost_user", _toggle),
         "socket": ("vhost_socket", _path),
         "vhost_mode": ("vhost_mode", _choice({"client": "Client", "server": "Server"})),
-        "pci_segment": ("pci_segment", _int),
         # Sent with vm.add-net as SCM_RIGHTS, never in a body (WrapperLauncher).
         "fd": ("fds", _int_list),
+        **RATE_LIMITER,
+        **PCI_COMMON,
     },
     "--fs": {
         "tag": ("tag", _text),
         "socket": ("socket", _path),
         "num_queues": ("num_queues", _int),
         "queue_size": ("queue_size", _int),
-        "id": ("id", _text),
-        "pci_segment": ("pci_segment", _int),
+        **{k: v for k, v in PCI_COMMON.items() if k != "iommu"},
     },
-    "--vsock": {
-        "cid": ("cid", _int),
-        "socket": ("socket", _path),
-        "iommu": ("iommu", _toggle),
-        "id": ("id", _text),
-        "pci_segment": ("pci_segment", _int),
-    },
+    "--vsock": {"cid": ("cid", _int), "socket": ("socket", _path), **PCI_COMMON},
     "--balloon": {
         "size": ("size", _bytes),
         "deflate_on_oom": ("deflate_on_oom", _toggle),
         "free_page_reporting": ("free_page_reporting", _toggle),
-        "id": ("id", _text),
+        **PCI_COMMON,
     },
     "--device": {
         "path": ("path", _path),
-        "iommu": ("iommu", _toggle),
-        "id": ("id", _text),
-        "pci_segment": ("pci_segment", _int),
+        "x_nv_gpudirect_clique": ("x_nv_gpudirect_clique", _int),
+        "x_exclude_mmap_bars": ("x_exclude_mmap_bars", _int_list),
+        **PCI_COMMON,
     },
-    "--rng": {"src": ("src", _path), "iommu": ("iommu", _toggle)},
+    "--rng": {"src": ("src", _path), **PCI_COMMON},
+    "--rtc": dict(PCI_COMMON),
+    "--pmem": {
+        "file": ("file", _path),
+        "size": ("size", _bytes),
+        "discard_writes": ("discard_writes", _toggle),
+        **PCI_COMMON,
+    },
+    "--vdpa": {"path": ("path", _path), "num_queues": ("num_queues", _int), **PCI_COMMON},
+    "--user-device": {
+        "socket": ("socket", _path),
+        **{k: v for k, v in PCI_COMMON.items() if k != "iommu"},
+    },
+    "--pci-segment": {
+        "pci_segment": ("pci_segment", _int),
+        "mmio32_aperture_weight": ("mmio32_aperture_weight", _int),
+        "mmio64_aperture_weight": ("mmio64_aperture_weight", _int),
+    },
+    "--rate-limit-group": {"id": ("id", _text), **RATE_LIMITER},
+    "--landlock-rules": {"path": ("path", _path), "access": ("access", _access)},
     "--platform": {
         "num_pci_segments": ("num_pci_segments", _int),
+        "iommu_segments": ("iommu_segments", _int_list),
         "iommu_address_width": ("iommu_address_width_bits", _int),
         "serial_number": ("serial_number", _text),
         "uuid": ("uuid", _text),
@@ -234,6 +280,8 @@ OPTION_KEYS: dict[str, dict[str, tuple[str, Convert]]] = {
         "system_family": ("system_family", _text),
         "system_sku_number": ("system_sku_number", _text),
         "chassis_asset_tag": ("chassis_asset_tag", _text),
+        "iommufd": ("iommufd", _toggle),
+        "vfio_p2p_dma": ("vfio_p2p_dma", _toggle),
         "tdx": ("tdx", _toggle),
         "sev_snp": ("sev_snp", _toggle),
     },
@@ -241,15 +289,65 @@ OPTION_KEYS: dict[str, dict[str, tuple[str, Convert]]] = {
 #: cloud-hypervisor's defaults for FsConfig (vm_config.rs), which the API body must spell out.
 FS_DEFAULTS = {"num_queues": 1, "queue_size": 1024}
 #: Flags cloud-hypervisor accepts several values for (``--disk a b`` or ``--disk a --disk b``).
-LIST_FLAGS = {"--disk": "disks", "--net": "net", "--fs": "fs", "--device": "devices"}
-SINGLE_FLAGS = {"--vsock": "vsock", "--balloon": "balloon", "--rng": "rng", "--tpm": "tpm"}
+LIST_FLAGS = {
+    "--disk": "disks",
+    "--net": "net",
+    "--fs": "fs",
+    "--device": "devices",
+    "--pmem": "pmem",
+    "--vdpa": "vdpa",
+    "--user-device": "user_devices",
+    "--pci-segment": "pci_segments",
+    "--rate-limit-group": "rate_limit_groups",
+    "--landlock-rules": "landlock_rules",
+}
+#: The keys each entry of a list flag (beyond --disk/--net/--fs) must have, and its defaults.
+REQUIRED_KEYS = {
+    "--device": ("path",),
+    "--pmem": ("file",),
+    "--vdpa": ("path",),
+    "--user-device": ("socket",),
+    "--pci-segment": ("pci_segment",),
+    "--rate-limit-group": ("id", "rate_limiter_config"),
+    "--landlock-rules": ("path", "access"),
+}
+LIST_DEFAULTS: dict[str, dict[str, Any]] = {"--vdpa": {"num_queues": 1}}
+SINGLE_FLAGS = {
+    "--vsock": "vsock",
+    "--balloon": "balloon",
+    "--rng": "rng",
+    "--tpm": "tpm",
+    "--rtc": "rtc",
+}
 PAYLOAD_FLAGS = {"--kernel": "kernel", "--initramfs": "initramfs", "--firmware": "firmware"}
-SWITCHES = {"--watchdog": "watchdog", "--pvpanic": "pvpanic"}
+#: Payload flags the launcher table has no words for (added to the body's payload).
+EXTRA_PAYLOAD_FLAGS = {"--igvm": "igvm", "--host-data": "host_data"}
+SWITCHES = {"--watchdog": "watchdog", "--pvpanic": "pvpanic", "--landlock": "landlock_enable"}
 #: Flags about the cloud-hypervisor process, not the VM: passed on when not the default.
-PROCESS_FLAGS = {"--seccomp": "true", "--log-file": None, "--event-monitor": None}
+PROCESS_FLAGS = {
+    "--seccomp": "true",
+    "--log-file": None,
+    "--log-format": None,
+    "--event-monitor": None,
+    "--gdb": None,
+    "--dbus-object-path": None,
+    "--dbus-service-name": None,
+}
+PROCESS_SWITCHES = ("--no-shutdown", "--dbus-system-bus")
+#: ``--rtc`` takes an optional value (clap's num_args(0..=1)).
+OPTIONAL_VALUE_FLAGS = {"--rtc"}
 #: Option keys cloud-hypervisor v53's CLI accepts that a vm.create body cannot carry, and why.
 REFUSED_KEYS = {
     ("--cpus", "profile"): "has no field in the API's CpusConfig (v53 OpenAPI spec)",
+    ("--memory", "file"): "has no field in the API's MemoryConfig (v53 OpenAPI spec)",
+    ("--platform", "iommufd_fd"): (
+        "is a file descriptor: cloud-hypervisor v53's API takes descriptors for net devices only"
+    ),
+    ("--device", "fd"): (
+        "is a file descriptor: cloud-hypervisor v53's API takes descriptors for net devices only"
+    ),
+    ("--disk", "_disable_io_uring"): "has no field in the API's DiskConfig (v53 OpenAPI spec)",
+    ("--disk", "_disable_aio"): "has no field in the API's DiskConfig (v53 OpenAPI spec)",
 }
 #: Flags refused with a reason of their own (every other unknown flag: "is not translated").
 REFUSED_FLAGS = {
@@ -258,6 +356,12 @@ REFUSED_FLAGS = {
         "API field; run graphics VMs without the credbridge wrapper"
     ),
     "--restore": "restores a snapshot instead of creating a VM: nothing to add credentials to",
+    "--ivshmem": "has no schema in v53's OpenAPI spec (no vm.create field)",
+    "--fw-cfg-config": "has no field in the API's PayloadConfig (v53 OpenAPI spec)",
+    "--pvmemcontrol": "has no field in the API's VmConfig (v53 OpenAPI spec)",
+    "--numa": "is not translated yet (NumaConfig; see docs/vm.md)",
+    "--memory-zone": "is not translated yet (memory.zones; see docs/vm.md)",
+    "--generic-vhost-user": "is not translated yet (GenericVhostUserConfig; see docs/vm.md)",
 }
 PASS_THROUGH = ({"--version"}, {"-V"}, {"--help"}, {"-h"})
 _CONSOLE_WORDS = ("off", "null", "pty", "tty")
@@ -327,9 +431,15 @@ def typed_options(flag: str, text: str) -> dict[str, Any]:
             # OptionParser.get() treats an empty value as unset: the default applies.
             continue
         try:
-            out[json_key] = convert(value)
+            converted = convert(value)
         except ValueError as error:
             raise UntranslatableArgument(flag, f"{key}={value!r} {error}") from None
+        # Dotted names are nested objects (rate_limiter_config.bandwidth.size).
+        *parents, leaf = json_key.split(".")
+        target = out
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = converted
     return out
 
 
@@ -378,6 +488,32 @@ def parse_options_loose(flag: str, text: str) -> dict[str, str]:
     return out
 
 
+def debug_console(text: str) -> dict[str, Any]:
+    """``--debug-console off|null|pty|tty|file=P[,iobase=0xNN]`` (x86_64) as a
+    ``DebugConsoleConfig``."""
+    flag = "--debug-console"
+    options = parse_options_loose(flag, text)
+    unknown = set(options) - set(_CONSOLE_WORDS) - {"file", "iobase"}
+    if unknown:
+        raise UntranslatableArgument(flag, f"option {sorted(unknown)[0]!r} is not translated")
+    modes = [word for word in (*_CONSOLE_WORDS, "file") if word in options]
+    if len(modes) != 1:
+        raise UntranslatableArgument(flag, "needs exactly one of off|null|pty|tty|file=")
+    out: dict[str, Any] = {"mode": modes[0].capitalize()}
+    if modes[0] == "file":
+        try:
+            out["file"] = _path(options["file"])
+        except ValueError:
+            raise UntranslatableArgument(flag, "file= is empty") from None
+    if "iobase" in options:
+        iobase = options["iobase"]
+        digits = iobase[2:] if iobase.startswith("0x") else ""
+        if not digits or any(c not in "0123456789abcdefABCDEF" for c in digits):
+            raise UntranslatableArgument(flag, f"iobase={iobase!r} is not a hex port like 0xe9")
+        out["iobase"] = int(digits, 16)
+    return out
+
+
 def api_socket_path(text: str) -> str:
     """``--api-socket path=P``, ``fd=N`` or a bare path (cloud-hypervisor's main.rs)."""
     if text.startswith("fd="):
@@ -405,6 +541,8 @@ class Invocation:
     """VmConfig keys the launcher table has no words for (vsock, balloon, watchdog, ...)."""
     oem_strings: list[str] = field(default_factory=list)
     """The OEM strings of ``--platform`` (microvm.nix's ``vmm.notify_socket`` among them)."""
+    payload: dict[str, Any] = field(default_factory=dict)
+    """``PayloadConfig`` keys the launcher table has no words for (``igvm``, ``host_data``)."""
     api_socket: str | None = None
     process_args: list[str] = field(default_factory=list)
     net_fds: list[list[int] | None] = field(default_factory=list)
@@ -436,11 +574,14 @@ def parse_argv(argv: Sequence[str]) -> Invocation:
     while index < len(argv):
         name, inline = _split_flag(argv[index])
         index += 1
-        if name in SWITCHES:
+        if name in SWITCHES or name in PROCESS_SWITCHES:
             if inline is not None:
                 raise UntranslatableArgument(name, "takes no value")
             switches.add(name)
             continue
+        no_value_follows = index >= len(argv) or argv[index].startswith("-")
+        if name in OPTIONAL_VALUE_FLAGS and inline is None and no_value_follows:
+            inline = ""
         if name == "--verbose" or (name.startswith("-v") and set(name[1:]) == {"v"}):
             raise UntranslatableArgument(
                 name,
@@ -449,8 +590,9 @@ def parse_argv(argv: Sequence[str]) -> Invocation:
         known = (
             name in OPTION_KEYS
             or name in PAYLOAD_FLAGS
+            or name in EXTRA_PAYLOAD_FLAGS
             or name in PROCESS_FLAGS
-            or name in {"--cmdline", "--serial", "--console", "--api-socket"}
+            or name in {"--cmdline", "--serial", "--console", "--api-socket", "--debug-console"}
         )
         if name in REFUSED_FLAGS:
             raise UntranslatableArgument(name, REFUSED_FLAGS[name])
@@ -490,8 +632,14 @@ def _translate(values: Mapping[str, list[str]], switches: set[str]) -> Invocatio
                 raise UntranslatableArgument(flag, "empty path") from None
     if (cmdline := one("--cmdline")) is not None:
         settings["cmdline"] = cmdline
-    if "kernel" not in settings and "firmware" not in settings:
-        raise UntranslatableArgument("--kernel", "missing: no --kernel or --firmware given")
+    for flag, key in EXTRA_PAYLOAD_FLAGS.items():
+        if (value := one(flag)) is not None:
+            try:
+                inv.payload[key] = _path(value) if key == "igvm" else _text(value)
+            except ValueError:
+                raise UntranslatableArgument(flag, "is empty") from None
+    if not {"kernel", "firmware"} & set(settings) and "igvm" not in inv.payload:
+        raise UntranslatableArgument("--kernel", "missing: no --kernel, --firmware or --igvm given")
 
     cpus = typed_options("--cpus", one("--cpus") or "boot=1")
     boot = cpus.setdefault("boot_vcpus", 1)
@@ -517,9 +665,17 @@ def _translate(values: Mapping[str, list[str]], switches: set[str]) -> Invocatio
             raise UntranslatableArgument("--fs", "needs tag= and socket=")
     if fs:
         overlay["fs"] = fs
-    devices = [typed_options("--device", text) for text in values.get("--device", [])]
-    if devices:
-        overlay["devices"] = devices
+    for flag, key in LIST_FLAGS.items():
+        if flag in {"--disk", "--net", "--fs"} or flag not in values:
+            continue
+        entries = [{**LIST_DEFAULTS.get(flag, {}), **typed_options(flag, t)} for t in values[flag]]
+        for entry in entries:
+            if missing := [k for k in REQUIRED_KEYS.get(flag, ()) if k not in entry]:
+                names = [
+                    f"{k}=" if k in OPTION_KEYS[flag] else "bw_*/ops_* limits" for k in missing
+                ]
+                raise UntranslatableArgument(flag, f"needs {' and '.join(names)}")
+        overlay[key] = entries
     for flag, key in SINGLE_FLAGS.items():
         if (single := one(flag)) is not None:
             overlay[key] = typed_options(flag, single)
@@ -531,6 +687,8 @@ def _translate(values: Mapping[str, list[str]], switches: set[str]) -> Invocatio
         if flag in switches:
             overlay[key] = True
 
+    if (debug := one("--debug-console")) is not None:
+        overlay["debug_console"] = debug_console(debug)
     settings["serial"] = console_setting("--serial", one("--serial") or "null")
     settings["console"] = console_setting("--console", one("--console") or "tty")
 
@@ -548,6 +706,7 @@ def _translate(values: Mapping[str, list[str]], switches: set[str]) -> Invocatio
     for flag, default in PROCESS_FLAGS.items():
         if (value := one(flag)) is not None and value != default:
             inv.process_args += [flag, value]
+    inv.process_args += [flag for flag in PROCESS_SWITCHES if flag in switches]
     return inv
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +52,21 @@ def create_rule_broken(body: Mapping[str, Any], arch: str) -> str | None:
         return "InvalidSharedMemoryWithMergeable: a memory zone is shared and mergeable"
     if body.get("fs") and not _shared_backing(memory):
         return "VhostUserRequiresSharedMemory: --fs needs shared=on or hugepages=on"
+    vhost_user = [d for key in ("disks", "net") for d in body.get(key, []) if d.get("vhost_user")]
+    if vhost_user and not _shared_backing(memory):
+        return (
+            "VhostUserRequiresSharedMemory: a vhost_user=on device needs shared=on or hugepages=on"
+        )
+    if body.get("user_devices") and not _shared_backing(memory):
+        return "UserDevicesRequireSharedMemory: --user-device needs shared=on or hugepages=on"
+    groups = {group["id"] for group in body.get("rate_limit_groups", [])}
+    for disk in body.get("disks", []):
+        group = disk.get("rate_limit_group")
+        if group is not None and (group not in groups or "rate_limiter_config" in disk):
+            return f"InvalidRateLimiterGroup: --disk rate_limit_group={group}"
+    for rule in body.get("landlock_rules", []):
+        if not os.path.exists(rule["path"]):
+            return f"LandlockPathDoesNotExist: {rule['path']}"
     if (vsock := body.get("vsock")) and vsock.get("cid") in _SPECIAL_VSOCK_CIDS:
         return f"VsockSpecialCid: cid {vsock['cid']} is reserved"
     if (balloon := body.get("balloon")) is not None:
@@ -75,9 +91,8 @@ def create_rule_broken(body: Mapping[str, Any], arch: str) -> str | None:
     paths = [d["path"] for d in body.get("devices", []) if "path" in d]
     if len(paths) != len(set(paths)):
         return "DuplicateDevicePath: a --device path is given twice"
-    ids = [
-        d["id"] for key in ("disks", "net", "fs", "devices") for d in body.get(key, []) if "id" in d
-    ]
+    keys = ("disks", "net", "fs", "devices", "pmem", "vdpa", "user_devices")
+    ids = [d["id"] for key in keys for d in body.get(key, []) if "id" in d]
     if len(ids) != len(set(ids)):
         return "IdentifierNotUnique: a device id is given twice"
     return None

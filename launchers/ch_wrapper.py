@@ -96,6 +96,7 @@ class WrapperLauncher(CloudHypervisorLauncher):
         inv = self.invocation
         credential_fs = body.pop("fs", [])
         body.update({k: v for k, v in inv.overlay.items() if k not in {"memory", "fs"}})
+        body["payload"].update(inv.payload)
         memory = dict(inv.memory)
         if credential_fs and not memory.get("hugepages") and not memory.get("shared"):
             # vhost-user (the credentials' virtiofs share) needs memory shared with virtiofsd,
