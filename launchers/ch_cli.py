@@ -139,6 +139,50 @@ def _access(text: str) -> str:
     return text
 
 
+def _string_list(text: str) -> list[str]:
+    """cloud-hypervisor's ``StringList``: ``[a,b]`` (brackets optional)."""
+    items = split_options(text.strip().strip("[]"))
+    if any(not item for item in items):
+        raise ValueError("has an empty name")
+    return items
+
+
+def _distances(text: str) -> list[dict[str, int]]:
+    """``distances=[1@20,2@30]`` as ``NumaDistance`` objects."""
+    body = text.strip()
+    if not (body.startswith("[") and body.endswith("]")):
+        raise ValueError("is not a list like [1@20,2@30]")
+    out = []
+    for item in split_options(body[1:-1]):
+        node, at, distance = item.partition("@")
+        if not at or not node.isdigit() or not distance.isdigit():
+            raise ValueError(f"has an entry that is not node@distance ({item!r})")
+        out.append({"destination": int(node), "distance": int(distance)})
+    return out
+
+
+#: virtio device IDs by the names ``--generic-vhost-user device_type=`` takes (config.rs,
+#: Linux's virtio_ids.h); watchdog and iommu are refused by cloud-hypervisor itself.
+# Index = virtio device ID ("_": none).
+_VIRTIO_TEXT = (
+    "_ net block console rng balloon iomem rpmsg scsi 9p mac80211_wlan rproc_serial caif "
+    "memory_balloon _ _ gpu clock input vsock crypto signal_dist pstore iommu mem sound fs pmem "
+    "rpmb mac80211_hwsim video_encoder video_decoder scmi nitro_sec_mod i2c watchdog can dmabuf "
+    "param_serv audio_policy bt gpio rdma camera ism spi tee cpu_balloon media usb"
+)
+_VIRTIO_NAMES = _VIRTIO_TEXT.split()
+VIRTIO_IDS = {name: number for number, name in enumerate(_VIRTIO_NAMES) if name != "_"}
+
+
+def _device_type(text: str) -> int:
+    number = int(text) if text[:1] in "123456789" and text.isdigit() else VIRTIO_IDS.get(text)
+    if number is None:
+        raise ValueError("is not a virtio device type (net, block, fs, ... or a number)")
+    if number in (VIRTIO_IDS["watchdog"], VIRTIO_IDS["iommu"]):
+        raise ValueError("cannot work as a vhost-user device (cloud-hypervisor refuses it)")
+    return number
+
+
 IMAGE_TYPES = {"raw": "Raw", "qcow2": "Qcow2", "vhd": "FixedVhd", "vhdx": "Vhdx"}
 HOTPLUG_METHODS = {"acpi": "Acpi", "virtio-mem": "VirtioMem"}
 LOCK_GRANULARITY = {"byte-range": "ByteRange", "full": "Full"}
@@ -266,6 +310,35 @@ OPTION_KEYS: dict[str, dict[str, tuple[str, Convert]]] = {
     },
     "--rate-limit-group": {"id": ("id", _text), **RATE_LIMITER},
     "--landlock-rules": {"path": ("path", _path), "access": ("access", _access)},
+    "--memory-zone": {
+        "id": ("id", _text),
+        "size": ("size", _bytes),
+        "file": ("file", _path),
+        "shared": ("shared", _toggle),
+        "hugepages": ("hugepages", _toggle),
+        "hugepage_size": ("hugepage_size", _bytes),
+        "host_numa_node": ("host_numa_node", _int),
+        "hotplug_size": ("hotplug_size", _bytes),
+        "hotplugged_size": ("hotplugged_size", _bytes),
+        "prefault": ("prefault", _toggle),
+        "reserve": ("reserve", _toggle),
+        "mergeable": ("mergeable", _toggle),
+    },
+    "--numa": {
+        "guest_numa_id": ("guest_numa_id", _int),
+        "cpus": ("cpus", _int_list),
+        "distances": ("distances", _distances),
+        "device_id": ("device_id", _text),
+        "memory_zones": ("memory_zones", _string_list),
+        "pci_segments": ("pci_segments", _int_list),
+    },
+    "--generic-vhost-user": {
+        "device_type": ("device_type", _device_type),
+        "virtio_id": ("device_type", _device_type),
+        "queue_sizes": ("queue_sizes", _int_list),
+        "socket": ("socket", _path),
+        **{k: v for k, v in PCI_COMMON.items() if k != "iommu"},
+    },
     "--platform": {
         "num_pci_segments": ("num_pci_segments", _int),
         "iommu_segments": ("iommu_segments", _int_list),
@@ -300,6 +373,9 @@ LIST_FLAGS = {
     "--pci-segment": "pci_segments",
     "--rate-limit-group": "rate_limit_groups",
     "--landlock-rules": "landlock_rules",
+    "--memory-zone": "memory_zones",
+    "--numa": "numa",
+    "--generic-vhost-user": "generic_vhost_user",
 }
 #: The keys each entry of a list flag (beyond --disk/--net/--fs) must have, and its defaults.
 REQUIRED_KEYS = {
@@ -310,6 +386,9 @@ REQUIRED_KEYS = {
     "--pci-segment": ("pci_segment",),
     "--rate-limit-group": ("id", "rate_limiter_config"),
     "--landlock-rules": ("path", "access"),
+    "--memory-zone": ("id", "size"),
+    "--numa": ("guest_numa_id",),
+    "--generic-vhost-user": ("socket", "queue_sizes", "device_type"),
 }
 LIST_DEFAULTS: dict[str, dict[str, Any]] = {"--vdpa": {"num_queues": 1}}
 SINGLE_FLAGS = {
@@ -359,9 +438,6 @@ REFUSED_FLAGS = {
     "--ivshmem": "has no schema in v53's OpenAPI spec (no vm.create field)",
     "--fw-cfg-config": "has no field in the API's PayloadConfig (v53 OpenAPI spec)",
     "--pvmemcontrol": "has no field in the API's VmConfig (v53 OpenAPI spec)",
-    "--numa": "is not translated yet (NumaConfig; see docs/vm.md)",
-    "--memory-zone": "is not translated yet (memory.zones; see docs/vm.md)",
-    "--generic-vhost-user": "is not translated yet (GenericVhostUserConfig; see docs/vm.md)",
 }
 PASS_THROUGH = ({"--version"}, {"-V"}, {"--help"}, {"-h"})
 _CONSOLE_WORDS = ("off", "null", "pty", "tty")
@@ -651,7 +727,6 @@ def _translate(values: Mapping[str, list[str]], switches: set[str]) -> Invocatio
 
     memory = typed_options("--memory", one("--memory") or "size=512M")
     memory.setdefault("size", 512 << 20)
-    settings["memory"] = memory["size"]
     overlay["memory"] = memory
 
     disks = [typed_options("--disk", text) for text in values.get("--disk", [])]
@@ -687,6 +762,10 @@ def _translate(values: Mapping[str, list[str]], switches: set[str]) -> Invocatio
         if flag in switches:
             overlay[key] = True
 
+    if zones := overlay.pop("memory_zones", None):
+        memory["zones"] = zones
+    # The launcher table wants a positive size; the body's memory is this overlay's anyway.
+    settings["memory"] = memory["size"] or sum(zone["size"] for zone in zones or ())
     if (debug := one("--debug-console")) is not None:
         overlay["debug_console"] = debug_console(debug)
     settings["serial"] = console_setting("--serial", one("--serial") or "null")

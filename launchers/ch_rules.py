@@ -21,6 +21,28 @@ def _shared_backing(memory: Mapping[str, Any]) -> bool:
     return memory.get("size") == 0 and all(z.get("shared") or z.get("hugepages") for z in zones)
 
 
+def _numa_node_broken(node: Mapping[str, Any], used: dict[str, int], segments: int) -> str | None:
+    """``NumaConfig::validate`` and the NUMA part of ``VmConfig::validate``."""
+    numa_id = node["guest_numa_id"]
+    device, cpus, zones = node.get("device_id"), node.get("cpus"), node.get("memory_zones")
+    if device is not None and (cpus is not None or zones is not None):
+        return "InvalidNumaConfig: device_id is mutually exclusive with cpus and memory_zones"
+    if device is None and cpus is None and zones is None:
+        return "InvalidNumaConfig: a NUMA node needs device_id or cpus/memory_zones"
+    if device == "" or cpus == [] or zones == []:
+        return f"InvalidNumaConfig: NUMA node {numa_id} has an empty list or device_id"
+    for zone in zones or []:
+        if zone in used:
+            return f"MemoryZoneReused: zone {zone} in NUMA nodes {used[zone]} and {numa_id}"
+        used[zone] = numa_id
+    for segment in node.get("pci_segments", []):
+        if segment >= segments:
+            return f"InvalidPciSegment: NUMA node {numa_id} names PCI segment {segment}"
+        if segment == 0 and numa_id != 0:
+            return f"DefaultPciSegmentInvalidNode: PCI segment 0 on NUMA node {numa_id}"
+    return None
+
+
 def create_rule_broken(body: Mapping[str, Any], arch: str) -> str | None:
     """The first of cloud-hypervisor's create-time rules ``body`` breaks, or None."""
     memory: Mapping[str, Any] = body.get("memory", {})
@@ -57,6 +79,16 @@ def create_rule_broken(body: Mapping[str, Any], arch: str) -> str | None:
         return (
             "VhostUserRequiresSharedMemory: a vhost_user=on device needs shared=on or hugepages=on"
         )
+    if body.get("generic_vhost_user") and not _shared_backing(memory):
+        return "VhostUserRequiresSharedMemory: --generic-vhost-user needs shared=on or hugepages=on"
+    zone_ids = [zone["id"] for zone in memory.get("zones") or []]
+    if len(zone_ids) != len(set(zone_ids)):
+        return "IdentifierNotUnique: a memory zone id is given twice"
+    used: dict[str, int] = {}
+    segments = body.get("platform", {}).get("num_pci_segments", 1)
+    for node in body.get("numa", []):
+        if problem := _numa_node_broken(node, used, segments):
+            return problem
     if body.get("user_devices") and not _shared_backing(memory):
         return "UserDevicesRequireSharedMemory: --user-device needs shared=on or hugepages=on"
     groups = {group["id"] for group in body.get("rate_limit_groups", [])}

@@ -97,17 +97,7 @@ class WrapperLauncher(CloudHypervisorLauncher):
         credential_fs = body.pop("fs", [])
         body.update({k: v for k, v in inv.overlay.items() if k not in {"memory", "fs"}})
         body["payload"].update(inv.payload)
-        memory = dict(inv.memory)
-        if credential_fs and not memory.get("hugepages") and not memory.get("shared"):
-            # vhost-user (the credentials' virtiofs share) needs memory shared with virtiofsd,
-            # and cloud-hypervisor refuses shared memory that KSM may merge.
-            memory["shared"] = True
-            if memory.pop("mergeable", False):
-                log.info(
-                    "VM %s: memory shared with virtiofsd for the credentials' share, so "
-                    "mergeable=on (KSM) is turned off",
-                    self.target.name,
-                )
+        memory = _shared_for_virtiofs(inv.memory, self.target.name) if credential_fs else inv.memory
         body["memory"] = memory
         fs = [*inv.overlay.get("fs", []), *credential_fs]
         if fs:
@@ -173,6 +163,28 @@ class WrapperLauncher(CloudHypervisorLauncher):
         if self.invocation.api_socket:
             _clear_stale_socket(Path(self.invocation.api_socket))
         return super().launch(deliveries)
+
+
+def _shared_for_virtiofs(memory: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """``memory`` changed so that virtiofsd can map the guest's RAM (the credentials' share is
+    vhost-user): shared, and so not mergeable, which cloud-hypervisor refuses together. With
+    ``size=0`` the RAM is the zones', so each zone is. Hugepages are shared already."""
+    out = {**memory, "zones": [dict(zone) for zone in memory.get("zones", [])]}
+    if not out["zones"]:
+        del out["zones"]
+    parts = out["zones"] if memory.get("size") == 0 and out.get("zones") else [out]
+    merged = False
+    for part in parts:
+        if not part.get("hugepages") and not part.get("shared"):
+            part["shared"] = True
+            merged |= bool(part.pop("mergeable", False))
+    if merged:
+        log.info(
+            "VM %s: memory shared with virtiofsd for the credentials' share, so mergeable=on "
+            "(KSM) is turned off",
+            name,
+        )
+    return out
 
 
 def _clear_stale_socket(path: Path) -> None:

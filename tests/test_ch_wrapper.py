@@ -338,7 +338,12 @@ def test_real_argv_holds_only_the_api_socket(
         (["--cpus", "boot=2"], "--cpus: given twice"),
         (["--kernel"], "--kernel: needs a value"),
         (["stray"], "stray: is not translated"),
-        (["--numa", "guest_numa_id=0"], "--numa: is not translated yet"),
+        (
+            ["--generic-vhost-user", "socket=/s,queue_sizes=[256],device_type=watchdog"],
+            "cannot work as a vhost-user device",
+        ),
+        (["--generic-vhost-user", "socket=/s,queue_sizes=[256]"], "needs device_type="),
+        (["--memory-zone", "size=1G"], "--memory-zone: needs id="),
         (["--ivshmem", "path=/dev/shm/x"], "--ivshmem: has no schema in v53's OpenAPI spec"),
         (["--memory", "size=1G,file=/dev/shm/m"], "option 'file' has no field in the API's"),
         (["--device", "fd=7"], "option 'fd' is a file descriptor"),
@@ -700,6 +705,12 @@ def test_wrapper_is_installed_as_a_console_script() -> None:
         (["--net", "tap=t0,num_queues=1"], "VnetQueueLowerThan2"),
         (["--net", "num_queues=4,fd=[3]"], "VnetQueueFdMismatch"),
         (["--net", "tap=t0,ip=10.0.0.1"], "IpProvidedWithoutMask"),
+        (["--numa", "guest_numa_id=0,cpus=[0],device_id=d"], "InvalidNumaConfig: device_id is"),
+        (["--numa", "guest_numa_id=1,cpus=[0],pci_segments=[0]"], "DefaultPciSegmentInvalidNode"),
+        (
+            ["--numa", "guest_numa_id=0,memory_zones=[z]", "guest_numa_id=1,memory_zones=[z]"],
+            "MemoryZoneReused: zone z in NUMA nodes 0 and 1",
+        ),
     ],
 )
 def test_create_time_rules_fail_in_credbridge(
@@ -805,3 +816,53 @@ def test_every_translated_flag_reaches_its_field(
     assert body["net"][0]["offload_tso"] is True
     assert body["net"][0]["rate_limiter_config"] == {"ops": {"size": 5, "refill_time": 1}}
     assert launch.argv[3:] == ["--log-format", "{level} {msg}", "--no-shutdown"]
+
+
+@needs_spec
+def test_memory_zones_are_shared_for_the_virtiofs_sink(
+    runner_argvs: dict[str, list[str]],
+    spec: dict[str, Any],
+    tmp_path: Path,
+    tmpfs_dir: Path,
+    monkeypatch: Any,
+) -> None:
+    """With ``size=0`` the guest's RAM is its zones': the credentials' share needs each zone
+    shared (and so not mergeable); a hugepages zone already is. The same VM with OEM strings
+    keeps its zones and is refused, as cloud-hypervisor refuses a vhost-user device on
+    memory it cannot share."""
+    from credbridge.launchers.ch_rules import create_rule_broken
+    from support.ch_standin import schema_problems
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmpfs_dir))
+    argv = list(runner_argvs["defaults"])
+    argv[argv.index("--memory") + 1] = "size=0"
+    argv += [
+        "--memory-zone", "id=z0,size=256M,mergeable=on", "id=z1,size=256M,hugepages=on",
+        "--numa", "guest_numa_id=0,cpus=[0],memory_zones=[z0,z1],distances=[0@10]",
+        "--generic-vhost-user", "socket=/run/snd.sock,queue_sizes=[64,64],device_type=sound",
+    ]  # fmt: skip
+    body = body_of(argv, "virtiofs", tmp_path, tmpfs_dir)
+    assert schema_problems(body, "VmConfig", spec) == []
+    assert create_rule_broken(body, "x86_64") is None
+    assert body["memory"] == {
+        "size": 0,
+        "zones": [
+            {"id": "z0", "size": 256 << 20, "shared": True},
+            {"id": "z1", "size": 256 << 20, "hugepages": True},
+        ],
+    }
+    assert body["numa"] == [
+        {
+            "guest_numa_id": 0,
+            "cpus": [0],
+            "memory_zones": ["z0", "z1"],
+            "distances": [{"destination": 0, "distance": 10}],
+        }
+    ]
+    assert body["generic_vhost_user"] == [
+        {"socket": "/run/snd.sock", "queue_sizes": [64, 64], "device_type": 25}
+    ]
+    session, launcher = open_wrapper(write_vm_config(tmp_path / "o", {}), argv)
+    with session, pytest.raises(ConfigError, match="VhostUserRequiresSharedMemory"):
+        body_for(launcher, tmpfs_dir / "run-o", {})
