@@ -11,8 +11,8 @@ Then the same files go into the host guest (tests/guest/hostimage.py, the image 
 tests/test_host_guest.py: Debian 12, systemd 252 as PID 1, credbridge in a venv at
 /opt/credbridge, which is where ``${cfg.package}`` points here); the wrapper package is built
 in the guest by running its derivation's build command; the VM runner is what microvm.nix's
-``lib/runner.nix`` builds for a cloud-hypervisor VM (its command line from
-tests/fixtures/microvm-cloud-hypervisor-argv.json), with cloud-hypervisor's API stand-in in
+``lib/runner.nix`` builds for a cloud-hypervisor VM (its command line from the vendored runner,
+tests/support/microvm_runner.py), with cloud-hypervisor's API stand-in in
 recording mode as the "real" cloud-hypervisor. The guest reboots and the driver
 (tests/guest/nixos_scenario.py) reports what came up at boot; then a rotation and
 ``systemctl restart credbridge-deliver.service`` exercise ``onChange``.
