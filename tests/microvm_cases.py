@@ -28,7 +28,8 @@ VOLUME_QCOW2 = (
 )
 PCI_DEVICE = '{ bus = "pci"; path = "0000:01:00.0"; }'
 
-#: name -> (microvm options as a Nix attrset body, system)
+#: name -> (microvm options as a Nix attrset body, or a whole module ``{ pkgs, ... }: {...}``,
+#: system)
 RUNNER_CASES: dict[str, tuple[str, str]] = {
     "defaults": ("", "x86_64-linux"),
     "vcpu-mem": ("microvm.vcpu = 4; microvm.mem = 2048;", "x86_64-linux"),
@@ -90,6 +91,14 @@ RUNNER_CASES: dict[str, tuple[str, str]] = {
         f"microvm.vcpu = 2; microvm.shares = [ {STORE_SHARE} ]; microvm.interfaces = [ {TAP} ];",
         "aarch64-linux",
     ),
+    # cloud-hypervisor 30-35 took `--disk a --disk b` (argh): the runner emits that syntax for
+    # a package of those versions.
+    "argh-syntax": (
+        "{ pkgs, ... }: { microvm.cloud-hypervisor.package = "
+        'pkgs.cloud-hypervisor // { version = "34.0"; }; '
+        f"microvm.volumes = [ {VOLUME} ]; microvm.interfaces = [ {TAP} ]; }}",
+        "x86_64-linux",
+    ),
     "everything": (
         f"microvm.vcpu = 2; microvm.mem = 1024; microvm.balloon = true; "
         f"microvm.shares = [ {DATA_SHARE} ]; microvm.volumes = [ {VOLUME_QCOW2} ]; "
@@ -127,6 +136,11 @@ REFUSED_BY_RUNNER: dict[str, tuple[str, str, str]] = {
         'microvm.credentialFiles = { KEY = "/run/key"; };',
         "x86_64-linux",
         "does not support credentialFiles",
+    ),
+    "forward-ports": (
+        "microvm.forwardPorts = [ { from = \"host\"; host.port = 2222; guest.port = 22; } ];",
+        "x86_64-linux",
+        "`config.microvm.forwardPorts` works only with qemu",
     ),
     "cpus-boot-twice": (
         'microvm.cloud-hypervisor.extraArgs = [ "--cpus" "boot=2" ];',

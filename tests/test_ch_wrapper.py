@@ -57,6 +57,11 @@ NOTIFY_OEM = "io.systemd.credential:vmm.notify_socket=vsock-stream:2:8888"
 VM_SINKS = ("oem-strings", "virtiofs")
 
 
+def as_module(options: str) -> str:
+    """A case of tests/microvm_cases.py as a Nix module."""
+    return options if options.startswith("{ pkgs") else f"{{ {options} }}"
+
+
 @pytest.fixture(scope="session")
 def runner_argvs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     """Every runner case's argv, evaluated once (about a second each)."""
@@ -67,7 +72,7 @@ def runner_argvs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str
     out = {}
     for name, (options, system) in RUNNER_CASES.items():
         workdir = tmp_path_factory.mktemp(f"runner-{name}")
-        out[name] = runner_argv(f"{{ {options} }}", workdir, system=system)
+        out[name] = runner_argv(as_module(options), workdir, system=system)
     return out
 
 
@@ -142,6 +147,8 @@ def test_vendored_versions_are_named() -> None:
     docs = (REPO / "docs/nixos.md").read_text()
     assert MICROVM_COMMIT[:7] in docs
     assert f"cloud-hypervisor v{CH_RULES_VERSION}" in docs
+    assert f"for {len(RUNNER_CASES)} option combinations" in docs
+    assert f"the {len(REFUSED_BY_RUNNER)} microvm.nix refuses" in " ".join(docs.split())
 
 
 @needs_runner
@@ -149,7 +156,7 @@ def test_vendored_versions_are_named() -> None:
 def test_runner_refuses_what_microvm_nix_refuses(name: str, tmp_path: Path) -> None:
     options, system, message = REFUSED_BY_RUNNER[name]
     with pytest.raises(RunnerRefused) as info:
-        runner_argv(f"{{ {options} }}", tmp_path, system=system)
+        runner_argv(as_module(options), tmp_path, system=system)
     assert message in str(info.value)
 
 
