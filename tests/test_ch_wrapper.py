@@ -674,6 +674,68 @@ def test_macvtap_fds_must_be_inherited(runner_argvs: dict[str, list[str]], tmp_p
     ]
 
 
+@needs_spec
+def test_virtiofs_vm_without_shares_is_created(
+    runner_argvs: dict[str, list[str]],
+    tmp_path: Path,
+    tmpfs_dir: Path,
+    standin_run: dict[str, Any],
+) -> None:
+    """microvm.nix's defaults (mergeable=on, no share) with the virtiofs sink: the stand-in
+    applies cloud-hypervisor's shared/mergeable rule on vm.create, and the VM is created."""
+    argv = runner_argvs["defaults"]
+    env = {
+        **os.environ,
+        "CREDBRIDGE_VM": "test-vm",
+        "CREDBRIDGE_CONFIG": str(write_vm_config(tmp_path, SECRETS, sink="virtiofs")),
+        "CREDBRIDGE_CLOUD_HYPERVISOR": str(standin_run["binary"]),
+        "RUNTIME_DIRECTORY": str(tmpfs_dir),
+    }
+    wrapper = Path(sys.executable).parent / "credbridge-cloud-hypervisor"
+    proc = subprocess.Popen([str(wrapper), *argv], cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(r["path"].endswith("vm.boot") for r in read_records(standin_run["record"])):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            assert time.monotonic() < deadline, "no vm.boot within 60s"
+            time.sleep(0.05)
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    create = next(r for r in read_records(standin_run["record"]) if r["path"].endswith("vm.create"))
+    assert create["status"] == 204, create
+    assert create["memory_shared"] is True
+
+
+def test_standin_refuses_shared_mergeable_memory(tmpfs_dir: Path) -> None:
+    """The stand-in answers vm.create as cloud-hypervisor v53 does for this rule (500)."""
+    from credbridge.launchers.cloud_hypervisor import ApiClient
+
+    record = tmpfs_dir / "record.jsonl"
+    binary = write_standin(tmpfs_dir, record=record)
+    sock = tmpfs_dir / "api.sock"
+    proc = subprocess.Popen([str(binary), "--api-socket", f"path={sock}"])
+    try:
+        api = ApiClient(sock, 10)
+        deadline = time.monotonic() + 30
+        while not api.ping():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        body = {
+            "payload": {"kernel": "/k"},
+            "memory": {"size": 1 << 29, "shared": True, "mergeable": True},
+        }
+        status, answer = api.call("PUT", "vm.create", json.dumps(body).encode())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert (status, answer) == (500, b"InvalidSharedMemoryWithMergeable")
+
+
 def test_wrapper_is_installed_as_a_console_script() -> None:
     from importlib.metadata import entry_points
 

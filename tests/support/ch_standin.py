@@ -417,6 +417,11 @@ class StandIn:
                 return 400, ("invalid VmConfig: " + "; ".join(problems)).encode(), info
             if self.config is not None:
                 return 500, b"VmAlreadyCreated", info
+            if rule := _create_time_rule(config):
+                # cloud-hypervisor validates the config on vm.create (VmConfig::validate) and
+                # answers 500 with the error; two rules credbridge's changes could break:
+                info["problem"] = rule
+                return 500, rule.encode(), info
             if self.options.standin_echo == "create":
                 info["problem"] = "echo requested"
                 return 400, echo_parts(config), info
@@ -575,6 +580,23 @@ class StandIn:
         shutil.rmtree(self.private, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.socket.unlink()
+
+
+def _create_time_rule(config: dict[str, Any]) -> str | None:
+    """The two ``VmConfig::validate`` rules of cloud-hypervisor v53 (vmm/src/config.rs) that
+    memory.shared touches, written from that source independently of credbridge's copy."""
+    memory = config.get("memory", {})
+    zones = memory.get("zones") or []
+    if memory.get("shared") and memory.get("mergeable"):
+        return "InvalidSharedMemoryWithMergeable"
+    if any(zone.get("shared") and zone.get("mergeable") for zone in zones):
+        return "InvalidSharedMemoryWithMergeable"
+    shared = memory.get("shared") or memory.get("hugepages")
+    if not shared and memory.get("size") == 0:
+        shared = all(zone.get("shared") or zone.get("hugepages") for zone in zones)
+    if config.get("fs") and not shared:
+        return "VhostUserRequiresSharedMemory"
+    return None
 
 
 def _handler(standin: StandIn) -> type[http.server.BaseHTTPRequestHandler]:
