@@ -43,13 +43,8 @@ from credbridge.core.errors import ConfigError, CredbridgeError, LaunchError
 from credbridge.core.secret import Secret
 from credbridge.core.types import LauncherContext, Mode, Pending
 from credbridge.core.vm import VmChannel
-from credbridge.launchers.ch_cli import (
-    OPTION_KEYS,
-    PASS_THROUGH,
-    Invocation,
-    UntranslatableArgument,
-    parse_argv,
-)
+from credbridge.launchers.ch_cli import Invocation, UntranslatableArgument, parse_argv
+from credbridge.launchers.ch_options import OPTION_KEYS, PASS_THROUGH
 from credbridge.launchers.ch_rules import create_rule_broken
 from credbridge.launchers.cloud_hypervisor import (
     API_PREFIX,

@@ -102,9 +102,12 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
     def send(self, data: Any) -> None:
         """The request's first bytes carry ``fds`` (SCM_RIGHTS), as cloud-hypervisor's HTTP
         server expects for ``vm.add-net`` (it reads each request with its ancillary data)."""
-        if not self._fds or self.sock is None or not isinstance(data, bytes):
+        if not self._fds or not isinstance(data, bytes):
             super().send(data)
             return
+        if self.sock is None:
+            self.connect()
+        assert self.sock is not None
         fds, self._fds = self._fds, []
         sent = socket.send_fds(self.sock, [data], fds)
         self.sock.sendall(data[sent:])
