@@ -136,6 +136,16 @@ def console_setting(flag: str, text: str) -> str:
         raise UntranslatableArgument(flag, f"{key} {error}") from None
 
 
+def _without_pci_keys(text: str) -> str:
+    parts = split_options(text) if text.strip() else []
+    return ",".join(p for p in parts if p.partition("=")[0] not in OPTION_KEYS["--console-pci"])
+
+
+def _pci_keys_only(text: str) -> str:
+    parts = split_options(text) if text.strip() else []
+    return ",".join(p for p in parts if p.partition("=")[0] in OPTION_KEYS["--console-pci"])
+
+
 def parse_options_loose(flag: str, text: str) -> dict[str, str]:
     """Like :func:`parse_options`, but words without ``=`` are allowed (``tty``, ``off``)."""
     if '"' in text:
@@ -200,6 +210,8 @@ class Invocation:
     """VmConfig keys the launcher table has no words for (vsock, balloon, watchdog, ...)."""
     oem_strings: list[str] = field(default_factory=list)
     """The OEM strings of ``--platform`` (microvm.nix's ``vmm.notify_socket`` among them)."""
+    console_pci: dict[str, Any] = field(default_factory=dict)
+    """``--console``'s ``id``, ``iommu``, ``pci_segment``, ``pci_device_id``."""
     payload: dict[str, Any] = field(default_factory=dict)
     """``PayloadConfig`` keys the launcher table has no words for (``igvm``, ``host_data``)."""
     api_socket: str | None = None
@@ -352,7 +364,10 @@ def _translate(values: Mapping[str, list[str]], switches: set[str]) -> Invocatio
     if (debug := one("--debug-console")) is not None:
         overlay["debug_console"] = debug_console(debug)
     settings["serial"] = console_setting("--serial", one("--serial") or "null")
-    settings["console"] = console_setting("--console", one("--console") or "tty")
+    console_text = one("--console") or "tty"
+    settings["console"] = console_setting("--console", _without_pci_keys(console_text))
+    # The virtio console is a PCI device: its id/iommu/pci_* keys (the serial port has none).
+    inv.console_pci = typed_options("--console-pci", _pci_keys_only(console_text))
 
     if (platform_text := one("--platform")) is not None:
         raw = parse_options("--platform", platform_text)

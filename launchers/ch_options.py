@@ -297,6 +297,8 @@ OPTION_KEYS: dict[str, dict[str, tuple[str, Convert]]] = {
     },
     "--rng": {"src": ("src", path_value), **PCI_COMMON},
     "--rtc": dict(PCI_COMMON),
+    # --console's PCI keys (its mode and path are parsed by ch_cli.console_setting).
+    "--console-pci": dict(PCI_COMMON),
     "--pmem": {
         "file": ("file", path_value),
         "size": ("size", _bytes),

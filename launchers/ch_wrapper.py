@@ -92,6 +92,7 @@ class WrapperLauncher(CloudHypervisorLauncher):
         credential_fs = body.pop("fs", [])
         body.update({k: v for k, v in inv.overlay.items() if k not in {"memory", "fs"}})
         body["payload"].update(inv.payload)
+        body["console"].update(inv.console_pci)
         memory = _shared_for_virtiofs(inv.memory, self.target.name) if credential_fs else inv.memory
         body["memory"] = memory
         fs = [*inv.overlay.get("fs", []), *credential_fs]

@@ -359,7 +359,8 @@ def test_real_argv_holds_only_the_api_socket(
         (["--rate-limit-group", "id=g"], "--rate-limit-group: needs bw_*/ops_* limits"),
         (["-vv"], "-vv: refused: at -v"),
         (["--api-socket", "fd=3"], "--api-socket: fd= is not translated"),
-        (["--console", "socket=/s,iommu=on"], "--console: option 'iommu' is not translated"),
+        (["--console", "socket=/s,bogus=on"], "--console: option 'bogus' is not translated"),
+        (["--serial", "socket=/s,iommu=on"], "--serial: option 'iommu' is not translated"),
         (["--disk", "path=/a,_disable_aio=on"], "option '_disable_aio' has no field"),
         (["--disk", "path=/a,bogus=1"], "option 'bogus' is not translated"),
         (["--disk", "readonly=on"], "--disk: needs path="),
@@ -384,7 +385,7 @@ def test_refusals_name_the_flag(
     extra: list[str], message: str, runner_argvs: dict[str, list[str]], tmp_path: Path
 ) -> None:
     argv = list(runner_argvs["defaults"])
-    for flag in ("--platform", "--cpus", "--console", "--api-socket", "--memory"):
+    for flag in ("--platform", "--cpus", "--console", "--serial", "--api-socket", "--memory"):
         if extra[0] == flag and "given twice" not in message:
             del argv[argv.index(flag) : argv.index(flag) + 2]
     argv += extra
@@ -821,6 +822,8 @@ EVERY_FLAG = [
     "--host-data", "0123abcd",
     "--net", "tap=t0,offload_tso=on,offload_ufo=on,offload_csum=on,ops_size=5,ops_refill_time=1",
 ]  # fmt: skip
+#: ... and --console's PCI keys, in place of microvm.nix's `--console null`.
+CONSOLE_WITH_PCI = "pty,id=con0,iommu=on,pci_segment=0,pci_device_id=7"
 
 
 @needs_spec
@@ -837,6 +840,7 @@ def test_every_translated_flag_reaches_its_field(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmpfs_dir))
     argv = [*runner_argvs["defaults"], *EVERY_FLAG]
+    argv[argv.index("--console") + 1] = CONSOLE_WITH_PCI
     session, launcher = open_wrapper(write_vm_config(tmp_path, SECRETS), argv, "/ch")
     with session:
         launch = body_for(launcher, tmpfs_dir / "run", SECRETS)
@@ -882,6 +886,13 @@ def test_every_translated_flag_reaches_its_field(
         "iobase": 0xE9,
     }
     assert body["payload"]["host_data"] == "0123abcd"
+    assert body["console"] == {
+        "mode": "Pty",
+        "id": "con0",
+        "iommu": True,
+        "pci_segment": 0,
+        "pci_device_id": 7,
+    }
     assert body["net"][0]["offload_tso"] is True
     assert body["net"][0]["rate_limiter_config"] == {"ops": {"size": 5, "refill_time": 1}}
     assert launch.argv[3:] == ["--log-format", "{level} {msg}", "--no-shutdown"]
