@@ -946,3 +946,36 @@ def test_memory_zones_are_shared_for_the_virtiofs_sink(
     session, launcher = open_wrapper(write_vm_config(tmp_path / "o", {}), argv)
     with session, pytest.raises(ConfigError, match="VhostUserRequiresSharedMemory"):
         body_for(launcher, tmpfs_dir / "run-o", {})
+
+
+def test_every_v53_flag_is_decided_and_documented() -> None:
+    """Each flag of cloud-hypervisor v53's main.rs is translated, passed through or refused
+    with a reason of its own, and has its row in docs/vm.md's table."""
+    import re
+
+    from credbridge.launchers import ch_options as opt
+
+    main_rs = REPO.parent / "shared/vendor/cloud-hypervisor/src-v53.0/main.rs"
+    if not main_rs.is_file():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{main_rs} is missing")
+        pytest.skip(f"{main_rs} is missing (vendored in ../shared)")
+    names = re.findall(r'Arg::new\("([a-z-]+)"\)', main_rs.read_text())
+    flags = {"-v" if name == "v" else f"--{name}" for name in names}
+    assert len(flags) > 45
+    decided = (
+        set(opt.OPTION_KEYS)
+        | set(opt.PAYLOAD_FLAGS)
+        | set(opt.EXTRA_PAYLOAD_FLAGS)
+        | set(opt.SWITCHES)
+        | set(opt.PROCESS_FLAGS)
+        | set(opt.PROCESS_SWITCHES)
+        | set(opt.REFUSED_FLAGS)
+        | {"--cmdline", "--serial", "--console", "--api-socket", "--debug-console", "-v"}
+        | {"--version"}
+    )
+    assert flags - decided == set()
+    table = (REPO / "docs/vm.md").read_text().split("## Every cloud-hypervisor flag", 1)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    documented = {flag for row in rows for flag in re.findall(r"`(-[-a-zA-Z]+)", row.split("|")[1])}
+    assert flags - documented == set()
