@@ -26,13 +26,13 @@ starts nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import stat
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from platform import machine
 from typing import Any
@@ -41,9 +41,17 @@ from credbridge.core.config import load_config
 from credbridge.core.engine import Session
 from credbridge.core.errors import ConfigError, CredbridgeError, LaunchError
 from credbridge.core.secret import Secret
-from credbridge.core.types import LauncherContext, Mode
+from credbridge.core.types import LauncherContext, Mode, Pending
 from credbridge.core.vm import VmChannel
-from credbridge.launchers.cloud_hypervisor import CloudHypervisorLauncher, LaunchSpec
+from credbridge.launchers.ch_cli import Invocation, UntranslatableArgument, parse_argv
+from credbridge.launchers.ch_options import OPTION_KEYS, PASS_THROUGH
+from credbridge.launchers.ch_rules import create_rule_broken
+from credbridge.launchers.cloud_hypervisor import (
+    API_PREFIX,
+    ApiClient,
+    CloudHypervisorLauncher,
+    LaunchSpec,
+)
 from credbridge.launchers.runtime import RUNTIME_SETTINGS
 
 log = logging.getLogger(__name__)
@@ -52,473 +60,9 @@ PROG = "credbridge-cloud-hypervisor"
 VM_ENV = "CREDBRIDGE_VM"
 BINARY_ENV = "CREDBRIDGE_CLOUD_HYPERVISOR"
 PLAN_FLAG = "--credbridge-plan"
-#: OEM strings systemd reads in a confidential VM: none (SMBIOS is untrusted there).
-_CONFIDENTIAL = ("tdx", "sev_snp")
 _MAX_OEM_STRINGS = 255
-
-
-class UntranslatableArgument(ConfigError):
-    """A cloud-hypervisor argument the wrapper cannot carry into a ``vm.create`` body."""
-
-    def __init__(self, flag: str, problem: str) -> None:
-        super().__init__(f"{problem} (the credbridge wrapper refuses what it cannot translate)")
-        self.message = f"cloud-hypervisor argument {flag}: {self.message}"
-        self.key = flag
-
-
-# --------------------------------------------------------------------------- value types
-# Each takes the option's text (already trimmed, as cloud-hypervisor's OptionParser does)
-# and returns the JSON value, or raises ValueError with the reason.
-
-Convert = Callable[[str], Any]
-
-
-def _toggle(text: str) -> bool:
-    """cloud-hypervisor's ``Toggle``: on/off/true/false (any case); empty means off."""
-    value = text.lower()
-    if value in {"on", "true"}:
-        return True
-    if value in {"off", "false", ""}:
-        return False
-    raise ValueError("is not on or off")
-
-
-def _bytes(text: str) -> int:
-    """cloud-hypervisor's ``ByteSized``: an integer with an optional K, M or G suffix."""
-    shift = {"K": 10, "M": 20, "G": 30}.get(text[-1:], 0)
-    digits = text[:-1] if shift else text
-    if not digits.isdigit():
-        raise ValueError("is not a size like 512M")
-    return int(digits) << shift
-
-
-def _int(text: str) -> int:
-    if not text.isdigit():
-        raise ValueError("is not a non-negative integer")
-    return int(text)
-
-
-def _text(text: str) -> str:
-    if not text:
-        raise ValueError("is empty")
-    return text
-
-
-def _path(text: str) -> str:
-    """A path; relative ones are resolved against the working directory, as the real binary
-    (which runs in this directory) would resolve them."""
-    return os.path.join(os.getcwd(), _text(text))
-
-
-def _choice(mapping: Mapping[str, str]) -> Convert:
-    def convert(text: str) -> str:
-        if text not in mapping:
-            raise ValueError(f"is not one of {', '.join(mapping)}")
-        return mapping[text]
-
-    return convert
-
-
-IMAGE_TYPES = {"raw": "Raw", "qcow2": "Qcow2", "vhd": "FixedVhd", "vhdx": "Vhdx"}
-HOTPLUG_METHODS = {"acpi": "Acpi", "virtio-mem": "VirtioMem"}
-
-#: CLI option key -> (VmConfig key, converter), per flag. Keys not listed are refused: each
-#: listed one was checked to mean the same in cloud-hypervisor's CLI parser (vmm/src/config.rs)
-#: and in the OpenAPI ``VmConfig`` (including renames such as ``socket`` -> ``vhost_socket``).
-OPTION_KEYS: dict[str, dict[str, tuple[str, Convert]]] = {
-    "--cpus": {"boot": ("boot_vcpus", _int), "max": ("max_vcpus", _int)},
-    "--memory": {
-        "size": ("size", _bytes),
-        "mergeable": ("mergeable", _toggle),
-        "shared": ("shared", _toggle),
-        "hugepages": ("hugepages", _toggle),
-        "hugepage_size": ("hugepage_size", _bytes),
-        "hotplug_method": ("hotplug_method", _choice(HOTPLUG_METHODS)),
-        "hotplug_size": ("hotplug_size", _bytes),
-        "hotplugged_size": ("hotplugged_size", _bytes),
-        "prefault": ("prefault", _toggle),
-        "thp": ("thp", _toggle),
-    },
-    "--disk": {
-        "path": ("path", _path),
-        "readonly": ("readonly", _toggle),
-        "direct": ("direct", _toggle),
-        "iommu": ("iommu", _toggle),
-        "num_queues": ("num_queues", _int),
-        "queue_size": ("queue_size", _int),
-        "vhost_user": ("vhost_user", _toggle),
-        "socket": ("vhost_socket", _path),
-        "id": ("id", _text),
-        "serial": ("serial", _text),
-        "pci_segment": ("pci_segment", _int),
-        "image_type": ("image_type", _choice(IMAGE_TYPES)),
-        "sparse": ("sparse", _toggle),
-        "backing_files": ("backing_files", _toggle),
-    },
-    "--net": {
-        "tap": ("tap", _text),
-        "ip": ("ip", _text),
-        "mask": ("mask", _text),
-        "mac": ("mac", _text),
-        "host_mac": ("host_mac", _text),
-        "mtu": ("mtu", _int),
-        "iommu": ("iommu", _toggle),
-        "num_queues": ("num_queues", _int),
-        "queue_size": ("queue_size", _int),
-        "id": ("id", _text),
-        "vhost_user": ("vhost_user", _toggle),
-        "socket": ("vhost_socket", _path),
-        "vhost_mode": ("vhost_mode", _choice({"client": "Client", "server": "Server"})),
-        "pci_segment": ("pci_segment", _int),
-    },
-    "--fs": {
-        "tag": ("tag", _text),
-        "socket": ("socket", _path),
-        "num_queues": ("num_queues", _int),
-        "queue_size": ("queue_size", _int),
-        "id": ("id", _text),
-        "pci_segment": ("pci_segment", _int),
-    },
-    "--vsock": {
-        "cid": ("cid", _int),
-        "socket": ("socket", _path),
-        "iommu": ("iommu", _toggle),
-        "id": ("id", _text),
-        "pci_segment": ("pci_segment", _int),
-    },
-    "--balloon": {
-        "size": ("size", _bytes),
-        "deflate_on_oom": ("deflate_on_oom", _toggle),
-        "free_page_reporting": ("free_page_reporting", _toggle),
-        "id": ("id", _text),
-    },
-    "--device": {
-        "path": ("path", _path),
-        "iommu": ("iommu", _toggle),
-        "id": ("id", _text),
-        "pci_segment": ("pci_segment", _int),
-    },
-    "--rng": {"src": ("src", _path), "iommu": ("iommu", _toggle)},
-    "--platform": {
-        "num_pci_segments": ("num_pci_segments", _int),
-        "iommu_address_width": ("iommu_address_width_bits", _int),
-        "serial_number": ("serial_number", _text),
-        "uuid": ("uuid", _text),
-        "system_serial_number": ("system_serial_number", _text),
-        "system_uuid": ("system_uuid", _text),
-        "system_manufacturer": ("system_manufacturer", _text),
-        "system_product_name": ("system_product_name", _text),
-        "system_version": ("system_version", _text),
-        "system_family": ("system_family", _text),
-        "system_sku_number": ("system_sku_number", _text),
-        "chassis_asset_tag": ("chassis_asset_tag", _text),
-        "tdx": ("tdx", _toggle),
-        "sev_snp": ("sev_snp", _toggle),
-    },
-}
-#: cloud-hypervisor's defaults for FsConfig (vm_config.rs), which the API body must spell out.
-FS_DEFAULTS = {"num_queues": 1, "queue_size": 1024}
-#: Flags cloud-hypervisor accepts several values for (``--disk a b`` or ``--disk a --disk b``).
-LIST_FLAGS = {"--disk": "disks", "--net": "net", "--fs": "fs", "--device": "devices"}
-SINGLE_FLAGS = {"--vsock": "vsock", "--balloon": "balloon", "--rng": "rng"}
-PAYLOAD_FLAGS = {"--kernel": "kernel", "--initramfs": "initramfs", "--firmware": "firmware"}
-SWITCHES = {"--watchdog": "watchdog", "--pvpanic": "pvpanic"}
-#: Flags about the cloud-hypervisor process, not the VM: passed on when not the default.
-PROCESS_FLAGS = {"--seccomp": "true", "--log-file": None}
 #: Launcher-table keys the wrapper takes from the config: how to run, not what to run.
 CONFIG_LAUNCHER_KEYS = RUNTIME_SETTINGS | {"timeout", "runtime_dir"}
-PASS_THROUGH = ({"--version"}, {"-V"}, {"--help"}, {"-h"})
-_CONSOLE_WORDS = ("off", "null", "pty", "tty")
-
-
-# --------------------------------------------------------------------------- option strings
-
-
-def split_options(text: str) -> list[str]:
-    """cloud-hypervisor's ``split_commas``: commas inside ``[...]`` do not split."""
-    parts, depth, current = [], 0, ""
-    for char in text.strip():
-        if char == "[":
-            depth += 1
-        elif char == "]":
-            depth -= 1
-            if depth < 0:
-                raise ValueError("unbalanced ']'")
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    if depth:
-        raise ValueError("unbalanced '['")
-    parts.append(current)
-    return parts
-
-
-def parse_options(flag: str, text: str) -> dict[str, str]:
-    """``key=value,...`` as cloud-hypervisor parses it (values trimmed; a later key wins).
-
-    Double quotes are refused: cloud-hypervisor up to v47 deletes them and later versions keep
-    them, so their meaning depends on the binary's version.
-    """
-    if '"' in text:
-        raise UntranslatableArgument(
-            flag, "double quotes mean different things to different cloud-hypervisor versions"
-        )
-    try:
-        parts = split_options(text) if text.strip() else []
-    except ValueError as error:
-        raise UntranslatableArgument(flag, f"invalid option syntax ({error})") from None
-    out: dict[str, str] = {}
-    for part in parts:
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise UntranslatableArgument(flag, f"option {key!r} needs a value (key=value)")
-        out[key] = value.strip()
-    return out
-
-
-def typed_options(flag: str, text: str) -> dict[str, Any]:
-    """One flag's option string as VmConfig JSON, every key checked against :data:`OPTION_KEYS`."""
-    table = OPTION_KEYS[flag]
-    out: dict[str, Any] = {}
-    for key, value in parse_options(flag, text).items():
-        if key not in table:
-            known = ", ".join(table)
-            raise UntranslatableArgument(
-                flag, f"option {key!r} is not translated (translated: {known})"
-            )
-        json_key, convert = table[key]
-        if not value:
-            # OptionParser.get() treats an empty value as unset: the default applies.
-            continue
-        try:
-            out[json_key] = convert(value)
-        except ValueError as error:
-            raise UntranslatableArgument(flag, f"{key}={value!r} {error}") from None
-    return out
-
-
-def oem_string_list(text: str) -> list[str]:
-    """``[s1,s2]`` -> strings; an empty string is refused (it corrupts the SMBIOS table)."""
-    inner = text.strip()
-    if inner.startswith("[") and inner.endswith("]"):
-        inner = inner[1:-1]
-    if "[" in inner or "]" in inner:
-        raise UntranslatableArgument("--platform", "nested brackets in oem_strings")
-    strings = inner.split(",") if inner else []
-    if any(not s for s in strings):
-        raise UntranslatableArgument("--platform", "an empty OEM string")
-    return strings
-
-
-def console_setting(flag: str, text: str) -> str:
-    """``--serial``/``--console`` as the launcher's ``off|null|tty|pty|file:P|socket:P``."""
-    options = parse_options_loose(flag, text)
-    modes = [word for word in _CONSOLE_WORDS if word in options]
-    paths = [key for key in ("file", "socket") if key in options]
-    unknown = set(options) - set(_CONSOLE_WORDS) - {"file", "socket"}
-    if unknown:
-        raise UntranslatableArgument(flag, f"option {sorted(unknown)[0]!r} is not translated")
-    if len(modes) + len(paths) != 1:
-        raise UntranslatableArgument(flag, "needs exactly one of off|null|pty|tty|file=|socket=")
-    if modes:
-        if options[modes[0]]:
-            raise UntranslatableArgument(flag, f"{modes[0]} takes no value")
-        return modes[0]
-    key = paths[0]
-    try:
-        return f"{key}:{_path(options[key])}"
-    except ValueError as error:
-        raise UntranslatableArgument(flag, f"{key} {error}") from None
-
-
-def parse_options_loose(flag: str, text: str) -> dict[str, str]:
-    """Like :func:`parse_options`, but words without ``=`` are allowed (``tty``, ``off``)."""
-    if '"' in text:
-        raise UntranslatableArgument(flag, "double quotes are not translated")
-    out: dict[str, str] = {}
-    for part in split_options(text) if text.strip() else []:
-        key, _, value = part.partition("=")
-        out[key] = value.strip()
-    return out
-
-
-def api_socket_path(text: str) -> str:
-    """``--api-socket path=P``, ``fd=N`` or a bare path (cloud-hypervisor's main.rs)."""
-    if text.startswith("fd="):
-        raise UntranslatableArgument(
-            "--api-socket", "fd= is not translated (the wrapper must create the socket)"
-        )
-    if text.startswith("path="):
-        text = text[len("path=") :].split(",", 1)[0]
-    try:
-        return _path(text)
-    except ValueError:
-        raise UntranslatableArgument("--api-socket", "empty path") from None
-
-
-# --------------------------------------------------------------------------- the argv
-
-
-@dataclass
-class Invocation:
-    """A cloud-hypervisor command line, translated."""
-
-    settings: dict[str, Any] = field(default_factory=dict)
-    """The launcher table (see launchers/vmspec.py) for what the launcher builds itself."""
-    overlay: dict[str, Any] = field(default_factory=dict)
-    """VmConfig keys the launcher table has no words for (vsock, balloon, watchdog, ...)."""
-    oem_strings: list[str] = field(default_factory=list)
-    """The OEM strings of ``--platform`` (microvm.nix's ``vmm.notify_socket`` among them)."""
-    api_socket: str | None = None
-    process_args: list[str] = field(default_factory=list)
-
-    @property
-    def memory(self) -> dict[str, Any]:
-        memory: dict[str, Any] = self.overlay.get("memory", {})
-        return memory
-
-    def confidential(self) -> bool:
-        platform = self.settings.get("platform", {})
-        return any(platform.get(key) for key in _CONFIDENTIAL)
-
-
-def _split_flag(arg: str) -> tuple[str, str | None]:
-    if arg.startswith("--") and "=" in arg:
-        name, _, value = arg.partition("=")
-        return name, value
-    return arg, None
-
-
-def parse_argv(argv: Sequence[str]) -> Invocation:
-    """Translate cloud-hypervisor's argv (without ``argv[0]``), refusing what has no faithful
-    equivalent in a ``vm.create`` body."""
-    values: dict[str, list[str]] = {}
-    switches: set[str] = set()
-    index = 0
-    while index < len(argv):
-        name, inline = _split_flag(argv[index])
-        index += 1
-        if name in SWITCHES:
-            if inline is not None:
-                raise UntranslatableArgument(name, "takes no value")
-            switches.add(name)
-            continue
-        if name == "--verbose" or (name.startswith("-v") and set(name[1:]) == {"v"}):
-            raise UntranslatableArgument(
-                name,
-                "refused: at -v cloud-hypervisor logs the whole VM config, credentials included",
-            )
-        known = (
-            name in OPTION_KEYS
-            or name in PAYLOAD_FLAGS
-            or name in PROCESS_FLAGS
-            or name in {"--cmdline", "--serial", "--console", "--api-socket"}
-        )
-        if not known:
-            raise UntranslatableArgument(name, "is not translated into the cloud-hypervisor API")
-        given: list[str] = []
-        if inline is not None:
-            given.append(inline)
-        elif index < len(argv):
-            given.append(argv[index])
-            index += 1
-        else:
-            raise UntranslatableArgument(name, "needs a value")
-        if name in LIST_FLAGS:
-            # clap's num_args(1..): further words up to the next flag are more values.
-            while index < len(argv) and not argv[index].startswith("-"):
-                given.append(argv[index])
-                index += 1
-        elif name in values:
-            raise UntranslatableArgument(name, "given twice (cloud-hypervisor takes it once)")
-        values.setdefault(name, []).extend(given)
-    return _translate(values, switches)
-
-
-def _translate(values: Mapping[str, list[str]], switches: set[str]) -> Invocation:
-    inv = Invocation()
-    settings, overlay = inv.settings, inv.overlay
-
-    def one(flag: str) -> str | None:
-        return values[flag][0] if flag in values else None
-
-    for flag, key in PAYLOAD_FLAGS.items():
-        if (value := one(flag)) is not None:
-            try:
-                settings[key] = _path(value)
-            except ValueError:
-                raise UntranslatableArgument(flag, "empty path") from None
-    if (cmdline := one("--cmdline")) is not None:
-        settings["cmdline"] = cmdline
-    if "kernel" not in settings and "firmware" not in settings:
-        raise UntranslatableArgument("--kernel", "missing: no --kernel or --firmware given")
-
-    cpus = typed_options("--cpus", one("--cpus") or "boot=1")
-    boot = cpus.get("boot_vcpus", 1)
-    settings["cpus"] = boot
-    overlay["cpus"] = {"boot_vcpus": boot, "max_vcpus": cpus.get("max_vcpus", boot)}
-
-    memory = typed_options("--memory", one("--memory") or "size=512M")
-    memory.setdefault("size", 512 << 20)
-    settings["memory"] = memory["size"]
-    overlay["memory"] = memory
-
-    disks = [typed_options("--disk", text) for text in values.get("--disk", [])]
-    settings["disks"] = [_disk_setting(disk) for disk in disks]
-    for text in values.get("--net", []):
-        if "fd" in parse_options("--net", text):
-            raise UntranslatableArgument(
-                "--net",
-                "fd= (a macvtap interface) is not translated: cloud-hypervisor ignores file "
-                "descriptors in a vm.create body; use a tap interface",
-            )
-    settings["net"] = [typed_options("--net", text) for text in values.get("--net", [])]
-    fs = [{**FS_DEFAULTS, **typed_options("--fs", t)} for t in values.get("--fs", [])]
-    for entry in fs:
-        if "tag" not in entry or "socket" not in entry:
-            raise UntranslatableArgument("--fs", "needs tag= and socket=")
-    if fs:
-        overlay["fs"] = fs
-    devices = [typed_options("--device", text) for text in values.get("--device", [])]
-    if devices:
-        overlay["devices"] = devices
-    for flag, key in SINGLE_FLAGS.items():
-        if (single := one(flag)) is not None:
-            overlay[key] = typed_options(flag, single)
-    if "vsock" in overlay and not {"cid", "socket"} <= set(overlay["vsock"]):
-        raise UntranslatableArgument("--vsock", "needs cid= and socket=")
-    if "balloon" in overlay and "size" not in overlay["balloon"]:
-        raise UntranslatableArgument("--balloon", "needs size=")
-    for flag, key in SWITCHES.items():
-        if flag in switches:
-            overlay[key] = True
-
-    settings["serial"] = console_setting("--serial", one("--serial") or "null")
-    settings["console"] = console_setting("--console", one("--console") or "tty")
-
-    if (platform_text := one("--platform")) is not None:
-        raw = parse_options("--platform", platform_text)
-        if "oem_strings" in raw:
-            inv.oem_strings = oem_string_list(raw.pop("oem_strings"))
-        rest = ",".join(f"{k}={v}" for k, v in raw.items())
-        platform = typed_options("--platform", rest)
-        if platform:
-            settings["platform"] = platform
-
-    if (socket_text := one("--api-socket")) is not None:
-        inv.api_socket = api_socket_path(socket_text)
-    for flag, default in PROCESS_FLAGS.items():
-        if (value := one(flag)) is not None and value != default:
-            inv.process_args += [flag, value]
-    return inv
-
-
-def _disk_setting(disk: dict[str, Any]) -> dict[str, Any]:
-    if "path" not in disk:
-        raise UntranslatableArgument("--disk", "needs path= (vhost-user disks are not translated)")
-    return disk
 
 
 # --------------------------------------------------------------------------- the launcher
@@ -530,6 +74,9 @@ class WrapperLauncher(CloudHypervisorLauncher):
     def __init__(self, context: LauncherContext, invocation: Invocation) -> None:
         super().__init__(context)
         self.invocation = invocation
+        self.late_nets: list[tuple[dict[str, Any], list[int]]] = []
+        """Interfaces sent with ``vm.add-net`` after ``vm.create``: every ``--net``, in order,
+        when one has file descriptors (cloud-hypervisor drops fds sent with vm.create)."""
 
     def _socket(self, default: Path) -> Path:
         return Path(self.invocation.api_socket) if self.invocation.api_socket else default
@@ -544,10 +91,9 @@ class WrapperLauncher(CloudHypervisorLauncher):
         inv = self.invocation
         credential_fs = body.pop("fs", [])
         body.update({k: v for k, v in inv.overlay.items() if k not in {"memory", "fs"}})
-        memory = dict(inv.memory)
-        if credential_fs and not memory.get("hugepages"):
-            # vhost-user (the credentials' virtiofs share) needs memory shared with virtiofsd.
-            memory["shared"] = True
+        body["payload"].update(inv.payload)
+        body["console"].update(inv.console_pci)
+        memory = _shared_for_virtiofs(inv.memory, self.target.name) if credential_fs else inv.memory
         body["memory"] = memory
         fs = [*inv.overlay.get("fs", []), *credential_fs]
         if fs:
@@ -563,8 +109,35 @@ class WrapperLauncher(CloudHypervisorLauncher):
             platform["oem_strings"] = strings
         if not platform:
             del body["platform"]
+        nets = body.get("net", [])
+        fds = inv.net_fds
+        checked = {
+            **body,
+            "net": [{**n, "fds": f} if f else n for n, f in zip(nets, fds, strict=True)],
+        }
+        if problem := create_rule_broken(checked, machine()):
+            raise ConfigError(
+                f"cloud-hypervisor would refuse this VM: {problem}", key=self.target.name
+            )
+        self.late_nets = []
+        if any(fds):
+            self.late_nets = [(net, f or []) for net, f in zip(body.pop("net"), fds, strict=True)]
         socket_path = self._socket(spec.socket)
         return LaunchSpec(self._argv(socket_path), body, socket_path)
+
+    def plan(self, credentials: Mapping[str, Secret | Pending]) -> Mapping[str, Any]:
+        plan = dict(super().plan(credentials))
+        add_net = [
+            {"method": "PUT", "endpoint": API_PREFIX + "vm.add-net", "body": net, "fds": fds}
+            for net, fds in self.late_nets
+        ]
+        plan["requests"] = [*plan["requests"][:2], *add_net, *plan["requests"][2:]]
+        return plan
+
+    def _after_create(self, api: ApiClient) -> None:
+        for net, fds in self.late_nets:
+            # The file descriptors travel as SCM_RIGHTS with the request (http_endpoint.rs).
+            api.put("vm.add-net", json.dumps(net).encode(), fds=fds)
 
     def _argv(self, socket_path: Path) -> list[str]:
         return [self.binary, "--api-socket", f"path={socket_path}", *self.invocation.process_args]
@@ -588,6 +161,28 @@ class WrapperLauncher(CloudHypervisorLauncher):
         return super().launch(deliveries)
 
 
+def _shared_for_virtiofs(memory: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """``memory`` changed so that virtiofsd can map the guest's RAM (the credentials' share is
+    vhost-user): shared, and so not mergeable, which cloud-hypervisor refuses together. With
+    ``size=0`` the RAM is the zones', so each zone is. Hugepages are shared already."""
+    out = {**memory, "zones": [dict(zone) for zone in memory.get("zones", [])]}
+    if not out["zones"]:
+        del out["zones"]
+    parts = out["zones"] if memory.get("size") == 0 and out.get("zones") else [out]
+    merged = False
+    for part in parts:
+        if not part.get("hugepages") and not part.get("shared"):
+            part["shared"] = True
+            merged |= bool(part.pop("mergeable", False))
+    if merged:
+        log.info(
+            "VM %s: memory shared with virtiofsd for the credentials' share, so mergeable=on "
+            "(KSM) is turned off",
+            name,
+        )
+    return out
+
+
 def _clear_stale_socket(path: Path) -> None:
     """What microvm.nix's preStart does (``rm -f SOCKET``), but only ever to a socket."""
     try:
@@ -597,6 +192,20 @@ def _clear_stale_socket(path: Path) -> None:
     if not stat.S_ISSOCK(info.st_mode):
         raise LaunchError(f"--api-socket {path} exists and is not a socket; refusing to replace it")
     path.unlink()
+
+
+def check_inherited_fds(invocation: Invocation) -> None:
+    """Every ``--net fd=`` names a descriptor this process inherited. Checked first thing:
+    a number the wrapper itself opened later would be some other file."""
+    for fd in (fd for fds in invocation.net_fds for fd in fds or ()):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise UntranslatableArgument(
+                "--net",
+                f"fd {fd} is not open (microvm-run opens a macvtap interface's queues "
+                "before it execs cloud-hypervisor)",
+            ) from None
 
 
 def real_binary(environ: Mapping[str, str]) -> str:
@@ -646,6 +255,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> int:
         binary = real_binary(environ)
         os.execv(shutil.which(binary) or binary, [binary, *argv])  # noqa: S606 (no secrets)
     invocation = parse_argv(argv)
+    if not plan:
+        check_inherited_fds(invocation)
     name = environ.get(VM_ENV)
     if not name:
         raise ConfigError(

@@ -102,9 +102,23 @@ _CONSOLE_MODE = {
 class _UnixHTTPConnection(http.client.HTTPConnection):
     """``http.client`` over an AF_UNIX stream socket (cloud-hypervisor's API socket)."""
 
-    def __init__(self, path: Path, timeout: float) -> None:
+    def __init__(self, path: Path, timeout: float, fds: Sequence[int] = ()) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
+        self._fds = list(fds)
+
+    def send(self, data: Any) -> None:
+        """The request's first bytes carry ``fds`` (SCM_RIGHTS), as cloud-hypervisor's HTTP
+        server expects for ``vm.add-net`` (it reads each request with its ancillary data)."""
+        if not self._fds or not isinstance(data, bytes):
+            super().send(data)
+            return
+        if self.sock is None:
+            self.connect()
+        assert self.sock is not None
+        fds, self._fds = self._fds, []
+        sent = socket.send_fds(self.sock, [data], fds)
+        self.sock.sendall(data[sent:])
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -130,8 +144,10 @@ class ApiClient:
         self.timeout = timeout
         self.redactor = redactor if redactor is not None else Redactor(min_length=1)
 
-    def call(self, method: str, endpoint: str, body: bytes | None = None) -> tuple[int, bytes]:
-        connection = _UnixHTTPConnection(self.path, self.timeout)
+    def call(
+        self, method: str, endpoint: str, body: bytes | None = None, fds: Sequence[int] = ()
+    ) -> tuple[int, bytes]:
+        connection = _UnixHTTPConnection(self.path, self.timeout, fds)
         try:
             headers = {"Accept": "application/json"}
             if body is not None:
@@ -158,9 +174,9 @@ class ApiClient:
             return False
         return status == 200
 
-    def put(self, endpoint: str, body: bytes | None = None) -> None:
+    def put(self, endpoint: str, body: bytes | None = None, fds: Sequence[int] = ()) -> None:
         try:
-            status, answer = self.call("PUT", endpoint, body)
+            status, answer = self.call("PUT", endpoint, body, fds)
         except AnswerRefused as error:
             raise LaunchError(
                 f"cloud-hypervisor API PUT {API_PREFIX}{endpoint}: the answer {error.reason}"
@@ -613,6 +629,8 @@ class CloudHypervisorLauncher(Launcher):
                 for oem in channel.oem_strings:
                     oem.wipe()
             rt.check()
+            self._after_create(api)
+            rt.check()
             api.put("vm.boot")
         except LaunchError as error:
             if not isinstance(error, LaunchInterrupted) and process.poll() is None:
@@ -621,6 +639,9 @@ class CloudHypervisorLauncher(Launcher):
             raise
         log.info("VM %s booted with credentials: %s", vm.name, ", ".join(channel.names) or "none")
         return rt.wait()
+
+    def _after_create(self, api: ApiClient) -> None:
+        """Requests between ``vm.create`` and ``vm.boot``: none here (see the wrapper)."""
 
     def _wait_ping(self, rt: VmRuntime, api: ApiClient, process: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + self.vm.timeout

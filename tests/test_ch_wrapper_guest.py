@@ -1,7 +1,7 @@
 """End to end: microvm.nix's cloud-hypervisor argv -> credbridge-cloud-hypervisor -> a real guest.
 
-The wrapper is started the way microvm-run execs cloud-hypervisor (the argv of a runner
-shape from tests/fixtures/microvm-cloud-hypervisor-argv.json, the working directory as
+The wrapper is started the way microvm-run execs cloud-hypervisor (the argv microvm.nix's own
+runner gives, evaluated from ../shared/vendor/microvm.nix, the working directory as
 microvm@NAME.service's), its "real" binary being the API stand-in in boot mode
 (tests/support/ch_standin.py: a stand-in for cloud-hypervisor's API, not cloud-hypervisor),
 which boots the requested kernel/initramfs under QEMU (TCG) with ``platform.oem_strings`` as
@@ -31,6 +31,8 @@ from support.ch_harness import (
     read_records,
     write_standin,
 )
+from support.microvm_runner import runner_argv
+from support.nixeval import to_nix
 from test_ch_wrapper import SECRETS, _scan_all_cmdlines, secret_forms, write_vm_config
 
 pytestmark = [pytest.mark.guest]
@@ -55,25 +57,24 @@ def guest_image() -> GuestImage:
     return ensure_guest()
 
 
-def runner_argv(image: GuestImage, cmdline_extra: str, shares: list[str]) -> list[str]:
-    """The runner's argv (lib/runners/cloud-hypervisor.nix @0581c740) for vcpu = 1, mem = 512,
-    vsock.cid = 3, balloon = true (initialBalloonMem = 0), storeOnDisk = false, no volumes, the
-    given virtiofs shares, socket = "test-vm.sock"; kernelParams drive the in-guest probe."""
-    shared = "on" if shares else "off"
-    argv = [
-        "--cpus", "boot=1", "--watchdog",
-        "--kernel", str(image.kernel), "--initramfs", str(image.initramfs),
-        "--cmdline", f"earlyprintk=ttyS0 console=ttyS0 reboot=t panic=-1 {cmdline_extra}",
-        "--seccomp", "true",
-        "--memory", f"mergeable=on,shared={shared},size=512M",
-        "--platform", "oem_strings=[io.systemd.credential:vmm.notify_socket=vsock-stream:2:8888]",
-        "--console", "null", "--serial", "tty",
-        "--vsock", "cid=3,socket=notify.vsock",
-        "--balloon", "deflate_on_oom=on,free_page_reporting=on,size=0M",
-    ]  # fmt: skip
-    if shares:
-        argv += ["--fs", *(f"socket={s},tag={s}" for s in shares)]
-    return [*argv, "--api-socket", "test-vm.sock"]
+def guest_runner_argv(image: GuestImage, cmdline_extra: str, workdir: Path) -> list[str]:
+    """The vendored microvm.nix runner's argv for vcpu = 1, mem = 512, vsock.cid = 3,
+    balloon = true, storeOnDisk = false, no volumes or shares, the test guest's kernel and
+    initramfs as the kernel and initrd packages; kernelParams drive the in-guest probe."""
+    kernel, initrd = workdir / "kernel-dev", workdir / "initrd"
+    for package, name, target in (
+        (kernel, "vmlinux", image.kernel),
+        (initrd, "initrd", image.initramfs),
+    ):
+        package.mkdir(exist_ok=True)
+        (package / name).unlink(missing_ok=True)
+        (package / name).symlink_to(target)
+    options = (
+        "{ microvm.vsock.cid = 3; microvm.balloon = true; microvm.storeOnDisk = false; "
+        f"microvm.kernelParams = [ {to_nix(cmdline_extra)} ]; }}"
+    )
+    paths = {"linux-dev": str(kernel), "initrd": str(initrd)}
+    return runner_argv(options, workdir, paths=paths)
 
 
 @needs_guest
@@ -88,7 +89,8 @@ def test_guest_reads_credentials_byte_exact(
     tag = "credbridge" if sink == "virtiofs" else None
     sink_table: Any = {"type": "virtiofs", "tag": tag} if tag else "oem-strings"
     config = write_vm_config(tmp_path, SECRETS, sink=sink_table)
-    argv = runner_argv(guest_image, kernel_cmdline(probe_cmdline(list(SECRETS), tag)), [])
+    extra = kernel_cmdline(probe_cmdline(list(SECRETS), tag))
+    argv = guest_runner_argv(guest_image, extra, workdir)
     env = {
         **os.environ,
         "CREDBRIDGE_VM": "test-vm",
@@ -131,7 +133,8 @@ def test_guest_reads_credentials_byte_exact(
     if sink == "oem-strings":
         assert set(SECRETS) <= report.listed, describe
     else:
-        # The runner said shared=off (no shares); the credentials' share needs it on.
+        # The runner said mergeable=on,shared=off (no shares); the credentials' share needs
+        # shared memory, which cloud-hypervisor refuses to merge.
         assert create["memory_shared"] is True
         assert create["fs_tags"] == ["credbridge"]
         assert report.virtiofs_files == dict.fromkeys(SECRETS, "0400"), describe

@@ -11,8 +11,8 @@ Then the same files go into the host guest (tests/guest/hostimage.py, the image 
 tests/test_host_guest.py: Debian 12, systemd 252 as PID 1, credbridge in a venv at
 /opt/credbridge, which is where ``${cfg.package}`` points here); the wrapper package is built
 in the guest by running its derivation's build command; the VM runner is what microvm.nix's
-``lib/runner.nix`` builds for a cloud-hypervisor VM (its command line from
-tests/fixtures/microvm-cloud-hypervisor-argv.json), with cloud-hypervisor's API stand-in in
+``lib/runner.nix`` builds for a cloud-hypervisor VM (its command line from the vendored runner,
+tests/support/microvm_runner.py), with cloud-hypervisor's API stand-in in
 recording mode as the "real" cloud-hypervisor. The guest reboots and the driver
 (tests/guest/nixos_scenario.py) reports what came up at boot; then a rotation and
 ``systemctl restart credbridge-deliver.service`` exercise ``onChange``.
@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,9 @@ if _TESTS_DIR not in sys.path:
 from guest.hostimage import CREDBRIDGE_VENV, ensure_host_guest  # noqa: E402
 from guest.hostrun import HostRun, run_host_guest  # noqa: E402
 from guest.image import GuestBuildError  # noqa: E402
+from support.microvm_runner import runner_argv  # noqa: E402
 from support.nixeval import REPO, evaluate, missing  # noqa: E402
 from support.nixos_system import NixosSystem, render_system, verify_root  # noqa: E402
-from test_ch_wrapper import CASES  # noqa: E402
 from test_host_guest import _missing as host_guest_missing  # noqa: E402
 from test_host_guest import recipe  # noqa: E402
 
@@ -142,12 +143,13 @@ def shell_arg(word: str) -> str:
 
 def runner_scripts(wrapper: str) -> dict[str, str]:
     """microvm.nix's runner for this VM (lib/runner.nix, lib/runners/cloud-hypervisor.nix):
-    the fixture ``defaults-store-disk`` (vcpu 1, 512 MiB, store disk, socket test-vm.sock, no
-    vsock) with ``platformOEMStrings = [ MICROVM_OEM ]``, which the runner renders as
+    the argv the vendored runner gives for the defaults (vcpu 1, 512 MiB, store disk, socket
+    test-vm.sock, no vsock) with ``platformOEMStrings = [ MICROVM_OEM ]``, which it renders as
     ``--platform oem_strings=[...]``; the cloud-hypervisor it execs is the VM's
     ``microvm.cloud-hypervisor.package`` -- the wrapper the module put there."""
-    argv = list(CASES["defaults-store-disk"]["argv"])
-    argv[argv.index("--platform") + 1] = f"oem_strings=[{MICROVM_OEM}]"
+    options = f'{{ microvm.cloud-hypervisor.platformOEMStrings = [ "{MICROVM_OEM}" ]; }}'
+    with tempfile.TemporaryDirectory(prefix="credbridge-runner-") as workdir:
+        argv = runner_argv(options, Path(workdir))
     command = " ".join(shell_arg(w) for w in [f"{wrapper}/bin/cloud-hypervisor", *argv])
     run = (
         "#!/bin/bash\n"

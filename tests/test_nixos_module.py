@@ -540,7 +540,8 @@ def test_wrapper_package_build_script_runs_credbridge(tmp_path: Path, tmpfs_dir:
     the "real" cloud-hypervisor (the API stand-in) with the VM's credentials in vm.create."""
     if not SPEC_PATH.is_file() and os.environ.get("CI") != "true":
         pytest.skip("the vendored cloud-hypervisor spec is missing")
-    from test_ch_wrapper import CASES, SECRETS, write_vm_config
+    from support.microvm_runner import runner_argv
+    from test_ch_wrapper import SECRETS, write_vm_config
 
     credbridge = tmp_path / "credbridge"
     (credbridge / "bin").mkdir(parents=True)
@@ -575,7 +576,7 @@ def test_wrapper_package_build_script_runs_credbridge(tmp_path: Path, tmpfs_dir:
     }
     env.pop("CREDBRIDGE_CLOUD_HYPERVISOR", None)
     proc = subprocess.Popen(
-        [str(out / "bin" / "cloud-hypervisor"), *CASES["defaults-store-disk"]["argv"]],
+        [str(out / "bin" / "cloud-hypervisor"), *runner_argv("{ }", workdir)],
         cwd=workdir,
         env=env,
         stderr=subprocess.PIPE,

@@ -8,7 +8,8 @@ tested against this program, started exactly the way the launcher starts the rea
 (tests write a small executable wrapper that adds the ``--standin-*`` options, and point the
 launcher's ``binary`` at it). It serves the endpoints the launcher uses on the UNIX socket —
 ``GET /api/v1/vmm.ping``, ``PUT /api/v1/vm.create``, ``vm.boot``, ``vm.shutdown``,
-``vmm.shutdown``, ``vm.power-button`` (noboot mode), ``GET vm.info`` — and checks every request against the vendored OpenAPI spec
+``vmm.shutdown``, ``vm.power-button`` (noboot mode), ``GET vm.info``, ``vm.add-net`` (cold, before
+``vm.boot``) — and checks every request against the vendored OpenAPI spec
 (unknown endpoint or method: 404/405; a ``vm.create`` body that is not a valid ``VmConfig``, or
 that carries keys the spec does not declare: 400).
 
@@ -47,6 +48,7 @@ does; SIGHUP ends it with 128+1, as a process killed by it.
 from __future__ import annotations
 
 import argparse
+import array
 import base64
 import binascii
 import contextlib
@@ -55,6 +57,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import socketserver
 import struct
 import subprocess
@@ -82,6 +85,7 @@ ENDPOINTS: dict[str, dict[str, dict[str, Any]]] = {
     "/vm.shutdown": {"put": {}},
     "/vmm.shutdown": {"put": {}},
     "/vm.power-button": {"put": {}},
+    "/vm.add-net": {"put": {"requestBody": True}},
 }
 """The endpoints served when no spec is given (their shape in the spec: no body but vm.create's)."""
 
@@ -293,6 +297,8 @@ class StandIn:
         """Exit status to take once the current answer is sent."""
         self.done = threading.Event()
         self.lock = threading.Lock()
+        self.kept_fds: list[int] = []
+        """Descriptors a net device took (vm.add-net), kept open as the VMM keeps them."""
 
     # ---------------------------------------------------------------- records
 
@@ -314,7 +320,22 @@ class StandIn:
 
     # ---------------------------------------------------------------- requests
 
-    def handle(self, method: str, path: str, body: bytes) -> tuple[int, bytes, dict[str, Any]]:
+    def handle(
+        self, method: str, path: str, body: bytes, files: list[int] | None = None
+    ) -> tuple[int, bytes, dict[str, Any]]:
+        """One request; ``files`` are the descriptors that came with it (SCM_RIGHTS), owned by
+        the stand-in from here on, as cloud-hypervisor's HTTP server owns them."""
+        files = files or []
+        try:
+            return self._handle(method, path, body, files)
+        finally:
+            for fd in files:
+                if fd not in self.kept_fds:
+                    os.close(fd)
+
+    def _handle(
+        self, method: str, path: str, body: bytes, files: list[int]
+    ) -> tuple[int, bytes, dict[str, Any]]:
         info: dict[str, Any] = {"method": method, "path": path}
         if not path.startswith(API) or "/" + path[len(API) :] not in self.paths:
             return 404, b"", info
@@ -327,7 +348,43 @@ class StandIn:
             info["problem"] = "body sent to an endpoint that takes none"
             return 400, b"unexpected body", info
         with self.lock:
+            if files and endpoint != "vm.add-net":
+                # vm.create drops net fds from the socket (http_endpoint.rs); other endpoints
+                # ignore their files.
+                info["ignored_fds"] = len(files)
+            if endpoint == "vm.add-net":
+                return self._add_net(body, info, files)
             return self._dispatch(endpoint, body, info)
+
+    def _add_net(
+        self, body: bytes, info: dict[str, Any], files: list[int]
+    ) -> tuple[int, bytes, dict[str, Any]]:
+        """cloud-hypervisor v53's ``VmAddNet``: the request's files become ``NetConfig.fds``
+        (fds in the body are ignored); before vm.boot the device is cold-added to the config
+        after ``VmConfig::validate`` (204), without a created VM it is 404."""
+        try:
+            net = json.loads(body)
+        except ValueError:
+            info["problem"] = "body is not JSON"
+            return 400, b"body is not JSON", info
+        problems = schema_problems(net, "NetConfig", self.spec) if self.spec is not None else []
+        if problems:
+            info["problem"] = "; ".join(problems)
+            return 400, ("invalid NetConfig: " + "; ".join(problems)).encode(), info
+        if self.config is None:
+            return 404, b"VmNotCreated", info
+        if self.state == "Running":
+            info["problem"] = "hotplug is not served by the stand-in"
+            return 500, b"hotplug is not served by the stand-in", info
+        info["net"] = {key: net[key] for key in ("tap", "mac", "num_queues") if key in net}
+        info["net_fds"] = [list(os.fstat(fd)[1:3]) for fd in files]  # (st_ino, st_dev)
+        queues = net.get("num_queues", 2)
+        if files and len(files) * 2 != queues:
+            info["problem"] = "VnetQueueFdMismatch"
+            return 400, b"VnetQueueFdMismatch", info
+        self.kept_fds.extend(files)
+        self.config.setdefault("net", []).append(net)
+        return 204, b"", info
 
     def _dispatch(
         self, endpoint: str, body: bytes, info: dict[str, Any]
@@ -360,6 +417,11 @@ class StandIn:
                 return 400, ("invalid VmConfig: " + "; ".join(problems)).encode(), info
             if self.config is not None:
                 return 500, b"VmAlreadyCreated", info
+            if rule := _create_time_rule(config):
+                # cloud-hypervisor validates the config on vm.create (VmConfig::validate) and
+                # answers 500 with the error; two rules credbridge's changes could break:
+                info["problem"] = rule
+                return 500, rule.encode(), info
             if self.options.standin_echo == "create":
                 info["problem"] = "echo requested"
                 return 400, echo_parts(config), info
@@ -520,14 +582,48 @@ class StandIn:
             self.socket.unlink()
 
 
+def _create_time_rule(config: dict[str, Any]) -> str | None:
+    """The two ``VmConfig::validate`` rules of cloud-hypervisor v53 (vmm/src/config.rs) that
+    memory.shared touches, written from that source independently of credbridge's copy."""
+    memory = config.get("memory", {})
+    zones = memory.get("zones") or []
+    if memory.get("shared") and memory.get("mergeable"):
+        return "InvalidSharedMemoryWithMergeable"
+    if any(zone.get("shared") and zone.get("mergeable") for zone in zones):
+        return "InvalidSharedMemoryWithMergeable"
+    shared = memory.get("shared") or memory.get("hugepages")
+    if not shared and memory.get("size") == 0:
+        shared = all(zone.get("shared") or zone.get("hugepages") for zone in zones)
+    if config.get("fs") and not shared:
+        return "VhostUserRequiresSharedMemory"
+    return None
+
+
 def _handler(standin: StandIn) -> type[http.server.BaseHTTPRequestHandler]:
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
+        def setup(self) -> None:
+            # cloud-hypervisor's HTTP server reads each request with recvmsg and keeps the
+            # descriptors sent with it (SCM_RIGHTS) as the request's files. Peeking takes a
+            # copy of them with the first bytes; the buffered reads that follow drop the
+            # kernel's own copy.
+            super().setup()
+            self.files: list[int] = []
+            # (socket.recv_fds would drop MSG_PEEK: it does not pass its flags on.)
+            space = socket.CMSG_SPACE(253 * 4)
+            with contextlib.suppress(OSError):
+                _, ancillary, _, _ = self.request.recvmsg(1, space, socket.MSG_PEEK)
+                for level, kind, data in ancillary:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        usable = len(data) - len(data) % 4
+                        self.files += array.array("i", data[:usable]).tolist()
+
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            status, answer, info = standin.handle(self.command, self.path, body)
+            files, self.files = self.files, []
+            status, answer, info = standin.handle(self.command, self.path, body, files)
             info["status"] = status
             standin.record(info)
             self.send_response(status)
