@@ -48,6 +48,7 @@ from credbridge.core import (
     SourceContext,
     SourceError,
 )
+from credbridge.core.settings import path_setting
 
 SCHEME = "clan-vars"
 ENCRYPTED_VAR = "secret"
@@ -331,9 +332,9 @@ def open_source(context: SourceContext) -> ClanVarsSource:
     workers = settings.get("concurrency", default)
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 256:
         raise fail("concurrency", "must be an integer from 1 to 256")
-    directory = Path(raw_directory).expanduser()
-    if not directory.is_absolute():
-        directory = context.config_dir / directory
+    directory = path_setting(
+        raw_directory, base=context.config_dir, file=config_file, key=f"{where}.directory"
+    )
     return ClanVarsSource(
         SopsRunner(sops_settings, context.resolve),
         Path(os.path.abspath(directory)),

@@ -48,7 +48,7 @@ from credbridge.core.fsutil import (
     write_new_file_at,
 )
 from credbridge.core.process import child_env
-from credbridge.core.settings import control_problem, seconds_setting
+from credbridge.core.settings import account_setting, control_problem, seconds_setting
 from credbridge.core.vm import check_size, check_unit_total
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,8 @@ class CredstoreSink(Sink):
 
         def text(key: str, default: str | None) -> str | None:
             value = settings.get(key, default)
-            if isinstance(value, int) and not isinstance(value, bool) and key in {"owner", "group"}:
-                return str(value)
+            if key in {"owner", "group"}:
+                return account_setting(value, file=label, key=f"{where}.{key}")
             if value is not None and not isinstance(value, str):
                 raise fail(key, "must be a string")
             if value is not None and (problem := control_problem(value)) is not None:

@@ -260,7 +260,7 @@ class KeyDocument:
         """Parse a stored document; ``ValueError`` (without any content) if it is not one."""
         try:
             data: Any = json.loads(value.reveal())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ValueError("stored key document is not valid JSON") from None
         if not isinstance(data, dict) or data.get("credbridge-document") != DOCUMENT_VERSION:
             raise ValueError("stored value is not a key document of a known version")

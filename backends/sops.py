@@ -70,7 +70,8 @@ from credbridge.core.fsutil import (
 )
 from credbridge.core.process import child_env
 from credbridge.core.remote import resolve_text
-from credbridge.core.settings import name_setting, path_setting, seconds_setting
+from credbridge.core.secret import TooDeep
+from credbridge.core.settings import expand_user, name_setting, path_setting, seconds_setting
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ def file_type(path: str, override: str | None = None) -> str:
 
 
 def _config_path(value: str, config_dir: Path) -> Path:
-    path = Path(value).expanduser()
+    """``value`` from the config dir, ``~`` expanded; :class:`ValueError` for an unknown user."""
+    path = expand_user(value)
     return Path(os.path.abspath(path if path.is_absolute() else config_dir / path))
 
 
@@ -609,6 +611,10 @@ def validate_reference(reference: Reference) -> None:
     text = str(reference)
     if "\x00" in reference.path:
         raise BadReference(text, "the path holds a NUL byte")
+    try:
+        expand_user(reference.path)
+    except ValueError as error:
+        raise BadReference(text, str(error)) from None
     kind = reference.option("type")
     if kind is not None and kind not in FILE_TYPES:
         raise BadReference(text, f"type must be one of {', '.join(FILE_TYPES)}")
@@ -622,6 +628,8 @@ def parse_document(raw: bytes, kind: str, what: str) -> Secret | SecretDocument:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidValue("", f"sops printed no JSON for {what}") from None
+    except RecursionError:
+        raise InvalidValue("", f"{what} is {TooDeep()}") from None
     if kind == "ini" and isinstance(data, dict) and data.get("DEFAULT") == {}:
         # sops adds an empty DEFAULT section; without it a one-section file needs no selector.
         del data["DEFAULT"]
@@ -637,7 +645,10 @@ class SopsSource(DocumentSource):
         self._files: dict[tuple[Path, str], Future[Secret | SecretDocument | SourceError]] = {}
 
     def _key(self, locator: Locator) -> tuple[Path, str]:
-        path = _config_path(locator.path, self.config_dir)
+        try:
+            path = _config_path(locator.path, self.config_dir)
+        except ValueError as error:
+            raise NotFound(str(locator), str(error)) from None
         return path, file_type(locator.path, locator.option("type"))
 
     def fetch_document(self, locator: Locator) -> Secret | SecretDocument:
@@ -852,6 +863,8 @@ class SopsStore(Store):
             data = json.loads(decrypted)
         except (ValueError, UnicodeDecodeError):
             raise InvalidValue("", f"sops printed no JSON for {self.path}") from None
+        except RecursionError:
+            raise InvalidValue("", f"{self.path} is {TooDeep()}") from None
         if not isinstance(data, dict):
             raise InvalidValue("", f"{self.path} does not hold a mapping of store keys")
         snapshot = (raw, data)
@@ -1031,7 +1044,10 @@ def open_store(context: StoreContext) -> SopsStore:
             file=config_file,
             key=f"{where}.path",
         )
-    path = _config_path(raw_path, context.config_dir)
+    try:
+        path = _config_path(raw_path, context.config_dir)
+    except ValueError as error:
+        raise ConfigError(str(error), file=config_file, key=f"{where}.path") from None
     if file_type(str(path)) not in {"yaml", "json"}:
         raise ConfigError(
             "the sops store file must end in .yaml, .yml or .json",

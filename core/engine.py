@@ -64,7 +64,14 @@ from credbridge.core.types import (
     Store,
     StoreContext,
 )
-from credbridge.core.units import UnitAction, act_on_units, select_units
+from credbridge.core.units import (
+    PendingRecord,
+    UnitAction,
+    act_on_units,
+    merge_actions,
+    pending_records,
+    select_units,
+)
 from credbridge.core.validation import check_reference, validate_config
 
 log = logging.getLogger(__name__)
@@ -111,6 +118,8 @@ class DeliveryReport:
     """Units to restart or reload because their credentials changed (see
     :meth:`Session.restart_changed`)."""
     warnings: list[str] = field(default_factory=list)
+    records: list[PendingRecord] = field(default_factory=list)
+    """Where the units still to act on are recorded until each is done (see core/units.py)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -208,6 +217,7 @@ class Session:
         self._store_guard = threading.Lock()
         self._run_locks: contextlib.ExitStack | None = None
         self._store_locked = False
+        self._lock_files: list[Path] = []
 
     def __enter__(self) -> Session:
         return self
@@ -274,6 +284,7 @@ class Session:
         """Hold what concurrent runs share: the sinks' lock files now, in one global order
         (sorted paths), and the store's run lock from its first use on (always last)."""
         paths = sorted({os.path.abspath(path) for sink in sinks for path in sink.lock_files()})
+        self._lock_files = [Path(path) for path in paths]
         with contextlib.ExitStack() as stack:
             for path in paths:
                 stack.enter_context(locked(Path(path), wait=self.lock_wait))
@@ -539,7 +550,18 @@ class Session:
                     report.warnings = self._link_warnings(targets, values)
                 if dry_run:
                     return report
-                self._commit(targets, sinks, values)
+                report.records = pending_records(self._lock_files)
+                pending = [a for record in report.records for a in record.read()]
+                if restart is False and pending:
+                    report.warnings.append(
+                        "still to restart after an interrupted delivery: "
+                        + ", ".join(dict.fromkeys(a.unit for a in pending))
+                        + " ('credbridge deliver' without --no-restart does it)"
+                    )
+                    report.records = []
+                else:
+                    report.units = merge_actions(report.units, pending)
+                self._commit(targets, sinks, values, on_committed=lambda: _record(report))
                 return report
             finally:
                 for target_values in values.values():
@@ -550,7 +572,15 @@ class Session:
         in order; failures are returned per unit (the delivery stays committed)."""
         if report.dry_run:
             return report.units
-        report.units = act_on_units(report.units)
+        # One at a time, each struck off the record once done: a stop in between leaves the
+        # rest recorded for the next run (and report.units says which ones, status planned).
+        for index, action in enumerate(report.units):
+            report.units[index] = act_on_units([action])[0]
+            for record in report.records:
+                try:
+                    record.strike(action, self.lock_wait)
+                except (CredbridgeError, OSError) as error:
+                    log.warning("cannot update %s: %s", record.path, _describe(error))
         return report.units
 
     def _owner(self, target: Target, spec: CredentialSpec) -> str:
@@ -675,6 +705,8 @@ class Session:
         targets: Sequence[Target],
         sinks: Mapping[str, Sink],
         values: Mapping[str, Mapping[str, Secret | Pending]],
+        *,
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
         staged: list[tuple[str, Staged]] = []
         committed: list[tuple[str, Staged]] = []
@@ -704,6 +736,8 @@ class Session:
                             name,
                             _describe(failure),
                         )
+                if on_committed is not None:
+                    on_committed()
         except BaseException as error:
             if committed and len(committed) == len(staged):
                 raise  # the deferred stop, delivered after a complete commit: nothing to undo
@@ -938,6 +972,18 @@ def _signals_deferred() -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         for held in dict.fromkeys(received):
             signal.raise_signal(held)
+
+
+def _record(report: DeliveryReport) -> None:
+    """Record the units a committed delivery still has to act on (before the first one)."""
+    if not report.units:
+        return
+    for record in report.records:
+        try:
+            record.write(report.units)
+        except (CredbridgeError, OSError) as error:
+            why = _describe(error)  # no traceback: the path and the reason are the whole story
+            log.error("cannot record the restarts still to do in %s: %s", record.path, why)  # noqa: TRY400
 
 
 def _public_text(value: Secret) -> str:

@@ -93,13 +93,18 @@ def exchange_at(dir_fd: int, a: str, b: str) -> None:
         raise OSError(err, os.strerror(err), f"{a} <-> {b}")
 
 
+def _numeric_id(text: str) -> bool:
+    # Only ASCII digits: int() also reads Arabic-Indic or fullwidth digits, names here.
+    return text.isascii() and text.isdigit()
+
+
 def resolve_owner(user: str | None, group: str | None) -> tuple[int, int]:
     """Numeric ids for names (or numbers given as text); -1 means 'leave unchanged'."""
     uid = gid = -1
     if user is not None:
-        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+        uid = int(user) if _numeric_id(user) else pwd.getpwnam(user).pw_uid
     if group is not None:
-        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        gid = int(group) if _numeric_id(group) else grp.getgrnam(group).gr_gid
     return uid, gid
 
 
