@@ -63,7 +63,9 @@ from credbridge.core import (
 )
 from credbridge.core.fsutil import (
     atomic_write,
+    is_temp_name,
     locked,
+    opened_dir,
     read_private_file,
     temp_name,
     write_new_file,
@@ -904,6 +906,25 @@ class SopsStore(Store):
 
     def location(self) -> str:
         return str(self.path)
+
+    def lock_file(self) -> Path:
+        """The run lock (``.NAME.run.lock``): a ``rotate`` waits for a ``deliver`` that read
+        the store until its commit. Not the write lock, which every write takes inside it."""
+        with _naming(f"sops store {self.path}"):
+            self._check_directory()
+        return self.path.parent / f".{self.path.name}.run.lock"
+
+    def recover(self) -> None:
+        """Remove the encrypted working copies (``.NAME.HEX.tmp``) of killed runs: they sit
+        beside the store, often inside a git checkout. Ours only, under the write lock."""
+        # temp_name(): ".NAME.<12 hex>.tmp" -- and not another store's ".NAME.other.<hex>.tmp".
+        own = re.compile(re.escape(f".{self.path.name}.") + r"[0-9a-f]{12}\.tmp")
+        with self._exclusive(), opened_dir(self.path.parent) as dir_fd:
+            for entry in os.listdir(dir_fd):
+                if own.fullmatch(entry) and is_temp_name(entry):
+                    log.info("removing %s left by an interrupted run", self.path.parent / entry)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry, dir_fd=dir_fd)
 
     # ------------------------------------------------------------------ writing
 

@@ -300,9 +300,7 @@ class Session:
                     self._store_locked = False
 
     def _lock_store(self, store: Store, stack: contextlib.ExitStack) -> None:
-        path = store.lock_file()
-        if path is not None:
-            stack.enter_context(locked(path, wait=self.lock_wait))
+        stack.enter_context(locked(store.lock_file(), wait=self.lock_wait))
         self._store_locked = True
         store.recover()
 
@@ -912,6 +910,7 @@ class _GuardedStore(Store):
 
     def __init__(self, store: Store, plugins: PluginManager, name: str) -> None:
         self._inner = store
+        self._name = name
         # OSError and ValueError are part of the Store contract (sources turn them into
         # typed errors naming the key); anything else is a bug in the store's plugin.
         self._guard = functools.partial(
@@ -938,9 +937,16 @@ class _GuardedStore(Store):
         with self._guard("location()"):
             return self._inner.location()
 
-    def lock_file(self) -> Path | None:
+    def lock_file(self) -> Path:
         with self._guard("lock_file()"):
-            return self._inner.lock_file()
+            path: object = self._inner.lock_file()
+        if not isinstance(path, Path):
+            # Plugins written for the API before lock_file() was required returned None.
+            raise PluginError(
+                f"store {self._name!r}: lock_file() returned no lock file; every store must "
+                "serialise rotate with deliver (docs/plugins.md, Store)"
+            )
+        return path
 
     def recover(self) -> None:
         with self._guard("recover()"):
