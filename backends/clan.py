@@ -48,6 +48,7 @@ from credbridge.core import (
     SourceContext,
     SourceError,
 )
+from credbridge.core.fsutil import open_dir
 from credbridge.core.settings import path_setting
 
 SCHEME = "clan-vars"
@@ -185,14 +186,16 @@ class ClanVarsSource(DocumentSource):
     ) -> tuple[Path, bytes]:
         """Open ``DIRECTORY/COMPONENTS.../LEAF`` one component at a time, following no symlink.
 
-        Each directory on the way (the clan directory included) must not be writable by every
-        user, nor belong to a user other than root, this process's user or the clan
-        directory's owner: anyone who could put a file there could choose the value, since
-        the recipients' public keys are in the repository.
+        Each directory on the way must not be writable by every user, nor belong to a user
+        other than root or this process's user: anyone who could put a file there could
+        choose the value, since the recipients' public keys are in the repository. The clan
+        directory and every directory above it are walked from ``/`` as the store is
+        (:func:`~credbridge.core.fsutil.open_dir`: refused with exit 13 when another user owns
+        one, or it is group- or world-writable, or a symlink).
         """
         path = self.directory
         try:
-            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = open_dir(self.directory)
         except FileNotFoundError:
             raise NotFound("", f"the clan directory {self.directory} does not exist") from None
         except NotADirectoryError:
@@ -202,9 +205,7 @@ class ClanVarsSource(DocumentSource):
         except PermissionError:
             raise Forbidden("", f"permission denied opening {self.directory}") from None
         try:
-            owner = os.fstat(fd).st_uid
-            trusted = {0, os.geteuid(), owner}
-            self._check_directory(fd, path, trusted)
+            trusted = {0, os.geteuid()}
             for name in components:
                 path = path / name
                 child = self._open_child(fd, name, path, directory=True)

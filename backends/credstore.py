@@ -224,8 +224,14 @@ class CredstoreSink(Sink):
 
     def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
         self.check()
+        # Values still to be generated count with their size known in advance (check, and
+        # deliver before it generates anything): a set over a limit is refused before it exists.
         self._check_limits(
-            {name: len(value) for name, value in credentials.items() if isinstance(value, Secret)}
+            {
+                name: size
+                for name, value in credentials.items()
+                if (size := Pending.size_of(value)) is not None
+            }
         )
         live, present = self._read_live(credentials)
         entries = []

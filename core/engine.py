@@ -526,7 +526,12 @@ class Session:
                 sinks[target.name].check()  # before anything is generated or written
         # A dry run writes nothing and takes no lock; it may see a set being replaced.
         with contextlib.nullcontext() if dry_run else self._locked_run(sinks.values()):
-            values, skipped = self.resolve_targets(targets, mode)
+            # Resolved as for a plan first: values still to be made (generated) are Pending,
+            # with their size when known, so a set the sinks refuse (over a size limit) is
+            # refused before anything is generated and persisted; then they are made.
+            values, skipped = self.resolve_targets(targets, Mode.DRY_RUN)
+            if mode is Mode.DELIVER:
+                self._make_pending(targets, sinks, values)
             point("engine.resolved")
             report = DeliveryReport(dry_run=dry_run, skipped=skipped)
             try:
@@ -564,6 +569,54 @@ class Session:
             finally:
                 for target_values in values.values():
                     _wipe(target_values.values())
+
+    def _make_pending(
+        self,
+        targets: Sequence[Target],
+        sinks: Mapping[str, Sink],
+        values: dict[str, dict[str, Secret | Pending]],
+    ) -> None:
+        """Replace the Pending values of a plan-mode resolution by real ones (generating and
+        persisting them), once every sink has accepted the set with their known sizes."""
+        wanted = [
+            (target, spec)
+            for target in targets
+            for spec in target.credentials
+            if isinstance(values[target.name].get(spec.name), Pending)
+        ]
+        if not wanted:
+            return
+        try:
+            for target in [t for t in targets if any(w is t for w, _spec in wanted)]:
+                with self.plugins.guard(SINK, target.sink, "plan()"):
+                    sinks[target.name].plan(values[target.name])
+            self._make(wanted, values)
+        except BaseException:
+            for target_values in values.values():
+                _wipe(target_values.values())
+            raise
+
+    def _make(
+        self,
+        wanted: Sequence[tuple[Target, CredentialSpec]],
+        values: dict[str, dict[str, Secret | Pending]],
+    ) -> None:
+        requests = [(t, spec, self._follow_links(spec, t)) for t, spec in wanted]
+        outcomes = self.resolve([request for _t, _s, request in requests], Mode.DELIVER)
+        failures: list[SourceError] = []
+        for target, spec, request in requests:
+            outcome = outcomes[request]
+            if isinstance(outcome, SourceError):
+                failures.append(outcome.for_credential(target.name, spec.name))
+            elif isinstance(outcome, Pending):
+                raise PluginError(
+                    f"source {request.reference.scheme!r} returned no value for "
+                    f"{request.reference} in a real run ({outcome.reason})"
+                )
+            else:
+                values[target.name][spec.name] = outcome
+        if failures:
+            raise ResolutionFailed(failures)
 
     def restart_changed(self, report: DeliveryReport) -> list[UnitAction]:
         """Restart or reload the units of a committed delivery (``report.units``), once each,

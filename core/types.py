@@ -108,6 +108,15 @@ class Pending:
     """A value that does not exist yet and would be created by a real run (dry-run only)."""
 
     reason: str
+    size: int | None = None
+    """How many bytes the value will have, when the source knows it in advance (a random
+    ``generate:`` value); sinks check their size limits with it (``check``, and ``deliver``
+    before anything is generated). ``None``: not known until the value exists."""
+
+    @staticmethod
+    def size_of(value: Secret | Pending) -> int | None:
+        """The size of a value, or of a value to be made (``None``: not known yet)."""
+        return value.size if isinstance(value, Pending) else len(value)
 
 
 Outcome = Secret | Pending | SourceError
