@@ -63,6 +63,7 @@ from credbridge.core import (
 )
 from credbridge.core.fsutil import (
     atomic_write,
+    check_trusted_file,
     is_temp_name,
     locked,
     opened_dir,
@@ -710,7 +711,9 @@ class SopsSource(DocumentSource):
     def _decrypt(self, path: Path, kind: str) -> Secret | SecretDocument:
         what = str(path)
         try:
-            os.stat(path)
+            # sops opens the file by name: its directories and the file itself must be ones
+            # only root or this user can change (exit 13 otherwise, as for the store).
+            check_trusted_file(path)
         except FileNotFoundError:
             raise NotFound("", f"no file {what}") from None
         except OSError as error:

@@ -1289,3 +1289,67 @@ def test_working_copies_of_a_killed_run_are_removed_by_the_next_run(
     assert sorted(p.name for p in secrets_dir.iterdir() if p.name.endswith(".tmp")) == sorted(
         decoys
     )
+
+
+# --------------------------------------------------------------------------- issue 19: planted files
+
+
+@pytest.mark.parametrize(
+    "case", ["file-of-nobody", "directory-of-nobody", "parent-writable", "sticky-root-directory"]
+)
+def test_a_sops_file_another_user_could_choose_is_refused(
+    keys: tuple[AgeKey, AgeKey], case: str
+) -> None:
+    """The recipients are public: whoever can put a file where a sops: reference points can
+    choose the value. A file or directory of ``nobody`` (made by nobody's own process), or a
+    directory every user may write, is refused with exit 13 naming it; a root-owned file in a
+    root-owned sticky directory (``/nix/store``, ``/tmp``) is read."""
+    import pwd
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("acting as another user needs root")
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="credbridge-sops-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        source = encrypt(base / "source.yaml", YAML.encode(), keys[0])
+        source.chmod(0o644)
+        directory = base / "secrets"
+        directory.mkdir(mode=0o755)
+        if case == "directory-of-nobody":
+            os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+        elif case == "parent-writable":
+            directory.chmod(0o777)
+        elif case == "sticky-root-directory":
+            directory.chmod(0o1777)
+        else:
+            directory.chmod(0o777 | 0o1000)
+        target = directory / "app.yaml"
+        if case in {"file-of-nobody", "directory-of-nobody"}:
+            subprocess.run(
+                ["/bin/cp", str(source), str(target)],
+                user=nobody.pw_uid,
+                group=nobody.pw_gid,
+                check=True,
+            )
+        else:
+            shutil.copy(source, target)
+        result = subprocess.run(
+            [*CLI, "get", f"sops:{target}#token"],
+            env={**os.environ, "SOPS_AGE_KEY_FILE": str(keys[0].path)},
+            capture_output=True,
+            check=False,
+        )
+        err = result.stderr.decode()
+        if case == "sticky-root-directory":
+            assert result.returncode == 0, err
+            assert result.stdout == b"top-level"
+            return
+        assert result.returncode == 13, err
+        assert result.stdout == b""
+        named = target if case == "file-of-nobody" else directory
+        assert err.startswith(f"credbridge: error: unsafe path {named}: owned by "), err
+        assert len(err.strip().splitlines()) == 1, err
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
