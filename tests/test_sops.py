@@ -1353,3 +1353,22 @@ def test_a_sops_file_another_user_could_choose_is_refused(
         assert len(err.strip().splitlines()) == 1, err
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("depth", [150, 1000])
+def test_a_sops_file_nested_too_deep_is_one_line(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, depth: int
+) -> None:
+    """What sops decrypts is parsed as JSON: nested 1000 deep it once raised RecursionError."""
+    nested = '{"a": ' * depth + '"leaf"' + "}" * depth
+    path = encrypt(tmp_path / "deep.json", nested.encode(), keys[0])
+    result = subprocess.run(
+        [*CLI, "get", f"sops:{path}#/a/a"],
+        env={**os.environ, "SOPS_AGE_KEY_FILE": str(keys[0].path)},
+        capture_output=True,
+        check=False,
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 5, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "nested deeper than 100 levels" in err and str(path) in err, err
