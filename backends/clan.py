@@ -63,7 +63,9 @@ from credbridge.core import (
     Timeout,
     Unreachable,
 )
+from credbridge.core.fsutil import open_dir
 from credbridge.core.process import child_env
+from credbridge.core.settings import path_setting
 
 SCHEME = "clan-vars"
 ENCRYPTED_VAR = "secret"
@@ -270,14 +272,16 @@ class ClanVarsSource(DocumentSource):
     ) -> tuple[Path, bytes]:
         """Open ``DIRECTORY/COMPONENTS.../LEAF`` one component at a time, following no symlink.
 
-        Each directory on the way (the clan directory included) must not be writable by every
-        user, nor belong to a user other than root, this process's user or the clan
-        directory's owner: anyone who could put a file there could choose the value, since
-        the recipients' public keys are in the repository.
+        Each directory on the way must not be writable by every user, nor belong to a user
+        other than root or this process's user: anyone who could put a file there could
+        choose the value, since the recipients' public keys are in the repository. The clan
+        directory and every directory above it are walked from ``/`` as the store is
+        (:func:`~credbridge.core.fsutil.open_dir`: refused with exit 13 when another user owns
+        one, or it is group- or world-writable, or a symlink).
         """
         path = self.directory
         try:
-            fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fd = open_dir(self.directory)
         except FileNotFoundError:
             raise NotFound("", f"the clan directory {self.directory} does not exist") from None
         except NotADirectoryError:
@@ -287,9 +291,7 @@ class ClanVarsSource(DocumentSource):
         except PermissionError:
             raise Forbidden("", f"permission denied opening {self.directory}") from None
         try:
-            owner = os.fstat(fd).st_uid
-            trusted = {0, os.geteuid(), owner}
-            self._check_directory(fd, path, trusted)
+            trusted = {0, os.geteuid()}
             for name in components:
                 path = path / name
                 child = self._open_child(fd, name, path, directory=True)
@@ -501,9 +503,9 @@ def open_source(context: SourceContext) -> ClanVarsSource:
     workers = settings.get("concurrency", default)
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 256:
         raise fail("concurrency", "must be an integer from 1 to 256")
-    directory = Path(raw_directory).expanduser()
-    if not directory.is_absolute():
-        directory = context.config_dir / directory
+    directory = path_setting(
+        raw_directory, base=context.config_dir, file=config_file, key=f"{where}.directory"
+    )
     return ClanVarsSource(
         SopsRunner(sops_settings, context.resolve),
         Path(os.path.abspath(directory)),

@@ -49,7 +49,7 @@ from credbridge.core.fsutil import (
     write_new_file_at,
 )
 from credbridge.core.process import child_env
-from credbridge.core.settings import control_problem, seconds_setting
+from credbridge.core.settings import account_setting, control_problem, seconds_setting
 from credbridge.core.vm import check_size, check_unit_total
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,8 @@ class CredstoreSink(Sink):
 
         def text(key: str, default: str | None) -> str | None:
             value = settings.get(key, default)
-            if isinstance(value, int) and not isinstance(value, bool) and key in {"owner", "group"}:
-                return str(value)
+            if key in {"owner", "group"}:
+                return account_setting(value, file=label, key=f"{where}.{key}")
             if value is not None and not isinstance(value, str):
                 raise fail(key, "must be a string")
             if value is not None and (problem := control_problem(value)) is not None:
@@ -225,8 +225,14 @@ class CredstoreSink(Sink):
 
     def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
         self.check()
+        # Values still to be generated count with their size known in advance (check, and
+        # deliver before it generates anything): a set over a limit is refused before it exists.
         self._check_limits(
-            {name: len(value) for name, value in credentials.items() if isinstance(value, Secret)}
+            {
+                name: size
+                for name, value in credentials.items()
+                if (size := Pending.size_of(value)) is not None
+            }
         )
         live, present = self._read_live(credentials)
         entries = []

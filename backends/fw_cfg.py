@@ -97,7 +97,7 @@ class FwCfgSink(VmSink):
             )
 
     def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
-        validate({n: len(v) if isinstance(v, Secret) else None for n, v in credentials.items()})
+        validate({n: Pending.size_of(v) for n, v in credentials.items()})
         return [
             PlanEntry(
                 name,

@@ -264,7 +264,7 @@ class KeyDocument:
         """Parse a stored document; ``ValueError`` (without any content) if it is not one."""
         try:
             data: Any = json.loads(value.reveal())
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ValueError("stored key document is not valid JSON") from None
         if not isinstance(data, dict) or data.get("credbridge-document") != DOCUMENT_VERSION:
             raise ValueError("stored value is not a key document of a known version")
@@ -386,6 +386,24 @@ def generate(reference: Reference) -> Secret:
     return Secret(raw)
 
 
+def generated_size(request: Request) -> int | None:
+    """The size of the value :func:`generate` will make (``None`` for keys: it varies)."""
+    reference = request.reference
+    kind = reference.path
+    if kind in KEY_KINDS:
+        return None
+    if kind == "uuid":
+        return 36
+    if kind == "password":
+        return reference.int_option("length", 32, minimum=1, maximum=4096)
+    size = reference.int_option("bytes", 32, minimum=1, maximum=65536)
+    if kind == "base64":
+        return 4 * -(-size // 3)
+    if kind == "hex":
+        return 2 * size
+    return size
+
+
 def store_key(request: Request) -> str | None:
     """Where a generated value lives: ``?id=KEY`` if given, else the owning credential."""
     return request.reference.option("id") or request.owner
@@ -475,7 +493,7 @@ class GenerateSource(RotatableSource):
         if mode is Mode.DRY_RUN:
             if _signed_by_ca(request):
                 self._ca(request, mode, stored)  # a missing CA fails the plan too
-            pending = Pending(f"new generated value, store key {key}")
+            pending = Pending(f"new generated value, store key {key}", generated_size(request))
             stored[key] = pending
             return pending
         value = store.create(key, self._fresh(request, stored))

@@ -99,9 +99,7 @@ class OemStringsSink(VmSink):
                 )
 
     def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
-        self.validate(
-            {n: len(v) if isinstance(v, Secret) else None for n, v in credentials.items()}
-        )
+        self.validate({n: Pending.size_of(v) for n, v in credentials.items()})
         return [
             PlanEntry(
                 name,

@@ -64,15 +64,18 @@ from credbridge.core import (
 )
 from credbridge.core.fsutil import (
     atomic_write,
+    check_trusted_file,
+    is_temp_name,
     locked,
+    opened_dir,
     read_private_file,
     temp_name,
     write_new_file,
 )
 from credbridge.core.process import OutputTooLarge, child_env, communicate
 from credbridge.core.remote import resolve_text
-from credbridge.core.secret import JSONNumber
-from credbridge.core.settings import name_setting, path_setting, seconds_setting
+from credbridge.core.secret import JSONNumber, TooDeep
+from credbridge.core.settings import expand_user, name_setting, path_setting, seconds_setting
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +161,8 @@ def file_type(path: str, override: str | None = None) -> str:
 
 
 def _config_path(value: str, config_dir: Path) -> Path:
-    path = Path(value).expanduser()
+    """``value`` from the config dir, ``~`` expanded; :class:`ValueError` for an unknown user."""
+    path = expand_user(value)
     return Path(os.path.abspath(path if path.is_absolute() else config_dir / path))
 
 
@@ -622,6 +626,10 @@ def validate_reference(reference: Reference) -> None:
     text = str(reference)
     if "\x00" in reference.path:
         raise BadReference(text, "the path holds a NUL byte")
+    try:
+        expand_user(reference.path)
+    except ValueError as error:
+        raise BadReference(text, str(error)) from None
     kind = reference.option("type")
     if kind is not None and kind not in FILE_TYPES:
         raise BadReference(text, f"type must be one of {', '.join(FILE_TYPES)}")
@@ -652,6 +660,8 @@ def parse_document(raw: bytes, kind: str, what: str) -> Secret | SecretDocument:
         )
     except (ValueError, UnicodeDecodeError):
         raise InvalidValue("", f"sops printed no JSON for {what}") from None
+    except RecursionError:
+        raise InvalidValue("", f"{what} is {TooDeep()}") from None
     if kind == "ini" and isinstance(data, dict) and data.get("DEFAULT") == {}:
         # sops adds an empty DEFAULT section; without it a one-section file needs no selector.
         del data["DEFAULT"]
@@ -667,7 +677,10 @@ class SopsSource(DocumentSource):
         self._files: dict[tuple[Path, str], Future[Secret | SecretDocument | SourceError]] = {}
 
     def _key(self, locator: Locator) -> tuple[Path, str]:
-        path = _config_path(locator.path, self.config_dir)
+        try:
+            path = _config_path(locator.path, self.config_dir)
+        except ValueError as error:
+            raise NotFound(str(locator), str(error)) from None
         return path, file_type(locator.path, locator.option("type"))
 
     def fetch_document(self, locator: Locator) -> Secret | SecretDocument:
@@ -727,7 +740,9 @@ class SopsSource(DocumentSource):
     def _decrypt(self, path: Path, kind: str) -> Secret | SecretDocument:
         what = str(path)
         try:
-            os.stat(path)
+            # sops opens the file by name: its directories and the file itself must be ones
+            # only root or this user can change (exit 13 otherwise, as for the store).
+            check_trusted_file(path)
         except FileNotFoundError:
             raise NotFound("", f"no file {what}") from None
         except OSError as error:
@@ -882,6 +897,8 @@ class SopsStore(Store):
             data = json.loads(decrypted)
         except (ValueError, UnicodeDecodeError):
             raise InvalidValue("", f"sops printed no JSON for {self.path}") from None
+        except RecursionError:
+            raise InvalidValue("", f"{self.path} is {TooDeep()}") from None
         if not isinstance(data, dict):
             raise InvalidValue("", f"{self.path} does not hold a mapping of store keys")
         snapshot = (raw, data)
@@ -921,6 +938,25 @@ class SopsStore(Store):
 
     def location(self) -> str:
         return str(self.path)
+
+    def lock_file(self) -> Path:
+        """The run lock (``.NAME.run.lock``): a ``rotate`` waits for a ``deliver`` that read
+        the store until its commit. Not the write lock, which every write takes inside it."""
+        with _naming(f"sops store {self.path}"):
+            self._check_directory()
+        return self.path.parent / f".{self.path.name}.run.lock"
+
+    def recover(self) -> None:
+        """Remove the encrypted working copies (``.NAME.HEX.tmp``) of killed runs: they sit
+        beside the store, often inside a git checkout. Ours only, under the write lock."""
+        # temp_name(): ".NAME.<12 hex>.tmp" -- and not another store's ".NAME.other.<hex>.tmp".
+        own = re.compile(re.escape(f".{self.path.name}.") + r"[0-9a-f]{12}\.tmp")
+        with self._exclusive(), opened_dir(self.path.parent) as dir_fd:
+            for entry in os.listdir(dir_fd):
+                if own.fullmatch(entry) and is_temp_name(entry):
+                    log.info("removing %s left by an interrupted run", self.path.parent / entry)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry, dir_fd=dir_fd)
 
     # ------------------------------------------------------------------ writing
 
@@ -1061,7 +1097,10 @@ def open_store(context: StoreContext) -> SopsStore:
             file=config_file,
             key=f"{where}.path",
         )
-    path = _config_path(raw_path, context.config_dir)
+    try:
+        path = _config_path(raw_path, context.config_dir)
+    except ValueError as error:
+        raise ConfigError(str(error), file=config_file, key=f"{where}.path") from None
     if file_type(str(path)) not in {"yaml", "json"}:
         raise ConfigError(
             "the sops store file must end in .yaml, .yml or .json",

@@ -18,7 +18,7 @@ from credbridge.core.errors import CredbridgeError, ExitCode, PluginFailed, prin
 
 if TYPE_CHECKING:
     from credbridge.core.config import Config
-    from credbridge.core.engine import Progress, Session
+    from credbridge.core.engine import DeliveryReport, Progress, Session
     from credbridge.core.fsutil import LockWait
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -34,6 +34,30 @@ class Terminated(SystemExit):
 
 def _terminate(signum: int, _frame: object) -> None:
     raise Terminated(signum)
+
+
+STDOUT_CLOSED = 128 + signal.SIGPIPE
+"""The exit status when the reader of stdout went away (``credbridge check | head -1``): what
+a shell shows for a tool that SIGPIPE stopped, without dying of it mid-run."""
+
+
+def stdout_closed() -> bool:
+    """Whether the reader of stdout is gone (a pipe or socket whose other end closed); if so,
+    stdout is pointed at /dev/null so that nothing later (the final flush) fails again."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        gone = any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (AttributeError, ValueError, OSError):
+        return False
+    if gone:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, fd)
+        os.close(null)
+    return gone
 
 
 class _Group(click.Group):
@@ -62,14 +86,24 @@ class _Group(click.Group):
             ctx.exit(128 + stop.signum)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
+        except BrokenPipeError as error:
+            if not stdout_closed():
+                self._internal(ctx, error)
+            # Like any filter whose reader left (head, grep -q): no message, and all work that
+            # wrote something (a delivery, its restarts) was done before the output started.
+            ctx.exit(STDOUT_CLOSED)
         except Exception as error:  # noqa: BLE001 - the one place a bug becomes one line
-            click.echo(
-                f"credbridge: error: internal error ({type(error).__name__}): a bug in "
-                "credbridge; please report it with the output of -vv",
-                err=True,
-            )
-            _show_where(ctx, error)
-            ctx.exit(int(ExitCode.INTERNAL))
+            self._internal(ctx, error)
+
+    @staticmethod
+    def _internal(ctx: click.Context, error: Exception) -> None:
+        click.echo(
+            f"credbridge: error: internal error ({type(error).__name__}): a bug in "
+            "credbridge; please report it with the output of -vv",
+            err=True,
+        )
+        _show_where(ctx, error)
+        ctx.exit(int(ExitCode.INTERNAL))
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
         if not any("--config" in getattr(p, "opts", ()) for p in cmd.params):
@@ -302,28 +336,27 @@ def deliver(
     with state.session(progress=not as_json) as session:
         report = session.deliver(targets, dry_run=dry_run, restart=restart)
         # After the commit, outside it: a unit that fails to restart leaves the delivery as is.
-        session.restart_changed(report)
+        try:
+            session.restart_changed(report)
+        except BaseException:
+            left = [a for a in report.units if a.status == "planned"]
+            if left:
+                click.echo(
+                    "credbridge: error: delivered, but not yet restarted or reloaded: "
+                    + ", ".join(printable(a.unit) for a in left)
+                    + "; recorded: the next 'credbridge deliver' does it",
+                    err=True,
+                )
+            raise
     for warning in report.warnings:
         click.echo(f"credbridge: warning: {printable(warning)}", err=True)
-    if as_json:
-        import json
-
-        click.echo(json.dumps(report.as_json(), indent=2))
-    else:
-        verb = "would " if dry_run else ""
-        for entry in report.entries:
-            detail = f" ({entry.detail})" if entry.detail else ""
-            _row(
-                entry.target,
-                entry.credential,
-                entry.reference,
-                entry.sink,
-                f"{verb}{entry.change.value}{detail}",
-            )
-        for action in report.units:
-            status = "would" if dry_run else action.status
-            detail = f" ({action.detail})" if action.detail else ""
-            _row("unit", action.unit, action.action, f"{status}{detail}")
+    closed = False
+    try:
+        _print_report(report, as_json=as_json)
+    except BrokenPipeError:
+        if not stdout_closed():
+            raise
+        closed = True  # the summary and a failed restart still go to stderr
     # For a person: on stderr, so the lines above stay the whole of stdout for scripts.
     for line in report.summary():
         click.echo(f"credbridge: {printable(line)}", err=True)
@@ -332,6 +365,30 @@ def deliver(
         raise RestartFailed(
             "\n".join(f"delivered, but {a.action} of {a.unit} failed: {a.detail}" for a in failed)
         )
+    if closed:
+        sys.exit(STDOUT_CLOSED)
+
+
+def _print_report(report: DeliveryReport, *, as_json: bool) -> None:
+    if as_json:
+        import json
+
+        click.echo(json.dumps(report.as_json(), indent=2))
+        return
+    verb = "would " if report.dry_run else ""
+    for entry in report.entries:
+        detail = f" ({entry.detail})" if entry.detail else ""
+        _row(
+            entry.target,
+            entry.credential,
+            entry.reference,
+            entry.sink,
+            f"{verb}{entry.change.value}{detail}",
+        )
+    for action in report.units:
+        status = "would" if report.dry_run else action.status
+        detail = f" ({action.detail})" if action.detail else ""
+        _row("unit", action.unit, action.action, f"{status}{detail}")
 
 
 def _row(*fields: str) -> None:

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from credbridge.core.errors import BadReference, ConfigError
 from credbridge.core.reference import Reference, parse_reference
-from credbridge.core.settings import int_setting, path_setting
+from credbridge.core.secret import MAX_DEPTH, TooDeep, nesting_depth
+from credbridge.core.settings import account_problem, int_setting, path_setting
 
 if TYPE_CHECKING:
     from credbridge.core.plugins import PluginManager
@@ -213,9 +214,19 @@ def load_toml(text: str, label: str) -> Mapping[str, Any]:
     import tomllib  # only commands that read a config pay for the parser
 
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"invalid TOML: {error}", file=label) from None
+    except RecursionError:
+        raise ConfigError(f"invalid TOML: {TooDeep()}", file=label) from None
+    return _shallow(data, "TOML", label)
+
+
+def _shallow(data: Mapping[str, Any], kind: str, label: str) -> Mapping[str, Any]:
+    """Refuse a config nested deeper than any setting goes (its walkers recurse)."""
+    if nesting_depth(data) > MAX_DEPTH:
+        raise ConfigError(f"invalid {kind}: {TooDeep()}", file=label)
+    return data
 
 
 def load_json(text: str, label: str) -> Mapping[str, Any]:
@@ -237,12 +248,14 @@ def load_json(text: str, label: str) -> Mapping[str, Any]:
         data = json.loads(text, object_pairs_hook=unique, parse_constant=no_constant)
     except ValueError as error:  # json.JSONDecodeError included
         raise ConfigError(f"invalid JSON: {error}", file=label) from None
+    except RecursionError:
+        raise ConfigError(f"invalid JSON: {TooDeep()}", file=label) from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"invalid JSON: the top level must be an object, not {type(data).__name__}",
             file=label,
         )
-    return data
+    return _shallow(data, "JSON", label)
 
 
 def parse_config(
@@ -443,19 +456,23 @@ def _parse_credential(name: str, spec: Any, where: str, fail: Any) -> Credential
     if not isinstance(optional, bool):
         raise fail(f"{where}.optional", "must be true or false")
     mode = parse_mode(spec.get("mode", 0o400), f"{where}.mode", fail, world_readable=True)
-    owner, group = spec.get("owner"), spec.get("group")
-    for key, value in (("owner", owner), ("group", group)):
-        if value is not None and not isinstance(value, str | int):
-            raise fail(f"{where}.{key}", "must be a user/group name or numeric id")
+    owner, group = (_account(spec.get(key), f"{where}.{key}", fail) for key in ("owner", "group"))
     return CredentialSpec(
         name=name,
         reference=reference,
         optional=optional,
         mode=mode,
-        owner=None if owner is None else str(owner),
-        group=None if group is None else str(group),
+        owner=owner,
+        group=group,
         where=where,
     )
+
+
+def _account(value: Any, where: str, fail: Any) -> str | None:
+    problem = None if value is None else account_problem(value)
+    if problem is not None:
+        raise fail(where, problem)
+    return None if value is None else str(value)
 
 
 def parse_mode(value: Any, where: str, fail: Any, *, world_readable: bool = False) -> int:
@@ -464,10 +481,13 @@ def parse_mode(value: Any, where: str, fail: Any, *, world_readable: bool = Fals
     ``world_readable`` lets the "other" read bit through; the caller then checks that the
     value is public (:func:`credbridge.core.validation.check_world_readable`)."""
     if isinstance(value, str):
+        # int() also reads Arabic-Indic or fullwidth digits: only ASCII digits make a mode.
         try:
-            mode = int(value, 8)
+            mode = int(value, 8) if value.isascii() else -1
         except ValueError:
-            raise fail(where, f'{value!r} is not an octal mode like "0400"') from None
+            mode = -1
+        if mode < 0:
+            raise fail(where, f'{value!r} is not an octal mode like "0400"')
     elif isinstance(value, int) and not isinstance(value, bool):
         mode = value
     else:

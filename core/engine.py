@@ -64,7 +64,14 @@ from credbridge.core.types import (
     Store,
     StoreContext,
 )
-from credbridge.core.units import UnitAction, act_on_units, select_units
+from credbridge.core.units import (
+    PendingRecord,
+    UnitAction,
+    act_on_units,
+    merge_actions,
+    pending_records,
+    select_units,
+)
 from credbridge.core.validation import check_reference, validate_config
 
 if TYPE_CHECKING:
@@ -114,6 +121,8 @@ class DeliveryReport:
     """Units to restart or reload because their credentials changed (see
     :meth:`Session.restart_changed`)."""
     warnings: list[str] = field(default_factory=list)
+    records: list[PendingRecord] = field(default_factory=list)
+    """Where the units still to act on are recorded until each is done (see core/units.py)."""
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -219,6 +228,7 @@ class Session:
         self._nested_values: Redactor | None = None
         self._resolving = 0
         self._resolving_guard = threading.Lock()
+        self._lock_files: list[Path] = []
 
     def __enter__(self) -> Session:
         return self
@@ -285,6 +295,7 @@ class Session:
         """Hold what concurrent runs share: the sinks' lock files now, in one global order
         (sorted paths), and the store's run lock from its first use on (always last)."""
         paths = sorted({os.path.abspath(path) for sink in sinks for path in sink.lock_files()})
+        self._lock_files = [Path(path) for path in paths]
         with contextlib.ExitStack() as stack:
             for path in paths:
                 stack.enter_context(locked(Path(path), wait=self.lock_wait))
@@ -300,9 +311,7 @@ class Session:
                     self._store_locked = False
 
     def _lock_store(self, store: Store, stack: contextlib.ExitStack) -> None:
-        path = store.lock_file()
-        if path is not None:
-            stack.enter_context(locked(path, wait=self.lock_wait))
+        stack.enter_context(locked(store.lock_file(), wait=self.lock_wait))
         self._store_locked = True
         store.recover()
 
@@ -562,7 +571,12 @@ class Session:
                 sinks[target.name].check()  # before anything is generated or written
         # A dry run writes nothing and takes no lock; it may see a set being replaced.
         with contextlib.nullcontext() if dry_run else self._locked_run(sinks.values()):
-            values, skipped = self.resolve_targets(targets, mode)
+            # Resolved as for a plan first: values still to be made (generated) are Pending,
+            # with their size when known, so a set the sinks refuse (over a size limit) is
+            # refused before anything is generated and persisted; then they are made.
+            values, skipped = self.resolve_targets(targets, Mode.DRY_RUN)
+            if mode is Mode.DELIVER:
+                self._make_pending(targets, sinks, values)
             point("engine.resolved")
             report = DeliveryReport(dry_run=dry_run, skipped=skipped)
             try:
@@ -584,18 +598,85 @@ class Session:
                     report.warnings = self._link_warnings(targets, values)
                 if dry_run:
                     return report
-                self._commit(targets, sinks, values)
+                report.records = pending_records(self._lock_files)
+                pending = [a for record in report.records for a in record.read()]
+                if restart is False and pending:
+                    report.warnings.append(
+                        "still to restart after an interrupted delivery: "
+                        + ", ".join(dict.fromkeys(a.unit for a in pending))
+                        + " ('credbridge deliver' without --no-restart does it)"
+                    )
+                    report.records = []
+                else:
+                    report.units = merge_actions(report.units, pending)
+                self._commit(targets, sinks, values, on_committed=lambda: _record(report))
                 return report
             finally:
                 for target_values in values.values():
                     _wipe(target_values.values())
+
+    def _make_pending(
+        self,
+        targets: Sequence[Target],
+        sinks: Mapping[str, Sink],
+        values: dict[str, dict[str, Secret | Pending]],
+    ) -> None:
+        """Replace the Pending values of a plan-mode resolution by real ones (generating and
+        persisting them), once every sink has accepted the set with their known sizes."""
+        wanted = [
+            (target, spec)
+            for target in targets
+            for spec in target.credentials
+            if isinstance(values[target.name].get(spec.name), Pending)
+        ]
+        if not wanted:
+            return
+        try:
+            for target in [t for t in targets if any(w is t for w, _spec in wanted)]:
+                with self.plugins.guard(SINK, target.sink, "plan()"):
+                    sinks[target.name].plan(values[target.name])
+            self._make(wanted, values)
+        except BaseException:
+            for target_values in values.values():
+                _wipe(target_values.values())
+            raise
+
+    def _make(
+        self,
+        wanted: Sequence[tuple[Target, CredentialSpec]],
+        values: dict[str, dict[str, Secret | Pending]],
+    ) -> None:
+        requests = [(t, spec, self._follow_links(spec, t)) for t, spec in wanted]
+        outcomes = self.resolve([request for _t, _s, request in requests], Mode.DELIVER)
+        failures: list[SourceError] = []
+        for target, spec, request in requests:
+            outcome = outcomes[request]
+            if isinstance(outcome, SourceError):
+                failures.append(outcome.for_credential(target.name, spec.name))
+            elif isinstance(outcome, Pending):
+                raise PluginError(
+                    f"source {request.reference.scheme!r} returned no value for "
+                    f"{request.reference} in a real run ({outcome.reason})"
+                )
+            else:
+                values[target.name][spec.name] = outcome
+        if failures:
+            raise ResolutionFailed(failures)
 
     def restart_changed(self, report: DeliveryReport) -> list[UnitAction]:
         """Restart or reload the units of a committed delivery (``report.units``), once each,
         in order; failures are returned per unit (the delivery stays committed)."""
         if report.dry_run:
             return report.units
-        report.units = act_on_units(report.units)
+        # One at a time, each struck off the record once done: a stop in between leaves the
+        # rest recorded for the next run (and report.units says which ones, status planned).
+        for index, action in enumerate(report.units):
+            report.units[index] = act_on_units([action])[0]
+            for record in report.records:
+                try:
+                    record.strike(action, self.lock_wait)
+                except (CredbridgeError, OSError) as error:
+                    log.warning("cannot update %s: %s", record.path, _describe(error))
         return report.units
 
     def _owner(self, target: Target, spec: CredentialSpec) -> str:
@@ -720,6 +801,8 @@ class Session:
         targets: Sequence[Target],
         sinks: Mapping[str, Sink],
         values: Mapping[str, Mapping[str, Secret | Pending]],
+        *,
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
         staged: list[tuple[str, Staged]] = []
         committed: list[tuple[str, Staged]] = []
@@ -749,6 +832,8 @@ class Session:
                             name,
                             _describe(failure),
                         )
+                if on_committed is not None:
+                    on_committed()
         except BaseException as error:
             if committed and len(committed) == len(staged):
                 raise  # the deferred stop, delivered after a complete commit: nothing to undo
@@ -923,6 +1008,7 @@ class _GuardedStore(Store):
 
     def __init__(self, store: Store, plugins: PluginManager, name: str) -> None:
         self._inner = store
+        self._name = name
         # OSError and ValueError are part of the Store contract (sources turn them into
         # typed errors naming the key); anything else is a bug in the store's plugin.
         self._guard = functools.partial(
@@ -949,9 +1035,16 @@ class _GuardedStore(Store):
         with self._guard("location()"):
             return self._inner.location()
 
-    def lock_file(self) -> Path | None:
+    def lock_file(self) -> Path:
         with self._guard("lock_file()"):
-            return self._inner.lock_file()
+            path: object = self._inner.lock_file()
+        if not isinstance(path, Path):
+            # Plugins written for the API before lock_file() was required returned None.
+            raise PluginError(
+                f"store {self._name!r}: lock_file() returned no lock file; every store must "
+                "serialise rotate with deliver (docs/plugins.md, Store)"
+            )
+        return path
 
     def recover(self) -> None:
         with self._guard("recover()"):
@@ -983,6 +1076,18 @@ def _signals_deferred() -> Iterator[None]:
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         for held in dict.fromkeys(received):
             signal.raise_signal(held)
+
+
+def _record(report: DeliveryReport) -> None:
+    """Record the units a committed delivery still has to act on (before the first one)."""
+    if not report.units:
+        return
+    for record in report.records:
+        try:
+            record.write(report.units)
+        except (CredbridgeError, OSError) as error:
+            why = _describe(error)  # no traceback: the path and the reason are the whole story
+            log.error("cannot record the restarts still to do in %s: %s", record.path, why)  # noqa: TRY400
 
 
 def _public_text(value: Secret) -> str:

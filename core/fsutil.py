@@ -93,13 +93,18 @@ def exchange_at(dir_fd: int, a: str, b: str) -> None:
         raise OSError(err, os.strerror(err), f"{a} <-> {b}")
 
 
+def _numeric_id(text: str) -> bool:
+    # Only ASCII digits: int() also reads Arabic-Indic or fullwidth digits, names here.
+    return text.isascii() and text.isdigit()
+
+
 def resolve_owner(user: str | None, group: str | None) -> tuple[int, int]:
     """Numeric ids for names (or numbers given as text); -1 means 'leave unchanged'."""
     uid = gid = -1
     if user is not None:
-        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+        uid = int(user) if _numeric_id(user) else pwd.getpwnam(user).pw_uid
     if group is not None:
-        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        gid = int(group) if _numeric_id(group) else grp.getgrnam(group).gr_gid
     return uid, gid
 
 
@@ -171,6 +176,7 @@ def open_dir(
     mode: int = 0o700,
     parents_mode: int = 0o700,
     also_trust: Collection[int] = (),
+    read_only: bool = False,
 ) -> int:
     """An ``O_DIRECTORY`` fd of ``path``, reached from ``/`` without following any symlink,
     every directory on the way checked (see the module docstring). Close it when done.
@@ -178,8 +184,10 @@ def open_dir(
     With ``create``, missing directories are made: the last with ``mode``, the others with
     ``parents_mode`` (exactly, whatever the umask); each parent that gained an entry is fsynced.
     ``also_trust`` adds owners accepted for the last directory only (e.g. a credstore target
-    directory handed to a service user). Raises :class:`UnsafePath`, ``FileNotFoundError``
-    (without ``create``) or ``NotADirectoryError``.
+    directory handed to a service user). ``read_only``: the last directory is only read
+    from, so a root-owned sticky one is accepted as for ancestors (see
+    :func:`check_trusted_file`). Raises :class:`UnsafePath`, ``FileNotFoundError`` (without
+    ``create``) or ``NotADirectoryError``.
     """
     parts = _components(path)
     fd = os.open("/", _DIR_FLAGS)
@@ -207,7 +215,7 @@ def open_dir(
                 check_dir(
                     current,
                     os.fstat(child),
-                    ancestor=not last,
+                    ancestor=not last or read_only,
                     also_trust=also_trust if last else (),
                 )
             except BaseException:
@@ -236,6 +244,34 @@ def opened_dir(
         yield fd
     finally:
         os.close(fd)
+
+
+def check_trusted_file(path: Path) -> None:
+    """Refuse a file another user could have chosen, before a program reads it by name (sops).
+
+    The chain of directories is walked as :func:`open_dir` does, except that the file's own
+    directory may be a root-owned sticky one like ``/nix/store`` (it is only read from, and
+    nobody else can replace a file there that root or this user owns); the file must be a
+    regular file (not a symlink) owned by root or this user. Raises :class:`UnsafePath`,
+    ``FileNotFoundError`` or ``NotADirectoryError``; once it returns, only root or this user
+    can change what the path names.
+    """
+    parent = open_dir(path.parent, read_only=True)
+    try:
+        info = os.lstat(path.name, dir_fd=parent)
+        if stat.S_ISLNK(info.st_mode):
+            raise symlink_error(str(path), parent, path.name)
+    finally:
+        os.close(parent)
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    if info.st_uid not in (0, os.geteuid()):
+        trusted = "root" if os.geteuid() == 0 else f"root or by {_user(os.geteuid())}"
+        raise UnsafePath(
+            str(path),
+            f"owned by {_user(info.st_uid)}; credbridge reads secrets only from files owned "
+            f"by {trusted}",
+        )
 
 
 def check_path(path: os.PathLike[str] | str) -> None:

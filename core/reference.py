@@ -22,7 +22,14 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from credbridge.core.errors import BadReference, InvalidValue, NotFound
-from credbridge.core.secret import Secret, SecretDocument, leaf_to_secret
+from credbridge.core.secret import (
+    MAX_DEPTH,
+    Secret,
+    SecretDocument,
+    TooDeep,
+    leaf_to_secret,
+    nesting_depth,
+)
 from credbridge.core.settings import control_problem
 
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
@@ -330,6 +337,8 @@ def select(document: Secret | SecretDocument, selector: str | None, reference: s
         if isinstance(document, Secret):
             return document
         data = document.reveal_data()
+        if nesting_depth(data) > MAX_DEPTH:
+            raise InvalidValue(reference, f"the secret is {TooDeep()}")
         if isinstance(data, Mapping):
             if len(data) == 1:
                 return leaf_to_secret(next(iter(data.values())), as_written=document.as_written)
@@ -341,10 +350,15 @@ def select(document: Secret | SecretDocument, selector: str | None, reference: s
     if isinstance(document, Secret):
         try:
             document = SecretDocument.parse_json(document)
+        except TooDeep as error:
+            raise InvalidValue(reference, f"the JSON value is {error}") from None
         except ValueError:
             raise InvalidValue(
                 reference, f"selector #{selector} needs a JSON value, and this is not JSON"
             ) from None
+    elif nesting_depth(document.reveal_data()) > MAX_DEPTH:
+        # Documents parsed by a source (a server's answer, a sops file) are bounded here, once.
+        raise InvalidValue(reference, f"the secret is {TooDeep()}")
     pointer = selector.startswith("/")
     tokens = _split_pointer(selector, reference) if pointer else [selector]
     # Messages show the selector as written: the pointer's escaped tokens up to the failing

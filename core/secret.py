@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 # hmac (OpenSSL) and json load on first use: every command imports this module, few compare
@@ -116,10 +117,13 @@ class SecretDocument:
         import json
 
         try:
-            return cls(json.loads(raw.reveal()))
+            data = json.loads(raw.reveal())
         except (ValueError, UnicodeDecodeError):
             msg = "value is not valid JSON"
             raise ValueError(msg) from None
+        except RecursionError:
+            raise TooDeep from None
+        return cls(check_depth(data))
 
     def reveal_data(self) -> Any:
         return self._data
@@ -132,6 +136,47 @@ class SecretDocument:
     def __reduce__(self) -> NoReturn:
         msg = "Secret values cannot be pickled"
         raise TypeError(msg)
+
+
+MAX_DEPTH = 100
+"""How deep structured data (a config, a JSON secret, a sops file, a server's answer) may nest:
+far more than any real secret needs, far less than the depth at which Python's parsers and
+walkers run out of stack (``RecursionError`` near 1000)."""
+
+
+class TooDeep(ValueError):
+    """Structured data nested deeper than :data:`MAX_DEPTH` levels (never names a value)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"nested deeper than {MAX_DEPTH} levels")
+
+
+def nesting_depth(data: Any, *, limit: int = MAX_DEPTH) -> int:
+    """How deep mappings and lists nest in ``data`` (a scalar is 0), counted without recursion;
+    stops counting once past ``limit``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Mapping):
+            children: Any = node.values()
+        elif isinstance(node, list | tuple):
+            children = node
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def check_depth(data: Any) -> Any:
+    """``data`` itself, or :class:`TooDeep` when it nests deeper than :data:`MAX_DEPTH`."""
+    if nesting_depth(data) > MAX_DEPTH:
+        raise TooDeep
+    return data
 
 
 def leaf_to_secret(value: Any, *, as_written: bool = False) -> Secret:

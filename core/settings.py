@@ -113,6 +113,40 @@ def number_setting(
     return float(value)
 
 
+MAX_ID = 2**32 - 2
+"""The largest user or group id: ids are 32-bit and ``2**32 - 1`` means "no change" to the
+kernel (``chown(2)``), so systemd and the kernel refuse it as an id."""
+
+
+def account_problem(value: Any) -> str | None:
+    """Why ``value`` cannot be a user or group, or ``None``: a name, or a numeric id (a TOML
+    integer or a string of ASCII digits, 0 to :data:`MAX_ID`). Only ASCII digits make an id:
+    ``"\u0663"`` (Arabic-Indic three) or fullwidth digits are names, looked up (and not found)
+    like any other, never uid 3."""
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        return "must be a user/group name or numeric id"
+    if isinstance(value, str) and (problem := control_problem(value)) is not None:
+        return f"value {problem}"
+    if (isinstance(value, int) or is_numeric_id(value)) and not 0 <= int(value) <= MAX_ID:
+        return f"numeric id must be from 0 to {MAX_ID}"
+    return None
+
+
+def account_setting(value: Any, *, file: str | None, key: str) -> str | None:
+    """A user or group setting (see :func:`account_problem`) as text; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    problem = account_problem(value)
+    if problem is not None:
+        raise ConfigError(problem, file=file, key=key)
+    return str(value)
+
+
+def is_numeric_id(text: str) -> bool:
+    """Whether a user or group given as text is a numeric id: ASCII digits only."""
+    return text.isascii() and text.isdigit()
+
+
 def int_setting(value: Any, *, file: str | None, key: str, minimum: int, maximum: int) -> int:
     """An integer (not a boolean, not a float) from ``minimum`` to ``maximum``."""
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:

@@ -108,6 +108,15 @@ class Pending:
     """A value that does not exist yet and would be created by a real run (dry-run only)."""
 
     reason: str
+    size: int | None = None
+    """How many bytes the value will have, when the source knows it in advance (a random
+    ``generate:`` value); sinks check their size limits with it (``check``, and ``deliver``
+    before anything is generated). ``None``: not known until the value exists."""
+
+    @staticmethod
+    def size_of(value: Secret | Pending) -> int | None:
+        """The size of a value, or of a value to be made (``None``: not known yet)."""
+        return value.size if isinstance(value, Pending) else len(value)
 
 
 Outcome = Secret | Pending | SourceError
@@ -293,11 +302,12 @@ class Store(abc.ABC):
     def location(self) -> str:
         """Where values are kept, for messages (no values)."""
 
-    def lock_file(self) -> Path | None:
+    @abc.abstractmethod
+    def lock_file(self) -> Path:
         """A lock file that ``deliver``, ``rotate`` and ``launch`` hold (``flock``) from the
-        first use of the store until their commit, so that runs sharing the store serialise;
-        it may create the directory holding it. ``None``: the store needs no run lock."""
-        return None
+        first use of the store until their commit, so that a ``rotate`` never lands between a
+        delivery's resolution and its commit; it may create the directory holding it.
+        Required: every store is shared by concurrent runs."""
 
     def recover(self) -> None:  # noqa: B027 - optional: stores without crash leftovers
         """Clean up what a crashed run left behind; called with :meth:`lock_file` held."""

@@ -21,6 +21,14 @@ a changed credential. Several targets naming one unit are merged: the strongest 
 ``systemctl`` runs with the allow-listed environment of :func:`credbridge.core.process.child_env`
 and never sees a value (unit names only).
 
+Pending restarts survive an interruption: once the targets are committed, and before the
+first ``systemctl`` call, the units still to act on are recorded in
+:data:`PENDING_NAME` beside each lock file of the delivery's sinks (``/run/credstore/`` for
+the credstore: gone at reboot, when every unit starts afresh anyway). Each unit is struck off
+once ``systemctl`` returned for it. A run stopped in between (SIGTERM, SIGKILL, a crash) leaves
+the rest recorded; the next ``deliver`` that takes one of those locks acts on them as well,
+even if nothing changed since, and reports them (``--dry-run`` and ``--no-restart`` only say so).
+
 Inside a systemd service (``$INVOCATION_ID`` set: ``credbridge-deliver.service``, a timer's
 unit) the jobs are only queued (``systemctl --no-block``, status ``queued``). The delivering
 unit is ordered ``Before=`` the units it restarts, so systemd holds their start until its own
@@ -30,15 +38,18 @@ timeout, with the units stopped meanwhile. Queued, they start as soon as the del
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from credbridge.core.config import ON_CHANGE, Config, CredentialSpec, Target
+from credbridge.core.fsutil import LockWait, atomic_write, locked, opened_dir, read_file_at
 from credbridge.core.process import child_env
 from credbridge.core.types import Change
 
@@ -53,6 +64,9 @@ VERBS = {
     "reload": "reload",
 }
 _STRENGTH = {name: len(ON_CHANGE) - index for index, name in enumerate(ON_CHANGE)}
+PENDING_NAME = ".credbridge-restarts.json"
+"""The record of units a delivery committed for but has not restarted yet (no values)."""
+PENDING_DETAIL = "pending from an interrupted run"
 
 
 @dataclass(frozen=True)
@@ -209,3 +223,85 @@ def _systemctl(
         return -1, f"cannot run {binary}: {error.strerror or error}"
     lines = result.stderr.decode("utf-8", "replace").strip().splitlines()
     return result.returncode, (lines[0] if lines else f"systemctl exited with {result.returncode}")
+
+
+# --------------------------------------------------------------------------- pending restarts
+
+
+def merge_actions(first: Sequence[UnitAction], second: Sequence[UnitAction]) -> list[UnitAction]:
+    """Both lists as one, each unit once: ``first``'s order, the strongest action, all targets."""
+    selection = _Selection()
+    details: dict[str, str] = {}
+    for action in [*first, *second]:
+        for target in action.targets or ("",):
+            selection.add(action.unit, action.action, target)
+        details.setdefault(action.unit, action.detail)
+    return [
+        replace(a, targets=tuple(t for t in a.targets if t), detail=details[a.unit])
+        for a in selection.result()
+    ]
+
+
+@dataclass(frozen=True)
+class PendingRecord:
+    """One :data:`PENDING_NAME` file, in the directory of a sink's lock file (and guarded by it)."""
+
+    lock_file: Path
+
+    @property
+    def path(self) -> Path:
+        return self.lock_file.parent / PENDING_NAME
+
+    def read(self) -> list[UnitAction]:
+        """The units recorded here; an unreadable record is reported and counts as empty."""
+        try:
+            with opened_dir(self.path.parent) as dir_fd:
+                raw = read_file_at(dir_fd, self.path.name, str(self.path))
+        except FileNotFoundError:
+            return []
+        except OSError as error:
+            log.warning("cannot read %s: %s", self.path, error.strerror or error)
+            return []
+        try:
+            entries = json.loads(raw)["units"]
+            return [
+                UnitAction(
+                    str(entry["unit"]),
+                    str(entry["action"]),
+                    tuple(map(str, entry["targets"])),
+                    detail=PENDING_DETAIL,
+                )
+                for entry in entries
+                if entry["action"] in VERBS
+            ]
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring %s: not a record of pending restarts", self.path)
+            return []
+
+    def write(self, actions: Sequence[UnitAction]) -> None:
+        if not actions:
+            with opened_dir(self.path.parent) as dir_fd:
+                try:
+                    os.unlink(self.path.name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    return
+                os.fsync(dir_fd)
+            return
+        entries = [
+            {"unit": a.unit, "action": a.action, "targets": list(a.targets)} for a in actions
+        ]
+        atomic_write(self.path, json.dumps({"units": entries}).encode(), mode=0o600)
+
+    def strike(self, done: UnitAction, wait: LockWait | None) -> None:
+        """Remove ``done`` from the record, under its lock (another run may add to it)."""
+        with locked(self.lock_file, wait=wait):
+            left = [a for a in self.read() if a.unit != done.unit]
+            self.write(left)
+
+
+def pending_records(lock_files: Iterable[Path]) -> list[PendingRecord]:
+    """One record per directory holding a lock file (several sinks may share one)."""
+    chosen: dict[Path, PendingRecord] = {}
+    for lock_file in sorted(lock_files):
+        chosen.setdefault(lock_file.parent, PendingRecord(lock_file))
+    return list(chosen.values())

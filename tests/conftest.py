@@ -40,7 +40,13 @@ create other names in /tmp meanwhile, so only these are watched outside)."""
 # Property-based tests (tests/test_properties.py) run each target under one of these profiles:
 # "suite" in the default run, "fuzz" (at least 10,000 examples) with `pytest -m fuzz`.
 settings.register_profile("suite", max_examples=300, deadline=None, database=None)
-settings.register_profile("fuzz", max_examples=10_000, deadline=None, database=None)
+# CREDBRIDGE_FUZZ_EXAMPLES=N raises (or lowers) the fuzz budget of every target for one run.
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("CREDBRIDGE_FUZZ_EXAMPLES", "10000")),
+    deadline=None,
+    database=None,
+)
 _FUZZ_RUNS: list[tuple[str, str, int, float]] = []
 
 

@@ -353,3 +353,110 @@ def test_store_path_from_environment_is_checked(tmp_path: Path) -> None:
         "-c", str(config), "deliver", "--dry-run", env={"CREDBRIDGE_STORE": "~cb-no-such-user/s"}
     )
     one_line_error(result, CONFIG, "CREDBRIDGE_STORE")
+
+
+# --------------------------------------------------------------------------- issue 19: round two
+
+CLAN = '[sources.clan-vars]\ndirectory = "{directory}"\nmachine = "m"\n'
+CLAN_UNIT = '[targets."app.service".credentials]\ndb = "clan-vars:gen/db"\n'
+SOPS_STORE = '[store]\ntype = "sops"\npath = "{path}"\n'
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        (CLAN.format(directory="~cb-no-such-user/clan") + SINK_OK + CLAN_UNIT, "directory"),
+        (CLAN.format(directory="/clan\\u0000x") + SINK_OK + CLAN_UNIT, "directory"),
+        (SOPS_STORE.format(path="~cb-no-such-user/s.yaml") + SINK_OK + UNIT, "store.path"),
+        (UNIT.replace('"generate:hex"', '{ ref = "env:X", owner = 4294967296 }'), "db.owner"),
+        (UNIT.replace('"generate:hex"', '{ ref = "env:X", owner = "4294967295" }'), "db.owner"),
+        (UNIT.replace('"generate:hex"', '{ ref = "env:X", group = -1 }'), "db.group"),
+        (
+            UNIT.replace('"generate:hex"', '{ ref = "env:X", mode = "\u0660\u0664\u0660\u0660" }'),
+            "db.mode",
+        ),
+        ("[sinks.credstore]\nowner = 4294967296\n" + UNIT, "sinks.credstore.owner"),
+        ('[sinks.credstore]\ngroup = ""\n' + UNIT, "sinks.credstore.group"),
+    ],
+    ids=[
+        "clan-unknown-user",
+        "clan-nul",
+        "sops-store-unknown-user",
+        "owner-too-big",
+        "owner-no-change-id",
+        "group-negative",
+        "mode-arabic-digits",
+        "sink-owner-too-big",
+        "sink-group-empty",
+    ],
+)
+def test_bad_paths_and_ids_are_one_line(tmp_path: Path, toml: str, key: str) -> None:
+    config = write(tmp_path, toml.replace("/run/cs", str(tmp_path / "cs")))
+    result = run_cli("-c", str(config), "deliver", "--dry-run", env={"X": "x"})
+    one_line_error(result, CONFIG, key)
+
+
+def test_unknown_user_in_a_sops_reference_is_a_bad_reference() -> None:
+    one_line_error(run_cli("get", "sops:~cb-no-such-user/s.yaml#x"), REFERENCE, "cb-no-such-user")
+
+
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [("owner", "\u0663"), ("group", "\uff11\uff12"), ("owner", "\u00b3")],
+    ids=str,
+)
+def test_only_ascii_digits_are_numeric_ids(
+    tmp_path: Path, tmpfs_dir: Path, field: str, text: str
+) -> None:
+    """int() reads Arabic-Indic 3 as 3 and fullwidth 12 as 12; for credbridge they are names, so
+    the delivery stops before a file is handed to uid 3 or gid 12."""
+    config = write(
+        tmp_path,
+        f'[sinks.credstore]\ndirectory = "{tmpfs_dir}"\n'
+        f'[targets."app.service".credentials]\ndb = {{ ref = "env:X", {field} = "{text}" }}\n',
+    )
+    result = run_cli("-c", str(config), "deliver", env={"X": "x"})
+    one_line_error(result, 9, "app.service/db", "unknown user or group", repr(text))
+    assert not (tmpfs_dir / "app.service").exists()
+
+
+def _deep_json(depth: int) -> str:
+    return '{"a":' * depth + '"leaf"' + "}" * depth
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("credbridge.toml", "x = " + "[" * 500 + "]" * 500 + "\n"),
+        ("credbridge.toml", "x = " + "{a=" * 500 + "1" + "}" * 500 + "\n"),
+        ("credbridge.toml", "x = " + "[" * 120 + "]" * 120 + "\n"),
+        ("credbridge.json", '{"x":' + "[" * 1000 + "]" * 1000 + "}"),
+        ("credbridge.json", '{"x":' + _deep_json(1000) + "}"),
+        ("credbridge.json", '{"x":' + _deep_json(150) + "}"),
+    ],
+    ids=[
+        "toml-arrays-500",
+        "toml-tables-500",
+        "toml-120",
+        "json-arrays-1000",
+        "json-1000",
+        "json-150",
+    ],
+)
+def test_configs_nested_too_deep_are_one_line(tmp_path: Path, name: str, text: str) -> None:
+    config = write(tmp_path, text, name)
+    one_line_error(run_cli("-c", str(config), "check"), CONFIG, str(config), "nested deeper than")
+
+
+@pytest.mark.parametrize("depth", [150, 1000, 5000])
+@pytest.mark.parametrize("selector", ["", "#a", "#/a/a"])
+def test_file_values_nested_too_deep_are_one_line(
+    tmp_path: Path, depth: int, selector: str
+) -> None:
+    (tmp_path / "deep.json").write_text(_deep_json(depth))
+    result = run_cli("get", f"file:{tmp_path / 'deep.json'}{selector}")
+    if not selector:
+        # Without a selector the file is a raw value: it is delivered as is, never parsed.
+        assert result.returncode == 0
+        return
+    one_line_error(result, NOT_FOUND, "deep.json", "nested deeper than 100 levels")

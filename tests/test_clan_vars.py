@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -710,3 +711,81 @@ def test_docs_migration_delivers_the_values_clan_generated(
     stored = clan.flake.decrypt_json(state / "generated.yaml")  # with the admin's key
     assert stored["microvm@test-vm.service/SESSION_KEY"]["current"].encode() == session_key
     assert tree_digest(clan.root) == untouched
+
+
+# --------------------------------------------------------------------------- issue 19: a planted tree
+
+
+@pytest.fixture
+def reachable(tmp_path: Path) -> Iterator[Path]:
+    """A root-owned 0755 directory under /tmp (tmp_path is 0700: another user cannot act in it)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="credbridge-clan-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _get_as_root(config: Path, reference: str) -> Any:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "credbridge.core.cli", "-c", str(config), "get", reference],
+        capture_output=True,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("where", ["directory", "parent"])
+def test_a_clan_tree_another_user_prepared_is_refused(
+    clan: Clan, reachable: Path, where: str
+) -> None:
+    """The recipients are public, so a local user who creates the clan directory (or a
+    directory above it) can encrypt a value of their choosing for the host. Here ``nobody``
+    builds that tree with its own processes; credbridge, run by root, refuses it with exit 13
+    naming the directory, and prints no value."""
+    import pwd
+    import subprocess
+
+    nobody = pwd.getpwnam("nobody")
+    if os.geteuid() != 0:
+        pytest.skip("acting as another user needs root")
+    source = reachable / "source"
+    shutil.copytree(clan.root, source, symlinks=True)
+    for path in [source, *source.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    parent = reachable / "home"
+    parent.mkdir(mode=0o755)
+    if where == "parent":
+        os.chown(parent, nobody.pw_uid, nobody.pw_gid)
+    else:
+        parent.chmod(0o777 | 0o1000)  # like /tmp: anyone may create an entry in it
+    clan_dir = parent / "clan"
+    # nobody's own processes make the tree: every file and directory is theirs.
+    subprocess.run(
+        ["/bin/cp", "-r", str(source), str(clan_dir)],
+        user=nobody.pw_uid,
+        group=nobody.pw_gid,
+        check=True,
+    )
+    if where == "parent":
+        # The clan directory itself root's, as if root had made it: the parent still lets
+        # nobody swap it for another.
+        for path in [clan_dir, *clan_dir.rglob("*")]:
+            os.chown(path, 0, 0, follow_symlinks=False)
+    config = reachable / "credbridge.toml"
+    config.write_text(
+        f'[sources.clan-vars]\ndirectory = "{clan_dir}"\nmachine = "host"\n'
+        f'age_key_file = "{clan.host.path}"\n'
+    )
+    result = _get_as_root(config, "clan-vars:test-vm-api-key/value")
+    err = result.stderr.decode()
+    assert result.returncode == 13, err
+    assert result.stdout == b""
+    named = parent if where == "parent" else clan_dir
+    assert f"credbridge: error: unsafe path {named}: owned by nobody" in err, err
+    assert "nobody" in err and len(err.strip().splitlines()) == 1, err

@@ -3,6 +3,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import REPO, run_cli, secret_value
@@ -210,3 +211,63 @@ def test_launch_dry_run_outside_the_unit_still_plans(tmpfs_dir: Path) -> None:
     )
     assert real.returncode == 5, real.stderr
     assert b"test-vm/API_KEY: credential:host-api-key: not found" in real.stderr
+
+
+def run_with_closed_stdout(*args: str, env: dict[str, str] | None = None) -> Any:
+    """Run credbridge with a stdout whose reader is already gone (``| head -0`` without the
+    race: the pipe's read end is closed before the child starts)."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "credbridge.core.cli", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("check",), ("deliver", "--dry-run"), ("deliver", "--dry-run", "--json"), ("plugins",)],
+    ids=["check", "dry-run", "dry-run-json", "plugins"],
+)
+def test_a_closed_stdout_ends_quietly_with_the_sigpipe_status(
+    tmp_path: Path, tmpfs_dir: Path, args: tuple[str, ...]
+) -> None:
+    path = config(tmp_path, tmpfs_dir)
+    result = run_with_closed_stdout("-c", str(path), *args, env={"CB_CLI_TOKEN": "t"})
+    err = result.stderr.decode()
+    assert result.returncode == 128 + 13, err  # 128 + SIGPIPE, as a shell shows for `head`
+    assert "error" not in err
+    assert "Traceback" not in err
+    assert "Exception ignored" not in err
+
+
+def test_a_closed_stdout_in_a_real_pipeline(tmp_path: Path, tmpfs_dir: Path) -> None:
+    """The same through a shell: ``credbridge check | head -0``."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    path = config(tmp_path, tmpfs_dir)
+    command = shlex.join([sys.executable, "-m", "credbridge.core.cli", "-c", str(path), "check"])
+    # head -0 may exit before or after credbridge's first write: either way no error text.
+    result = subprocess.run(
+        ["bash", "-c", f"{command} | head -0; exit ${{PIPESTATUS[0]}}"],
+        capture_output=True,
+        env={**os.environ, "CB_CLI_TOKEN": "t"},
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode in (0, 141), result.stderr.decode()
+    assert result.stderr == b""

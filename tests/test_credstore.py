@@ -322,7 +322,7 @@ def test_with_key_chooses_the_key_systemd_creds_seals_with(
         ('encrypt = "yes"', "encrypt: must be true or false"),
         ('timeout = "abc"', "timeout: must be a positive number"),
         ("timeout = -1", "timeout: must be a positive number"),
-        ("owner = [1]", "owner: must be a string"),
+        ("owner = [1]", "owner: must be a user/group name or numeric id"),
     ],
 )
 def test_sink_settings_are_type_checked(
@@ -640,7 +640,7 @@ def test_a_numeric_owner_is_a_uid_and_a_flag_is_refused(tmp_path: Path, tmpfs_di
     body = f'[targets."app.service".credentials]\nk = "file:{tmp_path / "v"}"\n'
     deliver(make_config(tmp_path, tmpfs_dir, body, "owner = 65534"))
     assert os.lstat(tmpfs_dir / "app.service").st_uid == 65534
-    with pytest.raises(ConfigError, match=r"owner: must be a string"):
+    with pytest.raises(ConfigError, match=r"owner: must be a user/group name or numeric id"):
         deliver(make_config(tmp_path, tmpfs_dir, body, "owner = true"))
 
 

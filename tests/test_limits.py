@@ -215,3 +215,37 @@ def test_credstore_refuses_what_systemd_would_refuse_before_writing(
     dry = cli("-c", str(config), "deliver", "--dry-run")
     assert dry.returncode == 9
     assert dry.stderr.decode().splitlines() == [f"credbridge: error: {message}"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "size"),
+    [("bytes?bytes=65536", 65536), ("hex?bytes=32768", 65536), ("base64?bytes=49152", 65536)],
+    ids=["bytes", "hex", "base64"],
+)
+def test_generated_values_over_the_unit_limit_are_refused_before_they_exist(
+    tmp_path: Path, tmpfs_dir: Path, cli: Any, kind: str, size: int
+) -> None:
+    """20 generated credentials of 64 KiB: over systemd's 1 MiB per unit. check refuses them
+    as deliver does, and deliver refuses them before generating (and persisting) any: the
+    store stays empty, so later runs are not handed 1.3 MB of values nobody can use."""
+    store = tmp_path / "store"
+    names = [f"c{index:02}" for index in range(20)]
+    config = tmp_path / "credbridge.toml"
+    config.write_text(
+        f'[store]\npath = "{store}"\n[sinks.credstore]\ndirectory = "{tmpfs_dir}"\n'
+        '[targets."app.service".credentials]\n'
+        + "".join(f'{name} = "generate:{kind}"\n' for name in names)
+    )
+    total = sum(len(name) + size for name in names)
+    message = (
+        f"app.service: its 20 credentials take {total} bytes (names included), over systemd's "
+        "limit of 1048576 bytes (1 MiB) per unit; the largest is 'c19' (65536 bytes)"
+    )
+    check = cli("-c", str(config), "check")
+    assert check.returncode == 9, check.stdout.decode()
+    assert check.stdout.decode().splitlines()[-1] == f"FAIL\tapp.service\tsink credstore\t{message}"
+    result = cli("-c", str(config), "deliver")
+    assert result.returncode == 9, result.stderr
+    assert result.stderr.decode().splitlines() == [f"credbridge: error: {message}"]
+    assert list(store.rglob("current")) == []  # the file store keeps a value as KEY/current
+    assert not (tmpfs_dir / "app.service").exists()

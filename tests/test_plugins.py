@@ -27,10 +27,13 @@ from credbridge.core import (
     Session,
     SinkType,
     SourceType,
+    Store,
+    StoreType,
     hookimpl,
     lazy,
     resolve,
 )
+from credbridge.core.config import parse_config
 from credbridge.core.plugins import (
     SINK,
     SOURCE,
@@ -902,3 +905,60 @@ def test_sink_example_rolls_back_a_committed_target(tmp_path: Path) -> None:
     again = run_with_plugin(tmp_path, module, "-c", str(config), "deliver")
     assert again.returncode == 0, again.stderr
     assert (out / "b.service" / "v").read_bytes() == b"new"
+
+
+class _MemoryStore(Store):
+    """A third-party store written for the old API: no run lock (``lock_file`` returns None)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Secret] = {}
+
+    def read(self, key: str, *, previous: bool = False) -> Secret | None:
+        return None if previous else self.values.get(key)
+
+    def create(self, key: str, value: Secret) -> Secret:
+        return self.values.setdefault(key, value)
+
+    def rotate(self, key: str, value: Secret) -> None:
+        self.values[key] = value
+
+    def keys(self) -> list[str]:
+        return sorted(self.values)
+
+    def location(self) -> str:
+        return "memory"
+
+    def lock_file(self) -> Path:
+        return None  # type: ignore[return-value]
+
+
+def test_a_store_must_have_a_run_lock(tmp_path: Path) -> None:
+    """Every store serialises rotate with deliver: a store without a run lock is refused as a
+    broken plugin before it is used, and a Store subclass without lock_file() cannot exist."""
+
+    class Provides:
+        @hookimpl
+        def credbridge_stores(self) -> list[StoreType]:
+            return [StoreType(name="memory", open=lambda _context: _MemoryStore())]
+
+    plugins = manager_with(Provides())
+    config = parse_config(
+        {"store": {"type": "memory"}, "targets": {"app": {"credentials": {"x": "generate:hex"}}}},
+        directory=tmp_path,
+        plugins=plugins,
+    )
+    with (
+        Session(config, plugins=plugins) as session,
+        pytest.raises(PluginError, match=r"store 'memory': lock_file\(\) returned no lock"),
+    ):
+        session.rotate("app", "x")
+
+    class Unlocked(Store):
+        read = _MemoryStore.read
+        create = _MemoryStore.create
+        rotate = _MemoryStore.rotate
+        keys = _MemoryStore.keys
+        location = _MemoryStore.location
+
+    with pytest.raises(TypeError, match="lock_file"):
+        Unlocked()  # type: ignore[abstract]

@@ -362,6 +362,84 @@ def test_config_loader_on_mutated_text(profile: str, tmp_path: Path) -> None:
     )
 
 
+# --------------------------------------------------------------------------- deep nesting
+
+# Where a nested value goes in a config: every table a run walks (settings of sources, sinks,
+# launchers, a credential's table) and the top level. "@@" is replaced by the nested text.
+DEEP_TOML = [
+    "x = @@\n",
+    "[sources.vault]\naddress = @@\n",
+    '[sinks.credstore]\ndirectory = "/run/cs"\nowner = @@\n',
+    '[targets."app.service".credentials]\ndb = @@\n',
+    '[targets.vm]\nkind = "vm"\nlauncher = { type = "qemu", kernel = "k", disks = @@ }\n'
+    'credentials = { x = "generate:hex" }\n',
+]
+DEEP_JSON = [
+    '{"x": @@}',
+    '{"sources": {"vault": {"address": @@}}}',
+    '{"targets": {"app.service": {"credentials": {"db": @@}}}}',
+    '{"targets": {"vm": {"kind": "vm", "launcher": {"type": "qemu", "kernel": "k", '
+    '"disks": @@}, "credentials": {"x": "generate:hex"}}}}',
+]
+
+
+def _nested(kind: str, depth: int, leaf: str, toml: bool) -> str:
+    if kind == "array":
+        return "[" * depth + leaf + "]" * depth
+    opener = "{a = " if toml else '{"a": '
+    return opener * depth + leaf + "}" * depth
+
+
+@st.composite
+def deep_configs(draw: st.DrawFn) -> tuple[str, str]:
+    toml = draw(st.booleans())
+    template = draw(st.sampled_from(DEEP_TOML if toml else DEEP_JSON))
+    # Around the limit (100), around the parsers' recursion limit (~1000), and far beyond.
+    depth = draw(st.one_of(st.integers(0, 130), st.integers(900, 1100), st.integers(0, 5000)))
+    leaf = draw(st.sampled_from(["1", '"generate:hex"', '"/run/cs"', "[]", "{}", '"x"']))
+    kind = draw(st.sampled_from(["array", "table"]))
+    return ("toml" if toml else "json"), template.replace("@@", _nested(kind, depth, leaf, toml))
+
+
+@pytest.mark.parametrize("profile", BUDGETS)
+def test_config_loader_on_deeply_nested_configs(profile: str, tmp_path: Path) -> None:
+    """TOML nested 500 deep and JSON 1000 deep once raised RecursionError: a config of any
+    depth, anywhere a run reads one, is loaded or refused with a CredbridgeError."""
+
+    def check(case: tuple[str, str]) -> None:
+        suffix, text = case
+        file = tmp_path / f"credbridge.{suffix}"
+        file.write_text(text)
+        try:
+            exercise(load_config(file))
+        except CredbridgeError:
+            return
+
+    explore("config loader (deep nesting, TOML and JSON)", profile, deep_configs(), check)
+
+
+@pytest.mark.parametrize("profile", BUDGETS)
+def test_selectors_on_deeply_nested_values(profile: str) -> None:
+    """A ``file:...#selector`` (or any source's JSON) nested to any depth, any selector."""
+    from credbridge.core.reference import select
+
+    cases = st.tuples(
+        st.sampled_from(["array", "table"]),
+        st.one_of(st.integers(0, 130), st.integers(900, 1100), st.integers(0, 5000)),
+        st.one_of(st.none(), st.sampled_from(["a", "/a/a", "/0/0", "/a/0/a"]), TEXT),
+    )
+
+    def check(case: tuple[str, int, str | None]) -> None:
+        kind, depth, selector = case
+        value = Secret(_nested(kind, depth, '"leaf"', toml=False).encode())
+        try:
+            select(value, selector, "file:deep.json")
+        except CredbridgeError:
+            return
+
+    explore("selectors on deeply nested JSON", profile, cases, check)
+
+
 # --------------------------------------------------------------------------- OEM strings
 
 

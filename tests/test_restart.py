@@ -13,7 +13,10 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +45,10 @@ for arg in "$@"; do unit="$arg"; done
 case "$*" in
     *is-active*) grep -qx "$unit" "$here/active" 2>/dev/null; exit $? ;;
 esac
+if grep -qx "$unit" "$here/slow" 2>/dev/null; then
+    : >"$here/slow-started"
+    exec sleep 60
+fi
 if grep -qx "$unit" "$here/fail" 2>/dev/null; then
     echo "Job for $unit failed because the control process exited with error code." >&2
     exit 1
@@ -155,6 +162,93 @@ def test_only_the_changed_unit_is_restarted_once_after_the_commit(
     third = run(cli, stub, config, "deliver", "--restart")
     assert third.returncode == 0
     assert calls(stub) == []
+
+
+THREE = (
+    BODY
+    + """
+[targets."third.service".credentials]
+more = "file:values/more"
+"""
+)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+def test_restarts_cut_short_by_a_signal_are_done_by_the_next_deliver(
+    tmp_path: Path, tmpfs_dir: Path, stub: Path, signum: int
+) -> None:
+    """A stop while systemctl restarts the second of three units: the delivery is committed,
+    the second and third units still run with the old values. The record written before the
+    first restart makes the next deliver (nothing changed since: every credential 'keep')
+    restart exactly those two, and the one after that nothing."""
+    for name in ("token", "other", "more"):
+        value(tmp_path, name, f"{name}-1")
+    config = write(tmp_path, tmpfs_dir, THREE)
+    (stub / "slow").write_text("worker.service\n")
+    env = {**os.environ, "PATH": f"{stub}:{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "credbridge.core.cli", "-c", str(config)]
+    proc = subprocess.Popen(
+        [*command, "deliver", "--restart"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (stub / "slow-started").exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "systemctl was never called for worker.service"
+            time.sleep(0.02)
+        proc.send_signal(signum)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert verbs(stub) == [("try-restart", "app.service"), ("try-restart", "worker.service")]
+    if signum == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+        assert (
+            "not yet restarted or reloaded: worker.service, third.service; recorded" in err.decode()
+        ), err.decode()
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    (stub / "slow").unlink()
+    (stub / "calls.jsonl").unlink()
+
+    second = subprocess.run([*command, "deliver", "--restart"], env=env, capture_output=True)
+    assert second.returncode == 0, second.stderr.decode()
+    lines = second.stdout.decode().splitlines()
+    assert all(line.endswith("\tkeep") for line in lines if not line.startswith("unit\t")), lines
+    assert verbs(stub) == [("try-restart", "worker.service"), ("try-restart", "third.service")]
+    assert "unit\tworker.service\trestart\tdone (pending from an interrupted run)" in lines
+    assert "unit\tthird.service\trestart\tdone (pending from an interrupted run)" in lines
+    (stub / "calls.jsonl").unlink()
+
+    third = subprocess.run([*command, "deliver", "--restart"], env=env, capture_output=True)
+    assert third.returncode == 0, third.stderr.decode()
+    assert calls(stub) == []
+
+
+def test_no_restart_leaves_pending_restarts_recorded_and_says_so(
+    tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
+) -> None:
+    value(tmp_path, "token", "a")
+    value(tmp_path, "other", "b")
+    config = write(tmp_path, tmpfs_dir, BODY)
+    record = tmpfs_dir / ".credbridge-restarts.json"
+    record.write_text(
+        json.dumps({"units": [{"unit": "app.service", "action": "restart", "targets": []}]})
+    )
+    record.chmod(0o600)
+    kept = run(cli, stub, config, "deliver", "--no-restart")
+    assert kept.returncode == 0, kept.stderr.decode()
+    assert calls(stub) == []
+    assert "still to restart after an interrupted delivery: app.service" in kept.stderr.decode()
+    done = run(cli, stub, config, "deliver")
+    assert done.returncode == 0, done.stderr.decode()
+    assert verbs(stub) == [("try-restart", "app.service")]
+    assert not record.exists()
 
 
 def test_inside_a_service_the_jobs_are_queued_not_awaited(
@@ -508,3 +602,50 @@ def test_encrypted_targets_are_compared_by_their_plaintext(
     changed = run(cli, stub, config, "deliver", "--restart", "--json")
     assert [e["change"] for e in json.loads(changed.stdout)["entries"]] == ["change"]
     assert verbs(stub) == [("try-restart", "app.service")]
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["restarts-ok", "a-restart-fails"])
+def test_a_closed_stdout_still_restarts_and_records_everything(
+    tmp_path: Path, tmpfs_dir: Path, stub: Path, failing: bool
+) -> None:
+    """``deliver --restart | head -0``: the targets are written, every unit is restarted and
+    struck off the record, and the exit status is SIGPIPE's -- or 14 with the failed unit named
+    on stderr when a restart failed (that must not be lost with the closed stdout)."""
+    value(tmp_path, "token", "a")
+    value(tmp_path, "other", "b")
+    if failing:
+        (stub / "fail").write_text("worker.service\n")
+    config = write(tmp_path, tmpfs_dir, BODY)
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "credbridge.core.cli",
+                "-c",
+                str(config),
+                "deliver",
+                "--restart",
+            ],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}"},
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    err = result.stderr.decode()
+    assert "Traceback" not in err
+    assert "internal error" not in err
+    assert (tmpfs_dir / "app.service" / "token").read_text() == "a"
+    assert verbs(stub) == [("try-restart", "app.service"), ("try-restart", "worker.service")]
+    assert not (tmpfs_dir / ".credbridge-restarts.json").exists()
+    if failing:
+        assert result.returncode == 14, err
+        assert "delivered, but restart of worker.service failed" in err
+    else:
+        assert result.returncode == 128 + signal.SIGPIPE, err
+        assert "error" not in err

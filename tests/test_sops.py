@@ -834,7 +834,7 @@ def test_store_round_trip_with_plain_sops_and_rotation(
 
     # Plaintext never touched the disk: nothing but the encrypted file and the lock file.
     leftovers = sorted(p.name for p in store_file.parent.iterdir())
-    assert leftovers == [".generated.yaml.lock", "generated.yaml"]
+    assert leftovers == [".generated.yaml.lock", ".generated.yaml.run.lock", "generated.yaml"]
     for path in tmp_path.rglob("*"):
         if path.is_file():
             data = path.read_bytes()
@@ -1181,3 +1181,194 @@ def test_docs_worked_examples_run(
     assert result.returncode == 0, result.stderr
     result = cli("-c", str(config), "get", "stored:web.service/session-key?version=previous")
     assert result.stdout == (delivered / "session-key").read_bytes()
+
+
+# --------------------------------------------------------------------------- issue 19: the run lock
+
+CLI = [sys.executable, "-m", "credbridge.core.cli"]
+
+
+def _stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T"
+
+
+def _store_values(store_file: Path, key: AgeKey) -> dict[str, str]:
+    plain = json.loads(sops("decrypt", "--output-type", "json", str(store_file), key=key))
+    return {name: entry["current"] for name, entry in plain.items()}
+
+
+def test_rotate_waits_for_a_deliver_that_read_the_sops_store(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, tmpfs_dir: Path
+) -> None:
+    """A deliver paused between resolving (the store read) and its commit holds the store's
+    run lock: a rotate meanwhile waits (here --no-wait: exit 12) instead of landing in between,
+    where the delivered value would differ from the store's current one with 'keep' shown."""
+    config = store_project(tmp_path, keys)
+    with config.open("a") as handle:
+        handle.write(f'[sinks.credstore]\ndirectory = "{tmpfs_dir}"\n')
+    store_file = config.parent / "secrets" / "generated.yaml"
+    first = subprocess.run([*CLI, "-c", str(config), "deliver"], capture_output=True, check=False)
+    assert first.returncode == 0, first.stderr.decode()
+
+    paused = subprocess.Popen(
+        [
+            sys.executable,
+            "-X",
+            "credbridge-fault=engine.resolved@1:stop",
+            *CLI[1:],
+            "-c",
+            str(config),
+            "deliver",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _stopped(paused.pid):
+            assert time.monotonic() < deadline and paused.poll() is None
+            time.sleep(0.02)
+        rotate = subprocess.run(
+            [*CLI, "-c", str(config), "rotate", "--no-wait", "app", "db"],
+            capture_output=True,
+            check=False,
+        )
+    finally:
+        os.kill(paused.pid, signal.SIGCONT)
+        out, err = paused.communicate(timeout=120)
+    assert rotate.returncode == 12, rotate.stderr.decode()
+    assert "generated.yaml.run.lock is locked by another credbridge run" in rotate.stderr.decode()
+    assert paused.returncode == 0, err.decode()
+    # What the delivery reported ('keep') is what the store still holds.
+    assert all(line.endswith("\tkeep") for line in out.decode().splitlines())
+    current = _store_values(store_file, keys[0])["app/db"]
+    assert (tmpfs_dir / "app" / "db").read_text() == current
+
+    # Once the delivery is done the rotation goes through, and the next deliver changes it.
+    assert subprocess.run([*CLI, "-c", str(config), "rotate", "app", "db"]).returncode == 0
+    assert _store_values(store_file, keys[0])["app/db"] != current
+    after = subprocess.run([*CLI, "-c", str(config), "deliver"], capture_output=True, check=False)
+    assert "app\tdb\tgenerate:base64?bytes=24\tcredstore\tchange" in after.stdout.decode()
+
+
+def test_working_copies_of_a_killed_run_are_removed_by_the_next_run(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, tmpfs_dir: Path
+) -> None:
+    """SIGKILL while the store is rewritten leaves encrypted working copies
+    (``.generated.yaml.HEX.tmp``) in the user's checkout; the next run removes them (and
+    nothing else)."""
+    config = store_project(tmp_path, keys)
+    with config.open("a") as handle:
+        handle.write(f'[sinks.credstore]\ndirectory = "{tmpfs_dir}"\n')
+    secrets_dir = config.parent / "secrets"
+    assert subprocess.run([*CLI, "-c", str(config), "deliver"], check=False).returncode == 0
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "credbridge-fault=atomic.before-rename@1:kill",
+            *CLI[1:],
+            "-c",
+            str(config),
+            "rotate",
+            "app",
+            "db",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()
+    leftovers = [p.name for p in secrets_dir.iterdir() if p.name.endswith(".tmp")]
+    assert leftovers, "the kill left no working copy: the test no longer tests anything"
+    decoys = [".generated.yaml.notes.tmp", ".other.yaml.0123456789ab.tmp", "keep.tmp"]
+    for name in decoys:
+        (secrets_dir / name).write_text("not credbridge's")
+
+    again = subprocess.run([*CLI, "-c", str(config), "deliver"], capture_output=True, check=False)
+    assert again.returncode == 0, again.stderr.decode()
+    assert sorted(p.name for p in secrets_dir.iterdir() if p.name.endswith(".tmp")) == sorted(
+        decoys
+    )
+
+
+# --------------------------------------------------------------------------- issue 19: planted files
+
+
+@pytest.mark.parametrize(
+    "case", ["file-of-nobody", "directory-of-nobody", "parent-writable", "sticky-root-directory"]
+)
+def test_a_sops_file_another_user_could_choose_is_refused(
+    keys: tuple[AgeKey, AgeKey], case: str
+) -> None:
+    """The recipients are public: whoever can put a file where a sops: reference points can
+    choose the value. A file or directory of ``nobody`` (made by nobody's own process), or a
+    directory every user may write, is refused with exit 13 naming it; a root-owned file in a
+    root-owned sticky directory (``/nix/store``, ``/tmp``) is read."""
+    import pwd
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("acting as another user needs root")
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="credbridge-sops-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        source = encrypt(base / "source.yaml", YAML.encode(), keys[0])
+        source.chmod(0o644)
+        directory = base / "secrets"
+        directory.mkdir(mode=0o755)
+        if case == "directory-of-nobody":
+            os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+        elif case == "parent-writable":
+            directory.chmod(0o777)
+        elif case == "sticky-root-directory":
+            directory.chmod(0o1777)
+        else:
+            directory.chmod(0o777 | 0o1000)
+        target = directory / "app.yaml"
+        if case in {"file-of-nobody", "directory-of-nobody"}:
+            subprocess.run(
+                ["/bin/cp", str(source), str(target)],
+                user=nobody.pw_uid,
+                group=nobody.pw_gid,
+                check=True,
+            )
+        else:
+            shutil.copy(source, target)
+        result = subprocess.run(
+            [*CLI, "get", f"sops:{target}#token"],
+            env={**os.environ, "SOPS_AGE_KEY_FILE": str(keys[0].path)},
+            capture_output=True,
+            check=False,
+        )
+        err = result.stderr.decode()
+        if case == "sticky-root-directory":
+            assert result.returncode == 0, err
+            assert result.stdout == b"top-level"
+            return
+        assert result.returncode == 13, err
+        assert result.stdout == b""
+        named = target if case == "file-of-nobody" else directory
+        assert err.startswith(f"credbridge: error: unsafe path {named}: owned by "), err
+        assert len(err.strip().splitlines()) == 1, err
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("depth", [150, 1000])
+def test_a_sops_file_nested_too_deep_is_one_line(
+    keys: tuple[AgeKey, AgeKey], tmp_path: Path, depth: int
+) -> None:
+    """What sops decrypts is parsed as JSON: nested 1000 deep it once raised RecursionError."""
+    nested = '{"a": ' * depth + '"leaf"' + "}" * depth
+    path = encrypt(tmp_path / "deep.json", nested.encode(), keys[0])
+    result = subprocess.run(
+        [*CLI, "get", f"sops:{path}#/a/a"],
+        env={**os.environ, "SOPS_AGE_KEY_FILE": str(keys[0].path)},
+        capture_output=True,
+        check=False,
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 5, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "nested deeper than 100 levels" in err and str(path) in err, err

@@ -782,3 +782,27 @@ def test_error_answer_quoting_part_of_a_secret_is_withheld(
     rendered = " ".join(str(o) for o in outcomes)
     for part in (value[6:18], b64[8:20], token[6:16]):
         assert part not in rendered
+
+
+@pytest.mark.parametrize("depth", [150, 1000, 3000])
+def test_an_answer_nested_too_deep_is_one_typed_error(
+    openbao: DevServer, tmp_path: Path, depth: int
+) -> None:
+    """A secret nested 1000 deep once raised RecursionError inside hvac's JSON parsing (a bug
+    in credbridge, exit 11). Written raw (Python's own json cannot even encode it), read back
+    through the real server: one invalid-value error naming the reference."""
+    import requests
+
+    path = unique("deep")
+    body = '{"data": {"doc": ' + "[" * depth + "1" + "]" * depth + "}}"
+    answer = requests.post(
+        f"{openbao.address}/v1/secret/data/{path}",
+        data=body,
+        headers={"X-Vault-Token": openbao.token},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    ref = f"vault:secret/{path}#doc"
+    got = resolve(root_config(openbao, tmp_path), ref)[ref]
+    assert isinstance(got, InvalidValue), got
+    assert str(got).startswith(f"{ref}: ")
