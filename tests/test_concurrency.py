@@ -13,6 +13,7 @@ import base64
 import contextlib
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
@@ -142,6 +143,24 @@ def paused_deliver(setup: Setup) -> subprocess.Popen[bytes]:
     return proc
 
 
+def read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
+    """What ``proc`` wrote to its stderr up to and including ``marker`` (or until it ended)."""
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {marker!r} within {timeout}s: {seen!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
 def test_a_live_run_keeps_its_staging_and_others_wait_or_give_up(
     tmp_path: Path, tmpfs_dir: Path
 ) -> None:
@@ -173,13 +192,16 @@ def test_a_live_run_keeps_its_staging_and_others_wait_or_give_up(
         assert setup.target("a.service") == before
         # Default: wait as long as it takes.
         waiting = setup.start("deliver")
-        time.sleep(1.5)
+        # Read until it says it waits (its notice comes after 1 s of waiting), however long
+        # its start takes on a loaded machine; it must still be running then.
+        said = read_until(waiting, b"waiting for", timeout=60)
         assert waiting.poll() is None
     finally:
         os.kill(holder.pid, signal.SIGCONT)
     _, err = holder.communicate(timeout=60)
     assert holder.returncode == 0, err.decode()
-    _, err = waiting.communicate(timeout=60)
+    _, rest = waiting.communicate(timeout=60)
+    err = said + rest
     assert waiting.returncode == 0, err.decode()
     assert b"waiting for" in err and f"pid {holder.pid}".encode() in err
     after = setup.target("a.service")
