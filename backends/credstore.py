@@ -77,6 +77,10 @@ KEY_MIN_SYSTEMD = {
     "tpm2-absent": 251,
     "null": 256,
 }
+#: The first systemd proven to unseal a TPM2 credential bound to no PCR (``--tpm2-pcrs=``)
+#: when a unit starts: 252 encrypts it and then cannot decrypt it (the versions in between are
+#: untested, so they are refused too).
+UNBOUND_TPM2_MIN_SYSTEMD = 257
 #: Keys that seal to a TPM2, so ``tpm2_pcrs`` means something for them.
 TPM2_KEYS = frozenset({"tpm2", "host+tpm2", "tpm2+host", "auto", "auto-initrd"})
 
@@ -235,6 +239,19 @@ class CredstoreSink(Sink):
             raise DeliveryError(
                 f'{self.where}: with_key "{self.with_key}" needs systemd {needed} or later; '
                 f"{binary} is systemd {version}"
+            )
+        if (
+            self.tpm2_pcrs == ""
+            and self.with_key in TPM2_KEYS
+            and version is not None
+            and version < UNBOUND_TPM2_MIN_SYSTEMD
+        ):
+            # 252 seals it, but PID 1 then fails the unit: "TPM2 PCR bank invalid or not
+            # supported" (tests/test_tpm_guest.py); 257 unseals it.
+            raise DeliveryError(
+                f'{self.where}: tpm2_pcrs = "" (bound to no PCR) needs systemd '
+                f"{UNBOUND_TPM2_MIN_SYSTEMD} or later to be decrypted; {binary} is systemd "
+                f'{version} (bind to PCRs, e.g. tpm2_pcrs = "7")'
             )
 
     def lock_files(self) -> list[Path]:

@@ -401,6 +401,35 @@ def test_a_key_newer_than_the_machines_systemd_is_refused_naming_the_version(
     assert not (tmpfs_dir / "app.service").exists()
 
 
+@pytest.mark.parametrize("version", [252, 256, 257])
+def test_a_tpm2_key_bound_to_no_pcr_needs_systemd_257(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
+    """systemd 252 seals with ``--tpm2-pcrs=`` but its PID 1 cannot unseal the result
+    (tests/test_tpm_guest.py): refused below 257, the first version proven to unseal it."""
+    stub = tmp_path / "systemd-creds"
+    stub.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = --version ]; then echo "systemd {version} ({version}.1-1)"; exit 0; fi\n'
+        "cat >/dev/null\necho ciphertext\n"
+    )
+    stub.chmod(0o755)
+    monkeypatch.setenv("CB_TEST_STATIC", "v")
+    config = make_config(
+        tmp_path, tmpfs_dir, BODY, f'encrypt = "tpm2"\ntpm2_pcrs = ""\nsystemd_creds = "{stub}"'
+    )
+    if version >= 257:
+        deliver(config, ["app.service"])
+        return
+    with pytest.raises(DeliveryError) as error:
+        deliver(config, ["app.service"])
+    assert str(error.value) == (
+        'sinks.credstore: tpm2_pcrs = "" (bound to no PCR) needs systemd 257 or later to be '
+        f'decrypted; {stub} is systemd {version} (bind to PCRs, e.g. tpm2_pcrs = "7")'
+    )
+    assert not (tmpfs_dir / "app.service").exists()
+
+
 def test_systemd_creds_gets_no_secret_environment(
     tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
