@@ -5,8 +5,11 @@ credential. A delivery writes a complete new directory beside it and swaps the t
 ``renameat2(RENAME_EXCHANGE)``: readers see either the whole old set or the whole new one.
 Runs serialise on ``DIRECTORY/.credbridge.lock``; under it, staging directories of a crashed
 run (``.TARGET.staging-*``) are removed.
-With ``encrypt = true`` each value goes through ``systemd-creds encrypt --name=NAME`` (value on
-stdin, never in argv) and the drop-in uses ``LoadCredentialEncrypted=``.
+With ``encrypt`` set each value goes through ``systemd-creds encrypt --name=NAME
+--with-key=KEY`` (value on stdin, never in argv) and the drop-in uses
+``LoadCredentialEncrypted=``. ``encrypt`` names the key as ``--with-key=`` does (``"host"``,
+``"tpm2"``, ``"host+tpm2"``, ``"auto"``; ``true`` is ``"host"``); a key the machine's
+systemd-creds is too old for is refused before anything is resolved.
 """
 
 from __future__ import annotations
@@ -59,6 +62,49 @@ _STAGED_HERE: set[str] = set()
 
 DEFAULT_DIRECTORY = "/run/credstore"
 DEFAULT_ENCRYPTED_DIRECTORY = "/etc/credstore.encrypted"
+
+#: The keys ``encrypt`` names, as ``systemd-creds --with-key=`` spells them (``true`` = host).
+ENCRYPT_KEYS = ("host", "tpm2", "host+tpm2", "auto")
+#: The first systemd whose ``systemd-creds encrypt`` takes each ``--with-key=`` value
+#: (systemd-creds itself is new in 250; ``tpm2-absent`` came in 251 and was renamed ``null``
+#: in 256, which keeps the old name as an alias: ../shared/research/systemd-versions.md).
+KEY_MIN_SYSTEMD = {
+    "host": 250,
+    "tpm2": 250,
+    "host+tpm2": 250,
+    "tpm2+host": 250,
+    "auto": 250,
+    "auto-initrd": 250,
+    "tpm2-absent": 251,
+    "null": 256,
+}
+#: The first systemd proven to unseal a TPM2 credential bound to no PCR (``--tpm2-pcrs=``)
+#: when a unit starts: 252 encrypts it and then cannot decrypt it (the versions in between are
+#: untested, so they are refused too).
+UNBOUND_TPM2_MIN_SYSTEMD = 257
+#: Keys that seal to a TPM2, so ``tpm2_pcrs`` means something for them.
+TPM2_KEYS = frozenset({"tpm2", "host+tpm2", "tpm2+host", "auto", "auto-initrd"})
+
+
+def systemd_creds_version(binary: str, timeout: float) -> int | None:
+    """The systemd version of ``binary`` (``systemd-creds --version``), None if unreadable."""
+    import subprocess  # only encrypting sinks run it
+
+    try:
+        result = subprocess.run(
+            [binary, "--version"],
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            env=child_env(),
+        )
+    except (subprocess.TimeoutExpired, OSError):
+        return None
+    words = result.stdout.decode("utf-8", "replace").split()
+    if result.returncode != 0 or len(words) < 2 or words[0] != "systemd":
+        return None
+    number = words[1].split(".")[0]
+    return int(number) if number.isdigit() else None
 
 
 def unit_path_value(path: Path) -> str:
@@ -118,7 +164,11 @@ class CredstoreSink(Sink):
             return value
 
         self.target = context.target
-        self.encrypt = flag("encrypt")
+        encrypt = settings.get("encrypt", False)
+        if not isinstance(encrypt, bool) and encrypt not in ENCRYPT_KEYS:
+            choices = ", ".join(f'"{k}"' for k in ENCRYPT_KEYS)
+            raise fail("encrypt", f"must be true, false or one of {choices}")
+        self.encrypt = encrypt is not False
         default_dir = DEFAULT_ENCRYPTED_DIRECTORY if self.encrypt else DEFAULT_DIRECTORY
         base = context.config.resolve_path(
             text("directory", default_dir) or default_dir, f"{where}.directory"
@@ -131,13 +181,23 @@ class CredstoreSink(Sink):
         self.allow_persistent = flag("allow_persistent")
         self.owner = text("owner", None)
         self.group = text("group", None)
-        self.with_key = text("with_key", "auto") or "auto"
+        with_key = text("with_key", None)
+        if isinstance(encrypt, str) and with_key is not None and with_key != encrypt:
+            raise fail("with_key", f'names another key than encrypt = "{encrypt}"; give one')
+        self.with_key = encrypt if isinstance(encrypt, str) else (with_key or "host")
         pcrs = settings.get("tpm2_pcrs")
         if isinstance(pcrs, bool) or (pcrs is not None and not isinstance(pcrs, str | int)):
             raise fail("tpm2_pcrs", 'must be a string like "7" or "0+7"')
         if isinstance(pcrs, str) and control_problem(pcrs) is not None:
             raise fail("tpm2_pcrs", 'must be a string like "7" or "0+7"')
         self.tpm2_pcrs = None if pcrs is None else str(pcrs)
+        if self.tpm2_pcrs is not None and self.encrypt and self.with_key not in TPM2_KEYS:
+            # systemd-creds would accept and ignore them: the values would not be bound.
+            raise fail(
+                "tpm2_pcrs",
+                f'binds a TPM2 key; with_key "{self.with_key}" does not use the TPM2 '
+                '(encrypt = "tpm2", "host+tpm2" or "auto")',
+            )
         self.systemd_creds = text("systemd_creds", "systemd-creds") or "systemd-creds"
         self.timeout = seconds_setting(
             settings.get("timeout", 30), file=label, key=f"{where}.timeout"
@@ -163,6 +223,37 @@ class CredstoreSink(Sink):
             self._check_medium()
         except OSError as error:
             raise DeliveryError(f"cannot use {self.base}: {error.strerror or error}") from None
+        if self.encrypt:
+            self._check_key_supported()
+
+    def _check_key_supported(self) -> None:
+        """Refuse a key this machine's systemd-creds does not know, in one line naming the
+        systemd it needs (before anything is resolved or generated)."""
+        import shutil
+
+        needed = KEY_MIN_SYSTEMD.get(self.with_key)
+        binary = shutil.which(self.systemd_creds)
+        if needed is None or binary is None:
+            return  # a key credbridge does not know, or no binary: systemd-creds will say
+        version = systemd_creds_version(binary, self.timeout)
+        if version is not None and version < needed:
+            raise DeliveryError(
+                f'{self.where}: with_key "{self.with_key}" needs systemd {needed} or later; '
+                f"{binary} is systemd {version}"
+            )
+        if (
+            self.tpm2_pcrs == ""
+            and self.with_key in TPM2_KEYS
+            and version is not None
+            and version < UNBOUND_TPM2_MIN_SYSTEMD
+        ):
+            # 252 seals it, but PID 1 then fails the unit: "TPM2 PCR bank invalid or not
+            # supported" (tests/test_tpm_guest.py); 257 unseals it.
+            raise DeliveryError(
+                f'{self.where}: tpm2_pcrs = "" (bound to no PCR) needs systemd '
+                f"{UNBOUND_TPM2_MIN_SYSTEMD} or later to be decrypted; {binary} is systemd "
+                f'{version} (bind to PCRs, e.g. tpm2_pcrs = "7")'
+            )
 
     def lock_files(self) -> list[Path]:
         try:

@@ -232,7 +232,7 @@ let
     // lib.optionalAttrs u.encrypted {
       sink = {
         type = "credstore";
-        encrypt = true;
+        encrypt = "auto";
         directory = cfg.encryptedDirectory;
       };
     }

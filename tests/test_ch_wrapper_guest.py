@@ -5,8 +5,8 @@ runner gives, evaluated from ../shared/vendor/microvm.nix, the working directory
 microvm@NAME.service's), its "real" binary being the API stand-in in boot mode
 (tests/support/ch_standin.py: a stand-in for cloud-hypervisor's API, not cloud-hypervisor),
 which boots the requested kernel/initramfs under QEMU (TCG) with ``platform.oem_strings`` as
-one SMBIOS type 11 structure and ``fs`` as vhost-user-fs devices. The Debian 12 guest's systemd
-imports the credentials; the probe prints them back. Wrap runs in
+one SMBIOS type 11 structure and ``fs`` as vhost-user-fs devices. The Debian guest's systemd (252 and
+257, each test once per release) imports the credentials; the probe prints them back. Wrap runs in
 ``flock /tmp/credbridge-qemu.lock``.
 """
 
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from guest.image import GuestImage, ensure_guest
+from guest.image import RELEASES, GuestImage, release_id
+from guest.parallel import probe_guest
 from guest.qemu import kernel_cmdline, parse_probe_output, probe_cmdline
 from support.ch_harness import (
     SPEC_MISSING,
@@ -52,9 +53,9 @@ def _missing() -> str | None:
 needs_guest = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
 
 
-@pytest.fixture(scope="module")
-def guest_image() -> GuestImage:
-    return ensure_guest()
+@pytest.fixture(scope="module", params=RELEASES, ids=release_id)
+def guest_image(request: pytest.FixtureRequest) -> GuestImage:
+    return probe_guest(request.param)
 
 
 def guest_runner_argv(image: GuestImage, cmdline_extra: str, workdir: Path) -> list[str]:

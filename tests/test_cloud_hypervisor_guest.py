@@ -4,7 +4,7 @@ The stand-in (tests/support/ch_standin.py; a stand-in for cloud-hypervisor's API
 cloud-hypervisor) is started by the launcher exactly as the real binary would be, validates
 each request against the vendored OpenAPI spec and boots the requested kernel/initramfs, with
 ``platform.oem_strings`` as one SMBIOS type 11 structure and ``fs`` as vhost-user-fs devices.
-The Debian 12 guest's systemd imports the credentials; the probe prints them back.
+The Debian guest's systemd (252 and 257, each test once per release) imports the credentials; the probe prints them back.
 
 Also here: the opt-in run against a real ``cloud-hypervisor`` (needs the binary on PATH and a
 usable /dev/kvm; skipped otherwise).
@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from guest.image import GuestImage, ensure_guest
+from guest.image import RELEASES, GuestImage, release_id
+from guest.parallel import probe_guest
 from guest.qemu import kernel_cmdline, parse_probe_output, probe_cmdline
 from support.ch_harness import (
     check_runtime_modes,
@@ -52,9 +53,9 @@ SECRETS: dict[str, bytes] = {
 }
 
 
-@pytest.fixture(scope="session")
-def guest_image() -> GuestImage:
-    return ensure_guest()
+@pytest.fixture(scope="module", params=RELEASES, ids=release_id)
+def guest_image(request: pytest.FixtureRequest) -> GuestImage:
+    return probe_guest(request.param)
 
 
 def run_launch(

@@ -319,7 +319,18 @@ def test_with_key_chooses_the_key_systemd_creds_seals_with(
     ("setting", "problem"),
     [
         ('allow_persistent = "false"', "allow_persistent: must be true or false"),
-        ('encrypt = "yes"', "encrypt: must be true or false"),
+        (
+            'encrypt = "yes"',
+            'encrypt: must be true, false or one of "host", "tpm2", "host+tpm2", "auto"',
+        ),
+        (
+            'encrypt = "tpm2"\nwith_key = "host"',
+            'with_key: names another key than encrypt = "tpm2"; give one',
+        ),
+        (
+            'encrypt = "host"\ntpm2_pcrs = "7"',
+            'tpm2_pcrs: binds a TPM2 key; with_key "host" does not use the TPM2',
+        ),
         ('timeout = "abc"', "timeout: must be a positive number"),
         ("timeout = -1", "timeout: must be a positive number"),
         ("owner = [1]", "owner: must be a user/group name or numeric id"),
@@ -332,6 +343,92 @@ def test_sink_settings_are_type_checked(
     with pytest.raises(ConfigError) as info:
         deliver(make_config(tmp_path, tmpfs_dir, BODY, setting), dry_run=True)
     assert f": sinks.credstore.{problem}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "argv"),
+    [
+        ("encrypt = true", ["--with-key=host"]),
+        ('encrypt = true\nwith_key = "host+tpm2"', ["--with-key=host+tpm2"]),
+        ('encrypt = "tpm2"\ntpm2_pcrs = ""', ["--with-key=tpm2", "--tpm2-pcrs="]),
+        ('encrypt = "host+tpm2"\ntpm2_pcrs = "0+7"', ["--with-key=host+tpm2", "--tpm2-pcrs=0+7"]),
+        ('encrypt = "auto"', ["--with-key=auto"]),
+    ],
+)
+def test_encrypt_names_the_key_systemd_creds_is_given(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch, setting: str, argv: list[str]
+) -> None:
+    """``encrypt`` takes systemd-creds' key names (``true`` is the host key); a recording
+    systemd-creds (it answers ``--version`` as systemd 257) shows the flags it was given."""
+    record = tmp_path / "argv"
+    stub = tmp_path / "systemd-creds"
+    stub.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = --version ]; then echo "systemd 257 (257.13-1~deb13u1)"; exit 0; fi\n'
+        f'printf "%s\\n" "$@" >> "{record}"\n'
+        "cat >/dev/null\necho ciphertext\n"
+    )
+    stub.chmod(0o755)
+    monkeypatch.setenv("CB_TEST_STATIC", "v")
+    deliver(make_config(tmp_path, tmpfs_dir, BODY, f'{setting}\nsystemd_creds = "{stub}"'))
+    calls = record.read_text().split("encrypt\n")[1:]
+    assert calls, "systemd-creds encrypt never ran"
+    for call in calls:
+        assert call.splitlines()[1:-2] == argv, call
+
+
+def test_a_key_newer_than_the_machines_systemd_is_refused_naming_the_version(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``null`` came in systemd 256: under the real systemd-creds of an older machine (Debian
+    12's 252 here) deliver refuses it in one line before anything is generated; from 256 on
+    it is accepted."""
+    real = shutil.which("systemd-creds")
+    if real is None:
+        pytest.skip("systemd-creds is not installed")
+    out = subprocess.run([real, "--version"], capture_output=True, text=True, check=True).stdout
+    version = int(out.split()[1])
+    monkeypatch.setenv("CB_TEST_STATIC", "v")
+    config = make_config(tmp_path, tmpfs_dir, BODY, 'encrypt = true\nwith_key = "null"')
+    if version >= 256:
+        deliver(config, ["app.service"])
+        return
+    with pytest.raises(DeliveryError) as error:
+        deliver(config, ["app.service"])
+    assert str(error.value) == (
+        f'sinks.credstore: with_key "null" needs systemd 256 or later; {real} is systemd {version}'
+    )
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*"))
+    assert not (tmpfs_dir / "app.service").exists()
+
+
+@pytest.mark.parametrize("version", [252, 256, 257])
+def test_a_tpm2_key_bound_to_no_pcr_needs_systemd_257(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch, version: int
+) -> None:
+    """systemd 252 seals with ``--tpm2-pcrs=`` but its PID 1 cannot unseal the result
+    (tests/test_tpm_guest.py): refused below 257, the first version proven to unseal it."""
+    stub = tmp_path / "systemd-creds"
+    stub.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = --version ]; then echo "systemd {version} ({version}.1-1)"; exit 0; fi\n'
+        "cat >/dev/null\necho ciphertext\n"
+    )
+    stub.chmod(0o755)
+    monkeypatch.setenv("CB_TEST_STATIC", "v")
+    config = make_config(
+        tmp_path, tmpfs_dir, BODY, f'encrypt = "tpm2"\ntpm2_pcrs = ""\nsystemd_creds = "{stub}"'
+    )
+    if version >= 257:
+        deliver(config, ["app.service"])
+        return
+    with pytest.raises(DeliveryError) as error:
+        deliver(config, ["app.service"])
+    assert str(error.value) == (
+        'sinks.credstore: tpm2_pcrs = "" (bound to no PCR) needs systemd 257 or later to be '
+        f'decrypted; {stub} is systemd {version} (bind to PCRs, e.g. tpm2_pcrs = "7")'
+    )
+    assert not (tmpfs_dir / "app.service").exists()
 
 
 def test_systemd_creds_gets_no_secret_environment(

@@ -1,6 +1,7 @@
 """End-to-end checks of the guest harness with plain QEMU arguments (no credbridge code).
 
-Each test boots a real Debian 12 guest (systemd 252) under QEMU TCG and checks
+Each test boots a real Debian guest under QEMU TCG, once per release (Debian 12 with systemd
+252, Debian 13 with systemd 257; the test ids say ``systemd252``/``systemd257``), and checks
 that a credential delivered over one channel reaches a service byte-exact.
 The first run builds the guest image (about half a minute, needs root and the
 Debian mirror); later runs reuse the cache.
@@ -23,7 +24,14 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from guest.image import GuestBuildError, GuestImage, ensure_guest, find_host_kernel  # noqa: E402
+from guest.image import (  # noqa: E402
+    RELEASES,
+    GuestBuildError,
+    GuestImage,
+    find_host_kernel,
+    release_id,
+)
+from guest.parallel import probe_guest  # noqa: E402
 from guest.qemu import (  # noqa: E402
     BootResult,
     boot,
@@ -53,15 +61,17 @@ pytestmark = pytest.mark.guest
 needs_guest = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
 
 
-@pytest.fixture(scope="session")
-def guest_image() -> GuestImage:
-    return ensure_guest()
+@pytest.fixture(scope="module", params=RELEASES, ids=release_id)
+def guest_image(request: pytest.FixtureRequest) -> GuestImage:
+    return probe_guest(request.param)
 
 
-def _assert_clean(result: BootResult) -> None:
+def _assert_clean(result: BootResult, image: GuestImage) -> None:
     assert result.done, result.describe()
     assert not result.timed_out, result.describe()
     assert not result.errors, result.describe()
+    # The guest runs the systemd its release ships, not the other one.
+    assert result.systemd_version == image.release.systemd, result.describe()
 
 
 def test_parse_probe_output_tolerates_noise() -> None:
@@ -134,7 +144,7 @@ def test_smbios_binary_credentials_arrive_byte_exact(guest_image: GuestImage) ->
         ],
         cmdline_extra=probe_cmdline(["alpha", "other", "absent"]),
     )
-    _assert_clean(result)
+    _assert_clean(result, guest_image)
     assert {"alpha", "other"} <= result.listed, result.describe()
     assert result.values.get("alpha") == alpha, result.describe()
     assert result.values.get("other") == other, result.describe()
@@ -152,7 +162,7 @@ def test_fw_cfg_credential_arrives_byte_exact(guest_image: GuestImage, tmp_path:
         ["-fw_cfg", f"name=opt/io.systemd.credentials/beta,file={secret}"],
         cmdline_extra=probe_cmdline(["beta"]),
     )
-    _assert_clean(result)
+    _assert_clean(result, guest_image)
     assert "beta" in result.listed, result.describe()
     assert result.values.get("beta") == beta, result.describe()
     assert not result.missing, result.describe()
@@ -197,7 +207,7 @@ def test_virtiofs_credential_arrives_byte_exact(
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
-    _assert_clean(result)
+    _assert_clean(result, guest_image)
     assert result.virtiofs_mounted, result.describe()
     assert result.virtiofs_files == {name: "0400" for name in files}, result.describe()
     assert result.values == files, result.describe()

@@ -1,4 +1,5 @@
-"""``credbridge launch`` with the qemu launcher, proven inside a real Debian 12 guest (TCG).
+"""``credbridge launch`` with the qemu launcher, proven inside real Debian guests (TCG):
+Debian 12 (systemd 252) and Debian 13 (systemd 257), each test once per release.
 
 For each channel the real CLI runs as a child process with a config using ``credential:``,
 ``file:`` and ``generate:`` sources; the guest's probe reports what systemd imported and what
@@ -28,7 +29,8 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from guest.image import EXAMPLES_GUEST_DIR, GuestBuildError, GuestImage, ensure_guest  # noqa: E402
+from guest.image import EXAMPLES_GUEST_DIR, RELEASES, GuestImage, release_id  # noqa: E402
+from guest.parallel import probe_guest  # noqa: E402
 from guest.qemu import BASE_CMDLINE, ProbeReport, parse_probe_output, probe_cmdline  # noqa: E402
 from support.proc import descendants  # noqa: E402
 
@@ -53,12 +55,9 @@ NAMES = ["bin.key", "motd", "token"]
 LAUNCH_TIMEOUT = 400.0
 
 
-@pytest.fixture(scope="module")
-def guest_image() -> GuestImage:
-    try:
-        return ensure_guest()
-    except GuestBuildError as error:
-        pytest.fail(f"guest image cannot be built: {error}")  # an error, never a skip
+@pytest.fixture(scope="module", params=RELEASES, ids=release_id)
+def guest_image(request: pytest.FixtureRequest) -> GuestImage:
+    return probe_guest(request.param)
 
 
 class Watch:

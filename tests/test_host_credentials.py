@@ -1,4 +1,5 @@
-"""credstore drop-ins under the real systemd 252 (PID 1 of the host guest, QEMU TCG).
+"""credstore drop-ins under the real systemd 252 and 257 (PID 1 of the host guests, QEMU TCG;
+Debian 12 and 13, the two guests booted side by side).
 
 * An ``optional = true`` credential the source does not have: the unit starts without it (the
   drop-in's ``LoadCredential=`` points at an empty directory credbridge put there). Before,
@@ -29,7 +30,8 @@ if _TESTS_DIR not in sys.path:
 
 from guest.hostimage import HostGuestRecipe, ensure_host_guest  # noqa: E402
 from guest.hostrun import HostRun, run_host_guest  # noqa: E402
-from guest.image import GuestBuildError  # noqa: E402
+from guest.image import RELEASES, Release, release_id  # noqa: E402
+from guest.parallel import outcome_of, per_release  # noqa: E402
 
 MiB = 1 << 20
 CONFIG = """
@@ -64,17 +66,28 @@ _SKIP = _missing()
 pytestmark = [pytest.mark.guest, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
 
 
-@pytest.fixture(scope="module")
-def run() -> HostRun:
-    try:
-        image = ensure_host_guest(HostGuestRecipe())
-    except GuestBuildError as error:
-        pytest.fail(f"the host guest cannot be built: {error}")
+def boot(release: Release) -> HostRun:
+    image = ensure_host_guest(HostGuestRecipe(), release=release)
     payload = {
         "driver": (Path(_TESTS_DIR) / "guest" / "host_credentials.py").read_bytes(),
         "credbridge.toml": CONFIG.encode(),
     }
-    result = run_host_guest(image, payload, timeout=900)
+    return run_host_guest(image, payload, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[Release, HostRun | Exception]:
+    return per_release(boot)
+
+
+@pytest.fixture(scope="module", params=RELEASES, ids=release_id)
+def release(request: pytest.FixtureRequest) -> Release:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def run(runs: dict[Release, HostRun | Exception], release: Release) -> HostRun:
+    result = outcome_of(runs, release, "host guest")
     assert not result.timed_out, result.describe()
     assert result.done, result.describe()
     assert result.events("error") == [], result.describe()
@@ -95,8 +108,8 @@ def listing(event: dict[str, Any]) -> dict[str, tuple[int, bytes]]:
     return out
 
 
-def test_the_guest_runs_systemd_252(run: HostRun) -> None:
-    assert run.event("version")["systemd"].startswith("systemd 252")
+def test_the_guest_runs_its_releases_systemd(run: HostRun, release: Release) -> None:
+    assert run.event("version")["systemd"].startswith(f"systemd {release.systemd} ")
 
 
 def test_delivery_and_drop_ins(run: HostRun) -> None:

@@ -1,6 +1,7 @@
-"""credbridge's host side under a real systemd (PID 1 of a Debian 12 guest, QEMU TCG).
+"""credbridge's host side under a real systemd (PID 1 of a Debian guest, QEMU TCG).
 
-One QEMU run, two boots of the *host guest* (tests/guest/hostimage.py: persistent ext4 root,
+Everything below runs on both releases (test ids ``systemd252``: Debian 12; ``systemd257``:
+Debian 13), the two guests side by side (tests/guest/parallel.py). Per release, one QEMU run, two boots of the *host guest* (tests/guest/hostimage.py: persistent ext4 root,
 credbridge installed in a venv from a wheel of this checkout). The in-guest driver
 (tests/guest/host_scenario.py) does what an operator does and reports facts; every test
 below checks one part of them:
@@ -42,7 +43,8 @@ if _TESTS_DIR not in sys.path:
 
 from guest.hostimage import GuestFile, HostGuestRecipe, ensure_host_guest  # noqa: E402
 from guest.hostrun import HostRun, run_host_guest  # noqa: E402
-from guest.image import GuestBuildError  # noqa: E402
+from guest.image import RELEASES, Release, release_id  # noqa: E402
+from guest.parallel import outcome_of, per_release  # noqa: E402
 from support.ch_harness import REPO, SPEC_MISSING, SPEC_PATH  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "microvm"
@@ -200,21 +202,33 @@ _SKIPPED = _SKIP is not None and os.environ.get("CI") != "true"
 pytestmark = [pytest.mark.guest, pytest.mark.skipif(_SKIPPED, reason=_SKIP or "")]
 
 
+def boot(release: Release) -> HostRun:
+    return run_host_guest(ensure_host_guest(recipe(), release=release), payload(), timeout=900)
+
+
 @pytest.fixture(scope="module")
-def run() -> HostRun:
+def runs() -> dict[Release, HostRun | Exception]:
     if _SKIP is not None:
         pytest.fail(_SKIP)
-    try:
-        image = ensure_host_guest(recipe())
-    except GuestBuildError as error:
-        pytest.fail(f"the host guest cannot be built: {error}")
-    result = run_host_guest(image, payload(), timeout=900)
+    return per_release(boot)
+
+
+@pytest.fixture(scope="module", params=RELEASES, ids=release_id)
+def release(request: pytest.FixtureRequest) -> Release:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def run(runs: dict[Release, HostRun | Exception], release: Release) -> HostRun:
+    result = outcome_of(runs, release, "host guest")
     assert not result.timed_out, result.describe()
     assert result.done, result.describe()
     assert result.events("error") == [], result.describe()
     assert result.problems == [], result.describe()
     timeline = ", ".join(f"{r['event']} {r['uptime']:.0f}s" for r in result.records)
-    print(f"host guest: {result.seconds:.0f}s in QEMU; guest uptime at each step: {timeline}")
+    print(
+        f"host guest {release.test_id}: {result.seconds:.0f}s in QEMU; guest uptime at each step: {timeline}"
+    )
     return result
 
 
@@ -229,12 +243,12 @@ def ok(result: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------- tests
 
 
-def test_the_guest_is_a_real_host(run: HostRun) -> None:
+def test_the_guest_is_a_real_host(run: HostRun, release: Release) -> None:
     facts = run.event("facts")
     assert facts["root"] == "ext2/ext3"  # stat -f's name for ext4
     assert facts["run"] == "tmpfs"
-    assert facts["systemd"].startswith("systemd 252")
-    assert facts["python"].startswith("3.11")
+    assert facts["systemd"].startswith(f"systemd {release.systemd} ")
+    assert facts["python"].startswith(f"{release.python}.")
     assert facts["credbridge"].startswith("credbridge, version")
 
 

@@ -1,7 +1,8 @@
-"""Generated SSH keys delivered into the real Debian 12 guest (QEMU TCG) over OEM strings.
+"""Generated SSH keys delivered into the real Debian guests (QEMU TCG; Debian 12 with systemd
+252 and Debian 13 with 257) over OEM strings.
 
 The operator's public key goes in as the system credential ``ssh.authorized_keys.root``;
-systemd's own ``tmpfiles.d/provision.conf`` (systemd 252+, Debian 12 ships 252) writes it to
+systemd's own ``tmpfiles.d/provision.conf`` (systemd 252+) writes it to
 ``/root/.ssh/authorized_keys`` at boot. The VM's SSH host key goes in as a credential that a
 ``LoadCredential=`` service reads (sshd takes host keys from credentials only from systemd 256
 on; on 252 a unit copies it into /etc/ssh, see docs/sources/generate.md).
@@ -21,7 +22,8 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from guest.image import GuestBuildError, GuestImage, ensure_guest  # noqa: E402
+from guest.image import RELEASES, GuestImage, release_id  # noqa: E402
+from guest.parallel import probe_guest  # noqa: E402
 from guest.qemu import BASE_CMDLINE, parse_probe_output, probe_cmdline  # noqa: E402
 
 
@@ -44,12 +46,9 @@ HOST = "generate:ssh-ed25519?id=vm/ssh-host&comment=root%40vm"
 FILES = ["/root/.ssh", "/root/.ssh/authorized_keys", "/usr/lib/tmpfiles.d/provision.conf"]
 
 
-@pytest.fixture(scope="module")
-def guest_image() -> GuestImage:
-    try:
-        return ensure_guest()
-    except GuestBuildError as error:
-        pytest.fail(f"guest image cannot be built: {error}")  # an error, never a skip
+@pytest.fixture(scope="module", params=RELEASES, ids=release_id)
+def guest_image(request: pytest.FixtureRequest) -> GuestImage:
+    return probe_guest(request.param)
 
 
 def cli(config: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
@@ -107,8 +106,9 @@ extra_args = ["-no-reboot"]
     # Both credentials arrived as system credentials, byte for byte.
     assert report.values == {AUTHORIZED: operator_public, HOST_KEY: host_private}, context
 
-    # systemd 252's provision.conf turned the credential into root's authorized_keys.
-    assert report.systemd_version is not None and report.systemd_version >= 252, context
+    # The release's own systemd (252 or 257): its provision.conf turned the credential into
+    # root's authorized_keys.
+    assert report.systemd_version == guest_image.release.systemd, context
     provision = report.files["/usr/lib/tmpfiles.d/provision.conf"][2] or b""
     assert b"f^ /root/.ssh/authorized_keys :0600 root :root - ssh.authorized_keys.root" in (
         provision

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from guest.image import RELEASES, Release, release_id
 from support.ch_harness import (
     REPO,
     read_records,
@@ -110,11 +111,12 @@ def _guest_missing() -> str | None:
 
 @pytest.mark.guest
 @pytest.mark.skipif(_guest_missing() is not None, reason=_guest_missing() or "")
-def test_example_end_to_end(tmpfs_dir: Path) -> None:
-    from guest.image import ensure_guest
+@pytest.mark.parametrize("release", RELEASES, ids=release_id)
+def test_example_end_to_end(tmpfs_dir: Path, release: Release) -> None:
+    from guest.parallel import probe_guest
     from guest.qemu import kernel_cmdline, parse_probe_output, probe_cmdline
 
-    image = ensure_guest()
+    image = probe_guest(release)
     # The example, with host paths moved into a private tmpfs dir (nothing else changes).
     data = tomllib.loads((EXAMPLE / "credbridge.toml").read_text())
     data["store"]["path"] = str(tmpfs_dir / "store")

@@ -8,7 +8,8 @@ produces is written as NixOS writes it (tests/support/nixos_system.py): unit fil
 the job scripts. ``systemd-analyze verify`` checks that tree on this machine first.
 
 Then the same files go into the host guest (tests/guest/hostimage.py, the image of
-tests/test_host_guest.py: Debian 12, systemd 252 as PID 1, credbridge in a venv at
+tests/test_host_guest.py: Debian 12 and 13, systemd 252 and 257 as PID 1, booted side by
+side, credbridge in a venv at
 /opt/credbridge, which is where ``${cfg.package}`` points here); the wrapper package is built
 in the guest by running its derivation's build command; the VM runner is what microvm.nix's
 ``lib/runner.nix`` builds for a cloud-hypervisor VM (its command line from the vendored runner,
@@ -38,7 +39,12 @@ if _TESTS_DIR not in sys.path:
 
 from guest.hostimage import CREDBRIDGE_VENV, ensure_host_guest  # noqa: E402
 from guest.hostrun import HostRun, run_host_guest  # noqa: E402
-from guest.image import GuestBuildError  # noqa: E402
+from guest.image import (  # noqa: E402
+    RELEASES,
+    Release,
+    release_id,
+)
+from guest.parallel import outcome_of, per_release  # noqa: E402
 from support.microvm_runner import runner_argv  # noqa: E402
 from support.nixeval import REPO, evaluate, missing  # noqa: E402
 from support.nixos_system import NixosSystem, render_system, verify_root  # noqa: E402
@@ -310,25 +316,41 @@ in_guest = pytest.mark.skipif(_SKIPPED, reason=_SKIP or "")
 
 
 @pytest.fixture(scope="module")
-def run(
-    evaluated: dict[str, Any], system: NixosSystem, tmp_path_factory: pytest.TempPathFactory
-) -> HostRun:
+def runs(evaluated: dict[str, Any], system: NixosSystem) -> dict[Release, HostRun | Exception]:
     if _SKIP is not None:
         pytest.fail(_SKIP)
-    try:
-        image = ensure_host_guest(recipe())
-    except GuestBuildError as error:
-        pytest.fail(f"the host guest cannot be built: {error}")
     files = {
         "driver": (REPO / "tests" / "guest" / "nixos_scenario.py").read_bytes(),
         "host_scenario.py": (REPO / "tests" / "guest" / "host_scenario.py").read_bytes(),
         "manifest.json": json.dumps(system.manifest()).encode(),
         "plan.json": json.dumps(plan(evaluated, system)).encode(),
     }
-    result = run_host_guest(image, files, timeout=900)
+    return per_release(
+        lambda release: run_host_guest(
+            ensure_host_guest(recipe(), release=release), files, timeout=900
+        )
+    )
+
+
+@pytest.fixture(scope="module", params=RELEASES, ids=release_id)
+def release(request: pytest.FixtureRequest) -> Release:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def run(
+    runs: dict[Release, HostRun | Exception],
+    release: Release,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> HostRun:
+    result = outcome_of(runs, release, "host guest")
     # The whole console (every event, journals) for a person debugging a failure.
     keep = os.environ.get("CREDBRIDGE_KEEP_CONSOLE")
-    console = Path(keep) if keep else tmp_path_factory.mktemp("nixos-host-guest") / "console"
+    console = (
+        Path(f"{keep}.{release.test_id}")
+        if keep
+        else tmp_path_factory.mktemp("nixos-host-guest") / f"console-{release.test_id}"
+    )
     console.write_text(result.console)
     print(f"host guest console: {console} (CREDBRIDGE_KEEP_CONSOLE=PATH keeps it)")
     assert not result.timed_out, result.describe()
@@ -336,7 +358,9 @@ def run(
     assert result.events("error") == [], result.describe()
     assert result.problems == [], result.describe()
     timeline = ", ".join(f"{r['event']} {r['uptime']:.0f}s" for r in result.records)
-    print(f"NixOS units in the host guest: {result.seconds:.0f}s in QEMU; {timeline}")
+    print(
+        f"NixOS units in the host guest {release.test_id}: {result.seconds:.0f}s in QEMU; {timeline}"
+    )
     return result
 
 

@@ -1,4 +1,4 @@
-"""The *host guest*: a Debian 12 machine with systemd as PID 1 on which credbridge runs as it
+"""The *host guest*: a Debian machine (12 or 13, see :data:`~tests.guest.image.RELEASES`) with systemd as PID 1 on which credbridge runs as it
 does on a real host (units, ``/run/credstore``, ``LoadCredential=``, reboots).
 
 Unlike the probe guest (:mod:`tests.guest.image`, a RAM root) it has a persistent root file
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .image import (
+    BOOKWORM,
     DEFAULT_MIRROR,
     KERNEL_MODULES,
     MACHINE_ID,
@@ -46,9 +47,9 @@ from .image import (
     MIRROR_ENV,
     PACKAGES,
     STRIP_PATHS,
-    SUITE,
     GuestBuildError,
     HostKernel,
+    Release,
     cached_build,
     check_build_tools,
     customize_system,
@@ -65,6 +66,14 @@ HOST_BUILD_VERSION = 1
 
 REPO = Path(__file__).resolve().parents[2]
 HOST_PACKAGES: tuple[str, ...] = (*PACKAGES, "python3", "python3-venv")
+
+
+def host_packages(release: Release) -> tuple[str, ...]:
+    """What debootstrap installs into the host guest of ``release``: the TPM2 libraries
+    systemd loads for ``systemd-creds --with-key=tpm2`` too (a minimal image lacks them)."""
+    return (*HOST_PACKAGES, *release.tpm2_packages)
+
+
 HOST_MODULES: tuple[str, ...] = (
     *KERNEL_MODULES,
     "virtio_blk",
@@ -205,6 +214,7 @@ class HostGuestRecipe:
 class HostGuestImage:
     """A bootable host guest: kernel, switch-root initramfs and the ext4 root image."""
 
+    release: Release
     kernel: Path
     initramfs: Path
     disk: Path
@@ -230,17 +240,24 @@ def _hash(data: object) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def base_recipe_hash() -> str:
-    return _hash(
-        {"version": HOST_BUILD_VERSION, "suite": SUITE, "packages": HOST_PACKAGES, "layer": "base"}
-    )
-
-
-def host_recipe_hash(kernel: HostKernel, recipe: HostGuestRecipe) -> str:
+def base_recipe_hash(release: Release = BOOKWORM) -> str:
     return _hash(
         {
             "version": HOST_BUILD_VERSION,
-            "base": base_recipe_hash(),
+            "suite": release.suite,
+            "packages": host_packages(release),
+            "layer": "base",
+        }
+    )
+
+
+def host_recipe_hash(
+    kernel: HostKernel, recipe: HostGuestRecipe, release: Release = BOOKWORM
+) -> str:
+    return _hash(
+        {
+            "version": HOST_BUILD_VERSION,
+            "base": base_recipe_hash(release),
             "modules": HOST_MODULES,
             "initrd_modules": INITRD_MODULES,
             "initrd_programs": INITRD_PROGRAMS,
@@ -259,25 +276,28 @@ def host_recipe_hash(kernel: HostKernel, recipe: HostGuestRecipe) -> str:
 
 
 def ensure_host_guest(
-    recipe: HostGuestRecipe = HostGuestRecipe(), cache_dir: Path | None = None
+    recipe: HostGuestRecipe = HostGuestRecipe(),
+    cache_dir: Path | None = None,
+    release: Release = BOOKWORM,
 ) -> HostGuestImage:
-    """Return the cached host guest for ``recipe``, building it first if needed."""
+    """Return the cached host guest of ``release`` for ``recipe``, building it first if needed."""
     base = cache_dir if cache_dir is not None else default_cache_dir()
     kernel = find_host_kernel()
     rootfs = cached_build(
         base,
-        f"hostbase-{base_recipe_hash()}",
-        _build_base,
+        f"hostbase-{base_recipe_hash(release)}",
+        lambda tmp: _build_base(tmp, release),
         lambda d: (d / "rootfs.tar").is_file(),
     )
     final = cached_build(
         base,
-        f"hostguest-{host_recipe_hash(kernel, recipe)}",
-        lambda tmp: _build_host(tmp, kernel, recipe, rootfs / "rootfs.tar"),
+        f"hostguest-{host_recipe_hash(kernel, recipe, release)}",
+        lambda tmp: _build_host(tmp, kernel, recipe, rootfs / "rootfs.tar", release),
         lambda d: (d / "manifest.json").is_file(),
     )
     _forget_unused(base, final)
     return HostGuestImage(
+        release=release,
         kernel=final / "vmlinuz",
         initramfs=final / "initramfs.cpio.zst",
         disk=final / "root.img",
@@ -303,7 +323,7 @@ def _forget_unused(base: Path, current: Path, max_age: float = 2 * 86400) -> Non
 # --------------------------------------------------------------------------- build steps
 
 
-def _build_base(workdir: Path) -> None:
+def _build_base(workdir: Path, release: Release) -> None:
     check_build_tools()
     root = workdir / "root"
     mirror = os.environ.get(MIRROR_ENV, DEFAULT_MIRROR)
@@ -311,8 +331,8 @@ def _build_base(workdir: Path) -> None:
         [
             "debootstrap",
             "--variant=minbase",
-            f"--include={','.join(HOST_PACKAGES)}",
-            SUITE,
+            f"--include={','.join(host_packages(release))}",
+            release.suite,
             str(root),
             mirror,
         ]
@@ -341,19 +361,46 @@ def _chroot(root: Path, *argv: str) -> None:
         )
 
 
-def _host_wheels(directory: Path, requirements: Sequence[str]) -> None:
-    """Wheels for ``requirements`` and all their dependencies, fetched/built on the host."""
+def _host_wheels(directory: Path, requirements: Sequence[str], release: Release) -> None:
+    """Wheels for ``requirements`` and all their dependencies, fetched/built on the host.
+
+    When the guest's Python is not the host's (trixie's 3.13 under a 3.11 host), local
+    projects are built as (pure) wheels without their dependencies, and every dependency is
+    downloaded as a binary wheel for the guest's Python and platform: a wheel compiled for
+    the host's Python would not import in the guest.
+    """
     directory.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip"]
+    if release.python == f"{sys.version_info.major}.{sys.version_info.minor}":
+        run_build_step([*pip, "wheel", "--quiet", "--wheel-dir", str(directory), *requirements])
+        return
+    local = [r for r in requirements if Path(r).is_dir()]
+    if local:
+        run_build_step(
+            [*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(directory), *local]
+        )
+    built = [str(w) for w in sorted(directory.glob("*.whl"))]
+    remote = [r for r in requirements if not Path(r).is_dir()]
     run_build_step(
         [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
+            *pip,
+            "download",
             "--quiet",
-            "--wheel-dir",
+            "--only-binary=:all:",
+            "--python-version",
+            release.python,
+            "--implementation",
+            "cp",
+            "--platform",
+            "manylinux_2_28_x86_64",
+            "--platform",
+            "manylinux_2_17_x86_64",
+            "--platform",
+            "manylinux2014_x86_64",
+            "--dest",
             str(directory),
-            *requirements,
+            *built,
+            *remote,
         ]
     )
 
@@ -396,7 +443,9 @@ def _write_file(root: Path, item: GuestFile) -> None:
     path.chmod(item.mode)
 
 
-def _build_host(workdir: Path, kernel: HostKernel, recipe: HostGuestRecipe, rootfs: Path) -> None:
+def _build_host(
+    workdir: Path, kernel: HostKernel, recipe: HostGuestRecipe, rootfs: Path, release: Release
+) -> None:
     check_build_tools()
     missing = [t for t in ("mke2fs", "chroot", "systemctl", "tar") if shutil.which(t) is None]
     if missing:
@@ -414,12 +463,12 @@ def _build_host(workdir: Path, kernel: HostKernel, recipe: HostGuestRecipe, root
         _chroot(root, *command)
     wheels = workdir / "wheels"
     if recipe.install_credbridge:
-        _host_wheels(wheels / "credbridge", [str(REPO)])
+        _host_wheels(wheels / "credbridge", [str(REPO)], release)
         _make_venv(root, CREDBRIDGE_VENV, wheels / "credbridge", ["credbridge"])
         link = root / "usr" / "bin" / "credbridge"
         link.symlink_to(f"{CREDBRIDGE_VENV}/bin/credbridge")
     for index, (venv, requirements) in enumerate(recipe.venvs):
-        _host_wheels(wheels / str(index), requirements)
+        _host_wheels(wheels / str(index), requirements, release)
         _make_venv(root, venv, wheels / str(index), requirements)
     files = (
         GuestFile(BOOTSTRAP_PATH, BOOTSTRAP_SCRIPT.encode(), 0o755),
@@ -438,8 +487,8 @@ def _build_host(workdir: Path, kernel: HostKernel, recipe: HostGuestRecipe, root
     shutil.rmtree(wheels, ignore_errors=True)
     manifest = {
         "kernel_version": kernel.version,
-        "suite": SUITE,
-        "packages": list(HOST_PACKAGES),
+        "suite": release.suite,
+        "packages": list(host_packages(release)),
         "modules": list(HOST_MODULES),
         "disk_bytes_used": _allocated(workdir / "root.img"),
         "initramfs_bytes": (workdir / "initramfs.cpio.zst").stat().st_size,

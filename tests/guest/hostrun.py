@@ -109,6 +109,7 @@ def host_qemu_argv(
     memory_mb: int = 1024,
     cpus: int = 2,
     qemu: str | None = None,
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
     return [
         *tcg_machine_argv(qemu, memory_mb=memory_mb, cpus=cpus),
@@ -118,6 +119,7 @@ def host_qemu_argv(
         "-drive", f"file={image.disk},format=raw,if=virtio,snapshot=on",
         "-device", "virtio-rng-pci",
         "-fw_cfg", f"name={PAYLOAD_FW_CFG},file={payload}",
+        *extra_args,
     ]  # fmt: skip
 
 
@@ -128,8 +130,10 @@ def run_host_guest(
     timeout: float = 900,
     memory_mb: int = 1024,
     cpus: int = 2,
+    extra_args: Sequence[str] = (),
 ) -> HostRun:
-    """Boot the host guest with ``files`` as its payload (``driver`` must be among them)."""
+    """Boot the host guest with ``files`` as its payload (``driver`` must be among them);
+    ``extra_args`` go to QEMU as they are (devices such as a TPM, :mod:`tests.guest.swtpm`)."""
     if "driver" not in files:
         raise ValueError("the payload needs an executable 'driver'")
     binary = qemu_binary()
@@ -138,7 +142,9 @@ def run_host_guest(
     with tempfile.TemporaryDirectory(prefix="cbhost-") as tmp:
         payload = Path(tmp) / "payload.tar"
         payload.write_bytes(payload_archive(files))
-        argv = host_qemu_argv(image, payload, memory_mb=memory_mb, cpus=cpus, qemu=binary)
+        argv = host_qemu_argv(
+            image, payload, memory_mb=memory_mb, cpus=cpus, qemu=binary, extra_args=extra_args
+        )
         run = run_console(argv, DONE_MARKER.encode(), timeout=timeout)
     records, done, problems = parse_console(run.console)
     return HostRun(

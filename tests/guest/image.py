@@ -1,4 +1,10 @@
-"""Build (once) and cache a small Debian 12 guest: host kernel + cpio initramfs.
+"""Build (once) and cache a small Debian guest: host kernel + cpio initramfs.
+
+Two releases, so every guest test runs on two systemd versions (:data:`RELEASES`): Debian 12
+"bookworm" (systemd 252) and Debian 13 "trixie" (systemd 257), both from Debian's packages.
+Both boot the host's kernel: the claim under test is systemd's, and one kernel keeps the
+module copier and the boot line the same for both (257 falls back from tmpfs+noswap to ramfs
+for ``$CREDENTIALS_DIRECTORY`` on a kernel older than 6.4, as 252 always does).
 
 The root file system is made with ``debootstrap --variant=minbase`` (systemd as
 PID 1), trimmed, given the in-guest probe (see :mod:`tests.guest.probe`) and the
@@ -33,9 +39,48 @@ from . import probe
 #: Bump whenever the build code below changes in a way that affects the image.
 BUILD_CODE_VERSION = 1
 
-SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 PACKAGES: tuple[str, ...] = ("systemd", "systemd-sysv", "udev", "kmod")
+
+
+@dataclass(frozen=True)
+class Release:
+    """A Debian release the test guests are built from, and the systemd it ships."""
+
+    suite: str
+    systemd: int
+    #: Debian's Python in this release (the host guest's venv needs wheels for it).
+    python: str
+    #: Packages that provide the TPM2 libraries systemd dlopen()s (only Suggested by systemd,
+    #: so a minimal image lacks them; see ../shared/research/systemd-versions.md section 7).
+    tpm2_packages: tuple[str, ...]
+
+    @property
+    def test_id(self) -> str:
+        """The id in test names: ``systemd252``, ``systemd257``."""
+        return f"systemd{self.systemd}"
+
+
+BOOKWORM = Release(
+    suite="bookworm",
+    systemd=252,
+    python="3.11",
+    tpm2_packages=("libtss2-esys-3.0.2-0", "libtss2-mu0", "libtss2-rc0"),
+)
+TRIXIE = Release(
+    suite="trixie",
+    systemd=257,
+    python="3.13",
+    tpm2_packages=("libtss2-esys-3.0.2-0t64", "libtss2-mu-4.0.1-0t64", "libtss2-rc0t64"),
+)
+#: Every guest test runs once per release (fixtures parametrised with ``test_id`` as the id).
+RELEASES: tuple[Release, ...] = (BOOKWORM, TRIXIE)
+
+
+def release_id(release: Release) -> str:
+    """The test id of a release (``ids=release_id`` in a fixture over :data:`RELEASES`)."""
+    return release.test_id
+
 
 #: Kernel modules (plus their dependencies) copied into the guest.
 KERNEL_MODULES: tuple[str, ...] = (
@@ -159,6 +204,7 @@ class GuestImage:
     initramfs: Path
     kernel_version: str
     directory: Path
+    release: Release = BOOKWORM
 
 
 @dataclass(frozen=True)
@@ -201,11 +247,11 @@ def find_host_kernel(
     return max(candidates, key=lambda k: _version_key(k.version))
 
 
-def recipe_hash(kernel: HostKernel) -> str:
+def recipe_hash(kernel: HostKernel, release: Release = BOOKWORM) -> str:
     """Hash of everything that determines the image content."""
     recipe = {
         "build_code_version": BUILD_CODE_VERSION,
-        "suite": SUITE,
+        "suite": release.suite,
         "packages": PACKAGES,
         "modules": KERNEL_MODULES,
         "masked": MASKED_UNITS,
@@ -242,8 +288,8 @@ def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "credbridge-tests"
 
 
-def ensure_guest(cache_dir: Path | None = None) -> GuestImage:
-    """Return the cached guest image, building it first if needed.
+def ensure_guest(cache_dir: Path | None = None, release: Release = BOOKWORM) -> GuestImage:
+    """Return the cached guest image of ``release``, building it first if needed.
 
     ``cache_dir`` defaults to ``$CREDBRIDGE_TEST_CACHE`` or
     ``~/.cache/credbridge-tests``; the image lives in ``guest-<hash>/`` below it.
@@ -251,14 +297,14 @@ def ensure_guest(cache_dir: Path | None = None) -> GuestImage:
     """
     base = cache_dir if cache_dir is not None else default_cache_dir()
     kernel = find_host_kernel()
-    digest = recipe_hash(kernel)
+    digest = recipe_hash(kernel, release)
     final = cached_build(
         base,
         f"guest-{digest}",
-        lambda tmp: _build(tmp, kernel),
+        lambda tmp: _build(tmp, kernel, release),
         lambda directory: _image_in(directory, kernel.version) is not None,
     )
-    image = _image_in(final, kernel.version)
+    image = _image_in(final, kernel.version, release)
     if image is None:  # pragma: no cover - would be a bug in _build
         raise GuestBuildError(f"build finished but {final} is incomplete")
     return image
@@ -308,12 +354,18 @@ def _remove_stale_builds(base: Path, max_age: float = 6 * 3600) -> None:
             continue
 
 
-def _image_in(directory: Path, kernel_version: str) -> GuestImage | None:
+def _image_in(
+    directory: Path, kernel_version: str, release: Release = BOOKWORM
+) -> GuestImage | None:
     kernel = directory / "vmlinuz"
     initramfs = directory / "initramfs.cpio.zst"
     if (directory / "manifest.json").is_file() and kernel.is_file() and initramfs.is_file():
         return GuestImage(
-            kernel=kernel, initramfs=initramfs, kernel_version=kernel_version, directory=directory
+            kernel=kernel,
+            initramfs=initramfs,
+            kernel_version=kernel_version,
+            directory=directory,
+            release=release,
         )
     return None
 
@@ -336,7 +388,7 @@ def run_build_step(argv: list[str]) -> None:
         raise GuestBuildError(f"command failed ({result.returncode}): {' '.join(argv)}\n{tail}")
 
 
-def _build(workdir: Path, kernel: HostKernel) -> None:
+def _build(workdir: Path, kernel: HostKernel, release: Release) -> None:
     check_build_tools()
     started = time.monotonic()
     root = workdir / "root"
@@ -346,7 +398,7 @@ def _build(workdir: Path, kernel: HostKernel) -> None:
             "debootstrap",
             "--variant=minbase",
             f"--include={','.join(PACKAGES)}",
-            SUITE,
+            release.suite,
             str(root),
             mirror,
         ]
@@ -361,7 +413,7 @@ def _build(workdir: Path, kernel: HostKernel) -> None:
     shutil.rmtree(root)
     manifest = {
         "kernel_version": kernel.version,
-        "suite": SUITE,
+        "suite": release.suite,
         "packages": list(PACKAGES),
         "modules": list(KERNEL_MODULES),
         "root_bytes": root_size,

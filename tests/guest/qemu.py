@@ -89,6 +89,8 @@ class BootResult:
     units: dict[str, str] = field(default_factory=dict)
     mounts: dict[str, tuple[str, str]] = field(default_factory=dict)
     requires_mounts_for: dict[str, str] = field(default_factory=dict)
+    #: The guest's systemd version, as the probe read it from ``systemctl --version``.
+    systemd_version: int | None = None
 
     def describe(self) -> str:
         """Short text for assertion messages: the tail of the console."""
@@ -304,6 +306,7 @@ def boot(
         units=report.units,
         mounts=report.mounts,
         requires_mounts_for=report.requires_mounts_for,
+        systemd_version=report.systemd_version,
     )
 
 
