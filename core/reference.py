@@ -325,7 +325,7 @@ def _split_pointer(pointer: str, reference: str) -> list[str]:
 
 
 def select(document: Secret | SecretDocument, selector: str | None, reference: str) -> Secret:
-    """Pick the value a selector names.
+    """Pick the value a selector names; it carries the document's :class:`Lease`.
 
     * no selector: a raw secret is returned whole; a structured one must have exactly one field;
     * ``/a/b/0``: an RFC 6901 JSON pointer;
@@ -333,6 +333,12 @@ def select(document: Secret | SecretDocument, selector: str | None, reference: s
 
     A raw secret is parsed as JSON when a selector is given.
     """
+    value = _select(document, selector, reference)
+    value.lease = document.lease
+    return value
+
+
+def _select(document: Secret | SecretDocument, selector: str | None, reference: str) -> Secret:
     if selector is None:
         if isinstance(document, Secret):
             return document
@@ -349,7 +355,7 @@ def select(document: Secret | SecretDocument, selector: str | None, reference: s
         return leaf_to_secret(data, as_written=document.as_written)
     if isinstance(document, Secret):
         try:
-            document = SecretDocument.parse_json(document)
+            document = SecretDocument.parse_json(document)  # the caller copies the lease over
         except TooDeep as error:
             raise InvalidValue(reference, f"the JSON value is {error}") from None
         except ValueError:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from credbridge.core.types import Lease
 
 # hmac (OpenSSL) and json load on first use: every command imports this module, few compare
 # or parse values.
@@ -19,11 +22,15 @@ class Secret:
     by the source library, so the wipe is best-effort.
     """
 
-    __slots__ = ("_buffer", "_wiped")
+    __slots__ = ("_buffer", "_wiped", "lease")
 
-    def __init__(self, value: bytes | bytearray | memoryview) -> None:
+    def __init__(
+        self, value: bytes | bytearray | memoryview, *, lease: Lease | None = None
+    ) -> None:
         self._buffer = bytearray(value)
         self._wiped = False
+        self.lease = lease
+        """The value's lease, expiry or version, when its source knows them."""
 
     @classmethod
     def from_text(cls, text: str) -> Secret:
@@ -80,10 +87,10 @@ class Secret:
         raise TypeError(msg)
 
     def __copy__(self) -> Secret:
-        return Secret(self._buffer)
+        return Secret(self._buffer, lease=self.lease)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Secret:
-        return Secret(self._buffer)
+        return Secret(self._buffer, lease=self.lease)
 
 
 class JSONNumber(str):
@@ -105,11 +112,13 @@ class SecretDocument:
     text (as sops prints it) instead of sorted keys.
     """
 
-    __slots__ = ("_data", "as_written")
+    __slots__ = ("_data", "as_written", "lease")
 
-    def __init__(self, data: Any, *, as_written: bool = False) -> None:
+    def __init__(self, data: Any, *, as_written: bool = False, lease: Lease | None = None) -> None:
         self._data = data
         self.as_written = as_written
+        self.lease = lease
+        """The document's lease, expiry or version; every value selected from it carries it."""
 
     @classmethod
     def parse_json(cls, raw: Secret) -> SecretDocument:

@@ -223,6 +223,49 @@ class RotatableSource(Source):
         """
 
 
+@dataclass(frozen=True)
+class Lease:
+    """How long a value stays good and which version it is: metadata, never the value.
+
+    Sources attach one to the ``Secret`` (or ``SecretDocument``) they return when they know
+    more than the bytes: a dynamic secret's lease, a certificate's expiry, a static secret's
+    version. ``credbridge agent`` and ``credbridge status`` read it; sinks ignore it.
+    Every field may be shown to the user (a lease id names a lease, it does not grant one).
+    """
+
+    version: str | None = None
+    """What identifies this value among its versions (a KV v2 version, an AWS VersionId, a
+    file's digest); a change of version means the value changed."""
+    lease_id: str | None = None
+    """The backend's handle to renew or revoke the value (a Vault/OpenBao lease id)."""
+    issued_at: float | None = None
+    """When the backend issued the value, as ``time.time()``."""
+    expires_at: float | None = None
+    """When the value stops working, as ``time.time()``; ``None``: it does not expire."""
+    renewable: bool = False
+    """Whether :meth:`LeasedSource.renew` can extend ``expires_at``."""
+
+
+class LeasedSource(Source):
+    """A source whose values come with leases it can extend or end (dynamic secrets, tokens).
+
+    Values it returns carry a :class:`Lease` with ``lease_id`` and
+    ``expires_at``. ``credbridge agent`` calls :meth:`renew` before a renewable lease runs
+    out, and fetches a new value (a re-issue) when the lease is not renewable or renewing
+    fails or no longer extends it.
+    """
+
+    @abc.abstractmethod
+    def renew(self, request: Request, lease: Lease, increment: float | None = None) -> Lease:
+        """Extend ``lease`` (by ``increment`` seconds when given); return the lease as it now is.
+
+        Raise a :class:`SourceError` subclass when the backend refuses or cannot be reached.
+        """
+
+    def revoke(self, request: Request, lease: Lease) -> None:
+        """End ``lease`` now (after a value is replaced, or at shutdown when configured)."""
+
+
 def _rename(error: SourceError, reference: Reference) -> SourceError:
     """Name the full reference (with selector) in an error raised for its locator."""
     if error.reference == str(reference):

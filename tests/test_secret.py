@@ -112,3 +112,19 @@ def test_wipe_overwrites_the_value_in_memory() -> None:
         [sys.executable, "-c", WIPE_PROBE], capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["True", "False"], result.stdout + result.stderr
+
+
+def test_a_selected_value_carries_its_documents_lease_and_no_value_shows_in_it() -> None:
+    from credbridge.core import Lease, SecretDocument
+    from credbridge.core.reference import select
+
+    lease = Lease(version="7", lease_id="pki/issue/web/abc", expires_at=2.0e9, renewable=True)
+    document = SecretDocument({"cert": "PEM-CERT", "key": "PEM-KEY"}, lease=lease)
+    key = select(document, "key", "vault:pki/issue/web#key")
+    assert key.reveal() == b"PEM-KEY"
+    assert key.lease is lease
+    raw = Secret(b'{"a": "x"}', lease=lease)
+    assert select(raw, "a", "file:x#a").lease is lease
+    assert copy.copy(raw).lease is lease
+    assert "PEM" not in repr(lease) and "x" not in repr(raw)
+    assert select(Secret(b"plain"), None, "env:X").lease is None

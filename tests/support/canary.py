@@ -399,8 +399,8 @@ def canary(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
 
     secret_init = Secret.__init__
 
-    def registering_init(self: Secret, value: Any) -> None:
-        secret_init(self, value)
+    def registering_init(self: Secret, value: Any, **kw: Any) -> None:
+        secret_init(self, value, **kw)
         watcher.register(bytes(value))
 
     error_init = CredbridgeError.__init__
