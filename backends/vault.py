@@ -1,6 +1,10 @@
 """``vault:`` — secrets from HashiCorp Vault or OpenBao KV (v1 and v2), through hvac.
 
 Reference: ``vault:MOUNT/PATH[?version=N&namespace=NS&kv=1|2][#FIELD | #/json/pointer]``.
+On a ``pki`` or ``database`` mount, ``vault:MOUNT/issue/ROLE?common_name=NAME#cert`` and
+``vault:MOUNT/creds/ROLE#password`` issue a new value with a lease (backends/vault_dynamic.py);
+a dry run does not issue them (:class:`Pending`), and :meth:`VaultSource.renew`/``revoke`` act
+on their leases.
 
 The mount of a path and its KV version are asked from the server once per mount
 (``sys/internal/ui/mounts/PATH``, which a normal token may read for paths it has access to);
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, urlsplit
 
+from credbridge.backends import vault_dynamic
 from credbridge.backends.hooks.vault import SETTINGS
 from credbridge.core import (
     BadReference,
@@ -33,9 +38,15 @@ from credbridge.core import (
     DocumentSource,
     Forbidden,
     InvalidValue,
+    Lease,
+    LeasedSource,
     Locator,
+    Mode,
     NotFound,
+    Outcome,
+    Pending,
     Reference,
+    Request,
     Secret,
     SecretDocument,
     SourceContext,
@@ -374,6 +385,7 @@ def _validate(reference: Reference) -> None:
     namespace = reference.option("namespace")
     if namespace is not None and not namespace.strip("/"):
         raise BadReference(text, "namespace must not be empty")
+    vault_dynamic.validate_options(reference)
 
 
 # --------------------------------------------------------------------------- hvac, typed
@@ -396,12 +408,15 @@ class _Mount:
     path: str
     """With a trailing slash, as the server names it (``secret/``)."""
     version: int
+    """The KV version (0 for the engines of :data:`vault_dynamic.ENGINES`)."""
+    engine: str = "kv"
+    """``kv``, or ``pki``/``database`` whose reads issue values with leases."""
 
 
 # --------------------------------------------------------------------------- the source
 
 
-class VaultSource(DocumentSource):
+class VaultSource(DocumentSource, LeasedSource):
     def __init__(self, settings: VaultSettings, resolve: Callable[[str], Secret]) -> None:
         super().__init__(concurrency=settings.concurrency)
         self.settings = settings
@@ -608,6 +623,43 @@ class VaultSource(DocumentSource):
         namespace = locator.option("namespace")
         return namespace.strip("/") if namespace else self.settings.namespace
 
+    def fetch(self, requests: Sequence[Request], mode: Mode) -> dict[Request, Outcome]:
+        if mode is Mode.DELIVER:
+            return super().fetch(requests, mode)
+        # A dry run (check, deliver --dry-run, the plan before a delivery) must not issue
+        # certificates or database users: those references are Pending, found by asking the
+        # server what their mounts are (a read without side effects, cached for the run).
+        results: dict[Request, Outcome] = {}
+        issuers: dict[Locator, vault_dynamic.Issuer | SourceError | None] = {}
+        for locator in sorted({r.reference.locator for r in requests}):
+            try:
+                issuers[locator] = self._issuer(locator)
+            except SourceError as error:
+                issuers[locator] = error
+        static = []
+        for request in requests:
+            found = issuers[request.reference.locator]
+            if found is None:
+                static.append(request)
+            elif isinstance(found, SourceError):
+                results[request] = renamed(found, str(request.reference))
+            else:
+                results[request] = Pending(f"{found.describe()} is issued on delivery")
+        if static:
+            results.update(super().fetch(static, mode))
+        return results
+
+    def _issuer(self, locator: Locator) -> vault_dynamic.Issuer | None:
+        """What a reference on a PKI or database mount issues; ``None`` on a KV mount."""
+        if locator.option("kv") is not None:
+            return None
+        namespace = self._namespace(locator)
+        path = locator.path.strip("/")
+        mount = self._mount(self._client(namespace), namespace, path)
+        if mount.engine == "kv":
+            return None
+        return vault_dynamic.issuer(locator, mount.path.rstrip("/"), mount.engine)
+
     def fetch_document(self, locator: Locator) -> Secret | SecretDocument:
         namespace = self._namespace(locator)
         client = self._client(namespace)
@@ -617,6 +669,12 @@ class VaultSource(DocumentSource):
             mount = _Mount(_split(path)[0] + "/", int(kv))
         else:
             mount = self._mount(client, namespace, path)
+        if mount.engine != "kv":
+            target = vault_dynamic.issuer(locator, mount.path.rstrip("/"), mount.engine)
+            document = vault_dynamic.issue(client, target, locator, self._dynamic_error)
+            self._redactor.add_document(document)
+            return document
+        vault_dynamic.refuse_pki_options_on_kv(locator, mount.path)
         secret_path = path[len(mount.path) :].strip("/")
         if not secret_path:
             raise NotFound("", f"{path} is the mount itself; name a secret below it")
@@ -685,17 +743,20 @@ class VaultSource(DocumentSource):
             # server text (shown once every value of the run is known).
             if not (path + "/").startswith(mount_path) or not mount_path.strip("/"):
                 raise InvalidValue("", f"unexpected answer describing the mount of {path}")
-            if engine not in {"kv", "generic"}:
+            if engine in vault_dynamic.ENGINES:
+                mount = _Mount(mount_path, 0, engine)
+            elif engine not in {"kv", "generic"}:
                 raise InvalidValue(
                     "",
-                    f"{mount_path} is not a KV secrets engine",
+                    f"{mount_path} is not a KV secrets engine (nor PKI or database)",
                     server_text=self._redactor.defer(f"its type is {engine!r}"),
                 )
-            version = 2 if str(options.get("version", "1")) == "2" else 1
-            mount = _Mount(mount_path, version)
+            else:
+                version = 2 if str(options.get("version", "1")) == "2" else 1
+                mount = _Mount(mount_path, version)
             with self._lock:
                 self._mounts[(namespace, mount.path)] = mount
-            log.debug("vault: %s is a KV v%d mount", mount.path, version)
+            log.debug("vault: %s is a %s mount", mount.path, _engine_name(mount))
             return mount
 
     def _mount_error(self, client: _Client, path: str, error: Exception) -> SourceError:
@@ -719,6 +780,30 @@ class VaultSource(DocumentSource):
             "token is invalid or expired; a token that can read secrets but not mount "
             "metadata needs ?kv=1 or ?kv=2)",
         )
+
+    # ------------------------------------------------------------------ leases
+
+    def renew(self, request: Request, lease: Lease, increment: float | None = None) -> Lease:
+        """Extend a database credential's lease (``sys/leases/renew``); certificates cannot."""
+        try:
+            client = self._client(self._namespace(request.reference.locator))
+            return vault_dynamic.renew(client, lease, increment, self._dynamic_error)
+        except SourceError as error:
+            raise renamed(error, str(request.reference)) from None
+
+    def revoke(self, request: Request, lease: Lease) -> None:
+        """End a lease now (``sys/leases/revoke``); a certificate without one by its serial."""
+        try:
+            target = None
+            if lease.lease_id is None:
+                target = self._issuer(request.reference.locator)
+            client = self._client(self._namespace(request.reference.locator))
+            vault_dynamic.revoke(client, lease, target, self._dynamic_error)
+        except SourceError as error:
+            raise renamed(error, str(request.reference)) from None
+
+    def _dynamic_error(self, error: Exception, where: str) -> SourceError:
+        return self._error(error, "", where)
 
     # ------------------------------------------------------------------ errors
 
@@ -842,6 +927,10 @@ class VaultSource(DocumentSource):
                 self._session.close()
             self._clients.clear()
             self._token = None
+
+
+def _engine_name(mount: _Mount) -> str:
+    return f"KV v{mount.version}" if mount.engine == "kv" else mount.engine
 
 
 def _kv2_api_path(where: str, mount: _Mount | None) -> str | None:
