@@ -7,6 +7,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
+import shlex
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from support.openbao import DevServer, openbao
 from support.postgres import Cluster, postgres
+from test_reference_table import references, table_rows
 from test_vault import root_config, token_file, unique, vault_config, write_toml
 
 pytestmark = pytest.mark.vault
@@ -460,3 +464,113 @@ def test_certificate_parts_are_public_and_the_key_is_not(tmp_path: Path) -> None
         assert public == {"cert": True, "chain": True, "ca": True, "key": False}
         for ref in ("vault:secret/issue/web#cert", "vault:db/creds/app#password"):
             assert session.is_public(ref) is False
+
+
+# --------------------------------------------------------------------------- the reference client
+
+DYNAMIC_ROWS = table_rows("Vault and OpenBao dynamic secrets")
+
+
+@pytest.fixture(scope="module")
+def table_bao(postgres: Cluster) -> Iterator[DevServer]:
+    """A server of its own with the mounts the table names: pki/ (role web), database/ (app)."""
+    with DevServer() as server:
+        client = server.client()
+        client.sys.enable_secrets_engine("pki", path="pki")
+        client.sys.tune_mount_configuration("pki", max_lease_ttl="24h")
+        client.secrets.pki.generate_root("internal", "Table Root", mount_point="pki")
+        client.secrets.pki.create_or_update_role(
+            "web",
+            extra_params={"allowed_domains": "example.com", "allow_subdomains": True, "ttl": "5m"},
+            mount_point="pki",
+        )
+        client.sys.enable_secrets_engine("database", path="database")
+        client.secrets.database.configure(
+            name="pg",
+            plugin_name="postgresql-database-plugin",
+            allowed_roles=["app"],
+            connection_url=postgres.connection_url(),
+            username=postgres.superuser,
+            password=postgres.password,
+            password_authentication="scram-sha-256",
+            mount_point="database",
+        )
+        client.secrets.database.create_role(
+            name="app",
+            db_name="pg",
+            creation_statements=[
+                "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
+                "VALID UNTIL '{{expiration}}';"
+            ],
+            default_ttl="5m",
+            max_ttl="10m",
+            mount_point="database",
+        )
+        yield server
+
+
+def _names(cert: x509.Certificate) -> tuple[str, list[str], list[str]]:
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return (
+        cert.subject.rfc4514_string(),
+        sorted(sans.get_values_for_type(x509.DNSName)),
+        sorted(str(ip) for ip in sans.get_values_for_type(x509.IPAddress)),
+    )
+
+
+def test_the_dynamic_table_has_rows() -> None:
+    assert len(DYNAMIC_ROWS) >= 6
+    assert {ref.rpartition("#")[2] for _cmd, cell in DYNAMIC_ROWS for ref in references(cell)} == {
+        "cert",
+        "key",
+        "ca",
+        "username",
+        "password",
+    }
+
+
+@pytest.mark.parametrize(("command", "cell"), DYNAMIC_ROWS, ids=[r[0] for r in DYNAMIC_ROWS])
+def test_dynamic_table_row(
+    command: str, cell: str, table_bao: DevServer, postgres: Cluster, tmp_path: Path
+) -> None:
+    argv = shlex.split(command.strip("`"))
+    assert argv[0] == "bao"
+    printed = table_bao.bao(*argv[1:]).stdout.decode()
+    field = next(a.partition("=")[2] for a in argv if a.startswith("-field="))
+    (ref,) = references(cell)
+    # The password's username comes from the same issue: both parts in one resolution.
+    partner = [ref.replace("#password", "#username")] if field == "password" else []
+    with session_for(table_bao, tmp_path) as session:
+        value, *pair = resolve(session, ref, *partner)
+    assert isinstance(value, Secret), value
+    ours = value.reveal_text()
+    if field == "certificate":
+        theirs_cert = x509.load_pem_x509_certificate(printed.encode())
+        our_cert = x509.load_pem_x509_certificate(ours.encode())
+        assert _names(our_cert) == _names(theirs_cert)
+        assert our_cert.issuer == theirs_cert.issuer
+        lifetime = [c.not_valid_after_utc - c.not_valid_before_utc for c in (our_cert, theirs_cert)]
+        assert abs(lifetime[0] - lifetime[1]) <= datetime.timedelta(seconds=2)
+        assert ours.endswith("-----END CERTIFICATE-----\n")
+    elif field == "private_key":
+        theirs_key = serialization.load_pem_private_key(printed.encode(), password=None)
+        our_key = serialization.load_pem_private_key(ours.encode(), password=None)
+        assert type(our_key) is type(theirs_key)
+        assert our_key.key_size == theirs_key.key_size  # type: ignore[union-attr]
+        assert ours.splitlines()[0] == printed.splitlines()[0]  # the same PEM form
+    elif field == "issuing_ca":
+        assert ours == printed.rstrip("\n") + "\n"  # the CA is the same certificate
+    elif field == "username":
+        # v-TOKEN_NAME-ROLE-RANDOM-EPOCH: the same template, filled for the same role.
+        assert ours.split("-")[:3] == printed.strip().split("-")[:3]
+        assert ours != printed.strip()
+    else:
+        # The role's password policy (OpenBao's default: 20 of [A-Za-z0-9-]) made both.
+        assert len(ours) == len(printed.strip())
+        assert re.fullmatch(r"[A-Za-z0-9-]+", ours) and re.fullmatch(
+            r"[A-Za-z0-9-]+", printed.strip()
+        )
+        (username,) = pair
+        assert isinstance(username, Secret)
+        login = postgres.login(username.reveal_text(), ours)
+        assert login.returncode == 0, login.stderr
