@@ -630,12 +630,7 @@ class VaultSource(DocumentSource, LeasedSource):
         # certificates or database users: those references are Pending, found by asking the
         # server what their mounts are (a read without side effects, cached for the run).
         results: dict[Request, Outcome] = {}
-        issuers: dict[Locator, vault_dynamic.Issuer | SourceError | None] = {}
-        for locator in sorted({r.reference.locator for r in requests}):
-            try:
-                issuers[locator] = self._issuer(locator)
-            except SourceError as error:
-                issuers[locator] = error
+        issuers = self._issuers(sorted({r.reference.locator for r in requests}))
         static = []
         for request in requests:
             found = issuers[request.reference.locator]
@@ -648,6 +643,29 @@ class VaultSource(DocumentSource, LeasedSource):
         if static:
             results.update(super().fetch(static, mode))
         return results
+
+    def _issuers(
+        self, locators: Sequence[Locator]
+    ) -> dict[Locator, vault_dynamic.Issuer | SourceError | None]:
+        """:meth:`_issuer` of each locator, different mounts asked concurrently."""
+
+        def one(locator: Locator) -> vault_dynamic.Issuer | SourceError | None:
+            try:
+                return self._issuer(locator)
+            except SourceError as error:
+                return error
+
+        if not locators:
+            return {}
+        try:  # log in once, before fanning out (as fetch_documents does)
+            self._client(self._namespace(locators[0]))
+        except SourceError as error:
+            return dict.fromkeys(locators, error)
+        workers = min(self.concurrency, len(locators))
+        if workers == 1:
+            return {locator: one(locator) for locator in locators}
+        with ThreadPoolExecutor(workers, thread_name_prefix="credbridge-vault") as pool:
+            return dict(zip(locators, pool.map(one, locators), strict=True))
 
     def _issuer(self, locator: Locator) -> vault_dynamic.Issuer | None:
         """What a reference on a PKI or database mount issues; ``None`` on a KV mount."""

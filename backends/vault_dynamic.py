@@ -172,7 +172,7 @@ def _certificate(
         ca_chain = [_pem(pem) for pem in data.get("ca_chain") or [] if pem]
         expiration = float(data["expiration"])
         serial = str(data.get("serial_number") or "") or None
-    except Exception as error:  # noqa: BLE001 - every failure becomes one typed error
+    except _failures() as error:
         raise _failed(error, target, fail) from None
     lease = Lease(
         version=serial,
@@ -208,7 +208,7 @@ def _database_credentials(client: Any, target: Issuer, fail: ErrorMapper) -> Sec
         username, password = str(data["username"]), str(data["password"])
         duration = float(response.get("lease_duration") or 0)
         renewable = bool(response.get("renewable"))
-    except Exception as error:  # noqa: BLE001 - every failure becomes one typed error
+    except _failures() as error:
         raise _failed(error, target, fail) from None
     lease = Lease(
         lease_id=_lease_id(response),
@@ -226,26 +226,43 @@ def _database_credentials(client: Any, target: Issuer, fail: ErrorMapper) -> Sec
     return SecretDocument({"username": username, "password": password}, lease=lease)
 
 
+def _failures() -> tuple[type[Exception], ...]:
+    """What a call and the reading of its answer raise (hvac is loaded by now)."""
+    from credbridge.backends.vault import _failures as failures
+
+    return (*failures(), AttributeError)
+
+
+def _answer_broken(error: Exception) -> bool:
+    """A malformed answer (a missing key, a wrong type), not a failed request."""
+    import hvac.exceptions
+    import requests.exceptions
+
+    http = (hvac.exceptions.VaultError, requests.exceptions.RequestException)
+    return isinstance(error, KeyError | TypeError | ValueError | AttributeError) and not (
+        isinstance(error, http)
+    )
+
+
 def _failed(error: Exception, target: Issuer, fail: ErrorMapper) -> SourceError:
-    if isinstance(error, SourceError):
-        return error
-    if isinstance(error, KeyError | TypeError | ValueError) and not _is_http(error):
+    import hvac.exceptions
+
+    if _answer_broken(error):
         return InvalidValue("", f"unexpected answer issuing {target.describe()}")
-    if type(error).__name__ in {"Forbidden", "Unauthorized"}:
+    if isinstance(error, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
         capability = "update" if target.engine == "pki" else "read"
         return Forbidden(
             "",
             f"permission denied issuing {target.describe()} (no '{capability}' on "
             f"{target.path} in the token's policies, or the token is invalid or expired)",
         )
-    said = " ".join(map(str, getattr(error, "errors", None) or [])).lower()
+    said = _said(error)
+    refused = isinstance(error, hvac.exceptions.InvalidRequest)
     # PKI says 400 "unknown role: NAME"; the database engine 400 "unknown role" or 404.
-    if type(error).__name__ == "InvalidPath" or (
-        type(error).__name__ == "InvalidRequest" and "unknown role" in said
-    ):
+    if isinstance(error, hvac.exceptions.InvalidPath) or (refused and "unknown role" in said):
         return NotFound("", f"no role {target.role!r} at {target.mount}/ ({target.path})")
     mapped = fail(error, target.path)
-    if type(error).__name__ == "InvalidRequest":
+    if refused:
         # A 400 here is the role refusing what the reference asks for (a name it does not
         # allow, a bad ttl): the reference's fault, not the server's, whatever it said.
         return mapped.retyped(
@@ -254,8 +271,9 @@ def _failed(error: Exception, target: Issuer, fail: ErrorMapper) -> SourceError:
     return mapped
 
 
-def _is_http(error: Exception) -> bool:
-    return type(error).__module__.startswith(("hvac", "requests", "urllib3"))
+def _said(error: Exception) -> str:
+    """What the server said (its ``errors``), lowercased, for telling refusals apart."""
+    return " ".join(map(str, getattr(error, "errors", None) or [])).lower()
 
 
 def _pem(value: Any) -> str:
@@ -289,7 +307,7 @@ def renew(client: Any, lease: Lease, increment: float | None, fail: ErrorMapper)
         duration = float(response.get("lease_duration") or 0)
         renewable = bool(response.get("renewable"))
         new_id = _lease_id(response) or lease_id
-    except Exception as error:  # noqa: BLE001 - every failure becomes one typed error
+    except _failures() as error:
         raise _lease_failed(error, lease_id, "renew", fail) from None
     log.info("vault: renewed lease %s for %gs", new_id, duration)
     return Lease(
@@ -308,14 +326,14 @@ def revoke(client: Any, lease: Lease, target: Issuer | None, fail: ErrorMapper) 
             client.secrets.pki.revoke_certificate(
                 serial_number=lease.version, mount_point=target.mount
             )
-        except Exception as error:  # noqa: BLE001 - every failure becomes one typed error
+        except _failures() as error:
             raise _failed(error, target, fail) from None
         log.info("vault: revoked certificate %s at %s", lease.version, target.mount)
         return
     lease_id = _needs_lease_id(lease, "revoke")
     try:
         client.sys.revoke_lease(lease_id=lease_id)
-    except Exception as error:  # noqa: BLE001 - every failure becomes one typed error
+    except _failures() as error:
         raise _lease_failed(error, lease_id, "revoke", fail) from None
     log.info("vault: revoked lease %s", lease_id)
 
@@ -327,20 +345,22 @@ def _needs_lease_id(lease: Lease, action: str) -> str:
 
 
 def _lease_failed(error: Exception, lease_id: str, action: str, fail: ErrorMapper) -> SourceError:
-    said = " ".join(map(str, getattr(error, "errors", None) or [])).lower()
-    name = type(error).__name__
-    if name == "InvalidRequest" and ("not found" in said or "invalid lease" in said):
+    import hvac.exceptions
+
+    said = _said(error)
+    refused = isinstance(error, hvac.exceptions.InvalidRequest)
+    if refused and ("not found" in said or "invalid lease" in said):
         return NotFound("", f"lease {lease_id} does not exist (expired or revoked)")
-    if name == "InvalidRequest" and "max ttl" in said:
+    if refused and "not renewable" in said:
+        return InvalidValue("", f"lease {lease_id} is not renewable; fetch a new value")
+    if refused and "max ttl" in said:
         return InvalidValue("", f"lease {lease_id} is at its max TTL; fetch a new value")
-    if name in {"Forbidden", "Unauthorized"}:
+    if isinstance(error, hvac.exceptions.Forbidden | hvac.exceptions.Unauthorized):
         return Forbidden(
             "",
             f"permission denied to {action} lease {lease_id} (no 'update' on "
             f"sys/leases/{action} in the token's policies, or the token is invalid or expired)",
         )
-    if isinstance(error, KeyError | TypeError | ValueError | AttributeError) and not _is_http(
-        error
-    ):
+    if _answer_broken(error):
         return InvalidValue("", f"unexpected answer to {action} lease {lease_id}")
     return fail(error, f"sys/leases/{action} ({lease_id})")
