@@ -639,7 +639,7 @@ class VaultSource(DocumentSource, LeasedSource):
             elif isinstance(found, SourceError):
                 results[request] = renamed(found, str(request.reference))
             else:
-                results[request] = Pending(f"{found.describe()} is issued on delivery")
+                results[request] = Pending(f"{found.describe()}, issued on delivery")
         if static:
             results.update(super().fetch(static, mode))
         return results

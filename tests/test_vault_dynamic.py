@@ -287,10 +287,14 @@ def test_check_and_dry_run_issue_nothing(
     for command in (["check"], ["deliver", "--dry-run"]):
         done = run_cli("-c", str(config), *command)
         assert done.returncode == 0, done.stderr
+        said = f"a certificate from {pki.mount}/issue/{pki.role}, issued on delivery"
+        assert said in done.stdout.decode()
     with session_for(openbao, tmp_path) as session:
         got = resolve(session, pki.ref("key"), database.ref("username"), mode=Mode.DRY_RUN)
     assert all(isinstance(v, Pending) for v in got), got
-    assert "is issued on delivery" in got[0].reason
+    assert got[1].reason == (
+        f"database credentials from {database.mount}/creds/{database.role}, issued on delivery"
+    )
     assert issued_serials(openbao, pki.mount) == certs
     assert live_leases(openbao, f"{database.mount}/creds/{database.role}") == leases
     assert not (tmpfs_dir / "app").exists()

@@ -12,11 +12,13 @@ the dynamic database credentials of OpenBao are checked with.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -177,7 +179,13 @@ class Cluster:
         )
 
     def stop(self) -> None:
-        stop_by_pid(self.process)
+        if self.process is not None and self.process.poll() is None:
+            # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM ("smart") would wait for the
+            # connections OpenBao's database plugin keeps open.
+            os.kill(self.process.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=30)
+        stop_by_pid(self.process)  # SIGTERM, then SIGKILL, if it is still there
         shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> Cluster:
