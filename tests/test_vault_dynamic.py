@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shlex
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,7 +337,7 @@ def test_database_credentials_log_in_renew_and_stop_working_when_revoked(
         assert lease.lease_id.startswith(f"{database.mount}/creds/{database.role}/")
         assert lease.renewable is True
         assert lease.issued_at is not None and lease.expires_at is not None
-        assert lease.expires_at - lease.issued_at == 10  # the role's default_ttl
+        assert lease.expires_at - lease.issued_at == pytest.approx(10)  # the role's default_ttl
 
         user = username.reveal_text()
         login = postgres.login(user, password.reveal_text())
@@ -355,10 +356,18 @@ def test_database_credentials_log_in_renew_and_stop_working_when_revoked(
         assert renewed.expires_at is not None and renewed.expires_at > lease.expires_at + 50
         expire_time = datetime.datetime.fromisoformat(after["expire_time"]).timestamp()
         assert abs(renewed.expires_at - expire_time) < 5
-        # ... and the renewed login still works.
+        # ... in PostgreSQL too: past the first expiry (VALID UNTIL, moved by the renewal),
+        # the user still logs in.
+        time.sleep(max(0.0, lease.expires_at + 1 - time.time()))
         assert postgres.login(user, password.reveal_text()).returncode == 0
+        # An increment past the role's max_ttl (120s) is capped by the server, and the lease
+        # says what the server gave, not what was asked.
+        capped = source.renew(request, renewed, increment=3600)  # type: ignore[attr-defined]
+        assert capped.expires_at is not None
+        assert capped.expires_at <= lease.issued_at + 120 + 1
+        assert openbao.client().sys.read_lease(lease.lease_id)["data"]["ttl"] <= 120
 
-        source.revoke(request, renewed)  # type: ignore[attr-defined]
+        source.revoke(request, capped)  # type: ignore[attr-defined]
         refused = postgres.login(user, password.reveal_text())
         assert refused.returncode != 0
         assert user in refused.stderr  # "password authentication failed for user ..."
@@ -426,15 +435,29 @@ def test_dynamic_errors_are_typed_and_name_the_reference(
     assert f"{pki.mount}/issue/{pki.role} refused to issue a certificate (400)" in str(got[5])
     assert "common name evil.example.org not allowed by this role" in str(got[5])
 
-    # A token whose policies grant nothing there: forbidden, naming the capability.
-    token = openbao.client().auth.token.create(policies=["default"], ttl="5m")["auth"][
-        "client_token"
-    ]
+    # A token that may see the paths but not issue (read, not update, on the PKI role; list,
+    # not read, on the database role): forbidden, naming the capability it lacks.
+    policy = unique("issue-denied")
+    openbao.client().sys.create_or_update_policy(
+        name=policy,
+        policy=(
+            f'path "{pki.mount}/issue/{pki.role}" {{ capabilities = ["read"] }}\n'
+            f'path "{database.mount}/creds/{database.role}" {{ capabilities = ["list"] }}\n'
+        ),
+    )
+    token = openbao.client().auth.token.create(policies=[policy], ttl="5m")["auth"]["client_token"]
     config = vault_config(openbao.address, auth={"token_file": token_file(tmp_path, token)})
     with Session(parse_config(config)) as session:
         denied = resolve(session, pki.ref("cert"), database.ref("password"))
     assert [type(e) for e in denied] == [Forbidden, Forbidden], denied
-    assert "no 'update' on" in str(denied[0]) or "permission denied" in str(denied[0])
+    assert (
+        f"permission denied issuing a certificate from {pki.mount}/issue/{pki.role} "
+        f"(no 'update' on {pki.mount}/issue/{pki.role} in the token's policies"
+    ) in str(denied[0])
+    assert (
+        f"permission denied issuing database credentials from {database.mount}/creds/app "
+        f"(no 'read' on {database.mount}/creds/app in the token's policies"
+    ) in str(denied[1])
 
 
 @pytest.mark.parametrize(
@@ -578,3 +601,11 @@ def test_dynamic_table_row(
         assert isinstance(username, Secret)
         login = postgres.login(username.reveal_text(), ours)
         assert login.returncode == 0, login.stderr
+
+
+def test_the_plugin_accepts_every_certificate_option() -> None:
+    """The registration (loaded without the implementation) lists the options itself."""
+    from credbridge.backends import vault_dynamic
+    from credbridge.backends.hooks.vault import OPTIONS
+
+    assert vault_dynamic.PKI_OPTIONS <= OPTIONS
