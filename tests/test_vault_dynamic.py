@@ -376,6 +376,28 @@ def test_database_credentials_log_in_renew_and_stop_working_when_revoked(
     assert lease.lease_id not in live_leases(openbao, f"{database.mount}/creds/{database.role}")
 
 
+def test_database_lease_matches_what_bao_read_prints(
+    openbao: DevServer, database: Database, postgres: Cluster, tmp_path: Path
+) -> None:
+    """`bao read MOUNT/creds/ROLE` prints username and password (credbridge's #username and
+    #password) and lease_id, lease_duration, renewable: credbridge's lease says the same."""
+    printed = json.loads(
+        openbao.bao("read", "-format=json", f"{database.mount}/creds/{database.role}").stdout
+    )
+    assert set(printed["data"]) == {"username", "password"}
+    login = postgres.login(printed["data"]["username"], printed["data"]["password"])
+    assert login.returncode == 0, login.stderr
+    with session_for(openbao, tmp_path) as session:
+        (password,) = resolve(session, database.ref("password"))
+    assert isinstance(password, Secret) and password.lease is not None
+    lease = password.lease
+    assert lease.lease_id is not None
+    assert lease.lease_id.rpartition("/")[0] == printed["lease_id"].rpartition("/")[0]
+    assert lease.renewable is printed["renewable"] is True
+    assert lease.expires_at is not None and lease.issued_at is not None
+    assert lease.expires_at - lease.issued_at == pytest.approx(printed["lease_duration"])
+
+
 def test_each_delivery_issues_new_database_credentials(
     openbao: DevServer, database: Database, postgres: Cluster, tmp_path: Path, tmpfs_dir: Path
 ) -> None:
