@@ -321,6 +321,33 @@ def test_revoking_a_certificate_with_or_without_a_lease(
         assert read["data"]["revocation_time"] > 0
 
 
+def test_a_certificate_in_a_namespace_is_issued_and_revoked_there(
+    openbao: DevServer, tmp_path: Path
+) -> None:
+    namespace = unique("ns")
+    openbao.bao("namespace", "create", namespace)
+    admin = openbao.client()
+    admin.adapter.namespace = namespace
+    admin.sys.enable_secrets_engine("pki", path="pki")
+    admin.sys.tune_mount_configuration("pki", max_lease_ttl="1h")
+    admin.secrets.pki.generate_root("internal", "Namespace Root", mount_point="pki")
+    admin.secrets.pki.create_or_update_role(
+        "web",
+        extra_params={"allowed_domains": "example.com", "allow_subdomains": True, "ttl": "60s"},
+        mount_point="pki",
+    )
+    ref = f"vault:pki/issue/web?common_name=ns.example.com&namespace={namespace}#cert"
+    with session_for(openbao, tmp_path) as session:
+        (cert,) = resolve(session, ref)
+        assert isinstance(cert, Secret) and cert.lease is not None, cert
+        assert cert.lease.lease_id is None  # no generate_lease: revoked by serial
+        session.source("vault").revoke(Request(parse_reference(ref)), cert.lease)  # type: ignore[attr-defined]
+    assert cert.lease.version is not None
+    read = admin.secrets.pki.read_certificate(cert.lease.version, mount_point="pki")
+    assert read["data"]["revocation_time"] > 0
+    assert certificate(cert).issuer.rfc4514_string() == "CN=Namespace Root"
+
+
 # --------------------------------------------------------------------------- database
 
 
