@@ -425,6 +425,32 @@ def test_database_lease_matches_what_bao_read_prints(
     assert lease.expires_at - lease.issued_at == pytest.approx(printed["lease_duration"])
 
 
+def test_renew_and_revoke_without_sys_leases_capabilities_are_forbidden(
+    openbao: DevServer, database: Database, tmp_path: Path
+) -> None:
+    policy = unique("creds-only")
+    openbao.client().sys.create_or_update_policy(
+        name=policy,
+        policy=f'path "{database.mount}/creds/{database.role}" {{ capabilities = ["read"] }}',
+    )
+    # Without the default policy, which grants update on sys/leases/renew to every token.
+    token = openbao.client().auth.token.create(policies=[policy], no_default_policy=True, ttl="5m")[
+        "auth"
+    ]["client_token"]
+    config = vault_config(openbao.address, auth={"token_file": token_file(tmp_path, token)})
+    request = Request(parse_reference(database.ref("password")))
+    with Session(parse_config(config)) as session:
+        (password,) = resolve(session, database.ref("password"))
+        assert isinstance(password, Secret) and password.lease is not None, password
+        source = session.source("vault")
+        with pytest.raises(Forbidden, match="no 'update' on sys/leases/renew"):
+            source.renew(request, password.lease, increment=30)  # type: ignore[attr-defined]
+        with pytest.raises(Forbidden, match="no 'update' on sys/leases/revoke"):
+            source.revoke(request, password.lease)  # type: ignore[attr-defined]
+    assert password.lease.lease_id is not None
+    openbao.client().sys.revoke_lease(password.lease.lease_id)
+
+
 def test_each_delivery_issues_new_database_credentials(
     openbao: DevServer, database: Database, postgres: Cluster, tmp_path: Path, tmpfs_dir: Path
 ) -> None:
