@@ -168,7 +168,7 @@ def _certificate(
         data = response["data"]
         certificate = _pem(data["certificate"])
         private_key = _pem(data["private_key"])
-        issuing_ca = _pem(data.get("issuing_ca") or "")
+        issuing_ca = _pem(data["issuing_ca"]) if data.get("issuing_ca") else None
         ca_chain = [_pem(pem) for pem in data.get("ca_chain") or [] if pem]
         expiration = float(data["expiration"])
         serial = str(data.get("serial_number") or "") or None
@@ -185,6 +185,9 @@ def _certificate(
     chain = certificate + "".join(pem for pem in ca_chain if pem != certificate)
     if not ca_chain and issuing_ca:
         chain += issuing_ca
+    parts = {"cert": certificate, "key": private_key, "chain": chain}
+    if issuing_ca:  # else #ca is "no field 'ca'", never an empty file
+        parts["ca"] = issuing_ca
     log.info(
         "vault: issued certificate %s from %s (expires %s%s)",
         serial,
@@ -192,10 +195,7 @@ def _certificate(
         _when(expiration),
         f", lease {lease.lease_id}" if lease.lease_id else "",
     )
-    return SecretDocument(
-        {"cert": certificate, "key": private_key, "chain": chain, "ca": issuing_ca},
-        lease=lease,
-    )
+    return SecretDocument(parts, lease=lease)
 
 
 def _database_credentials(client: Any, target: Issuer, fail: ErrorMapper) -> SecretDocument:
@@ -205,7 +205,7 @@ def _database_credentials(client: Any, target: Issuer, fail: ErrorMapper) -> Sec
             name=target.role, mount_point=target.mount
         )
         data = response["data"]
-        username, password = str(data["username"]), str(data["password"])
+        username, password = _text(data["username"]), _text(data["password"])
         duration = float(response.get("lease_duration") or 0)
         renewable = bool(response.get("renewable"))
     except _failures() as error:
@@ -276,10 +276,15 @@ def _said(error: Exception) -> str:
     return " ".join(map(str, getattr(error, "errors", None) or [])).lower()
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError("not a non-empty string")
+    return value
+
+
 def _pem(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError("not PEM text")
-    return value if value.endswith("\n") else value + "\n"
+    text = _text(value)
+    return text if text.endswith("\n") else text + "\n"
 
 
 def _lease_id(response: Mapping[str, Any]) -> str | None:

@@ -34,6 +34,8 @@ from credbridge.core import (
 from credbridge.core.errors import ExitCode
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from support.httpproxy import HttpProxy, Reply
+from support.httpproxy import Request as ProxyRequest
 from support.openbao import DevServer, openbao
 from support.postgres import Cluster, postgres
 from test_reference_table import references, table_rows
@@ -533,6 +535,35 @@ def test_dynamic_errors_are_typed_and_name_the_reference(
         f"permission denied issuing database credentials from {database.mount}/creds/app "
         f"(no 'read' on {database.mount}/creds/app in the token's policies"
     ) in str(denied[1])
+
+
+def test_a_malformed_issue_answer_is_an_invalid_value(
+    openbao: DevServer, pki: Pki, database: Database, tmp_path: Path
+) -> None:
+    """An answer without the fields the engines promise (through a proxy that replaces it) is
+    one typed line, never a traceback or an empty part."""
+    answers = {
+        f"/v1/{pki.mount}/issue/{pki.role}": {"data": {"certificate": "-----BEGIN X"}},
+        f"/v1/{database.mount}/creds/{database.role}": {"data": {"username": None}},
+    }
+
+    def rule(request: ProxyRequest) -> Reply | None:
+        answer = answers.get(request.path)
+        if answer is None:
+            return None
+        return Reply(200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
+
+    with HttpProxy(openbao.port, rule) as proxy:
+        config = vault_config(proxy.url, auth={"token_file": token_file(tmp_path, openbao.token)})
+        with Session(parse_config(config)) as session:
+            got = resolve(session, pki.ref("cert"), database.ref("username"))
+    assert [type(e) for e in got] == [InvalidValue, InvalidValue], got
+    assert str(got[0]).endswith(
+        f"unexpected answer issuing a certificate from {pki.mount}/issue/{pki.role}"
+    )
+    assert str(got[1]).endswith(
+        f"unexpected answer issuing database credentials from {database.mount}/creds/app"
+    )
 
 
 @pytest.mark.parametrize(
