@@ -33,6 +33,7 @@ from credbridge.core import (
     DocumentSource,
     Forbidden,
     InvalidValue,
+    Lease,
     Locator,
     NotFound,
     Reference,
@@ -637,16 +638,20 @@ class VaultSource(DocumentSource):
                     raise_on_deleted_version=True,
                 )
                 data = response["data"]["data"]
+                # Which version was read, so a long-running agent can tell a change.
+                written = response["data"].get("metadata") or {}
+                lease = Lease(version=str(written["version"])) if "version" in written else None
             else:
                 response = client.secrets.kv.v1.read_secret(
                     path=secret_path, mount_point=mount.path.rstrip("/")
                 )
                 data = response["data"]
+                lease = None  # KV v1 keeps no versions: a change shows only in the value
         except _failures() as error:
             raise self._error(error, "", where, mount=mount, version=version) from None
         if not isinstance(data, Mapping):
             raise InvalidValue("", f"{where} holds no key/value data")
-        document = SecretDocument(dict(data))
+        document = SecretDocument(dict(data), lease=lease)
         # Later error replies (another path, a login) must not quote a part of this value.
         self._redactor.add_document(document)
         return document
