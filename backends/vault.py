@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from credbridge.backends.hooks.vault import SETTINGS
@@ -58,6 +58,9 @@ from credbridge.core.remote import (
     tls_reason,
 )
 from credbridge.core.settings import MAX_SECONDS, control_problem, path_setting
+
+if TYPE_CHECKING:
+    from credbridge.backends.vault_auth import VaultAuth
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +418,7 @@ class VaultSource(DocumentSource):
         self._login_error: SourceError | None = None
         self._mounts: dict[tuple[str | None, str], _Mount] = {}
         self._mount_locks: dict[tuple[str | None, str], threading.Lock] = {}
+        self._auth: VaultAuth | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -593,9 +597,12 @@ class VaultSource(DocumentSource):
 
         if not locators:
             return {}
-        # Log in before fanning out, so every worker finds a client (or the login error).
+        # Log in before fanning out, so every worker finds a client (or the login error);
+        # in a long run, renew or replace a token that is due first.
         try:
             self._client(self._namespace(locators[0]))
+            if self._auth is not None:
+                self._auth.ensure_fresh()
         except SourceError as error:
             return {locator: renamed(error, str(locator)) for locator in locators}
         workers = min(self.concurrency, len(locators))
@@ -840,6 +847,17 @@ class VaultSource(DocumentSource):
                 f"takes, write vault:{api_path}",
             )
         return NotFound(reference, f"no secret at {where}{kind}")
+
+    @property
+    def auth(self) -> VaultAuth:
+        """The token's keeper for a long-running process (renewal, logging in again); once
+        it exists, every read first has it renew or replace a token that is due."""
+        from credbridge.backends.vault_auth import VaultAuth
+
+        with self._lock:
+            if self._auth is None:
+                self._auth = VaultAuth(self)
+            return self._auth
 
     def close(self) -> None:
         with self._lock:
