@@ -598,11 +598,11 @@ class VaultSource(DocumentSource):
         if not locators:
             return {}
         # Log in before fanning out, so every worker finds a client (or the login error);
-        # in a long run, renew or replace a token that is due first.
+        # in a long run, first retry a failed login, renew or replace a token that is due.
         try:
-            self._client(self._namespace(locators[0]))
             if self._auth is not None:
                 self._auth.ensure_fresh()
+            self._client(self._namespace(locators[0]))
         except SourceError as error:
             return {locator: renamed(error, str(locator)) for locator in locators}
         workers = min(self.concurrency, len(locators))

@@ -85,6 +85,7 @@ class VaultAuth:
         had; the source's reads would fail the same way.
         """
         with self._lock:
+            self._forget_failed_login()
             client = self._source._client(self._source.settings.namespace)
             if self._lease is None:
                 self._lease = self._look_up(client)
@@ -110,9 +111,24 @@ class VaultAuth:
                         self.renewals += 1
                         return renewed
                     log.info("vault: the token cannot be renewed past %.0f s more", left)
-            return self._replace(client, lease)
+            return self._replace(client, lease, now)
 
-    def _replace(self, client: Any, old: Lease) -> Lease:
+    def _forget_failed_login(self) -> None:
+        """A one-shot run keeps its first login failure for every read; a long run tries
+        again: the server may be back, the secret_id or JWT replaced."""
+        source = self._source
+        with source._lock:
+            if source._login_error is None:
+                return
+            source._login_error = None
+            if source._session is not None:
+                source._session.close()
+            source._session = None
+            source._clients.clear()
+            source._token = None
+        self._lease = None
+
+    def _replace(self, client: Any, old: Lease, now: float) -> Lease:
         source = self._source
         with source._lock:
             previous = source._token
@@ -127,7 +143,6 @@ class VaultAuth:
                     other.adapter.token = token
         if token == previous:
             # A configured token (token_file, token_ref, VAULT_TOKEN) that nothing replaced.
-            now = self._clock()
             if old.expires_at is not None and now >= old.expires_at:
                 raise Forbidden(
                     "",

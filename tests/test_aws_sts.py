@@ -210,3 +210,21 @@ def test_an_unreachable_sts_is_typed(monkeypatch: pytest.MonkeyPatch, moto: Moto
     [outcome] = resolve([f"aws-sts:{ROLE}#session_token"])
     assert isinstance(outcome, Unreachable), outcome
     assert f"sts:AssumeRole of {ROLE}" in str(outcome)
+
+
+def test_role_arn_in_the_settings_is_assumed_first(
+    aws: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = "arn:aws:iam::333333333333:role/hop"
+    with HttpProxy(aws.port) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        values = resolve(
+            [f"aws-sts:{ROLE}?session-name=chained#{part}" for part in PARTS],
+            config={"role_arn": first, "role_session_name": "hop-session"},
+        )
+        calls = assume_calls(proxy)
+    assert [b"RoleSessionName=hop-session" in c for c in calls] == [True, False]
+    assert b"RoleSessionName=chained" in calls[1]
+    key_id, secret_key, token = (v.reveal_text() for v in values)
+    arn = caller_arn(aws, key_id, secret_key, token)
+    assert arn == "arn:aws:sts::222222222222:assumed-role/deployer/chained"

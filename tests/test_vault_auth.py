@@ -90,8 +90,10 @@ class AppRole:
         role_id = client.auth.approle.read_role_id("svc", mount_point=self.mount)["data"]
         secret_id = client.auth.approle.generate_secret_id("svc", mount_point=self.mount)
         secret_value(secret_id["data"]["secret_id"])
-        (tmp_path / "role-id").write_text(role_id["role_id"])
-        (tmp_path / "secret-id").write_text(secret_id["data"]["secret_id"])
+        self.inputs = tmp_path / "approle"  # where the login inputs are kept
+        self.inputs.mkdir()
+        (self.inputs / "role-id").write_text(role_id["role_id"])
+        (self.inputs / "secret-id").write_text(secret_id["data"]["secret_id"])
         self.config = {
             "sources": {
                 "vault": {
@@ -100,8 +102,8 @@ class AppRole:
                     "auth": {
                         "method": "approle",
                         "mount": self.mount,
-                        "role_id": f"file:{tmp_path / 'role-id'}",
-                        "secret_id": f"file:{tmp_path / 'secret-id'}",
+                        "role_id": f"file:{self.inputs / 'role-id'}",
+                        "secret_id": f"file:{self.inputs / 'secret-id'}",
                     },
                 }
             }
@@ -284,3 +286,23 @@ def test_jwt_login_is_made_again_once_the_token_is_past_its_max_ttl(
         assert token_info(openbao, old) is None
         assert read(session, reference) == b"jwt-renewed-pw"
         assert auth.logins == 2 and auth.accessor not in (None, old)
+
+
+def test_a_failed_login_is_tried_again_in_a_long_run(
+    openbao: DevServer, tmp_path: Path, canary: Any
+) -> None:
+    role = AppRole(openbao, tmp_path, ttl=60, max_ttl=120)
+    canary.allow(role.inputs)
+    secret_id = role.inputs / "secret-id"
+    good = secret_id.read_text()
+    secret_id.write_text(str(uuid.uuid4()))
+    with Session(parse_config(role.config)) as session:
+        auth = auth_of(session)
+        with pytest.raises(Forbidden) as raised:
+            auth.ensure_fresh()
+        assert f"approle login at auth/{role.mount} failed (400)" in str(raised.value)
+        assert isinstance(read(session, role.reference), Forbidden)
+        # The operator puts the right secret_id in place: the next read logs in.
+        secret_id.write_text(good)
+        assert read(session, role.reference) == b"renewed-pw"
+        assert auth.logins == 1 and auth.accessor is not None
