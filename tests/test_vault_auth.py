@@ -185,9 +185,9 @@ def test_a_renewal_capped_by_max_ttl_is_followed_by_a_login(
         auth.ensure_fresh()
         old = auth.accessor
         assert old is not None
-        # After 6.5 of 9 s, renewing gives at most the 2.5 s left before max_ttl: less than
+        # After 7 of 9 s, renewing gives at most the 2 s left before max_ttl: less than
         # a third of the TTL, so the token is replaced rather than kept for a moment more.
-        time.sleep(6.5)
+        time.sleep(7)
         auth.ensure_fresh()
         assert auth.logins == 2 and auth.accessor != old
         assert read(session, role.reference) == b"renewed-pw"
