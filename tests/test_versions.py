@@ -62,6 +62,7 @@ def version_of(value: Secret) -> str | None:
 # --------------------------------------------------------------------------- Vault / OpenBao
 
 
+@pytest.mark.vault
 def test_kv2_values_carry_the_version_bao_reports(openbao: DevServer, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text(openbao.token)
@@ -111,6 +112,7 @@ def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
     return moto
 
 
+@pytest.mark.aws
 def test_secrets_manager_values_carry_the_version_id(aws: MotoServer) -> None:
     sm = aws.client("secretsmanager")
     name = unique("app")
@@ -136,6 +138,7 @@ def test_secrets_manager_values_carry_the_version_id(aws: MotoServer) -> None:
     assert second[2].reveal() == b"sm-one" and version_of(second[2]) == version_of(first[0])
 
 
+@pytest.mark.aws
 def test_parameter_store_values_carry_the_parameter_version(aws: MotoServer) -> None:
     ssm = aws.client("ssm")
     name = "/" + unique("app")
