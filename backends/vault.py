@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
 from credbridge.backends import vault_dynamic
@@ -68,6 +68,9 @@ from credbridge.core.remote import (
     tls_reason,
 )
 from credbridge.core.settings import MAX_SECONDS, control_problem, path_setting
+
+if TYPE_CHECKING:
+    from credbridge.backends.vault_auth import VaultAuth
 
 log = logging.getLogger(__name__)
 
@@ -429,6 +432,7 @@ class VaultSource(DocumentSource, LeasedSource):
         self._login_error: SourceError | None = None
         self._mounts: dict[tuple[str | None, str], _Mount] = {}
         self._mount_locks: dict[tuple[str | None, str], threading.Lock] = {}
+        self._auth: VaultAuth | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -607,8 +611,11 @@ class VaultSource(DocumentSource, LeasedSource):
 
         if not locators:
             return {}
-        # Log in before fanning out, so every worker finds a client (or the login error).
+        # Log in before fanning out, so every worker finds a client (or the login error);
+        # in a long run, first retry a failed login, renew or replace a token that is due.
         try:
+            if self._auth is not None:
+                self._auth.ensure_fresh()
             self._client(self._namespace(locators[0]))
         except SourceError as error:
             return {locator: renamed(error, str(locator)) for locator in locators}
@@ -657,8 +664,8 @@ class VaultSource(DocumentSource, LeasedSource):
 
         if not locators:
             return {}
-        try:  # log in once, before fanning out (as fetch_documents does)
-            self._client(self._namespace(locators[0]))
+        try:  # log in once (or refresh a token that is due), as fetch_documents does
+            self._fresh_client(locators[0])
         except SourceError as error:
             return dict.fromkeys(locators, error)
         workers = min(self.concurrency, len(locators))
@@ -713,16 +720,20 @@ class VaultSource(DocumentSource, LeasedSource):
                     raise_on_deleted_version=True,
                 )
                 data = response["data"]["data"]
+                # Which version was read, so a long-running agent can tell a change.
+                written = response["data"].get("metadata") or {}
+                lease = Lease(version=str(written["version"])) if "version" in written else None
             else:
                 response = client.secrets.kv.v1.read_secret(
                     path=secret_path, mount_point=mount.path.rstrip("/")
                 )
                 data = response["data"]
+                lease = None  # KV v1 keeps no versions: a change shows only in the value
         except _failures() as error:
             raise self._error(error, "", where, mount=mount, version=version) from None
         if not isinstance(data, Mapping):
             raise InvalidValue("", f"{where} holds no key/value data")
-        document = SecretDocument(dict(data))
+        document = SecretDocument(dict(data), lease=lease)
         # Later error replies (another path, a login) must not quote a part of this value.
         self._redactor.add_document(document)
         return document
@@ -804,7 +815,7 @@ class VaultSource(DocumentSource, LeasedSource):
     def renew(self, request: Request, lease: Lease, increment: float | None = None) -> Lease:
         """Extend a database credential's lease (``sys/leases/renew``); certificates cannot."""
         try:
-            client = self._client(self._namespace(request.reference.locator))
+            client = self._fresh_client(request.reference.locator)
             return vault_dynamic.renew(client, lease, increment, self._dynamic_error)
         except SourceError as error:
             raise renamed(error, str(request.reference)) from None
@@ -812,13 +823,20 @@ class VaultSource(DocumentSource, LeasedSource):
     def revoke(self, request: Request, lease: Lease) -> None:
         """End a lease now (``sys/leases/revoke``); a certificate without one by its serial."""
         try:
+            client = self._fresh_client(request.reference.locator)
             target = None
             if lease.lease_id is None:
                 target = self._issuer(request.reference.locator)
-            client = self._client(self._namespace(request.reference.locator))
             vault_dynamic.revoke(client, lease, target, self._dynamic_error)
         except SourceError as error:
             raise renamed(error, str(request.reference)) from None
+
+    def _fresh_client(self, locator: Locator) -> _Client:
+        """The client for ``locator``'s namespace; in a long run (once :attr:`auth` is used)
+        a token that is due is renewed or replaced first, as before every read."""
+        if self._auth is not None:
+            self._auth.ensure_fresh()
+        return self._client(self._namespace(locator))
 
     def _dynamic_error(self, error: Exception, where: str) -> SourceError:
         return self._error(error, "", where)
@@ -938,6 +956,17 @@ class VaultSource(DocumentSource, LeasedSource):
                 f"takes, write vault:{api_path}",
             )
         return NotFound(reference, f"no secret at {where}{kind}")
+
+    @property
+    def auth(self) -> VaultAuth:
+        """The token's keeper for a long-running process (renewal, logging in again); once
+        it exists, every read first has it renew or replace a token that is due."""
+        from credbridge.backends.vault_auth import VaultAuth
+
+        with self._lock:
+            if self._auth is None:
+                self._auth = VaultAuth(self)
+            return self._auth
 
     def close(self) -> None:
         with self._lock:

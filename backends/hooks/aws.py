@@ -1,4 +1,4 @@
-"""The ``aws`` plugin: ``aws-sm:`` and ``aws-ssm:`` (implementation: backends/aws.py).
+"""The ``aws`` plugin: ``aws-sm:``, ``aws-ssm:`` (backends/aws.py), ``aws-sts:`` (aws_sts.py).
 
 Loading it costs this module only; botocore is imported when an AWS reference is resolved.
 """
@@ -14,6 +14,7 @@ IMPL = "credbridge.backends.aws"
 ROUTE_OPTIONS = frozenset({"region", "profile"})
 SM_OPTIONS = ROUTE_OPTIONS | {"version-stage", "version-id"}
 SSM_OPTIONS = ROUTE_OPTIONS | {"version"}
+STS_OPTIONS = ROUTE_OPTIONS | {"session-name", "duration", "external-id"}
 SETTINGS = frozenset(
     {
         "region",
@@ -50,4 +51,15 @@ def credbridge_sources() -> Iterator[SourceType]:
         settings=SETTINGS,
         selectors=True,
         validate=lazy(f"{IMPL}:validate_ssm"),
+    )
+    yield SourceType(
+        scheme="aws-sts",
+        open=lazy("credbridge.backends.aws_sts:open_source"),
+        summary="temporary AWS credentials of a role (aws-sts:ROLE_ARN#session_token), by "
+        "sts:AssumeRole",
+        options=STS_OPTIONS,
+        settings=SETTINGS,
+        selectors=True,
+        validate=lazy("credbridge.backends.aws_sts:validate_reference"),
+        public=lazy("credbridge.backends.aws_sts:public"),
     )
