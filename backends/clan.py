@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from credbridge.backends.hooks.clan import SETTINGS
-from credbridge.backends.sops import SopsRunner, SopsSettings
+from credbridge.backends.sops_cli import SopsRunner, SopsSettings
 from credbridge.core import (
     BadReference,
     ConfigError,
