@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from credbridge.core.config import Config, CredentialSpec, Target, keypath, linked_reference
+from credbridge.core import links
+from credbridge.core.config import Config, CredentialSpec, Target, keypath
 from credbridge.core.errors import (
     BadReference,
     ConfigError,
@@ -46,7 +47,6 @@ from credbridge.core.report import CheckResult, DeliveryEntry, DeliveryReport
 from credbridge.core.secret import Secret
 from credbridge.core.types import (
     PLAN_KEYS,
-    Change,
     Delivery,
     Launcher,
     LauncherContext,
@@ -146,7 +146,7 @@ class Session:
         ``target:`` links followed. Only public values may be printed to a terminal without
         ``--reveal``, exported, shown by ``check``/``--dry-run`` or delivered world-readable."""
         parsed = parse_reference(reference) if isinstance(reference, str) else reference
-        parsed = linked_reference(self.config, parsed)
+        parsed = links.linked_reference(self.config, parsed)
         found = self.plugins.lookup(SOURCE, parsed.scheme)
         return found is not None and found[0].selects_public(parsed)
 
@@ -259,19 +259,6 @@ class Session:
 
     # ------------------------------------------------------------------ resolution
 
-    def _follow_links(self, spec: CredentialSpec, target: Target) -> Request:
-        """``target:T/C`` resolves to C's own reference, owned by C (same generated value)."""
-        owner, reference = f"{target.name}/{spec.name}", spec.reference
-        while reference.scheme == "target":
-            t_name, _, c_name = reference.path.rpartition("/")
-            linked = self.config.target(t_name).credential(c_name)
-            if linked is None:
-                raise ConfigError(
-                    f"{reference} names no credential", file=self.config.label, key=spec.where
-                )
-            owner, reference = f"{t_name}/{c_name}", linked.reference
-        return Request(reference, owner)
-
     def resolve(
         self, requests: Iterable[Request], mode: Mode = Mode.DELIVER
     ) -> dict[Request, Outcome]:
@@ -357,12 +344,8 @@ class Session:
     def resolve_one(self, text: str | Reference, mode: Mode = Mode.DELIVER) -> Secret:
         """Resolve one reference or raise its :class:`SourceError` (``credbridge get``)."""
         reference = parse_reference(text) if isinstance(text, str) else text
-        if reference.scheme == "target":
-            t_name, _, c_name = reference.path.rpartition("/")
-            spec = self.config.target(t_name).credential(c_name)
-            if spec is None:
-                raise BadReference(str(reference), "names no credential of this config")
-            request = self._follow_links(spec, self.config.target(t_name))
+        if links.is_link(reference):
+            request = links.follow_reference(self.config, reference)
         else:
             self.check_reference(reference)
             request = Request(reference)
@@ -385,7 +368,7 @@ class Session:
         wanted: list[tuple[Target, CredentialSpec, Request]] = []
         for target in targets:
             for spec in target.credentials:
-                wanted.append((target, spec, self._follow_links(spec, target)))
+                wanted.append((target, spec, links.follow(self.config, target, spec)))
         outcomes = self.resolve([w[2] for w in wanted], mode)
         values: dict[str, dict[str, Secret | Pending]] = {t.name: {} for t in targets}
         failures: list[SourceError] = []
@@ -473,15 +456,10 @@ class Session:
                     report.entries.extend(self._entries(target, plan, values[target.name]))
                 if self._store is not None:
                     report.store = self._store.location()
-                report.units = select_units(
-                    self.config,
-                    targets,
-                    [(e.target, e.credential, e.change) for e in report.entries],
-                    self._owner,
-                    restart,
-                )
+                changes = [(e.target, e.credential, e.change) for e in report.entries]
+                report.units = select_units(self.config, targets, changes, restart)
                 if names:
-                    report.warnings = self._link_warnings(targets, values)
+                    report.warnings = links.left_behind(self.config, targets, changes)
                 if dry_run:
                     return report
                 report.records = pending_records(self._lock_files)
@@ -532,7 +510,7 @@ class Session:
         wanted: Sequence[tuple[Target, CredentialSpec]],
         values: dict[str, dict[str, Secret | Pending]],
     ) -> None:
-        requests = [(t, spec, self._follow_links(spec, t)) for t, spec in wanted]
+        requests = [(t, spec, links.follow(self.config, t, spec)) for t, spec in wanted]
         outcomes = self.resolve([request for _t, _s, request in requests], Mode.DELIVER)
         failures: list[SourceError] = []
         for target, spec, request in requests:
@@ -565,89 +543,11 @@ class Session:
                     log.warning("cannot update %s: %s", record.path, _describe(error))
         return report.units
 
-    def _owner(self, target: Target, spec: CredentialSpec) -> str:
-        return self._follow_links(spec, target).owner or f"{target.name}/{spec.name}"
-
-    def _link_warnings(
-        self, delivered: Sequence[Target], values: Mapping[str, Mapping[str, Secret | Pending]]
-    ) -> list[str]:
-        """Targets left out of this delivery that share a secret (``target:`` links) with a
-        delivered one and would keep a different value of it."""
-        holders: dict[str, tuple[str, str]] = {}
-        for target in delivered:
-            for spec in target.credentials:
-                holders.setdefault(self._owner(target, spec), (target.name, spec.name))
-        chosen = {t.name for t in delivered}
-        warnings = []
-        for other in self.config.targets.values():
-            if other.name in chosen or other.kind != "unit":
-                continue
-            shared = {}
-            for spec in other.credentials:
-                holder = holders.get(self._owner(other, spec))
-                if holder is not None:
-                    shared[spec.name] = holder
-            if not shared:
-                continue
-            subset: dict[str, Secret | Pending] = {
-                name: value
-                for name, (t, c) in shared.items()
-                if isinstance(value := values[t].get(c), Secret)
-            }
-            if not subset:
-                continue
-            try:
-                plan = self.sink(other).plan(subset)
-            except CredbridgeError as error:
-                log.debug("cannot compare %s with the delivered values: %s", other.name, error)
-                continue
-            for entry in plan:
-                if entry.credential in subset and entry.change is Change.CHANGE:
-                    t, c = shared[entry.credential]
-                    warnings.append(
-                        f"{other.name}/{entry.credential} shares its value with {t}/{c} through "
-                        f"a target: link but was not delivered; the two now differ: run "
-                        f"'credbridge deliver {other.name}'"
-                    )
-        return warnings
-
     def affected_by(self, target_name: str, credential: str) -> tuple[list[str], list[Target]]:
         """Targets holding the value of ``target_name/credential`` (``target:`` links and
         ``credential:`` inputs of a VM's unit followed): unit targets to deliver, VM targets
         that read it at launch."""
-        target = self.config.target(target_name)
-        spec = target.credential(credential)
-        if spec is None:
-            raise ConfigError(
-                f"target {target_name!r} has no credential {credential!r}",
-                file=self.config.label,
-                key=target.where,
-            )
-        owner = self._owner(target, spec)
-        units: list[str] = []
-        names_in_unit: set[tuple[str | None, str]] = set()
-        for other in self.config.targets.values():
-            if other.kind != "unit":
-                continue
-            for other_spec in other.credentials:
-                if self._owner(other, other_spec) == owner:
-                    if other.name not in units:
-                        units.append(other.name)
-                    names_in_unit.add((other.unit, other_spec.name))
-        vms = []
-        for other in self.config.targets.values():
-            if other.kind != "vm":
-                continue
-            for other_spec in other.credentials:
-                reference = other_spec.reference
-                inside = (
-                    reference.scheme == "credential"
-                    and (other.unit, reference.path) in names_in_unit
-                )
-                if inside or self._owner(other, other_spec) == owner:
-                    vms.append(other)
-                    break
-        return units, vms
+        return links.affected_by(self.config, target_name, credential)
 
     def _entries(
         self,
@@ -777,7 +677,7 @@ class Session:
                 file=self.config.label,
                 key=target.where,
             )
-        request = self._follow_links(spec, target)
+        request = links.follow(self.config, target, spec)
         scheme = request.reference.scheme
         source = self.source(scheme)
         if not isinstance(source, RotatableSource):
@@ -794,7 +694,9 @@ class Session:
         target's sink (and a VM's launcher) whether it would take them, as deliver/launch do."""
         self.validate()
         targets = self.select_targets(names, kind=None)
-        wanted = [(t, spec, self._follow_links(spec, t)) for t in targets for spec in t.credentials]
+        wanted = [
+            (t, spec, links.follow(self.config, t, spec)) for t in targets for spec in t.credentials
+        ]
         outcomes = self.resolve([w[2] for w in wanted], Mode.DRY_RUN)
         results = []
         values: dict[str, dict[str, Secret | Pending]] = {t.name: {} for t in targets}
