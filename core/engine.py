@@ -31,6 +31,7 @@ from credbridge.core.errors import (
     ResolutionFailed,
     SourceError,
     printable,
+    renamed,
 )
 from credbridge.core.faults import point
 from credbridge.core.fsutil import LockWait, locked
@@ -314,7 +315,7 @@ class Session:
                 with self.plugins.guard(SOURCE, scheme, "fetch()"):
                     outcome = source.fetch(batch, mode)
             except SourceError as error:
-                return {r: _rebind(error, r.reference) for r in batch}
+                return {r: renamed(error, str(r.reference)) for r in batch}
             missing = [r for r in batch if r not in outcome]
             if missing:
                 raise PluginError(
@@ -915,9 +916,3 @@ def _disclose(
             return
         redactor.add(value)
     disclose(errors, redactor, *([nested] if nested is not None else []))
-
-
-def _rebind(error: SourceError, reference: Reference) -> SourceError:
-    if error.reference == str(reference):
-        return error
-    return error.retyped(str(reference))

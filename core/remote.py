@@ -43,6 +43,7 @@ from credbridge.core.errors import (
     PluginError,
     ServerText,
     SourceError,
+    renamed,
 )
 from credbridge.core.secret import Secret, SecretDocument
 from credbridge.core.settings import SettingsTable
@@ -405,13 +406,6 @@ def optional_import(module: str, *, extra: str, scheme: str) -> ModuleType:
 
 
 # --------------------------------------------------------------------------- typed errors
-
-
-def renamed(error: SourceError, reference: str) -> SourceError:
-    """The same error naming ``reference`` (errors are often raised before it is known)."""
-    if error.reference == reference:
-        return error
-    return error.retyped(reference)
 
 
 def disclose(errors: Iterable[SourceError], *values: Redactor) -> None:

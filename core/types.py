@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from credbridge.core.errors import CredbridgeError, PluginError, SourceError
+from credbridge.core.errors import CredbridgeError, PluginError, SourceError, renamed
 from credbridge.core.reference import Locator, Reference, select
 from credbridge.core.secret import Secret, SecretDocument
 
@@ -199,7 +199,7 @@ class DocumentSource(Source):
         for request in requests:
             document = documents[request.reference.locator]
             if isinstance(document, SourceError):
-                results[request] = _rename(document, request.reference)
+                results[request] = renamed(document, str(request.reference))
                 continue
             selector = request.reference.selector
             if selector is None and isinstance(document, SecretDocument):
@@ -264,13 +264,6 @@ class LeasedSource(Source):
 
     def revoke(self, request: Request, lease: Lease) -> None:
         """End ``lease`` now (after a value is replaced, or at shutdown when configured)."""
-
-
-def _rename(error: SourceError, reference: Reference) -> SourceError:
-    """Name the full reference (with selector) in an error raised for its locator."""
-    if error.reference == str(reference):
-        return error
-    return error.retyped(str(reference))
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
