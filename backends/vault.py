@@ -43,6 +43,7 @@ from credbridge.core import (
     Timeout,
     Unreachable,
 )
+from credbridge.core.reference import parse_flag
 from credbridge.core.remote import (
     AnswerRefused,
     AnswerTooSlow,
@@ -76,8 +77,6 @@ AUTH_SETTINGS: dict[str, frozenset[str]] = {
 }
 AUTH_MOUNTS = {"approle": "approle", "jwt": "jwt", "kubernetes": "kubernetes"}
 
-_TRUE = {"1", "t", "true", "yes", "on"}
-_FALSE = {"0", "f", "false", "no", "off", ""}
 _SEGMENT = re.compile(r"[^/\x00-\x1f\x7f]+")
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 # Statuses worth another try: rate limit, sealed/standby/unavailable, gateway trouble.
@@ -217,10 +216,10 @@ class VaultSettings:
         else:
             found = _env(env, "SKIP_VERIFY")
             if found:
-                flag = found[1].strip().lower()
-                if flag not in _TRUE | _FALSE:
+                flag = parse_flag(found[1])
+                if flag is None:
                     raise env_fail(found[0], "must be true or false")
-                if flag in _TRUE:
+                if flag:
                     verify = False
 
         client_cert, client_key = (
@@ -359,7 +358,7 @@ def _split(path: str) -> list[str]:
     return path.strip("/").split("/")
 
 
-def _validate(reference: Reference) -> None:
+def validate_reference(reference: Reference) -> None:
     text = str(reference)
     parts = _split(reference.path)
     if len(parts) < 2 or not all(_SEGMENT.fullmatch(p) and p not in {".", ".."} for p in parts):
@@ -892,7 +891,7 @@ def _tls_reason(error: Exception) -> str:
     return reason
 
 
-def _open(context: SourceContext) -> VaultSource:
+def open_source(context: SourceContext) -> VaultSource:
     settings = VaultSettings.load(
         context.settings,
         where=context.where or "sources.vault",
@@ -901,7 +900,3 @@ def _open(context: SourceContext) -> VaultSource:
         concurrency=context.concurrency,
     )
     return VaultSource(settings, context.resolve)
-
-
-open_source = _open
-validate_reference = _validate

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from credbridge.core.config import TARGET_KINDS
 from credbridge.core.errors import CredbridgeError, PluginError, SourceError, renamed
 from credbridge.core.reference import Locator, Reference, select
 from credbridge.core.secret import Secret, SecretDocument
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     from credbridge.core.config import Config, Target
 
 _NAME = re.compile(r"[a-z][a-z0-9+._-]*")
-TARGET_KINDS = frozenset({"unit", "vm"})
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -486,7 +486,7 @@ class SinkType:
         _check_name("sink", self.name)
         _names(self, "target_kinds", self.target_kinds)
         _names(self, "settings", self.settings)
-        unknown = set(self.target_kinds) - TARGET_KINDS
+        unknown = set(self.target_kinds) - set(TARGET_KINDS)
         if unknown or not self.target_kinds:
             raise PluginError(
                 f"sink {self.name!r}: target_kinds must name 'unit' and/or 'vm', "
