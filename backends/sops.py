@@ -27,7 +27,7 @@ import re
 import stat
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,7 @@ from credbridge.core.fsutil import (
 )
 from credbridge.core.secret import JSONNumber, TooDeep
 from credbridge.core.settings import expand_user
+from credbridge.core.threads import map_in_threads
 
 log = logging.getLogger(__name__)
 
@@ -163,20 +164,19 @@ class SopsSource(DocumentSource):
 
         workers = min(self.concurrency, len(files))
         log.debug("sops: decrypting %d file(s) with %d worker(s)", len(files), max(workers, 1))
-        if workers <= 1:
-            results = {key: one(key) for key in files}
-        else:
-            pool = ThreadPoolExecutor(workers, thread_name_prefix="credbridge-sops")
-            try:
-                results = dict(zip(files, pool.map(one, files), strict=True))
-            except BaseException:
-                # An interrupt (KeyboardInterrupt, the engine's Terminated) reaches the main
-                # thread only: end the workers' sops runs, or the exit waits for all of them.
-                self.runner.stop_running()
-                raise
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
-                self.runner.resume()
+        # An interrupt (KeyboardInterrupt, the engine's Terminated) reaches the main thread
+        # only: it ends the workers' sops runs, or the exit would wait for all of them.
+        decrypted = map_in_threads(
+            one,
+            files,
+            workers=workers,
+            name="credbridge-sops",
+            on_interrupt=self.runner.stop_running,
+        )
+        try:
+            results = dict(zip(files, decrypted, strict=True))
+        finally:
+            self.runner.resume()
         return {locator: results[key] for locator, key in keys.items()}
 
     def _document(self, key: tuple[Path, str]) -> Secret | SecretDocument:

@@ -20,7 +20,6 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +57,7 @@ from credbridge.core.remote import (
     tls_reason,
 )
 from credbridge.core.settings import MAX_SECONDS, control_problem, path_setting
+from credbridge.core.threads import map_in_threads
 
 log = logging.getLogger(__name__)
 
@@ -598,10 +598,8 @@ class VaultSource(DocumentSource):
             return {locator: renamed(error, str(locator)) for locator in locators}
         workers = min(self.concurrency, len(locators))
         log.debug("vault: reading %d path(s) with %d worker(s)", len(locators), workers)
-        if workers == 1:
-            return {locator: one(locator) for locator in locators}
-        with ThreadPoolExecutor(workers, thread_name_prefix="credbridge-vault") as pool:
-            return dict(zip(locators, pool.map(one, locators), strict=True))
+        documents = map_in_threads(one, locators, workers=workers, name="credbridge-vault")
+        return dict(zip(locators, documents, strict=True))
 
     def _namespace(self, locator: Locator) -> str | None:
         namespace = locator.option("namespace")

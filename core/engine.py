@@ -46,6 +46,7 @@ from credbridge.core.plugins import (
 from credbridge.core.reference import Reference, parse_reference
 from credbridge.core.report import CheckResult, DeliveryEntry, DeliveryReport
 from credbridge.core.secret import Secret
+from credbridge.core.threads import map_in_threads
 from credbridge.core.types import (
     PLAN_KEYS,
     Delivery,
@@ -326,18 +327,11 @@ class Session:
         if self.progress:
             self.progress("resolving", 0, total)
         schemes = list(by_scheme)
-        if len(schemes) <= 1:
-            for scheme in schemes:
-                results.update(run(scheme))
-        else:
-            from concurrent.futures import ThreadPoolExecutor  # only when there is a fan-out
-
-            with ThreadPoolExecutor(len(schemes), thread_name_prefix="credbridge-scheme") as pool:
-                for partial in pool.map(run, schemes):
-                    results.update(partial)
-                    done += len(partial)
-                    if self.progress:
-                        self.progress("resolving", done, total)
+        for partial in map_in_threads(run, schemes, workers=len(schemes), name="credbridge-scheme"):
+            results.update(partial)
+            done += len(partial)
+            if self.progress:
+                self.progress("resolving", done, total)
         if self.progress:
             self.progress("resolving", total, total)
         return results

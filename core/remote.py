@@ -47,6 +47,7 @@ from credbridge.core.errors import (
 )
 from credbridge.core.secret import Secret, SecretDocument
 from credbridge.core.settings import SettingsTable
+from credbridge.core.threads import map_in_threads
 
 WINDOW = 8
 """A reply sharing this many consecutive bytes with a secret form is withheld."""
@@ -568,18 +569,8 @@ def fan_out(
     tasks: Iterable[Callable[[], None]], *, workers: int, name: str = "credbridge-remote"
 ) -> None:
     """Run callables on up to ``workers`` threads; each must handle its own errors."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    jobs = list(tasks)
-    if not jobs:
-        return
-    if workers <= 1 or len(jobs) == 1:
-        for job in jobs:
-            job()
-        return
-    with ThreadPoolExecutor(min(workers, len(jobs)), thread_name_prefix=name) as pool:
-        for future in [pool.submit(job) for job in jobs]:
-            future.result()
+    for _done in map_in_threads(lambda job: job(), list(tasks), workers=workers, name=name):
+        pass
 
 
 __all__ = [

@@ -22,6 +22,7 @@ from credbridge.core.config import TARGET_KINDS
 from credbridge.core.errors import CredbridgeError, PluginError, SourceError, renamed
 from credbridge.core.reference import Locator, Reference, select
 from credbridge.core.secret import Secret, SecretDocument
+from credbridge.core.threads import map_in_threads
 
 if TYPE_CHECKING:
     from credbridge.core.config import Config, Target
@@ -184,13 +185,8 @@ class DocumentSource(Source):
             except SourceError as error:
                 return error
 
-        if len(locators) <= 1 or self.concurrency == 1:
-            return {locator: one(locator) for locator in locators}
-        from concurrent.futures import ThreadPoolExecutor  # only when there is a fan-out
-
-        workers = min(self.concurrency, len(locators))
-        with ThreadPoolExecutor(workers, thread_name_prefix="credbridge-fetch") as pool:
-            return dict(zip(locators, pool.map(one, locators), strict=True))
+        documents = map_in_threads(one, locators, workers=self.concurrency, name="credbridge-fetch")
+        return dict(zip(locators, documents, strict=True))
 
     def fetch(self, requests: Sequence[Request], mode: Mode) -> dict[Request, Outcome]:
         locators = sorted({r.reference.locator for r in requests})
