@@ -3,6 +3,11 @@
 A :class:`Session` holds one loaded config and the plugin manager, opens sources, the store,
 sinks and launchers lazily, and runs the two-phase delivery: resolve everything first, then
 stage every target, commit all or roll all back.
+
+Longer than most modules because :class:`Session` is one object: resolution, the commit and
+the commands built on them share its state (opened sources, the run locks, the values
+resolved so far that error texts are checked against). What needs none of it lives apart:
+the report types (report.py), ``target:`` links (links.py), unit restarts (units.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ pluggy's tracing work). To know which plugin returned which record, and to keep 
 failure from hiding the others' records, each plugin is registered through a small proxy whose
 hook functions tag what they return with the plugin's name and catch what they raise.
 
-Finding the entry points is core/discovery.py.
+Finding the entry points is core/discovery.py. Longer than most modules because the
+manager is one policy (load, attribute, guard, report), applied to every kind of record.
 """
 
 from __future__ import annotations
