@@ -57,7 +57,6 @@ from credbridge.core.remote import (
     tls_reason,
 )
 from credbridge.core.settings import MAX_SECONDS, control_problem, path_setting
-from credbridge.core.threads import map_in_threads
 
 log = logging.getLogger(__name__)
 
@@ -583,12 +582,6 @@ class VaultSource(DocumentSource):
     def fetch_documents(
         self, locators: Sequence[Locator]
     ) -> dict[Locator, Secret | SecretDocument | SourceError]:
-        def one(locator: Locator) -> Secret | SecretDocument | SourceError:
-            try:
-                return self.fetch_document(locator)
-            except SourceError as error:
-                return renamed(error, str(locator))
-
         if not locators:
             return {}
         # Log in before fanning out, so every worker finds a client (or the login error).
@@ -598,8 +591,7 @@ class VaultSource(DocumentSource):
             return {locator: renamed(error, str(locator)) for locator in locators}
         workers = min(self.concurrency, len(locators))
         log.debug("vault: reading %d path(s) with %d worker(s)", len(locators), workers)
-        documents = map_in_threads(one, locators, workers=workers, name="credbridge-vault")
-        return dict(zip(locators, documents, strict=True))
+        return super().fetch_documents(locators)
 
     def _namespace(self, locator: Locator) -> str | None:
         namespace = locator.option("namespace")
