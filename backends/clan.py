@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from credbridge.backends.hooks.clan import SETTINGS
-from credbridge.backends.sops import SopsRunner, SopsSettings
+from credbridge.backends.sops_cli import SopsRunner, SopsSettings
 from credbridge.core import (
     BadReference,
     ConfigError,
@@ -65,6 +65,7 @@ from credbridge.core import (
 )
 from credbridge.core.fsutil import open_dir
 from credbridge.core.process import child_env
+from credbridge.core.reference import parse_flag
 from credbridge.core.settings import path_setting
 
 SCHEME = "clan-vars"
@@ -79,14 +80,9 @@ PER_EXPORT = "per-export"
 AGE_INSTALL_HINT = "install age (Debian: apt-get install age; NixOS: pkgs.age) or put it on PATH"
 MAX_FILE_BYTES = 64 << 20
 
-_TRUE = {"1", "true", "yes"}
-_FALSE = {"0", "false", "no"}
-
 
 def _check_strip(reference: Reference) -> None:
-    value = (reference.option("strip") or "false").lower()
-    if value not in _TRUE | _FALSE:
-        raise BadReference(str(reference), "strip must be true or false")
+    reference.flag_option("strip")
 
 
 def _name_problem(name: str) -> str | None:
@@ -178,7 +174,7 @@ class ClanVarsSource(DocumentSource):
         var = self.var_path(locator)
         path, encrypted, store = self._find(var)
         value = self._decrypt(path, encrypted, store).reveal()
-        strip = (locator.option("strip") or "false").lower() in _TRUE
+        strip = parse_flag(locator.option("strip") or "")
         # A shell's command substitution removes trailing newlines, and nothing else.
         return Secret(value.rstrip(b"\n") if strip else value)
 

@@ -24,22 +24,17 @@ from credbridge.core import (
     SourceContext,
 )
 from credbridge.core.config import credential_name_problem
+from credbridge.core.reference import parse_flag
 from credbridge.core.settings import expand_user
-
-_TRUE = {"1", "true", "yes"}
-_FALSE = {"0", "false", "no"}
 
 
 def _strip(locator: Locator, data: bytes) -> bytes:
     """``?strip=true`` drops trailing whitespace (a file written by ``echo`` ends in \\n)."""
-    value = (locator.option("strip") or "false").lower()
-    return data.rstrip() if value in _TRUE else data
+    return data.rstrip() if parse_flag(locator.option("strip") or "") else data
 
 
 def _check_strip(reference: Reference) -> None:
-    value = (reference.option("strip") or "false").lower()
-    if value not in _TRUE | _FALSE:
-        raise BadReference(str(reference), "strip must be true or false")
+    reference.flag_option("strip")
 
 
 _VERSION_KEY = os.urandom(32)

@@ -24,7 +24,6 @@ import os
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -54,6 +53,7 @@ from credbridge.core import (
     Timeout,
     Unreachable,
 )
+from credbridge.core.reference import parse_flag
 from credbridge.core.remote import (
     AnswerRefused,
     AnswerTooSlow,
@@ -90,8 +90,6 @@ AUTH_SETTINGS: dict[str, frozenset[str]] = {
 }
 AUTH_MOUNTS = {"approle": "approle", "jwt": "jwt", "kubernetes": "kubernetes"}
 
-_TRUE = {"1", "t", "true", "yes", "on"}
-_FALSE = {"0", "f", "false", "no", "off", ""}
 _SEGMENT = re.compile(r"[^/\x00-\x1f\x7f]+")
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 # Statuses worth another try: rate limit, sealed/standby/unavailable, gateway trouble.
@@ -231,10 +229,10 @@ class VaultSettings:
         else:
             found = _env(env, "SKIP_VERIFY")
             if found:
-                flag = found[1].strip().lower()
-                if flag not in _TRUE | _FALSE:
+                flag = parse_flag(found[1])
+                if flag is None:
                     raise env_fail(found[0], "must be true or false")
-                if flag in _TRUE:
+                if flag:
                     verify = False
 
         client_cert, client_key = (
@@ -373,7 +371,7 @@ def _split(path: str) -> list[str]:
     return path.strip("/").split("/")
 
 
-def _validate(reference: Reference) -> None:
+def validate_reference(reference: Reference) -> None:
     text = str(reference)
     parts = _split(reference.path)
     if len(parts) < 2 or not all(_SEGMENT.fullmatch(p) and p not in {".", ".."} for p in parts):
@@ -603,12 +601,6 @@ class VaultSource(DocumentSource, LeasedSource):
     def fetch_documents(
         self, locators: Sequence[Locator]
     ) -> dict[Locator, Secret | SecretDocument | SourceError]:
-        def one(locator: Locator) -> Secret | SecretDocument | SourceError:
-            try:
-                return self.fetch_document(locator)
-            except SourceError as error:
-                return renamed(error, str(locator))
-
         if not locators:
             return {}
         # Log in before fanning out, so every worker finds a client (or the login error);
@@ -621,10 +613,7 @@ class VaultSource(DocumentSource, LeasedSource):
             return {locator: renamed(error, str(locator)) for locator in locators}
         workers = min(self.concurrency, len(locators))
         log.debug("vault: reading %d path(s) with %d worker(s)", len(locators), workers)
-        if workers == 1:
-            return {locator: one(locator) for locator in locators}
-        with ThreadPoolExecutor(workers, thread_name_prefix="credbridge-vault") as pool:
-            return dict(zip(locators, pool.map(one, locators), strict=True))
+        return super().fetch_documents(locators)
 
     def _namespace(self, locator: Locator) -> str | None:
         namespace = locator.option("namespace")
@@ -1028,7 +1017,7 @@ def _tls_reason(error: Exception) -> str:
     return reason
 
 
-def _open(context: SourceContext) -> VaultSource:
+def open_source(context: SourceContext) -> VaultSource:
     settings = VaultSettings.load(
         context.settings,
         where=context.where or "sources.vault",
@@ -1037,7 +1026,3 @@ def _open(context: SourceContext) -> VaultSource:
         concurrency=context.concurrency,
     )
     return VaultSource(settings, context.resolve)
-
-
-open_source = _open
-validate_reference = _validate

@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
 
-    from credbridge.backends.sops import wheel_binary_path
+    from credbridge.backends.sops_cli import wheel_binary_path
     from credbridge.core import Request, Session, parse_config, parse_reference
     from support.clan import ClanFlake
 

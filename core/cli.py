@@ -18,8 +18,9 @@ from credbridge.core.errors import CredbridgeError, ExitCode, PluginFailed, prin
 
 if TYPE_CHECKING:
     from credbridge.core.config import Config
-    from credbridge.core.engine import DeliveryReport, Progress, Session
+    from credbridge.core.engine import Progress, Session
     from credbridge.core.fsutil import LockWait
+    from credbridge.core.report import DeliveryReport
 
 F = TypeVar("F", bound=Callable[..., Any])
 

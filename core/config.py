@@ -344,7 +344,6 @@ def parse_config(
         concurrency=concurrency,
         default_on_change=default_on_change,
     )
-    _check_target_links(config, fail)
     from credbridge.core.plugins import get_plugin_manager
     from credbridge.core.validation import validate_config
 
@@ -497,34 +496,3 @@ def parse_mode(value: Any, where: str, fail: Any, *, world_readable: bool = Fals
     if mode & (0o003 if world_readable else 0o007):
         raise fail(where, f"mode {mode:04o} would make a secret world-readable")
     return mode
-
-
-def _check_target_links(config: Config, fail: Any) -> None:
-    """``target:T/C`` references must name an existing credential and must not loop."""
-    for target in config.targets.values():
-        for spec in target.credentials:
-            seen = [f"{target.name}/{spec.name}"]
-            ref = spec.reference
-            while ref.scheme == "target":
-                t_name, _, c_name = ref.path.rpartition("/")
-                other = config.targets.get(t_name)
-                linked = other.credential(c_name) if other else None
-                if linked is None:
-                    raise fail(spec.where, f"{ref} names no credential of this config")
-                key = f"{t_name}/{c_name}"
-                if key in seen:
-                    raise fail(spec.where, f"target references loop: {' -> '.join([*seen, key])}")
-                seen.append(key)
-                ref = linked.reference
-
-
-def linked_reference(config: Config, reference: Reference) -> Reference:
-    """The reference a ``target:T/C`` chain ends at (the config has no loops, see above)."""
-    while reference.scheme == "target":
-        t_name, _, c_name = reference.path.rpartition("/")
-        other = config.targets.get(t_name)
-        linked = other.credential(c_name) if other else None
-        if linked is None:
-            return reference
-        reference = linked.reference
-    return reference

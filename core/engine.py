@@ -3,6 +3,11 @@
 A :class:`Session` holds one loaded config and the plugin manager, opens sources, the store,
 sinks and launchers lazily, and runs the two-phase delivery: resolve everything first, then
 stage every target, commit all or roll all back.
+
+Longer than most modules because :class:`Session` is one object: resolution, the commit and
+the commands built on them share its state (opened sources, the run locks, the values
+resolved so far that error texts are checked against). What needs none of it lives apart:
+the report types (report.py), ``target:`` links (links.py), unit restarts (units.py).
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import signal
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from credbridge.core.config import Config, CredentialSpec, Target, keypath, linked_reference
+from credbridge.core import links
+from credbridge.core.config import Config, CredentialSpec, Target, keypath
 from credbridge.core.errors import (
     BadReference,
     ConfigError,
@@ -31,6 +36,7 @@ from credbridge.core.errors import (
     ResolutionFailed,
     SourceError,
     printable,
+    renamed,
 )
 from credbridge.core.faults import point
 from credbridge.core.fsutil import LockWait, locked
@@ -43,10 +49,11 @@ from credbridge.core.plugins import (
     get_plugin_manager,
 )
 from credbridge.core.reference import Reference, parse_reference
+from credbridge.core.report import CheckResult, DeliveryEntry, DeliveryReport
 from credbridge.core.secret import Secret
+from credbridge.core.threads import map_in_threads
 from credbridge.core.types import (
     PLAN_KEYS,
-    Change,
     Delivery,
     Launcher,
     LauncherContext,
@@ -65,7 +72,6 @@ from credbridge.core.types import (
     StoreContext,
 )
 from credbridge.core.units import (
-    PendingRecord,
     UnitAction,
     act_on_units,
     merge_actions,
@@ -80,119 +86,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class DeliveryEntry:
-    """One line of a delivery report or dry-run plan (no values)."""
-
-    target: str
-    credential: str
-    reference: str
-    sink: str
-    change: Change
-    detail: str = ""
-    public: str | None = None
-    """The value, for a credential whose reference selects a public part (else ``None``)."""
-
-    def as_json(self) -> dict[str, str | None]:
-        return {
-            "target": self.target,
-            "credential": self.credential,
-            "reference": self.reference,
-            "sink": self.sink,
-            "change": self.change.value,
-            "detail": self.detail,
-            "public": self.public,
-        }
-
-
-@dataclass
-class DeliveryReport:
-    dry_run: bool
-    entries: list[DeliveryEntry] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    """Optional credentials left out because their source had no value."""
-    locations: dict[str, str] = field(default_factory=dict)
-    """Where each target's credentials went (``Sink.location()``; empty if it does not say)."""
-    store: str | None = None
-    """Where generated values are kept, when the run used the store."""
-    units: list[UnitAction] = field(default_factory=list)
-    """Units to restart or reload because their credentials changed (see
-    :meth:`Session.restart_changed`)."""
-    warnings: list[str] = field(default_factory=list)
-    records: list[PendingRecord] = field(default_factory=list)
-    """Where the units still to act on are recorded until each is done (see core/units.py)."""
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "entries": [e.as_json() for e in self.entries],
-            "skipped": self.skipped,
-            "units": [u.as_json() for u in self.units],
-            "warnings": self.warnings,
-        }
-
-    def summary(self) -> list[str]:
-        """Lines for a person: per target where the files went and what changed."""
-        lines = []
-        by_target: dict[str, dict[Change, int]] = {}
-        sinks: dict[str, str] = {}
-        for entry in self.entries:
-            counts = by_target.setdefault(entry.target, dict.fromkeys(Change, 0))
-            counts[entry.change] += 1
-            sinks[entry.target] = entry.sink
-        for target, counts in by_target.items():
-            if self.dry_run:
-                what = "would " + ", ".join(f"{c.value} {n}" for c, n in counts.items() if n)
-            else:
-                what = ", ".join(f"{n} {_PAST[c]}" for c, n in counts.items() if n)
-            where = self.locations.get(target, "")
-            lines.append(f"{target}: {what} ({sinks[target]}{': ' + where if where else ''})")
-        generated = [
-            e
-            for e in self.entries
-            if e.reference.startswith("generate:") and e.change in {Change.ADD, Change.CHANGE}
-        ]
-        if generated and self.store:
-            verb = "would be kept" if self.dry_run else "are kept"
-            lines.append(f"new generated values {verb} in the store: {self.store}")
-        if self.skipped:
-            lines.append(f"skipped (optional, not found): {', '.join(self.skipped)}")
-        if self.dry_run and self.entries:
-            lines.append("nothing was changed (dry run)")
-        return lines
-
-
-_PAST = {
-    Change.ADD: "added",
-    Change.CHANGE: "changed",
-    Change.KEEP: "kept",
-    Change.REMOVE: "removed",
-}
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    target: str
-    credential: str
-    reference: str
-    ok: bool
-    detail: str
-    exit_code: int = 0
-    """The exit code of the failure (0 when ok)."""
-    public: str | None = None
-    """The value, for a credential whose reference selects a public part (else ``None``)."""
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "target": self.target,
-            "credential": self.credential,
-            "reference": self.reference,
-            "ok": self.ok,
-            "detail": self.detail,
-            "public": self.public,
-        }
 
 
 def _empty_config() -> Config:
@@ -260,7 +153,7 @@ class Session:
         ``target:`` links followed. Only public values may be printed to a terminal without
         ``--reveal``, exported, shown by ``check``/``--dry-run`` or delivered world-readable."""
         parsed = parse_reference(reference) if isinstance(reference, str) else reference
-        parsed = linked_reference(self.config, parsed)
+        parsed = links.linked_reference(self.config, parsed)
         found = self.plugins.lookup(SOURCE, parsed.scheme)
         return found is not None and found[0].selects_public(parsed)
 
@@ -373,19 +266,6 @@ class Session:
 
     # ------------------------------------------------------------------ resolution
 
-    def _follow_links(self, spec: CredentialSpec, target: Target) -> Request:
-        """``target:T/C`` resolves to C's own reference, owned by C (same generated value)."""
-        owner, reference = f"{target.name}/{spec.name}", spec.reference
-        while reference.scheme == "target":
-            t_name, _, c_name = reference.path.rpartition("/")
-            linked = self.config.target(t_name).credential(c_name)
-            if linked is None:
-                raise ConfigError(
-                    f"{reference} names no credential", file=self.config.label, key=spec.where
-                )
-            owner, reference = f"{t_name}/{c_name}", linked.reference
-        return Request(reference, owner)
-
     def resolve(
         self, requests: Iterable[Request], mode: Mode = Mode.DELIVER
     ) -> dict[Request, Outcome]:
@@ -441,7 +321,7 @@ class Session:
                 with self.plugins.guard(SOURCE, scheme, "fetch()"):
                     outcome = source.fetch(batch, mode)
             except SourceError as error:
-                return {r: _rebind(error, r.reference) for r in batch}
+                return {r: renamed(error, str(r.reference)) for r in batch}
             missing = [r for r in batch if r not in outcome]
             if missing:
                 raise PluginError(
@@ -452,18 +332,11 @@ class Session:
         if self.progress:
             self.progress("resolving", 0, total)
         schemes = list(by_scheme)
-        if len(schemes) <= 1:
-            for scheme in schemes:
-                results.update(run(scheme))
-        else:
-            from concurrent.futures import ThreadPoolExecutor  # only when there is a fan-out
-
-            with ThreadPoolExecutor(len(schemes), thread_name_prefix="credbridge-scheme") as pool:
-                for partial in pool.map(run, schemes):
-                    results.update(partial)
-                    done += len(partial)
-                    if self.progress:
-                        self.progress("resolving", done, total)
+        for partial in map_in_threads(run, schemes, workers=len(schemes), name="credbridge-scheme"):
+            results.update(partial)
+            done += len(partial)
+            if self.progress:
+                self.progress("resolving", done, total)
         if self.progress:
             self.progress("resolving", total, total)
         return results
@@ -471,12 +344,8 @@ class Session:
     def resolve_one(self, text: str | Reference, mode: Mode = Mode.DELIVER) -> Secret:
         """Resolve one reference or raise its :class:`SourceError` (``credbridge get``)."""
         reference = parse_reference(text) if isinstance(text, str) else text
-        if reference.scheme == "target":
-            t_name, _, c_name = reference.path.rpartition("/")
-            spec = self.config.target(t_name).credential(c_name)
-            if spec is None:
-                raise BadReference(str(reference), "names no credential of this config")
-            request = self._follow_links(spec, self.config.target(t_name))
+        if links.is_link(reference):
+            request = links.follow_reference(self.config, reference)
         else:
             self.check_reference(reference)
             request = Request(reference)
@@ -499,7 +368,7 @@ class Session:
         wanted: list[tuple[Target, CredentialSpec, Request]] = []
         for target in targets:
             for spec in target.credentials:
-                wanted.append((target, spec, self._follow_links(spec, target)))
+                wanted.append((target, spec, links.follow(self.config, target, spec)))
         outcomes = self.resolve([w[2] for w in wanted], mode)
         values: dict[str, dict[str, Secret | Pending]] = {t.name: {} for t in targets}
         failures: list[SourceError] = []
@@ -587,15 +456,10 @@ class Session:
                     report.entries.extend(self._entries(target, plan, values[target.name]))
                 if self._store is not None:
                     report.store = self._store.location()
-                report.units = select_units(
-                    self.config,
-                    targets,
-                    [(e.target, e.credential, e.change) for e in report.entries],
-                    self._owner,
-                    restart,
-                )
+                changes = [(e.target, e.credential, e.change) for e in report.entries]
+                report.units = select_units(self.config, targets, changes, restart)
                 if names:
-                    report.warnings = self._link_warnings(targets, values)
+                    report.warnings = links.left_behind(self.config, targets, changes)
                 if dry_run:
                     return report
                 report.records = pending_records(self._lock_files)
@@ -646,7 +510,7 @@ class Session:
         wanted: Sequence[tuple[Target, CredentialSpec]],
         values: dict[str, dict[str, Secret | Pending]],
     ) -> None:
-        requests = [(t, spec, self._follow_links(spec, t)) for t, spec in wanted]
+        requests = [(t, spec, links.follow(self.config, t, spec)) for t, spec in wanted]
         outcomes = self.resolve([request for _t, _s, request in requests], Mode.DELIVER)
         failures: list[SourceError] = []
         for target, spec, request in requests:
@@ -679,89 +543,11 @@ class Session:
                     log.warning("cannot update %s: %s", record.path, _describe(error))
         return report.units
 
-    def _owner(self, target: Target, spec: CredentialSpec) -> str:
-        return self._follow_links(spec, target).owner or f"{target.name}/{spec.name}"
-
-    def _link_warnings(
-        self, delivered: Sequence[Target], values: Mapping[str, Mapping[str, Secret | Pending]]
-    ) -> list[str]:
-        """Targets left out of this delivery that share a secret (``target:`` links) with a
-        delivered one and would keep a different value of it."""
-        holders: dict[str, tuple[str, str]] = {}
-        for target in delivered:
-            for spec in target.credentials:
-                holders.setdefault(self._owner(target, spec), (target.name, spec.name))
-        chosen = {t.name for t in delivered}
-        warnings = []
-        for other in self.config.targets.values():
-            if other.name in chosen or other.kind != "unit":
-                continue
-            shared = {}
-            for spec in other.credentials:
-                holder = holders.get(self._owner(other, spec))
-                if holder is not None:
-                    shared[spec.name] = holder
-            if not shared:
-                continue
-            subset: dict[str, Secret | Pending] = {
-                name: value
-                for name, (t, c) in shared.items()
-                if isinstance(value := values[t].get(c), Secret)
-            }
-            if not subset:
-                continue
-            try:
-                plan = self.sink(other).plan(subset)
-            except CredbridgeError as error:
-                log.debug("cannot compare %s with the delivered values: %s", other.name, error)
-                continue
-            for entry in plan:
-                if entry.credential in subset and entry.change is Change.CHANGE:
-                    t, c = shared[entry.credential]
-                    warnings.append(
-                        f"{other.name}/{entry.credential} shares its value with {t}/{c} through "
-                        f"a target: link but was not delivered; the two now differ: run "
-                        f"'credbridge deliver {other.name}'"
-                    )
-        return warnings
-
     def affected_by(self, target_name: str, credential: str) -> tuple[list[str], list[Target]]:
         """Targets holding the value of ``target_name/credential`` (``target:`` links and
         ``credential:`` inputs of a VM's unit followed): unit targets to deliver, VM targets
         that read it at launch."""
-        target = self.config.target(target_name)
-        spec = target.credential(credential)
-        if spec is None:
-            raise ConfigError(
-                f"target {target_name!r} has no credential {credential!r}",
-                file=self.config.label,
-                key=target.where,
-            )
-        owner = self._owner(target, spec)
-        units: list[str] = []
-        names_in_unit: set[tuple[str | None, str]] = set()
-        for other in self.config.targets.values():
-            if other.kind != "unit":
-                continue
-            for other_spec in other.credentials:
-                if self._owner(other, other_spec) == owner:
-                    if other.name not in units:
-                        units.append(other.name)
-                    names_in_unit.add((other.unit, other_spec.name))
-        vms = []
-        for other in self.config.targets.values():
-            if other.kind != "vm":
-                continue
-            for other_spec in other.credentials:
-                reference = other_spec.reference
-                inside = (
-                    reference.scheme == "credential"
-                    and (other.unit, reference.path) in names_in_unit
-                )
-                if inside or self._owner(other, other_spec) == owner:
-                    vms.append(other)
-                    break
-        return units, vms
+        return links.affected_by(self.config, target_name, credential)
 
     def _entries(
         self,
@@ -891,7 +677,7 @@ class Session:
                 file=self.config.label,
                 key=target.where,
             )
-        request = self._follow_links(spec, target)
+        request = links.follow(self.config, target, spec)
         scheme = request.reference.scheme
         source = self.source(scheme)
         if not isinstance(source, RotatableSource):
@@ -908,7 +694,9 @@ class Session:
         target's sink (and a VM's launcher) whether it would take them, as deliver/launch do."""
         self.validate()
         targets = self.select_targets(names, kind=None)
-        wanted = [(t, spec, self._follow_links(spec, t)) for t in targets for spec in t.credentials]
+        wanted = [
+            (t, spec, links.follow(self.config, t, spec)) for t in targets for spec in t.credentials
+        ]
         outcomes = self.resolve([w[2] for w in wanted], Mode.DRY_RUN)
         results = []
         values: dict[str, dict[str, Secret | Pending]] = {t.name: {} for t in targets}
@@ -1127,9 +915,3 @@ def _disclose(
             return
         redactor.add(value)
     disclose(errors, redactor, *([nested] if nested is not None else []))
-
-
-def _rebind(error: SourceError, reference: Reference) -> SourceError:
-    if error.reference == str(reference):
-        return error
-    return error.retyped(str(reference))

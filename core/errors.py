@@ -100,10 +100,6 @@ class BadReference(CredbridgeError):
         self.problem = problem
 
 
-ReferenceError_ = BadReference
-"""The old name of :class:`BadReference`, kept so existing imports keep working."""
-
-
 SERVER_TEXT_LIMIT = 1 << 16
 """Characters of a server's error text that are kept (and checked) at most."""
 
@@ -177,6 +173,13 @@ class SourceError(CredbridgeError):
         clone.credential = f"{target}/{credential}"
         clone.server_text = self.server_text
         return clone
+
+
+def renamed(error: SourceError, reference: str) -> SourceError:
+    """The same error naming ``reference`` (errors are often raised before it is known)."""
+    if error.reference == reference:
+        return error
+    return error.retyped(reference)
 
 
 class NotFound(SourceError):

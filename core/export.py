@@ -13,6 +13,7 @@ import os
 import stat
 from pathlib import Path
 
+from credbridge.core import links
 from credbridge.core.engine import Session
 from credbridge.core.errors import BadReference, DeliveryError
 from credbridge.core.fsutil import atomic_write
@@ -45,7 +46,7 @@ def _check_path(path: Path) -> None:
 def export_public(session: Session, text: str, path: Path) -> int:
     """Resolve ``text`` (which must select a public part) and write it to ``path``; its size."""
     reference = parse_reference(text)
-    if reference.scheme != "target":
+    if not links.is_link(reference):
         session.check_reference(reference)
     if not session.is_public(reference):
         raise BadReference(

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
 RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 LOCK_NAME = ".credbridge.lock"
 """The lock file a credbridge run holds in a directory it changes (credstore base, store root)."""
@@ -75,14 +74,6 @@ def is_memory_backed(path: Path) -> bool:
     while not os.path.lexists(probe) and probe != probe.parent:
         probe = probe.parent
     return filesystem_type(probe) in (TMPFS_MAGIC, RAMFS_MAGIC)
-
-
-def exchange(a: Path, b: Path) -> None:
-    """Atomically swap two paths (renameat2 RENAME_EXCHANGE): both must exist."""
-    rc = libc.renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), f"{a} <-> {b}")
 
 
 def exchange_at(dir_fd: int, a: str, b: str) -> None:

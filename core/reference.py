@@ -36,6 +36,20 @@ _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
 _DIGITS = re.compile(r"[0-9]+")
 # Kept readable in a canonical selector; everything else (``%``, spaces, controls) is encoded.
 _SELECTOR_SAFE = "/~:@=+,;!$&*()[]'"
+TRUE_WORDS = frozenset({"1", "t", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "f", "false", "no", "off"})
+
+
+def parse_flag(text: str) -> bool | None:
+    """A yes/no word in any case (``true``/``false``, ``yes``/``no``, ``on``/``off``,
+    ``1``/``0``, ``t``/``f``: what Go's ``strconv.ParseBool`` and most tools accept), or
+    ``None`` for anything else."""
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    return None
 
 
 @dataclass(frozen=True, order=True)
@@ -96,6 +110,16 @@ class Reference:
         value = int(raw, 10)
         if not minimum <= value <= maximum:
             raise BadReference(str(self), f"option {key}={value} is outside {minimum}..{maximum}")
+        return value
+
+    def flag_option(self, key: str, default: bool = False) -> bool:
+        """Option ``key`` as a yes/no word (:func:`parse_flag`); absent or empty: ``default``."""
+        raw = self.option(key)
+        if not raw:
+            return default
+        value = parse_flag(raw)
+        if value is None:
+            raise BadReference(str(self), f"{key} must be true or false")
         return value
 
     def written_option(self, key: str, decoded: str) -> str:

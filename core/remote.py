@@ -43,9 +43,11 @@ from credbridge.core.errors import (
     PluginError,
     ServerText,
     SourceError,
+    renamed,
 )
 from credbridge.core.secret import Secret, SecretDocument
 from credbridge.core.settings import SettingsTable
+from credbridge.core.threads import map_in_threads
 
 WINDOW = 8
 """A reply sharing this many consecutive bytes with a secret form is withheld."""
@@ -407,13 +409,6 @@ def optional_import(module: str, *, extra: str, scheme: str) -> ModuleType:
 # --------------------------------------------------------------------------- typed errors
 
 
-def renamed(error: SourceError, reference: str) -> SourceError:
-    """The same error naming ``reference`` (errors are often raised before it is known)."""
-    if error.reference == reference:
-        return error
-    return error.retyped(reference)
-
-
 def disclose(errors: Iterable[SourceError], *values: Redactor) -> None:
     """Show each error's pending server text, now that ``values`` hold every value of the run.
 
@@ -574,18 +569,8 @@ def fan_out(
     tasks: Iterable[Callable[[], None]], *, workers: int, name: str = "credbridge-remote"
 ) -> None:
     """Run callables on up to ``workers`` threads; each must handle its own errors."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    jobs = list(tasks)
-    if not jobs:
-        return
-    if workers <= 1 or len(jobs) == 1:
-        for job in jobs:
-            job()
-        return
-    with ThreadPoolExecutor(min(workers, len(jobs)), thread_name_prefix=name) as pool:
-        for future in [pool.submit(job) for job in jobs]:
-            future.result()
+    for _done in map_in_threads(lambda job: job(), list(tasks), workers=workers, name=name):
+        pass
 
 
 __all__ = [

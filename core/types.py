@@ -18,15 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from credbridge.core.errors import CredbridgeError, PluginError, SourceError
+from credbridge.core.config import TARGET_KINDS
+from credbridge.core.errors import CredbridgeError, PluginError, SourceError, renamed
 from credbridge.core.reference import Locator, Reference, select
 from credbridge.core.secret import Secret, SecretDocument
+from credbridge.core.threads import map_in_threads
 
 if TYPE_CHECKING:
     from credbridge.core.config import Config, Target
 
 _NAME = re.compile(r"[a-z][a-z0-9+._-]*")
-TARGET_KINDS = frozenset({"unit", "vm"})
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -184,13 +185,8 @@ class DocumentSource(Source):
             except SourceError as error:
                 return error
 
-        if len(locators) <= 1 or self.concurrency == 1:
-            return {locator: one(locator) for locator in locators}
-        from concurrent.futures import ThreadPoolExecutor  # only when there is a fan-out
-
-        workers = min(self.concurrency, len(locators))
-        with ThreadPoolExecutor(workers, thread_name_prefix="credbridge-fetch") as pool:
-            return dict(zip(locators, pool.map(one, locators), strict=True))
+        documents = map_in_threads(one, locators, workers=self.concurrency, name="credbridge-fetch")
+        return dict(zip(locators, documents, strict=True))
 
     def fetch(self, requests: Sequence[Request], mode: Mode) -> dict[Request, Outcome]:
         locators = sorted({r.reference.locator for r in requests})
@@ -199,7 +195,7 @@ class DocumentSource(Source):
         for request in requests:
             document = documents[request.reference.locator]
             if isinstance(document, SourceError):
-                results[request] = _rename(document, request.reference)
+                results[request] = renamed(document, str(request.reference))
                 continue
             selector = request.reference.selector
             if selector is None and isinstance(document, SecretDocument):
@@ -264,13 +260,6 @@ class LeasedSource(Source):
 
     def revoke(self, request: Request, lease: Lease) -> None:
         """End ``lease`` now (after a value is replaced, or at shutdown when configured)."""
-
-
-def _rename(error: SourceError, reference: Reference) -> SourceError:
-    """Name the full reference (with selector) in an error raised for its locator."""
-    if error.reference == str(reference):
-        return error
-    return error.retyped(str(reference))
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
@@ -493,7 +482,7 @@ class SinkType:
         _check_name("sink", self.name)
         _names(self, "target_kinds", self.target_kinds)
         _names(self, "settings", self.settings)
-        unknown = set(self.target_kinds) - TARGET_KINDS
+        unknown = set(self.target_kinds) - set(TARGET_KINDS)
         if unknown or not self.target_kinds:
             raise PluginError(
                 f"sink {self.name!r}: target_kinds must name 'unit' and/or 'vm', "

@@ -43,12 +43,13 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from credbridge.core.config import ON_CHANGE, Config, CredentialSpec, Target
+from credbridge.core import links
+from credbridge.core.config import ON_CHANGE, Config, Target
 from credbridge.core.fsutil import LockWait, atomic_write, locked, opened_dir, read_file_at
 from credbridge.core.process import child_env
 from credbridge.core.types import Change
@@ -129,15 +130,14 @@ def select_units(
     config: Config,
     delivered: Sequence[Target],
     changes: Iterable[tuple[str, str, Change]],
-    owner_of: Callable[[Target, CredentialSpec], str],
     restart: bool | None,
 ) -> list[UnitAction]:
     """The units to act on after delivering ``delivered`` with these (target, credential,
-    change) results; ``owner_of`` names the credential a value belongs to (links followed)."""
+    change) results (a VM takes a changed value through a ``target:`` link too)."""
     changed = {(t, c) for t, c, change in changes if change is not Change.KEEP}
     by_name = {t.name: t for t in delivered}
     changed_owners = {
-        owner_of(by_name[t], spec)
+        links.owner(config, by_name[t], spec)
         for t, c in changed
         if t in by_name and (spec := by_name[t].credential(c)) is not None
     }
@@ -155,7 +155,7 @@ def select_units(
             reference = spec.reference
             inside = (target.unit, reference.path) in changed_in_unit
             via_unit = reference.scheme == "credential" and inside
-            if via_unit or owner_of(target, spec) in changed_owners:
+            if via_unit or links.owner(config, target, spec) in changed_owners:
                 selection.add(target.unit, on_change_for(target, config, restart), target.name)
                 break
     return selection.result()

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from credbridge.core.config import keypath, linked_reference
+from credbridge.core import links
+from credbridge.core.config import keypath
 from credbridge.core.errors import BadReference, ConfigError
 from credbridge.core.plugins import LAUNCHER, SINK, SOURCE, STORE, PluginManager
 
@@ -79,6 +80,7 @@ def validate_config(config: Config, plugins: PluginManager) -> None:
     Raises :class:`ConfigError` naming the file and key, or :class:`PluginError` when two
     plugins claim a name the config uses.
     """
+    links.check_links(config)
     label = config.label
     for scheme, settings in config.sources.items():
         where = keypath("sources", scheme)
@@ -143,7 +145,7 @@ def validate_config(config: Config, plugins: PluginManager) -> None:
                 where=launcher_where,
             )
         for spec in target.credentials:
-            if spec.reference.scheme == "target":
+            if links.is_link(spec.reference):
                 continue
             try:
                 check_reference(spec.reference, plugins)
@@ -172,7 +174,7 @@ def check_world_readable(config: Config, plugins: PluginManager) -> None:
         for spec in target.credentials:
             if not spec.mode & 0o004:
                 continue
-            reference = linked_reference(config, spec.reference)
+            reference = links.linked_reference(config, spec.reference)
             found = plugins.lookup(SOURCE, reference.scheme)
             if found is None or not found[0].selects_public(reference):
                 raise ConfigError(

@@ -3,18 +3,22 @@
 A VM sink turns resolved credentials into a hypervisor-neutral :class:`VmChannel` (SMBIOS OEM
 strings, fw_cfg files, a virtiofs directory); a launcher maps that channel onto its
 hypervisor (cloud-hypervisor's ``vm.create`` body, QEMU's ``-smbios``/``-fw_cfg``/
-``vhost-user-fs-pci``). Values stay inside :class:`~credbridge.core.secret.Secret` until the
-launcher writes them where only the hypervisor reads them.
+``vhost-user-fs-pci``). The set of channels is open: a sink and a launcher that both know
+another one (say ``vsock``) carry its items in :attr:`VmChannel.other`, and every launcher
+refuses, by name, a channel it does not take (:meth:`VmChannel.check_taken`). Values stay
+inside :class:`~credbridge.core.secret.Secret` until the launcher writes them where only the
+hypervisor reads them.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from credbridge.core.errors import DeliveryError
+from credbridge.core.errors import DeliveryError, LaunchError
 from credbridge.core.secret import Secret
 from credbridge.core.types import Delivery, Sink, Staged
 
@@ -27,6 +31,8 @@ CREDENTIALS_TOTAL_SIZE_MAX = CREDENTIAL_SIZE_MAX
 each credential counts the length of its name plus its size (exec-credential.c); one more
 byte fails the unit with "Argument list too long" before it starts."""
 NAME_MAX = 255
+BUILT_IN_CHANNELS = ("oem_strings", "fw_cfg", "virtiofs")
+"""The channels :class:`VmChannel` names as fields; any other is a key of ``other``."""
 
 
 def name_problem(name: str) -> str | None:
@@ -107,6 +113,24 @@ class VmChannel:
     virtiofs: list[VirtiofsShare] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     """Credential names carried (for plans and logs; never values)."""
+    other: dict[str, list[Any]] = field(default_factory=dict)
+    """Items of channels beyond the built-in ones, by channel name: what a sink made for a
+    launcher that knows that channel (their own agreement; nothing here reads the items)."""
+
+    def carried(self) -> list[str]:
+        """The channels that hold items: the built-in ones by field name, then ``other``'s."""
+        built_in = [name for name in BUILT_IN_CHANNELS if getattr(self, name)]
+        return built_in + [name for name, items in self.other.items() if items]
+
+    def check_taken(self, target: str, launcher: str, takes: Collection[str]) -> None:
+        """Raise :class:`LaunchError` when the channel holds items of a channel that
+        ``launcher`` does not take (``takes``: the channel names it maps onto its hypervisor)."""
+        refused = [name for name in self.carried() if name not in takes]
+        if refused:
+            raise LaunchError(
+                f"{target}: sink {self.sink!r} produced {', '.join(refused)} items, which the "
+                f"{launcher} launcher does not take"
+            )
 
 
 class VmSink(Sink):

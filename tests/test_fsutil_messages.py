@@ -23,7 +23,6 @@ from credbridge.core.fsutil import (
     check_dir,
     check_path,
     ensure_private_dir,
-    exchange,
     exchange_at,
     filesystem_type,
     is_memory_backed,
@@ -85,16 +84,14 @@ def test_failed_system_calls_report_their_real_errno(tmp_path: Path) -> None:
     """The libc calls made through ctypes keep errno: a missing path is ENOENT, not 'Success'."""
     present = tmp_path / "present"
     present.mkdir()
-    with pytest.raises(FileNotFoundError) as swapped:
-        exchange(present, tmp_path / "missing")
-    assert swapped.value.errno == errno.ENOENT
-    assert swapped.value.strerror == os.strerror(errno.ENOENT)
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        with pytest.raises(FileNotFoundError):
+        with pytest.raises(FileNotFoundError) as swapped:
             exchange_at(fd, "present", "missing")
     finally:
         os.close(fd)
+    assert swapped.value.errno == errno.ENOENT
+    assert swapped.value.strerror == os.strerror(errno.ENOENT)
     with pytest.raises(FileNotFoundError) as probed:
         filesystem_type(tmp_path / "missing")
     assert probed.value.errno == errno.ENOENT
@@ -201,17 +198,6 @@ def test_owner_and_group_resolve_to_ids_and_unset_means_unchanged() -> None:
     assert resolve_owner("nobody", None) == (NOBODY.pw_uid, -1)
     assert resolve_owner(None, "0") == (-1, 0)
     assert resolve_owner("1234", "nogroup") == (1234, grp.getgrnam("nogroup").gr_gid)
-
-
-def test_exchange_swaps_relative_paths_from_the_working_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "a").write_text("first")
-    (tmp_path / "b").mkdir()
-    monkeypatch.chdir(tmp_path)
-    exchange(Path("a"), Path("b"))
-    assert (tmp_path / "b").read_text() == "first"
-    assert (tmp_path / "a").is_dir()
 
 
 def test_files_and_directories_keep_our_owner_unless_told_otherwise(tmp_path: Path) -> None:

@@ -663,9 +663,6 @@ def test_builtins_come_from_entry_points() -> None:
 
 
 def test_bad_reference_is_the_public_name() -> None:
-    from credbridge.core.errors import ReferenceError_
-
-    assert ReferenceError_ is BadReference
     assert BadReference.__name__ == "BadReference"
     assert SINK.record_type is SinkType
 

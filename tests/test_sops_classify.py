@@ -1,4 +1,4 @@
-"""How each sops failure is typed and worded (backends/sops.py ``classify``).
+"""How each sops failure is typed and worded (backends/sops_cli.py ``classify``).
 
 The end-to-end tests (tests/test_sops.py) provoke what the real sops binary can be made to do
 here (a wrong key, a tampered file, a missing file, a bad .sops.yaml). Some exit codes cannot
@@ -9,7 +9,7 @@ branch against sops's own exit codes (``cmd/sops/codes/codes.go``) and messages.
 from __future__ import annotations
 
 import pytest
-from credbridge.backends.sops import classify
+from credbridge.backends.sops_cli import classify
 from credbridge.core.errors import Forbidden, InvalidValue, NotFound, Unreachable
 
 WHAT = "secrets.yaml"

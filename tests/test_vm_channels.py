@@ -308,3 +308,56 @@ def test_channel_items_cannot_be_changed_after_prepare(tmpfs_dir: Path) -> None:
     for thing, field_name in ((item, "path"), (share, "directory")):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(thing, field_name, Path("/elsewhere"))
+
+
+def test_a_channel_a_launcher_does_not_take_is_refused_by_name(
+    tmp_path: Path, credbridge_plugins: Any
+) -> None:
+    """The channel set is open: a sink may carry a channel core/vm.py does not name (here
+    ``vsock``, in ``VmChannel.other``), and a launcher that does not take it says so, naming
+    the channel, the sink and itself, at plan time as at launch."""
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from credbridge.core import PlanEntry, SinkContext, SinkType, hookimpl
+    from credbridge.core.vm import VmChannel
+
+    class VsockSink(VmSink):
+        def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
+            return [PlanEntry(name, Change.ADD, "vsock") for name in credentials]
+
+        def preview(self, names: Sequence[str], runtime_dir: Path) -> VmChannel:
+            return VmChannel(sink="vsock", names=list(names), other={"vsock": ["cid 3"]})
+
+        def prepare(self, deliveries: Sequence[Delivery], runtime_dir: Path) -> VmChannel:
+            return self.preview([d.name for d in deliveries], runtime_dir)
+
+    def open_vsock(context: SinkContext) -> VmSink:
+        return VsockSink()
+
+    class Plugin:
+        @hookimpl
+        def credbridge_sinks(self) -> Iterable[SinkType]:
+            yield SinkType(name="vsock", open=open_vsock, target_kinds=("vm",))
+
+    credbridge_plugins.register(Plugin(), "vsock-sink")
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"")
+    targets = {
+        name: {
+            "kind": "vm",
+            "sink": "vsock",
+            "launcher": {"type": launcher, "kernel": str(kernel)},
+            "credentials": {"KEY": "env:HOME"},
+        }
+        for name, launcher in (("vm-q", "qemu"), ("vm-c", "cloud-hypervisor"))
+    }
+    config = parse_config({"targets": targets}, directory=tmp_path)
+    with Session(config) as session:
+        results = {r.target: r for r in session.check() if not r.credential}
+    for name, launcher in (("vm-q", "qemu"), ("vm-c", "cloud-hypervisor")):
+        assert not results[name].ok
+        assert results[name].detail == (
+            f"{name}: sink 'vsock' produced vsock items, which the {launcher} launcher "
+            "does not take"
+        )
+    assert VmChannel(sink="x", other={"vsock": []}).carried() == []

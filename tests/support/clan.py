@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from credbridge.backends import sops as sops_backend
+from credbridge.backends import sops_cli
 
 KEEP_SOPS_VARIABLES = {"SOPS_GPG_EXEC", "SOPS_AGE_KEY", "SOPS_AGE_KEY_FILE"}
 
@@ -70,7 +70,7 @@ def age_keygen(keygen: str, directory: Path, name: str) -> Identity:
 
 
 def run_sops(args: list[str], *, env: dict[str, str], stdin: bytes = b"") -> bytes:
-    binary = sops_backend.locate_binary(None)
+    binary = sops_cli.locate_binary(None)
     result = subprocess.run(
         [binary.path, "--disable-version-check", *args],
         input=stdin,

@@ -106,13 +106,17 @@ SCOPE: dict[str, frozenset[str] | None] = {
             "close",
         }
     ),
-    "backends/sops.py": frozenset(
+    "backends/sops_cli.py": frozenset(
         {
-            # the source's error classification (what stderr may reach a message) and timeout
+            # the error classification (what stderr may reach a message) and timeout
             "classify",
             "run",
             "_kill_group",
             "_sealed_memfd",
+        }
+    ),
+    "backends/sops.py": frozenset(
+        {
             # the store
             "_check_key",
             "_check_directory",
