@@ -68,6 +68,7 @@ from credbridge.core.remote import (
     tls_reason,
 )
 from credbridge.core.settings import MAX_SECONDS, control_problem, path_setting
+from credbridge.core.threads import map_in_threads
 
 if TYPE_CHECKING:
     from credbridge.backends.vault_auth import VaultAuth
@@ -657,11 +658,8 @@ class VaultSource(DocumentSource, LeasedSource):
             self._fresh_client(locators[0])
         except SourceError as error:
             return dict.fromkeys(locators, error)
-        workers = min(self.concurrency, len(locators))
-        if workers == 1:
-            return {locator: one(locator) for locator in locators}
-        with ThreadPoolExecutor(workers, thread_name_prefix="credbridge-vault") as pool:
-            return dict(zip(locators, pool.map(one, locators), strict=True))
+        answers = map_in_threads(one, locators, workers=self.concurrency, name="credbridge-vault")
+        return dict(zip(locators, answers, strict=True))
 
     def _issuer(self, locator: Locator) -> vault_dynamic.Issuer | None:
         """What a reference on a PKI or database mount issues; ``None`` on a KV mount."""
