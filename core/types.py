@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from credbridge.core.errors import CredbridgeError, PluginError, SourceError
 from credbridge.core.reference import Locator, Reference, select
 from credbridge.core.secret import Secret, SecretDocument
+from credbridge.core.settings import Setting, declare
 
 if TYPE_CHECKING:
     from credbridge.core.config import Config, Target
@@ -32,6 +33,33 @@ TARGET_KINDS = frozenset({"unit", "vm"})
 def _check_name(kind: str, name: str) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise PluginError(f"invalid {kind} name {name!r}: use lowercase letters, digits, '-+._'")
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PluginType:
+    """What every plugin record has: a one-line summary and its declared settings.
+
+    ``settings`` lists the keys its table may hold as :class:`~credbridge.core.settings.Setting`
+    declarations (a bare string declares a key of kind ``any``); the record keeps them as
+    ``{name: Setting}``. They are checked when the config loads. ``None``: the plugin checks
+    its table itself, when it is opened.
+    """
+
+    summary: str = ""
+    settings: Collection[Setting | str] | Mapping[str, Setting] | None = None
+
+    def __post_init__(self) -> None:
+        raw = self.settings
+        try:
+            declared = declare(raw.values() if isinstance(raw, Mapping) else raw)
+        except (TypeError, ValueError) as error:
+            raise PluginError(f"{type(self).__name__}.settings: {error}") from None
+        object.__setattr__(self, "settings", declared)
+
+    @property
+    def declared_settings(self) -> Mapping[str, Setting] | None:
+        """The declared settings by name (``None``: not declared)."""
+        return self.settings  # type: ignore[return-value]  # normalised in __post_init__
 
 
 def _names(record: object, attribute: str, value: Iterable[str] | None) -> None:
@@ -274,14 +302,13 @@ def _rename(error: SourceError, reference: Reference) -> SourceError:
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class SourceType:
+class SourceType(PluginType):
     """A source of secrets, provided through :func:`credbridge_sources`."""
 
     scheme: str
     """The reference scheme it resolves (``vault`` for ``vault:secret/app#password``)."""
     open: Callable[[SourceContext], Source]
     """Create the source; called once per run, only if a reference uses the scheme."""
-    summary: str = ""
     options: Collection[str] | None = None
     """Reference options it accepts (``None``: it validates options itself)."""
     selectors: bool = True
@@ -293,13 +320,11 @@ class SourceType:
     from the reference alone (no I/O). Public values may be printed by ``credbridge get``,
     exported, shown by ``check``/``--dry-run`` and delivered world-readable (``mode = "0444"``);
     everything else is a secret. ``None``: every value of this scheme is a secret."""
-    settings: Collection[str] | None = None
-    """Keys its ``[sources.SCHEME]`` table may hold (``None``: it checks them itself)."""
 
     def __post_init__(self) -> None:
         _check_name("source scheme", self.scheme)
         _names(self, "options", self.options)
-        _names(self, "settings", self.settings)
+        super().__post_init__()
 
     @property
     def name(self) -> str:
@@ -373,18 +398,17 @@ class StoreContext:
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class StoreType:
-    """A backend for the store of generated values, provided through :func:`credbridge_stores`."""
+class StoreType(PluginType):
+    """A backend for the store of generated values, provided through :func:`credbridge_stores`.
+
+    Its ``settings`` are the keys the ``[store]`` table may hold besides ``type``."""
 
     name: str
     open: Callable[[StoreContext], Store]
-    summary: str = ""
-    settings: Collection[str] | None = None
-    """Keys the ``[store]`` table may hold besides ``type`` (``None``: it checks them itself)."""
 
     def __post_init__(self) -> None:
         _check_name("store", self.name)
-        _names(self, "settings", self.settings)
+        super().__post_init__()
 
 
 # --------------------------------------------------------------------------- sinks
@@ -478,21 +502,20 @@ class Sink(abc.ABC):
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class SinkType:
-    """A sink, provided through :func:`credbridge_sinks`."""
+class SinkType(PluginType):
+    """A sink, provided through :func:`credbridge_sinks`.
+
+    Its ``settings`` are the keys of ``[sinks.NAME]`` and of a target's ``sink`` table."""
 
     name: str
     open: Callable[[SinkContext], Sink]
-    summary: str = ""
     target_kinds: Collection[str] = frozenset({"unit"})
     """Which target kinds it serves (any iterable of ``"unit"``, ``"vm"``)."""
-    settings: Collection[str] | None = None
-    """Keys its settings may hold (``None``: it checks them itself)."""
 
     def __post_init__(self) -> None:
         _check_name("sink", self.name)
         _names(self, "target_kinds", self.target_kinds)
-        _names(self, "settings", self.settings)
+        super().__post_init__()
         unknown = set(self.target_kinds) - TARGET_KINDS
         if unknown or not self.target_kinds:
             raise PluginError(
@@ -563,18 +586,17 @@ class Launcher(abc.ABC):
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class LauncherType:
-    """A VM launcher, provided through :func:`credbridge_launchers`."""
+class LauncherType(PluginType):
+    """A VM launcher, provided through :func:`credbridge_launchers`.
+
+    Its ``settings`` are the keys its ``launcher`` table may hold besides ``type``."""
 
     name: str
     open: Callable[[LauncherContext], Launcher]
-    summary: str = ""
-    settings: Collection[str] | None = None
-    """Keys its ``launcher`` table may hold besides ``type`` (``None``: it checks them itself)."""
 
     def __post_init__(self) -> None:
         _check_name("launcher", self.name)
-        _names(self, "settings", self.settings)
+        super().__post_init__()
 
 
 __all__ = [
@@ -590,8 +612,10 @@ __all__ = [
     "Outcome",
     "Pending",
     "PlanEntry",
+    "PluginType",
     "Request",
     "RotatableSource",
+    "Setting",
     "Sink",
     "SinkContext",
     "SinkType",

@@ -602,7 +602,7 @@ def test_target_kinds_and_settings_take_any_iterable() -> None:
     }
     assert SinkType(name="c", open=opener, target_kinds=(k for k in ["vm"])).target_kinds == {"vm"}
     assert SinkType(name="d", open=opener, target_kinds="vm").target_kinds == {"vm"}
-    assert SinkType(name="e", open=opener, settings=["x"]).settings == frozenset({"x"})
+    assert set(SinkType(name="e", open=opener, settings=["x"]).settings or ()) == {"x"}
     with pytest.raises(PluginError, match="target_kinds"):
         SinkType(name="f", open=opener, target_kinds=["container"])
 
