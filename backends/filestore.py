@@ -19,7 +19,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from credbridge.core import ConfigError, Secret, Store, StoreContext
+from credbridge.backends.hooks.filestore import SETTINGS
+from credbridge.core import Secret, Store, StoreContext
 from credbridge.core.config import DEFAULT_STORE
 from credbridge.core.fsutil import (
     LOCK_NAME,
@@ -31,7 +32,7 @@ from credbridge.core.fsutil import (
     read_private_file,
     remove_at,
 )
-from credbridge.core.settings import path_setting
+from credbridge.core.settings import path_setting, refuse_unknown
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_.@:\\-]{1,255}")
 WRITE_LOCK = ".lock"
@@ -115,11 +116,13 @@ class FileStore(Store):
 
 
 def open_store(context: StoreContext) -> Store:
-    unknown = set(context.settings) - {"path"}
-    if unknown:
-        raise ConfigError(
-            f"unknown setting {sorted(unknown)[0]!r} for the file store", key=context.where
-        )
+    refuse_unknown(
+        context.settings,
+        SETTINGS,
+        what="store 'file'",
+        file=context.config_file or None,
+        where=context.where,
+    )
     if "path" in context.settings:
         raw, key = context.settings["path"], f"{context.where}.path"
     else:

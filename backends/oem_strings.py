@@ -37,6 +37,7 @@ from credbridge.core import (
     Secret,
     SinkContext,
 )
+from credbridge.core.settings import refuse_unknown
 from credbridge.core.vm import VmChannel, VmSink, check_name, check_size
 
 SINK_NAME = "oem-strings"
@@ -54,13 +55,9 @@ class OemStringsSink(VmSink):
     def __init__(self, context: SinkContext) -> None:
         settings = dict(context.settings)
         label = context.config.label
-        unknown = set(settings) - SETTINGS
-        if unknown:
-            raise ConfigError(
-                f"unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(SETTINGS))})",
-                file=label,
-                key=context.where,
-            )
+        refuse_unknown(
+            settings, SETTINGS, what="sink 'oem-strings'", file=label, where=context.where
+        )
         budget = settings.get("max_bytes", DEFAULT_MAX_BYTES)
         if (
             not isinstance(budget, int)

@@ -37,7 +37,7 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +75,14 @@ from credbridge.core.fsutil import (
 from credbridge.core.process import OutputTooLarge, child_env, communicate
 from credbridge.core.remote import resolve_text
 from credbridge.core.secret import JSONNumber, TooDeep
-from credbridge.core.settings import expand_user, name_setting, path_setting, seconds_setting
+from credbridge.core.settings import (
+    Setting,
+    expand_user,
+    name_setting,
+    path_setting,
+    refuse_unknown,
+    seconds_setting,
+)
 
 log = logging.getLogger(__name__)
 
@@ -316,18 +323,17 @@ class SopsSettings:
         cls,
         settings: Mapping[str, Any],
         *,
-        known: frozenset[str],
+        known: Iterable[Setting],
         where: str,
         config_file: str | None,
         config_dir: Path,
         forbidden_schemes: frozenset[str],
+        what: str,
     ) -> SopsSettings:
         def fail(key: str, message: str) -> ConfigError:
             return ConfigError(message, file=config_file, key=f"{where}.{key}")
 
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise fail(unknown[0], f"unknown setting (known: {', '.join(sorted(known))})")
+        refuse_unknown(settings, known, what=what, file=config_file, where=where)
 
         def text(key: str) -> str | None:
             value = settings.get(key)
@@ -775,6 +781,7 @@ def open_source(context: SourceContext) -> SopsSource:
         config_file=context.config_file or None,
         config_dir=context.config_dir,
         forbidden_schemes=frozenset({"sops"}),
+        what="source 'sops'",
     )
     default = min(context.concurrency, max(2, os.cpu_count() or 2))
     workers = context.settings.get("concurrency", default)
@@ -1081,14 +1088,8 @@ def open_store(context: StoreContext) -> SopsStore:
         config_file=config_file,
         config_dir=context.config_dir,
         forbidden_schemes=frozenset({"generate", "stored"}),
+        what="store 'sops'",
     )
-    unknown = sorted(set(context.settings) - STORE_SETTINGS)
-    if unknown:
-        raise ConfigError(
-            f"unknown setting (known: {', '.join(sorted(STORE_SETTINGS))})",
-            file=config_file,
-            key=f"{where}.{unknown[0]}",
-        )
     raw_path = context.settings.get("path")
     if not isinstance(raw_path, str) or not raw_path.strip():
         raise ConfigError(

@@ -56,7 +56,7 @@ from credbridge.core.remote import (
     resolve_text,
     tls_reason,
 )
-from credbridge.core.settings import MAX_SECONDS, control_problem, path_setting
+from credbridge.core.settings import MAX_SECONDS, control_problem, path_setting, refuse_unknown
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,7 @@ class VaultSettings:
         def env_fail(name: str, message: str) -> ConfigError:
             return ConfigError(f"environment variable {name}: {message}")
 
-        unknown = sorted(set(settings) - SETTINGS)
-        if unknown:
-            raise fail(unknown[0], f"unknown setting (known: {', '.join(sorted(SETTINGS))})")
+        refuse_unknown(settings, SETTINGS, what="source 'vault'", file=config_file, where=where)
 
         def text(key: str) -> str | None:
             value = settings.get(key)

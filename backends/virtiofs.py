@@ -34,6 +34,7 @@ from credbridge.core import (
     SinkContext,
 )
 from credbridge.core.fsutil import ensure_private_dir, write_new_file
+from credbridge.core.settings import refuse_unknown
 from credbridge.core.vm import VirtiofsShare, VmChannel, VmSink, check_name, check_size
 
 SINK_NAME = "virtiofs"
@@ -47,13 +48,7 @@ class VirtiofsSink(VmSink):
     def __init__(self, context: SinkContext) -> None:
         settings = dict(context.settings)
         label = context.config.label
-        unknown = set(settings) - SETTINGS
-        if unknown:
-            raise ConfigError(
-                f"unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(SETTINGS))})",
-                file=label,
-                key=context.where,
-            )
+        refuse_unknown(settings, SETTINGS, what="sink 'virtiofs'", file=label, where=context.where)
         tag = settings.get("tag", DEFAULT_TAG)
         if not isinstance(tag, str) or not _TAG.fullmatch(tag) or len(tag) > TAG_MAX:
             raise ConfigError(

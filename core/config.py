@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from credbridge.core.errors import BadReference, ConfigError
+from credbridge.core.plugins import PluginManager, get_plugin_manager
 from credbridge.core.reference import Reference, parse_reference
 from credbridge.core.secret import MAX_DEPTH, TooDeep, nesting_depth
-from credbridge.core.settings import account_problem, int_setting, keypath, path_setting
-from credbridge.core.plugins import PluginManager, get_plugin_manager
+from credbridge.core.settings import account_problem, int_setting, path_setting
+from credbridge.core.settings import keypath as keypath  # re-exported: callers import it here
 from credbridge.core.validation import validate_config
 
 DEFAULT_CONFIG = "credbridge.toml"

@@ -174,15 +174,14 @@ class SettingsTable:
         *,
         where: str,
         config_file: str | None,
-        known: Iterable[str],
+        known: Iterable[str | Setting],
+        what: str = "this table",
     ) -> None:
         self.settings = settings
         self.where = where
         self.config_file = config_file
-        self.known = frozenset(known)
-        unknown = sorted(str(k) for k in set(settings) - self.known)
-        if unknown:
-            raise self.fail(unknown[0], f"unknown setting (known: {', '.join(sorted(self.known))})")
+        self.known = frozenset(k.name if isinstance(k, Setting) else k for k in known)
+        refuse_unknown(settings, self.known, what=what, file=config_file, where=where)
 
     def key(self, key: str) -> str:
         return f"{self.where}.{key}" if key else self.where
@@ -395,6 +394,28 @@ def did_you_mean(key: str, allowed: Iterable[str]) -> str:
     return f"did you mean {close[0]!r}? " if close else ""
 
 
+def refuse_unknown(
+    settings: Iterable[str],
+    known: Iterable[str | Setting],
+    *,
+    what: str,
+    file: str | None,
+    where: str,
+) -> None:
+    """Refuse the first key of ``settings`` not in ``known`` (names or declarations): one line
+    naming the file and the key, with the closest known name ("did you mean") and all of them."""
+    allowed = frozenset(k.name if isinstance(k, Setting) else k for k in known)
+    for key in sorted(map(str, settings)):
+        if key not in allowed:
+            names = ", ".join(sorted(allowed)) or "none"
+            raise ConfigError(
+                f"unknown setting {str(key)!r} for {what} ({did_you_mean(str(key), allowed)}"
+                f"known: {names})",
+                file=file,
+                key=f"{where}.{keypath(str(key))}",
+            )
+
+
 def read_settings(
     declared: Mapping[str, Setting],
     settings: Mapping[str, Any],
@@ -407,15 +428,7 @@ def read_settings(
     """Check ``settings`` against ``declared`` and return every declared key's value (parsed by
     its kind; the default when absent). ``what`` names the table's owner in the message
     (``"source 'vault'"``); ``where`` is the table's key path."""
-    for key in settings:
-        if key not in declared:
-            known = ", ".join(sorted(declared)) or "none"
-            raise ConfigError(
-                f"unknown setting {str(key)!r} for {what} ({did_you_mean(str(key), declared)}"
-                f"known: {known})",
-                file=file,
-                key=f"{where}.{keypath(str(key))}",
-            )
+    refuse_unknown(settings, declared, what=what, file=file, where=where)
     return {
         name: (
             setting.parse(settings[name], base=base, file=file, key=f"{where}.{keypath(name)}")

@@ -26,7 +26,7 @@ from typing import Any
 
 from credbridge.core.config import Config
 from credbridge.core.errors import ConfigError
-from credbridge.core.settings import control_problem, seconds_setting
+from credbridge.core.settings import control_problem, refuse_unknown, seconds_setting
 from credbridge.launchers.hooks import VM_KEYS
 
 COMMON_KEYS = VM_KEYS
@@ -122,17 +122,19 @@ def parse_vm_spec(
     where: str,
     *,
     extra_keys: frozenset[str] = frozenset(),
+    launcher: str = "",
     default_serial: str = "tty",
     default_console: str = "off",
 ) -> VmSpec:
     """Validate the common keys; ``extra_keys`` are the launcher's own."""
     label = config.label
-    unknown = set(settings) - COMMON_KEYS - extra_keys
-    if unknown:
-        known = ", ".join(sorted(COMMON_KEYS | extra_keys))
-        raise ConfigError(
-            f"unknown setting {sorted(unknown)[0]!r} (known: {known})", file=label, key=where
-        )
+    refuse_unknown(
+        settings,
+        COMMON_KEYS | extra_keys,
+        what=f"launcher {launcher!r}" if launcher else "this launcher",
+        file=label,
+        where=where,
+    )
 
     def path(key: str) -> Path | None:
         value = settings.get(key)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 from credbridge.backends.hooks import filestore as filestore_hooks
 from credbridge.backends.hooks import generate as generate_hooks
 from credbridge.core import ConfigError, load_config, parse_config
+from credbridge.core.settings import Setting
 from credbridge.launchers.hooks import cloud_hypervisor as ch_hooks
 from credbridge.launchers.hooks import qemu as qemu_hooks
 
@@ -100,7 +102,10 @@ def test_registration_modules_declare_what_the_implementations_read() -> None:
 
     per_kind = [*KIND_OPTIONS.values(), *(kind.options for kind in KEY_KINDS.values())]
     assert frozenset().union(*per_kind) == generate_hooks.GENERATE_OPTIONS
-    assert {"path"} == filestore_hooks.SETTINGS
-    assert ch_hooks.SETTINGS == vmspec.COMMON_KEYS | cloud_hypervisor.EXTRA_KEYS
-    assert qemu_hooks.SETTINGS == vmspec.COMMON_KEYS | qemu.EXTRA_KEYS
-    assert runtime.RUNTIME_SETTINGS <= ch_hooks.SETTINGS
+    def names(declared: Iterable[Setting]) -> set[str]:
+        return {setting.name for setting in declared}
+
+    assert {"path"} == names(filestore_hooks.SETTINGS)
+    assert names(ch_hooks.SETTINGS) == vmspec.COMMON_KEYS | cloud_hypervisor.EXTRA_KEYS
+    assert names(qemu_hooks.SETTINGS) == vmspec.COMMON_KEYS | qemu.EXTRA_KEYS
+    assert names(ch_hooks.SETTINGS) >= runtime.RUNTIME_SETTINGS
