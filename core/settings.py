@@ -361,10 +361,18 @@ class Setting:
         if self.kind == "duration":
             return f"duration (seconds, at most {self.high:g})"
         if self.kind == "size":
-            return f"size (bytes or '512M', at most {int(self.high)})"
+            return f"size (bytes or '512M', at most {_bytes(int(self.high))})"
         if self.kind == "choice":
             return f"choice: {' | '.join(self.choices)}"
         return self.kind
+
+
+def _bytes(size: int) -> str:
+    """``size`` in the largest binary unit that divides it (``1 PiB``, ``48 KiB``, ``100 B``)."""
+    for unit, shift in (("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} B"
 
 
 def declare(settings: Iterable[Setting | str] | None) -> dict[str, Setting] | None:
