@@ -109,3 +109,106 @@ def test_registration_modules_declare_what_the_implementations_read() -> None:
     assert names(ch_hooks.SETTINGS) == vmspec.COMMON_KEYS | cloud_hypervisor.EXTRA_KEYS
     assert names(qemu_hooks.SETTINGS) == vmspec.COMMON_KEYS | qemu.EXTRA_KEYS
     assert names(ch_hooks.SETTINGS) >= runtime.RUNTIME_SETTINGS
+
+
+VM = '[targets.vm]\nkind = "vm"\nsink = "fw-cfg"\n[targets.vm.launcher]\ntype = "qemu"\nkernel = "/k"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ('[sources.vault]\naddress = 5\n', "sources.vault.address", "non-empty string"),
+        ('[sources.vault]\ntls_verify = "no"\n', "sources.vault.tls_verify", "true or false"),
+        ("[sources.vault]\nretries = 11\n", "sources.vault.retries", "integer from 0 to 10"),
+        ("[sources.vault]\nbackoff = -1\n", "sources.vault.backoff", "number from 0 to 86400"),
+        ("[sources.vault]\nread_timeout = 0\n", "sources.vault.read_timeout", "positive number"),
+        ('[sources.vault]\nca_cert = ""\n', "sources.vault.ca_cert", "non-empty path"),
+        ('[sources.vault]\nauth = "token"\n', "sources.vault.auth", "must be a table"),
+        (
+            '[sources.aws-sm]\nretry_mode = "fast"\n',
+            "sources.aws-sm.retry_mode",
+            "must be one of standard, adaptive",
+        ),
+        (VM + 'memory = "lots"\n', "targets.vm.launcher.memory", 'a size like "512M"'),
+        (VM + 'disks = "/d.img"\n', "targets.vm.launcher.disks", "must be an array"),
+        ('[store]\npath = "~nosuchuser22a/x"\n', "store.path", "no user 'nosuchuser22a'"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and "\n" not in v else None,
+)
+def test_each_kind_is_checked_when_the_config_loads(
+    tmp_path: Path, text: str, key: str, problem: str
+) -> None:
+    """A value of the wrong kind is refused by load_config, before any plugin is opened or
+    any reference resolved: one line naming the file and the key."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: "), message
+    assert problem in message
+    assert "\n" not in message
+
+
+def test_values_of_each_kind_are_read_with_their_defaults(tmp_path: Path) -> None:
+    from credbridge.core.settings import read_settings
+
+    declared = {
+        s.name: s
+        for s in (
+            Setting("name", "string", doc="a name"),
+            Setting("on", "bool", False),
+            Setting("count", "integer", 2, minimum=1, maximum=9),
+            Setting("ratio", "number", 0.5, maximum=1),
+            Setting("wait", "duration", 5.0, maximum=60),
+            Setting("limit", "size", 1024),
+            Setting("dir", "path"),
+            Setting("mode", "choice", "a", choices=("a", "b")),
+            Setting("items", "list", []),
+            Setting("extra", "table", {}),
+        )
+    }
+    values = read_settings(
+        declared,
+        {"name": "x", "limit": "2K", "dir": "state", "mode": "b", "wait": 60},
+        what="source 'demo'",
+        file="c.toml",
+        where="sources.demo",
+        base=tmp_path,
+    )
+    assert values == {
+        "name": "x",
+        "on": False,
+        "count": 2,
+        "ratio": 0.5,
+        "wait": 60.0,
+        "limit": 2048,
+        "dir": tmp_path / "state",
+        "mode": "b",
+        "items": [],
+        "extra": {},
+    }
+    with pytest.raises(ConfigError, match=r"^c.toml: sources.demo.wait: .*at most 60$"):
+        read_settings(
+            declared, {"wait": 61}, what="x", file="c.toml", where="sources.demo", base=tmp_path
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"name": "x", "kind": "float"}, "unknown kind 'float'"),
+        ({"name": "x", "kind": "choice"}, "choices go with kind 'choice'"),
+        ({"name": "x", "kind": "string", "choices": ("a",)}, "choices go with kind 'choice'"),
+        ({"name": "x", "kind": "integer", "minimum": 0}, "needs minimum and maximum"),
+        ({"name": "a.b"}, "invalid name"),
+    ],
+)
+def test_a_bad_declaration_is_refused_when_the_plugin_loads(
+    kwargs: dict[str, object], problem: str
+) -> None:
+    from credbridge.core import PluginError, SinkType
+
+    with pytest.raises(ValueError, match=problem):
+        Setting(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(PluginError, match="declared twice"):
+        SinkType(name="s", open=lambda ctx: None, settings=["a", Setting("a", "bool")])
