@@ -641,11 +641,11 @@ def _echo_settings(listing: dict[str, dict[str, Any]]) -> None:
     help="Also list each plugin's settings: kind, default and doc.",
 )
 @click.pass_obj
-def plugins(state: State, as_json: bool, verbose: bool) -> None:
+def plugins(run: State, as_json: bool, verbose: bool) -> None:
     """List every plugin, its state, what it provides and where it came from; and conflicts."""
     from credbridge.core.plugins import CORE, PluginInfo, get_plugin_manager
 
-    verbose = verbose or state.verbose > 0
+    verbose = verbose or run.verbose > 0  # `credbridge -v plugins` too
 
     manager = get_plugin_manager()
     manager.collect_all()
