@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from credbridge.core.plugins import PluginManager, get_plugin_manager
     from credbridge.core.reference import Locator, Reference, parse_reference
     from credbridge.core.secret import Secret, SecretDocument
+    from credbridge.core.settings import Setting, read_settings
     from credbridge.core.types import (
         Change,
         Delivery,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
         Outcome,
         Pending,
         PlanEntry,
+        PluginType,
         Request,
         RotatableSource,
         Sink,
@@ -129,6 +131,9 @@ _LAZY = {
     "Outcome": "types",
     "Pending": "types",
     "PlanEntry": "types",
+    "PluginType": "types",
+    "Setting": "settings",
+    "read_settings": "settings",
     "Request": "types",
     "RotatableSource": "types",
     "Sink": "types",
@@ -262,6 +267,7 @@ __all__ = [
     "PluginError",
     "PluginFailed",
     "PluginManager",
+    "PluginType",
     "Reference",
     "Request",
     "ResolutionFailed",
@@ -271,6 +277,7 @@ __all__ = [
     "SecretDocument",
     "ServerText",
     "Session",
+    "Setting",
     "Sink",
     "SinkContext",
     "SinkType",
@@ -299,5 +306,6 @@ __all__ = [
     "parse_config",
     "parse_reference",
     "pass_config",
+    "read_settings",
     "resolve",
 ]
