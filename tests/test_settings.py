@@ -212,3 +212,54 @@ def test_a_bad_declaration_is_refused_when_the_plugin_loads(
         Setting(**kwargs)  # type: ignore[arg-type]
     with pytest.raises(PluginError, match="declared twice"):
         SinkType(name="s", open=lambda ctx: None, settings=["a", Setting("a", "bool")])
+
+
+def test_declared_defaults_are_what_the_implementations_use() -> None:
+    """``plugins -v`` shows the declared defaults: they must be the ones the code applies."""
+    from credbridge.backends import aws, oem_strings, sops, vault, virtiofs
+    from credbridge.backends.hooks import aws as aws_hooks
+    from credbridge.backends.hooks import oem_strings as oem_hooks
+    from credbridge.backends.hooks import sops as sops_hooks
+    from credbridge.backends.hooks import vault as vault_hooks
+    from credbridge.backends.hooks import virtiofs as virtiofs_hooks
+    from credbridge.core.settings import declare
+
+    def defaults(declared: Iterable[Setting]) -> dict[str, object]:
+        return {name: s.default for name, s in (declare(declared) or {}).items()}
+
+    loaded = vault.VaultSettings.load(
+        {},
+        where="sources.vault",
+        config_file=None,
+        config_dir=Path("/"),
+        concurrency=16,
+        environ={},
+        home=Path("/nonexistent"),
+    )
+    assert {
+        k: v for k, v in defaults(vault_hooks.SETTINGS).items() if v not in (None, {})
+    } == {
+        "address": loaded.address,
+        "tls_verify": loaded.verify,
+        "connect_timeout": loaded.connect_timeout,
+        "read_timeout": loaded.read_timeout,
+        "retries": loaded.retries,
+        "backoff": loaded.backoff,
+    }
+    settings = aws.AwsSettings.load(
+        {}, scheme="aws-sm", where="sources.aws-sm", config_file=None, concurrency=16
+    )
+    assert {k: v for k, v in defaults(aws_hooks.SETTINGS).items() if v is not None} == {
+        "role_session_name": settings.role_session_name,
+        "connect_timeout": settings.connect_timeout,
+        "read_timeout": settings.read_timeout,
+        "max_attempts": settings.max_attempts,
+        "retry_mode": settings.retry_mode,
+    }
+    assert defaults(sops_hooks.SOURCE_SETTINGS)["timeout"] == sops.DEFAULT_TIMEOUT
+    assert defaults(oem_hooks.SETTINGS)["max_bytes"] == oem_strings.DEFAULT_MAX_BYTES
+    assert defaults(virtiofs_hooks.SETTINGS)["tag"] == virtiofs.DEFAULT_TAG
+    from credbridge.launchers.vmspec import parse_size
+
+    vm = defaults(qemu_hooks.SETTINGS)
+    assert vm["memory"] == parse_size("512M", "memory", "c.toml")
