@@ -32,7 +32,7 @@ from credbridge.core.fsutil import (
     read_private_file,
     remove_at,
 )
-from credbridge.core.settings import path_setting, refuse_unknown
+from credbridge.core.settings import path_setting
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_.@:\\-]{1,255}")
 WRITE_LOCK = ".lock"
@@ -116,18 +116,11 @@ class FileStore(Store):
 
 
 def open_store(context: StoreContext) -> Store:
-    refuse_unknown(
-        context.settings,
-        SETTINGS,
-        what="store 'file'",
-        file=context.config_file or None,
-        where=context.where,
-    )
-    if "path" in context.settings:
-        raw, key = context.settings["path"], f"{context.where}.path"
-    else:
-        raw, key = os.environ.get("CREDBRIDGE_STORE", DEFAULT_STORE), "CREDBRIDGE_STORE"
-    return FileStore(path_setting(raw, base=context.config_dir, file=None, key=key))
+    path = context.read_settings(SETTINGS, name="file")["path"]
+    if path is None:
+        raw = os.environ.get("CREDBRIDGE_STORE", DEFAULT_STORE)
+        path = path_setting(raw, base=context.config_dir, file=None, key="CREDBRIDGE_STORE")
+    return FileStore(path)
 
 
 def _sweep(dir_fd: int) -> None:

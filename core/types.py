@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from credbridge.core.errors import CredbridgeError, PluginError, SourceError
 from credbridge.core.reference import Locator, Reference, select
 from credbridge.core.secret import Secret, SecretDocument
-from credbridge.core.settings import Setting, declare
+from credbridge.core.settings import Setting, declare, read_settings
 
 if TYPE_CHECKING:
     from credbridge.core.config import Config, Target
@@ -60,6 +60,19 @@ class PluginType:
     def declared_settings(self) -> Mapping[str, Setting] | None:
         """The declared settings by name (``None``: not declared)."""
         return self.settings  # type: ignore[return-value]  # normalised in __post_init__
+
+
+def _read(
+    declared: Iterable[Setting | str] | Mapping[str, Setting],
+    settings: Mapping[str, Any],
+    *,
+    what: str,
+    file: str | None,
+    where: str,
+    base: Path,
+) -> dict[str, Any]:
+    table = declare(declared.values() if isinstance(declared, Mapping) else declared) or {}
+    return read_settings(table, settings, what=what, file=file, where=where, base=base)
 
 
 def _names(record: object, attribute: str, value: Iterable[str] | None) -> None:
@@ -168,6 +181,20 @@ class SourceContext:
     """Config key path of the settings, for error messages."""
     config_file: str = ""
     """The config file's path, for error messages."""
+
+    def read_settings(
+        self, declared: Iterable[Setting | str] | Mapping[str, Setting]
+    ) -> dict[str, Any]:
+        """Every declared setting's value, by its kind, defaults filled in (see
+        :func:`credbridge.core.settings.read_settings`)."""
+        return _read(
+            declared,
+            self.settings,
+            what=f"source {self.scheme!r}",
+            file=self.config_file or None,
+            where=self.where or f"sources.{self.scheme}",
+            base=self.config_dir,
+        )
 
 
 class Source(abc.ABC):
@@ -396,6 +423,20 @@ class StoreContext:
     """Resolve a reference the store needs for itself (e.g. the key that decrypts it).
     ``None`` when the store is opened outside a session."""
 
+    def read_settings(
+        self, declared: Iterable[Setting | str] | Mapping[str, Setting], *, name: str = ""
+    ) -> dict[str, Any]:
+        """Every declared setting's value, by its kind, defaults filled in; ``name`` (the
+        store's) makes messages say ``store 'NAME'``."""
+        return _read(
+            declared,
+            self.settings,
+            what=f"store {name!r}" if name else "the store",
+            file=self.config_file or None,
+            where=self.where,
+            base=self.config_dir,
+        )
+
 
 @dataclass(frozen=True, eq=False, kw_only=True)
 class StoreType(PluginType):
@@ -466,6 +507,19 @@ class SinkContext:
     config: Config
     where: str
     """Config key path of the target's ``sink`` table, for error messages."""
+
+    def read_settings(
+        self, declared: Iterable[Setting | str] | Mapping[str, Setting]
+    ) -> dict[str, Any]:
+        """Every declared setting's value, by its kind, defaults filled in."""
+        return _read(
+            declared,
+            self.settings,
+            what=f"sink {self.target.sink!r}",
+            file=self.config.label,
+            where=self.where,
+            base=self.config.directory,
+        )
 
 
 class Sink(abc.ABC):
@@ -539,6 +593,19 @@ class LauncherContext:
     """Config key path of the target's ``launcher`` table, for error messages."""
     sink: Sink
     """The target's sink (a ``credbridge.core.vm.VmSink`` for VM targets)."""
+
+    def read_settings(
+        self, declared: Iterable[Setting | str] | Mapping[str, Setting]
+    ) -> dict[str, Any]:
+        """Every declared setting's value, by its kind, defaults filled in."""
+        return _read(
+            declared,
+            self.settings,
+            what=f"launcher {self.target.launcher!r}",
+            file=self.config.label,
+            where=self.where,
+            base=self.config.directory,
+        )
 
 
 PLAN_KEYS = (

@@ -263,3 +263,27 @@ def test_declared_defaults_are_what_the_implementations_use() -> None:
 
     vm = defaults(qemu_hooks.SETTINGS)
     assert vm["memory"] == parse_size("512M", "memory", "c.toml")
+
+
+def test_contexts_read_declared_settings_with_their_file_and_key(tmp_path: Path) -> None:
+    from credbridge.core.types import SourceContext, StoreContext
+
+    declared = [Setting("dir", "path"), Setting("wait", "duration", 5.0)]
+    source = SourceContext(
+        scheme="demo",
+        settings={"dir": "sub"},
+        config_dir=tmp_path,
+        concurrency=1,
+        resolve=lambda text: None,  # type: ignore[arg-type,return-value]
+        store=lambda: None,  # type: ignore[arg-type,return-value]
+        where="sources.demo",
+        config_file="/etc/c.toml",
+    )
+    assert source.read_settings(declared) == {"dir": tmp_path / "sub", "wait": 5.0}
+    store = StoreContext({"wiat": 1}, tmp_path, config_file="/etc/c.toml")
+    with pytest.raises(ConfigError) as error:
+        store.read_settings(declared, name="demo")
+    assert str(error.value) == (
+        "/etc/c.toml: store.wiat: unknown setting 'wiat' for store 'demo' "
+        "(did you mean 'wait'? known: dir, wait)"
+    )
