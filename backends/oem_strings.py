@@ -29,7 +29,6 @@ from pathlib import Path
 from credbridge.backends.hooks.oem_strings import SETTINGS
 from credbridge.core import (
     Change,
-    ConfigError,
     Delivery,
     DeliveryError,
     Pending,
@@ -37,7 +36,6 @@ from credbridge.core import (
     Secret,
     SinkContext,
 )
-from credbridge.core.settings import refuse_unknown
 from credbridge.core.vm import VmChannel, VmSink, check_name, check_size
 
 SINK_NAME = "oem-strings"
@@ -53,23 +51,8 @@ def encoded_length(size: int) -> int:
 
 class OemStringsSink(VmSink):
     def __init__(self, context: SinkContext) -> None:
-        settings = dict(context.settings)
-        label = context.config.label
-        refuse_unknown(
-            settings, SETTINGS, what="sink 'oem-strings'", file=label, where=context.where
-        )
-        budget = settings.get("max_bytes", DEFAULT_MAX_BYTES)
-        if (
-            not isinstance(budget, int)
-            or isinstance(budget, bool)
-            or not 0 < budget <= SMBIOS_TABLES_MAX
-        ):
-            raise ConfigError(
-                f"must be a number of bytes from 1 to {SMBIOS_TABLES_MAX}",
-                file=label,
-                key=f"{context.where}.max_bytes",
-            )
-        self.max_bytes = budget
+        # Declared (backends/hooks/oem_strings.py) as an integer from 1 to SMBIOS_TABLES_MAX.
+        self.max_bytes: int = context.read_settings(SETTINGS)["max_bytes"]
 
     def validate(self, sizes: Mapping[str, int | None]) -> None:
         """Check names, value sizes (``None``: not known yet) and the SMBIOS budget."""

@@ -34,7 +34,6 @@ from credbridge.core import (
     SinkContext,
 )
 from credbridge.core.fsutil import ensure_private_dir, write_new_file
-from credbridge.core.settings import refuse_unknown
 from credbridge.core.vm import VirtiofsShare, VmChannel, VmSink, check_name, check_size
 
 SINK_NAME = "virtiofs"
@@ -46,14 +45,11 @@ _TAG = re.compile(r"[A-Za-z0-9_.-]+")
 
 class VirtiofsSink(VmSink):
     def __init__(self, context: SinkContext) -> None:
-        settings = dict(context.settings)
-        label = context.config.label
-        refuse_unknown(settings, SETTINGS, what="sink 'virtiofs'", file=label, where=context.where)
-        tag = settings.get("tag", DEFAULT_TAG)
-        if not isinstance(tag, str) or not _TAG.fullmatch(tag) or len(tag) > TAG_MAX:
+        tag: str = context.read_settings(SETTINGS)["tag"]
+        if not _TAG.fullmatch(tag) or len(tag) > TAG_MAX:
             raise ConfigError(
                 f"must be 1-{TAG_MAX} characters of letters, digits, '_.-'",
-                file=label,
+                file=context.config.label,
                 key=f"{context.where}.tag",
             )
         self.tag = tag

@@ -258,6 +258,7 @@ def test_declared_defaults_are_what_the_implementations_use() -> None:
     }
     assert defaults(sops_hooks.SOURCE_SETTINGS)["timeout"] == sops.DEFAULT_TIMEOUT
     assert defaults(oem_hooks.SETTINGS)["max_bytes"] == oem_strings.DEFAULT_MAX_BYTES
+    assert declare(oem_hooks.SETTINGS)["max_bytes"].maximum == oem_strings.SMBIOS_TABLES_MAX  # type: ignore[index]
     assert defaults(virtiofs_hooks.SETTINGS)["tag"] == virtiofs.DEFAULT_TAG
     from credbridge.launchers.vmspec import parse_size
 
