@@ -402,6 +402,13 @@ def did_you_mean(key: str, allowed: Iterable[str]) -> str:
     return f"did you mean {close[0]!r}? " if close else ""
 
 
+def _fresh(default: Any) -> Any:
+    """A copy of a list or table default, so no caller can change the declaration's."""
+    import copy
+
+    return copy.deepcopy(default) if isinstance(default, list | dict) else default
+
+
 def refuse_unknown(
     settings: Iterable[str],
     known: Iterable[str | Setting],
@@ -441,7 +448,7 @@ def read_settings(
         name: (
             setting.parse(settings[name], base=base, file=file, key=f"{where}.{keypath(name)}")
             if settings.get(name) is not None
-            else setting.default
+            else _fresh(setting.default)
         )
         for name, setting in declared.items()
     }

@@ -288,3 +288,13 @@ def test_contexts_read_declared_settings_with_their_file_and_key(tmp_path: Path)
         "/etc/c.toml: store.wiat: unknown setting 'wiat' for store 'demo' "
         "(did you mean 'wait'? known: dir, wait)"
     )
+
+
+def test_a_list_default_is_a_fresh_copy_for_each_reader(tmp_path: Path) -> None:
+    from credbridge.core.settings import read_settings
+
+    declared = {"items": Setting("items", "list", ["a"])}
+    first = read_settings(declared, {}, what="x", file=None, where="w", base=tmp_path)
+    first["items"].append("b")
+    again = read_settings(declared, {}, what="x", file=None, where="w", base=tmp_path)
+    assert again["items"] == ["a"] and declared["items"].default == ["a"]
