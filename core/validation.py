@@ -76,6 +76,7 @@ def validate_config(config: Config, plugins: PluginManager) -> None:
     if config.checked_with is plugins:
         return
     _validate(config, plugins)
+    # Config is frozen for its users; this one field is the validator's note, set only here.
     object.__setattr__(config, "checked_with", plugins)
 
 
