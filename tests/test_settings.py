@@ -298,3 +298,14 @@ def test_a_list_default_is_a_fresh_copy_for_each_reader(tmp_path: Path) -> None:
     first["items"].append("b")
     again = read_settings(declared, {}, what="x", file=None, where="w", base=tmp_path)
     assert again["items"] == ["a"] and declared["items"].default == ["a"]
+
+
+def test_a_bad_setting_fails_every_command_with_one_line_and_exit_3(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    path = write(tmp_path, "[sources.vault]\nretries = 11\n")
+    result = run_cli("-c", str(path), "check")
+    assert result.returncode == 3
+    assert result.stderr.decode().splitlines() == [
+        f"credbridge: error: {path}: sources.vault.retries: must be an integer from 0 to 10"
+    ]
