@@ -34,6 +34,7 @@ from credbridge.core import (
     DocumentSource,
     Forbidden,
     InvalidValue,
+    Lease,
     Locator,
     NotFound,
     Reference,
@@ -698,6 +699,9 @@ class AwsSource(DocumentSource):
         else:
             return InvalidValue("", f"secret {secret_id} has neither SecretString nor SecretBinary")
         self._redactor.add(secret)
+        # The VersionId tells a long-running agent whether the secret changed.
+        if value.get("VersionId"):
+            secret.lease = Lease(version=str(value["VersionId"]))
         return secret
 
     # ------------------------------------------------------------------ Parameter Store
@@ -810,6 +814,8 @@ class AwsSource(DocumentSource):
             return InvalidValue("", f"parameter {name} came back without a value")
         secret = Secret.from_text(str(parameter["Value"]))
         self._redactor.add(secret)
+        if parameter.get("Version") is not None:
+            secret.lease = Lease(version=str(parameter["Version"]))
         return secret
 
     # ------------------------------------------------------------------ errors

@@ -15,6 +15,7 @@ from credbridge.core import (
     DocumentSource,
     Forbidden,
     InvalidValue,
+    Lease,
     Locator,
     NotFound,
     Reference,
@@ -39,6 +40,21 @@ def _check_strip(reference: Reference) -> None:
     value = (reference.option("strip") or "false").lower()
     if value not in _TRUE | _FALSE:
         raise BadReference(str(reference), "strip must be true or false")
+
+
+_VERSION_KEY = os.urandom(32)
+
+
+def content_version(value: bytes) -> str:
+    """A version for a value that only changes with it: a keyed digest of the bytes.
+
+    Keyed with a random key of this process, so that ``credbridge status`` can show it
+    without offering a way to test guesses of the value (a plain SHA-256 of a short password
+    would). Two reads of the same bytes in one process get the same version.
+    """
+    import hmac
+
+    return "hmac-sha256:" + hmac.new(_VERSION_KEY, value, "sha256").hexdigest()[:32]
 
 
 def read_file(path: Path, reference: str) -> bytes:
@@ -69,7 +85,9 @@ class FileSource(DocumentSource):
             raise NotFound(str(locator), str(error)) from None
         if not path.is_absolute():
             path = self.config_dir / path
-        return Secret(_strip(locator, read_file(path, str(locator))))
+        value = _strip(locator, read_file(path, str(locator)))
+        # A file has no version of its own (an mtime can stay while the bytes change).
+        return Secret(value, lease=Lease(version=content_version(value)))
 
 
 class EnvSource(DocumentSource):

@@ -50,6 +50,7 @@ from credbridge.core import (
     DocumentSource,
     Forbidden,
     InvalidValue,
+    Lease,
     Locator,
     NotFound,
     Reference,
@@ -741,7 +742,9 @@ class SopsSource(DocumentSource):
         if isinstance(document, SourceError):
             raise type(document)(document.reference, document.problem)
         # Each caller gets its own copy of a raw value: the cached one is wiped on close.
-        return Secret(document.reveal()) if isinstance(document, Secret) else document
+        if isinstance(document, Secret):
+            return Secret(document.reveal(), lease=document.lease)
+        return document
 
     def _decrypt(self, path: Path, kind: str) -> Secret | SecretDocument:
         what = str(path)
@@ -753,6 +756,10 @@ class SopsSource(DocumentSource):
             raise NotFound("", f"no file {what}") from None
         except OSError as error:
             raise Forbidden("", f"cannot access {what}: {error.strerror}") from None
+        # The version is the encrypted file's digest (an mtime can stay while the bytes
+        # change), taken before sops reads it: a change in between then shows as a new
+        # version at the next read, never as an old version for new bytes.
+        version = _file_digest(path)
         output = "binary" if kind == "binary" else "json"
         raw = self.runner.run(
             ["decrypt", "--input-type", kind, "--output-type", output, str(path)],
@@ -760,7 +767,9 @@ class SopsSource(DocumentSource):
             file=path,
             kind=kind,
         )
-        return parse_document(raw, kind, what)
+        document = parse_document(raw, kind, what)
+        document.lease = Lease(version=version)
+        return document
 
     def close(self) -> None:
         with self._lock:
@@ -770,6 +779,19 @@ class SopsSource(DocumentSource):
                     if isinstance(value, Secret):
                         value.wipe()
             self._files.clear()
+
+
+def _file_digest(path: Path) -> str:
+    """``sha256:HEX`` of the file's bytes, as ``sha256sum`` prints it."""
+    import hashlib
+
+    try:
+        with path.open("rb") as handle:
+            return "sha256:" + hashlib.file_digest(handle, "sha256").hexdigest()
+    except FileNotFoundError:
+        raise NotFound("", f"no file {path}") from None
+    except OSError as error:
+        raise Forbidden("", f"cannot read {path}: {error.strerror}") from None
 
 
 def open_source(context: SourceContext) -> SopsSource:

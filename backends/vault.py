@@ -1,6 +1,10 @@
 """``vault:`` — secrets from HashiCorp Vault or OpenBao KV (v1 and v2), through hvac.
 
 Reference: ``vault:MOUNT/PATH[?version=N&namespace=NS&kv=1|2][#FIELD | #/json/pointer]``.
+On a ``pki`` or ``database`` mount, ``vault:MOUNT/issue/ROLE?common_name=NAME#cert`` and
+``vault:MOUNT/creds/ROLE#password`` issue a new value with a lease (backends/vault_dynamic.py);
+a dry run does not issue them (:class:`Pending`), and :meth:`VaultSource.renew`/``revoke`` act
+on their leases.
 
 The mount of a path and its KV version are asked from the server once per mount
 (``sys/internal/ui/mounts/PATH``, which a normal token may read for paths it has access to);
@@ -23,9 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlsplit
 
+from credbridge.backends import vault_dynamic
 from credbridge.backends.hooks.vault import SETTINGS
 from credbridge.core import (
     BadReference,
@@ -33,9 +38,15 @@ from credbridge.core import (
     DocumentSource,
     Forbidden,
     InvalidValue,
+    Lease,
+    LeasedSource,
     Locator,
+    Mode,
     NotFound,
+    Outcome,
+    Pending,
     Reference,
+    Request,
     Secret,
     SecretDocument,
     SourceContext,
@@ -57,6 +68,9 @@ from credbridge.core.remote import (
     tls_reason,
 )
 from credbridge.core.settings import MAX_SECONDS, control_problem, path_setting, refuse_unknown
+
+if TYPE_CHECKING:
+    from credbridge.backends.vault_auth import VaultAuth
 
 log = logging.getLogger(__name__)
 
@@ -372,6 +386,7 @@ def _validate(reference: Reference) -> None:
     namespace = reference.option("namespace")
     if namespace is not None and not namespace.strip("/"):
         raise BadReference(text, "namespace must not be empty")
+    vault_dynamic.validate_options(reference)
 
 
 # --------------------------------------------------------------------------- hvac, typed
@@ -394,12 +409,15 @@ class _Mount:
     path: str
     """With a trailing slash, as the server names it (``secret/``)."""
     version: int
+    """The KV version (0 for the engines of :data:`vault_dynamic.ENGINES`)."""
+    engine: str = "kv"
+    """``kv``, or ``pki``/``database`` whose reads issue values with leases."""
 
 
 # --------------------------------------------------------------------------- the source
 
 
-class VaultSource(DocumentSource):
+class VaultSource(DocumentSource, LeasedSource):
     def __init__(self, settings: VaultSettings, resolve: Callable[[str], Secret]) -> None:
         super().__init__(concurrency=settings.concurrency)
         self.settings = settings
@@ -412,6 +430,7 @@ class VaultSource(DocumentSource):
         self._login_error: SourceError | None = None
         self._mounts: dict[tuple[str | None, str], _Mount] = {}
         self._mount_locks: dict[tuple[str | None, str], threading.Lock] = {}
+        self._auth: VaultAuth | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -590,8 +609,11 @@ class VaultSource(DocumentSource):
 
         if not locators:
             return {}
-        # Log in before fanning out, so every worker finds a client (or the login error).
+        # Log in before fanning out, so every worker finds a client (or the login error);
+        # in a long run, first retry a failed login, renew or replace a token that is due.
         try:
+            if self._auth is not None:
+                self._auth.ensure_fresh()
             self._client(self._namespace(locators[0]))
         except SourceError as error:
             return {locator: renamed(error, str(locator)) for locator in locators}
@@ -606,6 +628,61 @@ class VaultSource(DocumentSource):
         namespace = locator.option("namespace")
         return namespace.strip("/") if namespace else self.settings.namespace
 
+    def fetch(self, requests: Sequence[Request], mode: Mode) -> dict[Request, Outcome]:
+        if mode is Mode.DELIVER:
+            return super().fetch(requests, mode)
+        # A dry run (check, deliver --dry-run, the plan before a delivery) must not issue
+        # certificates or database users: those references are Pending, found by asking the
+        # server what their mounts are (a read without side effects, cached for the run).
+        results: dict[Request, Outcome] = {}
+        issuers = self._issuers(sorted({r.reference.locator for r in requests}))
+        static = []
+        for request in requests:
+            found = issuers[request.reference.locator]
+            if found is None:
+                static.append(request)
+            elif isinstance(found, SourceError):
+                results[request] = renamed(found, str(request.reference))
+            else:
+                results[request] = Pending(f"{found.describe()}, issued on delivery")
+        if static:
+            results.update(super().fetch(static, mode))
+        return results
+
+    def _issuers(
+        self, locators: Sequence[Locator]
+    ) -> dict[Locator, vault_dynamic.Issuer | SourceError | None]:
+        """:meth:`_issuer` of each locator, different mounts asked concurrently."""
+
+        def one(locator: Locator) -> vault_dynamic.Issuer | SourceError | None:
+            try:
+                return self._issuer(locator)
+            except SourceError as error:
+                return error
+
+        if not locators:
+            return {}
+        try:  # log in once (or refresh a token that is due), as fetch_documents does
+            self._fresh_client(locators[0])
+        except SourceError as error:
+            return dict.fromkeys(locators, error)
+        workers = min(self.concurrency, len(locators))
+        if workers == 1:
+            return {locator: one(locator) for locator in locators}
+        with ThreadPoolExecutor(workers, thread_name_prefix="credbridge-vault") as pool:
+            return dict(zip(locators, pool.map(one, locators), strict=True))
+
+    def _issuer(self, locator: Locator) -> vault_dynamic.Issuer | None:
+        """What a reference on a PKI or database mount issues; ``None`` on a KV mount."""
+        if locator.option("kv") is not None:
+            return None
+        namespace = self._namespace(locator)
+        path = locator.path.strip("/")
+        mount = self._mount(self._client(namespace), namespace, path)
+        if mount.engine == "kv":
+            return None
+        return vault_dynamic.issuer(locator, mount.path.rstrip("/"), mount.engine)
+
     def fetch_document(self, locator: Locator) -> Secret | SecretDocument:
         namespace = self._namespace(locator)
         client = self._client(namespace)
@@ -615,6 +692,12 @@ class VaultSource(DocumentSource):
             mount = _Mount(_split(path)[0] + "/", int(kv))
         else:
             mount = self._mount(client, namespace, path)
+        if mount.engine != "kv":
+            target = vault_dynamic.issuer(locator, mount.path.rstrip("/"), mount.engine)
+            document = vault_dynamic.issue(client, target, locator, self._dynamic_error)
+            self._redactor.add_document(document)
+            return document
+        vault_dynamic.refuse_pki_options_on_kv(locator, mount.path)
         secret_path = path[len(mount.path) :].strip("/")
         if not secret_path:
             raise NotFound("", f"{path} is the mount itself; name a secret below it")
@@ -635,16 +718,20 @@ class VaultSource(DocumentSource):
                     raise_on_deleted_version=True,
                 )
                 data = response["data"]["data"]
+                # Which version was read, so a long-running agent can tell a change.
+                written = response["data"].get("metadata") or {}
+                lease = Lease(version=str(written["version"])) if "version" in written else None
             else:
                 response = client.secrets.kv.v1.read_secret(
                     path=secret_path, mount_point=mount.path.rstrip("/")
                 )
                 data = response["data"]
+                lease = None  # KV v1 keeps no versions: a change shows only in the value
         except _failures() as error:
             raise self._error(error, "", where, mount=mount, version=version) from None
         if not isinstance(data, Mapping):
             raise InvalidValue("", f"{where} holds no key/value data")
-        document = SecretDocument(dict(data))
+        document = SecretDocument(dict(data), lease=lease)
         # Later error replies (another path, a login) must not quote a part of this value.
         self._redactor.add_document(document)
         return document
@@ -683,17 +770,20 @@ class VaultSource(DocumentSource):
             # server text (shown once every value of the run is known).
             if not (path + "/").startswith(mount_path) or not mount_path.strip("/"):
                 raise InvalidValue("", f"unexpected answer describing the mount of {path}")
-            if engine not in {"kv", "generic"}:
+            if engine in vault_dynamic.ENGINES:
+                mount = _Mount(mount_path, 0, engine)
+            elif engine not in {"kv", "generic"}:
                 raise InvalidValue(
                     "",
-                    f"{mount_path} is not a KV secrets engine",
+                    f"{mount_path} is not a KV secrets engine (nor PKI or database)",
                     server_text=self._redactor.defer(f"its type is {engine!r}"),
                 )
-            version = 2 if str(options.get("version", "1")) == "2" else 1
-            mount = _Mount(mount_path, version)
+            else:
+                version = 2 if str(options.get("version", "1")) == "2" else 1
+                mount = _Mount(mount_path, version)
             with self._lock:
                 self._mounts[(namespace, mount.path)] = mount
-            log.debug("vault: %s is a KV v%d mount", mount.path, version)
+            log.debug("vault: %s is a %s mount", mount.path, _engine_name(mount))
             return mount
 
     def _mount_error(self, client: _Client, path: str, error: Exception) -> SourceError:
@@ -717,6 +807,37 @@ class VaultSource(DocumentSource):
             "token is invalid or expired; a token that can read secrets but not mount "
             "metadata needs ?kv=1 or ?kv=2)",
         )
+
+    # ------------------------------------------------------------------ leases
+
+    def renew(self, request: Request, lease: Lease, increment: float | None = None) -> Lease:
+        """Extend a database credential's lease (``sys/leases/renew``); certificates cannot."""
+        try:
+            client = self._fresh_client(request.reference.locator)
+            return vault_dynamic.renew(client, lease, increment, self._dynamic_error)
+        except SourceError as error:
+            raise renamed(error, str(request.reference)) from None
+
+    def revoke(self, request: Request, lease: Lease) -> None:
+        """End a lease now (``sys/leases/revoke``); a certificate without one by its serial."""
+        try:
+            client = self._fresh_client(request.reference.locator)
+            target = None
+            if lease.lease_id is None:
+                target = self._issuer(request.reference.locator)
+            vault_dynamic.revoke(client, lease, target, self._dynamic_error)
+        except SourceError as error:
+            raise renamed(error, str(request.reference)) from None
+
+    def _fresh_client(self, locator: Locator) -> _Client:
+        """The client for ``locator``'s namespace; in a long run (once :attr:`auth` is used)
+        a token that is due is renewed or replaced first, as before every read."""
+        if self._auth is not None:
+            self._auth.ensure_fresh()
+        return self._client(self._namespace(locator))
+
+    def _dynamic_error(self, error: Exception, where: str) -> SourceError:
+        return self._error(error, "", where)
 
     # ------------------------------------------------------------------ errors
 
@@ -834,12 +955,27 @@ class VaultSource(DocumentSource):
             )
         return NotFound(reference, f"no secret at {where}{kind}")
 
+    @property
+    def auth(self) -> VaultAuth:
+        """The token's keeper for a long-running process (renewal, logging in again); once
+        it exists, every read first has it renew or replace a token that is due."""
+        from credbridge.backends.vault_auth import VaultAuth
+
+        with self._lock:
+            if self._auth is None:
+                self._auth = VaultAuth(self)
+            return self._auth
+
     def close(self) -> None:
         with self._lock:
             if self._session is not None:
                 self._session.close()
             self._clients.clear()
             self._token = None
+
+
+def _engine_name(mount: _Mount) -> str:
+    return f"KV v{mount.version}" if mount.engine == "kv" else mount.engine
 
 
 def _kv2_api_path(where: str, mount: _Mount | None) -> str | None:

@@ -1,4 +1,4 @@
-"""The ``aws`` plugin: ``aws-sm:`` and ``aws-ssm:`` (implementation: backends/aws.py).
+"""The ``aws`` plugin: ``aws-sm:``, ``aws-ssm:`` (backends/aws.py), ``aws-sts:`` (aws_sts.py).
 
 Loading it costs this module only; botocore is imported when an AWS reference is resolved.
 """
@@ -15,6 +15,7 @@ IMPL = "credbridge.backends.aws"
 ROUTE_OPTIONS = frozenset({"region", "profile"})
 SM_OPTIONS = ROUTE_OPTIONS | {"version-stage", "version-id"}
 SSM_OPTIONS = ROUTE_OPTIONS | {"version"}
+STS_OPTIONS = ROUTE_OPTIONS | {"session-name", "duration", "external-id"}
 SETTINGS = (
     Setting("region", "string", doc="AWS region (default: the profile's or $AWS_REGION)"),
     Setting("profile", "string", doc="the shared-config profile to use"),
@@ -36,7 +37,7 @@ SETTINGS = (
     ),
     Setting("concurrency", "integer", doc="requests in flight", minimum=1, maximum=256),
 )
-"""``[sources.aws-sm]`` and ``[sources.aws-ssm]``; backends/aws.py reads them."""
+"""``[sources.aws-sm]``, ``[sources.aws-ssm]``, ``[sources.aws-sts]``; backends/aws.py reads them."""
 
 
 @hookimpl
@@ -58,4 +59,15 @@ def credbridge_sources() -> Iterator[SourceType]:
         settings=SETTINGS,
         selectors=True,
         validate=lazy(f"{IMPL}:validate_ssm"),
+    )
+    yield SourceType(
+        scheme="aws-sts",
+        open=lazy("credbridge.backends.aws_sts:open_source"),
+        summary="temporary AWS credentials of a role (aws-sts:ROLE_ARN#session_token), by "
+        "sts:AssumeRole",
+        options=STS_OPTIONS,
+        settings=SETTINGS,
+        selectors=True,
+        validate=lazy("credbridge.backends.aws_sts:validate_reference"),
+        public=lazy("credbridge.backends.aws_sts:public"),
     )

@@ -12,7 +12,11 @@ from credbridge.core.settings import Setting
 from credbridge.core.types import SourceType, lazy
 
 IMPL = "credbridge.backends.vault"
-OPTIONS = frozenset({"version", "namespace", "kv"})
+DYNAMIC = "credbridge.backends.vault_dynamic"
+# common_name .. ttl are the fields of a PKI issue (vault:pki/issue/ROLE?common_name=NAME).
+OPTIONS = frozenset(
+    {"version", "namespace", "kv", "common_name", "alt_names", "ip_sans", "uri_sans", "ttl"}
+)
 SETTINGS = (
     Setting(
         "address", "string", "https://127.0.0.1:8200", doc="server URL ($VAULT_ADDR, $BAO_ADDR)"
@@ -38,9 +42,13 @@ def credbridge_sources() -> Iterator[SourceType]:
     yield SourceType(
         scheme="vault",
         open=lazy(f"{IMPL}:open_source"),
-        summary="HashiCorp Vault / OpenBao KV v1 and v2 (vault:MOUNT/PATH#FIELD), through hvac",
+        summary=(
+            "HashiCorp Vault / OpenBao KV v1 and v2 (vault:MOUNT/PATH#FIELD), PKI certificates "
+            "and database credentials with leases, through hvac"
+        ),
         options=OPTIONS,
         settings=SETTINGS,
         selectors=True,
         validate=lazy(f"{IMPL}:validate_reference"),
+        public=lazy(f"{DYNAMIC}:selects_public"),
     )

@@ -1,0 +1,205 @@
+"""The Vault/OpenBao token of a ``vault:`` source over a long run: renewed, or logged in again.
+
+A one-shot run logs in once (``[sources.vault.auth]``) and is done long before its token
+expires. A long-running process (``credbridge agent``) calls :meth:`VaultAuth.ensure_fresh`
+before its reads and at :attr:`VaultAuth.refresh_at`: the token is renewed
+(``auth/token/renew-self``) once about two thirds of its TTL have passed, as Vault Agent
+does, and when it cannot be renewed any more (not renewable, past its ``max_ttl``, revoked,
+expired) credbridge logs in again with the configured method (AppRole, JWT, Kubernetes), or
+reads the configured token again (``token_file``, ``token_ref``: something else may have
+replaced it). Every client of the source gets the new token.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from credbridge.core import Forbidden, Lease, SourceError
+
+if TYPE_CHECKING:
+    from credbridge.backends.vault import VaultSource
+
+log = logging.getLogger(__name__)
+
+RENEW_FRACTION = 2 / 3
+"""How much of the token's TTL passes before it is renewed (Vault Agent: about 2/3)."""
+
+
+class VaultAuth:
+    """Keeps the token of one :class:`VaultSource` usable; safe to call from any thread."""
+
+    def __init__(
+        self,
+        source: VaultSource,
+        *,
+        renew_fraction: float = RENEW_FRACTION,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not 0 < renew_fraction < 1:
+            raise ValueError("renew_fraction must be between 0 and 1")
+        self._source = source
+        self._fraction = renew_fraction
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._lease: Lease | None = None
+        self._period = 0.0
+        """The TTL the token had when it was issued or last renewed, in seconds."""
+        self.accessor: str | None = None
+        """The token's accessor (it names the token, e.g. for ``bao token lookup -accessor``;
+        it cannot be used as one)."""
+        self.logins = 0
+        """How many times a token was obtained (the first login included)."""
+        self.renewals = 0
+
+    # ------------------------------------------------------------------ what callers read
+
+    @property
+    def lease(self) -> Lease | None:
+        """The token's lease as last seen (``None`` before the first :meth:`ensure_fresh`)."""
+        return self._lease
+
+    @property
+    def expires_at(self) -> float | None:
+        """When the token stops working (``time.time()``); ``None``: never, or not known yet."""
+        return self._lease.expires_at if self._lease is not None else None
+
+    @property
+    def refresh_at(self) -> float | None:
+        """When :meth:`ensure_fresh` next has work to do; ``None``: never."""
+        lease = self._lease
+        if lease is None or lease.expires_at is None or lease.issued_at is None:
+            return None
+        return lease.issued_at + self._fraction * (lease.expires_at - lease.issued_at)
+
+    # ------------------------------------------------------------------ the work
+
+    def ensure_fresh(self, now: float | None = None) -> Lease:
+        """Log in if needed, renew or replace the token when it is due; return its lease.
+
+        ``now`` (``time.time()`` by default) decides what is due. Raises a
+        :class:`SourceError` (``Forbidden``, ``Unreachable``, ...) when no usable token can be
+        had; the source's reads would fail the same way.
+        """
+        with self._lock:
+            self._forget_failed_login()
+            client = self._source._client(self._source.settings.namespace)
+            if self._lease is None:
+                self._lease = self._look_up(client)
+                self.logins += 1
+            now = self._clock() if now is None else now
+            lease = self._lease
+            due = self.refresh_at
+            if due is None or now < due:
+                return lease
+            expired = lease.expires_at is not None and now >= lease.expires_at
+            if lease.renewable and not expired:
+                try:
+                    renewed = self._renew(client)
+                except Forbidden as error:
+                    # Revoked, or expired early: a new token is the only way on.
+                    log.info("vault: token renewal refused (%s); logging in again", error.problem)
+                else:
+                    # Renewal that no longer extends the token (its max_ttl is near): it
+                    # would be due again at once, so replace it now.
+                    left = (renewed.expires_at or now) - (renewed.issued_at or now)
+                    if renewed.expires_at is None or left >= (1 - self._fraction) * self._period:
+                        self._lease = renewed
+                        self.renewals += 1
+                        return renewed
+                    log.info("vault: the token cannot be renewed past %.0f s more", left)
+            return self._replace(client, lease, now)
+
+    def _forget_failed_login(self) -> None:
+        """A one-shot run keeps its first login failure for every read; a long run tries
+        again: the server may be back, the secret_id or JWT replaced."""
+        source = self._source
+        with source._lock:
+            if source._login_error is None:
+                return
+            source._login_error = None
+            if source._session is not None:
+                source._session.close()
+            source._session = None
+            source._clients.clear()
+            source._token = None
+        self._lease = None
+
+    def _replace(self, client: Any, old: Lease, now: float) -> Lease:
+        source = self._source
+        with source._lock:
+            previous = source._token
+            # A login sends no token: an expired one must not be what the server judges.
+            client.adapter.token = None
+            try:
+                source._login(client)
+            finally:
+                token = source._token
+                # Every namespace's client sends the current token from now on.
+                for other in source._clients.values():
+                    other.adapter.token = token
+        if token == previous:
+            # A configured token (token_file, token_ref, VAULT_TOKEN) that nothing replaced.
+            if old.expires_at is not None and now >= old.expires_at:
+                raise Forbidden(
+                    "",
+                    "the Vault token has expired and cannot be renewed; replace it, or log in "
+                    "with approle, jwt or kubernetes auth ([sources.vault.auth])",
+                )
+            log.warning(
+                "vault: the token cannot be renewed and expires in %.0f s; replace it, or log "
+                "in with approle, jwt or kubernetes auth",
+                (old.expires_at or now) - now,
+            )
+            return old
+        lease = self._look_up(client)
+        self.logins += 1
+        log.info("vault: new token (%s auth)", source.settings.auth.method)
+        self._lease = lease
+        return lease
+
+    def _look_up(self, client: Any) -> Lease:
+        issued = self._clock()
+        try:
+            answer = client.auth.token.lookup_self()
+            data: Mapping[str, Any] = answer["data"]
+            ttl = float(data.get("ttl") or 0)
+            renewable = bool(data.get("renewable"))
+            period = float(data.get("creation_ttl") or ttl)
+            accessor = data.get("accessor")
+        except self._failures() as error:
+            raise self._error(error, "token lookup (auth/token/lookup-self)") from None
+        self._period = period
+        self.accessor = str(accessor) if accessor else None
+        return Lease(
+            issued_at=issued,
+            expires_at=issued + ttl if ttl > 0 else None,
+            renewable=renewable and ttl > 0,
+        )
+
+    def _renew(self, client: Any) -> Lease:
+        issued = self._clock()
+        try:
+            answer = client.auth.token.renew_self()
+            auth: Mapping[str, Any] = answer["auth"]
+            ttl = float(auth.get("lease_duration") or 0)
+            renewable = bool(auth.get("renewable"))
+        except self._failures() as error:
+            raise self._error(error, "token renewal (auth/token/renew-self)") from None
+        log.debug("vault: token renewed for %.0f s", ttl)
+        return Lease(
+            issued_at=issued,
+            expires_at=issued + ttl if ttl > 0 else None,
+            renewable=renewable and ttl > 0,
+        )
+
+    def _failures(self) -> tuple[type[Exception], ...]:
+        from credbridge.backends.vault import _failures
+
+        return _failures()
+
+    def _error(self, error: Exception, what: str) -> SourceError:
+        return self._source._error(error, "", what, login=True)
