@@ -37,7 +37,7 @@ SETTINGS = (
     ),
     Setting("concurrency", "integer", doc="requests in flight", minimum=1, maximum=256),
 )
-"""``[sources.aws-sm]``, ``[sources.aws-ssm]``, ``[sources.aws-sts]``; backends/aws.py reads them."""
+"""``[sources.aws-sm]``, ``[sources.aws-ssm]``, ``[sources.aws-sts]`` (backends/aws.py)."""
 
 
 @hookimpl
