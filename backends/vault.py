@@ -1003,17 +1003,7 @@ _STATUS = {
 
 def _failures() -> tuple[type[Exception], ...]:
     """What hvac and requests raise for a failed call (imported on first use, like hvac)."""
-    import hvac.exceptions
-    import requests.exceptions
-
-    return (
-        hvac.exceptions.VaultError,
-        requests.exceptions.RequestException,
-        ValueError,
-        KeyError,
-        TypeError,
-        RecursionError,  # an answer nested too deep for the JSON parser
-    )
+    return vault_dynamic.hvac_failures()
 
 
 def _tls_reason(error: Exception) -> str:
