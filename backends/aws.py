@@ -175,7 +175,13 @@ class AwsSettings:
         config_file: str | None,
         concurrency: int,
     ) -> AwsSettings:
-        table = SettingsTable(settings, where=where, config_file=config_file, known=SETTINGS)
+        table = SettingsTable(
+            settings,
+            where=where,
+            config_file=config_file,
+            known=SETTINGS,
+            what=f"source {scheme!r}",
+        )
         region = table.text("region")
         if region is not None and not _REGION.fullmatch(region):
             raise table.fail("region", "is not an AWS region name (e.g. eu-west-1)")

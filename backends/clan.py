@@ -483,6 +483,7 @@ def open_source(context: SourceContext) -> ClanVarsSource:
         config_file=config_file,
         config_dir=context.config_dir,
         forbidden_schemes=frozenset({SCHEME, "sops"}),
+        what=f"source {SCHEME!r}",
     )
     raw_directory = settings.get("directory")
     if not isinstance(raw_directory, str) or not raw_directory.strip():

@@ -52,7 +52,12 @@ from credbridge.core.fsutil import (
     write_new_file_at,
 )
 from credbridge.core.process import child_env
-from credbridge.core.settings import account_setting, control_problem, seconds_setting
+from credbridge.core.settings import (
+    account_setting,
+    control_problem,
+    refuse_unknown,
+    seconds_setting,
+)
 from credbridge.core.vm import check_size, check_unit_total
 
 log = logging.getLogger(__name__)
@@ -136,13 +141,7 @@ class CredstoreSink(Sink):
         settings = dict(context.settings)
         where = context.where
         label = context.config.label
-        unknown = set(settings) - SETTINGS
-        if unknown:
-            raise ConfigError(
-                f"unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(SETTINGS))})",
-                file=label,
-                key=where,
-            )
+        refuse_unknown(settings, SETTINGS, what="sink 'credstore'", file=label, where=where)
 
         def fail(key: str, message: str) -> ConfigError:
             return ConfigError(message, file=label, key=f"{where}.{key}")

@@ -19,7 +19,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from credbridge.core import ConfigError, Secret, Store, StoreContext
+from credbridge.backends.hooks.filestore import SETTINGS
+from credbridge.core import Secret, Store, StoreContext
 from credbridge.core.config import DEFAULT_STORE
 from credbridge.core.fsutil import (
     LOCK_NAME,
@@ -115,16 +116,11 @@ class FileStore(Store):
 
 
 def open_store(context: StoreContext) -> Store:
-    unknown = set(context.settings) - {"path"}
-    if unknown:
-        raise ConfigError(
-            f"unknown setting {sorted(unknown)[0]!r} for the file store", key=context.where
-        )
-    if "path" in context.settings:
-        raw, key = context.settings["path"], f"{context.where}.path"
-    else:
-        raw, key = os.environ.get("CREDBRIDGE_STORE", DEFAULT_STORE), "CREDBRIDGE_STORE"
-    return FileStore(path_setting(raw, base=context.config_dir, file=None, key=key))
+    path = context.read_settings(SETTINGS, name="file")["path"]
+    if path is None:
+        raw = os.environ.get("CREDBRIDGE_STORE", DEFAULT_STORE)
+        path = path_setting(raw, base=context.config_dir, file=None, key="CREDBRIDGE_STORE")
+    return FileStore(path)
 
 
 def _sweep(dir_fd: int) -> None:

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from credbridge.backends.hooks.fw_cfg import SETTINGS
 from credbridge.core import (
     Change,
-    ConfigError,
     Delivery,
     DeliveryError,
     Pending,
@@ -26,6 +26,7 @@ from credbridge.core import (
     SinkContext,
 )
 from credbridge.core.fsutil import ensure_private_dir, write_new_file
+from credbridge.core.settings import refuse_unknown
 from credbridge.core.vm import (
     CREDENTIAL_SIZE_MAX,
     FW_CFG_PREFIX,
@@ -89,12 +90,13 @@ def fw_cfg_preview(names: Sequence[str], runtime_dir: Path, *, sink: str = SINK_
 
 class FwCfgSink(VmSink):
     def __init__(self, context: SinkContext) -> None:
-        if context.settings:
-            raise ConfigError(
-                f"unknown setting {sorted(context.settings)[0]!r} (fw-cfg takes none)",
-                file=context.config.label,
-                key=context.where,
-            )
+        refuse_unknown(
+            context.settings,
+            SETTINGS,
+            what="sink 'fw-cfg'",
+            file=context.config.label,
+            where=context.where,
+        )
 
     def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
         validate({n: Pending.size_of(v) for n, v in credentials.items()})

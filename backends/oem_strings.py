@@ -29,7 +29,6 @@ from pathlib import Path
 from credbridge.backends.hooks.oem_strings import SETTINGS
 from credbridge.core import (
     Change,
-    ConfigError,
     Delivery,
     DeliveryError,
     Pending,
@@ -52,27 +51,8 @@ def encoded_length(size: int) -> int:
 
 class OemStringsSink(VmSink):
     def __init__(self, context: SinkContext) -> None:
-        settings = dict(context.settings)
-        label = context.config.label
-        unknown = set(settings) - SETTINGS
-        if unknown:
-            raise ConfigError(
-                f"unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(SETTINGS))})",
-                file=label,
-                key=context.where,
-            )
-        budget = settings.get("max_bytes", DEFAULT_MAX_BYTES)
-        if (
-            not isinstance(budget, int)
-            or isinstance(budget, bool)
-            or not 0 < budget <= SMBIOS_TABLES_MAX
-        ):
-            raise ConfigError(
-                f"must be a number of bytes from 1 to {SMBIOS_TABLES_MAX}",
-                file=label,
-                key=f"{context.where}.max_bytes",
-            )
-        self.max_bytes = budget
+        # Declared (backends/hooks/oem_strings.py) as an integer from 1 to SMBIOS_TABLES_MAX.
+        self.max_bytes: int = context.read_settings(SETTINGS)["max_bytes"]
 
     def validate(self, sizes: Mapping[str, int | None]) -> None:
         """Check names, value sizes (``None``: not known yet) and the SMBIOS budget."""

@@ -260,6 +260,7 @@ def open_source(context: SourceContext) -> SopsSource:
         config_file=context.config_file or None,
         config_dir=context.config_dir,
         forbidden_schemes=frozenset({"sops"}),
+        what="source 'sops'",
     )
     default = min(context.concurrency, max(2, os.cpu_count() or 2))
     workers = context.settings.get("concurrency", default)
@@ -566,14 +567,8 @@ def open_store(context: StoreContext) -> SopsStore:
         config_file=config_file,
         config_dir=context.config_dir,
         forbidden_schemes=frozenset({"generate", "stored"}),
+        what="store 'sops'",
     )
-    unknown = sorted(set(context.settings) - STORE_SETTINGS)
-    if unknown:
-        raise ConfigError(
-            f"unknown setting (known: {', '.join(sorted(STORE_SETTINGS))})",
-            file=config_file,
-            key=f"{where}.{unknown[0]}",
-        )
     raw_path = context.settings.get("path")
     if not isinstance(raw_path, str) or not raw_path.strip():
         raise ConfigError(

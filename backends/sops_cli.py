@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,13 @@ from credbridge.core import (
 )
 from credbridge.core.process import OutputTooLarge, child_env, communicate
 from credbridge.core.remote import resolve_text
-from credbridge.core.settings import name_setting, path_setting, seconds_setting
+from credbridge.core.settings import (
+    Setting,
+    name_setting,
+    path_setting,
+    refuse_unknown,
+    seconds_setting,
+)
 
 log = logging.getLogger(__name__)
 
@@ -263,18 +269,17 @@ class SopsSettings:
         cls,
         settings: Mapping[str, Any],
         *,
-        known: frozenset[str],
+        known: Iterable[Setting],
         where: str,
         config_file: str | None,
         config_dir: Path,
         forbidden_schemes: frozenset[str],
+        what: str,
     ) -> SopsSettings:
         def fail(key: str, message: str) -> ConfigError:
             return ConfigError(message, file=config_file, key=f"{where}.{key}")
 
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise fail(unknown[0], f"unknown setting (known: {', '.join(sorted(known))})")
+        refuse_unknown(settings, known, what=what, file=config_file, where=where)
 
         def text(key: str) -> str | None:
             value = settings.get(key)

@@ -67,7 +67,7 @@ from credbridge.core.remote import (
     resolve_text,
     tls_reason,
 )
-from credbridge.core.settings import MAX_SECONDS, control_problem, path_setting
+from credbridge.core.settings import MAX_SECONDS, control_problem, path_setting, refuse_unknown
 from credbridge.core.threads import map_in_threads
 
 if TYPE_CHECKING:
@@ -165,9 +165,7 @@ class VaultSettings:
         def env_fail(name: str, message: str) -> ConfigError:
             return ConfigError(f"environment variable {name}: {message}")
 
-        unknown = sorted(set(settings) - SETTINGS)
-        if unknown:
-            raise fail(unknown[0], f"unknown setting (known: {', '.join(sorted(SETTINGS))})")
+        refuse_unknown(settings, SETTINGS, what="source 'vault'", file=config_file, where=where)
 
         def text(key: str) -> str | None:
             value = settings.get(key)
@@ -992,17 +990,7 @@ _STATUS = {
 
 def _failures() -> tuple[type[Exception], ...]:
     """What hvac and requests raise for a failed call (imported on first use, like hvac)."""
-    import hvac.exceptions
-    import requests.exceptions
-
-    return (
-        hvac.exceptions.VaultError,
-        requests.exceptions.RequestException,
-        ValueError,
-        KeyError,
-        TypeError,
-        RecursionError,  # an answer nested too deep for the JSON parser
-    )
+    return vault_dynamic.hvac_failures()
 
 
 def _tls_reason(error: Exception) -> str:

@@ -197,9 +197,9 @@ class VaultAuth:
         )
 
     def _failures(self) -> tuple[type[Exception], ...]:
-        from credbridge.backends.vault import _failures
+        from credbridge.backends.vault_dynamic import hvac_failures
 
-        return _failures()
+        return hvac_failures()
 
     def _error(self, error: Exception, what: str) -> SourceError:
         return self._source._error(error, "", what, login=True)

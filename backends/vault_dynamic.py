@@ -226,11 +226,27 @@ def _database_credentials(client: Any, target: Issuer, fail: ErrorMapper) -> Sec
     return SecretDocument({"username": username, "password": password}, lease=lease)
 
 
+def hvac_failures() -> tuple[type[Exception], ...]:
+    """What hvac and requests raise for a failed call (imported on first use, like hvac).
+
+    Here, not in backends/vault.py, so that vault.py, vault_auth.py and this module share it
+    without importing each other in a circle."""
+    import hvac.exceptions
+    import requests.exceptions
+
+    return (
+        hvac.exceptions.VaultError,
+        requests.exceptions.RequestException,
+        ValueError,
+        KeyError,
+        TypeError,
+        RecursionError,  # an answer nested too deep for the JSON parser
+    )
+
+
 def _failures() -> tuple[type[Exception], ...]:
     """What a call and the reading of its answer raise (hvac is loaded by now)."""
-    from credbridge.backends.vault import _failures as failures
-
-    return (*failures(), AttributeError)
+    return (*hvac_failures(), AttributeError)
 
 
 def _answer_broken(error: Exception) -> bool:

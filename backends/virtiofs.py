@@ -45,20 +45,11 @@ _TAG = re.compile(r"[A-Za-z0-9_.-]+")
 
 class VirtiofsSink(VmSink):
     def __init__(self, context: SinkContext) -> None:
-        settings = dict(context.settings)
-        label = context.config.label
-        unknown = set(settings) - SETTINGS
-        if unknown:
-            raise ConfigError(
-                f"unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(SETTINGS))})",
-                file=label,
-                key=context.where,
-            )
-        tag = settings.get("tag", DEFAULT_TAG)
-        if not isinstance(tag, str) or not _TAG.fullmatch(tag) or len(tag) > TAG_MAX:
+        tag: str = context.read_settings(SETTINGS)["tag"]
+        if not _TAG.fullmatch(tag) or len(tag) > TAG_MAX:
             raise ConfigError(
                 f"must be 1-{TAG_MAX} characters of letters, digits, '_.-'",
-                file=label,
+                file=context.config.label,
                 key=f"{context.where}.tag",
             )
         self.tag = tag

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from credbridge.core.reference import Locator, Reference, parse_reference
     from credbridge.core.report import CheckResult, DeliveryEntry, DeliveryReport
     from credbridge.core.secret import Secret, SecretDocument
+    from credbridge.core.settings import Setting, read_settings
     from credbridge.core.types import (
         Change,
         Delivery,
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
         Outcome,
         Pending,
         PlanEntry,
+        PluginType,
         Request,
         RotatableSource,
         Sink,
@@ -130,6 +132,9 @@ _LAZY = {
     "Outcome": "types",
     "Pending": "types",
     "PlanEntry": "types",
+    "PluginType": "types",
+    "Setting": "settings",
+    "read_settings": "settings",
     "Request": "types",
     "RotatableSource": "types",
     "Sink": "types",
@@ -263,6 +268,7 @@ __all__ = [
     "PluginError",
     "PluginFailed",
     "PluginManager",
+    "PluginType",
     "Reference",
     "Request",
     "ResolutionFailed",
@@ -272,6 +278,7 @@ __all__ = [
     "SecretDocument",
     "ServerText",
     "Session",
+    "Setting",
     "Sink",
     "SinkContext",
     "SinkType",
@@ -300,5 +307,6 @@ __all__ = [
     "parse_config",
     "parse_reference",
     "pass_config",
+    "read_settings",
     "resolve",
 ]

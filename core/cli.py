@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from credbridge.core.config import Config
     from credbridge.core.engine import Progress, Session
     from credbridge.core.fsutil import LockWait
+    from credbridge.core.plugins import PluginManager
     from credbridge.core.report import DeliveryReport
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -588,11 +589,64 @@ def rotate(state: State, target: str, credential: str) -> None:
         click.echo(f"deliver it: credbridge deliver --restart {' '.join(units)}", err=True)
 
 
+def _settings_listing(manager: PluginManager, plugin: str) -> dict[str, dict[str, Any]]:
+    """``{"sources": {"vault": [setting, ...]}}`` for what ``plugin`` provides; a record that
+    declares nothing (it checks its table itself) maps to ``None``."""
+    from credbridge.core.plugins import KINDS
+
+    listing: dict[str, dict[str, Any]] = {}
+    for kind in KINDS:
+        for name, (record, provider) in sorted(manager.records(kind).items()):
+            if provider != plugin:
+                continue
+            declared = record.declared_settings
+            listing.setdefault(kind.key, {})[name] = (
+                None
+                if declared is None
+                else [
+                    {
+                        "name": setting.name,
+                        "kind": setting.kind,
+                        "type": setting.describe(),
+                        "default": setting.default,
+                        "doc": setting.doc,
+                    }
+                    for setting in declared.values()
+                ]
+            )
+    return listing
+
+
+def _echo_settings(listing: dict[str, dict[str, Any]]) -> None:
+    singular = {"sources": "source", "sinks": "sink", "launchers": "launcher", "stores": "store"}
+    for key, records in listing.items():
+        for name, settings in records.items():
+            if settings is None:
+                click.echo(f"  {singular[key]} {name} settings: checked by the plugin itself")
+                continue
+            click.echo(f"  {singular[key]} {name} settings:{'' if settings else ' none'}")
+            for setting in settings:
+                default = setting["default"]
+                shown = "" if default is None else f", default {default!r}"
+                doc = f" -- {setting['doc']}" if setting["doc"] else ""
+                click.echo(printable(f"    {setting['name']}: {setting['type']}{shown}{doc}"))
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plugins(as_json: bool) -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    "verbose",
+    is_flag=True,
+    help="Also list each plugin's settings: kind, default and doc.",
+)
+@click.pass_obj
+def plugins(run: State, as_json: bool, verbose: bool) -> None:
     """List every plugin, its state, what it provides and where it came from; and conflicts."""
     from credbridge.core.plugins import CORE, PluginInfo, get_plugin_manager
+
+    verbose = verbose or run.verbose > 0  # `credbridge -v plugins` too
 
     manager = get_plugin_manager()
     manager.collect_all()
@@ -605,8 +659,12 @@ def plugins(as_json: bool) -> None:
     if as_json:
         import json
 
+        described = [i.as_json() for i in infos]
+        if verbose:
+            for entry in described:
+                entry["settings"] = _settings_listing(manager, entry["name"])
         listing = {
-            "plugins": [i.as_json() for i in infos],
+            "plugins": described,
             "conflicts": [
                 {
                     "kind": c.kind,
@@ -630,6 +688,8 @@ def plugins(as_json: bool) -> None:
             names = getattr(info, label)
             if names:
                 click.echo(f"  {label}: {', '.join(sorted(names))}")
+        if verbose:
+            _echo_settings(_settings_listing(manager, info.name))
         for warning in info.warnings:
             click.echo(f"  warning: {printable(warning)}")
     for conflict in conflicts:

@@ -13,15 +13,16 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from credbridge.core.errors import BadReference, ConfigError
+from credbridge.core.plugins import PluginManager, get_plugin_manager
 from credbridge.core.reference import Reference, parse_reference
 from credbridge.core.secret import MAX_DEPTH, TooDeep, nesting_depth
 from credbridge.core.settings import account_problem, int_setting, path_setting
-
-if TYPE_CHECKING:
-    from credbridge.core.plugins import PluginManager
+from credbridge.core.settings import keypath as keypath  # re-exported: callers import it here
+from credbridge.core.types import TARGET_KINDS
+from credbridge.core.validation import validate_config
 
 DEFAULT_CONFIG = "credbridge.toml"
 CONFIG_ENV = "CREDBRIDGE_CONFIG"
@@ -47,7 +48,6 @@ UNIT_TYPES = (
 UNIT_NAME = re.compile(
     r"\A[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\@-]*)?\.(" + "|".join(UNIT_TYPES) + r")\Z"
 )
-_BARE_KEY = re.compile(r"\A[A-Za-z0-9_-]+\Z")
 
 
 def credential_name_problem(name: object) -> str | None:
@@ -78,20 +78,12 @@ def unit_name_problem(name: object) -> str | None:
     return None
 
 
-TARGET_KINDS = ("unit", "vm")
 DEFAULT_SINK = {"unit": "credstore", "vm": "oem-strings"}
 DEFAULT_LAUNCHER = "cloud-hypervisor"
 DEFAULT_VM_UNIT = "microvm@{name}.service"
 """The unit a VM target's ``credbridge launch`` runs in (microvm.nix's host units)."""
 ON_CHANGE = ("restart", "reload-or-restart", "reload", "none")
 """What ``deliver`` asks systemd to do with a unit whose credentials changed (strongest first)."""
-
-
-def keypath(*parts: str) -> str:
-    """Render a TOML key path, quoting parts that are not bare keys."""
-    return ".".join(
-        p if _BARE_KEY.fullmatch(p) else '"' + p.replace('"', '\\"') + '"' for p in parts
-    )
 
 
 @dataclass(frozen=True)
@@ -148,6 +140,9 @@ class Config:
     concurrency: int = DEFAULT_CONCURRENCY
     default_on_change: str | None = None
     """``[defaults] on_change``: for targets without their own ``on_change``."""
+    checked_with: PluginManager | None = field(default=None, compare=False, repr=False)
+    """The plugins :func:`~credbridge.core.validation.validate_config` checked this config
+    against (``None``: not checked yet); set once, by that function."""
 
     @property
     def label(self) -> str:
@@ -265,11 +260,23 @@ def parse_config(
     directory: Path | None = None,
     plugins: PluginManager | None = None,
 ) -> Config:
-    """Validate an already-parsed config mapping (for tools that build configs in code).
+    """Read and validate an already-parsed config mapping (for tools that build configs in
+    code): :func:`read_config` then, once,
+    :func:`~credbridge.core.validation.validate_config`.
 
-    Plugin names and settings are checked against ``plugins`` (default: the installed ones),
-    exactly as :func:`load_config` does.
+    Plugin names, settings and references are checked against ``plugins`` (default: the
+    installed ones), exactly as :func:`load_config` does.
     """
+    config = read_config(data, path=path, directory=directory)
+    validate_config(config, plugins or get_plugin_manager())
+    return config
+
+
+def read_config(
+    data: Mapping[str, Any], *, path: Path | None = None, directory: Path | None = None
+) -> Config:
+    """The config a mapping describes, its own rules checked (keys, names, paths, modes,
+    ``target:`` links) but not yet the plugins it names: pure, no plugin is loaded."""
     label = str(path) if path else "<config>"
     base = directory or (path.parent if path else Path.cwd())
 
@@ -333,7 +340,7 @@ def parse_config(
             raise fail(where, problem)
         targets[name] = _parse_target(name, table(body, where), where, fail)
 
-    config = Config(
+    return Config(
         path=path,
         directory=base,
         targets=targets,
@@ -344,11 +351,6 @@ def parse_config(
         concurrency=concurrency,
         default_on_change=default_on_change,
     )
-    from credbridge.core.plugins import get_plugin_manager
-    from credbridge.core.validation import validate_config
-
-    validate_config(config, plugins or get_plugin_manager())
-    return config
 
 
 def _dotted_name_hint(name: str, key: str, value: Any) -> str:

@@ -12,11 +12,14 @@ a delivery leaves out (:func:`left_behind`) all ask it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from credbridge.core.config import Config, CredentialSpec, Target
 from credbridge.core.errors import BadReference, ConfigError
 from credbridge.core.reference import Reference
 from credbridge.core.types import Change, Request
+
+if TYPE_CHECKING:
+    from credbridge.core.config import Config, CredentialSpec, Target
 
 SCHEME = "target"
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import unicodedata
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,14 @@ MAX_SECONDS = 86400.0
 """Upper bound for every timeout setting: a day (longer ones overflow timers in places)."""
 
 _CONTROL = frozenset({"Cc", "Zl", "Zp"})
+_BARE_KEY = re.compile(r"\A[A-Za-z0-9_-]+\Z")
+
+
+def keypath(*parts: str) -> str:
+    """Render a TOML key path, quoting parts that are not bare keys."""
+    return ".".join(
+        p if _BARE_KEY.fullmatch(p) else '"' + p.replace('"', '\\"') + '"' for p in parts
+    )
 
 
 def control_problem(text: str) -> str | None:
@@ -164,15 +174,14 @@ class SettingsTable:
         *,
         where: str,
         config_file: str | None,
-        known: Iterable[str],
+        known: Iterable[str | Setting],
+        what: str = "this table",
     ) -> None:
         self.settings = settings
         self.where = where
         self.config_file = config_file
-        self.known = frozenset(known)
-        unknown = sorted(str(k) for k in set(settings) - self.known)
-        if unknown:
-            raise self.fail(unknown[0], f"unknown setting (known: {', '.join(sorted(self.known))})")
+        self.known = frozenset(k.name if isinstance(k, Setting) else k for k in known)
+        refuse_unknown(settings, self.known, what=what, file=config_file, where=where)
 
     def key(self, key: str) -> str:
         return f"{self.where}.{key}" if key else self.where
@@ -218,3 +227,228 @@ class SettingsTable:
         return int_setting(
             value, file=self.config_file, key=self.key(key), minimum=minimum, maximum=maximum
         )
+
+
+SIZE_MAX = 1 << 50
+"""Upper bound of a size setting unless it declares its own: 1 PiB, beyond any host."""
+_SIZE = re.compile(r"\s*([0-9]{1,15})\s*([KMGT]?)i?B?\s*", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size_setting(value: Any, *, file: str | None, key: str, maximum: int = SIZE_MAX) -> int:
+    """A size in bytes: a positive integer, or a string like ``"512M"`` (K, M, G, T are
+    powers of 1024; ``KiB``/``KB`` spellings accepted), at most ``maximum``."""
+    size = 0
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value)):
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]
+    if 0 < size <= maximum:
+        return size
+    raise ConfigError(f'{value!r} is not a size like "512M" or "1G"', file=file, key=key)
+
+
+SETTING_KINDS = (
+    "string",
+    "bool",
+    "integer",
+    "number",
+    "duration",
+    "size",
+    "path",
+    "choice",
+    "list",
+    "table",
+    "any",
+)
+"""The kinds a :class:`Setting` can declare (docs/plugins.md, "Settings")."""
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key a plugin's settings table may hold: its name, kind, default and a line of doc.
+
+    Declared on a plugin record (``SourceType(settings=[...])`` and the others) and checked
+    when the config loads: an unknown key (with a "did you mean") or a value of the wrong kind
+    is one line naming the file and the key. ``default`` is what :func:`read_settings` returns
+    for an absent key, as is (``None``: not set). Kinds and their values:
+
+    ``string``: a non-empty string without control characters; ``bool``: ``true``/``false``;
+    ``integer``: an integer from ``minimum`` to ``maximum``; ``number``: a finite number from
+    ``minimum`` to ``maximum``; ``duration``: seconds, a finite number greater than 0 and at
+    most ``maximum`` (default a day); ``size``: bytes, an integer or ``"512M"``, at most
+    ``maximum``; ``path``: a :func:`path_setting` (``~`` expanded, relative to the config
+    file's directory), read as a :class:`~pathlib.Path`; ``choice``: one of ``choices``;
+    ``list``: an array; ``table``: a table; ``any``: anything (the plugin checks it).
+    """
+
+    name: str
+    kind: str = "any"
+    default: Any = None
+    doc: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ValueError(f"Setting: invalid name {self.name!r} (a bare TOML key)")
+        if self.kind not in SETTING_KINDS:
+            raise ValueError(
+                f"Setting {self.name!r}: unknown kind {self.kind!r} "
+                f"(kinds: {', '.join(SETTING_KINDS)})"
+            )
+        object.__setattr__(self, "choices", tuple(self.choices))
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError(f"Setting {self.name!r}: choices go with kind 'choice' (only)")
+        if self.kind == "integer" and (self.minimum is None or self.maximum is None):
+            raise ValueError(f"Setting {self.name!r}: an integer needs minimum and maximum")
+
+    def parse(self, value: Any, *, base: Path, file: str | None, key: str) -> Any:
+        """``value`` as this kind (a :class:`~pathlib.Path` for a path, an ``int`` for a size);
+        raises :class:`ConfigError` naming ``file`` and ``key``."""
+        kind = self.kind
+        if kind == "string":
+            return name_setting(value, file=file, key=key)
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ConfigError("must be true or false", file=file, key=key)
+            return value
+        if kind == "integer":
+            return int_setting(
+                value, file=file, key=key, minimum=int(self.low), maximum=int(self.high)
+            )
+        if kind == "number":
+            return number_setting(value, file=file, key=key, minimum=self.low, maximum=self.high)
+        if kind == "duration":
+            return seconds_setting(value, file=file, key=key, maximum=self.high)
+        if kind == "size":
+            return size_setting(value, file=file, key=key, maximum=int(self.high))
+        if kind == "path":
+            return path_setting(value, base=base, file=file, key=key)
+        if kind == "choice":
+            if value not in self.choices:
+                raise ConfigError(
+                    f"must be one of {', '.join(self.choices)}, not {printable(str(value))!r}",
+                    file=file,
+                    key=key,
+                )
+            return value
+        if kind == "list" and not isinstance(value, list | tuple):
+            raise ConfigError(f"must be an array, not {type(value).__name__}", file=file, key=key)
+        if kind == "table" and not isinstance(value, Mapping):
+            raise ConfigError(f"must be a table, not {type(value).__name__}", file=file, key=key)
+        return value
+
+    @property
+    def low(self) -> float:
+        """The smallest value a number accepts (0 unless declared)."""
+        return 0.0 if self.minimum is None else self.minimum
+
+    @property
+    def high(self) -> float:
+        """The largest value a number, duration or size accepts."""
+        if self.maximum is not None:
+            return self.maximum
+        return {"duration": MAX_SECONDS, "size": float(SIZE_MAX)}.get(self.kind, math.inf)
+
+    def describe(self) -> str:
+        """The kind with its bounds, as ``credbridge plugins -v`` shows it."""
+        if self.kind in {"integer", "number"}:
+            return f"{self.kind} {self.low:g}..{self.high:g}"
+        if self.kind == "duration":
+            return f"duration (seconds, at most {self.high:g})"
+        if self.kind == "size":
+            return f"size (bytes or '512M', at most {_bytes(int(self.high))})"
+        if self.kind == "choice":
+            return f"choice: {' | '.join(self.choices)}"
+        return self.kind
+
+
+def _bytes(size: int) -> str:
+    """``size`` in the largest binary unit that divides it (``1 PiB``, ``48 KiB``, ``100 B``)."""
+    for unit, shift in (("PiB", 50), ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} B"
+
+
+def declare(settings: Iterable[Setting | str] | None) -> dict[str, Setting] | None:
+    """A record's ``settings`` as ``{name: Setting}`` in declaration order; a bare name is
+    ``Setting(name)`` (kind ``any``, for plugins written before kinds existed).
+    ``None`` stays ``None``: the plugin checks its table itself."""
+    if settings is None:
+        return None
+    if isinstance(settings, str | Setting):
+        settings = (settings,)
+    declared: dict[str, Setting] = {}
+    for item in settings:
+        setting = Setting(item) if isinstance(item, str) else item
+        if not isinstance(setting, Setting):
+            raise TypeError(f"settings must hold Setting or str, not {type(item).__name__}")
+        if setting.name in declared:
+            raise ValueError(f"setting {setting.name!r} declared twice")
+        declared[setting.name] = setting
+    return declared
+
+
+def did_you_mean(key: str, allowed: Iterable[str]) -> str:
+    """``"did you mean 'x'? "`` for the closest of ``allowed``, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _fresh(default: Any) -> Any:
+    """A copy of a list or table default, so no caller can change the declaration's."""
+    import copy
+
+    return copy.deepcopy(default) if isinstance(default, list | dict) else default
+
+
+def refuse_unknown(
+    settings: Iterable[str],
+    known: Iterable[str | Setting],
+    *,
+    what: str,
+    file: str | None,
+    where: str,
+) -> None:
+    """Refuse the first key of ``settings`` not in ``known`` (names or declarations): one line
+    naming the file and the key, with the closest known name ("did you mean") and all of them."""
+    allowed = frozenset(k.name if isinstance(k, Setting) else k for k in known)
+    for key in sorted(map(str, settings)):
+        if key not in allowed:
+            names = ", ".join(sorted(allowed)) or "none"
+            raise ConfigError(
+                f"unknown setting {str(key)!r} for {what} ({did_you_mean(str(key), allowed)}"
+                f"known: {names})",
+                file=file,
+                key=f"{where}.{keypath(str(key))}",
+            )
+
+
+def read_settings(
+    declared: Mapping[str, Setting],
+    settings: Mapping[str, Any],
+    *,
+    what: str,
+    file: str | None,
+    where: str,
+    base: Path,
+) -> dict[str, Any]:
+    """Check ``settings`` against ``declared`` and return every declared key's value (parsed by
+    its kind; the default when absent). ``what`` names the table's owner in the message
+    (``"source 'vault'"``); ``where`` is the table's key path."""
+    refuse_unknown(settings, declared, what=what, file=file, where=where)
+    return {
+        name: (
+            setting.parse(settings[name], base=base, file=file, key=f"{where}.{keypath(name)}")
+            if settings.get(name) is not None
+            else _fresh(setting.default)
+        )
+        for name, setting in declared.items()
+    }

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from credbridge.core.config import TARGET_KINDS
 from credbridge.core.errors import CredbridgeError, PluginError, SourceError, renamed
 from credbridge.core.reference import Locator, Reference, select
 from credbridge.core.secret import Secret, SecretDocument
+from credbridge.core.settings import Setting, declare, read_settings
 from credbridge.core.threads import map_in_threads
 
 if TYPE_CHECKING:
@@ -29,10 +29,54 @@ if TYPE_CHECKING:
 
 _NAME = re.compile(r"[a-z][a-z0-9+._-]*")
 
+TARGET_KINDS = ("unit", "vm")
+"""The kinds of target a config declares (``kind``) and sinks serve, in the order messages list
+them."""
+
 
 def _check_name(kind: str, name: str) -> None:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise PluginError(f"invalid {kind} name {name!r}: use lowercase letters, digits, '-+._'")
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PluginType:
+    """What every plugin record has: a one-line summary and its declared settings.
+
+    ``settings`` lists the keys its table may hold as :class:`~credbridge.core.settings.Setting`
+    declarations (a bare string declares a key of kind ``any``); the record keeps them as
+    ``{name: Setting}``. They are checked when the config loads. ``None``: the plugin checks
+    its table itself, when it is opened.
+    """
+
+    summary: str = ""
+    settings: Collection[Setting | str] | Mapping[str, Setting] | None = None
+
+    def __post_init__(self) -> None:
+        raw = self.settings
+        try:
+            declared = declare(raw.values() if isinstance(raw, Mapping) else raw)
+        except (TypeError, ValueError) as error:
+            raise PluginError(f"{type(self).__name__}.settings: {error}") from None
+        object.__setattr__(self, "settings", declared)
+
+    @property
+    def declared_settings(self) -> Mapping[str, Setting] | None:
+        """The declared settings by name (``None``: not declared)."""
+        return self.settings  # type: ignore[return-value]  # normalised in __post_init__
+
+
+def _read(
+    declared: Iterable[Setting | str] | Mapping[str, Setting],
+    settings: Mapping[str, Any],
+    *,
+    what: str,
+    file: str | None,
+    where: str,
+    base: Path,
+) -> dict[str, Any]:
+    table = declare(declared.values() if isinstance(declared, Mapping) else declared) or {}
+    return read_settings(table, settings, what=what, file=file, where=where, base=base)
 
 
 def _names(record: object, attribute: str, value: Iterable[str] | None) -> None:
@@ -141,6 +185,20 @@ class SourceContext:
     """Config key path of the settings, for error messages."""
     config_file: str = ""
     """The config file's path, for error messages."""
+
+    def read_settings(
+        self, declared: Iterable[Setting | str] | Mapping[str, Setting]
+    ) -> dict[str, Any]:
+        """Every declared setting's value, by its kind, defaults filled in (see
+        :func:`credbridge.core.settings.read_settings`)."""
+        return _read(
+            declared,
+            self.settings,
+            what=f"source {self.scheme!r}",
+            file=self.config_file or None,
+            where=self.where or f"sources.{self.scheme}",
+            base=self.config_dir,
+        )
 
 
 class Source(abc.ABC):
@@ -263,14 +321,13 @@ class LeasedSource(Source):
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class SourceType:
+class SourceType(PluginType):
     """A source of secrets, provided through :func:`credbridge_sources`."""
 
     scheme: str
     """The reference scheme it resolves (``vault`` for ``vault:secret/app#password``)."""
     open: Callable[[SourceContext], Source]
     """Create the source; called once per run, only if a reference uses the scheme."""
-    summary: str = ""
     options: Collection[str] | None = None
     """Reference options it accepts (``None``: it validates options itself)."""
     selectors: bool = True
@@ -282,13 +339,11 @@ class SourceType:
     from the reference alone (no I/O). Public values may be printed by ``credbridge get``,
     exported, shown by ``check``/``--dry-run`` and delivered world-readable (``mode = "0444"``);
     everything else is a secret. ``None``: every value of this scheme is a secret."""
-    settings: Collection[str] | None = None
-    """Keys its ``[sources.SCHEME]`` table may hold (``None``: it checks them itself)."""
 
     def __post_init__(self) -> None:
         _check_name("source scheme", self.scheme)
         _names(self, "options", self.options)
-        _names(self, "settings", self.settings)
+        super().__post_init__()
 
     @property
     def name(self) -> str:
@@ -360,20 +415,33 @@ class StoreContext:
     """Resolve a reference the store needs for itself (e.g. the key that decrypts it).
     ``None`` when the store is opened outside a session."""
 
+    def read_settings(
+        self, declared: Iterable[Setting | str] | Mapping[str, Setting], *, name: str = ""
+    ) -> dict[str, Any]:
+        """Every declared setting's value, by its kind, defaults filled in; ``name`` (the
+        store's) makes messages say ``store 'NAME'``."""
+        return _read(
+            declared,
+            self.settings,
+            what=f"store {name!r}" if name else "the store",
+            file=self.config_file or None,
+            where=self.where,
+            base=self.config_dir,
+        )
+
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class StoreType:
-    """A backend for the store of generated values, provided through :func:`credbridge_stores`."""
+class StoreType(PluginType):
+    """A backend for the store of generated values, provided through :func:`credbridge_stores`.
+
+    Its ``settings`` are the keys the ``[store]`` table may hold besides ``type``."""
 
     name: str
     open: Callable[[StoreContext], Store]
-    summary: str = ""
-    settings: Collection[str] | None = None
-    """Keys the ``[store]`` table may hold besides ``type`` (``None``: it checks them itself)."""
 
     def __post_init__(self) -> None:
         _check_name("store", self.name)
-        _names(self, "settings", self.settings)
+        super().__post_init__()
 
 
 # --------------------------------------------------------------------------- sinks
@@ -432,6 +500,19 @@ class SinkContext:
     where: str
     """Config key path of the target's ``sink`` table, for error messages."""
 
+    def read_settings(
+        self, declared: Iterable[Setting | str] | Mapping[str, Setting]
+    ) -> dict[str, Any]:
+        """Every declared setting's value, by its kind, defaults filled in."""
+        return _read(
+            declared,
+            self.settings,
+            what=f"sink {self.target.sink!r}",
+            file=self.config.label,
+            where=self.where,
+            base=self.config.directory,
+        )
+
 
 class Sink(abc.ABC):
     """Delivers a resolved set of credentials to one target, in two steps."""
@@ -467,21 +548,20 @@ class Sink(abc.ABC):
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class SinkType:
-    """A sink, provided through :func:`credbridge_sinks`."""
+class SinkType(PluginType):
+    """A sink, provided through :func:`credbridge_sinks`.
+
+    Its ``settings`` are the keys of ``[sinks.NAME]`` and of a target's ``sink`` table."""
 
     name: str
     open: Callable[[SinkContext], Sink]
-    summary: str = ""
     target_kinds: Collection[str] = frozenset({"unit"})
     """Which target kinds it serves (any iterable of ``"unit"``, ``"vm"``)."""
-    settings: Collection[str] | None = None
-    """Keys its settings may hold (``None``: it checks them itself)."""
 
     def __post_init__(self) -> None:
         _check_name("sink", self.name)
         _names(self, "target_kinds", self.target_kinds)
-        _names(self, "settings", self.settings)
+        super().__post_init__()
         unknown = set(self.target_kinds) - set(TARGET_KINDS)
         if unknown or not self.target_kinds:
             raise PluginError(
@@ -505,6 +585,19 @@ class LauncherContext:
     """Config key path of the target's ``launcher`` table, for error messages."""
     sink: Sink
     """The target's sink (a ``credbridge.core.vm.VmSink`` for VM targets)."""
+
+    def read_settings(
+        self, declared: Iterable[Setting | str] | Mapping[str, Setting]
+    ) -> dict[str, Any]:
+        """Every declared setting's value, by its kind, defaults filled in."""
+        return _read(
+            declared,
+            self.settings,
+            what=f"launcher {self.target.launcher!r}",
+            file=self.config.label,
+            where=self.where,
+            base=self.config.directory,
+        )
 
 
 PLAN_KEYS = (
@@ -552,18 +645,17 @@ class Launcher(abc.ABC):
 
 
 @dataclass(frozen=True, eq=False, kw_only=True)
-class LauncherType:
-    """A VM launcher, provided through :func:`credbridge_launchers`."""
+class LauncherType(PluginType):
+    """A VM launcher, provided through :func:`credbridge_launchers`.
+
+    Its ``settings`` are the keys its ``launcher`` table may hold besides ``type``."""
 
     name: str
     open: Callable[[LauncherContext], Launcher]
-    summary: str = ""
-    settings: Collection[str] | None = None
-    """Keys its ``launcher`` table may hold besides ``type`` (``None``: it checks them itself)."""
 
     def __post_init__(self) -> None:
         _check_name("launcher", self.name)
-        _names(self, "settings", self.settings)
+        super().__post_init__()
 
 
 __all__ = [
@@ -579,8 +671,10 @@ __all__ = [
     "Outcome",
     "Pending",
     "PlanEntry",
+    "PluginType",
     "Request",
     "RotatableSource",
+    "Setting",
     "Sink",
     "SinkContext",
     "SinkType",

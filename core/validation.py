@@ -1,19 +1,25 @@
 """Checking a config against the installed plugins: names, declared settings, references.
 
-Used by :func:`credbridge.core.config.parse_config` (so :func:`load_config` too) and by every
-:class:`~credbridge.core.engine.Session` command. Every error names the config file and the
-key at fault; no I/O happens here.
+:func:`validate_config` is the one entry point: :func:`credbridge.core.config.parse_config`
+(so :func:`~credbridge.core.config.load_config` too) calls it once when the config loads, and
+marks the config checked against those plugins, so a
+:class:`~credbridge.core.engine.Session` with the same plugins does not check it again. Every
+error names the config file and the key at fault; no I/O happens here.
+
+This module sits below :mod:`credbridge.core.config` (which imports it): it reads a
+:class:`~credbridge.core.config.Config` but never imports that module at run time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from credbridge.core import links
-from credbridge.core.config import keypath
 from credbridge.core.errors import BadReference, ConfigError
 from credbridge.core.plugins import LAUNCHER, SINK, SOURCE, STORE, PluginManager
+from credbridge.core.settings import Setting, keypath, read_settings
 
 if TYPE_CHECKING:
     from credbridge.core.config import Config
@@ -24,32 +30,19 @@ def _known(names: Iterable[str]) -> str:
     return ", ".join(sorted(names)) or "none"
 
 
-def _did_you_mean(key: str, allowed: Collection[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(key, sorted(allowed), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}? " if close else ""
-
-
 def check_settings(
     settings: Mapping[str, Any],
-    allowed: Collection[str] | None,
+    declared: Mapping[str, Setting] | None,
     what: str,
     *,
     file: str,
     where: str,
+    base: Path,
 ) -> None:
-    """Refuse a key of ``settings`` that the plugin did not declare (``None``: not declared)."""
-    if allowed is None:
-        return
-    for key in settings:
-        if key not in allowed:
-            raise ConfigError(
-                f"unknown setting {key!r} for {what} ({_did_you_mean(key, allowed)}"
-                f"known: {_known(allowed)})",
-                file=file,
-                key=f"{where}.{keypath(key)}",
-            )
+    """Refuse a key of ``settings`` that the plugin did not declare, or a value not of its
+    declared kind (``None``: the plugin declared nothing and checks its table itself)."""
+    if declared is not None:
+        read_settings(declared, settings, what=what, file=file, where=where, base=base)
 
 
 def check_reference(reference: Reference, plugins: PluginManager) -> None:
@@ -75,13 +68,23 @@ def check_reference(reference: Reference, plugins: PluginManager) -> None:
 
 
 def validate_config(config: Config, plugins: PluginManager) -> None:
-    """Check every plugin name, declared setting and reference of ``config``.
+    """Check every plugin name, declared setting and reference of ``config``, once: a config
+    already checked against ``plugins`` returns at once; a checked one is marked so.
 
     Raises :class:`ConfigError` naming the file and key, or :class:`PluginError` when two
     plugins claim a name the config uses.
     """
+    if config.checked_with is plugins:
+        return
+    _validate(config, plugins)
+    # Config is frozen for its users; this one field is the validator's note, set only here.
+    object.__setattr__(config, "checked_with", plugins)
+
+
+def _validate(config: Config, plugins: PluginManager) -> None:
     links.check_links(config)
     label = config.label
+    base = config.directory
     for scheme, settings in config.sources.items():
         where = keypath("sources", scheme)
         found = plugins.lookup(SOURCE, scheme)
@@ -92,7 +95,14 @@ def validate_config(config: Config, plugins: PluginManager) -> None:
                 file=label,
                 key=where,
             )
-        check_settings(settings, found[0].settings, f"source {scheme!r}", file=label, where=where)
+        check_settings(
+            settings,
+            found[0].declared_settings,
+            f"source {scheme!r}",
+            file=label,
+            where=where,
+            base=base,
+        )
     for name, settings in config.sinks.items():
         where = keypath("sinks", name)
         sink = plugins.lookup(SINK, name)
@@ -102,7 +112,14 @@ def validate_config(config: Config, plugins: PluginManager) -> None:
                 file=label,
                 key=where,
             )
-        check_settings(settings, sink[0].settings, f"sink {name!r}", file=label, where=where)
+        check_settings(
+            settings,
+            sink[0].declared_settings,
+            f"sink {name!r}",
+            file=label,
+            where=where,
+            base=base,
+        )
     for target in config.targets.values():
         sink_where = f"{target.where}.sink"
         sink = plugins.lookup(SINK, target.sink)
@@ -122,10 +139,11 @@ def validate_config(config: Config, plugins: PluginManager) -> None:
             )
         check_settings(
             target.sink_settings,
-            sink_type.settings,
+            sink_type.declared_settings,
             f"sink {target.sink!r}",
             file=label,
             where=sink_where,
+            base=base,
         )
         if target.launcher is not None:
             launcher_where = f"{target.where}.launcher"
@@ -139,10 +157,11 @@ def validate_config(config: Config, plugins: PluginManager) -> None:
                 )
             check_settings(
                 target.launcher_settings,
-                launcher[0].settings,
+                launcher[0].declared_settings,
                 f"launcher {target.launcher!r}",
                 file=label,
                 where=launcher_where,
+                base=base,
             )
         for spec in target.credentials:
             if links.is_link(spec.reference):
@@ -161,10 +180,11 @@ def validate_config(config: Config, plugins: PluginManager) -> None:
         )
     check_settings(
         config.store_settings,
-        store[0].settings,
+        store[0].declared_settings,
         f"store {config.store_type!r}",
         file=label,
         where="store",
+        base=base,
     )
 
 

@@ -366,6 +366,7 @@ class CloudHypervisorLauncher(Launcher):
             extra_keys=EXTRA_KEYS,
             default_serial="tty",
             default_console="off",
+            launcher="cloud-hypervisor",
         )
         settings = context.settings
         verbose = settings.get("verbose", 0)

@@ -152,7 +152,12 @@ class QemuLauncher(Launcher):
         self.where = where
         self.label = label
         self.spec: VmSpec = parse_vm_spec(
-            context.target.name, context.settings, config, where, extra_keys=EXTRA_KEYS
+            context.target.name,
+            context.settings,
+            config,
+            where,
+            extra_keys=EXTRA_KEYS,
+            launcher="qemu",
         )
         if not isinstance(context.sink, VmSink):
             raise ConfigError(

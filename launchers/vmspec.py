@@ -26,15 +26,19 @@ from typing import Any
 
 from credbridge.core.config import Config
 from credbridge.core.errors import ConfigError
-from credbridge.core.settings import control_problem, seconds_setting
+from credbridge.core.settings import (
+    SIZE_MAX,
+    control_problem,
+    refuse_unknown,
+    seconds_setting,
+    size_setting,
+)
 from credbridge.launchers.hooks import VM_KEYS
 
 COMMON_KEYS = VM_KEYS
 """The hypervisor-neutral keys of a VM target's ``launcher`` table (declared with the plugins)."""
-_SIZE = re.compile(r"\s*([0-9]{1,15})\s*([KMGT]?)i?B?\s*", re.IGNORECASE)
 _OPTION_KEY = re.compile(r"[a-z][a-z0-9_.-]*")
-MAX_MEMORY = 1 << 50  # 1 PiB: beyond any host; keeps a typo from reaching the hypervisor
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MAX_MEMORY = SIZE_MAX  # 1 PiB: beyond any host; keeps a typo from reaching the hypervisor
 CONSOLE_MODES = ("off", "null", "tty", "pty", "file", "socket")
 
 
@@ -77,14 +81,8 @@ class VmSpec:
 
 
 def parse_size(value: Any, where: str, label: str) -> int:
-    size = 0
-    if isinstance(value, int) and not isinstance(value, bool):
-        size = value
-    elif isinstance(value, str) and (match := _SIZE.fullmatch(value)):
-        size = int(match.group(1)) * _UNITS[match.group(2).upper()]
-    if 0 < size <= MAX_MEMORY:
-        return size
-    raise ConfigError(f'{value!r} is not a size like "512M" or "1G"', file=label, key=where)
+    """Guest memory: the ``size`` setting kind, at most :data:`MAX_MEMORY`."""
+    return size_setting(value, file=label, key=where, maximum=MAX_MEMORY)
 
 
 def _console(value: Any, where: str, config: Config) -> ConsoleSpec:
@@ -122,17 +120,19 @@ def parse_vm_spec(
     where: str,
     *,
     extra_keys: frozenset[str] = frozenset(),
+    launcher: str = "",
     default_serial: str = "tty",
     default_console: str = "off",
 ) -> VmSpec:
     """Validate the common keys; ``extra_keys`` are the launcher's own."""
     label = config.label
-    unknown = set(settings) - COMMON_KEYS - extra_keys
-    if unknown:
-        known = ", ".join(sorted(COMMON_KEYS | extra_keys))
-        raise ConfigError(
-            f"unknown setting {sorted(unknown)[0]!r} (known: {known})", file=label, key=where
-        )
+    refuse_unknown(
+        settings,
+        COMMON_KEYS | extra_keys,
+        what=f"launcher {launcher!r}" if launcher else "this launcher",
+        file=label,
+        where=where,
+    )
 
     def path(key: str) -> Path | None:
         value = settings.get(key)

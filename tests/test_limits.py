@@ -128,7 +128,7 @@ def test_max_bytes_outside_1_to_65535_is_refused(budget: object) -> None:
     with pytest.raises(ConfigError) as error:
         vm_sink("oem-strings", {"max_bytes": budget})
     assert str(error.value).endswith(
-        "targets.vm.sink.max_bytes: must be a number of bytes from 1 to 65535"
+        "targets.vm.sink.max_bytes: must be an integer from 1 to 65535"
     )
 
 

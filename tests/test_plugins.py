@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO
+from conftest import REPO, run_cli
 from credbridge.core import (
     BadReference,
+    ConfigError,
     DocumentSource,
     Locator,
     PluginError,
@@ -42,6 +43,7 @@ from credbridge.core.plugins import (
     find_entry_points,
     normalize,
 )
+from credbridge.core.settings import Setting
 
 BROKEN_MODULE = 'raise ImportError("this plugin is broken on purpose")\n'
 
@@ -602,7 +604,7 @@ def test_target_kinds_and_settings_take_any_iterable() -> None:
     }
     assert SinkType(name="c", open=opener, target_kinds=(k for k in ["vm"])).target_kinds == {"vm"}
     assert SinkType(name="d", open=opener, target_kinds="vm").target_kinds == {"vm"}
-    assert SinkType(name="e", open=opener, settings=["x"]).settings == frozenset({"x"})
+    assert set(SinkType(name="e", open=opener, settings=["x"]).settings or ()) == {"x"}
     with pytest.raises(PluginError, match="target_kinds"):
         SinkType(name="f", open=opener, target_kinds=["container"])
 
@@ -959,3 +961,90 @@ def test_a_store_must_have_a_run_lock(tmp_path: Path) -> None:
 
     with pytest.raises(TypeError, match="lock_file"):
         Unlocked()  # type: ignore[abstract]
+
+
+class _Typed:
+    """A third-party source declaring typed settings, as docs/plugins.md shows."""
+
+    opened = 0
+
+    @hookimpl
+    def credbridge_sources(self) -> Iterable[SourceType]:
+        def never_opened(context: Any) -> Any:
+            _Typed.opened += 1
+            raise AssertionError("a config with bad settings must not reach open()")
+
+        yield SourceType(
+            scheme="typed",
+            open=never_opened,
+            settings=[
+                Setting("endpoint", "string", doc="where the service listens"),
+                Setting("timeout", "duration", 10.0, doc="seconds per request", maximum=60),
+                Setting("mode", "choice", "fast", doc="how hard to try", choices=("fast", "safe")),
+            ],
+        )
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "problem"),
+    [
+        ({"endpont": "x"}, "sources.typed.endpont", "did you mean 'endpoint'? known: endpoint"),
+        ({"timeout": 61}, "sources.typed.timeout", "at most 60"),
+        ({"mode": "slow"}, "sources.typed.mode", "must be one of fast, safe, not 'slow'"),
+    ],
+)
+def test_a_third_party_plugins_declared_settings_are_checked_at_load(
+    table: dict[str, Any], key: str, problem: str
+) -> None:
+    manager = manager_with(_Typed())
+    with pytest.raises(ConfigError) as error:
+        parse_config({"sources": {"typed": table}}, path=Path("/etc/c.toml"), plugins=manager)
+    assert str(error.value).startswith(f"/etc/c.toml: {key}: "), str(error.value)
+    assert problem in str(error.value)
+    assert "\n" not in str(error.value)
+    assert _Typed.opened == 0
+
+
+def test_a_config_is_validated_once() -> None:
+    """parse_config validates; a Session with the same plugins does not validate again."""
+    calls: list[str] = []
+
+    class Counting:
+        @hookimpl
+        def credbridge_sources(self) -> Iterable[SourceType]:
+            yield SourceType(scheme="counted", open=lambda ctx: None, validate=calls.append)
+
+    manager = manager_with(Counting())
+    data = {"targets": {"a.service": {"credentials": {"x": "counted:one"}}}}
+    config = parse_config(data, plugins=manager)
+    assert len(calls) == 1
+    with Session(config, plugins=manager) as session:
+        session.validate()
+    assert len(calls) == 1
+    # Other plugins are another check: the config is validated against them too.
+    with Session(config, plugins=manager_with(Counting())) as session:
+        session.validate()
+    assert len(calls) == 2
+
+
+def test_plugins_verbose_lists_each_plugins_settings() -> None:
+    result = run_cli("plugins", "-v")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    vault = text[text.index("source vault settings:") :]
+    assert "    retries: integer 0..10, default 3 -- retries of a failed request\n" in vault
+    assert "    ca_cert: path -- CA bundle to verify the server ($VAULT_CACERT)\n" in vault
+    assert "  sink fw-cfg settings: none\n" in text
+    assert "retry_mode: choice: standard | adaptive, default 'standard'" in text
+    assert "memory: size (bytes or '512M', at most 1 PiB), default 536870912" in text
+    assert "settings:" not in run_cli("plugins").stdout.decode()
+    listing = json.loads(run_cli("plugins", "--json", "--verbose").stdout)
+    vault_plugin = next(p for p in listing["plugins"] if p["name"] == "vault")
+    retries = next(s for s in vault_plugin["settings"]["sources"]["vault"] if s["name"] == "retries")
+    assert retries == {
+        "name": "retries",
+        "kind": "integer",
+        "type": "integer 0..10",
+        "default": 3,
+        "doc": "retries of a failed request",
+    }

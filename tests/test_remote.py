@@ -166,7 +166,7 @@ def test_settings_table_names_file_and_key() -> None:
     with pytest.raises(ConfigError, match="name: value contains the control character"):
         table.text("name")
     assert table.flag("flag", True) is True
-    with pytest.raises(ConfigError, match=r"sources.demo.other: unknown setting \(known: flag,"):
+    with pytest.raises(ConfigError, match=r"sources.demo.other: unknown setting 'other' for this table \(known: flag,"):
         SettingsTable({"other": 1}, where="sources.demo", config_file=None, known={"flag", "n"})
     for bad in (float("nan"), float("inf"), True, "5"):
         with pytest.raises(ConfigError):

@@ -140,5 +140,5 @@ def test_ranged_settings_include_both_ends(
 
 
 def test_of_several_unknown_settings_the_first_in_order_is_named() -> None:
-    with pytest.raises(ConfigError, match=r"s\.alpha: unknown setting \(known: b\)"):
+    with pytest.raises(ConfigError, match=r"s\.alpha: unknown setting 'alpha' for this table \(known: b\)"):
         SettingsTable({"zulu": 1, "b": 2, "alpha": 3}, where="s", config_file=None, known=["b"])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 from credbridge.backends.hooks import filestore as filestore_hooks
 from credbridge.backends.hooks import generate as generate_hooks
 from credbridge.core import ConfigError, load_config, parse_config
+from credbridge.core.settings import Setting
 from credbridge.launchers.hooks import cloud_hypervisor as ch_hooks
 from credbridge.launchers.hooks import qemu as qemu_hooks
 
@@ -100,7 +102,210 @@ def test_registration_modules_declare_what_the_implementations_read() -> None:
 
     per_kind = [*KIND_OPTIONS.values(), *(kind.options for kind in KEY_KINDS.values())]
     assert frozenset().union(*per_kind) == generate_hooks.GENERATE_OPTIONS
-    assert {"path"} == filestore_hooks.SETTINGS
-    assert ch_hooks.SETTINGS == vmspec.COMMON_KEYS | cloud_hypervisor.EXTRA_KEYS
-    assert qemu_hooks.SETTINGS == vmspec.COMMON_KEYS | qemu.EXTRA_KEYS
-    assert runtime.RUNTIME_SETTINGS <= ch_hooks.SETTINGS
+    def names(declared: Iterable[Setting]) -> set[str]:
+        return {setting.name for setting in declared}
+
+    assert {"path"} == names(filestore_hooks.SETTINGS)
+    assert names(ch_hooks.SETTINGS) == vmspec.COMMON_KEYS | cloud_hypervisor.EXTRA_KEYS
+    assert names(qemu_hooks.SETTINGS) == vmspec.COMMON_KEYS | qemu.EXTRA_KEYS
+    assert names(ch_hooks.SETTINGS) >= runtime.RUNTIME_SETTINGS
+
+
+VM = '[targets.vm]\nkind = "vm"\nsink = "fw-cfg"\n[targets.vm.launcher]\ntype = "qemu"\nkernel = "/k"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        ('[sources.vault]\naddress = 5\n', "sources.vault.address", "non-empty string"),
+        ('[sources.vault]\ntls_verify = "no"\n', "sources.vault.tls_verify", "true or false"),
+        ("[sources.vault]\nretries = 11\n", "sources.vault.retries", "integer from 0 to 10"),
+        ("[sources.vault]\nbackoff = -1\n", "sources.vault.backoff", "number from 0 to 86400"),
+        ("[sources.vault]\nread_timeout = 0\n", "sources.vault.read_timeout", "positive number"),
+        ('[sources.vault]\nca_cert = ""\n', "sources.vault.ca_cert", "non-empty path"),
+        ('[sources.vault]\nauth = "token"\n', "sources.vault.auth", "must be a table"),
+        (
+            '[sources.aws-sm]\nretry_mode = "fast"\n',
+            "sources.aws-sm.retry_mode",
+            "must be one of standard, adaptive",
+        ),
+        (VM + 'memory = "lots"\n', "targets.vm.launcher.memory", 'a size like "512M"'),
+        (VM + 'disks = "/d.img"\n', "targets.vm.launcher.disks", "must be an array"),
+        ('[store]\npath = "~nosuchuser22a/x"\n', "store.path", "no user 'nosuchuser22a'"),
+    ],
+    ids=lambda v: v if isinstance(v, str) and "\n" not in v else None,
+)
+def test_each_kind_is_checked_when_the_config_loads(
+    tmp_path: Path, text: str, key: str, problem: str
+) -> None:
+    """A value of the wrong kind is refused by load_config, before any plugin is opened or
+    any reference resolved: one line naming the file and the key."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: "), message
+    assert problem in message
+    assert "\n" not in message
+
+
+def test_values_of_each_kind_are_read_with_their_defaults(tmp_path: Path) -> None:
+    from credbridge.core.settings import read_settings
+
+    declared = {
+        s.name: s
+        for s in (
+            Setting("name", "string", doc="a name"),
+            Setting("on", "bool", False),
+            Setting("count", "integer", 2, minimum=1, maximum=9),
+            Setting("ratio", "number", 0.5, maximum=1),
+            Setting("wait", "duration", 5.0, maximum=60),
+            Setting("limit", "size", 1024),
+            Setting("dir", "path"),
+            Setting("mode", "choice", "a", choices=("a", "b")),
+            Setting("items", "list", []),
+            Setting("extra", "table", {}),
+        )
+    }
+    values = read_settings(
+        declared,
+        {"name": "x", "limit": "2K", "dir": "state", "mode": "b", "wait": 60},
+        what="source 'demo'",
+        file="c.toml",
+        where="sources.demo",
+        base=tmp_path,
+    )
+    assert values == {
+        "name": "x",
+        "on": False,
+        "count": 2,
+        "ratio": 0.5,
+        "wait": 60.0,
+        "limit": 2048,
+        "dir": tmp_path / "state",
+        "mode": "b",
+        "items": [],
+        "extra": {},
+    }
+    with pytest.raises(ConfigError, match=r"^c.toml: sources.demo.wait: .*at most 60$"):
+        read_settings(
+            declared, {"wait": 61}, what="x", file="c.toml", where="sources.demo", base=tmp_path
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [
+        ({"name": "x", "kind": "float"}, "unknown kind 'float'"),
+        ({"name": "x", "kind": "choice"}, "choices go with kind 'choice'"),
+        ({"name": "x", "kind": "string", "choices": ("a",)}, "choices go with kind 'choice'"),
+        ({"name": "x", "kind": "integer", "minimum": 0}, "needs minimum and maximum"),
+        ({"name": "a.b"}, "invalid name"),
+    ],
+)
+def test_a_bad_declaration_is_refused_when_the_plugin_loads(
+    kwargs: dict[str, object], problem: str
+) -> None:
+    from credbridge.core import PluginError, SinkType
+
+    with pytest.raises(ValueError, match=problem):
+        Setting(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(PluginError, match="declared twice"):
+        SinkType(name="s", open=lambda ctx: None, settings=["a", Setting("a", "bool")])
+
+
+def test_declared_defaults_are_what_the_implementations_use() -> None:
+    """``plugins -v`` shows the declared defaults: they must be the ones the code applies."""
+    from credbridge.backends import aws, oem_strings, sops_cli, vault, virtiofs
+    from credbridge.backends.hooks import aws as aws_hooks
+    from credbridge.backends.hooks import oem_strings as oem_hooks
+    from credbridge.backends.hooks import sops as sops_hooks
+    from credbridge.backends.hooks import vault as vault_hooks
+    from credbridge.backends.hooks import virtiofs as virtiofs_hooks
+    from credbridge.core.settings import declare
+
+    def defaults(declared: Iterable[Setting]) -> dict[str, object]:
+        return {name: s.default for name, s in (declare(declared) or {}).items()}
+
+    loaded = vault.VaultSettings.load(
+        {},
+        where="sources.vault",
+        config_file=None,
+        config_dir=Path("/"),
+        concurrency=16,
+        environ={},
+        home=Path("/nonexistent"),
+    )
+    assert {
+        k: v for k, v in defaults(vault_hooks.SETTINGS).items() if v not in (None, {})
+    } == {
+        "address": loaded.address,
+        "tls_verify": loaded.verify,
+        "connect_timeout": loaded.connect_timeout,
+        "read_timeout": loaded.read_timeout,
+        "retries": loaded.retries,
+        "backoff": loaded.backoff,
+    }
+    settings = aws.AwsSettings.load(
+        {}, scheme="aws-sm", where="sources.aws-sm", config_file=None, concurrency=16
+    )
+    assert {k: v for k, v in defaults(aws_hooks.SETTINGS).items() if v is not None} == {
+        "role_session_name": settings.role_session_name,
+        "connect_timeout": settings.connect_timeout,
+        "read_timeout": settings.read_timeout,
+        "max_attempts": settings.max_attempts,
+        "retry_mode": settings.retry_mode,
+    }
+    assert defaults(sops_hooks.SOURCE_SETTINGS)["timeout"] == sops_cli.DEFAULT_TIMEOUT
+    assert defaults(oem_hooks.SETTINGS)["max_bytes"] == oem_strings.DEFAULT_MAX_BYTES
+    assert declare(oem_hooks.SETTINGS)["max_bytes"].maximum == oem_strings.SMBIOS_TABLES_MAX  # type: ignore[index]
+    assert defaults(virtiofs_hooks.SETTINGS)["tag"] == virtiofs.DEFAULT_TAG
+    from credbridge.launchers.vmspec import parse_size
+
+    vm = defaults(qemu_hooks.SETTINGS)
+    assert vm["memory"] == parse_size("512M", "memory", "c.toml")
+
+
+def test_contexts_read_declared_settings_with_their_file_and_key(tmp_path: Path) -> None:
+    from credbridge.core.types import SourceContext, StoreContext
+
+    declared = [Setting("dir", "path"), Setting("wait", "duration", 5.0)]
+    source = SourceContext(
+        scheme="demo",
+        settings={"dir": "sub"},
+        config_dir=tmp_path,
+        concurrency=1,
+        resolve=lambda text: None,  # type: ignore[arg-type,return-value]
+        store=lambda: None,  # type: ignore[arg-type,return-value]
+        where="sources.demo",
+        config_file="/etc/c.toml",
+    )
+    assert source.read_settings(declared) == {"dir": tmp_path / "sub", "wait": 5.0}
+    store = StoreContext({"wiat": 1}, tmp_path, config_file="/etc/c.toml")
+    with pytest.raises(ConfigError) as error:
+        store.read_settings(declared, name="demo")
+    assert str(error.value) == (
+        "/etc/c.toml: store.wiat: unknown setting 'wiat' for store 'demo' "
+        "(did you mean 'wait'? known: dir, wait)"
+    )
+
+
+def test_a_list_default_is_a_fresh_copy_for_each_reader(tmp_path: Path) -> None:
+    from credbridge.core.settings import read_settings
+
+    declared = {"items": Setting("items", "list", ["a"])}
+    first = read_settings(declared, {}, what="x", file=None, where="w", base=tmp_path)
+    first["items"].append("b")
+    again = read_settings(declared, {}, what="x", file=None, where="w", base=tmp_path)
+    assert again["items"] == ["a"] and declared["items"].default == ["a"]
+
+
+def test_a_bad_setting_fails_every_command_with_one_line_and_exit_3(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    path = write(tmp_path, "[sources.vault]\nretries = 11\n")
+    result = run_cli("-c", str(path), "check")
+    assert result.returncode == 3
+    assert result.stderr.decode().splitlines() == [
+        f"credbridge: error: {path}: sources.vault.retries: must be an integer from 0 to 10"
+    ]

@@ -267,7 +267,11 @@ def test_vm_sink_plans_list_names_and_check_every_value(sink: str, where: str) -
 
 @pytest.mark.parametrize(
     ("module", "known"),
-    [("fw_cfg", "(fw-cfg takes none)"), ("virtiofs", "(known: tag)"), ("oem_strings", "(known: ")],
+    [
+        ("fw_cfg", "for sink 'fw-cfg' (known: none)"),
+        ("virtiofs", "(known: tag)"),
+        ("oem_strings", "(known: "),
+    ],
 )
 def test_plugins_opened_directly_refuse_unknown_settings(module: str, known: str) -> None:
     """The config loader refuses undeclared keys first; a sink opened directly (a plugin's
@@ -294,7 +298,7 @@ def test_the_file_store_opened_directly_refuses_unknown_settings() -> None:
 
     with pytest.raises(ConfigError) as error:
         open_store(StoreContext({"zz": 1, "aa": 2}, Path("/tmp")))
-    assert "unknown setting 'aa' for the file store" in str(error.value)
+    assert "unknown setting 'aa' for store 'file' (known: path)" in str(error.value)
 
 
 def test_channel_items_cannot_be_changed_after_prepare(tmpfs_dir: Path) -> None:

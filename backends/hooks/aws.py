@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from credbridge.core.hookspecs import hookimpl
+from credbridge.core.settings import Setting
 from credbridge.core.types import SourceType, lazy
 
 IMPL = "credbridge.backends.aws"
@@ -15,21 +16,28 @@ ROUTE_OPTIONS = frozenset({"region", "profile"})
 SM_OPTIONS = ROUTE_OPTIONS | {"version-stage", "version-id"}
 SSM_OPTIONS = ROUTE_OPTIONS | {"version"}
 STS_OPTIONS = ROUTE_OPTIONS | {"session-name", "duration", "external-id"}
-SETTINGS = frozenset(
-    {
-        "region",
-        "profile",
-        "endpoint_url",
-        "role_arn",
-        "role_session_name",
-        "external_id",
-        "connect_timeout",
-        "read_timeout",
-        "max_attempts",
+SETTINGS = (
+    Setting("region", "string", doc="AWS region (default: the profile's or $AWS_REGION)"),
+    Setting("profile", "string", doc="the shared-config profile to use"),
+    Setting(
+        "endpoint_url", "string", doc="another endpoint (http:// or https://), e.g. a test server"
+    ),
+    Setting("role_arn", "string", doc="an IAM role to assume first"),
+    Setting("role_session_name", "string", "credbridge", doc="session name when assuming role_arn"),
+    Setting("external_id", "string", doc="external id when assuming role_arn"),
+    Setting("connect_timeout", "duration", 5.0, doc="seconds to connect", maximum=3600),
+    Setting("read_timeout", "duration", 15.0, doc="seconds to wait for a response", maximum=3600),
+    Setting("max_attempts", "integer", 3, doc="attempts per request", minimum=1, maximum=10),
+    Setting(
         "retry_mode",
-        "concurrency",
-    }
+        "choice",
+        "standard",
+        doc="botocore's retry mode",
+        choices=("standard", "adaptive"),
+    ),
+    Setting("concurrency", "integer", doc="requests in flight", minimum=1, maximum=256),
 )
+"""``[sources.aws-sm]``, ``[sources.aws-ssm]``, ``[sources.aws-sts]`` (backends/aws.py)."""
 
 
 @hookimpl

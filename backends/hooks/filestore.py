@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from credbridge.core.hookspecs import hookimpl
+from credbridge.core.settings import Setting
 from credbridge.core.types import StoreType, lazy
 
-SETTINGS = frozenset({"path"})
+SETTINGS = (
+    Setting("path", "path", doc="the store directory ($CREDBRIDGE_STORE, /var/lib/credbridge)"),
+)
+"""``[store]`` with ``type = "file"``."""
 
 
 @hookimpl

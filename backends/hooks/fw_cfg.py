@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from credbridge.core.hookspecs import hookimpl
+from credbridge.core.settings import Setting
 from credbridge.core.types import SinkType, lazy
 
-SETTINGS: frozenset[str] = frozenset()
+SETTINGS: tuple[Setting, ...] = ()
 
 
 @hookimpl

@@ -5,9 +5,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from credbridge.core.hookspecs import hookimpl
+from credbridge.core.settings import Setting
 from credbridge.core.types import SinkType, lazy
 
-SETTINGS = frozenset({"max_bytes"})
+SETTINGS = (
+    Setting(
+        "max_bytes",
+        "integer",
+        48 * 1024,
+        doc="bytes all OEM strings may take",
+        minimum=1,
+        maximum=65535,
+    ),
+)
+"""A VM target's ``sink`` table with ``type = "oem-strings"``."""
 
 
 @hookimpl

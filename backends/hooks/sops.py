@@ -8,16 +8,30 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from credbridge.core.hookspecs import hookimpl
+from credbridge.core.settings import Setting
 from credbridge.core.types import SourceType, StoreType, lazy
 
 IMPL = "credbridge.backends.sops"
 OPTIONS = frozenset({"type"})
-SOURCE_SETTINGS = frozenset(
-    {"binary", "config", "age_key", "age_key_file", "timeout", "concurrency"}
+SOURCE_SETTINGS = (
+    Setting("binary", "path", doc="the sops program (default: sops on $PATH)"),
+    Setting("config", "path", doc="a .sops.yaml to use instead of searching upward"),
+    Setting("age_key", "string", doc="a reference to an age identity (credential:, file:, env:)"),
+    Setting("age_key_file", "path", doc="an age identity file"),
+    Setting("timeout", "duration", 30.0, doc="seconds one sops run may take"),
+    Setting("concurrency", "integer", doc="sops runs at once", minimum=1, maximum=256),
 )
-STORE_SETTINGS = frozenset(
-    {"path", "binary", "config", "age_key", "age_key_file", "age_recipients", "timeout"}
+"""``[sources.sops]``; backends/sops.py reads them."""
+STORE_SETTINGS = (
+    Setting("path", "path", doc="the sops file generated values are kept in (required)"),
+    Setting("binary", "path", doc="the sops program (default: sops on $PATH)"),
+    Setting("config", "path", doc="a .sops.yaml to use instead of searching upward"),
+    Setting("age_key", "string", doc="a reference to an age identity (credential:, file:, env:)"),
+    Setting("age_key_file", "path", doc="an age identity file"),
+    Setting("age_recipients", "list", [], doc="age public keys to encrypt a new file to"),
+    Setting("timeout", "duration", 30.0, doc="seconds one sops run may take"),
 )
+"""``[store]`` with ``type = "sops"``; backends/sops.py reads them."""
 
 
 @hookimpl

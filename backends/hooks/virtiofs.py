@@ -5,9 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from credbridge.core.hookspecs import hookimpl
+from credbridge.core.settings import Setting
 from credbridge.core.types import SinkType, lazy
 
-SETTINGS = frozenset({"tag"})
+SETTINGS = (
+    Setting(
+        "tag",
+        "string",
+        "credbridge",
+        doc="the virtio-fs tag the guest mounts (1-36 of letters, digits, '_.-')",
+    ),
+)
+"""A VM target's ``sink`` table with ``type = "virtiofs"``."""
 
 
 @hookimpl

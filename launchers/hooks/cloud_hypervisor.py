@@ -9,10 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from credbridge.core.hookspecs import hookimpl
+from credbridge.core.settings import Setting
 from credbridge.core.types import LauncherType, lazy
-from credbridge.launchers.hooks import RUNTIME_KEYS, VM_KEYS
+from credbridge.launchers.hooks import RUNTIME_SETTINGS, VM_SETTINGS
 
-SETTINGS = VM_KEYS | RUNTIME_KEYS | {"verbose", "oem_strings_on_cmdline", "platform"}
+SETTINGS = (
+    *VM_SETTINGS,
+    *RUNTIME_SETTINGS,
+    Setting("verbose", "any", 0, doc="cloud-hypervisor's -v count: true/false or 0 to 8"),
+    Setting("oem_strings_on_cmdline", "bool", False, doc="pass OEM strings on the command line"),
+    Setting("platform", "table", {}, doc="PlatformConfig keys for vm.create (not oem_strings)"),
+)
 
 
 @hookimpl

@@ -9,10 +9,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from credbridge.core.hookspecs import hookimpl
+from credbridge.core.settings import Setting
 from credbridge.core.types import LauncherType, lazy
-from credbridge.launchers.hooks import RUNTIME_KEYS, VM_KEYS
+from credbridge.launchers.hooks import RUNTIME_SETTINGS, VM_SETTINGS
 
-SETTINGS = VM_KEYS | RUNTIME_KEYS | {"machine", "accel", "cpu", "smbios_path"}
+SETTINGS = (
+    *VM_SETTINGS,
+    *RUNTIME_SETTINGS,
+    Setting("machine", "string", "q35", doc="the QEMU machine type"),
+    Setting("accel", "string", "kvm:tcg", doc='accelerators to try, ":"-separated'),
+    Setting("cpu", "string", "max", doc="the QEMU CPU model"),
+    Setting(
+        "smbios_path", "any", "auto", doc='OEM strings through -smbios path=: true, false, "auto"'
+    ),
+)
 
 
 @hookimpl
