@@ -100,7 +100,7 @@ def test_registration_modules_declare_what_the_implementations_read() -> None:
 
     per_kind = [*KIND_OPTIONS.values(), *(kind.options for kind in KEY_KINDS.values())]
     assert frozenset().union(*per_kind) == generate_hooks.GENERATE_OPTIONS
-    assert {"path"} == filestore_hooks.SETTINGS
+    assert {"path", "seal", "tpm2_pcrs"} == filestore_hooks.SETTINGS
     assert ch_hooks.SETTINGS == vmspec.COMMON_KEYS | cloud_hypervisor.EXTRA_KEYS
     assert qemu_hooks.SETTINGS == vmspec.COMMON_KEYS | qemu.EXTRA_KEYS
     assert runtime.RUNTIME_SETTINGS <= ch_hooks.SETTINGS

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from credbridge.core.hookspecs import hookimpl
 from credbridge.core.types import StoreType, lazy
 
-SETTINGS = frozenset({"path"})
+SETTINGS = frozenset({"path", "seal", "tpm2_pcrs"})
 
 
 @hookimpl
