@@ -15,6 +15,7 @@ def credbridge_stores() -> Iterator[StoreType]:
     yield StoreType(
         name="file",
         open=lazy("credbridge.backends.filestore:open_store"),
-        summary="0400 files under a 0700 directory (default /var/lib/credbridge)",
+        summary="0400 files under a 0700 directory (default /var/lib/credbridge), "
+        "sealed with systemd-creds with seal",
         settings=SETTINGS,
     )
