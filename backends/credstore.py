@@ -112,6 +112,36 @@ def systemd_creds_version(binary: str, timeout: float) -> int | None:
     return int(number) if number.isdigit() else None
 
 
+def key_problem(
+    binary: str,
+    key: str,
+    tpm2_pcrs: str | None,
+    timeout: float,
+    *,
+    setting: str = "with_key",
+) -> str | None:
+    """Why ``binary`` (a systemd-creds) cannot seal with ``key`` and ``tpm2_pcrs`` so that
+    this machine decrypts it again, naming the systemd version needed; ``None`` if it can, or
+    if the key or the version is unknown (systemd-creds itself will then say)."""
+    needed = KEY_MIN_SYSTEMD.get(key)
+    if needed is None:
+        return None
+    version = systemd_creds_version(binary, timeout)
+    if version is None:
+        return None
+    if version < needed:
+        return f'{setting} "{key}" needs systemd {needed} or later; {binary} is systemd {version}'
+    if tpm2_pcrs == "" and key in TPM2_KEYS and version < UNBOUND_TPM2_MIN_SYSTEMD:
+        # 252 seals it, but PID 1 then fails the unit: "TPM2 PCR bank invalid or not
+        # supported" (tests/test_tpm_guest.py); 257 unseals it.
+        return (
+            f'tpm2_pcrs = "" (bound to no PCR) needs systemd {UNBOUND_TPM2_MIN_SYSTEMD} or '
+            f"later to be decrypted; {binary} is systemd {version} (bind to PCRs, e.g. "
+            'tpm2_pcrs = "7")'
+        )
+    return None
+
+
 def unit_path_value(path: Path) -> str:
     """``path`` as the PATH half of ``LoadCredential=ID:PATH`` in a unit file.
 
@@ -230,29 +260,12 @@ class CredstoreSink(Sink):
         systemd it needs (before anything is resolved or generated)."""
         import shutil
 
-        needed = KEY_MIN_SYSTEMD.get(self.with_key)
         binary = shutil.which(self.systemd_creds)
-        if needed is None or binary is None:
-            return  # a key credbridge does not know, or no binary: systemd-creds will say
-        version = systemd_creds_version(binary, self.timeout)
-        if version is not None and version < needed:
-            raise DeliveryError(
-                f'{self.where}: with_key "{self.with_key}" needs systemd {needed} or later; '
-                f"{binary} is systemd {version}"
-            )
-        if (
-            self.tpm2_pcrs == ""
-            and self.with_key in TPM2_KEYS
-            and version is not None
-            and version < UNBOUND_TPM2_MIN_SYSTEMD
-        ):
-            # 252 seals it, but PID 1 then fails the unit: "TPM2 PCR bank invalid or not
-            # supported" (tests/test_tpm_guest.py); 257 unseals it.
-            raise DeliveryError(
-                f'{self.where}: tpm2_pcrs = "" (bound to no PCR) needs systemd '
-                f"{UNBOUND_TPM2_MIN_SYSTEMD} or later to be decrypted; {binary} is systemd "
-                f'{version} (bind to PCRs, e.g. tpm2_pcrs = "7")'
-            )
+        if binary is None:
+            return  # no binary: systemd-creds will say
+        problem = key_problem(binary, self.with_key, self.tpm2_pcrs, self.timeout)
+        if problem is not None:
+            raise DeliveryError(f"{self.where}: {problem}")
 
     def lock_files(self) -> list[Path]:
         try:

@@ -105,7 +105,7 @@ def test_registration_modules_declare_what_the_implementations_read() -> None:
     def names(declared: Iterable[Setting]) -> set[str]:
         return {setting.name for setting in declared}
 
-    assert {"path"} == names(filestore_hooks.SETTINGS)
+    assert {"path", "seal", "tpm2_pcrs"} == names(filestore_hooks.SETTINGS)
     assert names(ch_hooks.SETTINGS) == vmspec.COMMON_KEYS | cloud_hypervisor.EXTRA_KEYS
     assert names(qemu_hooks.SETTINGS) == vmspec.COMMON_KEYS | qemu.EXTRA_KEYS
     assert names(ch_hooks.SETTINGS) >= runtime.RUNTIME_SETTINGS

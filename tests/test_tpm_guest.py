@@ -12,6 +12,12 @@ Per release, two QEMU runs of the host guest (the releases side by side):
    first guest had them: the units fail with systemd's credentials error and
    ``systemd-creds decrypt`` says why in one line.
 
+The same two runs prove credbridge's own store sealed to the TPM2 (``[store] seal = "tpm2"``):
+in run 1 a generated value is kept only as ciphertext (not in the store, the temporary
+directories or anywhere on the raw root disk), reaches a ``User=nobody`` unit, and ``rotate``
+keeps the old ciphertext as the previous value; in run 2 the first guest's store file cannot
+be decrypted, ``deliver`` fails naming the store key, and no new value replaces it.
+
 The guest boots SeaBIOS with ``-kernel`` (no EFI), so ``auto`` must fall back to the host key:
 its file's header is the host key's, not the TPM's (docs/systemd.md says so).
 
@@ -49,7 +55,15 @@ VALUES = {
     "both.service": b"host+tpm2 sealed \xfe\x00\nsecond line\n",
     "auto.service": b"auto: the host key without EFI \x01\x02",
 }
-CONFIG = "".join(
+GENERATED = "gen.service"
+STORE_CONFIG = f"""
+[store]
+seal = "tpm2"
+tpm2_pcrs = "7"
+[targets."{GENERATED}".credentials]
+secret = "generate:base64?bytes=48"
+"""
+CONFIG = STORE_CONFIG + "".join(
     f"""
 [targets."{unit}"]
 sink = {{ type = "credstore", {setting} }}
@@ -88,8 +102,12 @@ def _checked(result: HostRun) -> HostRun:
     return result
 
 
-def _plan(mode: str, data: dict[str, bytes]) -> dict[str, bytes]:
-    plan = {"mode": mode, "data": {u: base64.b64encode(v).decode() for u, v in data.items()}}
+def _plan(mode: str, data: dict[str, bytes], store: str | None = None) -> dict[str, bytes]:
+    plan = {
+        "mode": mode,
+        "data": {u: base64.b64encode(v).decode() for u, v in data.items()},
+        "store": store,
+    }
     return {
         "driver": (Path(_TESTS_DIR) / "guest" / "tpm_scenario.py").read_bytes(),
         "credbridge.toml": CONFIG.encode(),
@@ -106,9 +124,10 @@ def both_runs(release: Release, work: Path) -> tuple[HostRun, HostRun]:
         for unit, text in sealed.event("sealed")["ciphertexts"].items()
         if unit in {"tpm2.service", "both.service"}
     }
+    store = sealed.event("gen-store")["first"].get("current.cred")
     with software_tpm(work / f"tpm-b-{release.test_id}") as tpm:
         moved = _checked(
-            run_host_guest(image, _plan("foreign", ciphertexts), timeout=900, extra_args=tpm)
+            run_host_guest(image, _plan("foreign", ciphertexts, store), timeout=900, extra_args=tpm)
         )
     return sealed, moved
 
@@ -236,3 +255,69 @@ def test_a_key_bound_to_no_pcr_works_from_257_and_is_refused_before(
         'to PCRs, e.g. tpm2_pcrs = "7")'
     ], event
     assert sealed.event("sealed")["ciphertexts"].get(NO_PCR) is None
+
+
+def _value(decrypted: dict[str, Any]) -> bytes:
+    assert decrypted["rc"] == 0, decrypted
+    return str(decrypted["stdout"]).encode()
+
+
+def test_a_generated_value_is_kept_sealed_to_the_tpm2_and_delivered(sealed: HostRun) -> None:
+    assert sealed.event("gen-deliver")["rc"] == 0, sealed.event("gen-deliver")
+    store = sealed.event("gen-store")
+    value = _value(store["decrypted_first"])
+    assert len(base64.b64decode(value, validate=True)) == 48
+    started = sealed.event("gen-start")
+    assert started["rc"] == 0, json.dumps(started, indent=1)
+    assert received(started) == {"secret": value, "uid": b"65534"}, json.dumps(started)
+    assert list(store["first"]) == ["current.cred"], store["first"]
+    # Sealed with the TPM2 key: the header systemd-creds writes for --with-key=tpm2 (the
+    # listing is Base64 of the file, which is itself systemd-creds' Base64 text).
+    header = base64.b64decode(store["first"]["current.cred"])[:16].decode()
+    assert header == store["tpm2_header"][:16], store
+    assert header != sealed.event("sealed")["host_header"][:16], store
+
+
+def test_rotate_in_the_sealed_store_keeps_the_old_ciphertext_as_previous(sealed: HostRun) -> None:
+    store = sealed.event("gen-store")
+    assert sealed.event("gen-rotate")["rc"] == 0, sealed.event("gen-rotate")
+    assert sealed.event("gen-redeliver")["rc"] == 0, sealed.event("gen-redeliver")
+    after = store["after_rotate"]
+    assert sorted(after) == ["current.cred", "previous.cred"], after
+    assert after["previous.cred"] == store["first"]["current.cred"]
+    first, second = _value(store["decrypted_first"]), _value(store["decrypted_second"])
+    assert _value(store["decrypted_previous"]) == first
+    assert second != first
+    assert received(sealed.event("gen-restart"))["secret"] == second
+    assert set(store["modes"].values()) == {"0o400"}, store["modes"]
+
+
+def test_no_plaintext_of_the_sealed_store_is_on_the_disk(sealed: HostRun) -> None:
+    """The store, /tmp and /var/tmp hold no copy (raw or Base64), and neither does the raw
+    root disk (/dev/vda, read after sync with the page cache dropped): the scan finds a
+    marker written to a file, and none of the two generated values."""
+    store = sealed.event("gen-store")
+    assert store["plaintext"] == [], store["plaintext"]
+    assert store["disk"] == "/dev/vda", store["disk"]
+    marker, *values = store["on_disk"]
+    assert marker is True, store["on_disk"]
+    assert values == [False, False, False, False], store["on_disk"]
+
+
+def test_the_sealed_store_moved_to_another_tpm_fails_by_name_and_is_not_regenerated(
+    sealed: HostRun, moved: HostRun, release: Release
+) -> None:
+    event = moved.event("gen-foreign")
+    deliver = event["deliver"]
+    assert deliver["rc"] == 6, json.dumps(deliver, indent=1)
+    lines = deliver["stderr"].splitlines()
+    prefix = (
+        f"credbridge: error: {GENERATED}/secret: generate:base64?bytes=48: forbidden: "
+        f"store key {GENERATED}/secret: current.cred cannot be decrypted on this machine "
+        f"(systemd-creds decrypt: {FOREIGN_TPM_MESSAGE[release.systemd]}"
+    )
+    assert len(lines) == 1 and lines[0].startswith(prefix), lines
+    assert lines[0].endswith("and no new value is generated in its place"), lines
+    # The store holds exactly the file that was put there; nothing was delivered.
+    assert event["store"] == {"current.cred": sealed.event("gen-store")["first"]["current.cred"]}
+    assert event["delivered"] is False, event

@@ -10,6 +10,14 @@ from credbridge.core.types import StoreType, lazy
 
 SETTINGS = (
     Setting("path", "path", doc="the store directory ($CREDBRIDGE_STORE, /var/lib/credbridge)"),
+    Setting(
+        "seal",
+        "any",
+        False,
+        doc='false, or the systemd-creds key sealing each value: "host", "tpm2", '
+        '"host+tpm2", "auto"',
+    ),
+    Setting("tpm2_pcrs", "any", doc='PCRs a "tpm2" seal binds to, as "7" or "0+7"'),
 )
 """``[store]`` with ``type = "file"``."""
 
@@ -19,6 +27,7 @@ def credbridge_stores() -> Iterator[StoreType]:
     yield StoreType(
         name="file",
         open=lazy("credbridge.backends.filestore:open_store"),
-        summary="0400 files under a 0700 directory (default /var/lib/credbridge)",
+        summary="0400 files under a 0700 directory (default /var/lib/credbridge), "
+        "sealed with systemd-creds with seal",
         settings=SETTINGS,
     )

@@ -10,6 +10,12 @@ in /run/cbhost, reports facts as ``CBHOST {json}`` lines and never judges them. 
   plaintext left where credbridge writes, and the ciphertexts (for the second guest);
 * ``foreign``: a guest with another TPM: put the first guest's ciphertexts where the first
   guest had them, start the same units and report what systemd and systemd-creds say.
+
+Both modes also exercise credbridge's own store sealed to the TPM2 (``[store] seal``): in
+``seal`` a generated value is delivered to a ``User=nobody`` unit, rotated and delivered again,
+and the store's files, their decryption and a scan of the raw root disk for the values are
+reported; in ``foreign`` the first guest's sealed store file is put in the store and
+``credbridge deliver`` of that target is reported with the store as it is afterwards.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ CREDSTORE = Path("/etc/credstore.encrypted")
 UNITS = ("tpm2.service", "both.service", "auto.service")
 #: Sealed to the TPM2 bound to no PCR: delivered on its own (refused by credbridge on 252).
 NO_PCR = "nopcr.service"
+#: The target whose credential is generated into credbridge's sealed store.
+GENERATED = "gen.service"
+STORE_DIR = Path("/var/lib/credbridge") / GENERATED / "secret"
 #: Where credbridge writes (the credstore, its store) or could leave a temporary file.
 SCANNED = ("/etc/credstore.encrypted", "/run/credstore", "/var/lib/credbridge", "/tmp", "/var/tmp")
 
@@ -76,7 +85,7 @@ def install_units() -> None:
     dumper = Path("/usr/local/bin/cred-dumper")
     dumper.write_text(DUMPER)
     dumper.chmod(0o755)
-    for unit in (*UNITS, NO_PCR):
+    for unit in (*UNITS, NO_PCR, GENERATED):
         (UNIT_DIR / unit).write_text(UNIT)
 
 
@@ -105,9 +114,13 @@ def plaintext_left(values: list[bytes]) -> list[str]:
     return found
 
 
-def seal(values: dict[str, bytes]) -> None:
+def write_config() -> None:
     Path("/etc/credbridge").mkdir(parents=True, exist_ok=True)
     Path(CONFIG).write_bytes((HERE / "credbridge.toml").read_bytes())
+
+
+def seal(values: dict[str, bytes]) -> None:
+    write_config()
     source = Path("/root/values")
     source.mkdir(mode=0o700, exist_ok=True)
     for unit, value in values.items():
@@ -137,7 +150,111 @@ def seal(values: dict[str, bytes]) -> None:
     )
 
 
+def root_disk() -> str:
+    """The block device mounted on ``/``."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        device, mountpoint = line.split()[:2]
+        if mountpoint == "/" and device.startswith("/dev/"):
+            return device
+    raise RuntimeError("no block device is mounted on /")
+
+
+def disk_holds(needles: list[bytes]) -> list[bool]:
+    """Whether each needle is anywhere on the raw root disk, once written out and with the
+    page cache dropped (so the device itself is read)."""
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    found = [False] * len(needles)
+    overlap = max(len(needle) for needle in needles)
+    tail = b""
+    with open(root_disk(), "rb", buffering=0) as disk:
+        while chunk := disk.read(8 << 20):
+            window = tail + chunk
+            for index, needle in enumerate(needles):
+                found[index] = found[index] or needle in window
+            tail = window[-overlap:]
+    return found
+
+
+def store_listing() -> dict[str, str]:
+    """The sealed store's files of the generated credential: name -> Base64 of the content."""
+    if not STORE_DIR.is_dir():
+        return {}
+    return {
+        entry.name: base64.b64encode(entry.read_bytes()).decode() for entry in STORE_DIR.iterdir()
+    }
+
+
+def sealed_store() -> None:
+    """A generated value kept sealed to the TPM2, delivered, rotated and delivered again."""
+    emit("gen-deliver", **run("credbridge", "-c", CONFIG, "deliver", GENERATED))
+    emit("gen-install", **run("credbridge", "-c", CONFIG, "unit", "--install", GENERATED))
+    run("systemctl", "daemon-reload")
+    emit("gen-start", **start(GENERATED))
+    first = store_listing()
+    current = STORE_DIR / "current.cred"
+    first_value = run("systemd-creds", "decrypt", "--name=", str(current), "-")
+    emit("gen-rotate", **run("credbridge", "-c", CONFIG, "rotate", GENERATED, "secret"))
+    emit("gen-redeliver", **run("credbridge", "-c", CONFIG, "deliver", GENERATED))
+    Path(f"/run/out-{GENERATED}").unlink(missing_ok=True)
+    emit("gen-restart", **start(GENERATED))
+    previous = run("systemd-creds", "decrypt", "--name=", str(STORE_DIR / "previous.cred"), "-")
+    second_value = run("systemd-creds", "decrypt", "--name=", str(current), "-")
+    values = [
+        value
+        for value in (str(first_value["stdout"]).encode(), str(second_value["stdout"]).encode())
+        if value
+    ]
+    # A marker written to a file on the same disk: the scan must find it (it reads the disk).
+    marker = base64.b64encode(os.urandom(24))
+    Path("/root/disk-scan-marker").write_bytes(marker)
+    needles = [marker, *values, *(base64.b64encode(value) for value in values)]
+    emit(
+        "gen-store",
+        first=first,
+        after_rotate=store_listing(),
+        modes={e.name: oct(e.stat().st_mode & 0o7777) for e in STORE_DIR.iterdir()},
+        decrypted_first=first_value,
+        decrypted_previous=previous,
+        decrypted_second=second_value,
+        tpm2_header=str(
+            run(
+                "systemd-creds",
+                "encrypt",
+                "--name=",
+                "--with-key=tpm2",
+                "--tpm2-pcrs=7",
+                "-",
+                "-",
+                data=b"x",
+            )["stdout"]
+        )[:20],
+        plaintext=[
+            path for path in plaintext_left(values) if not path.startswith("/run/credstore/")
+        ],
+        disk=root_disk(),
+        on_disk=disk_holds(needles),
+    )
+
+
+def moved_store(sealed: bytes) -> None:
+    """The first guest's sealed store file in a guest with another TPM."""
+    STORE_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for directory in (STORE_DIR, STORE_DIR.parent, STORE_DIR.parent.parent):
+        directory.chmod(0o700)
+    path = STORE_DIR / "current.cred"
+    path.write_bytes(sealed)
+    path.chmod(0o400)
+    emit(
+        "gen-foreign",
+        deliver=run("credbridge", "-c", CONFIG, "deliver", GENERATED),
+        store=store_listing(),
+        delivered=os.path.exists(f"/run/credstore/{GENERATED}"),
+    )
+
+
 def foreign(ciphertexts: dict[str, bytes]) -> None:
+    write_config()
     for unit, data in ciphertexts.items():
         directory = CREDSTORE / unit
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -165,8 +282,10 @@ def main() -> None:
     blobs = {unit: base64.b64decode(text) for unit, text in plan["data"].items()}
     if plan["mode"] == "seal":
         seal(blobs)
+        sealed_store()
     else:
         foreign(blobs)
+        moved_store(base64.b64decode(plan["store"]))
 
 
 if __name__ == "__main__":
