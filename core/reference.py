@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
@@ -54,6 +55,11 @@ class Locator:
         return dict(self.options)
 
     def __str__(self) -> str:
+        return self._canonical
+
+    @cached_property
+    def _canonical(self) -> str:
+        # Computed once: a run renders each reference several times (keys, messages, plans).
         text = f"{self.scheme}:{quote(self.path, safe='/:@=+,;~!$&*()[]')}"
         if self.options:
             text += "?" + urlencode(self.options)
@@ -109,6 +115,10 @@ class Reference:
         return decoded
 
     def __str__(self) -> str:
+        return self._canonical
+
+    @cached_property
+    def _canonical(self) -> str:
         text = str(self.locator)
         if self.selector is not None:
             text += "#" + quote(self.selector, safe=_SELECTOR_SAFE)

@@ -143,12 +143,13 @@ def select_units(
     }
     # credential:NAME inside a unit is what a delivered target with that unit wrote as NAME.
     changed_in_unit = {(by_name[t].unit, c) for t, c in changed if t in by_name}
+    changed_targets = {t for t, _ in changed}
     selection = _Selection()
     for target in config.targets.values():
         if target.unit is None:
             continue
         if target.kind != "vm":
-            if target.name in by_name and any(t == target.name for t, _ in changed):
+            if target.name in by_name and target.name in changed_targets:
                 selection.add(target.unit, on_change_for(target, config, restart), target.name)
             continue
         for spec in target.credentials:
