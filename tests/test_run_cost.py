@@ -4,13 +4,21 @@ these tests count operations, never time)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from credbridge.backends.filestore import SWEPT_MARK, FileStore
 from credbridge.core import reference as reference_module
 from credbridge.core.config import CredentialSpec, Target
+from credbridge.core.errors import UnsafePath
 from credbridge.core.reference import parse_reference
+from credbridge.core.secret import Secret
+from test_hostile_fs import strace_calls
 
 
 class CountedName(str):
@@ -68,3 +76,100 @@ def test_a_reference_is_rendered_once_however_often_it_is_shown(
     assert [str(reference) for _ in range(5)] == [first] * 5
     assert (quotes[0], encodes[0]) == once
     assert parse_reference(first) == reference
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def deliver_config(base: Path, count: int) -> Path:
+    config = base / "credbridge.toml"
+    config.write_text(
+        f'[store]\npath = "{base / "store"}"\n[sinks.credstore]\ndirectory = "{base / "cs"}"\n'
+        '[targets."bench.service".credentials]\n'
+        + "".join(f's{i} = "generate:base64?bytes=32"\n' for i in range(count))
+    )
+    return config
+
+
+def opens_of_runs(base: Path, count: int) -> list[int]:
+    """open/openat/openat2 calls of a first, a second and a third deliver of ``count``."""
+    config = deliver_config(base, count)
+    argv = [sys.executable, "-m", "credbridge.core.cli", "-c", str(config), "deliver"]
+    return [
+        sum(1 for line in strace_calls("open,openat,openat2", *argv) if "resumed>" not in line)
+        for _ in range(3)
+    ]
+
+
+def test_a_run_opens_few_files_per_credential(tmp_path: Path, tmpfs_dir: Path) -> None:
+    """What a credential adds to a run, counted with strace: at most 10 opens on a first run
+    (generate, persist, deliver) and 3 on a kept one (store, live file, staged file)."""
+    (tmpfs_dir / "20").mkdir()
+    (tmpfs_dir / "60").mkdir()
+    small = opens_of_runs(tmpfs_dir / "20", 20)
+    large = opens_of_runs(tmpfs_dir / "60", 60)
+    first, kept_once, kept = ((b - a) / 40 for a, b in zip(small, large, strict=True))
+    assert first <= 10
+    # The first kept run after values were written also checks the store for temp files
+    # of a crashed run, one directory per credential; later runs know it holds none.
+    assert kept_once <= 4
+    assert kept <= 3
+
+
+def test_a_key_directory_replaced_by_a_symlink_while_held_is_refused(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    store.create("t/a", Secret(b"a"))
+    store.create("t/b", Secret(b"b"))
+    assert store.read("t/b") == Secret(b"b")  # t/ is held open from here on
+    planted = tmp_path / "planted"
+    planted.mkdir(mode=0o700)
+    (planted / "current").write_bytes(b"planted")
+    shutil.rmtree(tmp_path / "store" / "t" / "b")
+    os.symlink(planted, tmp_path / "store" / "t" / "b")
+    with pytest.raises(UnsafePath, match=r"t/b: is a symlink"):
+        store.read("t/b")
+    os.unlink(tmp_path / "store" / "t" / "a" / "current")
+    os.symlink(planted / "current", tmp_path / "store" / "t" / "a" / "current")
+    with pytest.raises(UnsafePath, match=r"t/a/current: is a symlink"):
+        store.read("t/a")
+
+
+def test_a_key_directory_others_can_write_is_refused_while_held(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "store")
+    store.create("t/a", Secret(b"a"))
+    store.create("t/b", Secret(b"b"))
+    assert store.read("t/a") == Secret(b"a")
+    os.chmod(tmp_path / "store" / "t" / "b", 0o777)  # noqa: S103 - the hostile mode
+    with pytest.raises(UnsafePath, match=r"t/b: owned by .* mode 0777"):
+        store.read("t/b")
+
+
+def test_a_store_replaced_during_a_run_is_walked_again(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = FileStore(root)
+    store.create("t/a", Secret(b"old"))
+    os.rename(root, tmp_path / "moved")
+    assert store.read("t/a") is None
+    assert store.create("t/a", Secret(b"new")) == Secret(b"new")
+    assert (root / "t" / "a" / "current").read_bytes() == b"new"
+    assert (tmp_path / "moved" / "t" / "a" / "current").read_bytes() == b"old"
+
+
+def test_temp_files_of_a_crashed_run_are_swept_also_from_a_store_marked_before(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "store"
+    store = FileStore(root)
+    store.recover()
+    assert (root / SWEPT_MARK).exists()
+    store.create("t/a", Secret(b"a"))
+    assert not (root / SWEPT_MARK).exists(), "a writer must clear the mark before a temp file"
+    leftover = root / "t" / "a" / ".current.0123456789ab.tmp"
+    leftover.write_bytes(b"half")
+    FileStore(root).recover()
+    assert not leftover.exists()
+    assert (root / SWEPT_MARK).exists()
+    (root / SWEPT_MARK).unlink()  # a store written by a credbridge before the mark
+    leftover.write_bytes(b"half")
+    FileStore(root).recover()
+    assert not leftover.exists()
