@@ -94,7 +94,7 @@ def keypath(*parts: str) -> str:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CredentialSpec:
     """One credential of a target: its name there, where the value comes from, file options."""
 

@@ -82,7 +82,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeliveryEntry:
     """One line of a delivery report or dry-run plan (no values)."""
 

@@ -16,9 +16,9 @@ shown escaped in messages. ``str(parse_reference(s))`` parses back to an equal r
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
@@ -39,7 +39,7 @@ _DIGITS = re.compile(r"[0-9]+")
 _SELECTOR_SAFE = "/~:@=+,;!$&*()[]'"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Locator:
     """What a source fetches: scheme, path and options, without the selector."""
 
@@ -55,24 +55,20 @@ class Locator:
         return dict(self.options)
 
     def __str__(self) -> str:
-        return self._canonical
-
-    @cached_property
-    def _canonical(self) -> str:
-        # Computed once: a run renders each reference several times (keys, messages, plans).
         text = f"{self.scheme}:{quote(self.path, safe='/:@=+,;~!$&*()[]')}"
         if self.options:
             text += "?" + urlencode(self.options)
         return text
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Reference:
     """A parsed reference. ``str(ref)`` gives back its canonical one-line form."""
 
     locator: Locator
     selector: str | None = None
     text: str = field(default="", compare=False)
+    _canonical: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def scheme(self) -> str:
@@ -115,13 +111,13 @@ class Reference:
         return decoded
 
     def __str__(self) -> str:
-        return self._canonical
-
-    @cached_property
-    def _canonical(self) -> str:
-        text = str(self.locator)
-        if self.selector is not None:
-            text += "#" + quote(self.selector, safe=_SELECTOR_SAFE)
+        # Rendered once: a run shows each reference several times (keys, messages, plans).
+        text = self._canonical
+        if text is None:
+            text = str(self.locator)
+            if self.selector is not None:
+                text += "#" + quote(self.selector, safe=_SELECTOR_SAFE)
+            object.__setattr__(self, "_canonical", text)
         return text
 
     def select(self, document: Secret | SecretDocument) -> Secret:
@@ -185,7 +181,10 @@ def parse_reference(text: str) -> Reference:
             _split_pointer(sel, text)  # validate escapes now, not at fetch time
     if scheme == "aws-sm":
         path, sel = _ecs_secret_arn(text, path, options, sel)
-    return Reference(Locator(scheme, path, tuple(sorted(options))), sel, text)
+    # Interned: thousands of credentials share a few schemes, paths and options.
+    options = [(sys.intern(key), sys.intern(value)) for key, value in options]
+    locator = Locator(sys.intern(scheme), sys.intern(path), tuple(sorted(options)))
+    return Reference(locator, sel, text)
 
 
 # --------------------------------------------------------------------------- pasted forms
