@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from credbridge.backends.filestore import SWEPT_MARK, FileStore
+from credbridge.core import Request, Session, load_config
 from credbridge.core import reference as reference_module
 from credbridge.core.config import CredentialSpec, Target
 from credbridge.core.errors import UnsafePath
@@ -173,3 +174,25 @@ def test_temp_files_of_a_crashed_run_are_swept_also_from_a_store_marked_before(
     leftover.write_bytes(b"half")
     FileStore(root).recover()
     assert not leftover.exists()
+
+
+def test_credentials_sharing_a_store_key_get_values_wiped_apart(tmp_path: Path) -> None:
+    """A value read from the store is handed out without a copy once; a second credential of
+    the same key gets its own copy, so wiping one result leaves the other intact."""
+    config_path = tmp_path / "credbridge.toml"
+    config_path.write_text(
+        f'[store]\npath = "{tmp_path / "store"}"\n[targets.app.credentials]\n'
+        'one = "generate:hex?id=shared/key"\ntwo = "generate:hex?id=shared/key"\n'
+    )
+    config = load_config(config_path)
+    requests = [
+        Request(parse_reference(s.text), f"app/{s.name}") for s in config.target("app").credentials
+    ]
+    for _ in range(2):  # generated, then read from the store
+        with Session(config) as session:
+            results = session.resolve(requests)
+        one, two = (results[r] for r in requests)
+        assert isinstance(one, Secret) and isinstance(two, Secret)
+        assert one == two and one is not two
+        one.wipe()
+        assert len(two.reveal()) == 64
