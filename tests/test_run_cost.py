@@ -196,3 +196,23 @@ def test_credentials_sharing_a_store_key_get_values_wiped_apart(tmp_path: Path) 
         assert one == two and one is not two
         one.wipe()
         assert len(two.reveal()) == 64
+
+
+def test_without_openat2_values_are_read_by_the_walk_with_the_same_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old kernel or a seccomp filter without openat2: the checked walk reads instead."""
+    from credbridge.core import fsutil
+
+    monkeypatch.setattr(fsutil, "_openat2_works", False)
+    store = FileStore(tmp_path / "store")
+    store.create("t/a", Secret(b"a"))
+    store.create("t/b", Secret(b"b"))
+    assert store.read("t/a") == Secret(b"a")
+    assert store.read("t/missing") is None
+    os.unlink(tmp_path / "store" / "t" / "b" / "current")
+    os.symlink(
+        tmp_path / "store" / "t" / "a" / "current", tmp_path / "store" / "t" / "b" / "current"
+    )
+    with pytest.raises(UnsafePath, match=r"t/b/current: is a symlink"):
+        store.read("t/b")
