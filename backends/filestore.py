@@ -5,8 +5,10 @@ Layout: ``ROOT/KEY/current`` and ``ROOT/KEY/previous`` where KEY is ``TARGET/CRE
 fsync of every directory that gained an entry up to the root), serialised by ``ROOT/.lock``, so
 two runs never generate two values for one key. ``ROOT/.credbridge.lock`` is the run lock that
 ``deliver``, ``rotate`` and ``launch`` hold while they use the store; under it the temp files of
-a crashed run (``.current.*.tmp``) are removed. Every directory on the way is checked and no
-symlink is followed (:mod:`credbridge.core.fsutil`).
+a crashed run (``.current.*.tmp``) are removed (``ROOT/.swept`` marks a store known to hold
+none). Every directory on the way is checked and no symlink is followed
+(:mod:`credbridge.core.fsutil`): the root once per run, walked from ``/``, then held open with
+the directories above the key directories, so each value is reached relative to them.
 
 With ``seal`` set (:class:`SealedFileStore`) each value is kept as ``current.cred`` and
 ``previous.cred`` instead: the output of ``systemd-creds encrypt --with-key=SEAL``, fed and read
@@ -23,6 +25,7 @@ import os
 import re
 import stat
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,12 +34,17 @@ from credbridge.core import ConfigError, Secret, Store, StoreContext
 from credbridge.core.config import DEFAULT_STORE
 from credbridge.core.fsutil import (
     LOCK_NAME,
-    atomic_write,
+    atomic_write_at,
     ensure_private_dir,
+    hold_lock,
     is_temp_name,
-    locked,
+    open_dir,
+    open_dir_at,
+    open_entry_below,
+    open_lock_file,
     opened_dir,
-    read_private_file,
+    read_file_at,
+    read_open_file,
     remove_at,
 )
 from credbridge.core.settings import control_problem, path_setting
@@ -44,6 +52,8 @@ from credbridge.core.settings import control_problem, path_setting
 log = logging.getLogger(__name__)
 _SEGMENT = re.compile(r"[A-Za-z0-9_.@:\\-]{1,255}")
 WRITE_LOCK = ".lock"
+SWEPT_MARK = ".swept"
+"""Present while the store holds no temp file of a crashed run (see FileStore.recover)."""
 SEALED_SUFFIX = ".cred"
 """What a sealed value's file name adds to ``current``/``previous``."""
 SEAL_KEYS = ("host", "tpm2", "host+tpm2", "auto")
@@ -51,6 +61,9 @@ SEAL_KEYS = ("host", "tpm2", "host+tpm2", "auto")
 SYSTEMD_CREDS_TIMEOUT = 60.0
 """Seconds one ``systemd-creds`` call may take (a TPM2 can be slow; values are small)."""
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_MODE = 0o700
+_MAX_HELD = 64
+"""At most this many directories of key directories are held open at once."""
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
@@ -68,89 +81,269 @@ def _slot(previous: bool) -> str:
     return "previous" if previous else "current"
 
 
-def _present(path: Path) -> bool:
-    """Whether ``path`` exists (a symlink counts: it is refused when read, never followed)."""
+def _present_at(dir_fd: int, name: str) -> bool:
+    """Whether ``name`` exists in ``dir_fd`` (a symlink counts: it is refused when read)."""
     try:
-        with opened_dir(path.parent) as dir_fd:
-            os.lstat(path.name, dir_fd=dir_fd)
+        os.lstat(name, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     return True
 
 
+class _Handle:
+    """A directory fd opened and checked once, and the identity it had then."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        info = os.fstat(fd)
+        self.identity = (info.st_dev, info.st_ino)
+
+    def names(self, info: os.stat_result) -> bool:
+        return (info.st_dev, info.st_ino) == self.identity
+
+
 class FileStore(Store):
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root_text = os.path.abspath(root)
         # flock excludes other processes; threads of this one are excluded here.
         with _thread_locks_guard:
             self._thread_lock = _thread_locks.setdefault(os.path.abspath(root), threading.Lock())
+        # The root (walked from / and checked once) and the directories holding the key
+        # directories (usually one per target), held for the run: every access opens entries
+        # relative to them instead of walking from / again. Each is looked up by name again
+        # (one lstat) before use, so a store removed or replaced meanwhile is walked anew.
+        self._handles_guard = threading.Lock()
+        self._root_handle: _Handle | None = None
+        self._root_ensured = False
+        self._parents: dict[tuple[str, ...], _Handle] = {}
+        self._write_lock: tuple[_Handle, int] | None = None
+        """The write lock file's fd (held for the run) and the root it was opened in."""
+        self._held_fds: list[int] = []
+        weakref.finalize(self, _close_all, self._held_fds)
 
     def _dir(self, key: str) -> Path:
-        parts = key.split("/")
+        return self.root.joinpath(*self._parts(key))
+
+    @staticmethod
+    def _parts(key: str) -> tuple[str, ...]:
+        parts = tuple(key.split("/"))
         if not all(_SEGMENT.fullmatch(p) and p not in {".", ".."} for p in parts):
             msg = f"invalid store key {key!r}"
             raise ValueError(msg)
-        return self.root.joinpath(*parts)
+        return parts
 
-    def _ensure(self, directory: Path) -> None:
-        # Missing directories are created 0700 and their parents fsynced, up to the root.
-        ensure_private_dir(self.root)
-        ensure_private_dir(directory)
+    def _path(self, key: str, name: str) -> str:
+        """Where ``name`` of ``key`` is, for messages (strings: this runs once per value)."""
+        return f"{self._root_text}/{key}/{name}"
+
+    def _hold(self, fd: int) -> _Handle:
+        self._held_fds.append(fd)
+        return _Handle(fd)
+
+    def _release(self, fd: int) -> None:
+        self._held_fds.remove(fd)
+        os.close(fd)
+
+    def _forget(self) -> None:
+        # The write lock's fd stays: a writer may hold it; _writing replaces it.
+        for handle in (self._root_handle, *self._parents.values()):
+            if handle is not None:
+                self._release(handle.fd)
+        self._root_handle = None
+        self._root_ensured = False
+        self._parents.clear()
+
+    def _root_fd(self, *, create: bool) -> int:
+        """The store root's fd, walked from / and checked (created 0700 with ``create``) once.
+
+        Raises ``FileNotFoundError`` without ``create`` when there is no store yet."""
+        handle = self._root_handle
+        if handle is not None:
+            try:
+                current = os.lstat(self._root_text)
+            except FileNotFoundError:
+                current = None
+            if current is None or not handle.names(current):
+                self._forget()
+                handle = None
+        if handle is not None and (self._root_ensured or not create):
+            return handle.fd
+        if create:
+            ensure_private_dir(self.root)
+        fd = open_dir(self.root)
+        if handle is not None:
+            os.close(fd)
+        else:
+            handle = self._root_handle = self._hold(fd)
+        self._root_ensured = self._root_ensured or create
+        return handle.fd
+
+    def _parent(self, parts: tuple[str, ...], *, create: bool) -> tuple[int, str, bool]:
+        """The directory holding key directory ``parts[-1]``: its fd, its path and whether the
+        caller must close it (the others are held). Call with ``_handles_guard`` held."""
+        root = self._root_fd(create=create)
+        if len(parts) == 1:
+            return root, self._root_text, False
+        above = parts[:-1]
+        path = os.path.join(self._root_text, *above)
+        held = self._parents.get(above)
+        if held is not None:
+            try:
+                info: os.stat_result | None = os.stat(
+                    os.path.join(*above), dir_fd=root, follow_symlinks=False
+                )
+            except FileNotFoundError:
+                info = None
+            if info is not None and held.names(info):
+                return held.fd, path, False
+            del self._parents[above]
+            self._release(held.fd)
+        fd = open_dir_at(root, self._root_text, above, create=create)
+        if len(self._parents) >= _MAX_HELD:
+            return fd, path, True
+        self._parents[above] = self._hold(fd)
+        return fd, path, False
+
+    def _key_dir(self, key: str, *, create: bool) -> int:
+        """A new fd of the directory of ``key`` (close it), every component checked as
+        :func:`open_dir` checks it; ``FileNotFoundError`` when it is missing (without
+        ``create``)."""
+        parts = self._parts(key)
+        with self._handles_guard:
+            parent, parent_path, owned = self._parent(parts, create=create)
+            try:
+                fd = open_dir_at(parent, parent_path, parts[-1:], create=create)
+            finally:
+                if owned:
+                    os.close(parent)
+        if create and stat.S_IMODE(os.fstat(fd).st_mode) != _DIR_MODE:
+            # As ensure_private_dir: an existing key directory that was safe is made private.
+            os.fchmod(fd, _DIR_MODE)
+        return fd
+
+    def _open_value(self, key: str, name: str) -> int | None:
+        """An fd of the file ``name`` of ``key``'s directory, in one open (close it); ``None``
+        when there is no such file, or when it takes the walk of :meth:`_key_dir` (to refuse
+        what it refuses with its messages)."""
+        parts = self._parts(key)
+        with self._handles_guard:
+            parent, parent_path, owned = self._parent(parts, create=False)
+            try:
+                return open_entry_below(parent, parent_path, parts[-1], name)
+            finally:
+                if owned:
+                    os.close(parent)
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        with self._thread_lock, locked(self.root / WRITE_LOCK):
-            yield
+    def _writing(self) -> Iterator[int]:
+        """Hold the write lock; yields the root's fd (held for the run)."""
+        with self._thread_lock:
+            with self._handles_guard:
+                self._root_fd(create=True)
+                root = self._root_handle
+                assert root is not None
+                if self._write_lock is not None and self._write_lock[0] is not root:
+                    self._release(self._write_lock[1])  # the store was replaced meanwhile
+                    self._write_lock = None
+                if self._write_lock is None:
+                    fd = open_lock_file(root.fd, WRITE_LOCK, self.root / WRITE_LOCK)
+                    self._held_fds.append(fd)
+                    self._write_lock = (root, fd)
+                lock_fd = self._write_lock[1]
+            with hold_lock(lock_fd, self.root / WRITE_LOCK):
+                yield root.fd
+
+    def _about_to_write_temp_files(self, root_fd: int) -> None:
+        """Under the write lock: the store is no longer known to be free of temp files."""
+        try:
+            os.unlink(SWEPT_MARK, dir_fd=root_fd)
+        except FileNotFoundError:
+            return
+        os.fsync(root_fd)  # durable before a temp file can exist
 
     def read(self, key: str, *, previous: bool = False) -> Secret | None:
-        return self._load(self._dir(key), _slot(previous))
+        return self._read(key, _slot(previous))
 
-    def _load(self, directory: Path, slot: str) -> Secret | None:
+    def _read(self, key: str, slot: str) -> Secret | None:
         try:
-            return Secret(read_private_file(directory / slot))
+            fd = self._open_value(key, slot)
         except FileNotFoundError:
-            pass
-        if _present(directory / f"{slot}{SEALED_SUFFIX}"):
+            return None
+        if fd is not None:
+            return Secret(read_open_file(fd, self._path(key, slot)))
+        return self._read_walked(key, slot)
+
+    def _read_walked(self, key: str, slot: str) -> Secret | None:
+        """:meth:`_load_at` through the checked walk of :meth:`_key_dir`."""
+        try:
+            dir_fd = self._key_dir(key, create=False)
+        except FileNotFoundError:
+            return None
+        try:
+            return self._load_at(dir_fd, key, slot)
+        finally:
+            os.close(dir_fd)
+
+    def _load_at(self, dir_fd: int, key: str, slot: str) -> Secret | None:
+        value = _read_at(dir_fd, slot, self._path(key, slot))
+        if value is None and _present_at(dir_fd, f"{slot}{SEALED_SUFFIX}"):
             # Switched from a sealed store back to a plain one: generating a new value here
             # would silently replace the sealed one.
             raise SealedValueUnreadable(
                 f"{slot}{SEALED_SUFFIX} is sealed with systemd-creds, and [store] has no seal; "
                 "set seal as it was to read it"
             )
-        return None
+        return value
 
-    def _save(self, directory: Path, slot: str, value: Secret) -> None:
-        atomic_write(directory / slot, value.reveal())
+    def _save_at(self, dir_fd: int, slot: str, value: Secret) -> None:
+        atomic_write_at(dir_fd, slot, value.reveal())
 
     def create(self, key: str, value: Secret) -> Secret:
-        directory = self._dir(key)
-        self._ensure(directory)
-        with self._writing():
-            existing = self.read(key)
-            if existing is not None:
-                return existing
-            self._save(directory, "current", value)
+        dir_fd = self._key_dir(key, create=True)
+        try:
+            with self._writing() as root_fd:
+                existing = self._load_at(dir_fd, key, "current")
+                if existing is not None:
+                    return existing
+                self._about_to_write_temp_files(root_fd)
+                self._save_at(dir_fd, "current", value)
+        finally:
+            os.close(dir_fd)
         return value
 
     def rotate(self, key: str, value: Secret) -> None:
-        directory = self._dir(key)
-        self._ensure(directory)
-        with self._writing():
-            old = self.read(key)
-            if old is not None:
-                # previous first: a crash in between leaves current == previous, never a loss.
-                self._save(directory, "previous", old)
-                old.wipe()
-            self._save(directory, "current", value)
+        dir_fd = self._key_dir(key, create=True)
+        try:
+            with self._writing() as root_fd:
+                old = self._load_at(dir_fd, key, "current")
+                self._about_to_write_temp_files(root_fd)
+                if old is not None:
+                    # previous first: a crash in between leaves current == previous, never a loss.
+                    self._save_at(dir_fd, "previous", old)
+                    old.wipe()
+                self._save_at(dir_fd, "current", value)
+        finally:
+            os.close(dir_fd)
 
     def lock_file(self) -> Path:
         ensure_private_dir(self.root)
         return self.root / LOCK_NAME
 
     def recover(self) -> None:
-        """Remove temp files a killed run left (a full value each) anywhere in the store."""
-        with self._writing(), opened_dir(self.root) as root:
-            _sweep(root)
+        """Remove temp files a killed run left (a full value each) anywhere in the store.
+
+        Every writer removes ``ROOT/.swept`` (durably) before it makes a temp file, and the
+        sweep puts it back: a store that has it holds no temp file, and is not walked."""
+        with self._writing() as root_fd:
+            with contextlib.suppress(FileNotFoundError):
+                os.stat(SWEPT_MARK, dir_fd=root_fd, follow_symlinks=False)
+                return
+            with opened_dir(self.root) as root:
+                _sweep(root)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(SWEPT_MARK, flags, 0o600, dir_fd=root_fd))
+            os.fsync(root_fd)
 
     def keys(self) -> list[str]:
         found: list[str] = []
@@ -182,40 +375,51 @@ class SealedFileStore(FileStore):
         self.tpm2_pcrs = tpm2_pcrs
         self.binary = binary
 
-    def _load(self, directory: Path, slot: str) -> Secret | None:
-        path = directory / f"{slot}{SEALED_SUFFIX}"
+    def _read(self, key: str, slot: str) -> Secret | None:
+        name = f"{slot}{SEALED_SUFFIX}"
         try:
-            sealed = read_private_file(path)
+            fd = self._open_value(key, name)
         except FileNotFoundError:
-            try:
-                return Secret(read_private_file(directory / slot))
-            except FileNotFoundError:
-                return None
-        return self._decrypt(sealed, path)
+            return None
+        if fd is not None:
+            return self._decrypt(read_open_file(fd, self._path(key, name)), name)
+        return self._read_walked(key, slot)
 
-    def _save(self, directory: Path, slot: str, value: Secret) -> None:
-        self._put(directory, slot, self._encrypt(value))
+    def _load_at(self, dir_fd: int, key: str, slot: str) -> Secret | None:
+        name = f"{slot}{SEALED_SUFFIX}"
+        try:
+            sealed = read_file_at(dir_fd, name, self._path(key, name))
+        except FileNotFoundError:
+            return _read_at(dir_fd, slot, self._path(key, slot))
+        return self._decrypt(sealed, name)
 
-    def _put(self, directory: Path, slot: str, sealed: bytes) -> None:
+    def _save_at(self, dir_fd: int, slot: str, value: Secret) -> None:
+        self._put_at(dir_fd, slot, self._encrypt(value))
+
+    def _put_at(self, dir_fd: int, slot: str, sealed: bytes) -> None:
         """Write a sealed value, then remove the plaintext it replaces (if one was left)."""
-        atomic_write(directory / f"{slot}{SEALED_SUFFIX}", sealed)
-        _drop_plaintext(directory, slot)
+        atomic_write_at(dir_fd, f"{slot}{SEALED_SUFFIX}", sealed)
+        _drop_plaintext_at(dir_fd, slot)
 
     def rotate(self, key: str, value: Secret) -> None:
-        directory = self._dir(key)
-        self._ensure(directory)
         sealed = self._encrypt(value)
-        with self._writing():
-            old: bytes | None
-            try:
-                old = read_private_file(directory / f"current{SEALED_SUFFIX}")
-            except FileNotFoundError:
-                plain = self._load(directory, "current")
-                old = None if plain is None else self._encrypt(plain)
-            if old is not None:
-                # previous first: a crash in between leaves current == previous, never a loss.
-                self._put(directory, "previous", old)
-            self._put(directory, "current", sealed)
+        dir_fd = self._key_dir(key, create=True)
+        try:
+            with self._writing() as root_fd:
+                self._about_to_write_temp_files(root_fd)
+                old: bytes | None
+                name = f"current{SEALED_SUFFIX}"
+                try:
+                    old = read_file_at(dir_fd, name, self._path(key, name))
+                except FileNotFoundError:
+                    plain = _read_at(dir_fd, "current", self._path(key, "current"))
+                    old = None if plain is None else self._encrypt(plain)
+                if old is not None:
+                    # previous first: a crash in between leaves current == previous, never a loss.
+                    self._put_at(dir_fd, "previous", old)
+                self._put_at(dir_fd, "current", sealed)
+        finally:
+            os.close(dir_fd)
 
     def recover(self) -> None:
         """Remove temp files a killed run left, and seal plaintext values left from before
@@ -223,23 +427,25 @@ class SealedFileStore(FileStore):
         super().recover()
         if not self.root.is_dir():
             return
-        with self._writing():
+        with self._writing() as root_fd:
             sealed = 0
             for dirpath, _dirs, files in os.walk(self.root):
-                directory = Path(dirpath)
-                for slot in ("previous", "current"):
-                    if slot not in files:
-                        continue
-                    if f"{slot}{SEALED_SUFFIX}" in files:
-                        # A crash came between sealing it and removing the plaintext.
-                        _drop_plaintext(directory, slot)
-                        continue
-                    plain = Secret(read_private_file(directory / slot))
-                    try:
-                        self._save(directory, slot, plain)
-                    finally:
-                        plain.wipe()
-                    sealed += 1
+                slots = [slot for slot in ("previous", "current") if slot in files]
+                if not slots:
+                    continue
+                with opened_dir(Path(dirpath)) as dir_fd:
+                    for slot in slots:
+                        if f"{slot}{SEALED_SUFFIX}" in files:
+                            # A crash came between sealing it and removing the plaintext.
+                            _drop_plaintext_at(dir_fd, slot)
+                            continue
+                        plain = Secret(read_file_at(dir_fd, slot, f"{dirpath}/{slot}"))
+                        try:
+                            self._about_to_write_temp_files(root_fd)
+                            self._save_at(dir_fd, slot, plain)
+                        finally:
+                            plain.wipe()
+                        sealed += 1
             if sealed:
                 log.info(
                     "%s: sealed %d plaintext value(s) kept from before seal", self.root, sealed
@@ -290,26 +496,25 @@ class SealedFileStore(FileStore):
             raise OSError(errno.EIO, f"systemd-creds encrypt failed (exit {code}): {reason}")
         return out
 
-    def _decrypt(self, sealed: bytes, path: Path) -> Secret:
+    def _decrypt(self, sealed: bytes, name: str) -> Secret:
         code, out, err = self._run("decrypt", [], sealed)
         if code != 0:
             reason = _last_line(err) or f"exit {code}"
             raise SealedValueUnreadable(
-                f"{path.name} cannot be decrypted on this machine (systemd-creds decrypt: "
+                f"{name} cannot be decrypted on this machine (systemd-creds decrypt: "
                 f"{reason}); it was sealed by another machine's host key or TPM2, or under "
                 "other PCR values, and no new value is generated in its place"
             )
         return Secret(out)
 
 
-def _drop_plaintext(directory: Path, slot: str) -> None:
+def _drop_plaintext_at(dir_fd: int, slot: str) -> None:
     """Remove the plaintext ``slot`` once its sealed copy is durable (nothing if none is left)."""
-    with opened_dir(directory) as dir_fd:
-        try:
-            os.unlink(slot, dir_fd=dir_fd)
-        except FileNotFoundError:
-            return
-        os.fsync(dir_fd)
+    try:
+        os.unlink(slot, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return
+    os.fsync(dir_fd)
 
 
 def _last_line(text: bytes) -> str:
@@ -378,7 +583,22 @@ def _sealed_store(
     return SealedFileStore(root, seal, tpm2_pcrs, binary)
 
 
+def _read_at(dir_fd: int, name: str, path: str) -> Secret | None:
+    try:
+        return Secret(read_file_at(dir_fd, name, path))
+    except FileNotFoundError:
+        return None
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+
+
 def _sweep(dir_fd: int) -> None:
+    removed = False
     for name in os.listdir(dir_fd):
         info = os.lstat(name, dir_fd=dir_fd)
         if stat.S_ISDIR(info.st_mode):
@@ -389,3 +609,6 @@ def _sweep(dir_fd: int) -> None:
                 os.close(child)
         elif stat.S_ISREG(info.st_mode) and is_temp_name(name):
             remove_at(dir_fd, name)
+            removed = True
+    if removed:
+        os.fsync(dir_fd)  # gone for good before the store is marked swept

@@ -423,6 +423,7 @@ class GenerateSource(RotatableSource):
     def fetch(self, requests: Sequence[Request], mode: Mode) -> dict[Request, Outcome]:
         results: dict[Request, Outcome] = {}
         stored: dict[str, Secret | Pending] = {}
+        handed_out: set[str] = set()
         # Certificates signed by a CA come last, so a CA generated in this run signs them.
         for request in sorted(requests, key=_signed_by_ca):
             reference = request.reference
@@ -439,7 +440,9 @@ class GenerateSource(RotatableSource):
                 if isinstance(value, Pending):
                     results[request] = value
                 else:
-                    results[request] = self._interpret(key, reference, value)
+                    shared = key in handed_out
+                    handed_out.add(key)
+                    results[request] = self._interpret(key, reference, value, shared=shared)
             except SourceError as error:
                 results[request] = error
             except (OSError, ValueError) as error:
@@ -510,8 +513,11 @@ class GenerateSource(RotatableSource):
         return generate_document(reference, ca).to_secret()
 
     @staticmethod
-    def _interpret(key: str, reference: Reference, value: Secret) -> Secret:
-        """The selected part of what the store holds, checked against the reference's kind."""
+    def _interpret(key: str, reference: Reference, value: Secret, *, shared: bool) -> Secret:
+        """The selected part of what the store holds, checked against the reference's kind.
+
+        A random value is handed out as it was read, once; a copy for each further request
+        of the same key (each result is wiped on its own)."""
         kind = reference.path
         document = _document_of(value, key, str(reference))
         if kind not in KEY_KINDS:
@@ -521,7 +527,7 @@ class GenerateSource(RotatableSource):
                     f"store key {key} holds a {document.kind} key, not a generate:{kind} value; "
                     "'credbridge rotate' replaces it",
                 )
-            return Secret(value.reveal())
+            return Secret(value.reveal()) if shared else value
         if document is None or document.kind != kind:
             what = f"a {document.kind} key" if document else "a random value"
             raise InvalidValue(

@@ -86,7 +86,7 @@ ON_CHANGE = ("restart", "reload-or-restart", "reload", "none")
 """What ``deliver`` asks systemd to do with a unit whose credentials changed (strongest first)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CredentialSpec:
     """One credential of a target: its name there, where the value comes from, file options."""
 
@@ -118,12 +118,19 @@ class Target:
     where: str = ""
     on_change: str | None = None
     """``restart``, ``reload``, ``reload-or-restart`` or ``none``; None: the run's default."""
+    _by_name: dict[str, CredentialSpec] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        # A run looks credentials up once per changed one: a scan would make it quadratic.
+        by_name: dict[str, CredentialSpec] = {}
+        for spec in self.credentials:
+            by_name.setdefault(spec.name, spec)
+        object.__setattr__(self, "_by_name", by_name)
 
     def credential(self, name: str) -> CredentialSpec | None:
-        for spec in self.credentials:
-            if spec.name == name:
-                return spec
-        return None
+        return self._by_name.get(name)
 
 
 @dataclass(frozen=True)

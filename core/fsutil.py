@@ -6,9 +6,12 @@ must be owned by root or by the user credbridge runs as and must not be group- o
 world-writable -- root-owned sticky directories such as ``/tmp`` and ``/dev/shm`` are accepted
 as ancestors, never as the directory written into (like OpenSSH's ``StrictModes``). A path that
 fails this raises :class:`~credbridge.core.errors.UnsafePath` naming the path, owner and mode.
-Once a chain is trusted only root or this user can change it, so later steps may use it.
-(``openat2(RESOLVE_NO_SYMLINKS)`` would refuse links in one call, but not check owners and modes
-on the way, so the walk opens one component at a time.)
+Once a chain is trusted only root or this user can change it, so later steps may use it: a
+directory fd opened this way may be held and entries opened relative to it
+(:func:`open_dir_at`), each further directory checked the same way. (``openat2
+(RESOLVE_NO_SYMLINKS)`` refuses links in one call but checks no owner or mode, so the walk opens
+one component at a time; :func:`open_entry_below` uses it for a file one checked directory
+below a trusted fd.)
 
 Directories credbridge creates get explicit modes whatever the umask, and the directory that
 received a new entry is fsynced, so a created chain survives power loss up to its root.
@@ -17,17 +20,18 @@ received a new entry is fsynced, so a created chain survives power loss up to it
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
+import functools
 import grp
 import logging
 import os
 import pwd
 import stat
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from credbridge.core.errors import LockUnavailable, UnsafePath
 from credbridge.core.faults import point
@@ -42,26 +46,44 @@ LOCK_NAME = ".credbridge.lock"
 """The lock file a credbridge run holds in a directory it changes (credstore base, store root)."""
 
 
+if TYPE_CHECKING:
+    import ctypes
+
+
 def load_libc() -> ctypes.CDLL:
     """The C library, by soname: ``ctypes.util.find_library`` may run ``gcc``/``ld`` (with
     credbridge's environment) on systems without ``ldconfig``; the already-loaded libc of the
     interpreter (``dlopen(NULL)``) serves musl and others."""
+    import ctypes
+
     try:
         return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
         return ctypes.CDLL(None, use_errno=True)
 
 
-libc = load_libc()
+@functools.cache
+def c_library() -> ctypes.CDLL:
+    """libc, loaded on first use: ``ctypes`` is not imported at start-up."""
+    return load_libc()
 
 
-class _StatFs(ctypes.Structure):
-    _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 120)]
+def __getattr__(name: str) -> Any:
+    # ``fsutil.libc``, as it was before it was loaded lazily.
+    if name == "libc":
+        return c_library()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def filesystem_type(path: Path) -> int:
     """The ``f_type`` magic of the file system holding ``path`` (statfs(2))."""
-    buf = _StatFs()
+    import ctypes
+
+    class StatFs(ctypes.Structure):
+        _fields_ = [("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 120)]
+
+    libc = c_library()
+    buf = StatFs()
     if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(path))
@@ -78,6 +100,9 @@ def is_memory_backed(path: Path) -> bool:
 
 def exchange_at(dir_fd: int, a: str, b: str) -> None:
     """Atomically swap entries ``a`` and ``b`` of the directory ``dir_fd``."""
+    import ctypes
+
+    libc = c_library()
     rc = libc.renameat2(dir_fd, os.fsencode(a), dir_fd, os.fsencode(b), RENAME_EXCHANGE)
     if rc != 0:
         err = ctypes.get_errno()
@@ -182,9 +207,43 @@ def open_dir(
     """
     parts = _components(path)
     fd = os.open("/", _DIR_FLAGS)
-    current = ""
     try:
         check_dir("/", os.fstat(fd), ancestor=bool(parts))
+    except BaseException:
+        os.close(fd)
+        raise
+    return open_dir_at(
+        fd,
+        "",
+        parts,
+        create=create,
+        mode=mode,
+        parents_mode=parents_mode,
+        also_trust=also_trust,
+        read_only=read_only,
+        close_start=True,
+    )
+
+
+def open_dir_at(
+    start_fd: int,
+    start_path: str,
+    parts: Sequence[str],
+    *,
+    create: bool = False,
+    mode: int = 0o700,
+    parents_mode: int = 0o700,
+    also_trust: Collection[int] = (),
+    read_only: bool = False,
+    close_start: bool = False,
+) -> int:
+    """:func:`open_dir` of ``parts`` below ``start_fd``, a directory already opened and checked
+    by :func:`open_dir` (shown as ``start_path`` in messages): the same checks for every
+    component, without walking from ``/`` again. ``start_fd`` stays open unless
+    ``close_start``; with no ``parts`` a new fd of it is returned."""
+    fd = start_fd if close_start else os.dup(start_fd)
+    current = start_path
+    try:
         for index, name in enumerate(parts):
             last = index == len(parts) - 1
             current = f"{current}/{name}"
@@ -370,17 +429,24 @@ def atomic_write(
     """Replace ``path`` atomically: temp file in the same (trusted) directory, fsync, rename,
     fsync the directory."""
     with opened_dir(path.parent) as dir_fd:
-        tmp = temp_name(path.parent, path.name).name
-        write_new_file_at(dir_fd, tmp, data, mode=mode, uid=uid, gid=gid)
-        try:
-            point("atomic.before-rename")
-            os.rename(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=dir_fd)
-            raise
-        point("atomic.after-rename")
-        os.fsync(dir_fd)
+        atomic_write_at(dir_fd, path.name, data, mode=mode, uid=uid, gid=gid)
+
+
+def atomic_write_at(
+    dir_fd: int, name: str, data: bytes, *, mode: int = 0o400, uid: int = -1, gid: int = -1
+) -> None:
+    """:func:`atomic_write` of entry ``name`` of the trusted directory ``dir_fd``."""
+    tmp = temp_name(Path(), name).name
+    write_new_file_at(dir_fd, tmp, data, mode=mode, uid=uid, gid=gid)
+    try:
+        point("atomic.before-rename")
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+    point("atomic.after-rename")
+    os.fsync(dir_fd)
 
 
 def read_file_at(dir_fd: int, name: str, path: str) -> bytes:
@@ -392,6 +458,11 @@ def read_file_at(dir_fd: int, name: str, path: str) -> bytes:
         if error.errno == errno.ELOOP:
             raise symlink_error(path, dir_fd, name) from None
         raise OSError(error.errno, error.strerror, path) from None
+    return read_open_file(fd, path)
+
+
+def read_open_file(fd: int, path: str) -> bytes:
+    """Read the open file ``fd`` (shown as ``path``), which must be a regular file; closes it."""
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, "not a regular file", path)
@@ -401,6 +472,67 @@ def read_file_at(dir_fd: int, name: str, path: str) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+@functools.cache
+def _open_how_type() -> type[ctypes.Structure]:
+    import ctypes
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = [
+            ("flags", ctypes.c_uint64),
+            ("mode", ctypes.c_uint64),
+            ("resolve", ctypes.c_uint64),
+        ]
+
+    return OpenHow
+
+
+_SYS_OPENAT2 = 437  # the same number on every Linux architecture
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+_openat2_works = True
+
+
+def open_entry_below(dir_fd: int, dir_path: str, subdir: str, name: str) -> int | None:
+    """Open regular-file entry ``name`` of directory ``subdir`` of the trusted ``dir_fd`` in
+    one ``openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)``, after checking ``subdir`` as
+    :func:`open_dir` checks a directory (from its ``lstat``: only root or this user can
+    replace it in a trusted ``dir_fd``, and the open follows no symlink whatever it finds).
+
+    ``FileNotFoundError`` when either is missing; ``None`` when this cannot decide (no
+    ``openat2``, a symlink, anything unexpected): walk with :func:`open_dir_at` and
+    :func:`read_file_at` instead, which refuse with the full message."""
+    global _openat2_works
+    if not _openat2_works:
+        return None
+    info = os.stat(subdir, dir_fd=dir_fd, follow_symlinks=False)
+    if not stat.S_ISDIR(info.st_mode):
+        return None
+    check_dir(f"{dir_path}/{subdir}", info, ancestor=False)
+    import ctypes
+
+    how = _open_how_type()(
+        os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+        0,
+        _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS,
+    )
+    fd = c_library().syscall(
+        _SYS_OPENAT2,
+        ctypes.c_int(dir_fd),
+        ctypes.c_char_p(os.fsencode(f"{subdir}/{name}")),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    if fd >= 0:
+        return int(fd)
+    err = ctypes.get_errno()
+    if err == errno.ENOENT:
+        raise FileNotFoundError(err, os.strerror(err), f"{dir_path}/{subdir}/{name}")
+    if err in (errno.ENOSYS, errno.EPERM):  # an old kernel, or a seccomp filter without it
+        _openat2_works = False
+    return None
 
 
 def read_private_file(path: Path) -> bytes:
@@ -488,24 +620,40 @@ def _acquire(fd: int, path: Path, wait: LockWait) -> None:
         delay = min(delay * 2, 0.05)
 
 
+def open_lock_file(dir_fd: int, name: str, path: Path) -> int:
+    """The fd of lock file ``name`` in the trusted directory ``dir_fd`` (created 0600, never
+    through a symlink; it must be a regular file). Close it when done."""
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "lock file is not a regular file", str(path))
+    return fd
+
+
+@contextlib.contextmanager
+def hold_lock(fd: int, path: Path, *, wait: LockWait | None = None) -> Iterator[None]:
+    """An exclusive ``flock`` on the open lock file ``fd`` (shown as ``path``) while inside;
+    waits as ``wait`` says (default: as long as it takes). ``fd`` stays open."""
+    import fcntl
+
+    _acquire(fd, path, wait or LockWait())
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        point("lock.acquired")
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def locked(lock_path: Path, *, wait: LockWait | None = None) -> Iterator[None]:
     """An exclusive ``flock`` on ``lock_path`` (created 0600 in a trusted directory) for
     cross-process critical sections; waits as ``wait`` says (default: as long as it takes)."""
     with opened_dir(lock_path.parent) as dir_fd:
-        fd = os.open(
-            lock_path.name,
-            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=dir_fd,
-        )
+        fd = open_lock_file(dir_fd, lock_path.name, lock_path)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "lock file is not a regular file", str(lock_path))
-        _acquire(fd, lock_path, wait or LockWait())
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        point("lock.acquired")
-        yield
+        with hold_lock(fd, lock_path, wait=wait):
+            yield
     finally:
         os.close(fd)

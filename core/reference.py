@@ -16,6 +16,7 @@ shown escaped in messages. ``str(parse_reference(s))`` parses back to an equal r
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,7 +53,7 @@ def parse_flag(text: str) -> bool | None:
     return None
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Locator:
     """What a source fetches: scheme, path and options, without the selector."""
 
@@ -74,13 +75,14 @@ class Locator:
         return text
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class Reference:
     """A parsed reference. ``str(ref)`` gives back its canonical one-line form."""
 
     locator: Locator
     selector: str | None = None
     text: str = field(default="", compare=False)
+    _canonical: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def scheme(self) -> str:
@@ -133,9 +135,13 @@ class Reference:
         return decoded
 
     def __str__(self) -> str:
-        text = str(self.locator)
-        if self.selector is not None:
-            text += "#" + quote(self.selector, safe=_SELECTOR_SAFE)
+        # Rendered once: a run shows each reference several times (keys, messages, plans).
+        text = self._canonical
+        if text is None:
+            text = str(self.locator)
+            if self.selector is not None:
+                text += "#" + quote(self.selector, safe=_SELECTOR_SAFE)
+            object.__setattr__(self, "_canonical", text)
         return text
 
     def select(self, document: Secret | SecretDocument) -> Secret:
@@ -199,7 +205,10 @@ def parse_reference(text: str) -> Reference:
             _split_pointer(sel, text)  # validate escapes now, not at fetch time
     if scheme == "aws-sm":
         path, sel = _ecs_secret_arn(text, path, options, sel)
-    return Reference(Locator(scheme, path, tuple(sorted(options))), sel, text)
+    # Interned: thousands of credentials share a few schemes, paths and options.
+    options = [(sys.intern(key), sys.intern(value)) for key, value in options]
+    locator = Locator(sys.intern(scheme), sys.intern(path), tuple(sorted(options)))
+    return Reference(locator, sel, text)
 
 
 # --------------------------------------------------------------------------- pasted forms

@@ -14,7 +14,7 @@ from credbridge.core.types import Change
 from credbridge.core.units import PendingRecord, UnitAction
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeliveryEntry:
     """One line of a delivery report or dry-run plan (no values)."""
 

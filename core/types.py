@@ -136,7 +136,7 @@ class Mode(enum.Enum):
     """Produce real values where that has no side effect; generators return :class:`Pending`."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Request:
     """One reference to resolve, and the credential it is resolved for (if any).
 
@@ -447,7 +447,7 @@ class StoreType(PluginType):
 # --------------------------------------------------------------------------- sinks
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Delivery:
     """One credential as a sink receives it: the name in the target, the value, its options."""
 
@@ -465,7 +465,7 @@ class Change(enum.Enum):
     REMOVE = "remove"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlanEntry:
     """What a sink would do with one credential (never the value)."""
 

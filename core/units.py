@@ -38,11 +38,8 @@ timeout, with the units stopped meanwhile. Queued, they start as soon as the del
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,7 +48,6 @@ from typing import Any
 from credbridge.core import links
 from credbridge.core.config import ON_CHANGE, Config, Target
 from credbridge.core.fsutil import LockWait, atomic_write, locked, opened_dir, read_file_at
-from credbridge.core.process import child_env
 from credbridge.core.types import Change
 
 log = logging.getLogger(__name__)
@@ -143,12 +139,13 @@ def select_units(
     }
     # credential:NAME inside a unit is what a delivered target with that unit wrote as NAME.
     changed_in_unit = {(by_name[t].unit, c) for t, c in changed if t in by_name}
+    changed_targets = {t for t, _ in changed}
     selection = _Selection()
     for target in config.targets.values():
         if target.unit is None:
             continue
         if target.kind != "vm":
-            if target.name in by_name and any(t == target.name for t, _ in changed):
+            if target.name in by_name and target.name in changed_targets:
                 selection.add(target.unit, on_change_for(target, config, restart), target.name)
             continue
         for spec in target.credentials:
@@ -177,6 +174,11 @@ def act_on_units(
     ``wait`` (default: not :func:`inside_a_service`) waits for each job; otherwise the jobs
     are queued with ``--no-block`` and reported ``queued`` (see the module's docstring).
     """
+    # Only a delivery that changed something runs systemctl: not loaded at start-up.
+    import shutil
+
+    from credbridge.core.process import child_env
+
     if wait is None:
         wait = not inside_a_service()
     env = child_env()
@@ -208,6 +210,8 @@ def _is_active(binary: str, unit: str, env: dict[str, str], timeout: float) -> b
 def _systemctl(
     binary: str, args: Sequence[str], env: dict[str, str], timeout: float
 ) -> tuple[int, str]:
+    import subprocess
+
     try:
         result = subprocess.run(
             [binary, "--no-ask-password", *args],
@@ -262,6 +266,8 @@ class PendingRecord:
         except OSError as error:
             log.warning("cannot read %s: %s", self.path, error.strerror or error)
             return []
+        import json  # only when a record exists: an interrupted run left units to restart
+
         try:
             entries = json.loads(raw)["units"]
             return [
@@ -287,6 +293,8 @@ class PendingRecord:
                     return
                 os.fsync(dir_fd)
             return
+        import json
+
         entries = [
             {"unit": a.unit, "action": a.action, "targets": list(a.targets)} for a in actions
         ]

@@ -62,7 +62,8 @@ def store_files(tmp_path: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(root)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.name.endswith(".lock")
+        # Lock files and the empty .swept mark (no crash leftovers) hold no value.
+        if p.is_file() and not p.name.endswith(".lock") and p.name != ".swept"
     }
 
 

@@ -39,7 +39,10 @@ NEVER_WITHOUT_VMS = [
 
 
 def modules_after(code: str, env: dict[str, str] | None = None) -> list[str]:
-    probe = code + "\nimport sys, json\nprint()\nprint(json.dumps(sorted(sys.modules)))\n"
+    probe = (
+        code + "\nimport sys\nloaded = sorted(sys.modules)\n"
+        "import json\nprint()\nprint(json.dumps(loaded))\n"
+    )
     result = subprocess.run(
         [sys.executable, "-c", probe],
         capture_output=True,
@@ -123,3 +126,52 @@ def test_the_module_check_can_fail() -> None:
     )
     assert "credbridge.launchers.cloud_hypervisor" in loaded
     assert "http.client" in loaded
+
+
+NEVER_FOR_GET_ENV = [
+    "ctypes",  # libc is loaded when a file system is checked or a directory swapped
+    "subprocess",
+    "select",
+    "selectors",
+    "shutil",
+    "json",
+    "tomllib",
+    "secrets",
+    "concurrent.futures",
+    "importlib.metadata",
+    "credbridge.core.process",
+    "credbridge.backends.generate",
+    "credbridge.backends.filestore",
+    "credbridge.backends.credstore",
+]
+NEVER_FOR_HELP = [
+    *(m for m in NEVER_FOR_GET_ENV if m != "shutil"),  # click sizes the help to the terminal
+    "pluggy",
+    "dataclasses",
+    "credbridge.core.engine",
+    "credbridge.core.plugins",
+    "credbridge.core.types",
+    "credbridge.core.config",
+    "credbridge.core.fsutil",
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "never"), [(["get", "env:HOME"], NEVER_FOR_GET_ENV), (["--help"], NEVER_FOR_HELP)]
+)
+def test_the_quickest_commands_import_nothing_they_do_not_use(
+    args: list[str], never: list[str], tmp_path: Path
+) -> None:
+    """No config (HOME has none): what `get env:HOME` and `--help` load is start-up cost only
+    (docs/performance.md: their ratio to a bare `python -c pass`)."""
+    loaded = modules_after(
+        "import sys\n"
+        "from credbridge.core.cli import cli\n"
+        "try:\n"
+        f"    cli({args!r}, prog_name='credbridge')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "sys.stdout.flush()\n",
+        env={"HOME": str(tmp_path)},
+    )
+    assert [m for m in never if m in loaded] == []
