@@ -606,8 +606,9 @@ class Agent:
             cred.action, cred.next_at = "refresh", now + cred.refresh
             return
         remaining = max(0.0, lease.expires_at - now)
-        start = lease.issued_at if lease.issued_at is not None else now
-        duration = max(remaining, lease.expires_at - start)
+        # The lease's current term: what the last fetch or renewal granted (scheduled right
+        # after it), not the time since it was first issued.
+        duration = remaining
         source = self.session.source(cred.request.reference.scheme)
         renewable = lease.renewable and isinstance(source, LeasedSource) and extended
         delay = renewal_delay(duration, remaining, self.settings.renew_at, self.rng)

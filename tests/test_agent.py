@@ -128,6 +128,8 @@ def start_agent(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
     env["PATH"] = f"{stub_dir}:{os.environ['PATH']}"
     env.pop("INVOCATION_ID", None)
+    if python != sys.executable:
+        env.pop("CREDBRIDGE_LOAD_PLUGINS", None)  # the plugin venv's own plugin is wanted
     if notify is not None:
         env["NOTIFY_SOCKET"] = notify.name
     return subprocess.Popen(
@@ -149,10 +151,14 @@ def running(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
 
 
 def status(config: Path, python: str = sys.executable) -> dict[str, Any]:
+    env = dict(os.environ)
+    if python != sys.executable:
+        env.pop("CREDBRIDGE_LOAD_PLUGINS", None)
     result = subprocess.run(
         [python, "-m", "credbridge.core.cli", "-c", str(config), "status", "--json"],
         capture_output=True,
         check=False,
+        env=env,
     )
     assert result.returncode == 0, result.stderr.decode()
     data: dict[str, Any] = json.loads(result.stdout)
