@@ -551,19 +551,22 @@ class Agent:
     def _renew(self, cred: CredentialState) -> None:
         lease = cred.lease
         scheme = cred.request.reference.scheme
-        source = self.session.source(scheme)
-        if lease is None or not isinstance(source, LeasedSource):
-            cred.action = "reissue"
-            return
         try:
+            source = self.session.source(scheme)
+            if lease is None or not isinstance(source, LeasedSource):
+                cred.action = "reissue"
+                return
             with self.session.plugins.guard(SOURCE, scheme, "renew()"):
                 renewed = source.renew(cred.request, lease)
-        except SourceError as error:
+        except CredbridgeError as error:
             cred.failures += 1
-            cred.last_error = f"renewal failed: {error.kind}: {error.problem}"
+            if isinstance(error, SourceError):
+                cred.last_error = f"renewal failed: {error.kind}: {error.problem}"
+            else:  # a plugin that failed: one attributed line, never its message
+                cred.last_error = f"renewal failed: {error}"
             now = time.time()
             if isinstance(error, Unreachable | Timeout) and (
-                lease.expires_at is None or lease.expires_at > now
+                lease is not None and (lease.expires_at is None or lease.expires_at > now)
             ):
                 # The backend may be back before the lease ends: retry the renewal.
                 cred.next_at = now + backoff(
@@ -695,7 +698,7 @@ class Agent:
                 if isinstance(source, LeasedSource):
                     with self.session.plugins.guard(SOURCE, scheme, "revoke()"):
                         source.revoke(request, lease)
-            except SourceError as error:
+            except CredbridgeError as error:
                 log.warning("%s: cannot revoke the replaced lease: %s", request.reference, error)
 
     def _failed(self, name: str, message: str) -> None:

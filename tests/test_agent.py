@@ -123,9 +123,14 @@ def write_config(tmp_path: Path, credstore: Path, body: str) -> Path:
 
 
 def start_agent(
-    config: Path, stub_dir: Path, notify: NotifySocket | None, python: str = sys.executable
+    config: Path,
+    stub_dir: Path,
+    notify: NotifySocket | None,
+    python: str = sys.executable,
+    **extra: str,
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_"))}
+    env.update(extra)
     env["PATH"] = f"{stub_dir}:{os.environ['PATH']}"
     env.pop("INVOCATION_ID", None)
     if python != sys.executable:
@@ -190,8 +195,10 @@ def test_agent_delivers_changes_only_restarts_their_unit_and_speaks_sd_notify(
     )
     config = write_config(tmp_path, tmpfs_dir, body)
     app, worker = tmpfs_dir / "app.service" / "token", tmpfs_dir / "worker.service" / "other"
-    with running(start_agent(config, stub, notify_socket)) as proc:
+    # The watchdog is meant for the agent when WATCHDOG_PID is unset.
+    with running(start_agent(config, stub, notify_socket, WATCHDOG_USEC="2000000")) as proc:
         wait_for("READY=1", lambda: "READY=1" in notify_socket.lines(), proc)
+        wait_for("WATCHDOG=1", lambda: "WATCHDOG=1" in notify_socket.lines(), proc)
         assert read(app) == "app-one"
         assert read(worker) == "worker-one"
         assert any(line.startswith("STATUS=") for line in notify_socket.lines())
@@ -454,6 +461,57 @@ def test_leases_are_renewed_before_they_expire_and_the_value_stays(
         assert proc.returncode == 0, err.decode()
     assert "lease renewed until" in err.decode()
     assert token not in err.decode()
+
+
+def test_a_lease_that_expires_while_the_backend_is_down_is_reported_then_replaced(
+    child_token_venv: Path, tmp_path: Path, tmpfs_dir: Path, stub: Path
+) -> None:
+    server = DevServer().start()
+    try:
+        token_file = tmp_path / "parent-token"
+        token_file.write_text(secret_value(server.token) + "\n")
+        body = (
+            f'[sources.childtoken]\naddress = "{server.address}"\ntoken_file = "{token_file}"\n'
+            '[targets."app.service"]\non_change = "restart"\n'
+            '[targets."app.service".credentials]\ntoken = "childtoken:app"\n'
+        )
+        config = write_config(tmp_path, tmpfs_dir, body)
+        python = str(child_token_venv / "bin" / "python")
+        delivered = tmpfs_dir / "app.service" / "token"
+        with running(start_agent(config, stub, None, python=python)) as proc:
+            token = secret_value(wait_for("the child token", lambda: read(delivered), proc))
+            wait_for("the first restart", lambda: verbs(stub), proc)
+            (stub / "calls.jsonl").unlink()
+            port = server.port
+            server.kill()
+
+            def expired() -> dict[str, Any] | None:
+                target: dict[str, Any] = status(config, python)["targets"]["app.service"]
+                return target if target["status"] == "expired" else None
+
+            target = wait_for("the expiry in the status", expired, proc)
+            assert read(delivered) == token  # the policy: the expired value stays in place
+            assert "unreachable" in target["credentials"]["token"]["last_error"]
+
+            server.start(port=port)  # empty again: the root token id is the same
+            fresh = secret_value(
+                wait_for("a new token", lambda: (v := read(delivered)) != token and v, proc)
+            )
+            assert server.client().auth.token.lookup(fresh)["data"]["renewable"] is True
+            wait_for("the restart onto it", lambda: verbs(stub), proc)
+            assert verbs(stub) == [("try-restart", "app.service")]
+            wait_for(
+                "a clean status",
+                lambda: status(config, python)["targets"]["app.service"]["status"] == "ok",
+                proc,
+            )
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err.decode()
+        assert "the delivered value EXPIRED at" in err.decode()
+        assert token not in err.decode() and fresh not in err.decode()
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------------- pieces
