@@ -503,6 +503,12 @@ class Agent:
         self.session.close()
         self.session, self.config, self.settings = session, config, settings
         self._build(config)
+        for target in self.targets.values():
+            for cred in target.credentials.values():
+                if cred.action == "refresh":
+                    # Static values are read again at once (cheap, and the new config may
+                    # deliver them differently); leases keep their schedule.
+                    cred.next_at = 0.0
         self.ready = False  # READY=1 again after the first complete delivery of the new config
         log.info("config reloaded from %s", self.config_path)
 

@@ -554,3 +554,18 @@ def test_refresh_is_taken_out_of_the_source_settings_and_checked(tmp_path: Path)
     base["targets"]["app"]["credentials"]["a"]["refresh"] = 5
     with pytest.raises(ConfigError, match=r"credentials\.a\.refresh: must be a duration"):
         parse_config(base, directory=tmp_path)
+
+
+def test_status_without_an_agent_is_one_line_and_exit_5(tmp_path: Path, cli: Any) -> None:
+    config = tmp_path / "credbridge.toml"
+    config.write_text(
+        f'[store]\npath = "{tmp_path / "store"}"\n'
+        '[targets."app.service".credentials]\nx = "env:HOME"\n'
+    )
+    result = cli("-c", str(config), "status")
+    assert result.returncode == 5
+    lines = result.stderr.decode().splitlines()
+    assert lines == [
+        f"credbridge: error: {tmp_path / 'store' / '.credbridge-agent' / 'state.json'}: "
+        "no agent state here: is 'credbridge agent' running?"
+    ]
