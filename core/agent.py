@@ -498,11 +498,17 @@ class Agent:
             log.error("config not reloaded, keeping the running one: %s", error)  # noqa: TRY400
             notify("READY=1")
             return
-        session.held = {r: v for r, v in self.session.held.items()}
-        self.session.held = {}
-        self.session.close()
+        old = self.session
         self.session, self.config, self.settings = session, config, settings
         self._build(config)
+        # Leased values the new config still delivers are handed over (not issued anew);
+        # the others are revoked through the session that issued them.
+        wanted = {c.request for t in self.targets.values() for c in t.credentials.values()}
+        session.held = {r: v for r, v in old.held.items() if r in wanted}
+        dropped = [(r, v.lease) for r, v in old.held.items() if r not in wanted and v.lease]
+        old.held = {r: v for r, v in old.held.items() if r not in wanted}
+        self._revoke(dropped, old)
+        old.close()
         for target in self.targets.values():
             for cred in target.credentials.values():
                 if cred.action == "refresh":
@@ -696,13 +702,16 @@ class Agent:
             else:
                 log.info("%s %s: %s", action.action, action.unit, action.status)
 
-    def _revoke(self, leases: Sequence[tuple[Request, Lease]]) -> None:
+    def _revoke(
+        self, leases: Sequence[tuple[Request, Lease]], session: AgentSession | None = None
+    ) -> None:
+        session = session or self.session
         for request, lease in leases:
             scheme = request.reference.scheme
             try:
-                source = self.session.source(scheme)
+                source = session.source(scheme)
                 if isinstance(source, LeasedSource):
-                    with self.session.plugins.guard(SOURCE, scheme, "revoke()"):
+                    with session.plugins.guard(SOURCE, scheme, "revoke()"):
                         source.revoke(request, lease)
             except CredbridgeError as error:
                 log.warning("%s: cannot revoke the replaced lease: %s", request.reference, error)
