@@ -426,9 +426,13 @@ def test_leases_are_renewed_before_they_expire_and_the_value_stays(
 ) -> None:
     token_file = tmp_path / "parent-token"
     token_file.write_text(secret_value(openbao.token) + "\n")
+    static = tmp_path / "static"
+    static.write_text(secret_value("static-one"))
     body = (
         f'[sources.childtoken]\naddress = "{openbao.address}"\ntoken_file = "{token_file}"\n'
+        '[sources.file]\nrefresh = "1s"\n'
         '[targets."app.service".credentials]\ntoken = "childtoken:app"\n'
+        f'static = "file:{static}"\n'
     )
     config = write_config(tmp_path, tmpfs_dir, body)
     python = str(child_token_venv / "bin" / "python")
@@ -438,6 +442,13 @@ def test_leases_are_renewed_before_they_expire_and_the_value_stays(
         token = secret_value(wait_for("the child token", lambda: read(delivered), proc))
         first = root.auth.token.lookup(token)["data"]
         assert first["ttl"] <= 4
+        # The static value beside it changes: the target is delivered again with the token
+        # it holds, not with a new one (a dynamic secret is not issued anew for that).
+        static.write_text(secret_value("static-two"))
+        beside = tmpfs_dir / "app.service" / "static"
+        wait_for("the changed static value", lambda: read(beside) == "static-two", proc)
+        kept = read(delivered) == token  # compared apart: a failed assert must not print it
+        assert kept, "the token was issued anew"
 
         first_seen = time.time()
 
@@ -450,7 +461,8 @@ def test_leases_are_renewed_before_they_expire_and_the_value_stays(
 
         data = wait_for("renewals keeping the token alive", renewed_past_its_first_ttl, proc)
         assert data["accessor"] == first["accessor"]
-        assert read(delivered) == token  # renewed in place: the value was not replaced
+        kept = read(delivered) == token
+        assert kept, "renewed in place: the value must not be replaced"
         state = status(config, python)["targets"]["app.service"]["credentials"]["token"]
         assert state["lease_id"] == first["accessor"]
         assert state["renewable"] is True
@@ -490,7 +502,8 @@ def test_a_lease_that_expires_while_the_backend_is_down_is_reported_then_replace
                 return target if target["status"] == "expired" else None
 
             target = wait_for("the expiry in the status", expired, proc)
-            assert read(delivered) == token  # the policy: the expired value stays in place
+            kept = read(delivered) == token
+            assert kept, "the policy: the expired value stays in place"
             assert "unreachable" in target["credentials"]["token"]["last_error"]
 
             server.start(port=port)  # empty again: the root token id is the same
