@@ -314,11 +314,14 @@ class AgentSession(Session):
         return dropped
 
     def forget_resolved(self) -> None:
-        """Forget this cycle's values (wiped already): a run that never ends must not keep a
-        list of every value it ever resolved (the server-text check then has none to match
-        and withholds texts, as it does for wiped values)."""
+        """Forget this round's values (wiped already): a run that never ends must not keep a
+        list of every value it ever resolved. A wiped value stays in their place, so that a
+        server's error text is withheld from then on (``Session.resolve``): the values of
+        earlier rounds are still delivered and could no longer be compared with it."""
+        withheld = Secret(b"")
+        withheld.wipe()
         with self._resolving_guard:
-            self._resolved.clear()
+            self._resolved[:] = [withheld]
             self._nested_values = None
 
     def request_for(self, target: Target, spec: CredentialSpec) -> Request:
