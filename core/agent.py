@@ -187,6 +187,8 @@ class CredentialState:
     delivered_at: float | None = None
     checked_at: float | None = None
     next_at: float = 0.0
+    """When, on the monotonic clock (``time.monotonic()``): a clock set back or forward
+    changes no deadline."""
     action: str = "fetch"
     """``fetch`` (first delivery), ``refresh``, ``renew`` or ``reissue``: what ``next_at`` does."""
     last_error: str | None = None
@@ -204,7 +206,7 @@ class CredentialState:
             "expires_at": _stamp(lease.expires_at if lease else None),
             "delivered_at": _stamp(self.delivered_at),
             "checked_at": _stamp(self.checked_at),
-            "next_refresh": _stamp(self.next_at),
+            "next_refresh": _stamp(time.time() + max(0.0, self.next_at - time.monotonic())),
             "next_action": self.action,
             "last_error": self.last_error,
         }
@@ -421,9 +423,10 @@ class Agent:
         signal.signal(signal.SIGHUP, on_reload)
 
     def _sleep_until(self, deadline: float) -> None:
-        """Sleep until ``deadline`` (``time.time()``) or a signal, with no periodic wake-up."""
+        """Sleep until ``deadline`` (``time.monotonic()``) or a signal, with no periodic
+        wake-up."""
         while not (self.stop or self.reload):
-            left = deadline - time.time()
+            left = deadline - time.monotonic()
             if left <= 0:
                 return
             readable, _, _ = select.select([self._wake_read], [], [], left)
@@ -458,17 +461,18 @@ class Agent:
         deadlines = [c.next_at for t in self.targets.values() for c in t.credentials.values()]
         if self._watchdog is not None:
             deadlines.append(self._watchdog_next)
+        wall, mono = time.time(), time.monotonic()
         for target in self.targets.values():
             for cred in target.credentials.values():
                 lease = cred.lease
                 if lease and lease.expires_at and not cred.expired_reported:
-                    deadlines.append(lease.expires_at)
-        return min(deadlines) if deadlines else time.time() + DEFAULT_REFRESH
+                    deadlines.append(mono + lease.expires_at - wall)  # to report the expiry
+        return min(deadlines) if deadlines else mono + DEFAULT_REFRESH
 
     def _ping_watchdog(self) -> None:
-        if self._watchdog is not None and time.time() >= self._watchdog_next:
+        if self._watchdog is not None and time.monotonic() >= self._watchdog_next:
             notify("WATCHDOG=1")
-            self._watchdog_next = time.time() + self._watchdog
+            self._watchdog_next = time.monotonic() + self._watchdog
 
     def _maybe_ready(self) -> None:
         self._ping_watchdog()
@@ -522,8 +526,8 @@ class Agent:
         log.info("config reloaded from %s", self.config_path)
 
     def _cycle(self) -> None:
-        now = time.time()
-        self._report_expired(now)
+        self._report_expired(time.time())
+        now = time.monotonic()
         due = [c for t in self.targets.values() for c in t.credentials.values() if c.next_at <= now]
         renewed: dict[Request, CredentialState] = {}
         for cred in [c for c in due if c.action == "renew"]:
@@ -534,7 +538,7 @@ class Agent:
             else:  # the same value through a target: link: renewed once
                 cred.lease, cred.action, cred.next_at = first.lease, first.action, first.next_at
                 cred.last_error, cred.failures = first.last_error, first.failures
-        now = time.time()
+        now = time.monotonic()
         names = [
             t.name
             for t in self.targets.values()
@@ -584,7 +588,7 @@ class Agent:
                 lease is not None and (lease.expires_at is None or lease.expires_at > now)
             ):
                 # The backend may be back before the lease ends: retry the renewal.
-                cred.next_at = now + backoff(
+                cred.next_at = time.monotonic() + backoff(
                     cred.failures, self.settings.retry_min, self.settings.retry_max, self.rng
                 )
                 log.warning("%s/%s: %s; retrying", cred.target, cred.name, cred.last_error)
@@ -609,7 +613,7 @@ class Agent:
         log.info(
             "%s/%s: lease renewed until %s", cred.target, cred.name, _stamp(renewed.expires_at)
         )
-        self._schedule(cred, time.time(), extended=extended)
+        self._schedule(cred, extended=extended)
 
     def _share_lease(self, request: Request, lease: Lease) -> None:
         """Every credential holding this request's value (``target:`` links) sees the lease."""
@@ -618,12 +622,13 @@ class Agent:
                 if cred.request == request:
                     cred.lease = lease
 
-    def _schedule(self, cred: CredentialState, now: float, *, extended: bool = True) -> None:
+    def _schedule(self, cred: CredentialState, *, extended: bool = True) -> None:
         lease = cred.lease
+        now = time.monotonic()
         if lease is None or lease.expires_at is None:
             cred.action, cred.next_at = "refresh", now + cred.refresh
             return
-        remaining = max(0.0, lease.expires_at - now)
+        remaining = max(0.0, lease.expires_at - time.time())
         # The lease's current term: what the last fetch or renewal granted (scheduled right
         # after it), not the time since it was first issued.
         duration = remaining
@@ -641,7 +646,7 @@ class Agent:
     # ---------------------------------------------------------------- deliveries
 
     def _deliver(self, names: Sequence[str]) -> None:
-        now = time.time()
+        now = time.monotonic()
         for name in names:
             for cred in self.targets[name].credentials.values():
                 if cred.next_at <= now and cred.action in {"reissue", "fetch"}:
@@ -692,7 +697,7 @@ class Agent:
                 if change is not None and change is not Change.KEEP:
                     cred.delivered_at = now
                 cred.lease = session.leases.get(cred.request, cred.lease)
-                self._schedule(cred, now)
+                self._schedule(cred)
             changed = [c for (t, c), ch in changes.items() if t == name and ch is not Change.KEEP]
             if changed:
                 log.info("%s: delivered (changed: %s)", name, ", ".join(changed))
@@ -724,7 +729,7 @@ class Agent:
         target.failures += 1
         target.last_error = message
         delay = backoff(target.failures, self.settings.retry_min, self.settings.retry_max, self.rng)
-        now = time.time()
+        now = time.monotonic()
         for cred in target.credentials.values():
             if cred.next_at <= now:
                 cred.next_at = now + delay
