@@ -529,13 +529,14 @@ class Agent:
         self._report_expired(time.time())
         now = time.monotonic()
         due = [c for t in self.targets.values() for c in t.credentials.values() if c.next_at <= now]
-        renewed: dict[Request, CredentialState] = {}
-        for cred in [c for c in due if c.action == "renew"]:
-            first = renewed.get(cred.request)
-            if first is None:
-                renewed[cred.request] = cred
-                self._renew(cred)
-            else:  # the same value through a target: link: renewed once
+        renewing = [c for c in due if c.action == "renew"]
+        firsts: dict[Request, CredentialState] = {}
+        for cred in renewing:
+            firsts.setdefault(cred.request, cred)
+        self._renew_all(list(firsts.values()))
+        for cred in renewing:
+            first = firsts[cred.request]
+            if first is not cred:  # the same value through a target: link: renewed once
                 cred.lease, cred.action, cred.next_at = first.lease, first.action, first.next_at
                 cred.last_error, cred.failures = first.last_error, first.failures
         now = time.monotonic()
@@ -566,6 +567,22 @@ class Agent:
                     )
 
     # ---------------------------------------------------------------- renewals
+
+    def _renew_all(self, creds: Sequence[CredentialState]) -> None:
+        """Renew leases, up to ``[credbridge] concurrency`` at once (each renewal waits for a
+        round trip; many leases issued together come due together)."""
+        if len(creds) <= 1 or self.config.concurrency == 1:
+            for cred in creds:
+                self._renew(cred)
+            return
+        for scheme in {c.request.reference.scheme for c in creds}:
+            with contextlib.suppress(CredbridgeError):  # _renew reports it per credential
+                self.session.source(scheme)  # opened here, not raced by the workers
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = min(self.config.concurrency, len(creds))
+        with ThreadPoolExecutor(workers, thread_name_prefix="credbridge-renew") as pool:
+            list(pool.map(self._renew, creds))
 
     def _renew(self, cred: CredentialState) -> None:
         lease = cred.lease

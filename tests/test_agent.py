@@ -433,6 +433,8 @@ def test_leases_are_renewed_before_they_expire_and_the_value_stays(
         '[sources.file]\nrefresh = "1s"\n'
         '[targets."app.service".credentials]\ntoken = "childtoken:app"\n'
         f'static = "file:{static}"\n'
+        # Two more leases, due with the first: renewed concurrently, each kept alive.
+        '[targets."worker.service".credentials]\none = "childtoken:one"\ntwo = "childtoken:two"\n'
     )
     config = write_config(tmp_path, tmpfs_dir, body)
     python = str(child_token_venv / "bin" / "python")
@@ -460,6 +462,9 @@ def test_leases_are_renewed_before_they_expire_and_the_value_stays(
             return data if alive and data.get("last_renewal_time") else None
 
         data = wait_for("renewals keeping the token alive", renewed_past_its_first_ttl, proc)
+        for name in ("one", "two"):
+            other = secret_value(read(tmpfs_dir / "worker.service" / name) or "")
+            assert root.auth.token.lookup(other)["data"]["last_renewal_time"]
         assert data["accessor"] == first["accessor"]
         kept = read(delivered) == token
         assert kept, "renewed in place: the value must not be replaced"
