@@ -587,3 +587,28 @@ def test_status_without_an_agent_is_one_line_and_exit_5(tmp_path: Path, cli: Any
         f"credbridge: error: {tmp_path / 'store' / '.credbridge-agent' / 'state.json'}: "
         "no agent state here: is 'credbridge agent' running?"
     ]
+
+
+@pytest.mark.parametrize(
+    ("table", "line"),
+    [
+        ('[agent]\nrenew_every = "1s"\n', "agent.renew_every: unknown setting (expected one of:"),
+        ("[agent]\nrenew_at = 0.95\n", "agent.renew_at: must be a number from 0.1 to 0.9"),
+        ('[agent]\nretry_min = "1m"\nretry_max = "1s"\n', "agent.retry_max: must not be shorter"),
+        ('[sources.env]\nrefresh = "-1s"\n', 'sources.env.refresh: must be a duration like "30s"'),
+    ],
+    ids=["unknown", "renew_at", "retry", "refresh"],
+)
+def test_a_bad_agent_setting_is_one_line_and_exit_3(
+    tmp_path: Path, cli: Any, table: str, line: str
+) -> None:
+    config = tmp_path / "credbridge.toml"
+    config.write_text(
+        f'[store]\npath = "{tmp_path / "store"}"\n'
+        + table
+        + '[targets."app.service".credentials]\nx = "env:HOME"\n'
+    )
+    result = cli("-c", str(config), "agent")
+    assert result.returncode == 3, result.stderr.decode()
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and line in lines[0], lines
