@@ -445,8 +445,7 @@ class Agent:
                 if self.reload:
                     self._reload()
                 self._cycle()
-                self._write_state()
-                self._maybe_ready()
+                self._report()
                 if self.stop:
                     break
                 self._sleep_until(self._next_deadline())
@@ -474,7 +473,9 @@ class Agent:
             notify("WATCHDOG=1")
             self._watchdog_next = time.monotonic() + self._watchdog
 
-    def _maybe_ready(self) -> None:
+    def _report(self) -> None:
+        """Write the state file, then tell systemd (READY=1 once every target is delivered):
+        a ``credbridge status`` run on READY sees the state that READY announces."""
         self._ping_watchdog()
         healthy = all(t.last_error is None for t in self.targets.values())
         failing = [t.name for t in self.targets.values() if t.last_error is not None]
@@ -485,8 +486,10 @@ class Agent:
             status = f"keeping last good values of {', '.join(failing)}; retrying"
         else:
             status = f"{len(self.targets)} target(s) fresh"
-        if healthy and not self.ready:
-            self.ready = True
+        became_ready = healthy and not self.ready
+        self.ready = self.ready or healthy
+        self._write_state()
+        if became_ready:
             notify("READY=1", f"STATUS={status}")
             log.info("every target delivered: ready")
         else:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -612,3 +613,35 @@ def test_a_bad_agent_setting_is_one_line_and_exit_3(
     assert result.returncode == 3, result.stderr.decode()
     lines = result.stderr.decode().splitlines()
     assert len(lines) == 1 and line in lines[0], lines
+
+
+def test_an_idle_agent_sleeps_in_one_call_until_its_next_deadline(
+    tmp_path: Path, tmpfs_dir: Path, stub: Path, notify_socket: NotifySocket
+) -> None:
+    """No polling: traced while idle, the agent makes no system call at all -- it sits in one
+    select() whose timeout is the time to its next refresh (an hour here)."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    (tmp_path / "value").write_text(secret_value("idle-value"))
+    body = (
+        '[sources.file]\nrefresh = "1h"\n'
+        f'[targets."app.service".credentials]\nx = "file:{tmp_path / "value"}"\n'
+    )
+    config = write_config(tmp_path, tmpfs_dir, body)
+    trace = tmp_path / "trace"
+    with running(start_agent(config, stub, notify_socket)) as proc:
+        wait_for("READY=1", lambda: "READY=1" in notify_socket.lines(), proc)
+        wait_for("the state file", lambda: status(config)["ready"], proc)
+        tracer = subprocess.Popen(
+            ["strace", "-f", "-tt", "-o", str(trace), "-p", str(proc.pid)],
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for("strace to attach", lambda: trace.exists() and trace.read_text(), proc)
+        time.sleep(2)  # an observation window, not a timing assertion
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=60)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    calls = [line for line in trace.read_text().splitlines() if line.strip()]
+    assert len(calls) == 1, calls
+    assert "pselect6(" in calls[0] and "tv_sec=35" in calls[0], calls
