@@ -42,7 +42,7 @@ from credbridge.core.errors import (
     Timeout,
     Unreachable,
 )
-from credbridge.core.fsutil import atomic_write, ensure_private_dir
+from credbridge.core.fsutil import LockWait, atomic_write, ensure_private_dir
 from credbridge.core.plugins import SOURCE
 from credbridge.core.secret import Secret
 from credbridge.core.settings import duration_setting, number_setting
@@ -349,11 +349,10 @@ class Agent:
         *,
         restart: bool | None = None,
         state: Path | None = None,
-        lock_wait: Any = None,
+        lock_wait: LockWait | None = None,
     ) -> None:
         self.config_path = config_path
         self.restart = restart
-        self.state_override = state
         self.lock_wait = lock_wait
         self.rng = random.SystemRandom()
         self.stop = False
