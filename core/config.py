@@ -19,7 +19,13 @@ from credbridge.core.errors import BadReference, ConfigError
 from credbridge.core.plugins import PluginManager, get_plugin_manager
 from credbridge.core.reference import Reference, parse_reference
 from credbridge.core.secret import MAX_DEPTH, TooDeep, nesting_depth
-from credbridge.core.settings import account_problem, int_setting, path_setting
+from credbridge.core.settings import (
+    account_problem,
+    duration_problem,
+    duration_setting,
+    int_setting,
+    path_setting,
+)
 from credbridge.core.settings import keypath as keypath  # re-exported: callers import it here
 from credbridge.core.types import TARGET_KINDS
 from credbridge.core.validation import validate_config
@@ -97,6 +103,8 @@ class CredentialSpec:
     owner: str | None = None
     group: str | None = None
     where: str = ""
+    refresh: float | None = None
+    """``refresh = "DURATION"`` of this credential (``credbridge agent``); None: its source's."""
 
     @property
     def text(self) -> str:
@@ -147,6 +155,11 @@ class Config:
     concurrency: int = DEFAULT_CONCURRENCY
     default_on_change: str | None = None
     """``[defaults] on_change``: for targets without their own ``on_change``."""
+    refresh: dict[str, float] = field(default_factory=dict)
+    """``refresh = "DURATION"`` of each ``[sources.NAME]`` table, in seconds (taken out of the
+    source's settings: the agent reads it, the source never sees it)."""
+    agent: Mapping[str, Any] = field(default_factory=dict)
+    """The ``[agent]`` table (read by :mod:`credbridge.core.agent`)."""
     checked_with: PluginManager | None = field(default=None, compare=False, repr=False)
     """The plugins :func:`~credbridge.core.validation.validate_config` checked this config
     against (``None``: not checked yet); set once, by that function."""
@@ -295,7 +308,7 @@ def read_config(
             raise fail(key, f"must be a table, not {type(value).__name__}")
         return value
 
-    known_top = {"credbridge", "store", "sources", "sinks", "targets", "defaults"}
+    known_top = {"credbridge", "store", "sources", "sinks", "targets", "defaults", "agent"}
     for key in data:
         if key not in known_top:
             raise fail(
@@ -328,6 +341,14 @@ def read_config(
         str(k): table(v, keypath("sources", k))
         for k, v in table(data.get("sources", {}), "sources").items()
     }
+    refresh: dict[str, float] = {}
+    for scheme, settings in list(sources.items()):
+        if "refresh" in settings:
+            rest = dict(settings)
+            where = keypath("sources", scheme, "refresh")
+            refresh[scheme] = duration_setting(rest.pop("refresh"), file=label, key=where)
+            sources[scheme] = rest
+    agent = table(data.get("agent", {}), "agent")
     sinks = {
         str(k): table(v, keypath("sinks", k))
         for k, v in table(data.get("sinks", {}), "sinks").items()
@@ -357,6 +378,8 @@ def read_config(
         store_settings=store,
         concurrency=concurrency,
         default_on_change=default_on_change,
+        refresh=refresh,
+        agent=agent,
     )
 
 
@@ -447,7 +470,7 @@ def _parse_credential(name: str, spec: Any, where: str, fail: Any) -> Credential
         spec = {"ref": spec}
     if not isinstance(spec, Mapping):
         raise fail(where, "must be a reference string or a table with 'ref'")
-    allowed = {"ref", "optional", "mode", "owner", "group"}
+    allowed = {"ref", "optional", "mode", "owner", "group", "refresh"}
     for key in spec:
         if key not in allowed:
             raise fail(
@@ -465,6 +488,12 @@ def _parse_credential(name: str, spec: Any, where: str, fail: Any) -> Credential
         raise fail(f"{where}.optional", "must be true or false")
     mode = parse_mode(spec.get("mode", 0o400), f"{where}.mode", fail, world_readable=True)
     owner, group = (_account(spec.get(key), f"{where}.{key}", fail) for key in ("owner", "group"))
+    refresh = spec.get("refresh")
+    if refresh is not None:
+        problem = duration_problem(refresh)
+        if problem is not None:
+            raise fail(f"{where}.refresh", problem)
+        refresh = duration_setting(refresh, file=None, key=f"{where}.refresh")
     return CredentialSpec(
         name=name,
         reference=reference,
@@ -473,6 +502,7 @@ def _parse_credential(name: str, spec: Any, where: str, fail: Any) -> Credential
         owner=owner,
         group=group,
         where=where,
+        refresh=refresh,
     )
 
 

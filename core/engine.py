@@ -54,6 +54,7 @@ from credbridge.core.secret import Secret
 from credbridge.core.threads import map_in_threads
 from credbridge.core.types import (
     PLAN_KEYS,
+    Change,
     Delivery,
     Launcher,
     LauncherContext,
@@ -422,7 +423,12 @@ class Session:
         return chosen
 
     def deliver(
-        self, names: Sequence[str] = (), *, dry_run: bool = False, restart: bool | None = None
+        self,
+        names: Sequence[str] = (),
+        *,
+        dry_run: bool = False,
+        restart: bool | None = None,
+        changed_only: bool = False,
     ) -> DeliveryReport:
         """Resolve and deliver the named unit targets (all when none are named).
 
@@ -430,6 +436,8 @@ class Session:
         ``report.units`` lists the units whose credentials changed and what ``on_change`` asks
         for (``restart``: True for ``--restart``, False for ``--no-restart``); nothing acts on
         them here -- call :meth:`restart_changed` once the delivery is committed.
+        ``changed_only`` (``credbridge agent``) commits only the targets with a change: the
+        others are left as they are instead of being written again.
         """
         self.validate()
         targets = self.select_targets(names)
@@ -473,6 +481,9 @@ class Session:
                     report.records = []
                 else:
                     report.units = merge_actions(report.units, pending)
+                if changed_only:
+                    changed = {e.target for e in report.entries if e.change is not Change.KEEP}
+                    targets = [t for t in targets if t.name in changed]
                 self._commit(targets, sinks, values, on_committed=lambda: _record(report))
                 return report
             finally:

@@ -109,6 +109,37 @@ def seconds_setting(
     return float(value)
 
 
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_DURATION = 365 * 86400.0
+
+
+def duration_problem(value: Any) -> str | None:
+    """Why ``value`` is not a duration like ``"90s"``, ``"5m"`` or ``"1h30m"``, or ``None``."""
+    import re
+
+    expected = 'must be a duration like "30s", "5m" or "1h30m" (units ms, s, m, h, d)'
+    if not isinstance(value, str):
+        return expected
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        return expected
+    seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    if not 0 < seconds <= MAX_DURATION:
+        return f"must be a duration above 0 and at most {MAX_DURATION / 86400:g}d"
+    return None
+
+
+def duration_setting(value: Any, *, file: str | None, key: str) -> float:
+    """A duration (:func:`duration_problem`) in seconds."""
+    import re
+
+    problem = duration_problem(value)
+    if problem is not None:
+        raise ConfigError(problem, file=file, key=key)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", value)
+    return sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+
+
 def number_setting(
     value: Any, *, file: str | None, key: str, minimum: float, maximum: float
 ) -> float:

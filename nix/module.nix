@@ -38,6 +38,7 @@ let
     vault.networked = true;
     "aws-sm".networked = true;
     "aws-ssm".networked = true;
+    "aws-sts".networked = true;
     # sops files are local, but their keys may live in a KMS (AWS, GCP, Azure, Vault transit).
     sops.networked = true;
     # clan vars: files in the clan's directory, decrypted with the machine's age key.
@@ -533,6 +534,16 @@ in
       '';
     };
 
+    agent = {
+      enable = lib.mkEnableOption "`credbridge-agent.service`: after the boot delivery, `credbridge agent` keeps every unit target fresh (renews leases, re-reads sources every `refresh`, delivers what changed and restarts the units whose credentials changed; docs/agent.md). A new configuration reloads it (SIGHUP) on `nixos-rebuild switch`";
+
+      watchdogSec = mkOption {
+        type = types.str;
+        default = "10min";
+        description = "`WatchdogSec=` of the agent: keep it above the longest delivery (it pings between deliveries).";
+      };
+    };
+
     stateDirectory = mkOption {
       type = types.str;
       default = "/var/lib/credbridge";
@@ -633,6 +644,45 @@ in
               Type = "oneshot";
               RemainAfterExit = true;
               ExecStart = "${lib.getExe cfg.package} -c ${configPath} deliver";
+              UMask = "0077";
+              StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDirectory;
+              StateDirectoryMode = "0700";
+              ProtectSystem = "strict";
+              ReadWritePaths = [
+                cfg.credstoreDirectory
+                cfg.stateDirectory
+              ]
+              ++ lib.optionals anyEncrypted [
+                cfg.encryptedDirectory
+                "/var/lib/systemd"
+              ];
+              ProtectHome = "read-only";
+              PrivateTmp = true;
+              NoNewPrivileges = true;
+              RestrictSUIDSGID = true;
+              LockPersonality = true;
+              ProtectKernelTunables = true;
+              ProtectKernelModules = true;
+              ProtectControlGroups = true;
+              RestrictRealtime = true;
+              SystemCallArchitectures = "native";
+            };
+          };
+          credbridge-agent = mkIf (hasUnitTargets && cfg.agent.enable) {
+            description = "Keep credentials fresh with credbridge";
+            wantedBy = [ "multi-user.target" ];
+            after = [ "credbridge-deliver.service" ] ++ lib.optional networked "network-online.target";
+            wants = [ "credbridge-deliver.service" ] ++ lib.optional networked "network-online.target";
+            reloadTriggers = [ (builtins.hashString "sha256" (builtins.toJSON cfg.settings)) ];
+            serviceConfig = {
+              Type = "notify";
+              NotifyAccess = "main";
+              ExecStart = "${lib.getExe cfg.package} -c ${configPath} agent";
+              ExecReload = "${pkgs.coreutils}/bin/kill -HUP $MAINPID";
+              WatchdogSec = cfg.agent.watchdogSec;
+              TimeoutStartSec = "10min";
+              Restart = "on-failure";
+              RestartSec = "5s";
               UMask = "0077";
               StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDirectory;
               StateDirectoryMode = "0700";

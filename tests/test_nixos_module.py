@@ -177,6 +177,23 @@ def test_deliver_unit_shape() -> None:
     assert result["tmpfiles"] == ["d /run/credstore 0700 root root -"]
 
 
+def test_agent_unit_shape() -> None:
+    assert "credbridge-agent" not in ok(UNIT_AND_VM)["services"]
+    result = ok({**UNIT_AND_VM, "services.credbridge.agent.enable": True})
+    agent = result["services"]["credbridge-agent"]
+    config = agent["serviceConfig"]
+    assert config["Type"] == "notify"
+    assert config["ExecStart"].endswith(
+        "-credbridge/bin/credbridge -c /etc/credbridge/config.json agent"
+    )
+    assert config["ExecReload"].endswith("/bin/kill -HUP $MAINPID")
+    assert config["WatchdogSec"] == "10min"
+    assert agent["after"] == ["credbridge-deliver.service", "network-online.target"]
+    assert agent["wantedBy"] == ["multi-user.target"]
+    deliver = result["services"]["credbridge-deliver"]["restartTriggers"]
+    assert agent["reloadTriggers"] == deliver  # a new config reloads the agent (SIGHUP)
+
+
 def test_no_deliver_unit_without_unit_targets(tmp_path: Path) -> None:
     result = ok({"services.credbridge.settings.sources.vault.address": "https://v:8200"})
     assert "credbridge-deliver" not in result["services"]

@@ -80,6 +80,10 @@ let
           type = types.listOf types.unspecified;
           default = [ ];
         };
+        reloadTriggers = mkOption {
+          type = types.listOf types.unspecified;
+          default = [ ];
+        };
         restartIfChanged = mkOption {
           type = types.bool;
           default = true;
@@ -142,6 +146,11 @@ let
             // lib.optionalAttrs (config.restartTriggers != [ ]) {
               X-Restart-Triggers = "${pkgs.writeText "X-Restart-Triggers-${name}" (
                 toString (lib.flatten config.restartTriggers)
+              )}";
+            }
+            // lib.optionalAttrs (config.reloadTriggers != [ ]) {
+              X-Reload-Triggers = "${pkgs.writeText "X-Reload-Triggers-${name}" (
+                toString (lib.flatten config.reloadTriggers)
               )}";
             }
             // lib.optionalAttrs (config.description != "") { Description = config.description; }
