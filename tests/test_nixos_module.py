@@ -370,7 +370,7 @@ ERRORS: dict[str, tuple[dict[str, Any], str]] = {
     "unknown-scheme": (
         {'services.credbridge.units."app.service".credentials.x': "vualt:secret/x"},
         'services.credbridge.units."app.service".credentials."x": reference \'vualt:secret/x\' '
-        "unknown scheme 'vualt' (known: aws-sm, aws-ssm, clan-vars, credential, env, file, generate, sops, "
+        "unknown scheme 'vualt' (known: aws-sm, aws-ssm, aws-sts, clan-vars, credential, env, file, generate, sops, "
         "stored, vault, target;",
     ),
     "no-scheme": (
