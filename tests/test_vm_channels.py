@@ -298,7 +298,7 @@ def test_the_file_store_opened_directly_refuses_unknown_settings() -> None:
 
     with pytest.raises(ConfigError) as error:
         open_store(StoreContext({"zz": 1, "aa": 2}, Path("/tmp")))
-    assert "unknown setting 'aa' for store 'file' (known: path)" in str(error.value)
+    assert "unknown setting 'aa' for store 'file' (known: path, seal, tpm2_pcrs)" in str(error.value)
 
 
 def test_channel_items_cannot_be_changed_after_prepare(tmpfs_dir: Path) -> None:
