@@ -50,6 +50,7 @@ from .image import (
     GuestBuildError,
     HostKernel,
     Release,
+    boot_kernel,
     cached_build,
     check_build_tools,
     customize_system,
@@ -298,7 +299,7 @@ def ensure_host_guest(
     _forget_unused(base, final)
     return HostGuestImage(
         release=release,
-        kernel=final / "vmlinuz",
+        kernel=boot_kernel(kernel, base),
         initramfs=final / "initramfs.cpio.zst",
         disk=final / "root.img",
         kernel_version=kernel.version,
