@@ -28,9 +28,13 @@ from guest.image import (  # noqa: E402
     RELEASES,
     GuestBuildError,
     GuestImage,
+    HostKernel,
     Release,
+    boot_kernel,
     find_host_kernel,
+    has_pvh_entry,
     release_id,
+    uncompressed_kernel,
 )
 from guest.parallel import probe_guest, side_by_side  # noqa: E402
 from guest.qemu import (  # noqa: E402
@@ -115,6 +119,24 @@ def test_find_host_kernel_picks_newest_6x(tmp_path: Path) -> None:
     assert find_host_kernel(boot_dir, modules).version == "6.1.0-56-amd64"
     with pytest.raises(GuestBuildError, match=r"no installed Linux 6\.x kernel"):
         find_host_kernel(tmp_path / "empty", modules)
+
+
+@needs_guest
+def test_guests_boot_the_host_kernel_uncompressed_through_pvh(tmp_path: Path) -> None:
+    kernel = find_host_kernel()
+    booted = boot_kernel(kernel, tmp_path)
+    vmlinux = booted.read_bytes()
+    # Linux itself (the ELF image the bzImage unpacks), with the PVH entry QEMU starts it at.
+    assert vmlinux.startswith(b"\x7fELF") and has_pvh_entry(vmlinux)
+    assert vmlinux == uncompressed_kernel(kernel.vmlinuz.read_bytes())
+    assert not has_pvh_entry(kernel.vmlinuz.read_bytes())
+    assert boot_kernel(kernel, tmp_path) == booted  # cached, not unpacked again
+    # A kernel that cannot be read that way is booted as it is.
+    odd = tmp_path / "boot" / "vmlinuz-6.1.0-odd"
+    odd.parent.mkdir()
+    odd.write_bytes(b"MZ" + b"\0" * 4096)
+    assert uncompressed_kernel(odd.read_bytes()) is None
+    assert boot_kernel(HostKernel("6.1.0-odd", odd, kernel.modules_dir), tmp_path) == odd
 
 
 @needs_guest
