@@ -128,7 +128,8 @@ def side_by_side(
 
 
 def _in_private_dir(work: Callable[[Release, Path], T], release: Release, parent: Path) -> T:
-    tmp = Path(tempfile.mkdtemp(prefix=f"side-{release.test_id}-", dir=parent))
+    # As short as tmpfs_dir's own name: the launchers' socket paths below it must fit sun_path.
+    tmp = Path(tempfile.mkdtemp(prefix="side-", dir=parent))
     try:
         return work(release, tmp)
     finally:
