@@ -50,7 +50,6 @@ from .image import (
     GuestBuildError,
     HostKernel,
     Release,
-    boot_kernel,
     cached_build,
     check_build_tools,
     customize_system,
@@ -299,7 +298,7 @@ def ensure_host_guest(
     _forget_unused(base, final)
     return HostGuestImage(
         release=release,
-        kernel=boot_kernel(kernel, base),
+        kernel=final / "vmlinuz",
         initramfs=final / "initramfs.cpio.zst",
         disk=final / "root.img",
         kernel_version=kernel.version,
