@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from guest.image import RELEASES, GuestImage, release_id
-from guest.parallel import probe_guest
+from guest.image import RELEASES, GuestImage, Release, release_id
+from guest.parallel import probe_guest, side_by_side
 from guest.qemu import kernel_cmdline, parse_probe_output, probe_cmdline
 from support.ch_harness import (
     SPEC_MISSING,
@@ -81,6 +81,17 @@ def guest_runner_argv(image: GuestImage, cmdline_extra: str, workdir: Path) -> l
 @needs_guest
 @pytest.mark.parametrize("sink", ["oem-strings", "virtiofs"])
 def test_guest_reads_credentials_byte_exact(
+    request: pytest.FixtureRequest, sink: str, guest_image: GuestImage
+) -> None:
+    def work(release: Release, tmp: Path) -> None:
+        files = tmp / "f"  # the runtime is tmp itself: its sockets' paths must fit sun_path
+        files.mkdir()
+        reads_credentials_byte_exact(sink, probe_guest(release), files, tmp)
+
+    side_by_side(request, guest_image.release, work)
+
+
+def reads_credentials_byte_exact(
     sink: str, guest_image: GuestImage, tmp_path: Path, tmpfs_dir: Path
 ) -> None:
     workdir = tmp_path / "var-lib-microvms-test-vm"

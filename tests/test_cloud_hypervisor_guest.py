@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from guest.image import RELEASES, GuestImage, release_id
-from guest.parallel import probe_guest
+from guest.parallel import probe_guest, side_by_side
 from guest.qemu import kernel_cmdline, parse_probe_output, probe_cmdline
 from support.ch_harness import (
     check_runtime_modes,
@@ -90,8 +90,16 @@ def run_launch(
 @needs_guest
 @pytest.mark.parametrize("sink", ["oem-strings", "virtiofs"])
 def test_credentials_arrive_byte_exact_in_guest(
-    sink: str, guest_image: GuestImage, tmpfs_dir: Path
+    request: pytest.FixtureRequest, sink: str, guest_image: GuestImage
 ) -> None:
+    side_by_side(
+        request,
+        guest_image.release,
+        lambda release, tmp: arrive_byte_exact_in_guest(sink, probe_guest(release), tmp),
+    )
+
+
+def arrive_byte_exact_in_guest(sink: str, guest_image: GuestImage, tmpfs_dir: Path) -> None:
     run_dir = tmpfs_dir / "run"
     record = tmpfs_dir / "record.jsonl"
     binary = write_standin(tmpfs_dir, mode="boot", record=record)

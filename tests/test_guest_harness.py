@@ -28,10 +28,15 @@ from guest.image import (  # noqa: E402
     RELEASES,
     GuestBuildError,
     GuestImage,
+    HostKernel,
+    Release,
+    boot_kernel,
     find_host_kernel,
+    has_pvh_entry,
     release_id,
+    uncompressed_kernel,
 )
-from guest.parallel import probe_guest  # noqa: E402
+from guest.parallel import probe_guest, side_by_side  # noqa: E402
 from guest.qemu import (  # noqa: E402
     BootResult,
     boot,
@@ -117,6 +122,24 @@ def test_find_host_kernel_picks_newest_6x(tmp_path: Path) -> None:
 
 
 @needs_guest
+def test_guests_boot_the_host_kernel_uncompressed_through_pvh(tmp_path: Path) -> None:
+    kernel = find_host_kernel()
+    booted = boot_kernel(kernel, tmp_path)
+    vmlinux = booted.read_bytes()
+    # Linux itself (the ELF image the bzImage unpacks), with the PVH entry QEMU starts it at.
+    assert vmlinux.startswith(b"\x7fELF") and has_pvh_entry(vmlinux)
+    assert vmlinux == uncompressed_kernel(kernel.vmlinuz.read_bytes())
+    assert not has_pvh_entry(kernel.vmlinuz.read_bytes())
+    assert boot_kernel(kernel, tmp_path) == booted  # cached, not unpacked again
+    # A kernel that cannot be read that way is booted as it is.
+    odd = tmp_path / "boot" / "vmlinuz-6.1.0-odd"
+    odd.parent.mkdir()
+    odd.write_bytes(b"MZ" + b"\0" * 4096)
+    assert uncompressed_kernel(odd.read_bytes()) is None
+    assert boot_kernel(HostKernel("6.1.0-odd", odd, kernel.modules_dir), tmp_path) == odd
+
+
+@needs_guest
 def test_argv_is_tcg_and_carries_extra_args(guest_image: GuestImage) -> None:
     argv = qemu_argv(
         guest_image, ["-smbios", "type=11,value=x"], cmdline_extra="foo=bar", shared_memory=True
@@ -131,19 +154,27 @@ def test_argv_is_tcg_and_carries_extra_args(guest_image: GuestImage) -> None:
 
 
 @needs_guest
-def test_smbios_binary_credentials_arrive_byte_exact(guest_image: GuestImage) -> None:
+def test_smbios_binary_credentials_arrive_byte_exact(
+    request: pytest.FixtureRequest, guest_image: GuestImage
+) -> None:
     alpha = b"first line\n\xff\x00\x01 second line\n"
     other = b"\nplain-ish text with = and , inside\n"
-    result = boot(
-        guest_image,
-        [
-            "-smbios",
-            "type=11,value=io.systemd.credential.binary:alpha=" + base64.b64encode(alpha).decode(),
-            "-smbios",
-            "type=11,value=io.systemd.credential.binary:other=" + base64.b64encode(other).decode(),
-        ],
-        cmdline_extra=probe_cmdline(["alpha", "other", "absent"]),
-    )
+
+    def work(release: Release, _tmp: Path) -> BootResult:
+        return boot(
+            probe_guest(release),
+            [
+                "-smbios",
+                "type=11,value=io.systemd.credential.binary:alpha="
+                + base64.b64encode(alpha).decode(),
+                "-smbios",
+                "type=11,value=io.systemd.credential.binary:other="
+                + base64.b64encode(other).decode(),
+            ],
+            cmdline_extra=probe_cmdline(["alpha", "other", "absent"]),
+        )
+
+    result = side_by_side(request, guest_image.release, work)
     _assert_clean(result, guest_image)
     assert {"alpha", "other"} <= result.listed, result.describe()
     assert result.values.get("alpha") == alpha, result.describe()
@@ -152,16 +183,22 @@ def test_smbios_binary_credentials_arrive_byte_exact(guest_image: GuestImage) ->
 
 
 @needs_guest
-def test_fw_cfg_credential_arrives_byte_exact(guest_image: GuestImage, tmp_path: Path) -> None:
+def test_fw_cfg_credential_arrives_byte_exact(
+    request: pytest.FixtureRequest, guest_image: GuestImage
+) -> None:
     beta = b"be\x00ta\n\xff\xfe tail"
-    secret = tmp_path / "beta"
-    secret.write_bytes(beta)
-    secret.chmod(0o400)
-    result = boot(
-        guest_image,
-        ["-fw_cfg", f"name=opt/io.systemd.credentials/beta,file={secret}"],
-        cmdline_extra=probe_cmdline(["beta"]),
-    )
+
+    def work(release: Release, tmp: Path) -> BootResult:
+        secret = tmp / "beta"
+        secret.write_bytes(beta)
+        secret.chmod(0o400)
+        return boot(
+            probe_guest(release),
+            ["-fw_cfg", f"name=opt/io.systemd.credentials/beta,file={secret}"],
+            cmdline_extra=probe_cmdline(["beta"]),
+        )
+
+    result = side_by_side(request, guest_image.release, work)
     _assert_clean(result, guest_image)
     assert "beta" in result.listed, result.describe()
     assert result.values.get("beta") == beta, result.describe()
@@ -169,7 +206,7 @@ def test_fw_cfg_credential_arrives_byte_exact(guest_image: GuestImage, tmp_path:
 
 
 @pytest.fixture
-def virtiofs_share(tmp_path: Path) -> tuple[Path, Path]:
+def virtiofsd_found() -> None:
     from credbridge.core.errors import LaunchError
     from credbridge.launchers.runtime import find_virtiofsd as launcher_finds_virtiofsd
 
@@ -177,36 +214,39 @@ def virtiofs_share(tmp_path: Path) -> tuple[Path, Path]:
         launcher_finds_virtiofsd()
     except LaunchError as error:
         pytest.skip(str(error))
-    shared = tmp_path / "share"
-    shared.mkdir(mode=0o700)
-    return shared, tmp_path / "virtiofsd.sock"
 
 
 @needs_guest
+@pytest.mark.usefixtures("virtiofsd_found")
 def test_virtiofs_credential_arrives_byte_exact(
-    guest_image: GuestImage, virtiofs_share: tuple[Path, Path]
+    request: pytest.FixtureRequest, guest_image: GuestImage
 ) -> None:
-    shared, sock = virtiofs_share
     files = {"gamma": b"gam\x00ma\n\xff", "delta.key": b"-----BEGIN-----\nabc\n-----END-----\n"}
-    for name, data in files.items():
-        path = shared / name
-        path.write_bytes(data)
-        path.chmod(0o400)
-    daemon = start_virtiofsd(shared, sock)
-    try:
-        result = boot(
-            guest_image,
-            virtiofs_qemu_args(sock, tag="cbtest"),
-            cmdline_extra=probe_cmdline(sorted(files), virtiofs_tag="cbtest"),
-            shared_memory=True,
-        )
-    finally:
-        daemon.terminate()
+
+    def work(release: Release, tmp: Path) -> BootResult:
+        shared, sock = tmp / "share", tmp / "virtiofsd.sock"
+        shared.mkdir(mode=0o700)
+        for name, data in files.items():
+            path = shared / name
+            path.write_bytes(data)
+            path.chmod(0o400)
+        daemon = start_virtiofsd(shared, sock)
         try:
-            daemon.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+            return boot(
+                probe_guest(release),
+                virtiofs_qemu_args(sock, tag="cbtest"),
+                cmdline_extra=probe_cmdline(sorted(files), virtiofs_tag="cbtest"),
+                shared_memory=True,
+            )
+        finally:
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+
+    result = side_by_side(request, guest_image.release, work)
     _assert_clean(result, guest_image)
     assert result.virtiofs_mounted, result.describe()
     assert result.virtiofs_files == {name: "0400" for name in files}, result.describe()

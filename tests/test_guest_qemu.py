@@ -30,7 +30,7 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 from guest.image import EXAMPLES_GUEST_DIR, RELEASES, GuestImage, release_id  # noqa: E402
-from guest.parallel import probe_guest  # noqa: E402
+from guest.parallel import probe_guest, side_by_side  # noqa: E402
 from guest.qemu import BASE_CMDLINE, ProbeReport, parse_probe_output, probe_cmdline  # noqa: E402
 from support.proc import descendants  # noqa: E402
 
@@ -223,17 +223,35 @@ def check_modes(watch_modes: dict[str, int], directories: set[str]) -> None:
         assert mode == want, f"{path}: {oct(mode)}"
 
 
-def test_oem_strings_reach_the_guest(tmpfs_dir: Path, guest_image: GuestImage) -> None:
-    err = run_channel(tmpfs_dir, "oem-strings", guest_image)
+def test_oem_strings_reach_the_guest(
+    request: pytest.FixtureRequest, guest_image: GuestImage
+) -> None:
+    err = side_by_side(
+        request,
+        guest_image.release,
+        lambda release, tmp: run_channel(tmp, "oem-strings", probe_guest(release)),
+    )
     assert "fw_cfg" not in err  # 7.2.22 has the path= fix: no fallback
 
 
-def test_fw_cfg_reaches_the_guest(tmpfs_dir: Path, guest_image: GuestImage) -> None:
-    run_channel(tmpfs_dir, "fw-cfg", guest_image)
+def test_fw_cfg_reaches_the_guest(request: pytest.FixtureRequest, guest_image: GuestImage) -> None:
+    side_by_side(
+        request,
+        guest_image.release,
+        lambda release, tmp: run_channel(tmp, "fw-cfg", probe_guest(release)),
+    )
 
 
-def test_oem_strings_fall_back_to_fw_cfg(tmpfs_dir: Path, guest_image: GuestImage) -> None:
-    err = run_channel(tmpfs_dir, "oem-strings", guest_image, smbios_path="false")
+def test_oem_strings_fall_back_to_fw_cfg(
+    request: pytest.FixtureRequest, guest_image: GuestImage
+) -> None:
+    err = side_by_side(
+        request,
+        guest_image.release,
+        lambda release, tmp: run_channel(
+            tmp, "oem-strings", probe_guest(release), smbios_path="false"
+        ),
+    )
     assert "delivered through fw_cfg" in err
 
 
@@ -241,15 +259,23 @@ def test_oem_strings_fall_back_to_fw_cfg(tmpfs_dir: Path, guest_image: GuestImag
     not Path("/usr/lib/qemu/virtiofsd").exists() and shutil.which("virtiofsd") is None,
     reason="no virtiofsd",
 )
-def test_virtiofs_reaches_the_guest(tmpfs_dir: Path, guest_image: GuestImage) -> None:
-    run_channel(tmpfs_dir, "virtiofs", guest_image)
+def test_virtiofs_reaches_the_guest(
+    request: pytest.FixtureRequest, guest_image: GuestImage
+) -> None:
+    side_by_side(
+        request,
+        guest_image.release,
+        lambda release, tmp: run_channel(tmp, "virtiofs", probe_guest(release)),
+    )
 
 
 @pytest.mark.skipif(
     not Path("/usr/lib/qemu/virtiofsd").exists() and shutil.which("virtiofsd") is None,
     reason="no virtiofsd",
 )
-def test_virtiofs_through_the_shipped_guest_units(tmpfs_dir: Path, guest_image: GuestImage) -> None:
+def test_virtiofs_through_the_shipped_guest_units(
+    request: pytest.FixtureRequest, guest_image: GuestImage
+) -> None:
     """examples/guest/ as shipped: run-credbridge.mount plus the credentials drop-in pattern.
 
     The probe does not mount the share itself: it starts run-credbridge.mount and gives
@@ -264,7 +290,11 @@ def test_virtiofs_through_the_shipped_guest_units(tmpfs_dir: Path, guest_image: 
         name, _, path = load.partition(":")
         assert path == f"/run/credbridge/{name}", load
 
-    _err, report = run_channel_report(tmpfs_dir, "virtiofs", guest_image, units=True)
+    _err, report = side_by_side(
+        request,
+        guest_image.release,
+        lambda release, tmp: run_channel_report(tmp, "virtiofs", probe_guest(release), units=True),
+    )
     context = f"report: {report}"
     assert report.units == {"run-credbridge.mount": "active"}, context
     fstype, options = report.mounts["/run/credbridge"]

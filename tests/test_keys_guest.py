@@ -23,7 +23,7 @@ if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
 from guest.image import RELEASES, GuestImage, release_id  # noqa: E402
-from guest.parallel import probe_guest  # noqa: E402
+from guest.parallel import probe_guest, side_by_side  # noqa: E402
 from guest.qemu import BASE_CMDLINE, parse_probe_output, probe_cmdline  # noqa: E402
 
 
@@ -62,8 +62,16 @@ def cli(config: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
 
 
 def test_authorized_key_and_host_key_reach_the_guest(
-    tmpfs_dir: Path, guest_image: GuestImage
+    request: pytest.FixtureRequest, guest_image: GuestImage
 ) -> None:
+    side_by_side(
+        request,
+        guest_image.release,
+        lambda release, tmp: keys_reach_the_guest(tmp, probe_guest(release)),
+    )
+
+
+def keys_reach_the_guest(tmpfs_dir: Path, guest_image: GuestImage) -> None:
     probe = probe_cmdline([AUTHORIZED, HOST_KEY], files=FILES)
     config = tmpfs_dir / "credbridge.toml"
     config.write_text(

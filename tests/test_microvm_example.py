@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from guest.image import RELEASES, Release, release_id
+from guest.image import RELEASES, GuestImage, Release, release_id
 from support.ch_harness import (
     REPO,
     read_records,
@@ -112,11 +112,15 @@ def _guest_missing() -> str | None:
 @pytest.mark.guest
 @pytest.mark.skipif(_guest_missing() is not None, reason=_guest_missing() or "")
 @pytest.mark.parametrize("release", RELEASES, ids=release_id)
-def test_example_end_to_end(tmpfs_dir: Path, release: Release) -> None:
-    from guest.parallel import probe_guest
+def test_example_end_to_end(request: pytest.FixtureRequest, release: Release) -> None:
+    from guest.parallel import probe_guest, side_by_side
+
+    side_by_side(request, release, lambda r, tmp: example_end_to_end(probe_guest(r), tmp))
+
+
+def example_end_to_end(image: GuestImage, tmpfs_dir: Path) -> None:
     from guest.qemu import kernel_cmdline, parse_probe_output, probe_cmdline
 
-    image = probe_guest(release)
     # The example, with host paths moved into a private tmpfs dir (nothing else changes).
     data = tomllib.loads((EXAMPLE / "credbridge.toml").read_text())
     data["store"]["path"] = str(tmpfs_dir / "store")

@@ -21,15 +21,19 @@ is renamed into place, under an exclusive lock file.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
+import lzma
 import os
 import re
 import shutil
+import struct
 import subprocess
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,6 +251,87 @@ def find_host_kernel(
     return max(candidates, key=lambda k: _version_key(k.version))
 
 
+#: ``XEN_ELFNOTE_PHYS32_ENTRY``: the ELF note of a kernel QEMU can start directly (PVH).
+_PVH_ENTRY_NOTE = 18
+
+
+def boot_kernel(kernel: HostKernel, cache_dir: Path | None = None) -> Path:
+    """What QEMU boots as ``-kernel``: the host kernel uncompressed (``vmlinux``, ELF) when it
+    has a PVH entry point, else its ``vmlinuz``.
+
+    A bzImage unpacks itself before Linux starts, and under TCG that is slow: Debian's
+    xz-compressed kernel spent 44 s of a 79 s probe-guest boot there on the loaded 2-core
+    machine, the ELF kernel none (docs/testing.md). QEMU loads an ELF kernel with a PVH note
+    straight into guest memory. Cached once per kernel in ``vmlinux-<version>-<hash>/``.
+    """
+    base = cache_dir if cache_dir is not None else default_cache_dir()
+    blob = kernel.vmlinuz.read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()[:16]
+
+    def extract(tmp: Path) -> None:
+        elf = uncompressed_kernel(blob)
+        (tmp / "vmlinux").write_bytes(elf if elf is not None and has_pvh_entry(elf) else b"")
+
+    final = cached_build(
+        base,
+        f"vmlinux-{kernel.version}-{digest}",
+        extract,
+        lambda directory: (directory / "vmlinux").is_file(),
+    )
+    vmlinux = final / "vmlinux"
+    # Empty: this kernel cannot be booted through PVH (remembered, not tried again).
+    return vmlinux if vmlinux.stat().st_size > 0 else kernel.vmlinuz
+
+
+def uncompressed_kernel(bzimage: bytes) -> bytes | None:
+    """The ELF kernel inside a bzImage (boot protocol 2.08+: ``payload_offset`` and
+    ``payload_length``), or None when its compression is not one read here (xz, gzip, zstd)."""
+    if len(bzimage) < 0x250 or bzimage[0x202:0x206] != b"HdrS":
+        return None
+    if struct.unpack_from("<H", bzimage, 0x206)[0] < 0x208:
+        return None
+    setup_sects = bzimage[0x1F1] or 4
+    offset, length = struct.unpack_from("<II", bzimage, 0x248)
+    start = (setup_sects + 1) * 512 + offset
+    payload = bzimage[start : start + length]
+    try:
+        if payload.startswith(b"\xfd7zXZ\x00"):
+            return lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(payload)
+        if payload.startswith(b"\x1f\x8b"):
+            return zlib.decompressobj(wbits=31).decompress(payload)
+        if payload.startswith(b"\x28\xb5\x2f\xfd"):
+            # The kernel build appends the uncompressed size (4 bytes) after the frame.
+            result = subprocess.run(
+                ["zstd", "-dcq"], input=payload[:-4], capture_output=True, check=False
+            )
+            return result.stdout if result.returncode == 0 else None
+    except (lzma.LZMAError, zlib.error):
+        return None
+    return None
+
+
+def has_pvh_entry(elf: bytes) -> bool:
+    """Whether a 64-bit little-endian ELF kernel carries the PVH entry note."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        return False
+    phoff = struct.unpack_from("<Q", elf, 0x20)[0]
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    for index in range(phnum):
+        p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack_from(
+            "<IIQQQQ", elf, phoff + index * phentsize
+        )
+        if p_type != 4:  # PT_NOTE
+            continue
+        position, end = p_offset, p_offset + p_filesz
+        while position + 12 <= end:
+            namesz, descsz, note_type = struct.unpack_from("<III", elf, position)
+            name = elf[position + 12 : position + 12 + namesz].rstrip(b"\0")
+            if name == b"Xen" and note_type == _PVH_ENTRY_NOTE:
+                return True
+            position += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+    return False
+
+
 def recipe_hash(kernel: HostKernel, release: Release = BOOKWORM) -> str:
     """Hash of everything that determines the image content."""
     recipe = {
@@ -307,7 +392,7 @@ def ensure_guest(cache_dir: Path | None = None, release: Release = BOOKWORM) -> 
     image = _image_in(final, kernel.version, release)
     if image is None:  # pragma: no cover - would be a bug in _build
         raise GuestBuildError(f"build finished but {final} is incomplete")
-    return image
+    return dataclasses.replace(image, kernel=boot_kernel(kernel, base))
 
 
 def cached_build(

@@ -9,15 +9,21 @@ cores.
 
     runs = per_release(lambda release: run_host_guest(ensure_host_guest(recipe(), release=release), ...))
     result = runs[release]          # a HostRun, or the exception that work raised
+
+A test that boots in its body (one boot per release variant) hands the boot to
+:func:`side_by_side`, so its two variants' guests run at once instead of one after the other.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -87,3 +93,44 @@ def outcome_of(results: Mapping[Release, T | Exception], release: Release, what:
     if isinstance(result, Exception):
         raise result
     return result
+
+
+_side_by_side: dict[str, dict[Release, object]] = {}
+
+
+def side_by_side(
+    request: pytest.FixtureRequest, release: Release, work: Callable[[Release, Path], T]
+) -> T:
+    """``work(release, tmp)`` of a test that runs once per release, the releases side by side.
+
+    The first of a test's release variants to run (``test_x[systemd252]``) runs the work of
+    every variant the session selected at once (:func:`per_release`: two guests on two cores
+    instead of one after the other) and waits for all of them, so nothing of one test runs
+    on into the next; each variant then gets its own release's result, or the exception its
+    work raised (an assertion inside ``work`` fails that release's variant). ``tmp`` is a
+    fresh private directory on tmpfs for each release, removed after the work: the test's own
+    ``tmp_path``/``tmpfs_dir`` belong to one variant only.
+    """
+    key = request.node.nodeid.replace(release.test_id, "{release}")
+    if key not in _side_by_side:
+        selected = {item.nodeid for item in request.session.items}
+        releases = [r for r in RELEASES if key.replace("{release}", r.test_id) in selected]
+        # The session's tmpfs directory (tests/conftest.py checks that nothing is left there).
+        parent = Path(request.getfixturevalue("tmpfs_dir")).parent
+        _side_by_side[key] = dict(per_release(lambda r: _in_private_dir(work, r, parent), releases))
+    outcomes = _side_by_side[key]
+    outcome = outcomes.pop(release)
+    if not outcomes:
+        del _side_by_side[key]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome  # type: ignore[return-value]
+
+
+def _in_private_dir(work: Callable[[Release, Path], T], release: Release, parent: Path) -> T:
+    # As short as tmpfs_dir's own name: the launchers' socket paths below it must fit sun_path.
+    tmp = Path(tempfile.mkdtemp(prefix="side-", dir=parent))
+    try:
+        return work(release, tmp)
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(tmp)], check=False)
