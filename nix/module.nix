@@ -418,6 +418,32 @@ let
     lib.attrValues (cfg.settings.targets or { })
   );
 
+  # What the deliver and agent units share: they write the same credstore and store.
+  deliveryHardening = {
+    UMask = "0077";
+    StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDirectory;
+    StateDirectoryMode = "0700";
+    ProtectSystem = "strict";
+    ReadWritePaths = [
+      cfg.credstoreDirectory
+      cfg.stateDirectory
+    ]
+    ++ lib.optionals anyEncrypted [
+      cfg.encryptedDirectory
+      "/var/lib/systemd"
+    ];
+    ProtectHome = "read-only";
+    PrivateTmp = true;
+    NoNewPrivileges = true;
+    RestrictSUIDSGID = true;
+    LockPersonality = true;
+    ProtectKernelTunables = true;
+    ProtectKernelModules = true;
+    ProtectControlGroups = true;
+    RestrictRealtime = true;
+    SystemCallArchitectures = "native";
+  };
+
   wrapper = pkgs.callPackage ./cloud-hypervisor-wrapper.nix {
     credbridge = cfg.package;
     cloud-hypervisor = cfg.cloudHypervisorPackage;
@@ -644,29 +670,8 @@ in
               Type = "oneshot";
               RemainAfterExit = true;
               ExecStart = "${lib.getExe cfg.package} -c ${configPath} deliver";
-              UMask = "0077";
-              StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDirectory;
-              StateDirectoryMode = "0700";
-              ProtectSystem = "strict";
-              ReadWritePaths = [
-                cfg.credstoreDirectory
-                cfg.stateDirectory
-              ]
-              ++ lib.optionals anyEncrypted [
-                cfg.encryptedDirectory
-                "/var/lib/systemd"
-              ];
-              ProtectHome = "read-only";
-              PrivateTmp = true;
-              NoNewPrivileges = true;
-              RestrictSUIDSGID = true;
-              LockPersonality = true;
-              ProtectKernelTunables = true;
-              ProtectKernelModules = true;
-              ProtectControlGroups = true;
-              RestrictRealtime = true;
-              SystemCallArchitectures = "native";
-            };
+            }
+            // deliveryHardening;
           };
           credbridge-agent = mkIf (hasUnitTargets && cfg.agent.enable) {
             description = "Keep credentials fresh with credbridge";
@@ -683,29 +688,8 @@ in
               TimeoutStartSec = "10min";
               Restart = "on-failure";
               RestartSec = "5s";
-              UMask = "0077";
-              StateDirectory = lib.removePrefix "/var/lib/" cfg.stateDirectory;
-              StateDirectoryMode = "0700";
-              ProtectSystem = "strict";
-              ReadWritePaths = [
-                cfg.credstoreDirectory
-                cfg.stateDirectory
-              ]
-              ++ lib.optionals anyEncrypted [
-                cfg.encryptedDirectory
-                "/var/lib/systemd"
-              ];
-              ProtectHome = "read-only";
-              PrivateTmp = true;
-              NoNewPrivileges = true;
-              RestrictSUIDSGID = true;
-              LockPersonality = true;
-              ProtectKernelTunables = true;
-              ProtectKernelModules = true;
-              ProtectControlGroups = true;
-              RestrictRealtime = true;
-              SystemCallArchitectures = "native";
-            };
+            }
+            // deliveryHardening;
           };
         }
         (lib.mapAttrs' (
