@@ -64,8 +64,6 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_MODE = 0o700
 _MAX_HELD = 64
 """At most this many directories of key directories are held open at once."""
-_thread_locks: dict[str, threading.Lock] = {}
-_thread_locks_guard = threading.Lock()
 
 
 class SealedValueUnreadable(PermissionError):
@@ -106,9 +104,10 @@ class FileStore(Store):
     def __init__(self, root: Path) -> None:
         self.root = root
         self._root_text = os.path.abspath(root)
-        # flock excludes other processes; threads of this one are excluded here.
-        with _thread_locks_guard:
-            self._thread_lock = _thread_locks.setdefault(os.path.abspath(root), threading.Lock())
+        # flock excludes other processes and other FileStore objects (each opens the lock
+        # file anew: flock locks belong to the open file); this object's threads, which share
+        # its lock file, are excluded here.
+        self._thread_lock = threading.Lock()
         # The root (walked from / and checked once) and the directories holding the key
         # directories (usually one per target), held for the run: every access opens entries
         # relative to them instead of walking from / again. Each is looked up by name again
@@ -119,6 +118,8 @@ class FileStore(Store):
         self._parents: dict[tuple[str, ...], _Handle] = {}
         self._write_lock: tuple[_Handle, int] | None = None
         """The write lock file's fd (held for the run) and the root it was opened in."""
+        self._run_lock_fd: int | None = None
+        """The write lock's fd while :meth:`held_for_run` holds it (writers skip the flock)."""
         self._held_fds: list[int] = []
         weakref.finalize(self, _close_all, self._held_fds)
 
@@ -235,22 +236,51 @@ class FileStore(Store):
                 if owned:
                     os.close(parent)
 
+    def _write_lock_fd(self) -> tuple[_Handle, int]:
+        """The store root (created) and its write lock file's fd, both held for the run."""
+        with self._handles_guard:
+            self._root_fd(create=True)
+            root = self._root_handle
+            assert root is not None
+            if self._write_lock is not None and self._write_lock[0] is not root:
+                # The store was replaced meanwhile; a lock held for the run is closed when
+                # the run ends (held_for_run), any other now.
+                if self._write_lock[1] != self._run_lock_fd:
+                    self._release(self._write_lock[1])
+                self._write_lock = None
+            if self._write_lock is None:
+                fd = open_lock_file(root.fd, WRITE_LOCK, self.root / WRITE_LOCK)
+                self._held_fds.append(fd)
+                self._write_lock = (root, fd)
+            return self._write_lock
+
+    @contextlib.contextmanager
+    def held_for_run(self) -> Iterator[None]:
+        """Hold the write lock from here to the end of the run, so that a run writing many
+        values takes it once (the engine enters this right after the store's run lock).
+
+        Writers of other processes (``credbridge get generate:...?id=``) wait for the run."""
+        with self._thread_lock:
+            _root, lock_fd = self._write_lock_fd()
+        with hold_lock(lock_fd, self.root / WRITE_LOCK):
+            self._run_lock_fd = lock_fd
+            try:
+                yield
+            finally:
+                with self._thread_lock:
+                    self._run_lock_fd = None
+        with self._thread_lock, self._handles_guard:
+            if self._write_lock is None or self._write_lock[1] != lock_fd:
+                self._release(lock_fd)  # the store it locked was replaced during the run
+
     @contextlib.contextmanager
     def _writing(self) -> Iterator[int]:
-        """Hold the write lock; yields the root's fd (held for the run)."""
+        """Hold the write lock (unless held for the run); yields the root's fd (held)."""
         with self._thread_lock:
-            with self._handles_guard:
-                self._root_fd(create=True)
-                root = self._root_handle
-                assert root is not None
-                if self._write_lock is not None and self._write_lock[0] is not root:
-                    self._release(self._write_lock[1])  # the store was replaced meanwhile
-                    self._write_lock = None
-                if self._write_lock is None:
-                    fd = open_lock_file(root.fd, WRITE_LOCK, self.root / WRITE_LOCK)
-                    self._held_fds.append(fd)
-                    self._write_lock = (root, fd)
-                lock_fd = self._write_lock[1]
+            root, lock_fd = self._write_lock_fd()
+            if lock_fd == self._run_lock_fd:
+                yield root.fd
+                return
             with hold_lock(lock_fd, self.root / WRITE_LOCK):
                 yield root.fd
 

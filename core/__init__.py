@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from credbridge.core.plugins import PluginManager, get_plugin_manager
     from credbridge.core.reference import Locator, Reference, parse_reference
     from credbridge.core.report import CheckResult, DeliveryEntry, DeliveryReport
+    from credbridge.core.resolution import Resolver
     from credbridge.core.secret import Secret, SecretDocument
     from credbridge.core.settings import Setting, read_settings
     from credbridge.core.types import (
@@ -93,6 +94,7 @@ _LAZY = {
     "DeliveryEntry": "report",
     "DeliveryReport": "report",
     "Session": "engine",
+    "Resolver": "resolution",
     "BadReference": "errors",
     "ConfigError": "errors",
     "CredbridgeError": "errors",
@@ -188,14 +190,14 @@ def resolve(
     listing every failure (``.failures``). ``generate:`` references resolved here are not tied to
     a credential: without ``?id=`` they produce a fresh, unpersisted value.
     """
-    from credbridge.core.engine import Session
     from credbridge.core.errors import NotFound, ResolutionFailed, SourceError
     from credbridge.core.reference import parse_reference
+    from credbridge.core.resolution import Resolver
     from credbridge.core.secret import Secret
     from credbridge.core.types import Request
 
     wanted = [parse_reference(r) if isinstance(r, str) else r for r in references]
-    with Session(config) as session:
+    with Resolver(config) as session:
         for reference in wanted:
             session.check_reference(reference)
         requests = [Request(r) for r in wanted]
@@ -272,6 +274,7 @@ __all__ = [
     "Reference",
     "Request",
     "ResolutionFailed",
+    "Resolver",
     "RestartFailed",
     "RotatableSource",
     "Secret",

@@ -18,10 +18,11 @@ from credbridge.core.errors import CredbridgeError, ExitCode, PluginFailed, prin
 
 if TYPE_CHECKING:
     from credbridge.core.config import Config
-    from credbridge.core.engine import Progress, Session
+    from credbridge.core.engine import Session
     from credbridge.core.fsutil import LockWait
     from credbridge.core.plugins import PluginManager
     from credbridge.core.report import DeliveryReport
+    from credbridge.core.resolution import Progress, Resolver
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -221,6 +222,12 @@ class State:
             return Config(path=None, directory=Path.cwd(), targets={})
         return load_config(path)
 
+    def resolver(self) -> Resolver:
+        """For commands that only read values (``get``, ``export``): no delivery code loaded."""
+        from credbridge.core.resolution import Resolver
+
+        return Resolver(self.config(required=False))
+
     def session(self, *, required: bool = True, progress: bool = False) -> Session:
         from credbridge.core.engine import Session
 
@@ -414,7 +421,7 @@ def get(state: State, reference: str, reveal: bool) -> None:
     Public parts (#public, #cert, #chain of a generated key) are printed anywhere; a secret
     is printed to a pipe or file, and to a terminal only with --reveal.
     """
-    with state.session(required=False) as session:
+    with state.resolver() as session:
         if not reveal and sys.stdout.isatty() and not session.is_public(reference):
             raise SecretToTerminal(
                 f"{reference}: refusing to print a secret to a terminal; pipe it, redirect "
@@ -435,7 +442,7 @@ def export(state: State, reference: str, path: Path) -> None:
     """Write the public part REFERENCE selects to PATH (0644, atomically, no symlinks)."""
     from credbridge.core.export import export_public
 
-    with state.session(required=False) as session:
+    with state.resolver() as session:
         size = export_public(session, reference, path)
     click.echo(f"exported {reference} to {path} ({size} bytes)", err=True)
 

@@ -1,24 +1,23 @@
-"""Resolution and delivery: the part of credbridge that wires sources to sinks.
+"""Delivery: the part of credbridge that wires resolved values to sinks.
 
-A :class:`Session` holds one loaded config and the plugin manager, opens sources, the store,
-sinks and launchers lazily, and runs the two-phase delivery: resolve everything first, then
-stage every target, commit all or roll all back.
+A :class:`Session` is a :class:`~credbridge.core.resolution.Resolver` (one loaded config, its
+sources and store, resolution) that also opens sinks and launchers and runs the two-phase
+delivery: resolve everything first, then stage every target, commit all or roll all back;
+``rotate``, ``check`` and ``launch`` are built on the same state and run locks.
 
-Longer than most modules because :class:`Session` is one object: resolution, the commit and
-the commands built on them share its state (opened sources, the run locks, the values
-resolved so far that error texts are checked against). What needs none of it lives apart:
-the report types (report.py), ``target:`` links (links.py), unit restarts (units.py).
+Longer than most modules because :class:`Session` is one object: the commit and the commands
+built on it share its state (the run locks, the values resolved so far). What needs none of it
+lives apart: resolution (resolution.py), the report types (report.py), ``target:`` links
+(links.py), unit restarts (units.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import signal
 import threading
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 from credbridge.core import links
 from credbridge.core.config import Config, CredentialSpec, Target, keypath
 from credbridge.core.errors import (
-    BadReference,
     ConfigError,
     CredbridgeError,
     DeliveryError,
@@ -36,7 +34,6 @@ from credbridge.core.errors import (
     ResolutionFailed,
     SourceError,
     printable,
-    renamed,
 )
 from credbridge.core.faults import point
 from credbridge.core.fsutil import LockWait, locked
@@ -44,14 +41,11 @@ from credbridge.core.plugins import (
     LAUNCHER,
     SINK,
     SOURCE,
-    STORE,
     PluginManager,
-    get_plugin_manager,
 )
-from credbridge.core.reference import Reference, parse_reference
 from credbridge.core.report import CheckResult, DeliveryEntry, DeliveryReport
+from credbridge.core.resolution import GuardedStore, Progress, Resolver, _wipe
 from credbridge.core.secret import Secret
-from credbridge.core.threads import map_in_threads
 from credbridge.core.types import (
     PLAN_KEYS,
     Change,
@@ -59,18 +53,12 @@ from credbridge.core.types import (
     Launcher,
     LauncherContext,
     Mode,
-    Outcome,
     Pending,
     PlanEntry,
-    Request,
     RotatableSource,
     Sink,
     SinkContext,
-    Source,
-    SourceContext,
     Staged,
-    Store,
-    StoreContext,
 )
 from credbridge.core.units import (
     UnitAction,
@@ -79,22 +67,17 @@ from credbridge.core.units import (
     pending_records,
     select_units,
 )
-from credbridge.core.validation import check_reference, validate_config
+from credbridge.core.validation import validate_config
 
 if TYPE_CHECKING:
-    from credbridge.core.remote import Redactor
+    pass
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, int, int], None]
 
-
-def _empty_config() -> Config:
-    return Config(path=None, directory=Path.cwd(), targets={})
-
-
-class Session:
-    """One run of credbridge against one config. Close it (or use ``with``) when done."""
+class Session(Resolver):
+    """One run of credbridge against one config: resolution (:class:`Resolver`), delivery,
+    rotation, checks and launches. Close it (or use ``with``) when done."""
 
     def __init__(
         self,
@@ -104,40 +87,15 @@ class Session:
         progress: Progress | None = None,
         lock_wait: LockWait | None = None,
     ) -> None:
-        self.config = config or _empty_config()
-        self.plugins = plugins or get_plugin_manager()
-        self.progress = progress
+        super().__init__(config, plugins=plugins, progress=progress)
         self.lock_wait = lock_wait or LockWait()
         """How long ``deliver``, ``rotate`` and ``launch`` wait for locks other runs hold."""
-        self._sources: dict[str, Source] = {}
-        self._store: Store | None = None
-        self._store_guard = threading.Lock()
         self._run_locks: contextlib.ExitStack | None = None
         self._store_locked = False
-        # Server texts in errors are checked against every value this session resolved, once
-        # the outermost resolve() has every outcome (a source resolves its login material
-        # through a nested call). Nested calls' values (tokens, soon wiped) are indexed at
-        # once; the outermost calls' values only when an error needs them.
-        self._resolved: list[Secret] = []
-        self._nested_values: Redactor | None = None
-        self._resolving = 0
-        self._resolving_guard = threading.Lock()
         self._lock_files: list[Path] = []
 
     def __enter__(self) -> Session:
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for scheme, source in self._sources.items():
-            try:
-                with self.plugins.guard(SOURCE, scheme, "close()"):
-                    source.close()
-            except CredbridgeError as error:
-                log.warning("%s", error)
-        self._sources.clear()
 
     # ------------------------------------------------------------------ validation
 
@@ -145,44 +103,11 @@ class Session:
         """Check every plugin name, declared setting and reference of the config (no I/O)."""
         validate_config(self.config, self.plugins)
 
-    def check_reference(self, reference: Reference) -> None:
-        """Syntax check of a reference against the source that owns its scheme (no I/O)."""
-        check_reference(reference, self.plugins)
-
-    def is_public(self, reference: str | Reference) -> bool:
-        """Whether a reference selects a public value (its source's ``SourceType.public``),
-        ``target:`` links followed. Only public values may be printed to a terminal without
-        ``--reveal``, exported, shown by ``check``/``--dry-run`` or delivered world-readable."""
-        parsed = parse_reference(reference) if isinstance(reference, str) else reference
-        parsed = links.linked_reference(self.config, parsed)
-        found = self.plugins.lookup(SOURCE, parsed.scheme)
-        return found is not None and found[0].selects_public(parsed)
-
-    # ------------------------------------------------------------------ opening plugins
-
-    def store(self) -> Store:
-        with self._store_guard:
-            if self._store is None:
-                kind = self.config.store_type
-                found = self.plugins.lookup(STORE, kind)
-                if found is None:
-                    raise ConfigError(
-                        f"unknown store type {kind!r}", file=self.config.label, key="store.type"
-                    )
-                context = StoreContext(
-                    self.config.store_settings,
-                    self.config.directory,
-                    "store",
-                    self.config.label,
-                    resolve=self.resolve_one,
-                )
-                with self.plugins.guard(STORE, kind, "open()"):
-                    self._store = _GuardedStore(found[0].open(context), self.plugins, kind)
-            if self._run_locks is not None and not self._store_locked:
-                self._lock_store(self._store, self._run_locks)
-            return self._store
-
     # ------------------------------------------------------------------ run locks
+
+    def _store_used(self, store: GuardedStore) -> None:
+        if self._run_locks is not None and not self._store_locked:
+            self._lock_store(store, self._run_locks)
 
     @contextlib.contextmanager
     def _locked_run(self, sinks: Iterable[Sink] = ()) -> Iterator[None]:
@@ -204,29 +129,11 @@ class Session:
                     self._run_locks = None
                     self._store_locked = False
 
-    def _lock_store(self, store: Store, stack: contextlib.ExitStack) -> None:
+    def _lock_store(self, store: GuardedStore, stack: contextlib.ExitStack) -> None:
         stack.enter_context(locked(store.lock_file(), wait=self.lock_wait))
         self._store_locked = True
+        stack.enter_context(store.held_for_run())
         store.recover()
-
-    def source(self, scheme: str) -> Source:
-        if scheme not in self._sources:
-            found = self.plugins.lookup(SOURCE, scheme)
-            if found is None:
-                raise BadReference(f"{scheme}:", f"unknown scheme {scheme!r}")
-            context = SourceContext(
-                scheme=scheme,
-                settings=self.config.sources.get(scheme, {}),
-                config_dir=self.config.directory,
-                concurrency=self.config.concurrency,
-                resolve=self.resolve_one,
-                store=self.store,
-                where=keypath("sources", scheme),
-                config_file=self.config.label,
-            )
-            with self.plugins.guard(SOURCE, scheme, "open()"):
-                self._sources[scheme] = found[0].open(context)
-        return self._sources[scheme]
 
     def sink(self, target: Target) -> Sink:
         found = self.plugins.lookup(SINK, target.sink)
@@ -264,135 +171,6 @@ class Session:
         )
         with self.plugins.guard(LAUNCHER, target.launcher, "open()"):
             return found[0].open(context)
-
-    # ------------------------------------------------------------------ resolution
-
-    def resolve(
-        self, requests: Iterable[Request], mode: Mode = Mode.DELIVER
-    ) -> dict[Request, Outcome]:
-        """Resolve requests, all schemes concurrently; failures are returned, not raised.
-
-        A failure's server text (what a Vault or AWS error answer said) is shown only when
-        this is the outermost call and every outcome is in: then no value of the run can
-        arrive any more, and the text is withheld if it quotes any of them (docs/security.md).
-        """
-        with self._resolving_guard:
-            self._resolving += 1
-        outermost = False
-        try:
-            results = self._resolve(requests, mode)
-        finally:
-            with self._resolving_guard:
-                self._resolving -= 1
-                outermost = self._resolving == 0
-        values = [v for v in results.values() if isinstance(v, Secret)]
-        if not outermost:
-            if values:
-                with self._resolving_guard:
-                    if self._nested_values is None:
-                        self._nested_values = _redactor()
-                    for value in values:
-                        self._nested_values.add(value)
-            return results
-        with self._resolving_guard:
-            self._resolved += values
-            known, nested = list(self._resolved), self._nested_values
-        pending = [e for e in results.values() if isinstance(e, SourceError) and e.server_text]
-        if pending:
-            _disclose(pending, known, nested)
-        return results
-
-    def _resolve(
-        self, requests: Iterable[Request], mode: Mode = Mode.DELIVER
-    ) -> dict[Request, Outcome]:
-        by_scheme: dict[str, list[Request]] = defaultdict(list)
-        for request in dict.fromkeys(requests):
-            by_scheme[request.reference.scheme].append(request)
-        total = sum(len(v) for v in by_scheme.values())
-        done = 0
-        results: dict[Request, Outcome] = {}
-
-        def run(scheme: str) -> dict[Request, Outcome]:
-            batch = by_scheme[scheme]
-            log.debug(
-                "resolving %d reference(s) with scheme %s (%s)", len(batch), scheme, mode.value
-            )
-            try:
-                source = self.source(scheme)
-                with self.plugins.guard(SOURCE, scheme, "fetch()"):
-                    outcome = source.fetch(batch, mode)
-            except SourceError as error:
-                return {r: renamed(error, str(r.reference)) for r in batch}
-            missing = [r for r in batch if r not in outcome]
-            if missing:
-                raise PluginError(
-                    f"source {scheme!r} returned no result for {missing[0].reference}"
-                )
-            return outcome
-
-        if self.progress:
-            self.progress("resolving", 0, total)
-        schemes = list(by_scheme)
-        for partial in map_in_threads(run, schemes, workers=len(schemes), name="credbridge-scheme"):
-            results.update(partial)
-            done += len(partial)
-            if self.progress:
-                self.progress("resolving", done, total)
-        if self.progress:
-            self.progress("resolving", total, total)
-        return results
-
-    def resolve_one(self, text: str | Reference, mode: Mode = Mode.DELIVER) -> Secret:
-        """Resolve one reference or raise its :class:`SourceError` (``credbridge get``)."""
-        reference = parse_reference(text) if isinstance(text, str) else text
-        if links.is_link(reference):
-            request = links.follow_reference(self.config, reference)
-        else:
-            self.check_reference(reference)
-            request = Request(reference)
-        outcome = self.resolve([request], mode)[request]
-        if isinstance(outcome, SourceError):
-            raise outcome
-        if isinstance(outcome, Pending):
-            raise NotFound(str(reference), outcome.reason)
-        return outcome
-
-    def resolve_targets(
-        self, targets: Sequence[Target], mode: Mode, *, tolerate: bool = False
-    ) -> tuple[dict[str, dict[str, Secret | Pending]], list[str]]:
-        """Resolve every credential of every target; all-or-nothing.
-
-        Returns values per target and the optional credentials skipped because not found.
-        Raises :class:`ResolutionFailed` naming each failed credential and its reference;
-        with ``tolerate`` (plans only) failures are logged and become :class:`Pending`.
-        """
-        wanted: list[tuple[Target, CredentialSpec, Request]] = []
-        for target in targets:
-            for spec in target.credentials:
-                wanted.append((target, spec, links.follow(self.config, target, spec)))
-        outcomes = self.resolve([w[2] for w in wanted], mode)
-        values: dict[str, dict[str, Secret | Pending]] = {t.name: {} for t in targets}
-        failures: list[SourceError] = []
-        skipped: list[str] = []
-        for target, spec, request in wanted:
-            outcome = outcomes[request]
-            if isinstance(outcome, SourceError):
-                if spec.optional and isinstance(outcome, NotFound):
-                    skipped.append(f"{target.name}/{spec.name}")
-                    continue
-                if tolerate:
-                    # A plan made outside the unit cannot read credential: inputs; show the gap.
-                    log.warning("%s", outcome.for_credential(target.name, spec.name))
-                    values[target.name][spec.name] = Pending(f"unresolved here: {outcome.kind}")
-                    continue
-                failures.append(outcome.for_credential(target.name, spec.name))
-            else:
-                values[target.name][spec.name] = outcome
-        if failures:
-            for target_values in values.values():
-                _wipe(target_values.values())
-            raise ResolutionFailed(failures)
-        return values, skipped
 
     # ------------------------------------------------------------------ delivery
 
@@ -802,54 +580,6 @@ def launch_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
     return shaped
 
 
-class _GuardedStore(Store):
-    """The store as sources see it: every call attributed to the store's plugin on failure."""
-
-    def __init__(self, store: Store, plugins: PluginManager, name: str) -> None:
-        self._inner = store
-        self._name = name
-        # OSError and ValueError are part of the Store contract (sources turn them into
-        # typed errors naming the key); anything else is a bug in the store's plugin.
-        self._guard = functools.partial(
-            plugins.guard, STORE, name, passthrough=(OSError, ValueError)
-        )
-
-    def read(self, key: str, *, previous: bool = False) -> Secret | None:
-        with self._guard("read()"):
-            return self._inner.read(key, previous=previous)
-
-    def create(self, key: str, value: Secret) -> Secret:
-        with self._guard("create()"):
-            return self._inner.create(key, value)
-
-    def rotate(self, key: str, value: Secret) -> None:
-        with self._guard("rotate()"):
-            self._inner.rotate(key, value)
-
-    def keys(self) -> list[str]:
-        with self._guard("keys()"):
-            return self._inner.keys()
-
-    def location(self) -> str:
-        with self._guard("location()"):
-            return self._inner.location()
-
-    def lock_file(self) -> Path:
-        with self._guard("lock_file()"):
-            path: object = self._inner.lock_file()
-        if not isinstance(path, Path):
-            # Plugins written for the API before lock_file() was required returned None.
-            raise PluginError(
-                f"store {self._name!r}: lock_file() returned no lock file; every store must "
-                "serialise rotate with deliver (docs/plugins.md, Store)"
-            )
-        return path
-
-    def recover(self) -> None:
-        with self._guard("recover()"):
-            self._inner.recover()
-
-
 _TERMINATING = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
 
@@ -898,31 +628,3 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, OSError):
         return error.strerror or type(error).__name__
     return str(error)
-
-
-def _wipe(values: Iterable[Secret | Pending]) -> None:
-    for value in values:
-        if isinstance(value, Secret):
-            value.wipe()
-
-
-def _redactor() -> Redactor:
-    from credbridge.core.remote import Redactor
-
-    return Redactor()
-
-
-def _disclose(
-    errors: Sequence[SourceError], values: Sequence[Secret], nested: Redactor | None
-) -> None:
-    from credbridge.core.remote import WITHHELD, disclose
-
-    redactor = _redactor()
-    for value in values:
-        if value.wiped:
-            # A value no longer readable cannot be looked for: show no server text at all.
-            for error in errors:
-                error.disclose(WITHHELD)
-            return
-        redactor.add(value)
-    disclose(errors, redactor, *([nested] if nested is not None else []))

@@ -14,10 +14,10 @@ import stat
 from pathlib import Path
 
 from credbridge.core import links
-from credbridge.core.engine import Session
 from credbridge.core.errors import BadReference, DeliveryError
 from credbridge.core.fsutil import atomic_write
 from credbridge.core.reference import parse_reference
+from credbridge.core.resolution import Resolver
 
 EXPORT_MODE = 0o644
 
@@ -43,7 +43,7 @@ def _check_path(path: Path) -> None:
         raise DeliveryError(f"cannot export to {path}: it exists and is not a regular file")
 
 
-def export_public(session: Session, text: str, path: Path) -> int:
+def export_public(session: Resolver, text: str, path: Path) -> int:
     """Resolve ``text`` (which must select a public part) and write it to ``path``; its size."""
     reference = parse_reference(text)
     if not links.is_link(reference):

@@ -135,13 +135,13 @@ def test_launch_plans_have_the_same_keys_for_both_launchers(tmp_path: Path) -> N
 
 
 def test_a_bug_is_one_line_and_exit_1(monkeypatch: pytest.MonkeyPatch) -> None:
-    from credbridge.core import engine
+    from credbridge.core import resolution
     from credbridge.core.cli import cli
 
     def broken(self: Any, reference: str) -> None:
         raise ZeroDivisionError("bug-canary-" + "in-message")
 
-    monkeypatch.setattr(engine.Session, "resolve_one", broken)
+    monkeypatch.setattr(resolution.Resolver, "resolve_one", broken)
     result = CliRunner().invoke(cli, ["get", "env:HOME"])
     assert result.exit_code == 1
     assert result.output.splitlines() == [

@@ -216,3 +216,27 @@ def test_without_openat2_values_are_read_by_the_walk_with_the_same_checks(
     )
     with pytest.raises(UnsafePath, match=r"t/b/current: is a symlink"):
         store.read("t/b")
+
+
+def lock_acquisitions(lines: list[str]) -> dict[str, int]:
+    """How often each lock file was taken (``flock(FD</path>, LOCK_EX...)`` in strace -y)."""
+    taken: dict[str, int] = {}
+    for line in lines:
+        if "LOCK_EX" in line and " = 0" in line and (path := line.partition("<")[2]):
+            name = path.partition(">")[0]
+            taken[name] = taken.get(name, 0) + 1
+    return taken
+
+
+def test_each_lock_is_taken_once_per_run(tmp_path: Path, tmpfs_dir: Path) -> None:
+    """A first run of 20 new credentials takes the store's write lock once, not once per value
+    (and its run lock and the sink's lock once), and so does a later run that keeps them."""
+    config = deliver_config(tmpfs_dir, 20)
+    argv = [sys.executable, "-m", "credbridge.core.cli", "-c", str(config), "deliver"]
+    for _ in range(2):
+        taken = lock_acquisitions(strace_calls("flock", *argv))
+        assert taken == {
+            str(tmpfs_dir / "store" / ".lock"): 1,
+            str(tmpfs_dir / "store" / ".credbridge.lock"): 1,
+            str(tmpfs_dir / "cs" / ".credbridge.lock"): 1,
+        }
