@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from credbridge.core import __version__
+from credbridge.core.cli_base import (
+    State,
+    _config_option,
+    _row,
+    lock_options,
+    pass_state,
+)
+from credbridge.core.cli_base import pass_config as pass_config
 from credbridge.core.errors import CredbridgeError, ExitCode, PluginFailed, printable
 
 if TYPE_CHECKING:
-    from credbridge.core.config import Config
-    from credbridge.core.engine import Session
-    from credbridge.core.fsutil import LockWait
-    from credbridge.core.plugins import PluginManager
     from credbridge.core.report import DeliveryReport
-    from credbridge.core.resolution import Progress, Resolver
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -113,7 +114,26 @@ class _Group(click.Group):
             cmd.params.append(_config_option())
         super().add_command(cmd, name)
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def builtin_commands(self) -> dict[str, click.Command]:
+        """Every built-in command, the lazy ones loaded (``plugins`` checks clashes with them)."""
+        for name in LAZY_COMMANDS:
+            self._load_lazy(name)
+        return {n: c for n, c in self.commands.items() if n in self._builtin_names}
+
+    def _load_lazy(self, name: str) -> None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            import importlib
+
+            module = importlib.import_module(LAZY_COMMANDS[name])
+            for command in module.COMMANDS:
+                if command.name not in self.commands:
+                    self.add_command(command)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._load_lazy(cmd_name)
         found = super().get_command(ctx, cmd_name)
         if found is None and not self._plugin_commands_loaded:
             # Plugins are asked for commands only when the command line names an unknown one.
@@ -125,6 +145,16 @@ class _Group(click.Group):
         return found
 
     _plugin_commands_loaded = False
+    _builtin_names: frozenset[str] = frozenset()
+
+
+LAZY_COMMANDS = {
+    "unit": "credbridge.core.cli_unit",
+    "plugins": "credbridge.core.cli_plugins",
+    "agent": "credbridge.core.cli_agent",
+    "status": "credbridge.core.cli_agent",
+}
+"""Built-in commands whose modules load only when they run (or ``--help`` lists them)."""
 
 
 def _show_where(ctx: click.Context, error: BaseException) -> None:
@@ -154,24 +184,6 @@ def _show_where(ctx: click.Context, error: BaseException) -> None:
         )
 
 
-def _set_config(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    if value is not None:
-        state = ctx.find_object(State)
-        if state is not None:
-            state.config_path = value
-
-
-def _config_option() -> click.Option:
-    return click.Option(
-        ["-c", "--config"],
-        metavar="PATH",
-        expose_value=False,
-        is_eager=True,
-        callback=_set_config,
-        help="Config file (default: $CREDBRIDGE_CONFIG or ./credbridge.toml).",
-    )
-
-
 class _OneLineFormatter(logging.Formatter):
     """Log messages carry names and paths from users: escape their control characters."""
 
@@ -187,113 +199,6 @@ def _setup_logging(verbose: int) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-
-
-def _interactive() -> bool:
-    """Progress only for a person at a terminal, never under systemd or in a pipe."""
-    under_systemd = "INVOCATION_ID" in os.environ or "JOURNAL_STREAM" in os.environ
-    return sys.stderr.isatty() and not under_systemd and os.environ.get("TERM") != "dumb"
-
-
-def _progress() -> Progress | None:
-    if not _interactive():
-        return None
-
-    def show(stage: str, done: int, total: int) -> None:
-        end = "\n" if done >= total else ""
-        click.echo(f"\r{stage} {done}/{total}", err=True, nl=False)
-        if end:
-            click.echo("\r\033[K", err=True, nl=False)
-
-    return show
-
-
-class State:
-    def __init__(self, config_path: str | None, verbose: int = 0) -> None:
-        self.config_path = config_path
-        self.verbose = verbose
-        self.lock_wait: LockWait | None = None
-
-    def config(self, *, required: bool = True) -> Config:
-        from credbridge.core.config import Config, find_config, load_config
-
-        path = find_config(self.config_path)
-        if not required and self.config_path is None and not path.exists():
-            return Config(path=None, directory=Path.cwd(), targets={})
-        return load_config(path)
-
-    def resolver(self) -> Resolver:
-        """For commands that only read values (``get``, ``export``): no delivery code loaded."""
-        from credbridge.core.resolution import Resolver
-
-        return Resolver(self.config(required=False))
-
-    def session(self, *, required: bool = True, progress: bool = False) -> Session:
-        from credbridge.core.engine import Session
-
-        return Session(
-            self.config(required=required),
-            progress=_progress() if progress else None,
-            lock_wait=self.lock_wait,
-        )
-
-
-pass_state = click.make_pass_decorator(State)
-
-
-def pass_config(command: F) -> F:
-    """Call a command with the loaded :class:`Config` as its first argument (docs/plugins.md).
-
-    The config is the one ``-c PATH`` names (before or after the command's name), else
-    ``$CREDBRIDGE_CONFIG`` or ``./credbridge.toml``; it is loaded and validated when the command
-    runs, and a bad one is one line and the exit code it gets in the built-in commands.
-    """
-
-    @functools.wraps(command)
-    def with_config(*args: Any, **kwargs: Any) -> Any:
-        ctx = click.get_current_context()
-        state = ctx.find_object(State) or State(None)
-        return ctx.invoke(command, state.config(), *args, **kwargs)
-
-    return cast("F", with_config)
-
-
-def _set_lock_wait(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    from credbridge.core.fsutil import LockWait
-
-    state = ctx.ensure_object(State)
-    if param.name == "no_wait" and value:
-        if state.lock_wait is not None and state.lock_wait.timeout != 0:
-            raise click.UsageError("--no-wait and --wait-lock exclude each other")
-        state.lock_wait = LockWait(timeout=0)
-    elif param.name == "wait_lock" and value is not None:
-        if not math.isfinite(value):
-            # FloatRange lets nan through (nan < 0 is false), and nan would wait forever.
-            raise click.BadParameter("must be a finite number of seconds", ctx, param)
-        if state.lock_wait is not None and state.lock_wait.timeout == 0:
-            raise click.UsageError("--no-wait and --wait-lock exclude each other")
-        state.lock_wait = LockWait(timeout=value)
-    return value
-
-
-def lock_options(command: F) -> F:
-    """``--wait-lock SECONDS`` / ``--no-wait`` for the commands that take locks."""
-    command = click.option(
-        "--no-wait",
-        is_flag=True,
-        expose_value=False,
-        callback=_set_lock_wait,
-        help="Fail at once (exit 12) if another run holds a lock this one needs.",
-    )(command)
-    return click.option(
-        "--wait-lock",
-        metavar="SECONDS",
-        type=click.FloatRange(min=0),
-        expose_value=False,
-        callback=_set_lock_wait,
-        help="Wait at most SECONDS for a lock another run holds, then fail (exit 12). "
-        "Default: wait as long as it takes, saying so after a second.",
-    )(command)
 
 
 @click.group(
@@ -400,11 +305,6 @@ def _print_report(report: DeliveryReport, *, as_json: bool) -> None:
         _row("unit", action.unit, action.action, f"{status}{detail}")
 
 
-def _row(*fields: str) -> None:
-    """One tab-separated output line; a tab or newline inside a field is shown escaped."""
-    click.echo("\t".join(printable(field) for field in fields))
-
-
 class SecretToTerminal(CredbridgeError):
     """``credbridge get`` of a secret with a terminal as stdout and no ``--reveal``."""
 
@@ -447,130 +347,6 @@ def export(state: State, reference: str, path: Path) -> None:
     click.echo(f"exported {reference} to {path} ({size} bytes)", err=True)
 
 
-def installed_command() -> list[str]:
-    """The credbridge that is running, as a unit's ``ExecStart=`` should name it: the absolute
-    path of the ``credbridge`` entry point, or this interpreter with ``-m credbridge.core``."""
-    script = sys.argv[0] if sys.argv else ""
-    if os.path.basename(script) == "credbridge" and os.path.isfile(script):
-        return [os.path.abspath(script)]
-    return [os.path.abspath(sys.executable), "-m", "credbridge.core"]
-
-
-def _exec_word(word: str) -> str:
-    """One word of a systemd command line: ``%`` and ``$`` doubled, quoted when it needs it."""
-    if any(ord(c) < 0x20 or c == "\x7f" for c in word):
-        raise click.BadParameter(f"{word!r} holds a control character")
-    word = word.replace("%", "%%").replace("$", "$$")
-    if all(c.isalnum() or c in "/._+-@:,=%" for c in word):
-        return word
-    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def boot_unit(config: Config) -> str:
-    """``credbridge-deliver.service`` for ``config``, naming the running credbridge."""
-    command = " ".join(
-        _exec_word(w) for w in [*installed_command(), "-c", str(config.path), "deliver"]
-    )
-    units = sorted({t.unit for t in config.targets.values() if t.unit})
-    rerun = " ".join([*installed_command(), "-c", str(config.path), "unit", "--boot", "--install"])
-    return "\n".join(
-        [
-            f"# Generated by credbridge from {printable(str(config.path))}: deliver the",
-            "# credentials at boot, before the units that load them.",
-            f"# Re-run '{printable(rerun)}' after adding targets.",
-            "[Unit]",
-            "Description=Deliver credentials with credbridge",
-            *([f"Before={' '.join(units)}"] if units else []),
-            "",
-            "[Service]",
-            "Type=oneshot",
-            "RemainAfterExit=yes",
-            f"ExecStart={command}",
-            "UMask=0077",
-            "",
-            "[Install]",
-            "WantedBy=multi-user.target",
-            "",
-        ]
-    )
-
-
-@cli.command()
-@click.argument("target", required=False)
-@click.option(
-    "--boot",
-    is_flag=True,
-    help="Instead of a drop-in: credbridge-deliver.service, delivering at boot.",
-)
-@click.option(
-    "--install", is_flag=True, help="Write the drop-in under /etc/systemd/system/UNIT.d/."
-)
-@click.option(
-    "--unit-dir",
-    default="/etc/systemd/system",
-    show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Where --install writes UNIT.d/credbridge.conf.",
-)
-@lock_options
-@pass_state
-def unit(state: State, target: str | None, boot: bool, install: bool, unit_dir: Path) -> None:
-    """Print (or --install) the [Service] drop-in that loads TARGET's credentials.
-
-    With --boot, the credbridge-deliver.service that delivers every target at boot, naming
-    this credbridge and config (no TARGET)."""
-    from credbridge.core.errors import DeliveryError
-    from credbridge.core.fsutil import LOCK_NAME, atomic_write, locked, opened_dir
-    from credbridge.core.settings import control_problem
-
-    problem = control_problem(str(unit_dir))
-    if problem is not None:
-        raise click.BadParameter(f"path {problem}", param_hint="--unit-dir")
-    if boot == (target is not None):
-        raise click.UsageError("name a TARGET, or give --boot (and no TARGET)")
-    if boot:
-        text = boot_unit(state.config())
-        if not install:
-            click.echo(text, nl=False)
-            return
-        path = unit_dir / "credbridge-deliver.service"
-        try:
-            with opened_dir(unit_dir, create=True, mode=0o755, parents_mode=0o755):
-                pass
-            atomic_write(path, text.encode(), mode=0o644)
-        except OSError as error:
-            raise DeliveryError(f"cannot write {path}: {error.strerror or error}") from None
-        click.echo(
-            f"installed {path}; run 'systemctl daemon-reload && systemctl enable "
-            "credbridge-deliver.service'",
-            err=True,
-        )
-        return
-    assert target is not None
-    with state.session() as session:
-        found, text = session.unit_dropin(target)
-    if not install:
-        click.echo(text, nl=False)
-        return
-    dropin_dir = unit_dir / f"{found.unit}.d"
-    try:
-        # Unit files are world-readable by convention (they hold paths, not values).
-        with opened_dir(dropin_dir, create=True, mode=0o755, parents_mode=0o755):
-            pass
-        with locked(dropin_dir / LOCK_NAME, wait=state.lock_wait):
-            atomic_write(dropin_dir / "credbridge.conf", text.encode(), mode=0o644)
-            # atomic_write reached the directory once, before writing: a symlink swapped in
-            # for it since then would leave the drop-in where systemd does not look. Walking
-            # the path again refuses it (exit 13), as a symlink there beforehand is refused.
-            with opened_dir(dropin_dir):
-                pass
-    except OSError as error:
-        raise DeliveryError(f"cannot write {dropin_dir}: {error.strerror or error}") from None
-    click.echo(
-        f"installed {dropin_dir / 'credbridge.conf'}; run 'systemctl daemon-reload'", err=True
-    )
-
-
 @cli.command()
 @click.argument("target")
 @click.argument("credential")
@@ -594,115 +370,6 @@ def rotate(state: State, target: str, credential: str) -> None:
         )
     if units:
         click.echo(f"deliver it: credbridge deliver --restart {' '.join(units)}", err=True)
-
-
-def _settings_listing(manager: PluginManager, plugin: str) -> dict[str, dict[str, Any]]:
-    """``{"sources": {"vault": [setting, ...]}}`` for what ``plugin`` provides; a record that
-    declares nothing (it checks its table itself) maps to ``None``."""
-    from credbridge.core.plugins import KINDS
-
-    listing: dict[str, dict[str, Any]] = {}
-    for kind in KINDS:
-        for name, (record, provider) in sorted(manager.records(kind).items()):
-            if provider != plugin:
-                continue
-            declared = record.declared_settings
-            listing.setdefault(kind.key, {})[name] = (
-                None
-                if declared is None
-                else [
-                    {
-                        "name": setting.name,
-                        "kind": setting.kind,
-                        "type": setting.describe(),
-                        "default": setting.default,
-                        "doc": setting.doc,
-                    }
-                    for setting in declared.values()
-                ]
-            )
-    return listing
-
-
-def _echo_settings(listing: dict[str, dict[str, Any]]) -> None:
-    singular = {"sources": "source", "sinks": "sink", "launchers": "launcher", "stores": "store"}
-    for key, records in listing.items():
-        for name, settings in records.items():
-            if settings is None:
-                click.echo(f"  {singular[key]} {name} settings: checked by the plugin itself")
-                continue
-            click.echo(f"  {singular[key]} {name} settings:{'' if settings else ' none'}")
-            for setting in settings:
-                default = setting["default"]
-                shown = "" if default is None else f", default {default!r}"
-                doc = f" -- {setting['doc']}" if setting["doc"] else ""
-                click.echo(printable(f"    {setting['name']}: {setting['type']}{shown}{doc}"))
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option(
-    "-v",
-    "--verbose",
-    "verbose",
-    is_flag=True,
-    help="Also list each plugin's settings: kind, default and doc.",
-)
-@click.pass_obj
-def plugins(run: State, as_json: bool, verbose: bool) -> None:
-    """List every plugin, its state, what it provides and where it came from; and conflicts."""
-    from credbridge.core.plugins import CORE, PluginInfo, get_plugin_manager
-
-    verbose = verbose or run.verbose > 0  # `credbridge -v plugins` too
-
-    manager = get_plugin_manager()
-    manager.collect_all()
-    # A throwaway group holding the built-ins, so clashes are found and nothing is changed.
-    manager.add_commands(click.Group(commands=dict(cli.commands)))
-    core = PluginInfo(CORE, "credbridge.core", "credbridge", __version__, True)
-    core.sources.append("target")
-    infos = [core, *sorted(manager.infos.values(), key=lambda i: (not i.builtin, i.name))]
-    conflicts = manager.conflicts()
-    if as_json:
-        import json
-
-        described = [i.as_json() for i in infos]
-        if verbose:
-            for entry in described:
-                entry["settings"] = _settings_listing(manager, entry["name"])
-        listing = {
-            "plugins": described,
-            "conflicts": [
-                {
-                    "kind": c.kind,
-                    "name": c.name,
-                    "plugins": list(c.providers),
-                    "message": manager.conflict_message(c),
-                }
-                for c in conflicts
-            ],
-            "problems": manager.problems,
-        }
-        click.echo(json.dumps(listing, indent=2))
-        return
-    for info in infos:
-        origin = "built-in" if info.builtin else info.origin
-        state = "" if info.state in {"loaded", "registered"} else f"  [{info.state}]"
-        click.echo(f"{info.name} ({origin}){state}")
-        if info.error:
-            click.echo(f"  error: {printable(info.error)}")
-        for label in ("sources", "sinks", "launchers", "stores", "commands"):
-            names = getattr(info, label)
-            if names:
-                click.echo(f"  {label}: {', '.join(sorted(names))}")
-        if verbose:
-            _echo_settings(_settings_listing(manager, info.name))
-        for warning in info.warnings:
-            click.echo(f"  warning: {printable(warning)}")
-    for conflict in conflicts:
-        click.echo(f"conflict: {printable(manager.conflict_message(conflict))}")
-    for problem in manager.problems:
-        click.echo(f"problem: {printable(problem)}")
 
 
 @cli.command()
@@ -747,80 +414,7 @@ def launch(state: State, name: str, dry_run: bool) -> None:
     sys.exit(result)
 
 
-@cli.command()
-@click.option(
-    "--restart/--no-restart",
-    default=None,
-    help="Restart the units whose credentials changed (targets' own on_change still apply); "
-    "--no-restart touches no unit.",
-)
-@click.option(
-    "--state-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to keep the state 'credbridge status' reads (default: see docs/agent.md).",
-)
-@lock_options
-@pass_state
-def agent(state: State, restart: bool | None, state_file: Path | None) -> None:
-    """Deliver every unit target, then keep them fresh until stopped (docs/agent.md).
-
-    Renews leases, re-reads sources every `refresh`, delivers only what changed and
-    restarts the units whose credentials changed. SIGHUP re-reads the config; SIGTERM
-    finishes the delivery under way and exits 0. Speaks sd_notify (Type=notify)."""
-    from credbridge.core.agent import Agent
-    from credbridge.core.config import find_config
-
-    runner = Agent(
-        find_config(state.config_path),
-        restart=restart,
-        state=state_file,
-        lock_wait=state.lock_wait,
-    )
-    sys.exit(runner.run())
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option(
-    "--state-file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The state file the agent writes (default: the config's, see docs/agent.md).",
-)
-@pass_state
-def status(state: State, as_json: bool, state_file: Path | None) -> None:
-    """Show what 'credbridge agent' delivered: per target and credential its source, version
-    or lease id (never a value), when delivered, when it expires, next refresh, last error."""
-    from credbridge.core.agent import AgentSettings, read_state, state_path
-
-    if state_file is None:
-        with state.session() as session:
-            state_file = state_path(session, AgentSettings.from_config(session.config))
-    data = read_state(state_file)
-    if as_json:
-        import json
-
-        click.echo(json.dumps(data, indent=2))
-        return
-    running = "running" if data.get("running") else "not running"
-    ready = "ready" if data.get("ready") else "not ready"
-    click.echo(
-        f"agent: {running} (pid {data.get('pid')}), {ready}, updated {data.get('updated_at')}"
-    )
-    for name, target in data["targets"].items():
-        _row(
-            name, str(target.get("status")), str(target.get("unit")), target.get("last_error") or ""
-        )
-        for credential, info in target.get("credentials", {}).items():
-            held = info.get("lease_id") or info.get("version") or "-"
-            _row(
-                f"  {name}/{credential}",
-                str(info.get("reference")),
-                f"version/lease {held}",
-                f"delivered {info.get('delivered_at') or '-'}",
-                f"expires {info.get('expires_at') or 'never'}",
-                f"next {info.get('next_action')} {info.get('next_refresh') or '-'}",
-                info.get("last_error") or "",
-            )
+cli._builtin_names = frozenset({*cli.commands, *LAZY_COMMANDS})
 
 
 def main() -> None:

@@ -140,12 +140,22 @@ NEVER_FOR_GET_ENV = [
     "concurrent.futures",
     "importlib.metadata",
     "credbridge.core.process",
+    # get resolves through core.resolution's Resolver: none of the delivery code (plans,
+    # commits, run locks, unit restarts, reports) and none of the CLI's other commands.
+    "credbridge.core.engine",
+    "credbridge.core.units",
+    "credbridge.core.report",
+    "credbridge.core.fsutil",
+    "credbridge.core.faults",
+    "credbridge.core.cli_unit",
+    "credbridge.core.cli_plugins",
     "credbridge.backends.generate",
     "credbridge.backends.filestore",
     "credbridge.backends.credstore",
 ]
 NEVER_FOR_HELP = [
-    *(m for m in NEVER_FOR_GET_ENV if m != "shutil"),  # click sizes the help to the terminal
+    # click sizes the help to the terminal; it lists the lazily loaded commands' short help
+    *(m for m in NEVER_FOR_GET_ENV if m != "shutil" and not m.startswith("credbridge.core.cli_")),
     "pluggy",
     "dataclasses",
     "credbridge.core.engine",
