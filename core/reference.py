@@ -141,6 +141,8 @@ class Reference:
             text = str(self.locator)
             if self.selector is not None:
                 text += "#" + quote(self.selector, safe=_SELECTOR_SAFE)
+            if text == self.text:
+                text = self.text  # the written text was canonical: keep one copy, not two
             object.__setattr__(self, "_canonical", text)
         return text
 

@@ -240,3 +240,32 @@ def test_each_lock_is_taken_once_per_run(tmp_path: Path, tmpfs_dir: Path) -> Non
             str(tmpfs_dir / "store" / ".credbridge.lock"): 1,
             str(tmpfs_dir / "cs" / ".credbridge.lock"): 1,
         }
+
+
+def test_credentials_with_one_reference_text_share_one_parsed_reference() -> None:
+    """Memory per credential: 10,000 credentials of `generate:base64?bytes=32` keep one
+    parsed reference (with its locator and rendered text), not 10,000."""
+    from credbridge.core.config import read_config
+
+    config = read_config(
+        {
+            "targets": {
+                f"app{t}.service": {
+                    "credentials": {f"c{i}": "generate:base64?bytes=32" for i in range(3)}
+                    | {"home": "env:HOME"}
+                }
+                for t in range(2)
+            }
+        }
+    )
+    specs = [spec for target in config.targets.values() for spec in target.credentials]
+    generated = {id(spec.reference) for spec in specs if spec.name != "home"}
+    homes = {id(spec.reference) for spec in specs if spec.name == "home"}
+    assert len(generated) == 1 and len(homes) == 1
+
+
+def test_a_canonical_reference_keeps_one_copy_of_its_text() -> None:
+    reference = parse_reference("generate:base64?bytes=32")
+    assert str(reference) is reference.text
+    spelled = parse_reference("generate:base64?bytes=%33%32")
+    assert str(spelled) == "generate:base64?bytes=32" and str(spelled) is not spelled.text
