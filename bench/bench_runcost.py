@@ -14,7 +14,15 @@ Rows, round-robin within each group so a busy moment of the machine hits all row
   after it, and a later kept run;
 - peak RSS (``wait4``) of a kept run of 10 and of N credentials.
 
-Run:  python bench/bench_runcost.py [--runs 11] [--big-runs 3] [--large 10000]
+Each timed row also reports its CPU time (user + system of the child, from ``wait4``), which a
+busy machine moves less than wall time. The start-up and 10-kept groups include rows that
+take the time apart: ``python -c 'import click, pluggy'`` and ``python -c 'import ...'`` of
+every module the command loads (measured here first), so what is left of a command's time
+after its imports is its work. With ``--wheel`` the credbridge rows run a second time from a
+venv where the checkout is installed as a built wheel (what a user installs: no
+editable-install finder on ``sys.path``; its dependencies from pip's cache or index).
+
+Run:  python bench/bench_runcost.py [--runs 11] [--big-runs 3] [--large 10000] [--wheel]
 """
 
 from __future__ import annotations
@@ -45,8 +53,41 @@ rm -rf "$base/.old"
 """
 
 
-def run(argv: list[str], env: dict[str, str]) -> None:
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+CPU: dict[str, list[float]] = {}
+"""CPU seconds (user + system) of every timed row's runs, by row name."""
+
+
+def run(argv: list[str], env: dict[str, str]) -> float:
+    """Run ``argv``; its CPU seconds (user + system)."""
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    _pid, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise subprocess.CalledProcessError(os.waitstatus_to_exitcode(status), argv)
+    return usage.ru_utime + usage.ru_stime
+
+
+def loaded_modules(python: str, argv: list[str], env: dict[str, str]) -> list[str]:
+    """The modules ``credbridge ARGV`` has loaded when it is done (its import cost)."""
+    probe = (
+        "import sys\nfrom credbridge.core.cli import cli\n"
+        f"try:\n    cli({argv!r}, prog_name='credbridge')\nexcept SystemExit:\n    pass\n"
+        "print('@@modules', *sys.modules, file=sys.stderr)\n"
+    )
+    out = subprocess.run(
+        [python, "-c", probe], capture_output=True, text=True, check=True, env=env
+    ).stderr
+    names = out[out.rindex("@@modules") :].split()[1:]
+    return [m for m in names if m != "__main__"]
+
+
+def import_row(python: str, modules: list[str]) -> list[str]:
+    """``python -c`` importing ``modules`` in the order a run loaded them, and nothing else."""
+    code = (
+        "import importlib\n"
+        f"for name in {modules!r}:\n"
+        "    try:\n        importlib.import_module(name)\n    except ImportError:\n        pass\n"
+    )
+    return [python, "-c", code]
 
 
 def peak_rss_kib(argv: list[str], env: dict[str, str]) -> int:
@@ -89,8 +130,24 @@ def wipe(base: Path) -> None:
     shutil.rmtree(base / "credstore", ignore_errors=True)
 
 
+def wheel_python(work: Path) -> str:
+    """A venv with the checkout installed from a wheel built now (no editable finder)."""
+    wheels = work / "wheels"
+    checkout = Path(__file__).resolve().parent.parent
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(checkout)],
+        check=True,
+    )
+    target = work / "wheel-venv"
+    venv.EnvBuilder(with_pip=True, symlinks=True).create(target)
+    python = str(target / "bin" / "python")
+    wheel = next(wheels.glob("credbridge-*.whl"))
+    subprocess.run([python, "-m", "pip", "install", "-q", str(wheel)], check=True)
+    return python
+
+
 def timed_rounds(
-    rows: dict[str, tuple[Callable[[], None], Callable[[], None] | None]], runs: int
+    rows: dict[str, tuple[Callable[[], object], Callable[[], None] | None]], runs: int
 ) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {name: [] for name in rows}
     for action, setup in rows.values():  # warm-up: bytecode, page cache
@@ -102,18 +159,21 @@ def timed_rounds(
             if setup:
                 setup()
             start = time.perf_counter()
-            action()
+            cpu = action()
             samples[name].append(time.perf_counter() - start)
+            if isinstance(cpu, float):
+                CPU.setdefault(name, []).append(cpu)
     return samples
 
 
 def table(samples: dict[str, list[float]]) -> None:
-    print("| command | median ms | min ms | max ms |")
-    print("|---|---:|---:|---:|")
+    print("| command | median ms | min ms | max ms | CPU ms (median) |")
+    print("|---|---:|---:|---:|---:|")
     for name, values in samples.items():
+        cpu = f"{1000 * statistics.median(CPU[name]):.1f}" if name in CPU else ""
         print(
             f"| {name} | {1000 * statistics.median(values):.1f} | {1000 * min(values):.1f} "
-            f"| {1000 * max(values):.1f} |"
+            f"| {1000 * max(values):.1f} | {cpu} |"
         )
     print()
 
@@ -123,6 +183,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=11)
     parser.add_argument("--big-runs", type=int, default=3)
     parser.add_argument("--large", type=int, default=10000)
+    parser.add_argument(
+        "--wheel", action="store_true", help="also run credbridge installed from a built wheel"
+    )
     args = parser.parse_args()
     env = {
         k: v
@@ -143,29 +206,48 @@ def main() -> None:
         )
 
         # ------------------------------------------------------------ start-up
-        startup = timed_rounds(
-            {
-                "python -c pass, plain venv (the floor)": (
-                    lambda: run([plain_python, "-c", "pass"], env),
-                    None,
+        pythons = {"": sys.executable}
+        if args.wheel:
+            pythons[" (wheel venv)"] = wheel_python(work)
+        get_imports = loaded_modules(sys.executable, ["get", "env:HOME"], cli_env)
+        rows: dict[str, tuple[Callable[[], object], Callable[[], None] | None]] = {
+            "python -c pass, plain venv (the floor)": (
+                lambda: run([plain_python, "-c", "pass"], env),
+                None,
+            ),
+            "python -c 'import click, pluggy'": (
+                lambda: run([sys.executable, "-c", "import click, pluggy"], env),
+                None,
+            ),
+            "python -c 'import' of every module get env:HOME loads": (
+                lambda: run(import_row(sys.executable, get_imports), cli_env),
+                None,
+            ),
+        }
+        for suffix, python in pythons.items():
+            rows[f"python -c pass, credbridge's venv{suffix}"] = (
+                lambda python=python: run([python, "-c", "pass"], env),  # type: ignore[misc]
+                None,
+            )
+            rows[f"credbridge --help{suffix}"] = (
+                lambda python=python: run(  # type: ignore[misc]
+                    [python, "-m", "credbridge.core.cli", "--help"], cli_env
                 ),
-                "python -c pass, credbridge's venv": (
-                    lambda: run([sys.executable, "-c", "pass"], env),
-                    None,
+                None,
+            )
+            rows[f"credbridge get env:HOME{suffix}"] = (
+                lambda python=python: run(  # type: ignore[misc]
+                    [python, "-m", "credbridge.core.cli", "get", "env:HOME"], cli_env
                 ),
-                "credbridge --help": (lambda: run([*CREDBRIDGE, "--help"], cli_env), None),
-                "credbridge get env:HOME": (
-                    lambda: run([*CREDBRIDGE, "get", "env:HOME"], cli_env),
-                    None,
-                ),
-            },
-            args.runs,
-        )
+                None,
+            )
+        startup = timed_rounds(rows, args.runs)
         table(startup)
         floor = statistics.median(startup["python -c pass, plain venv (the floor)"])
-        for name in ("credbridge --help", "credbridge get env:HOME"):
-            ratio = statistics.median(startup[name]) / floor
-            print(f"ratio {name} / python -c pass (plain venv): {ratio:.2f}x")
+        for suffix in pythons:
+            for name in ("credbridge --help", "credbridge get env:HOME"):
+                ratio = statistics.median(startup[name + suffix]) / floor
+                print(f"ratio {name}{suffix} / python -c pass (plain venv): {ratio:.2f}x")
         print()
 
         # ------------------------------------------------------------ 10 kept vs shell
@@ -177,9 +259,14 @@ def main() -> None:
         shell_base.mkdir(mode=0o700)
         script = work / "swap.sh"
         script.write_text(SWAP_SCRIPT)
+        deliver_imports = loaded_modules(sys.executable, deliver10[3:], env)
         kept = timed_rounds(
             {
                 "credbridge deliver, 10 kept": (lambda: run(deliver10, env), None),
+                "python -c 'import' of the modules deliver loads": (
+                    lambda: run(import_row(sys.executable, deliver_imports), env),
+                    None,
+                ),
                 "shell: copy 10 files to staging, chmod 0400, swap": (
                     lambda: run(["sh", str(script), str(source), str(shell_base)], env),
                     None,
@@ -197,7 +284,7 @@ def main() -> None:
         sizes = (10, 1000, args.large)
         bases = {n: work / f"first-{n}" for n in sizes}
         delivers = {n: write_config(bases[n], n) for n in sizes}
-        first_rows: dict[str, tuple[Callable[[], None], Callable[[], None] | None]] = {}
+        first_rows: dict[str, tuple[Callable[[], object], Callable[[], None] | None]] = {}
         for n in sizes:
             first_rows[f"credbridge deliver, {n} new"] = (
                 lambda n=n: run(delivers[n], env),  # type: ignore[misc]
@@ -206,7 +293,7 @@ def main() -> None:
         first = timed_rounds(first_rows, args.big_runs)
         run(delivers[args.large], env)  # the values kept: a kept run of N
         run(delivers[10], env)
-        kept_rows: dict[str, tuple[Callable[[], None], Callable[[], None] | None]] = {
+        kept_rows: dict[str, tuple[Callable[[], object], Callable[[], None] | None]] = {
             f"credbridge deliver, {n} kept": (lambda n=n: run(delivers[n], env), None)  # type: ignore[misc]
             for n in (10, args.large)
         }

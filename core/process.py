@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import select
-import selectors
-import subprocess
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import subprocess
 
 OUTPUT_LIMIT = 16 << 20
 """Bytes a child may print on stdout before it is stopped (values are far smaller)."""
@@ -46,6 +47,12 @@ def communicate(
     ``limit`` bytes on stdout raise :class:`OutputTooLarge` at once; stderr beyond
     :data:`STDERR_KEPT` bytes is read and dropped. The caller stops the child on either.
     """
+    # Imported here: child_env is imported by modules (the credstore sink) whose everyday
+    # runs start no child, and subprocess with selectors costs ~4 ms of every start-up.
+    import select
+    import selectors
+    import subprocess
+
     if process.stdin is None or process.stdout is None or process.stderr is None:
         raise ValueError("communicate() needs stdin, stdout and stderr as pipes")
     deadline = time.monotonic() + timeout

@@ -185,3 +185,22 @@ def test_the_quickest_commands_import_nothing_they_do_not_use(
         env={"HOME": str(tmp_path)},
     )
     assert [m for m in never if m in loaded] == []
+
+
+def test_a_kept_delivery_starts_no_child_and_loads_no_openssl(
+    tmp_path: Path, tmpfs_dir: Path
+) -> None:
+    """The everyday `ExecStartPre=credbridge deliver` of kept values: no child process, so no
+    subprocess machinery; comparing values needs no OpenSSL (hmac, _hashlib)."""
+    path = unit_config(tmp_path, tmpfs_dir)
+    code = (
+        "from credbridge.core.cli import cli\n"
+        "try:\n"
+        f"    cli({['-c', str(path), 'deliver', '--no-restart']!r}, prog_name='credbridge')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+    )
+    modules_after(code, env={"HOME": str(tmp_path)})  # the first run generates and keeps
+    loaded = modules_after(code, env={"HOME": str(tmp_path)})
+    assert "credbridge.backends.credstore" in loaded
+    assert [m for m in ("subprocess", "selectors", "hmac", "_hashlib") if m in loaded] == []
