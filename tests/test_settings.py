@@ -216,7 +216,7 @@ def test_a_bad_declaration_is_refused_when_the_plugin_loads(
 
 def test_declared_defaults_are_what_the_implementations_use() -> None:
     """``plugins -v`` shows the declared defaults: they must be the ones the code applies."""
-    from credbridge.backends import aws, oem_strings, sops_cli, vault, virtiofs
+    from credbridge.backends import aws, oem_strings, sops_cli, vault_settings, virtiofs
     from credbridge.backends.hooks import aws as aws_hooks
     from credbridge.backends.hooks import oem_strings as oem_hooks
     from credbridge.backends.hooks import sops as sops_hooks
@@ -227,18 +227,20 @@ def test_declared_defaults_are_what_the_implementations_use() -> None:
     def defaults(declared: Iterable[Setting]) -> dict[str, object]:
         return {name: s.default for name, s in (declare(declared) or {}).items()}
 
-    loaded = vault.VaultSettings.load(
-        {},
-        where="sources.vault",
-        config_file=None,
+    from credbridge.core.types import SourceContext
+
+    context = SourceContext(
+        scheme="vault",
+        settings={},
         config_dir=Path("/"),
         concurrency=16,
-        environ={},
-        home=Path("/nonexistent"),
+        resolve=lambda text: None,  # type: ignore[arg-type,return-value]
+        store=lambda: None,  # type: ignore[arg-type,return-value]
     )
-    assert {
-        k: v for k, v in defaults(vault_hooks.SETTINGS).items() if v not in (None, {})
-    } == {
+    loaded = vault_settings.VaultSettings.from_context(
+        context, environ={}, home=Path("/nonexistent")
+    )
+    assert {k: v for k, v in defaults(vault_hooks.SETTINGS).items() if v not in (None, {})} == {
         "address": loaded.address,
         "tls_verify": loaded.verify,
         "connect_timeout": loaded.connect_timeout,
