@@ -136,6 +136,33 @@ def test_bad_settings_name_file_and_key(settings: dict[str, Any], key: str, text
     assert "\n" not in str(error.value)
 
 
+def test_a_misspelt_auth_setting_is_named_with_the_closest_declared_one() -> None:
+    with pytest.raises(ConfigError) as error:
+        load({"auth": {"method": "approle", "role_idd": "env:ROLE_ID"}})
+    assert error.value.key == "sources.vault.auth.role_idd"
+    assert error.value.file == "/etc/credbridge.toml"
+    assert "did you mean 'role_id'?" in str(error.value)
+
+
+def test_each_auth_method_declares_the_keys_its_documented_table_lists() -> None:
+    """docs/sources/vault.md has a table of keys under each ``method = "..."`` heading."""
+    import re
+
+    from credbridge.backends.vault_settings import AUTH_SETTINGS
+
+    docs = (Path(__file__).parent.parent / "docs/sources/vault.md").read_text()
+    documented: dict[str, set[str]] = {}
+    for section in docs.split("\n### ")[1:]:
+        heading = re.match(r'`method = "([a-z]+)"`', section)
+        if heading:
+            documented[heading[1]] = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
+    declared = {
+        method: {s.name for s in settings} - {"method"}
+        for method, settings in AUTH_SETTINGS.items()
+    }
+    assert documented == declared
+
+
 def test_bad_environment_is_named() -> None:
     with pytest.raises(ConfigError, match="VAULT_SKIP_VERIFY"):
         load({}, {"VAULT_SKIP_VERIFY": "maybe"})

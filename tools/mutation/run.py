@@ -76,20 +76,19 @@ SCOPE: dict[str, frozenset[str] | None] = {
     "backends/oem_strings.py": None,
     "backends/fw_cfg.py": None,
     "backends/virtiofs.py": None,
-    "backends/vault.py": frozenset(
+    "backends/vault_client.py": frozenset(
         {
             "_connect",
             "_login",
             "_read_token",
             "_material",
-            "_error",
-            "_mount_error",
-            "_not_found",
-            "_failures",
+            "error",
+            "hvac_failures",
             "_tls_reason",
             "close",
         }
     ),
+    "backends/vault_kv.py": frozenset({"_mount_error", "not_found"}),
     "backends/aws.py": frozenset(
         {
             "_open_profile",
