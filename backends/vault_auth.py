@@ -140,31 +140,40 @@ class VaultAuth:
         return lease
 
     def _look_up(self, client: Any) -> Lease:
-        issued = self._clock()
-        try:
-            answer = client.auth.token.lookup_self()
-            data: Mapping[str, Any] = answer["data"]
-            ttl = float(data.get("ttl") or 0)
-            renewable = bool(data.get("renewable"))
-            period = float(data.get("creation_ttl") or ttl)
-            accessor = data.get("accessor")
-        except self._failures() as error:
-            raise self._error(error, "token lookup (auth/token/lookup-self)") from None
+        lease, period, data = self._token_lease(
+            client.auth.token.lookup_self, "data", "ttl", "token lookup (auth/token/lookup-self)"
+        )
         self._period = period
+        accessor = data.get("accessor")
         self.accessor = str(accessor) if accessor else None
-        return lease_of(issued, ttl, renewable)
+        return lease
 
     def _renew(self, client: Any) -> Lease:
+        # A renewal's answer has no creation_ttl: the TTL returned is the renewed one.
+        lease, ttl, _ = self._token_lease(
+            client.auth.token.renew_self,
+            "auth",
+            "lease_duration",
+            "token renewal (auth/token/renew-self)",
+        )
+        log.debug("vault: token renewed for %.0f s", ttl)
+        return lease
+
+    def _token_lease(
+        self, call: Callable[[], Any], part: str, ttl_key: str, what: str
+    ) -> tuple[Lease, float, Mapping[str, Any]]:
+        """Call an ``auth/token/*-self`` endpoint: the token's lease as ``answer[part]`` states
+        it (``ttl_key`` seconds from now, ``renewable``), the TTL the token was created with
+        (``creation_ttl``, else that of the lease), and ``answer[part]``."""
         issued = self._clock()
         try:
-            answer = client.auth.token.renew_self()
-            auth: Mapping[str, Any] = answer["auth"]
-            ttl = float(auth.get("lease_duration") or 0)
-            renewable = bool(auth.get("renewable"))
+            fields: Mapping[str, Any] = call()[part]
+            ttl = float(fields.get(ttl_key) or 0)
+            renewable = bool(fields.get("renewable"))
+            period = float(fields.get("creation_ttl") or ttl)
         except self._failures() as error:
-            raise self._error(error, "token renewal (auth/token/renew-self)") from None
-        log.debug("vault: token renewed for %.0f s", ttl)
-        return lease_of(issued, ttl, renewable)
+            raise self._error(error, what) from None
+        return lease_of(issued, ttl, renewable), period, fields
 
     def _failures(self) -> tuple[type[Exception], ...]:
         from credbridge.backends.vault_client import hvac_failures
