@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 from credbridge.backends.hooks.vault import DEFAULT_ADDRESS
 from credbridge.backends.vault_settings import VaultSettings
 from credbridge.core import BadReference, ConfigError, Session, SourceContext, parse_reference
@@ -150,7 +150,7 @@ def test_each_auth_method_declares_the_keys_its_documented_table_lists() -> None
 
     from credbridge.backends.vault_settings import AUTH_SETTINGS
 
-    docs = (Path(__file__).parent.parent / "docs/sources/vault.md").read_text()
+    docs = (REPO / "docs/sources/vault.md").read_text()
     documented: dict[str, set[str]] = {}
     for section in docs.split("\n### ")[1:]:
         heading = re.match(r'`method = "([a-z]+)"`', section)
