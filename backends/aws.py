@@ -168,7 +168,7 @@ SERVICES = {SM_SCHEME: "secretsmanager", SSM_SCHEME: "ssm", "aws-sts": "sts"}
 
 
 class AwsSource(DocumentSource):
-    """Either service; ``settings.scheme`` says which."""
+    """Secrets Manager or Parameter Store, as ``settings.scheme`` says (STS: aws_sts.py)."""
 
     def __init__(self, settings: AwsSettings, environ: Mapping[str, str] | None = None) -> None:
         super().__init__(concurrency=settings.concurrency)

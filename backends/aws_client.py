@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from credbridge.backends.aws_errors import NO_REGION, AwsErrors
+from credbridge.backends.aws_errors import NO_CREDENTIALS, NO_REGION, AwsErrors
 from credbridge.backends.aws_settings import AwsSettings, Route
 from credbridge.core import Forbidden, InvalidValue, NotFound, SourceError, __version__
 from credbridge.core.remote import (
@@ -160,11 +160,7 @@ class AwsClients:
                 server_text=self._redactor.defer(str(error)),
             ) from None
         if frozen is None or not frozen.access_key:
-            raise Forbidden(
-                "",
-                "no AWS credentials found (environment, ~/.aws/credentials and config, SSO, "
-                "web identity, container or instance metadata)",
-            )
+            raise Forbidden("", NO_CREDENTIALS)
         for material in (frozen.secret_key, frozen.token):
             if material:
                 self._redactor.add(material)

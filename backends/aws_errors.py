@@ -52,6 +52,10 @@ _THROTTLED = frozenset(
     }
 )
 NO_REGION = "no AWS region"
+NO_CREDENTIALS = (
+    "no AWS credentials found (environment, ~/.aws/credentials and config, SSO, "
+    "web identity, container or instance metadata)"
+)
 REFUSED = frozenset({"ValidationException", "InvalidParameterException", "InvalidRequestException"})
 """A whole batch refused for what may be one of its items."""
 _NOT_FOUND = frozenset(
@@ -147,11 +151,7 @@ class AwsErrors:
                 "or region in the AWS profile",
             )
         if isinstance(error, bx.NoCredentialsError):
-            return Forbidden(
-                "",
-                "no AWS credentials found (environment, ~/.aws/credentials and config, SSO, "
-                "web identity, container or instance metadata)",
-            )
+            return Forbidden("", NO_CREDENTIALS)
         if isinstance(
             error,
             bx.PartialCredentialsError
