@@ -16,9 +16,7 @@ problems to solve, and solves them here once (docs/plugins.md, "Networked source
 * :func:`connection_reason`, :func:`tls_reason` and :func:`caused_by` turn what an HTTP stack
   raised into a short, value-free reason for :class:`Unreachable`/:class:`Timeout` errors;
 * :func:`cap_library_logging` keeps client libraries that log request and response bodies
-  at DEBUG (botocore does) from printing secrets at ``credbridge -vv``;
-* :class:`~credbridge.core.settings.SettingsTable` (re-exported here) reads a
-  ``[sources.SCHEME]`` table with errors that name the key.
+  at DEBUG (botocore does) from printing secrets at ``credbridge -vv``.
 """
 
 from __future__ import annotations
@@ -46,7 +44,6 @@ from credbridge.core.errors import (
     renamed,
 )
 from credbridge.core.secret import Secret, SecretDocument
-from credbridge.core.settings import SettingsTable
 from credbridge.core.threads import map_in_threads
 
 WINDOW = 8
@@ -582,7 +579,6 @@ __all__ = [
     "AnswerTooLarge",
     "AnswerTooSlow",
     "Redactor",
-    "SettingsTable",
     "bounded_http_adapter",
     "cap_library_logging",
     "caused_by",

@@ -216,18 +216,17 @@ def test_a_bad_declaration_is_refused_when_the_plugin_loads(
 
 def test_declared_defaults_are_what_the_implementations_use() -> None:
     """``plugins -v`` shows the declared defaults: they must be the ones the code applies."""
-    from credbridge.backends import aws, oem_strings, sops_cli, vault_settings, virtiofs
+    from credbridge.backends import aws_settings, oem_strings, sops_cli, vault_settings, virtiofs
     from credbridge.backends.hooks import aws as aws_hooks
     from credbridge.backends.hooks import oem_strings as oem_hooks
     from credbridge.backends.hooks import sops as sops_hooks
     from credbridge.backends.hooks import vault as vault_hooks
     from credbridge.backends.hooks import virtiofs as virtiofs_hooks
     from credbridge.core.settings import declare
+    from credbridge.core.types import SourceContext
 
     def defaults(declared: Iterable[Setting]) -> dict[str, object]:
         return {name: s.default for name, s in (declare(declared) or {}).items()}
-
-    from credbridge.core.types import SourceContext
 
     context = SourceContext(
         scheme="vault",
@@ -248,8 +247,15 @@ def test_declared_defaults_are_what_the_implementations_use() -> None:
         "retries": loaded.retries,
         "backoff": loaded.backoff,
     }
-    settings = aws.AwsSettings.load(
-        {}, scheme="aws-sm", where="sources.aws-sm", config_file=None, concurrency=16
+    settings = aws_settings.AwsSettings.read(
+        SourceContext(
+            scheme="aws-sm",
+            settings={},
+            config_dir=Path("/"),
+            concurrency=16,
+            resolve=lambda text: None,  # type: ignore[arg-type,return-value]
+            store=lambda: None,  # type: ignore[arg-type,return-value]
+        )
     )
     assert {k: v for k, v in defaults(aws_hooks.SETTINGS).items() if v is not None} == {
         "role_session_name": settings.role_session_name,

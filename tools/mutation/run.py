@@ -89,21 +89,12 @@ SCOPE: dict[str, frozenset[str] | None] = {
         }
     ),
     "backends/vault_kv.py": frozenset({"_mount_error", "not_found"}),
-    "backends/aws.py": frozenset(
-        {
-            "_open_profile",
-            "_new_client",
-            "_credentials",
-            "_assume_role",
-            "_sm_document",
-            "_ssm_document",
-            "_coded_error",
-            "_error",
-            "_endpoint_of",
-            "_in_route",
-            "_code",
-            "close",
-        }
+    "backends/aws.py": frozenset({"_sm_document", "_ssm_document", "close"}),
+    "backends/aws_client.py": frozenset(
+        {"_open_profile", "_new_client", "_config", "_credentials", "_assume_role", "close"}
+    ),
+    "backends/aws_errors.py": frozenset(
+        {"coded", "typed", "_endpoint_of", "in_route", "error_code"}
     ),
     "backends/sops_cli.py": frozenset(
         {
