@@ -29,6 +29,7 @@ import pwd
 import stat
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 from credbridge.core.errors import UnsafePath
 from credbridge.core.faults import point
@@ -194,17 +195,20 @@ def open_dir_at(
     return fd
 
 
+class OpenOptions(TypedDict, total=False):
+    """The keyword arguments of :func:`open_dir`, for the functions that pass them on."""
+
+    create: bool
+    mode: int
+    parents_mode: int
+    also_trust: Collection[int]
+    read_only: bool
+
+
 @contextlib.contextmanager
-def opened_dir(
-    path: os.PathLike[str] | str,
-    *,
-    create: bool = False,
-    mode: int = 0o700,
-    parents_mode: int = 0o700,
-    also_trust: Collection[int] = (),
-) -> Iterator[int]:
-    """:func:`open_dir` as a context manager."""
-    fd = open_dir(path, create=create, mode=mode, parents_mode=parents_mode, also_trust=also_trust)
+def opened_dir(path: os.PathLike[str] | str, **options: Unpack[OpenOptions]) -> Iterator[int]:
+    """:func:`open_dir` as a context manager (the same keyword arguments)."""
+    fd = open_dir(path, **options)
     try:
         yield fd
     finally:

@@ -230,6 +230,7 @@ class _TargetContext(_SettingsReader):
     """What a sink or a launcher gets when it is opened for one target."""
 
     target: Target
+    """The target it is opened for (its name, kind, credentials and plugin names)."""
     settings: Mapping[str, Any]
     config: Config
     where: str
@@ -362,6 +363,7 @@ class LauncherType(PluginType):
 
 __all__ = [
     "PLAN_KEYS",
+    "TARGET_KINDS",
     "Change",
     "Delivery",
     "DocumentSource",
