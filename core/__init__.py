@@ -37,41 +37,44 @@ if TYPE_CHECKING:
         PluginFailed,
         ResolutionFailed,
         RestartFailed,
+        ServerText,
         SourceError,
         Timeout,
         Unreachable,
         UnsafePath,
     )
     from credbridge.core.hookspecs import hookimpl
-    from credbridge.core.plugins import PluginManager, get_plugin_manager
-    from credbridge.core.reference import Locator, Reference, parse_reference
-    from credbridge.core.report import CheckResult, DeliveryEntry, DeliveryReport
-    from credbridge.core.secret import Secret, SecretDocument
-    from credbridge.core.settings import Setting, read_settings
-    from credbridge.core.types import (
+    from credbridge.core.interfaces import (
         Change,
         Delivery,
         DocumentSource,
         Launcher,
-        LauncherContext,
-        LauncherType,
         Lease,
         LeasedSource,
         Mode,
         Outcome,
         Pending,
         PlanEntry,
-        PluginType,
         Request,
         RotatableSource,
         Sink,
-        SinkContext,
-        SinkType,
         Source,
-        SourceContext,
-        SourceType,
         Staged,
         Store,
+    )
+    from credbridge.core.plugins import PluginManager, get_plugin_manager
+    from credbridge.core.reference import Locator, Reference, parse_reference
+    from credbridge.core.report import CheckResult, DeliveryEntry, DeliveryReport
+    from credbridge.core.secret import Secret, SecretDocument
+    from credbridge.core.settings import Setting, read_settings
+    from credbridge.core.types import (
+        LauncherContext,
+        LauncherType,
+        PluginType,
+        SinkContext,
+        SinkType,
+        SourceContext,
+        SourceType,
         StoreContext,
         StoreType,
         lazy,
@@ -82,78 +85,72 @@ if TYPE_CHECKING:
 
 # Importing the package must stay cheap (``credbridge --help`` imports it): the API below is
 # loaded on first use, while type checkers see the imports above.
-_LAZY = {
-    "pass_config": "cli",
-    "Config": "config",
-    "CredentialSpec": "config",
-    "Target": "config",
-    "load_config": "config",
-    "parse_config": "config",
-    "CheckResult": "report",
-    "DeliveryEntry": "report",
-    "DeliveryReport": "report",
-    "Session": "engine",
-    "BadReference": "errors",
-    "ConfigError": "errors",
-    "CredbridgeError": "errors",
-    "DeliveryError": "errors",
-    "ExitCode": "errors",
-    "Forbidden": "errors",
-    "InvalidValue": "errors",
-    "LaunchError": "errors",
-    "LockUnavailable": "errors",
-    "NotFound": "errors",
-    "PluginError": "errors",
-    "PluginFailed": "errors",
-    "ResolutionFailed": "errors",
-    "RestartFailed": "errors",
-    "ServerText": "errors",
-    "SourceError": "errors",
-    "Timeout": "errors",
-    "Unreachable": "errors",
-    "UnsafePath": "errors",
-    "hookimpl": "hookspecs",
-    "PluginManager": "plugins",
-    "get_plugin_manager": "plugins",
-    "Locator": "reference",
-    "Reference": "reference",
-    "parse_reference": "reference",
-    "Secret": "secret",
-    "SecretDocument": "secret",
-    "Change": "types",
-    "Delivery": "types",
-    "DocumentSource": "types",
-    "Launcher": "types",
-    "LauncherContext": "types",
-    "LauncherType": "types",
-    "Lease": "types",
-    "LeasedSource": "types",
-    "Mode": "types",
-    "Outcome": "types",
-    "Pending": "types",
-    "PlanEntry": "types",
-    "PluginType": "types",
-    "Setting": "settings",
-    "read_settings": "settings",
-    "Request": "types",
-    "RotatableSource": "types",
-    "Sink": "types",
-    "SinkContext": "types",
-    "SinkType": "types",
-    "Source": "types",
-    "SourceContext": "types",
-    "SourceType": "types",
-    "Staged": "types",
-    "Store": "types",
-    "StoreContext": "types",
-    "StoreType": "types",
-    "lazy": "types",
-    "FwCfgItem": "vm",
-    "VirtiofsShare": "vm",
-    "VmChannel": "vm",
-    "VmSink": "vm",
-    "UnitAction": "units",
+_EXPORTS = {
+    "cli": ("pass_config",),
+    "config": ("Config", "CredentialSpec", "Target", "load_config", "parse_config"),
+    "report": ("CheckResult", "DeliveryEntry", "DeliveryReport"),
+    "engine": ("Session",),
+    "errors": (
+        "BadReference",
+        "ConfigError",
+        "CredbridgeError",
+        "DeliveryError",
+        "ExitCode",
+        "Forbidden",
+        "InvalidValue",
+        "LaunchError",
+        "LockUnavailable",
+        "NotFound",
+        "PluginError",
+        "PluginFailed",
+        "ResolutionFailed",
+        "RestartFailed",
+        "ServerText",
+        "SourceError",
+        "Timeout",
+        "Unreachable",
+        "UnsafePath",
+    ),
+    "hookspecs": ("hookimpl",),
+    "plugins": ("PluginManager", "get_plugin_manager"),
+    "reference": ("Locator", "Reference", "parse_reference"),
+    "secret": ("Secret", "SecretDocument"),
+    "interfaces": (
+        "Change",
+        "Delivery",
+        "DocumentSource",
+        "Launcher",
+        "Lease",
+        "LeasedSource",
+        "Mode",
+        "Outcome",
+        "Pending",
+        "PlanEntry",
+        "Request",
+        "RotatableSource",
+        "Sink",
+        "Source",
+        "Staged",
+        "Store",
+    ),
+    "types": (
+        "LauncherContext",
+        "LauncherType",
+        "PluginType",
+        "SinkContext",
+        "SinkType",
+        "SourceContext",
+        "SourceType",
+        "StoreContext",
+        "StoreType",
+        "lazy",
+    ),
+    "settings": ("Setting", "read_settings"),
+    "vm": ("FwCfgItem", "VirtiofsShare", "VmChannel", "VmSink"),
+    "units": ("UnitAction",),
 }
+"""The public names, by the module of this package they are loaded from."""
+_LAZY = {name: module for module, names in _EXPORTS.items() for name in names}
 
 
 def __getattr__(name: str) -> Any:
@@ -190,9 +187,9 @@ def resolve(
     """
     from credbridge.core.engine import Session
     from credbridge.core.errors import NotFound, ResolutionFailed, SourceError
+    from credbridge.core.interfaces import Request
     from credbridge.core.reference import parse_reference
     from credbridge.core.secret import Secret
-    from credbridge.core.types import Request
 
     wanted = [parse_reference(r) if isinstance(r, str) else r for r in references]
     with Session(config) as session:

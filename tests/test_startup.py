@@ -150,9 +150,12 @@ NEVER_FOR_HELP = [
     "dataclasses",
     "credbridge.core.engine",
     "credbridge.core.plugins",
+    "credbridge.core.plugin_calls",
     "credbridge.core.types",
+    "credbridge.core.interfaces",
     "credbridge.core.config",
     "credbridge.core.fsutil",
+    "credbridge.core.trusted_dirs",
 ]
 
 
