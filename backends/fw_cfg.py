@@ -26,7 +26,6 @@ from credbridge.core import (
     SinkContext,
 )
 from credbridge.core.fsutil import ensure_private_dir, write_new_file
-from credbridge.core.settings import refuse_unknown
 from credbridge.core.vm import (
     CREDENTIAL_SIZE_MAX,
     FW_CFG_PREFIX,
@@ -90,13 +89,7 @@ def fw_cfg_preview(names: Sequence[str], runtime_dir: Path, *, sink: str = SINK_
 
 class FwCfgSink(VmSink):
     def __init__(self, context: SinkContext) -> None:
-        refuse_unknown(
-            context.settings,
-            SETTINGS,
-            what="sink 'fw-cfg'",
-            file=context.config.label,
-            where=context.where,
-        )
+        context.read_settings(SETTINGS)  # none: refuses any key the table holds
 
     def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
         validate({n: Pending.size_of(v) for n, v in credentials.items()})
