@@ -13,7 +13,7 @@ tls-ca, tls    PKCS#8 PEM private key                       ``cert``, ``chain``,
 ed25519/x25519 base64 of the raw 32-byte private key        ``public``: base64 of the raw key
 =============  ==========================================  ===================================
 
-This module imports ``cryptography`` at import time; :mod:`credbridge.backends.generate`
+This module imports ``cryptography`` at import time; :mod:`credbridge.backends.generators`
 imports it only when a key is generated, so plain ``generate:`` values never pay for it.
 """
 

@@ -97,7 +97,7 @@ def test_valid_settings_pass(tmp_path: Path) -> None:
 def test_registration_modules_declare_what_the_implementations_read() -> None:
     """The registration modules (loaded always) declare what the implementations (loaded on
     use) accept; where an implementation keeps a finer table, this keeps the two in step."""
-    from credbridge.backends.generate import KEY_KINDS, KIND_OPTIONS
+    from credbridge.backends.generators import KEY_KINDS, KIND_OPTIONS
     from credbridge.launchers import cloud_hypervisor, qemu, runtime, vmspec
 
     per_kind = [*KIND_OPTIONS.values(), *(kind.options for kind in KEY_KINDS.values())]
