@@ -97,11 +97,12 @@ def test_valid_settings_pass(tmp_path: Path) -> None:
 def test_registration_modules_declare_what_the_implementations_read() -> None:
     """The registration modules (loaded always) declare what the implementations (loaded on
     use) accept; where an implementation keeps a finer table, this keeps the two in step."""
-    from credbridge.backends.generate import KEY_KINDS, KIND_OPTIONS
+    from credbridge.backends.generators import KEY_KINDS, KIND_OPTIONS
     from credbridge.launchers import cloud_hypervisor, qemu, runtime, vmspec
 
     per_kind = [*KIND_OPTIONS.values(), *(kind.options for kind in KEY_KINDS.values())]
     assert frozenset().union(*per_kind) == generate_hooks.GENERATE_OPTIONS
+
     def names(declared: Iterable[Setting]) -> set[str]:
         return {setting.name for setting in declared}
 
@@ -317,3 +318,69 @@ def test_a_bad_setting_fails_every_command_with_one_line_and_exit_3(tmp_path: Pa
     assert result.stderr.decode().splitlines() == [
         f"credbridge: error: {path}: sources.vault.retries: must be an integer from 0 to 10"
     ]
+
+
+def _source_context(scheme: str, table: dict[str, object], tmp_path: Path) -> object:
+    from credbridge.core.types import SourceContext
+
+    return SourceContext(
+        scheme=scheme,
+        settings=table,
+        config_dir=tmp_path,
+        concurrency=4,
+        resolve=lambda text: None,  # type: ignore[arg-type,return-value]
+        store=lambda: None,  # type: ignore[arg-type,return-value]
+        config_file="/etc/c.toml",
+    )
+
+
+@pytest.mark.parametrize(
+    ("plugin", "table"),
+    [
+        ("sops:store", {"path": "s.yaml", "age_recipients": "age1qqq"}),
+        ("sops:store", {"path": "s.yaml", "timeout": 0}),
+        ("sops:source", {"age_key_file": "k\n"}),
+        ("sops:source", {"concurrency": 0}),
+        ("clan:source", {"directory": ".", "machine": "web\n"}),
+        ("clan:source", {"directory": ".", "timeout": "1m"}),
+        ("filestore:store", {"path": 5}),
+    ],
+    ids=str,
+)
+def test_a_plugin_opened_directly_reads_its_table_as_the_loader_checks_it(
+    tmp_path: Path, plugin: str, table: dict[str, object]
+) -> None:
+    """One reading of each setting: a plugin opened in code (credbridge.testing, an embedding
+    program) refuses what the config loader refuses, with the loader's message."""
+    import importlib
+
+    from credbridge.core.settings import declare, read_settings
+    from credbridge.core.types import StoreContext
+
+    module, kind = plugin.split(":")
+    implementation = importlib.import_module(f"credbridge.backends.{module}")
+    hooks = importlib.import_module(f"credbridge.backends.hooks.{module}")
+    if kind == "store":
+        declared = getattr(hooks, "STORE_SETTINGS", getattr(hooks, "SETTINGS", None))
+        name = {"sops": "sops", "filestore": "file"}[module]
+        what, where = f"store {name!r}", "store"
+        context: object = StoreContext(table, tmp_path, config_file="/etc/c.toml")
+        opener = implementation.open_store
+    else:
+        declared = getattr(hooks, "SOURCE_SETTINGS", getattr(hooks, "SETTINGS", None))
+        scheme = {"sops": "sops", "clan": "clan-vars"}[module]
+        what, where = f"source {scheme!r}", f"sources.{scheme}"
+        context = _source_context(scheme, table, tmp_path)
+        opener = implementation.open_source
+    with pytest.raises(ConfigError) as by_loader:
+        read_settings(
+            declare(declared) or {},
+            table,
+            what=what,
+            file="/etc/c.toml",
+            where=where,
+            base=tmp_path,
+        )
+    with pytest.raises(ConfigError) as opened:
+        opener(context)
+    assert str(opened.value) == str(by_loader.value)

@@ -13,6 +13,7 @@ import pytest
 IMPLEMENTATIONS = [
     "credbridge.backends.local",
     "credbridge.backends.generate",
+    "credbridge.backends.generators",
     "credbridge.backends.filestore",
     "credbridge.backends.credstore",
     "credbridge.backends.vault",
