@@ -714,7 +714,7 @@ def test_virtiofs_vm_without_shares_is_created(
 
 def test_standin_refuses_shared_mergeable_memory(tmpfs_dir: Path) -> None:
     """The stand-in answers vm.create as cloud-hypervisor v53 does for this rule (500)."""
-    from credbridge.launchers.cloud_hypervisor import ApiClient
+    from credbridge.launchers.ch_api import ApiClient
 
     record = tmpfs_dir / "record.jsonl"
     binary = write_standin(tmpfs_dir, record=record)
