@@ -79,12 +79,14 @@ def build_vm_config(
 class UnsafeForCommandLine(ConfigError):
     """A value cloud-hypervisor's option parser cannot carry (``key`` names it)."""
 
+    problem = (
+        "cannot be put on cloud-hypervisor's command line (no commas, brackets, quotes or "
+        "spaces); drop oem_strings_on_cmdline to use the API"
+    )
+
     def __init__(self, key: str) -> None:
-        super().__init__(
-            "cannot be put on cloud-hypervisor's command line (no commas, brackets, quotes or "
-            "spaces); drop oem_strings_on_cmdline to use the API",
-            key=key,
-        )
+        super().__init__(self.problem, key=key)
+        self.option = key
 
 
 def _cli_value(value: Any, where: str) -> str:

@@ -91,10 +91,8 @@ class LaunchSpec:
 
 class CloudHypervisorLauncher(Launcher):
     def __init__(self, context: LauncherContext) -> None:
-        self.context = context
         self.target = context.target
         self.label = context.config.label
-        self.where = context.where
         settings = context.read_settings(SETTINGS)
         self.vm = vm_spec(context.target.name, settings, context.config, context.where)
         checks = self.checks = TableChecks(context.config, context.where)
@@ -143,11 +141,10 @@ class CloudHypervisorLauncher(Launcher):
         if not has_secrets:
             return
         if self.verbose or any(_VERBOSE_ARG.fullmatch(a) for a in self.vm.extra_args):
-            raise ConfigError(
+            raise self.checks.fail(
+                "verbose" if self.verbose else "extra_args",
                 "refusing to run cloud-hypervisor with -v while the VM has credentials: "
                 "at -v it logs the whole VM config, secrets included",
-                file=self.label,
-                key=f"{self.where}.verbose" if self.verbose else f"{self.where}.extra_args",
             )
 
     def _argv(self, socket_path: Path) -> list[str]:
@@ -202,12 +199,7 @@ class CloudHypervisorLauncher(Launcher):
             try:
                 argv += vm_config_to_cli(body)
             except UnsafeForCommandLine as error:
-                raise ConfigError(
-                    "a value cannot be put on cloud-hypervisor's command line (no commas, "
-                    "brackets, quotes or spaces); drop oem_strings_on_cmdline to use the API",
-                    file=self.label,
-                    key=f"{self.where}.{error.key}",
-                ) from None
+                raise self.checks.fail(error.option, f"a value {error.problem}") from None
             return LaunchSpec(argv, None, socket_path)
         return LaunchSpec(argv, body, socket_path)
 

@@ -113,13 +113,13 @@ def qemu_info(binary: str) -> QemuInfo:
 
 
 def _chardev(spec: ConsoleSpec, ident: str) -> str:
-    if spec.mode == "tty":
-        return f"stdio,id={ident}"
-    if spec.mode == "file":
-        return f"file,id={ident},path={escape(spec.path or '')}"
+    """The ``-chardev`` of a serial port or console that is not ``off``."""
+    chardev = f"{'stdio' if spec.mode == 'tty' else spec.mode},id={ident}"
+    if spec.path is not None:  # file: and socket: modes
+        chardev += f",path={escape(spec.path)}"
     if spec.mode == "socket":
-        return f"socket,id={ident},path={escape(spec.path or '')},server=on,wait=off"
-    return f"{spec.mode},id={ident}"
+        chardev += ",server=on,wait=off"
+    return chardev
 
 
 def _option_value(value: Any) -> str:
@@ -131,7 +131,6 @@ def _option_value(value: Any) -> str:
 class QemuLauncher(Launcher):
     def __init__(self, context: LauncherContext) -> None:
         config, where = context.config, context.where
-        self.where = where
         self.label = config.label
         settings = context.read_settings(SETTINGS)
         self.spec: VmSpec = vm_spec(context.target.name, settings, config, where)
@@ -250,20 +249,18 @@ class QemuLauncher(Launcher):
         return argv
 
     def _net(self, index: int, net: Mapping[str, Any]) -> list[str]:
-        where = f"{self.where}.net[{index}]"
+        key = f"net[{index}]"
         unknown = set(net) - {"tap", "mac", "type"}
         if unknown:
-            raise ConfigError(
-                f"unknown key {sorted(unknown)[0]!r} (known: mac, tap, type)",
-                file=self.label,
-                key=where,
+            raise self.checks.fail(
+                key, f"unknown key {sorted(unknown)[0]!r} (known: mac, tap, type)"
             )
         if "tap" in net:
             backend = f"tap,id=net{index},ifname={escape(net['tap'])},script=no,downscript=no"
         elif net.get("type") == "user":
             backend = f"user,id=net{index}"
         else:
-            raise ConfigError('needs tap = "NAME" or type = "user"', file=self.label, key=where)
+            raise self.checks.fail(key, 'needs tap = "NAME" or type = "user"')
         device = f"{self._device('virtio-net')},netdev=net{index}"
         if "mac" in net:
             device += f",mac={escape(net['mac'])}"

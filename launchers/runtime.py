@@ -236,13 +236,13 @@ class VmRuntime:
         return ConfigError(message, file=self.config_file, key=self.key)
 
     def _claim_directory(self) -> None:
-        self._lock_fd = claim_runtime_dir(
+        check_runtime_dir(
             self.path,
-            self.name,
             allow_persistent=self.allow_persistent,
             config_file=self.config_file,
             key=self.key,
         )
+        self._lock_fd = claim_runtime_dir(self.path, self.name)
 
     def _release(self) -> None:
         try:

@@ -65,19 +65,12 @@ def check_runtime_dir(
         )
 
 
-def claim_runtime_dir(
-    path: Path,
-    vm: str,
-    *,
-    allow_persistent: bool = False,
-    config_file: str | None = None,
-    key: str | None = None,
-) -> int:
-    """Create ``path`` (0700) for VM ``vm`` and return the descriptor of its held lock.
+def claim_runtime_dir(path: Path, vm: str) -> int:
+    """Create ``path`` (0700) for VM ``vm`` and return the descriptor of its held lock; call
+    :func:`check_runtime_dir` first.
 
     A directory a crashed run left is wiped first; one a live credbridge holds, or one
     credbridge did not make, is refused (:class:`LaunchError`)."""
-    check_runtime_dir(path, allow_persistent=allow_persistent, config_file=config_file, key=key)
     # Parents are created 0700 through a trusted chain (no symlink, no foreign owner).
     with opened_dir(path.parent, create=True):
         pass
