@@ -59,19 +59,19 @@ user's directory, a group/world-writable one), before anything is written -- cal
 ``.signal`` and ``.status`` (128+N) -- launchers return ``.status``.
 
 ``Virtiofsd(path, flavour)``, ``find_virtiofsd(configured=None) -> Virtiofsd``,
-(launchers/virtiofsd.py)
-``virtiofsd_argv(daemon, share, socket, *, extra_args=()) -> list[str]``: the Rust
-virtiofsd (``--shared-dir``, ``--readonly``) and QEMU's old C one (``-o source=``), told
-apart by their ``--help`` text.
+``virtiofsd_argv(daemon, share, socket, *, extra_args=()) -> list[str]``
+(launchers/virtiofsd.py): the Rust virtiofsd (``--shared-dir``, ``--readonly``) and QEMU's old
+C one (``-o source=``), told apart by their ``--help`` text.
 
 ``child_env(extra=None) -> dict[str, str]``: the environment children get -- an allow-list
 (PATH, HOME, LANG, LC_*, TERM, TZ, TMPDIR, USER, LOGNAME), never credbridge's own environment,
 which may hold source tokens. ``exit_status(returncode) -> int`` (launchers/processes.py).
 ``RuntimeSettings.read(values, checks)``: the launcher keys this module reads
 (``allow_persistent``, ``virtiofsd``, ``virtiofsd_args``, ``stop_timeout``, declared as
-``credbridge.launchers.hooks.RUNTIME_SETTINGS``), with ``check(spec, where)`` and
-``runtime(spec, where) -> VmRuntime`` for a launcher's ``check`` and ``launch``. ``SOCKET_PATH_MAX``
-(107): the longest usable AF_UNIX socket path. ``LOCK_NAME``: the lock file in the directory.
+``credbridge.launchers.hooks.RUNTIME_SETTINGS``), with ``check(spec, checks)`` and
+``runtime(spec, checks) -> VmRuntime`` for a launcher's ``check`` and ``launch``.
+``SOCKET_PATH_MAX`` (107): the longest usable AF_UNIX socket path. ``LOCK_NAME``: the lock file
+in the directory.
 
 Children are started with ``PR_SET_PDEATHSIG`` so they die with credbridge even on SIGKILL
 (the parent is the *thread* that started them: start them from the main thread); the
