@@ -8,13 +8,13 @@ References::
 All references of a run are grouped by route (region and profile); each route batches its
 Secrets Manager secrets with ``BatchGetSecretValue`` (20 per call) and its parameters with
 ``GetParameters`` (10 per call), and every call of every route runs concurrently. A secret
-asked for by version goes through ``GetSecretValue``. One client per service and route, built
-from one botocore session per profile that shares a model loader with every other session, so
-the JSON service models are read once per process.
+asked for by version goes through ``GetSecretValue``.
 
-The clients are botocore's (what ``boto3.client()`` returns), built without boto3's session
-wrapper. botocore is imported when the first AWS reference is resolved, never when this plugin
-is loaded. Settings and IAM permissions: docs/sources/aws.md.
+The parts around these calls have their own modules: the settings and routes
+(aws_settings.py), the botocore clients, one per service and route, and their credentials
+(aws_client.py), and the typing of botocore's failures (aws_errors.py). botocore is imported
+when the first AWS reference is resolved, never when this plugin is loaded. Settings and IAM
+permissions: docs/sources/aws.md.
 """
 
 from __future__ import annotations
@@ -23,16 +23,15 @@ import functools
 import logging
 import os
 import re
-import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from credbridge.backends.hooks.aws import SETTINGS
+from credbridge.backends.aws_client import AwsClients
+from credbridge.backends.aws_errors import DENIED, REFUSED, AwsErrors, error_code, in_route
+from credbridge.backends.aws_settings import AwsSettings, Route, check_route
 from credbridge.core import (
     BadReference,
     DocumentSource,
-    Forbidden,
     InvalidValue,
     Lease,
     Locator,
@@ -42,25 +41,8 @@ from credbridge.core import (
     SecretDocument,
     SourceContext,
     SourceError,
-    Timeout,
-    Unreachable,
-    __version__,
 )
-from credbridge.core.remote import (
-    AnswerRefused,
-    AnswerTooSlow,
-    Redactor,
-    cap_library_logging,
-    caused_by,
-    connection_reason,
-    fan_out,
-    header_deadline_pools,
-    optional_import,
-    read_answer,
-    renamed,
-    tls_reason,
-)
-from credbridge.core.settings import SettingsTable
+from credbridge.core.remote import Redactor, fan_out, renamed
 
 log = logging.getLogger(__name__)
 
@@ -72,146 +54,12 @@ SM_BATCH = 20
 """BatchGetSecretValue takes at most 20 ids (botocore does not check it; chunk here)."""
 SSM_BATCH = 10
 """GetParameters takes at most 10 names (more is a ValidationException)."""
-DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_READ_TIMEOUT = 15.0
-DEFAULT_MAX_ATTEMPTS = 3
-DEFAULT_SESSION_NAME = "credbridge"
 
-
-_REGION = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
 _SECRET_NAME = re.compile(r"[A-Za-z0-9/_+=.@!-]{1,512}")
 _SM_ARN = re.compile(r"arn:[a-z-]+:secretsmanager:([a-z0-9-]+):\d{12}:secret:[A-Za-z0-9/_+=.@!-]+")
 _PARAM_NAME = re.compile(r"[A-Za-z0-9_.\-/]{1,1011}")
 _SSM_ARN = re.compile(r"arn:[a-z-]+:ssm:([a-z0-9-]+):\d{12}:parameter(/[A-Za-z0-9_.\-/]+)")
 _SELECTOR = re.compile(r"[A-Za-z0-9_.\-]{1,100}")
-_ROLE_ARN = re.compile(r"arn:[a-z-]+:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
-
-_DENIED = frozenset(
-    {
-        "AccessDeniedException",
-        "AccessDenied",
-        "UnauthorizedOperation",
-        "UnrecognizedClientException",
-        "InvalidClientTokenId",
-        "InvalidSignatureException",
-        "SignatureDoesNotMatch",
-        "IncompleteSignature",
-        "MissingAuthenticationToken",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "RequestExpired",
-    }
-)
-_KMS = frozenset({"DecryptionFailure", "InvalidKeyId", "KMSAccessDeniedException"})
-_THROTTLED = frozenset(
-    {
-        "ThrottlingException",
-        "Throttling",
-        "ThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "SlowDown",
-        "ProvisionedThroughputExceededException",
-    }
-)
-_NO_REGION = "no AWS region"
-_REFUSED = frozenset(
-    {"ValidationException", "InvalidParameterException", "InvalidRequestException"}
-)
-"""A whole batch refused for what may be one of its items."""
-_NOT_FOUND = frozenset(
-    {"ResourceNotFoundException", "ParameterNotFound", "ParameterVersionNotFound"}
-)
-_KNOWN_KMS = frozenset(
-    {
-        "KMSDisabledException",
-        "KMSInvalidStateException",
-        "KMSInvalidSignatureException",
-        "KMSNotFoundException",
-        "KMSOptInRequired",
-    }
-)
-_KNOWN_CODES = (
-    _DENIED
-    | _KMS
-    | _KNOWN_KMS
-    | _THROTTLED
-    | _REFUSED
-    | _NOT_FOUND
-    | {"InternalServiceError", "InternalFailure", "ServiceUnavailable"}
-)
-"""Error codes shown as they are; any other code is server text like a message (deferred)."""
-
-
-# --------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class AwsSettings:
-    """One ``[sources.aws-sm]`` or ``[sources.aws-ssm]`` table."""
-
-    scheme: str
-    region: str | None = None
-    profile: str | None = None
-    endpoint_url: str | None = None
-    role_arn: str | None = None
-    role_session_name: str = DEFAULT_SESSION_NAME
-    external_id: str | None = field(default=None, repr=False)
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    read_timeout: float = DEFAULT_READ_TIMEOUT
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    retry_mode: str = "standard"
-    concurrency: int = 16
-
-    @classmethod
-    def load(
-        cls,
-        settings: Mapping[str, Any],
-        *,
-        scheme: str,
-        where: str,
-        config_file: str | None,
-        concurrency: int,
-    ) -> AwsSettings:
-        table = SettingsTable(
-            settings,
-            where=where,
-            config_file=config_file,
-            known=SETTINGS,
-            what=f"source {scheme!r}",
-        )
-        region = table.text("region")
-        if region is not None and not _REGION.fullmatch(region):
-            raise table.fail("region", "is not an AWS region name (e.g. eu-west-1)")
-        endpoint = table.text("endpoint_url")
-        if endpoint is not None and not re.match(r"https?://[^/\s]+", endpoint):
-            raise table.fail("endpoint_url", "must be an http:// or https:// URL")
-        role_arn = table.text("role_arn")
-        if role_arn is not None and not _ROLE_ARN.fullmatch(role_arn):
-            raise table.fail("role_arn", "must be an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
-        session_name = table.text("role_session_name", DEFAULT_SESSION_NAME) or ""
-        if not re.fullmatch(r"[\w+=,.@-]{2,64}", session_name):
-            raise table.fail("role_session_name", "must be 2-64 characters of [A-Za-z0-9_+=,.@-]")
-        if role_arn is None:
-            for key in ("external_id", "role_session_name"):
-                if key in settings:
-                    raise table.fail(key, "only applies with role_arn")
-        return cls(
-            scheme=scheme,
-            region=region,
-            profile=table.text("profile"),
-            endpoint_url=endpoint.rstrip("/") if endpoint else None,
-            role_arn=role_arn,
-            role_session_name=session_name,
-            external_id=table.text("external_id"),
-            connect_timeout=table.timeout("connect_timeout", DEFAULT_CONNECT_TIMEOUT),
-            read_timeout=table.timeout("read_timeout", DEFAULT_READ_TIMEOUT),
-            max_attempts=table.integer("max_attempts", DEFAULT_MAX_ATTEMPTS, minimum=1, maximum=10),
-            retry_mode=table.choice("retry_mode", ("standard", "adaptive"), "standard"),
-            concurrency=table.integer("concurrency", concurrency, minimum=1, maximum=256),
-        )
 
 
 # --------------------------------------------------------------------------- references
@@ -221,15 +69,6 @@ def _arn_region(scheme: str, path: str) -> str | None:
     pattern = _SM_ARN if scheme == SM_SCHEME else _SSM_ARN
     found = pattern.match(path)
     return found.group(1) if found else None
-
-
-def _check_route(reference: Reference) -> None:
-    region = reference.option("region")
-    if region is not None and not _REGION.fullmatch(region):
-        raise BadReference(str(reference), f"region {region!r} is not an AWS region name")
-    profile = reference.option("profile")
-    if profile is not None and (not profile or not profile.isprintable()):
-        raise BadReference(str(reference), "profile must be a non-empty profile name")
 
 
 def validate_sm(reference: Reference) -> None:
@@ -250,7 +89,7 @@ def validate_sm(reference: Reference) -> None:
         raise BadReference(text, "version-stage must be 1-256 printable characters")
     if version_id is not None and not re.fullmatch(r"[\x21-\x7e]{32,64}", version_id):
         raise BadReference(text, "version-id must be 32-64 characters (a version UUID)")
-    _check_route(reference)
+    check_route(reference)
 
 
 def _split_parameter(path: str) -> tuple[str, str | None]:
@@ -305,7 +144,7 @@ def validate_ssm(reference: Reference) -> None:
         if selector is not None:
             raise BadReference(text, "give the version either as ?version=N or as NAME:N, not both")
         reference.int_option("version", 0, minimum=1, maximum=1 << 31)
-    _check_route(reference)
+    check_route(reference)
 
 
 def _parameter_key(name: str) -> str:
@@ -322,64 +161,23 @@ def _ssm_name(locator: Locator) -> str:
     return f"{locator.path}:{version}" if version else locator.path
 
 
-# --------------------------------------------------------------------------- routes
-
-
-@dataclass(frozen=True, order=True)
-class Route:
-    """Where a reference's calls go: one client per service and route."""
-
-    region: str | None
-    profile: str | None
-
-    def describe(self) -> str:
-        parts = [
-            f"region {self.region}" if self.region else "",
-            f"profile {self.profile}" if self.profile else "",
-        ]
-        return ", ".join(p for p in parts if p)
-
-
-_LOADER_LOCK = threading.Lock()
-_LOADER: Any = None
-
-
-def _shared_loader() -> Any:
-    """One botocore model loader for every session in the process (models are read once)."""
-    global _LOADER
-    with _LOADER_LOCK:
-        if _LOADER is None:
-            import botocore.loaders
-
-            _LOADER = botocore.loaders.create_loader()
-        return _LOADER
-
-
-@dataclass
-class _Profile:
-    """A botocore session for one profile, and the clients built from it (under ``lock``)."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    session: Any = None
-    credentials: dict[str, str] | None = None
-    clients: dict[str | None, Any] = field(default_factory=dict)
-    error: SourceError | None = None
-
-
 # --------------------------------------------------------------------------- the source
+
+SERVICES = {SM_SCHEME: "secretsmanager", SSM_SCHEME: "ssm", "aws-sts": "sts"}
+"""The botocore service of each scheme."""
 
 
 class AwsSource(DocumentSource):
-    """Either service; ``settings.scheme`` says which."""
+    """Secrets Manager or Parameter Store, as ``settings.scheme`` says (STS: aws_sts.py)."""
 
     def __init__(self, settings: AwsSettings, environ: Mapping[str, str] | None = None) -> None:
         super().__init__(concurrency=settings.concurrency)
         self.settings = settings
-        self.service = "secretsmanager" if settings.scheme == SM_SCHEME else "ssm"
+        self.service = SERVICES[settings.scheme]
         self._environ = os.environ if environ is None else environ
         self._redactor = Redactor()
-        self._lock = threading.Lock()
-        self._profiles: dict[str | None, _Profile] = {}
+        self._errors = AwsErrors(settings, self.service, self._redactor)
+        self._clients = AwsClients(settings, self.service, self._errors, self._redactor)
 
     # ------------------------------------------------------------------ routing
 
@@ -393,142 +191,6 @@ class AwsSource(DocumentSource):
             or None
         )
         return Route(region, locator.option("profile") or self.settings.profile)
-
-    def _client(self, route: Route) -> Any:
-        """The route's client, built once; a profile's credential failure is remembered."""
-        with self._lock:
-            profile = self._profiles.setdefault(route.profile, _Profile())
-        with profile.lock:
-            if profile.session is None and profile.error is None:
-                try:
-                    self._open_profile(profile, route)
-                except SourceError as error:
-                    if error.problem.startswith(_NO_REGION):
-                        raise  # STS needed a region: another route of the profile may have one
-                    profile.error = error
-            if profile.error is not None:
-                raise profile.error
-            client = profile.clients.get(route.region)
-            if client is None:
-                client = profile.clients[route.region] = self._new_client(profile, route)
-            return client
-
-    def _open_profile(self, profile: _Profile, route: Route) -> None:
-        botocore_session = optional_import(
-            "botocore.session", extra="aws", scheme=self.settings.scheme
-        )
-        import botocore.exceptions
-
-        cap_library_logging(
-            ("botocore", "boto3", "s3transfer"),
-            keep_debug=("botocore.retries", "botocore.retryhandler", "botocore.credentials"),
-        )
-        try:
-            session = botocore_session.Session(profile=route.profile)
-            session.register_component("data_loader", _shared_loader())
-            session.user_agent_extra = f"credbridge/{__version__}"
-            profile.credentials = self._credentials(session, route)
-        except botocore.exceptions.ProfileNotFound:
-            raise Forbidden(
-                "",
-                f"AWS profile {route.profile!r} is not in ~/.aws/config or ~/.aws/credentials",
-            ) from None
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            raise self._error(error, "loading AWS credentials") from None
-        profile.session = session
-
-    def _new_client(self, profile: _Profile, route: Route) -> Any:
-        import botocore.config
-        import botocore.exceptions
-
-        settings = self.settings
-        config = botocore.config.Config(
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-            retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
-            max_pool_connections=settings.concurrency,
-        )
-        try:
-            client = profile.session.create_client(
-                self.service,
-                region_name=route.region,
-                endpoint_url=settings.endpoint_url,
-                config=config,
-                **(profile.credentials or {}),
-            )
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            raise self._error(error, f"creating the {self.service} client", route) from None
-        _bound_answers(client, settings.read_timeout)
-        log.debug(
-            "%s: %s client for %s", settings.scheme, self.service, route.describe() or "defaults"
-        )
-        return client
-
-    def _credentials(self, session: Any, route: Route) -> dict[str, str] | None:
-        """Resolve the credential chain now (a clear error before any call); assume the role."""
-        import botocore.exceptions
-
-        try:
-            found = session.get_credentials()
-            frozen = found.get_frozen_credentials() if found is not None else None
-        except botocore.exceptions.ProfileNotFound:
-            raise
-        except botocore.exceptions.BotoCoreError as error:
-            raise Forbidden(
-                "",
-                "AWS credentials could not be loaded",
-                server_text=self._redactor.defer(str(error)),
-            ) from None
-        if frozen is None or not frozen.access_key:
-            raise Forbidden(
-                "",
-                "no AWS credentials found (environment, ~/.aws/credentials and config, SSO, "
-                "web identity, container or instance metadata)",
-            )
-        for material in (frozen.secret_key, frozen.token):
-            if material:
-                self._redactor.add(material)
-        if self.settings.role_arn is None:
-            return None
-        return self._assume_role(session, route)
-
-    def _assume_role(self, session: Any, route: Route) -> dict[str, str]:
-        import botocore.config
-        import botocore.exceptions
-
-        settings = self.settings
-        assert settings.role_arn is not None
-        sts = session.create_client(
-            "sts",
-            region_name=route.region,
-            config=botocore.config.Config(
-                connect_timeout=settings.connect_timeout,
-                read_timeout=settings.read_timeout,
-                retries={"mode": settings.retry_mode, "total_max_attempts": settings.max_attempts},
-            ),
-        )
-        _bound_answers(sts, settings.read_timeout)
-        arguments = {"RoleArn": settings.role_arn, "RoleSessionName": settings.role_session_name}
-        if settings.external_id:
-            arguments["ExternalId"] = settings.external_id
-        try:
-            answer = sts.assume_role(**arguments)
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            failure = self._error(error, f"sts:AssumeRole of {settings.role_arn}")
-            if isinstance(failure, NotFound | InvalidValue):
-                failure = failure.retyped("", kind=Forbidden)
-            raise failure from None
-        finally:
-            sts.close()
-        credentials = answer["Credentials"]
-        for key in ("SecretAccessKey", "SessionToken"):
-            self._redactor.add(credentials[key])
-        log.info("%s: assumed role %s", settings.scheme, settings.role_arn)
-        return {
-            "aws_access_key_id": credentials["AccessKeyId"],
-            "aws_secret_access_key": credentials["SecretAccessKey"],
-            "aws_session_token": credentials["SessionToken"],
-        }
 
     # ------------------------------------------------------------------ fetching
 
@@ -547,8 +209,7 @@ class AwsSource(DocumentSource):
             by_route.setdefault(self.route(locator), []).append(locator)
         tasks: list[Callable[[], None]] = []
         for route, group in by_route.items():
-            plan = self._sm_plan if self.service == "secretsmanager" else self._ssm_plan
-            tasks += plan(route, group, results)
+            tasks += self._plan(route, group, results)
         log.debug(
             "%s: %d reference(s) over %d route(s) in %d call(s)",
             self.settings.scheme,
@@ -561,6 +222,13 @@ class AwsSource(DocumentSource):
             locator: renamed(r, str(locator)) if isinstance(r, SourceError) else r
             for locator, r in ((loc, results[loc]) for loc in locators)
         }
+
+    def _plan(
+        self, route: Route, locators: Sequence[Locator], results: dict[Locator, Any]
+    ) -> list[Callable[[], None]]:
+        """The calls that answer ``locators`` on ``route``, each filling in ``results``."""
+        plan = self._sm_plan if self.service == "secretsmanager" else self._ssm_plan
+        return plan(route, locators, results)
 
     def _guarded(
         self, locators: Sequence[Locator], results: dict[Locator, Any], work: Callable[[], None]
@@ -612,7 +280,7 @@ class AwsSource(DocumentSource):
     ) -> None:
         import botocore.exceptions
 
-        client = self._client(route)
+        client = self._clients.client(route)
         found: dict[str, Any] = {}
         errors: dict[str, SourceError] = {}
         arguments: dict[str, Any] = {"SecretIdList": list(chunk)}
@@ -626,7 +294,7 @@ class AwsSource(DocumentSource):
                 for item in answer.get("Errors", []):
                     secret_id = str(item.get("SecretId", ""))
                     if secret_id in chunk:
-                        errors[secret_id] = self._coded_error(
+                        errors[secret_id] = self._errors.coded(
                             str(item.get("ErrorCode", "")),
                             item.get("Message"),
                             f"secret {secret_id}",
@@ -637,15 +305,17 @@ class AwsSource(DocumentSource):
                     break
                 arguments["NextToken"] = token
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            failure = self._error(error, f"BatchGetSecretValue of {len(chunk)} secret(s)", route)
-            if _code(error) not in _DENIED | _REFUSED:
+            failure = self._errors.typed(
+                error, f"BatchGetSecretValue of {len(chunk)} secret(s)", route
+            )
+            if error_code(error) not in DENIED | REFUSED:
                 raise failure from None
             # IAM policies often grant only GetSecretValue, and one bad id refuses the whole
             # call: per-secret calls give each reference its own answer.
             log.info(
                 "%s: BatchGetSecretValue refused (%s); reading %d secret(s) one by one",
                 self.settings.scheme,
-                _code(error),
+                error_code(error),
                 len(chunk),
             )
             found, errors = {}, {}
@@ -674,7 +344,7 @@ class AwsSource(DocumentSource):
     def _sm_one(self, route: Route, locator: Locator, results: dict[Locator, Any]) -> None:
         import botocore.exceptions
 
-        client = self._client(route)
+        client = self._clients.client(route)
         arguments = {"SecretId": locator.path}
         stage, version_id = locator.option("version-stage"), locator.option("version-id")
         if stage:
@@ -687,7 +357,7 @@ class AwsSource(DocumentSource):
         try:
             answer = client.get_secret_value(**arguments)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            results[locator] = self._error(error, which, route)
+            results[locator] = self._errors.typed(error, which, route)
             return
         results[locator] = self._sm_document(answer, locator.path)
 
@@ -743,7 +413,7 @@ class AwsSource(DocumentSource):
     ) -> None:
         import botocore.exceptions
 
-        client = self._client(route)
+        client = self._clients.client(route)
         found: dict[str, Any] = {}
         missing: set[str] = set()
         try:
@@ -754,14 +424,14 @@ class AwsSource(DocumentSource):
                 if len(chunk) == 1
                 else f"GetParameters of {len(chunk)} parameter(s)"
             )
-            failure = self._error(error, what, route)
-            if _code(error) not in _DENIED | _REFUSED or len(chunk) == 1:
+            failure = self._errors.typed(error, what, route)
+            if error_code(error) not in DENIED | REFUSED or len(chunk) == 1:
                 raise failure from None
             # One denied or invalid name refuses the whole call; per-name calls say which.
             log.info(
                 "%s: GetParameters refused (%s); reading %d parameter(s) one by one",
                 self.settings.scheme,
-                _code(error),
+                error_code(error),
                 len(chunk),
             )
             fan_out(
@@ -805,7 +475,7 @@ class AwsSource(DocumentSource):
                     if selector
                     else f"no parameter {base}"
                 )
-                outcome = NotFound("", _in_route(problem, route))
+                outcome = NotFound("", in_route(problem, route))
             for locator in locators:
                 results[locator] = outcome
 
@@ -818,212 +488,9 @@ class AwsSource(DocumentSource):
             secret.lease = Lease(version=str(parameter["Version"]))
         return secret
 
-    # ------------------------------------------------------------------ errors
-
-    def _coded_error(
-        self, code: str, message: Any, what: str, route: Route | None, attempts: int | None = None
-    ) -> SourceError:
-        # AWS's message is shown only once every value of the run is known (it can quote one
-        # that is still on its way, even one from the same answer): see Redactor.defer. So is
-        # a code AWS does not use: the server chose it, it could hold anything.
-        text = str(message) if message else ""
-        unknown_kms = False
-        # botocore gives the HTTP status as the code when an answer has none.
-        if code and code not in _KNOWN_CODES and not (code.isdigit() and len(code) == 3):
-            text = f"{code}: {text}" if text else code
-            code, unknown_kms = "", code.startswith("KMS")
-        said = self._redactor.defer(text)
-        if code in _NOT_FOUND:
-            return NotFound("", _in_route(f"no {what}", route))
-        kms_denied = code in _DENIED and "kms" in str(message or "").lower()
-        if code in _KMS | _KNOWN_KMS or unknown_kms or kms_denied:
-            kms = f"KMS {code}" if code else "KMS"
-            return Forbidden(
-                "", _in_route(f"cannot decrypt {what} ({kms})", route), server_text=said
-            )
-        if code in _DENIED:
-            return Forbidden(
-                "", _in_route(f"access denied to {what} ({code})", route), server_text=said
-            )
-        if code in _THROTTLED:
-            tries = f" after {attempts} attempt(s)" if attempts else ""
-            return Unreachable("", _in_route(f"throttled ({code}){tries} reading {what}", route))
-        # AWS says "marked for deletion", moto "currently marked deleted".
-        if code == "InvalidRequestException" and "marked" in str(message or "").lower():
-            return NotFound("", _in_route(f"{what} is scheduled for deletion", route))
-        if code in {"InvalidParameterException", "InvalidRequestException", "ValidationException"}:
-            return InvalidValue(
-                "", _in_route(f"AWS refused reading {what} ({code})", route), server_text=said
-            )
-        return Unreachable(
-            "",
-            _in_route(f"AWS answered {code or 'an error'} for {what}", route),
-            server_text=said,
-        )
-
-    def _error(self, error: Exception, what: str, route: Route | None = None) -> SourceError:
-        """One typed, one-line error for anything botocore raised."""
-        import botocore.exceptions as bx
-
-        if isinstance(error, bx.ClientError):
-            metadata = error.response.get("ResponseMetadata", {})
-            attempts = int(metadata.get("RetryAttempts", 0)) + 1
-            details = error.response.get("Error", {})
-            return self._coded_error(
-                str(details.get("Code", "")), details.get("Message"), what, route, attempts
-            )
-        url = self._endpoint_of(error)
-        if isinstance(error, bx.NoRegionError):
-            return Unreachable(
-                "",
-                f"{_NO_REGION}: set ?region=, region in "
-                f"[sources.{self.settings.scheme}], AWS_REGION or AWS_DEFAULT_REGION, "
-                "or region in the AWS profile",
-            )
-        if isinstance(error, bx.NoCredentialsError):
-            return Forbidden(
-                "",
-                "no AWS credentials found (environment, ~/.aws/credentials and config, SSO, "
-                "web identity, container or instance metadata)",
-            )
-        if isinstance(
-            error,
-            bx.PartialCredentialsError
-            | bx.CredentialRetrievalError
-            | bx.NoAuthTokenError
-            | bx.TokenRetrievalError
-            | bx.SSOError,
-        ):
-            return Forbidden("", f"AWS credentials could not be loaded: {type(error).__name__}")
-        refused = caused_by(error, AnswerRefused)
-        if isinstance(refused, AnswerRefused):
-            problem = _in_route(f"the answer from {url} for {what} {refused.reason}", route)
-            if isinstance(refused, AnswerTooSlow):
-                return Timeout("", problem)
-            return InvalidValue("", problem)
-        if isinstance(error, bx.ConnectTimeoutError):
-            return Timeout(
-                "",
-                _in_route(
-                    f"no connection to {url} within {self.settings.connect_timeout:g}s "
-                    f"({self.settings.max_attempts} attempt(s)) reading {what}",
-                    route,
-                ),
-            )
-        if isinstance(error, bx.ReadTimeoutError):
-            return Timeout(
-                "",
-                _in_route(
-                    f"no answer from {url} within {self.settings.read_timeout:g}s "
-                    f"({self.settings.max_attempts} attempt(s)) reading {what}",
-                    route,
-                ),
-            )
-        if isinstance(error, bx.SSLError):
-            reason = tls_reason(error, ca_hint="set AWS_CA_BUNDLE to the CA that signed it")
-            return Unreachable("", _in_route(f"TLS with {url} failed: {reason}", route))
-        if isinstance(error, bx.ProxyConnectionError):
-            proxy = _without_userinfo(getattr(error, "kwargs", {}).get("proxy_url"))
-            return Unreachable(
-                "",
-                _in_route(
-                    f"cannot reach the proxy {proxy} (HTTPS_PROXY/HTTP_PROXY) for {url}: "
-                    f"{connection_reason(error)} ({what})",
-                    route,
-                ),
-            )
-        if isinstance(error, bx.EndpointConnectionError | bx.ConnectionClosedError):
-            return Unreachable(
-                "", _in_route(f"cannot reach {url}: {connection_reason(error)} ({what})", route)
-            )
-        if isinstance(error, bx.HTTPClientError):
-            import urllib3.exceptions
-
-            if caused_by(error, urllib3.exceptions.ReadTimeoutError, TimeoutError):
-                return Timeout("", _in_route(f"no answer from {url} reading {what}", route))
-            return Unreachable("", _in_route(f"request to {url} failed ({what})", route))
-        if isinstance(error, bx.ParamValidationError):
-            return InvalidValue("", f"AWS refused the request for {what} before sending it")
-        return Unreachable("", _in_route(f"{what} failed: {type(error).__name__}", route))
-
-    def _endpoint_of(self, error: Exception) -> str:
-        url = getattr(error, "kwargs", {}).get("endpoint_url") if hasattr(error, "kwargs") else None
-        if isinstance(url, str) and url:
-            return url.split("?")[0]
-        return self.settings.endpoint_url or f"the AWS {self.service} endpoint"
-
     def close(self) -> None:
-        with self._lock:
-            for profile in self._profiles.values():
-                for client in profile.clients.values():
-                    client.close()
-                profile.clients.clear()
-                profile.credentials = None
-            self._profiles.clear()
+        self._clients.close()
         self._redactor.clear()
-
-
-def _without_userinfo(url: object) -> str:
-    """A proxy URL fit for a message: scheme, host and port, never ``user:password@``."""
-    from urllib.parse import urlsplit
-
-    if not isinstance(url, str) or not url:
-        return "(unknown)"
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(unparsable URL)"
-    return f"{parts.scheme}://{parts.hostname or '?'}{port}"
-
-
-def _bound_answers(client: Any, timeout: float) -> None:
-    """Read every answer's body of ``client`` within ``timeout`` seconds and ANSWER_LIMIT
-    bytes (:func:`read_answer`): botocore's read_timeout bounds each read, not the answer."""
-    import botocore.exceptions as bx
-
-    # botocore has no public hook around reading a body; its endpoint's HTTP session does it.
-    session = client._endpoint.http_session
-    send = session.send
-    # The status line and headers get the same deadline (pools are made on first use).
-    session._pool_classes_by_scheme = header_deadline_pools(
-        session._pool_classes_by_scheme, timeout
-    )
-    session._manager.pool_classes_by_scheme = session._pool_classes_by_scheme
-
-    def bounded(request: Any) -> Any:
-        if request.stream_output:
-            return send(request)
-        request.stream_output = True  # the body is left to us
-        try:
-            response = send(request)
-        finally:
-            request.stream_output = False
-        try:
-            response._content = read_answer(response.raw.read1, timeout=timeout)
-        except AnswerRefused as error:
-            # The rest of the body is still on the connection: it cannot be reused.
-            response.raw.close()
-            if isinstance(error, AnswerTooSlow):
-                # A read timeout to botocore: retried like one, up to max_attempts.
-                raise bx.ReadTimeoutError(endpoint_url=request.url, error=error) from None
-            raise bx.HTTPClientError(error=error) from None
-        response.raw.release_conn()
-        return response
-
-    session.send = bounded
-
-
-def _in_route(problem: str, route: Route | None) -> str:
-    where = route.describe() if route else ""
-    return f"{problem} [{where}]" if where else problem
-
-
-def _code(error: Exception) -> str:
-    response = getattr(error, "response", None)
-    if isinstance(response, Mapping):
-        return str(response.get("Error", {}).get("Code", ""))
-    return ""
 
 
 def _same_secret(secret_id: str, value: Mapping[str, Any]) -> bool:
@@ -1056,11 +523,4 @@ def _same_selector(requested: str, parameter: Mapping[str, Any]) -> bool:
 
 
 def open_source(context: SourceContext) -> AwsSource:
-    settings = AwsSettings.load(
-        context.settings,
-        scheme=context.scheme,
-        where=context.where or f"sources.{context.scheme}",
-        config_file=context.config_file or None,
-        concurrency=context.concurrency,
-    )
-    return AwsSource(settings)
+    return AwsSource(AwsSettings.read(context))

@@ -28,7 +28,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from credbridge.backends.aws import _ROLE_ARN, AwsSettings, AwsSource, _check_route
+from credbridge.backends.aws import AwsSource
+from credbridge.backends.aws_settings import (
+    EXTERNAL_ID,
+    ROLE_ARN,
+    SESSION_NAME,
+    AwsSettings,
+    Route,
+    check_route,
+)
+from credbridge.backends.hooks.aws import DEFAULT_SESSION_NAME
 from credbridge.core import (
     BadReference,
     InvalidValue,
@@ -38,12 +47,10 @@ from credbridge.core import (
     Pending,
     Reference,
     Request,
-    Secret,
     SecretDocument,
     SourceContext,
     SourceError,
 )
-from credbridge.core.remote import fan_out, renamed
 from credbridge.core.types import Outcome
 
 log = logging.getLogger(__name__)
@@ -54,11 +61,8 @@ PARTS = ("access_key_id", "secret_access_key", "session_token", "expiration", "c
 MIN_DURATION = 900
 MAX_DURATION = 43200
 """``DurationSeconds`` bounds of the API; a role's own maximum (1 to 12 hours) may be lower."""
-DEFAULT_SESSION_NAME = "credbridge"
 
 _DURATION = re.compile(r"([0-9]{1,6})([smh]?)")
-_SESSION_NAME = re.compile(r"[\w+=,.@-]{2,64}")
-_EXTERNAL_ID = re.compile(r"[\w+=,.@:/-]{2,1224}")
 _UNIT = {"": 1, "s": 1, "m": 60, "h": 3600}
 
 
@@ -83,18 +87,18 @@ def duration_seconds(reference: Reference | Locator) -> int | None:
 
 def validate_reference(reference: Reference) -> None:
     text = str(reference)
-    if not _ROLE_ARN.fullmatch(reference.path):
+    if not ROLE_ARN.fullmatch(reference.path):
         raise BadReference(text, "expected aws-sts:arn:aws:iam::ACCOUNT:role/NAME")
     if reference.selector not in PARTS:
         raise BadReference(text, f"name the part to deliver: #{', #'.join(PARTS)}")
     name = reference.option("session-name")
-    if name is not None and not _SESSION_NAME.fullmatch(name):
+    if name is not None and not SESSION_NAME.fullmatch(name):
         raise BadReference(text, "session-name must be 2-64 characters of [A-Za-z0-9_+=,.@-]")
     external = reference.option("external-id")
-    if external is not None and not _EXTERNAL_ID.fullmatch(external):
+    if external is not None and not EXTERNAL_ID.fullmatch(external):
         raise BadReference(text, "external-id must be 2-1224 characters of [A-Za-z0-9_+=,.@:/-]")
     duration_seconds(reference)
-    _check_route(reference)
+    check_route(reference)
 
 
 def public(reference: Reference) -> bool:
@@ -104,10 +108,6 @@ def public(reference: Reference) -> bool:
 
 class StsSource(AwsSource):
     """Temporary credentials of roles, one ``AssumeRole`` per distinct reference locator."""
-
-    def __init__(self, settings: AwsSettings, environ: Mapping[str, str] | None = None) -> None:
-        super().__init__(settings, environ)
-        self.service = "sts"
 
     def fetch(self, requests: Sequence[Request], mode: Mode) -> dict[Request, Outcome]:
         if mode is Mode.DRY_RUN:
@@ -121,25 +121,20 @@ class StsSource(AwsSource):
             }
         return super().fetch(requests, mode)
 
-    def fetch_documents(
-        self, locators: Sequence[Locator]
-    ) -> dict[Locator, Secret | SecretDocument | SourceError]:
-        results: dict[Locator, Any] = {}
-        tasks: list[Callable[[], None]] = [
-            self._guarded([locator], results, functools.partial(self._assume, locator, results))
+    def _plan(
+        self, route: Route, locators: Sequence[Locator], results: dict[Locator, Any]
+    ) -> list[Callable[[], None]]:
+        return [
+            self._guarded(
+                [locator], results, functools.partial(self._assume, route, locator, results)
+            )
             for locator in locators
         ]
-        fan_out(tasks, workers=self.concurrency, name="credbridge-aws-sts")
-        return {
-            locator: renamed(r, str(locator)) if isinstance(r, SourceError) else r
-            for locator, r in ((loc, results[loc]) for loc in locators)
-        }
 
-    def _assume(self, locator: Locator, results: dict[Locator, Any]) -> None:
+    def _assume(self, route: Route, locator: Locator, results: dict[Locator, Any]) -> None:
         import botocore.exceptions
 
-        route = self.route(locator)
-        client = self._client(route)
+        client = self._clients.client(route)
         role = locator.path
         arguments: dict[str, Any] = {
             "RoleArn": role,
@@ -154,7 +149,7 @@ class StsSource(AwsSource):
         try:
             answer = client.assume_role(**arguments)
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            results[locator] = self._error(error, f"sts:AssumeRole of {role}", route)
+            results[locator] = self._errors.typed(error, f"sts:AssumeRole of {role}", route)
             return
         results[locator] = self._document(answer, role, issued)
 
@@ -198,11 +193,4 @@ class StsSource(AwsSource):
 
 
 def open_source(context: SourceContext) -> StsSource:
-    settings = AwsSettings.load(
-        context.settings,
-        scheme=SCHEME,
-        where=context.where or f"sources.{SCHEME}",
-        config_file=context.config_file or None,
-        concurrency=context.concurrency,
-    )
-    return StsSource(settings)
+    return StsSource(AwsSettings.read(context))

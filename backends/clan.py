@@ -39,17 +39,14 @@ import signal
 import stat
 import subprocess
 import threading
-from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from credbridge.backends.hooks.clan import SETTINGS
-from credbridge.backends.sops_cli import SopsRunner, SopsSettings
+from credbridge.backends.sops_cli import SopsRunner, SopsSettings, setting_error
 from credbridge.core import (
     BadReference,
-    ConfigError,
     DocumentSource,
     Forbidden,
     InvalidValue,
@@ -66,7 +63,6 @@ from credbridge.core import (
 from credbridge.core.fsutil import open_dir
 from credbridge.core.process import child_env
 from credbridge.core.reference import parse_flag
-from credbridge.core.settings import path_setting
 
 SCHEME = "clan-vars"
 ENCRYPTED_VAR = "secret"
@@ -469,43 +465,23 @@ def classify_age(rc: int, stderr: bytes, *, what: str) -> SourceError:
 
 
 def open_source(context: SourceContext) -> ClanVarsSource:
-    where = context.where or f"sources.{SCHEME}"
-    config_file = context.config_file or None
-
-    def fail(key: str, message: str) -> ConfigError:
-        return ConfigError(message, file=config_file, key=f"{where}.{key}")
-
-    settings: Mapping[str, Any] = context.settings
-    sops_settings = SopsSettings.load(
-        settings,
-        known=SETTINGS,
-        where=where,
-        config_file=config_file,
-        config_dir=context.config_dir,
-        forbidden_schemes=frozenset({SCHEME, "sops"}),
-        what=f"source {SCHEME!r}",
+    values = context.read_settings(SETTINGS)
+    fail = setting_error(context)
+    sops_settings = SopsSettings.read(
+        values, fail=fail, forbidden_schemes=frozenset({SCHEME, "sops"})
     )
-    raw_directory = settings.get("directory")
-    if not isinstance(raw_directory, str) or not raw_directory.strip():
+    if values["directory"] is None:
         raise fail(
             "directory",
             "clan-vars needs directory, the clan's directory (the flake holding vars/ and sops/)",
         )
-    machine = settings.get("machine")
-    if machine is not None and (
-        not isinstance(machine, str) or _name_problem(machine) or "/" in machine
-    ):
+    machine: str | None = values["machine"]
+    if machine is not None and (_name_problem(machine) or "/" in machine):
         raise fail("machine", "must be a clan machine name")
-    default = min(context.concurrency, max(2, os.cpu_count() or 2))
-    workers = settings.get("concurrency", default)
-    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 256:
-        raise fail("concurrency", "must be an integer from 1 to 256")
-    directory = path_setting(
-        raw_directory, base=context.config_dir, file=config_file, key=f"{where}.directory"
-    )
+    workers = values["concurrency"] or min(context.concurrency, max(2, os.cpu_count() or 2))
     return ClanVarsSource(
         SopsRunner(sops_settings, context.resolve),
-        Path(os.path.abspath(directory)),
+        Path(os.path.abspath(values["directory"])),
         machine,
         workers,
     )

@@ -23,6 +23,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from credbridge.backends.hooks.credstore import SETTINGS
+from credbridge.backends.systemd_creds import (
+    check_pcrs_key,
+    key_problem,
+    read_key,
+    read_pcrs,
+)
 from credbridge.core import (
     Change,
     ConfigError,
@@ -52,12 +58,7 @@ from credbridge.core.fsutil import (
     write_new_file_at,
 )
 from credbridge.core.process import child_env
-from credbridge.core.settings import (
-    account_setting,
-    control_problem,
-    refuse_unknown,
-    seconds_setting,
-)
+from credbridge.core.settings import account_setting, control_problem
 from credbridge.core.vm import check_size, check_unit_total
 
 log = logging.getLogger(__name__)
@@ -67,79 +68,6 @@ _STAGED_HERE: set[str] = set()
 
 DEFAULT_DIRECTORY = "/run/credstore"
 DEFAULT_ENCRYPTED_DIRECTORY = "/etc/credstore.encrypted"
-
-#: The keys ``encrypt`` names, as ``systemd-creds --with-key=`` spells them (``true`` = host).
-ENCRYPT_KEYS = ("host", "tpm2", "host+tpm2", "auto")
-#: The first systemd whose ``systemd-creds encrypt`` takes each ``--with-key=`` value
-#: (systemd-creds itself is new in 250; ``tpm2-absent`` came in 251 and was renamed ``null``
-#: in 256, which keeps the old name as an alias: ../shared/research/systemd-versions.md).
-KEY_MIN_SYSTEMD = {
-    "host": 250,
-    "tpm2": 250,
-    "host+tpm2": 250,
-    "tpm2+host": 250,
-    "auto": 250,
-    "auto-initrd": 250,
-    "tpm2-absent": 251,
-    "null": 256,
-}
-#: The first systemd proven to unseal a TPM2 credential bound to no PCR (``--tpm2-pcrs=``)
-#: when a unit starts: 252 encrypts it and then cannot decrypt it (the versions in between are
-#: untested, so they are refused too).
-UNBOUND_TPM2_MIN_SYSTEMD = 257
-#: Keys that seal to a TPM2, so ``tpm2_pcrs`` means something for them.
-TPM2_KEYS = frozenset({"tpm2", "host+tpm2", "tpm2+host", "auto", "auto-initrd"})
-
-
-def systemd_creds_version(binary: str, timeout: float) -> int | None:
-    """The systemd version of ``binary`` (``systemd-creds --version``), None if unreadable."""
-    import subprocess  # only encrypting sinks run it
-
-    try:
-        result = subprocess.run(
-            [binary, "--version"],
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-            env=child_env(),
-        )
-    except (subprocess.TimeoutExpired, OSError):
-        return None
-    words = result.stdout.decode("utf-8", "replace").split()
-    if result.returncode != 0 or len(words) < 2 or words[0] != "systemd":
-        return None
-    number = words[1].split(".")[0]
-    return int(number) if number.isdigit() else None
-
-
-def key_problem(
-    binary: str,
-    key: str,
-    tpm2_pcrs: str | None,
-    timeout: float,
-    *,
-    setting: str = "with_key",
-) -> str | None:
-    """Why ``binary`` (a systemd-creds) cannot seal with ``key`` and ``tpm2_pcrs`` so that
-    this machine decrypts it again, naming the systemd version needed; ``None`` if it can, or
-    if the key or the version is unknown (systemd-creds itself will then say)."""
-    needed = KEY_MIN_SYSTEMD.get(key)
-    if needed is None:
-        return None
-    version = systemd_creds_version(binary, timeout)
-    if version is None:
-        return None
-    if version < needed:
-        return f'{setting} "{key}" needs systemd {needed} or later; {binary} is systemd {version}'
-    if tpm2_pcrs == "" and key in TPM2_KEYS and version < UNBOUND_TPM2_MIN_SYSTEMD:
-        # 252 seals it, but PID 1 then fails the unit: "TPM2 PCR bank invalid or not
-        # supported" (tests/test_tpm_guest.py); 257 unseals it.
-        return (
-            f'tpm2_pcrs = "" (bound to no PCR) needs systemd {UNBOUND_TPM2_MIN_SYSTEMD} or '
-            f"later to be decrypted; {binary} is systemd {version} (bind to PCRs, e.g. "
-            'tpm2_pcrs = "7")'
-        )
-    return None
 
 
 def unit_path_value(path: Path) -> str:
@@ -168,69 +96,53 @@ def unit_path_value(path: Path) -> str:
 
 class CredstoreSink(Sink):
     def __init__(self, context: SinkContext) -> None:
-        settings = dict(context.settings)
+        settings = context.read_settings(SETTINGS)
         where = context.where
         label = context.config.label
-        refuse_unknown(settings, SETTINGS, what="sink 'credstore'", file=label, where=where)
 
-        def fail(key: str, message: str) -> ConfigError:
-            return ConfigError(message, file=label, key=f"{where}.{key}")
-
-        def flag(key: str) -> bool:
-            value = settings.get(key, False)
-            if not isinstance(value, bool):
-                raise fail(key, "must be true or false")
-            return value
-
-        def text(key: str, default: str | None) -> str | None:
-            value = settings.get(key, default)
-            if key in {"owner", "group"}:
-                return account_setting(value, file=label, key=f"{where}.{key}")
-            if value is not None and not isinstance(value, str):
-                raise fail(key, "must be a string")
-            if value is not None and (problem := control_problem(value)) is not None:
-                raise fail(key, f"value {problem}")
-            return value
+        def key(name: str) -> str:
+            return f"{where}.{name}"
 
         self.target = context.target
-        encrypt = settings.get("encrypt", False)
-        if not isinstance(encrypt, bool) and encrypt not in ENCRYPT_KEYS:
-            choices = ", ".join(f'"{k}"' for k in ENCRYPT_KEYS)
-            raise fail("encrypt", f"must be true, false or one of {choices}")
-        self.encrypt = encrypt is not False
-        default_dir = DEFAULT_ENCRYPTED_DIRECTORY if self.encrypt else DEFAULT_DIRECTORY
-        base = context.config.resolve_path(
-            text("directory", default_dir) or default_dir, f"{where}.directory"
+        encrypt = read_key(settings["encrypt"], true_is_host=True, file=label, key=key("encrypt"))
+        self.encrypt = encrypt is not None
+        base: Path = settings["directory"] or Path(
+            DEFAULT_ENCRYPTED_DIRECTORY if self.encrypt else DEFAULT_DIRECTORY
         )
         if ".." in base.parts:
             # systemd ignores a LoadCredential= path with '..' ("not valid, ignoring").
-            raise fail("directory", "must not contain '..' (systemd refuses such paths)")
+            raise ConfigError(
+                "must not contain '..' (systemd refuses such paths)",
+                file=label,
+                key=key("directory"),
+            )
         self.base = base
         self.directory = base / context.target.name
-        self.allow_persistent = flag("allow_persistent")
-        self.owner = text("owner", None)
-        self.group = text("group", None)
-        with_key = text("with_key", None)
-        if isinstance(encrypt, str) and with_key is not None and with_key != encrypt:
-            raise fail("with_key", f'names another key than encrypt = "{encrypt}"; give one')
-        self.with_key = encrypt if isinstance(encrypt, str) else (with_key or "host")
-        pcrs = settings.get("tpm2_pcrs")
-        if isinstance(pcrs, bool) or (pcrs is not None and not isinstance(pcrs, str | int)):
-            raise fail("tpm2_pcrs", 'must be a string like "7" or "0+7"')
-        if isinstance(pcrs, str) and control_problem(pcrs) is not None:
-            raise fail("tpm2_pcrs", 'must be a string like "7" or "0+7"')
-        self.tpm2_pcrs = None if pcrs is None else str(pcrs)
-        if self.tpm2_pcrs is not None and self.encrypt and self.with_key not in TPM2_KEYS:
-            # systemd-creds would accept and ignore them: the values would not be bound.
-            raise fail(
-                "tpm2_pcrs",
-                f'binds a TPM2 key; with_key "{self.with_key}" does not use the TPM2 '
-                '(encrypt = "tpm2", "host+tpm2" or "auto")',
+        self.allow_persistent: bool = settings["allow_persistent"]
+        self.owner = account_setting(settings["owner"], file=label, key=key("owner"))
+        self.group = account_setting(settings["group"], file=label, key=key("group"))
+        with_key: str | None = settings["with_key"]
+        if isinstance(settings["encrypt"], str):
+            if with_key not in {None, encrypt}:
+                raise ConfigError(
+                    f'names another key than encrypt = "{encrypt}"; give one',
+                    file=label,
+                    key=key("with_key"),
+                )
+            with_key = encrypt
+        self.with_key = with_key or "host"
+        self.tpm2_pcrs = read_pcrs(settings["tpm2_pcrs"], file=label, key=key("tpm2_pcrs"))
+        if self.encrypt:
+            check_pcrs_key(
+                self.tpm2_pcrs,
+                self.with_key,
+                naming=f'with_key "{self.with_key}"',
+                setting="encrypt",
+                file=label,
+                key=key("tpm2_pcrs"),
             )
-        self.systemd_creds = text("systemd_creds", "systemd-creds") or "systemd-creds"
-        self.timeout = seconds_setting(
-            settings.get("timeout", 30), file=label, key=f"{where}.timeout"
-        )
+        self.systemd_creds: str = settings["systemd_creds"]
+        self.timeout: float = settings["timeout"]
         self.where = where
         self.label = label
 

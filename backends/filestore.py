@@ -29,7 +29,8 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
-from credbridge.backends.hooks.filestore import SETTINGS
+from credbridge.backends.hooks.filestore import SETTINGS, STORE_PATH
+from credbridge.backends.systemd_creds import check_pcrs_key, key_problem, read_key, read_pcrs
 from credbridge.core import ConfigError, Secret, Store, StoreContext
 from credbridge.core.config import DEFAULT_STORE
 from credbridge.core.fsutil import (
@@ -47,7 +48,6 @@ from credbridge.core.fsutil import (
     read_open_file,
     remove_at,
 )
-from credbridge.core.settings import control_problem, path_setting
 
 log = logging.getLogger(__name__)
 _SEGMENT = re.compile(r"[A-Za-z0-9_.@:\\-]{1,255}")
@@ -56,8 +56,6 @@ SWEPT_MARK = ".swept"
 """Present while the store holds no temp file of a crashed run (see FileStore.recover)."""
 SEALED_SUFFIX = ".cred"
 """What a sealed value's file name adds to ``current``/``previous``."""
-SEAL_KEYS = ("host", "tpm2", "host+tpm2", "auto")
-"""``seal`` values: the keys of ``systemd-creds --with-key=`` (as the credstore's ``encrypt``)."""
 SYSTEMD_CREDS_TIMEOUT = 60.0
 """Seconds one ``systemd-creds`` call may take (a TPM2 can be slow; values are small)."""
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -554,53 +552,28 @@ def _last_line(text: bytes) -> str:
 
 def open_store(context: StoreContext) -> Store:
     settings = context.read_settings(SETTINGS, name="file")
-    root = settings["path"]
+    file = context.config_file or None
+    root: Path | None = settings["path"]
     if root is None:
         raw = os.environ.get("CREDBRIDGE_STORE", DEFAULT_STORE)
-        root = path_setting(raw, base=context.config_dir, file=None, key="CREDBRIDGE_STORE")
-    seal = context.settings.get("seal", False)
-    pcrs = context.settings.get("tpm2_pcrs")
-    file = context.config_file or None
-    if seal is False:
+        root = STORE_PATH.parse(raw, base=context.config_dir, file=None, key="CREDBRIDGE_STORE")
+    seal = read_key(settings["seal"], true_is_host=False, file=file, key=f"{context.where}.seal")
+    pcrs_key = f"{context.where}.tpm2_pcrs"
+    pcrs = read_pcrs(settings["tpm2_pcrs"], file=file, key=pcrs_key)
+    if seal is None:
         if pcrs is not None:
-            raise ConfigError(
-                "binds a sealed store to PCRs; set seal too",
-                file=file,
-                key=f"{context.where}.tpm2_pcrs",
-            )
+            raise ConfigError("binds a sealed store to PCRs; set seal too", file=file, key=pcrs_key)
         return FileStore(root)
-    if seal not in SEAL_KEYS:
-        choices = ", ".join(f'"{k}"' for k in SEAL_KEYS)
-        raise ConfigError(
-            f"must be false or one of {choices}", file=file, key=f"{context.where}.seal"
-        )
-    if (
-        isinstance(pcrs, bool)
-        or not isinstance(pcrs, str | int | None)
-        or (isinstance(pcrs, str) and control_problem(pcrs) is not None)
-    ):
-        raise ConfigError(
-            'must be a string like "7" or "0+7"', file=file, key=f"{context.where}.tpm2_pcrs"
-        )
-    return _sealed_store(root, seal, None if pcrs is None else str(pcrs), context.where, file)
+    check_pcrs_key(pcrs, seal, naming=f'seal = "{seal}"', setting="seal", file=file, key=pcrs_key)
+    return _sealed_store(root, seal, pcrs, context.where)
 
 
-def _sealed_store(
-    root: Path, seal: str, tpm2_pcrs: str | None, where: str, file: str | None
-) -> SealedFileStore:
+def _sealed_store(root: Path, seal: str, tpm2_pcrs: str | None, where: str) -> SealedFileStore:
     """A sealed store, refused in one line where this machine's systemd cannot seal as asked."""
     import shutil
 
-    from credbridge.backends.credstore import TPM2_KEYS, key_problem
     from credbridge.core import DeliveryError
 
-    if tpm2_pcrs is not None and seal not in TPM2_KEYS:
-        raise ConfigError(
-            f'binds a TPM2 key; seal = "{seal}" does not use the TPM2 '
-            '("tpm2", "host+tpm2" or "auto")',
-            file=file,
-            key=f"{where}.tpm2_pcrs",
-        )
     binary = shutil.which("systemd-creds")
     if binary is None:
         raise DeliveryError(

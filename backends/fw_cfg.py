@@ -16,23 +16,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from credbridge.backends.hooks.fw_cfg import SETTINGS
+from credbridge.backends.vm_sink import ChannelSink
 from credbridge.core import (
-    Change,
     Delivery,
     DeliveryError,
-    Pending,
-    PlanEntry,
-    Secret,
     SinkContext,
 )
 from credbridge.core.fsutil import ensure_private_dir, write_new_file
-from credbridge.core.settings import refuse_unknown
 from credbridge.core.vm import (
     CREDENTIAL_SIZE_MAX,
     FW_CFG_PREFIX,
     FwCfgItem,
     VmChannel,
-    VmSink,
     check_name,
     check_size,
 )
@@ -88,27 +83,15 @@ def fw_cfg_preview(names: Sequence[str], runtime_dir: Path, *, sink: str = SINK_
     )
 
 
-class FwCfgSink(VmSink):
+class FwCfgSink(ChannelSink):
     def __init__(self, context: SinkContext) -> None:
-        refuse_unknown(
-            context.settings,
-            SETTINGS,
-            what="sink 'fw-cfg'",
-            file=context.config.label,
-            where=context.where,
-        )
+        context.read_settings(SETTINGS)  # none: refuses any key the table holds
 
-    def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
-        validate({n: Pending.size_of(v) for n, v in credentials.items()})
-        return [
-            PlanEntry(
-                name,
-                Change.ADD,
-                f"fw_cfg {FW_CFG_PREFIX}{name}"
-                + (f" ({v.reason})" if isinstance(v, Pending) else ""),
-            )
-            for name, v in credentials.items()
-        ]
+    def validate(self, sizes: Mapping[str, int | None]) -> None:
+        validate(sizes)
+
+    def place(self, name: str) -> str:
+        return f"fw_cfg {FW_CFG_PREFIX}{name}"
 
     def prepare(self, deliveries: Sequence[Delivery], runtime_dir: Path) -> VmChannel:
         return fw_cfg_channel(deliveries, runtime_dir)

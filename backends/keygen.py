@@ -13,7 +13,7 @@ tls-ca, tls    PKCS#8 PEM private key                       ``cert``, ``chain``,
 ed25519/x25519 base64 of the raw 32-byte private key        ``public``: base64 of the raw key
 =============  ==========================================  ===================================
 
-This module imports ``cryptography`` at import time; :mod:`credbridge.backends.generate`
+This module imports ``cryptography`` at import time; :mod:`credbridge.backends.generators`
 imports it only when a key is generated, so plain ``generate:`` values never pay for it.
 """
 
@@ -34,6 +34,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 Parts = dict[str, str]
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 CURVES: Mapping[str, ec.EllipticCurve] = {
     "p256": ec.SECP256R1(),
@@ -215,34 +216,50 @@ def _general_names(sans: Sequence[tuple[str, str]]) -> list[x509.GeneralName]:
     return names
 
 
+def _builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public: PublicKey,
+    now: datetime.datetime,
+    not_after: datetime.datetime,
+    *,
+    ca: bool,
+) -> x509.CertificateBuilder:
+    """What a CA's and a leaf's certificate share: names, key, validity, basic constraints and
+    key usage (a CA signs leaves only, path length 0; an RSA leaf also enciphers keys)."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - CLOCK_SKEW)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=not ca and isinstance(public, rsa.RSAPublicKey),
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    )
+
+
 def tls_ca(*, cn: str, days: int, algorithm: str, now: datetime.datetime) -> Parts:
     """A CA key and its self-signed certificate (may sign leaves only: path length 0)."""
     key = _tls_private_key(algorithm)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     public = key.public_key()
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        _builder(name, name, public, now, now + datetime.timedelta(days=days), ca=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .sign(key, _hash_for(key))
     )
@@ -278,30 +295,8 @@ def tls_cert(
         issuer = ca_cert.subject
         # A certificate outliving its CA would be rejected by verifiers anyway.
         not_after = min(not_after, ca_cert.not_valid_after_utc)
-    usage_rsa = isinstance(key, rsa.RSAPrivateKey)
     builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - CLOCK_SKEW)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=usage_rsa,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        _builder(subject, issuer, public, now, not_after, ca=False)
         .add_extension(
             x509.ExtendedKeyUsage(
                 [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]

@@ -27,16 +27,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from credbridge.backends.hooks.oem_strings import SETTINGS
+from credbridge.backends.vm_sink import ChannelSink
 from credbridge.core import (
-    Change,
     Delivery,
     DeliveryError,
-    Pending,
-    PlanEntry,
     Secret,
     SinkContext,
 )
-from credbridge.core.vm import VmChannel, VmSink, check_name, check_size
+from credbridge.core.vm import VmChannel, check_name, check_size
 
 SINK_NAME = "oem-strings"
 PREFIX = "io.systemd.credential.binary:"
@@ -49,7 +47,7 @@ def encoded_length(size: int) -> int:
     return 4 * ((size + 2) // 3)
 
 
-class OemStringsSink(VmSink):
+class OemStringsSink(ChannelSink):
     def __init__(self, context: SinkContext) -> None:
         # Declared (backends/hooks/oem_strings.py) as an integer from 1 to SMBIOS_TABLES_MAX.
         self.max_bytes: int = context.read_settings(SETTINGS)["max_bytes"]
@@ -78,16 +76,8 @@ class OemStringsSink(VmSink):
                     "for large credentials"
                 )
 
-    def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
-        self.validate({n: Pending.size_of(v) for n, v in credentials.items()})
-        return [
-            PlanEntry(
-                name,
-                Change.ADD,
-                "SMBIOS type 11 OEM string" + (f" ({v.reason})" if isinstance(v, Pending) else ""),
-            )
-            for name, v in credentials.items()
-        ]
+    def place(self, name: str) -> str:
+        return "SMBIOS type 11 OEM string"
 
     def prepare(self, deliveries: Sequence[Delivery], runtime_dir: Path) -> VmChannel:
         self.validate({d.name: len(d.value) for d in deliveries})

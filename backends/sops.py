@@ -32,10 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from credbridge.backends.hooks.sops import SOURCE_SETTINGS, STORE_SETTINGS
-from credbridge.backends.sops_cli import FILE_TYPES, SopsRunner, SopsSettings, file_type
+from credbridge.backends.sops_cli import (
+    FILE_TYPES,
+    SopsRunner,
+    SopsSettings,
+    file_type,
+    setting_error,
+)
 from credbridge.core import (
     BadReference,
-    ConfigError,
     DocumentSource,
     Forbidden,
     InvalidValue,
@@ -252,24 +257,11 @@ def _file_digest(path: Path) -> str:
 
 
 def open_source(context: SourceContext) -> SopsSource:
-    where = context.where or "sources.sops"
-    settings = SopsSettings.load(
-        context.settings,
-        known=SOURCE_SETTINGS,
-        where=where,
-        config_file=context.config_file or None,
-        config_dir=context.config_dir,
-        forbidden_schemes=frozenset({"sops"}),
-        what="source 'sops'",
+    values = context.read_settings(SOURCE_SETTINGS)
+    settings = SopsSettings.read(
+        values, fail=setting_error(context), forbidden_schemes=frozenset({"sops"})
     )
-    default = min(context.concurrency, max(2, os.cpu_count() or 2))
-    workers = context.settings.get("concurrency", default)
-    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 256:
-        raise ConfigError(
-            "must be an integer from 1 to 256",
-            file=context.config_file or None,
-            key=f"{where}.concurrency",
-        )
+    workers = values["concurrency"] or min(context.concurrency, max(2, os.cpu_count() or 2))
     return SopsSource(SopsRunner(settings, context.resolve), context.config_dir, workers)
 
 
@@ -557,48 +549,24 @@ def _naming(reference: str) -> Iterator[None]:
 
 
 def open_store(context: StoreContext) -> SopsStore:
-    where = context.where or "store"
-    config_file = context.config_file or None
-    body = {k: v for k, v in context.settings.items() if k not in {"path", "age_recipients"}}
-    settings = SopsSettings.load(
-        body,
-        known=STORE_SETTINGS,
-        where=where,
-        config_file=config_file,
-        config_dir=context.config_dir,
-        forbidden_schemes=frozenset({"generate", "stored"}),
-        what="store 'sops'",
+    values = context.read_settings(STORE_SETTINGS, name="sops")
+    fail = setting_error(context)
+    settings = SopsSettings.read(
+        values, fail=fail, forbidden_schemes=frozenset({"generate", "stored"})
     )
-    raw_path = context.settings.get("path")
-    if not isinstance(raw_path, str) or not raw_path.strip():
-        raise ConfigError(
+    if values["path"] is None:
+        raise fail(
+            "path",
             "the sops store needs path, the sops file to keep generated values in "
             '(e.g. path = "secrets/generated.yaml")',
-            file=config_file,
-            key=f"{where}.path",
         )
-    try:
-        path = _config_path(raw_path, context.config_dir)
-    except ValueError as error:
-        raise ConfigError(str(error), file=config_file, key=f"{where}.path") from None
+    path = Path(os.path.abspath(values["path"]))
     if file_type(str(path)) not in {"yaml", "json"}:
-        raise ConfigError(
-            "the sops store file must end in .yaml, .yml or .json",
-            file=config_file,
-            key=f"{where}.path",
-        )
-    raw_recipients = context.settings.get("age_recipients", [])
-    if isinstance(raw_recipients, str):
-        raw_recipients = [r.strip() for r in raw_recipients.split(",") if r.strip()]
-    if not isinstance(raw_recipients, list) or not all(
-        isinstance(r, str) and r.startswith("age1") for r in raw_recipients
-    ):
-        raise ConfigError(
-            "must be a list of age recipients (age1...)",
-            file=config_file,
-            key=f"{where}.age_recipients",
-        )
-    return SopsStore(path, SopsRunner(settings, context.resolve), raw_recipients)
+        raise fail("path", "the sops store file must end in .yaml, .yml or .json")
+    recipients = values["age_recipients"]
+    if not all(isinstance(r, str) and r.startswith("age1") for r in recipients):
+        raise fail("age_recipients", "must be a list of age recipients (age1...)")
+    return SopsStore(path, SopsRunner(settings, context.resolve), recipients)
 
 
 # --------------------------------------------------------------------------- plugin

@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,19 +34,14 @@ from credbridge.core import (
     InvalidValue,
     NotFound,
     Secret,
+    SourceContext,
     SourceError,
+    StoreContext,
     Timeout,
     Unreachable,
 )
 from credbridge.core.process import OutputTooLarge, child_env, communicate
 from credbridge.core.remote import resolve_text
-from credbridge.core.settings import (
-    Setting,
-    name_setting,
-    path_setting,
-    refuse_unknown,
-    seconds_setting,
-)
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +247,19 @@ def _locate(configured: Path | None, search: str, wheel: Path | None) -> SopsBin
 # --------------------------------------------------------------------------- running sops
 
 
+def setting_error(context: SourceContext | StoreContext) -> Callable[[str, str], ConfigError]:
+    """``fail(key, message)``: the error naming the config file and ``context``'s ``key``."""
+    if isinstance(context, SourceContext):
+        where = context.where or f"sources.{context.scheme}"
+    else:
+        where = context.where or "store"
+
+    def fail(key: str, message: str) -> ConfigError:
+        return ConfigError(message, file=context.config_file or None, key=f"{where}.{key}")
+
+    return fail
+
+
 @dataclass(frozen=True)
 class SopsSettings:
     """What the source and the store share: which sops, which keys, how long to wait."""
@@ -265,38 +273,17 @@ class SopsSettings:
     timeout: float = DEFAULT_TIMEOUT
 
     @classmethod
-    def load(
+    def read(
         cls,
-        settings: Mapping[str, Any],
+        values: Mapping[str, Any],
         *,
-        known: Iterable[Setting],
-        where: str,
-        config_file: str | None,
-        config_dir: Path,
+        fail: Callable[[str, str], ConfigError],
         forbidden_schemes: frozenset[str],
-        what: str,
     ) -> SopsSettings:
-        def fail(key: str, message: str) -> ConfigError:
-            return ConfigError(message, file=config_file, key=f"{where}.{key}")
-
-        refuse_unknown(settings, known, what=what, file=config_file, where=where)
-
-        def text(key: str) -> str | None:
-            value = settings.get(key)
-            if value is None:
-                return None
-            if not isinstance(value, str) or not value.strip():
-                raise fail(key, "must be a non-empty string")
-            return name_setting(value, file=config_file, key=f"{where}.{key}")
-
-        def path(key: str) -> Path | None:
-            value = settings.get(key)
-            if value is None:
-                return None
-            found = path_setting(value, base=config_dir, file=config_file, key=f"{where}.{key}")
-            return Path(os.path.abspath(found))
-
-        age_key = text("age_key")
+        """From a settings table read through its declared settings (backends/hooks/sops.py:
+        ``context.read_settings``), checking what the kinds cannot say; ``fail(key, message)``
+        makes the error naming the file and the key."""
+        age_key: str | None = values.get("age_key")
         if age_key is not None:
             scheme = age_key.partition(":")[0]
             if ":" not in age_key or not re.match(r"^[a-z][a-z0-9+.-]*$", scheme):
@@ -307,17 +294,19 @@ class SopsSettings:
                 )
             if scheme in forbidden_schemes:
                 raise fail("age_key", f"cannot come from {scheme}: (it would need itself)")
-        if age_key is not None and "age_key_file" in settings:
-            raise fail("age_key", "give age_key or age_key_file, not both")
-        timeout = seconds_setting(
-            settings.get("timeout", DEFAULT_TIMEOUT), file=config_file, key=f"{where}.timeout"
-        )
+            if values.get("age_key_file") is not None:
+                raise fail("age_key", "give age_key or age_key_file, not both")
+
+        def path(key: str) -> Path | None:
+            found: Path | None = values.get(key)
+            return None if found is None else Path(os.path.abspath(found))
+
         return cls(
             binary=path("binary"),
             config=path("config"),
             age_key_file=path("age_key_file"),
             age_key=age_key,
-            timeout=timeout,
+            timeout=values["timeout"],
         )
 
 

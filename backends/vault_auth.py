@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from credbridge.backends.vault_dynamic import lease_of
 from credbridge.core import Forbidden, Lease, SourceError
 
 if TYPE_CHECKING:
-    from credbridge.backends.vault import VaultSource
+    from credbridge.backends.vault_client import VaultConnection
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +31,19 @@ RENEW_FRACTION = 2 / 3
 
 
 class VaultAuth:
-    """Keeps the token of one :class:`VaultSource` usable; safe to call from any thread."""
+    """Keeps the token of one ``vault:`` source's connection usable (``VaultSource.auth``);
+    safe to call from any thread."""
 
     def __init__(
         self,
-        source: VaultSource,
+        connection: VaultConnection,
         *,
         renew_fraction: float = RENEW_FRACTION,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not 0 < renew_fraction < 1:
             raise ValueError("renew_fraction must be between 0 and 1")
-        self._source = source
+        self._connection = connection
         self._fraction = renew_fraction
         self._clock = clock
         self._lock = threading.Lock()
@@ -85,8 +87,11 @@ class VaultAuth:
         had; the source's reads would fail the same way.
         """
         with self._lock:
-            self._forget_failed_login()
-            client = self._source._client(self._source.settings.namespace)
+            if self._connection.forget_failed_login():
+                # A one-shot run keeps its first login failure for every read; a long run
+                # tries again: the server may be back, the secret_id or JWT replaced.
+                self._lease = None
+            client = self._connection.client(self._connection.settings.namespace)
             if self._lease is None:
                 self._lease = self._look_up(client)
                 self.logins += 1
@@ -113,35 +118,8 @@ class VaultAuth:
                     log.info("vault: the token cannot be renewed past %.0f s more", left)
             return self._replace(client, lease, now)
 
-    def _forget_failed_login(self) -> None:
-        """A one-shot run keeps its first login failure for every read; a long run tries
-        again: the server may be back, the secret_id or JWT replaced."""
-        source = self._source
-        with source._lock:
-            if source._login_error is None:
-                return
-            source._login_error = None
-            if source._session is not None:
-                source._session.close()
-            source._session = None
-            source._clients.clear()
-            source._token = None
-        self._lease = None
-
     def _replace(self, client: Any, old: Lease, now: float) -> Lease:
-        source = self._source
-        with source._lock:
-            previous = source._token
-            # A login sends no token: an expired one must not be what the server judges.
-            client.adapter.token = None
-            try:
-                source._login(client)
-            finally:
-                token = source._token
-                # Every namespace's client sends the current token from now on.
-                for other in source._clients.values():
-                    other.adapter.token = token
-        if token == previous:
+        if not self._connection.log_in_again(client):
             # A configured token (token_file, token_ref, VAULT_TOKEN) that nothing replaced.
             if old.expires_at is not None and now >= old.expires_at:
                 raise Forbidden(
@@ -157,49 +135,50 @@ class VaultAuth:
             return old
         lease = self._look_up(client)
         self.logins += 1
-        log.info("vault: new token (%s auth)", source.settings.auth.method)
+        log.info("vault: new token (%s auth)", self._connection.settings.auth.method)
         self._lease = lease
         return lease
 
     def _look_up(self, client: Any) -> Lease:
-        issued = self._clock()
-        try:
-            answer = client.auth.token.lookup_self()
-            data: Mapping[str, Any] = answer["data"]
-            ttl = float(data.get("ttl") or 0)
-            renewable = bool(data.get("renewable"))
-            period = float(data.get("creation_ttl") or ttl)
-            accessor = data.get("accessor")
-        except self._failures() as error:
-            raise self._error(error, "token lookup (auth/token/lookup-self)") from None
-        self._period = period
-        self.accessor = str(accessor) if accessor else None
-        return Lease(
-            issued_at=issued,
-            expires_at=issued + ttl if ttl > 0 else None,
-            renewable=renewable and ttl > 0,
+        lease, period, data = self._token_lease(
+            client.auth.token.lookup_self, "data", "ttl", "token lookup (auth/token/lookup-self)"
         )
+        self._period = period
+        accessor = data.get("accessor")
+        self.accessor = str(accessor) if accessor else None
+        return lease
 
     def _renew(self, client: Any) -> Lease:
+        # A renewal's answer has no creation_ttl: the TTL returned is the renewed one.
+        lease, ttl, _ = self._token_lease(
+            client.auth.token.renew_self,
+            "auth",
+            "lease_duration",
+            "token renewal (auth/token/renew-self)",
+        )
+        log.debug("vault: token renewed for %.0f s", ttl)
+        return lease
+
+    def _token_lease(
+        self, call: Callable[[], Any], part: str, ttl_key: str, what: str
+    ) -> tuple[Lease, float, Mapping[str, Any]]:
+        """Call an ``auth/token/*-self`` endpoint: the token's lease as ``answer[part]`` states
+        it (``ttl_key`` seconds from now, ``renewable``), the TTL the token was created with
+        (``creation_ttl``, else that of the lease), and ``answer[part]``."""
         issued = self._clock()
         try:
-            answer = client.auth.token.renew_self()
-            auth: Mapping[str, Any] = answer["auth"]
-            ttl = float(auth.get("lease_duration") or 0)
-            renewable = bool(auth.get("renewable"))
+            fields: Mapping[str, Any] = call()[part]
+            ttl = float(fields.get(ttl_key) or 0)
+            renewable = bool(fields.get("renewable"))
+            period = float(fields.get("creation_ttl") or ttl)
         except self._failures() as error:
-            raise self._error(error, "token renewal (auth/token/renew-self)") from None
-        log.debug("vault: token renewed for %.0f s", ttl)
-        return Lease(
-            issued_at=issued,
-            expires_at=issued + ttl if ttl > 0 else None,
-            renewable=renewable and ttl > 0,
-        )
+            raise self._error(error, what) from None
+        return lease_of(issued, ttl, renewable), period, fields
 
     def _failures(self) -> tuple[type[Exception], ...]:
-        from credbridge.backends.vault_dynamic import hvac_failures
+        from credbridge.backends.vault_client import hvac_failures
 
         return hvac_failures()
 
     def _error(self, error: Exception, what: str) -> SourceError:
-        return self._source._error(error, "", what, login=True)
+        return self._connection.error(error, "", what, login=True)

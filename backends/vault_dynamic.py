@@ -14,9 +14,10 @@ value each time it is fetched, with a lease (docs/sources/vault.md, "Dynamic sec
 Renewing and revoking go through ``sys/leases/renew`` and ``sys/leases/revoke``; a
 certificate without a lease is revoked by serial number (``MOUNT/revoke``).
 
-The source (backends/vault.py) decides which engine a mount is, logs in and maps errors;
-this module knows the engines' paths, options and answers. It imports nothing heavy, so the
-plugin registration may ask :func:`selects_public` without loading hvac.
+The source (backends/vault.py) decides which engine a mount is (backends/vault_kv.py), logs in
+and maps errors (backends/vault_client.py); this module knows the engines' paths, options and
+answers. It imports nothing heavy, so the plugin registration may ask :func:`selects_public`
+without loading hvac or the networking modules.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from credbridge.core import (
     BadReference,
@@ -40,6 +41,9 @@ from credbridge.core import (
 from credbridge.core.reference import Locator
 from credbridge.core.types import Lease
 
+if TYPE_CHECKING:
+    from credbridge.backends.vault_client import ErrorMapper
+
 log = logging.getLogger(__name__)
 
 ENGINES = frozenset({"pki", "database"})
@@ -52,9 +56,6 @@ DATABASE_PARTS = ("username", "password")
 _ACTION = {"pki": "issue", "database": "creds"}
 _DURATION = re.compile(r"[0-9]{1,10}[smhd]?")
 _ROLE = re.compile(r"[^/\x00-\x1f\x7f]+")
-
-ErrorMapper = Callable[[Exception, str], SourceError]
-"""The source's mapping of an hvac/requests failure at a path to one typed error."""
 
 
 @dataclass(frozen=True)
@@ -210,12 +211,7 @@ def _database_credentials(client: Any, target: Issuer, fail: ErrorMapper) -> Sec
         renewable = bool(response.get("renewable"))
     except _failures() as error:
         raise _failed(error, target, fail) from None
-    lease = Lease(
-        lease_id=_lease_id(response),
-        issued_at=issued_at,
-        expires_at=issued_at + duration if duration > 0 else None,
-        renewable=renewable and duration > 0,
-    )
+    lease = lease_of(issued_at, duration, renewable, lease_id=_lease_id(response))
     log.info(
         "vault: issued database credentials from %s (lease %s, %gs%s)",
         target.path,
@@ -226,26 +222,10 @@ def _database_credentials(client: Any, target: Issuer, fail: ErrorMapper) -> Sec
     return SecretDocument({"username": username, "password": password}, lease=lease)
 
 
-def hvac_failures() -> tuple[type[Exception], ...]:
-    """What hvac and requests raise for a failed call (imported on first use, like hvac).
-
-    Here, not in backends/vault.py, so that vault.py, vault_auth.py and this module share it
-    without importing each other in a circle."""
-    import hvac.exceptions
-    import requests.exceptions
-
-    return (
-        hvac.exceptions.VaultError,
-        requests.exceptions.RequestException,
-        ValueError,
-        KeyError,
-        TypeError,
-        RecursionError,  # an answer nested too deep for the JSON parser
-    )
-
-
 def _failures() -> tuple[type[Exception], ...]:
     """What a call and the reading of its answer raise (hvac is loaded by now)."""
+    from credbridge.backends.vault_client import hvac_failures
+
     return (*hvac_failures(), AttributeError)
 
 
@@ -301,6 +281,19 @@ def _text(value: Any) -> str:
 def _pem(value: Any) -> str:
     text = _text(value)
     return text if text.endswith("\n") else text + "\n"
+
+
+def lease_of(
+    issued_at: float, duration: float, renewable: bool, *, lease_id: str | None = None
+) -> Lease:
+    """A lease issued at ``issued_at`` for ``duration`` seconds as the server states it
+    (0: it does not expire, and then there is nothing to renew)."""
+    return Lease(
+        lease_id=lease_id,
+        issued_at=issued_at,
+        expires_at=issued_at + duration if duration > 0 else None,
+        renewable=renewable and duration > 0,
+    )
 
 
 def _lease_id(response: Mapping[str, Any]) -> str | None:

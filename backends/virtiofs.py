@@ -24,17 +24,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from credbridge.backends.hooks.virtiofs import SETTINGS
+from credbridge.backends.vm_sink import ChannelSink
 from credbridge.core import (
-    Change,
     ConfigError,
     Delivery,
-    Pending,
-    PlanEntry,
-    Secret,
     SinkContext,
 )
 from credbridge.core.fsutil import ensure_private_dir, write_new_file
-from credbridge.core.vm import VirtiofsShare, VmChannel, VmSink, check_name, check_size
+from credbridge.core.vm import VirtiofsShare, VmChannel, check_name, check_size
 
 SINK_NAME = "virtiofs"
 DEFAULT_TAG = "credbridge"
@@ -43,7 +40,7 @@ SUBDIR = "virtiofs"
 _TAG = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-class VirtiofsSink(VmSink):
+class VirtiofsSink(ChannelSink):
     def __init__(self, context: SinkContext) -> None:
         tag: str = context.read_settings(SETTINGS)["tag"]
         if not _TAG.fullmatch(tag) or len(tag) > TAG_MAX:
@@ -63,17 +60,8 @@ class VirtiofsSink(VmSink):
             if size is not None:
                 check_size(name, size)
 
-    def plan(self, credentials: Mapping[str, Secret | Pending]) -> list[PlanEntry]:
-        self.validate({n: Pending.size_of(v) for n, v in credentials.items()})
-        return [
-            PlanEntry(
-                name,
-                Change.ADD,
-                f"virtiofs {self.tag}:/{name}"
-                + (f" ({v.reason})" if isinstance(v, Pending) else ""),
-            )
-            for name, v in credentials.items()
-        ]
+    def place(self, name: str) -> str:
+        return f"virtiofs {self.tag}:/{name}"
 
     def prepare(self, deliveries: Sequence[Delivery], runtime_dir: Path) -> VmChannel:
         self.validate({d.name: len(d.value) for d in deliveries})

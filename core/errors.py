@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import unicodedata
 from collections.abc import Callable
+from typing import Any
 
 # Characters that end a line or rewrite a terminal: C0/C1 controls, DEL, line/paragraph
 # separators, format characters (bidi overrides) and lone surrogates (undecodable argv bytes).
@@ -64,6 +65,12 @@ class CredbridgeError(Exception):
 
     exit_code: ExitCode = ExitCode.INTERNAL
 
+    def __init_subclass__(cls, *, exit_code: ExitCode | None = None, **kwargs: Any) -> None:
+        # ``class Denied(CredbridgeError, exit_code=ExitCode.FORBIDDEN)``: the class's exit code.
+        super().__init_subclass__(**kwargs)
+        if exit_code is not None:
+            cls.exit_code = exit_code
+
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
@@ -77,10 +84,8 @@ class CredbridgeError(Exception):
         return "\n".join(self.lines())
 
 
-class ConfigError(CredbridgeError):
+class ConfigError(CredbridgeError, exit_code=ExitCode.CONFIG):
     """The configuration file is missing, malformed or inconsistent."""
-
-    exit_code = ExitCode.CONFIG
 
     def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
         where = ": ".join(part for part in (file, key) if part)
@@ -89,10 +94,8 @@ class ConfigError(CredbridgeError):
         self.key = key
 
 
-class BadReference(CredbridgeError):
+class BadReference(CredbridgeError, exit_code=ExitCode.REFERENCE):
     """A reference does not parse, or names an unknown scheme or option."""
-
-    exit_code = ExitCode.REFERENCE
 
     def __init__(self, reference: str, problem: str) -> None:
         super().__init__(f"reference {reference!r}: {problem}")
@@ -122,7 +125,7 @@ class ServerText:
         self.guard = guard
 
 
-class SourceError(CredbridgeError):
+class SourceError(CredbridgeError, exit_code=ExitCode.NOT_FOUND):
     """A source could not produce the value of a reference.
 
     Subclasses say why; the message names the reference (and credential, once known),
@@ -130,8 +133,13 @@ class SourceError(CredbridgeError):
     engine has checked it against every value of the run (see :class:`ServerText`).
     """
 
-    exit_code = ExitCode.NOT_FOUND
     kind = "failed"
+    """What went wrong, in a word or two (``"not found"``), as messages and reports name it."""
+
+    def __init_subclass__(cls, *, kind: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if kind is not None:
+            cls.kind = kind
 
     def __init__(
         self, reference: str, problem: str, *, server_text: ServerText | None = None
@@ -182,63 +190,40 @@ def renamed(error: SourceError, reference: str) -> SourceError:
     return error.retyped(reference)
 
 
-class NotFound(SourceError):
+class NotFound(SourceError, exit_code=ExitCode.NOT_FOUND, kind="not found"):
     """The path, field, file or variable does not exist."""
 
-    exit_code = ExitCode.NOT_FOUND
-    kind = "not found"
 
-
-class Forbidden(SourceError):
+class Forbidden(SourceError, exit_code=ExitCode.FORBIDDEN, kind="forbidden"):
     """The source refused: missing permission, bad or expired token."""
 
-    exit_code = ExitCode.FORBIDDEN
-    kind = "forbidden"
 
-
-class Unreachable(SourceError):
+class Unreachable(SourceError, exit_code=ExitCode.UNREACHABLE, kind="unreachable"):
     """The source cannot be reached, is sealed or unavailable, or TLS failed."""
 
-    exit_code = ExitCode.UNREACHABLE
-    kind = "unreachable"
 
-
-class Timeout(SourceError):
+class Timeout(SourceError, exit_code=ExitCode.TIMEOUT, kind="timeout"):
     """The source did not answer in time (after the configured retries)."""
 
-    exit_code = ExitCode.TIMEOUT
-    kind = "timeout"
 
-
-class InvalidValue(SourceError):
+class InvalidValue(SourceError, exit_code=ExitCode.NOT_FOUND, kind="invalid value"):
     """The source answered, but the value cannot be used (e.g. selector on non-JSON data)."""
 
-    exit_code = ExitCode.NOT_FOUND
-    kind = "invalid value"
 
-
-class DeliveryError(CredbridgeError):
+class DeliveryError(CredbridgeError, exit_code=ExitCode.DELIVERY):
     """A sink could not stage or commit; the target was left as it was."""
 
-    exit_code = ExitCode.DELIVERY
 
-
-class LaunchError(CredbridgeError):
+class LaunchError(CredbridgeError, exit_code=ExitCode.LAUNCH):
     """A launcher could not start the VM or a helper it needs."""
 
-    exit_code = ExitCode.LAUNCH
 
-
-class RestartFailed(CredbridgeError):
+class RestartFailed(CredbridgeError, exit_code=ExitCode.RESTART):
     """A delivery committed, but systemd could not restart or reload a unit that uses it."""
 
-    exit_code = ExitCode.RESTART
 
-
-class PluginError(CredbridgeError):
+class PluginError(CredbridgeError, exit_code=ExitCode.PLUGIN):
     """A plugin is broken: two plugins claim one name, or a plugin failed while called."""
-
-    exit_code = ExitCode.PLUGIN
 
 
 class PluginFailed(PluginError):
@@ -254,10 +239,8 @@ class PluginFailed(PluginError):
         self.error = error
 
 
-class LockUnavailable(CredbridgeError):
+class LockUnavailable(CredbridgeError, exit_code=ExitCode.LOCKED):
     """Another credbridge run holds a lock this run needs, longer than ``--wait-lock`` allows."""
-
-    exit_code = ExitCode.LOCKED
 
     def __init__(self, path: str, holder: str, waited: float) -> None:
         how = (
@@ -268,15 +251,13 @@ class LockUnavailable(CredbridgeError):
         self.holder = holder
 
 
-class UnsafePath(CredbridgeError):
+class UnsafePath(CredbridgeError, exit_code=ExitCode.UNSAFE_PATH):
     """A directory on the way to a secret could be changed by someone else.
 
     It is a symlink, is owned by a user other than root and the one credbridge runs as, or is
     group- or world-writable (root-owned sticky directories such as ``/tmp`` excepted, as
     ancestors). The message names the path, its owner and its mode.
     """
-
-    exit_code = ExitCode.UNSAFE_PATH
 
     def __init__(self, path: str, problem: str) -> None:
         super().__init__(f"unsafe path {path}: {problem}")

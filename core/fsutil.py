@@ -1,20 +1,12 @@
 """File-system primitives for secret files: trusted 0700 dirs, 0400 files, atomic, no symlinks.
 
-Every path is walked from ``/`` one component at a time with ``openat(O_NOFOLLOW|O_DIRECTORY)``
-(:func:`open_dir`): no symlink is followed anywhere along it, and every directory on the way
-must be owned by root or by the user credbridge runs as and must not be group- or
-world-writable -- root-owned sticky directories such as ``/tmp`` and ``/dev/shm`` are accepted
-as ancestors, never as the directory written into (like OpenSSH's ``StrictModes``). A path that
-fails this raises :class:`~credbridge.core.errors.UnsafePath` naming the path, owner and mode.
-Once a chain is trusted only root or this user can change it, so later steps may use it: a
-directory fd opened this way may be held and entries opened relative to it
-(:func:`open_dir_at`), each further directory checked the same way. (``openat2
-(RESOLVE_NO_SYMLINKS)`` refuses links in one call but checks no owner or mode, so the walk opens
-one component at a time; :func:`open_entry_below` uses it for a file one checked directory
-below a trusted fd.)
-
-Directories credbridge creates get explicit modes whatever the umask, and the directory that
-received a new entry is fsynced, so a created chain survives power loss up to its root.
+Every path is reached through a chain of directories only root or this user can change
+(:mod:`credbridge.core.trusted_dirs`: walked from ``/`` with ``openat(O_NOFOLLOW|O_DIRECTORY)``,
+each directory's owner and mode checked; its functions are importable from here too). The
+helpers below build on such a chain or on a directory fd it gave: files are created
+exclusively and never through a symlink, replaced atomically (temp file, fsync, rename, fsync
+of the directory), read only when regular, removed without following links, and locked with
+``flock`` on a lock file of their own.
 """
 
 from __future__ import annotations
@@ -28,20 +20,30 @@ import os
 import pwd
 import stat
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from credbridge.core.errors import LockUnavailable, UnsafePath
+from credbridge.core.errors import LockUnavailable
 from credbridge.core.faults import point
+from credbridge.core.trusted_dirs import (
+    DIR_FLAGS,
+    check_dir,
+    check_path,
+    check_trusted_file,
+    ensure_private_dir,
+    open_dir,
+    open_dir_at,
+    opened_dir,
+    symlink_error,
+)
 
 log = logging.getLogger(__name__)
 
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
 RENAME_EXCHANGE = 2
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 LOCK_NAME = ".credbridge.lock"
 """The lock file a credbridge run holds in a directory it changes (credstore base, store root)."""
 
@@ -122,250 +124,6 @@ def resolve_owner(user: str | None, group: str | None) -> tuple[int, int]:
     if group is not None:
         gid = int(group) if _numeric_id(group) else grp.getgrnam(group).gr_gid
     return uid, gid
-
-
-# --------------------------------------------------------------------------- trusted walk
-
-
-def _user(uid: int) -> str:
-    try:
-        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except KeyError:
-        return f"uid {uid}"
-
-
-def _components(path: os.PathLike[str] | str) -> list[str]:
-    # Lexical normalisation is exact here: the walk refuses every symlink it meets.
-    return [part for part in os.path.abspath(path).split("/") if part]
-
-
-def check_dir(
-    path: str, info: os.stat_result, *, ancestor: bool, also_trust: Collection[int] = ()
-) -> None:
-    """Refuse a directory someone else could change (see the module docstring)."""
-    euid = os.geteuid()
-    mode = stat.S_IMODE(info.st_mode)
-    owner = info.st_uid
-    if owner not in (0, euid, *also_trust):
-        trusted = "root" if euid == 0 else f"root or by {_user(euid)}"
-        raise UnsafePath(
-            path,
-            f"owned by {_user(owner)}, mode {mode:04o}; credbridge trusts only directories "
-            f"owned by {trusted}",
-        )
-    if mode & 0o022 and not (ancestor and mode & stat.S_ISVTX and owner in (0, euid)):
-        who = {0o002: "others", 0o020: "its group", 0o022: "its group and others"}
-        raise UnsafePath(
-            path,
-            f"owned by {_user(owner)}, mode {mode:04o}: writable by {who[mode & 0o022]}; "
-            "check its contents, then remove group/other write permission (chmod go-w)",
-        )
-
-
-def symlink_error(path: str, dir_fd: int, name: str) -> UnsafePath:
-    """The refusal of entry ``name`` of ``dir_fd`` (shown as ``path``), a symlink."""
-    try:
-        target = os.readlink(name, dir_fd=dir_fd)
-    except OSError:
-        target = "?"
-    return UnsafePath(
-        path, f"is a symlink (to {target}); credbridge follows no symlink along a path"
-    )
-
-
-def _open_child(dir_fd: int, name: str, path: str) -> int:
-    try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except OSError as error:
-        if error.errno not in (errno.ELOOP, errno.ENOTDIR):
-            raise OSError(error.errno, error.strerror, path) from None
-        info = os.lstat(name, dir_fd=dir_fd)
-        if stat.S_ISLNK(info.st_mode):
-            raise symlink_error(path, dir_fd, name) from None
-        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path) from None
-
-
-def open_dir(
-    path: os.PathLike[str] | str,
-    *,
-    create: bool = False,
-    mode: int = 0o700,
-    parents_mode: int = 0o700,
-    also_trust: Collection[int] = (),
-    read_only: bool = False,
-) -> int:
-    """An ``O_DIRECTORY`` fd of ``path``, reached from ``/`` without following any symlink,
-    every directory on the way checked (see the module docstring). Close it when done.
-
-    With ``create``, missing directories are made: the last with ``mode``, the others with
-    ``parents_mode`` (exactly, whatever the umask); each parent that gained an entry is fsynced.
-    ``also_trust`` adds owners accepted for the last directory only (e.g. a credstore target
-    directory handed to a service user). ``read_only``: the last directory is only read
-    from, so a root-owned sticky one is accepted as for ancestors (see
-    :func:`check_trusted_file`). Raises :class:`UnsafePath`, ``FileNotFoundError`` (without
-    ``create``) or ``NotADirectoryError``.
-    """
-    parts = _components(path)
-    fd = os.open("/", _DIR_FLAGS)
-    try:
-        check_dir("/", os.fstat(fd), ancestor=bool(parts))
-    except BaseException:
-        os.close(fd)
-        raise
-    return open_dir_at(
-        fd,
-        "",
-        parts,
-        create=create,
-        mode=mode,
-        parents_mode=parents_mode,
-        also_trust=also_trust,
-        read_only=read_only,
-        close_start=True,
-    )
-
-
-def open_dir_at(
-    start_fd: int,
-    start_path: str,
-    parts: Sequence[str],
-    *,
-    create: bool = False,
-    mode: int = 0o700,
-    parents_mode: int = 0o700,
-    also_trust: Collection[int] = (),
-    read_only: bool = False,
-    close_start: bool = False,
-) -> int:
-    """:func:`open_dir` of ``parts`` below ``start_fd``, a directory already opened and checked
-    by :func:`open_dir` (shown as ``start_path`` in messages): the same checks for every
-    component, without walking from ``/`` again. ``start_fd`` stays open unless
-    ``close_start``; with no ``parts`` a new fd of it is returned."""
-    fd = start_fd if close_start else os.dup(start_fd)
-    current = start_path
-    try:
-        for index, name in enumerate(parts):
-            last = index == len(parts) - 1
-            current = f"{current}/{name}"
-            created = False
-            try:
-                child = _open_child(fd, name, current)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(name, 0o700, dir_fd=fd)
-                    created = True
-                    point("mkdir")
-                child = _open_child(fd, name, current)
-            try:
-                if created:
-                    os.fchmod(child, mode if last else parents_mode)
-                    os.fsync(fd)
-                check_dir(
-                    current,
-                    os.fstat(child),
-                    ancestor=not last or read_only,
-                    also_trust=also_trust if last else (),
-                )
-            except BaseException:
-                os.close(child)
-                raise
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-@contextlib.contextmanager
-def opened_dir(
-    path: os.PathLike[str] | str,
-    *,
-    create: bool = False,
-    mode: int = 0o700,
-    parents_mode: int = 0o700,
-    also_trust: Collection[int] = (),
-) -> Iterator[int]:
-    """:func:`open_dir` as a context manager."""
-    fd = open_dir(path, create=create, mode=mode, parents_mode=parents_mode, also_trust=also_trust)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def check_trusted_file(path: Path) -> None:
-    """Refuse a file another user could have chosen, before a program reads it by name (sops).
-
-    The chain of directories is walked as :func:`open_dir` does, except that the file's own
-    directory may be a root-owned sticky one like ``/nix/store`` (it is only read from, and
-    nobody else can replace a file there that root or this user owns); the file must be a
-    regular file (not a symlink) owned by root or this user. Raises :class:`UnsafePath`,
-    ``FileNotFoundError`` or ``NotADirectoryError``; once it returns, only root or this user
-    can change what the path names.
-    """
-    parent = open_dir(path.parent, read_only=True)
-    try:
-        info = os.lstat(path.name, dir_fd=parent)
-        if stat.S_ISLNK(info.st_mode):
-            raise symlink_error(str(path), parent, path.name)
-    finally:
-        os.close(parent)
-    if not stat.S_ISREG(info.st_mode):
-        raise OSError(errno.EINVAL, "not a regular file", str(path))
-    if info.st_uid not in (0, os.geteuid()):
-        trusted = "root" if os.geteuid() == 0 else f"root or by {_user(os.geteuid())}"
-        raise UnsafePath(
-            str(path),
-            f"owned by {_user(info.st_uid)}; credbridge reads secrets only from files owned "
-            f"by {trusted}",
-        )
-
-
-def check_path(path: os.PathLike[str] | str) -> None:
-    """Check the existing part of ``path`` like :func:`open_dir` does, creating nothing.
-
-    For refusing early, before anything is written: a missing tail is fine.
-    """
-    parts = _components(path)
-    fd = os.open("/", _DIR_FLAGS)
-    current = ""
-    try:
-        check_dir("/", os.fstat(fd), ancestor=bool(parts))
-        for index, name in enumerate(parts):
-            current = f"{current}/{name}"
-            try:
-                child = _open_child(fd, name, current)
-            except FileNotFoundError:
-                return
-            os.close(fd)
-            fd = child
-            check_dir(current, os.fstat(fd), ancestor=index < len(parts) - 1)
-    finally:
-        os.close(fd)
-
-
-def ensure_private_dir(
-    path: Path,
-    *,
-    mode: int = 0o700,
-    uid: int = -1,
-    gid: int = -1,
-    parents_mode: int = 0o700,
-) -> None:
-    """Create ``path`` (and parents) if missing, through a trusted chain; force mode and owner.
-
-    An existing directory keeps its contents; its mode is set to ``mode`` only when it was safe
-    already (a group- or world-writable one is refused: someone may have planted entries).
-    """
-    with opened_dir(path, create=True, mode=mode, parents_mode=parents_mode) as fd:
-        info = os.fstat(fd)
-        if stat.S_IMODE(info.st_mode) != mode:
-            os.fchmod(fd, mode)
-        if (uid != -1 and info.st_uid != uid) or (gid != -1 and info.st_gid != gid):
-            os.fchown(fd, uid, gid)
 
 
 # --------------------------------------------------------------------------- files
@@ -552,7 +310,7 @@ def remove_at(dir_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=dir_fd)
         point("remove.entry")
         return
-    fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
     try:
         for entry in os.listdir(fd):
             remove_at(fd, entry)
@@ -657,3 +415,42 @@ def locked(lock_path: Path, *, wait: LockWait | None = None) -> Iterator[None]:
             yield
     finally:
         os.close(fd)
+
+
+__all__ = [
+    "LOCK_NAME",
+    "RAMFS_MAGIC",
+    "RENAME_EXCHANGE",
+    "TEMP_SUFFIX",
+    "TMPFS_MAGIC",
+    "LockWait",
+    "atomic_write",
+    "atomic_write_at",
+    "c_library",
+    "check_dir",
+    "check_path",
+    "check_trusted_file",
+    "ensure_private_dir",
+    "exchange_at",
+    "filesystem_type",
+    "hold_lock",
+    "is_memory_backed",
+    "is_temp_name",
+    "load_libc",
+    "locked",
+    "open_dir",
+    "open_dir_at",
+    "open_entry_below",
+    "open_lock_file",
+    "opened_dir",
+    "read_file_at",
+    "read_open_file",
+    "read_private_file",
+    "remove_at",
+    "remove_tree",
+    "resolve_owner",
+    "symlink_error",
+    "temp_name",
+    "write_new_file",
+    "write_new_file_at",
+]

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from credbridge.core.errors import BadReference, ConfigError
+from credbridge.core.interfaces import Change, Request
 from credbridge.core.reference import Reference
-from credbridge.core.types import Change, Request
 
 if TYPE_CHECKING:
     from credbridge.core.config import Config, CredentialSpec, Target

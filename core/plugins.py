@@ -11,10 +11,10 @@ fails: it lists every plugin with its state, and every conflict.
 Hooks are called through pluggy's hook caller (so ``wrapper=True`` hook implementations and
 pluggy's tracing work). To know which plugin returned which record, and to keep one plugin's
 failure from hiding the others' records, each plugin is registered through a small proxy whose
-hook functions tag what they return with the plugin's name and catch what they raise.
+hook functions tag what they return with the plugin's name and catch what they raise
+(core/plugin_calls.py, with the kinds of record and what is known of each plugin).
 
-Finding the entry points is core/discovery.py. Longer than most modules because the
-manager is one policy (load, attribute, guard, report), applied to every kind of record.
+Finding the entry points is core/discovery.py.
 """
 
 from __future__ import annotations
@@ -25,15 +25,30 @@ import logging
 import os
 import re
 import sys
-import types
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 from credbridge.core import hookspecs
 from credbridge.core.discovery import FoundEntryPoint, find_entry_points, load_object, normalize
 from credbridge.core.errors import CredbridgeError, PluginError, PluginFailed
+from credbridge.core.plugin_calls import (
+    KINDS,
+    LAUNCHER,
+    SINK,
+    SOURCE,
+    STORE,
+    AttributedPlugin,
+    Conflict,
+    HookFailed,
+    Kind,
+    PluginInfo,
+    Provided,
+    R,
+    failure_text,
+    suggest_hook,
+    undecorated_hooks,
+)
 from credbridge.core.types import LauncherType, SinkType, SourceType, StoreType
 
 if TYPE_CHECKING:
@@ -46,216 +61,8 @@ LOAD_VAR = "CREDBRIDGE_LOAD_PLUGINS"
 TRACE_VAR = "CREDBRIDGE_TRACE_PLUGINS"
 RESERVED_SCHEMES = frozenset({"target"})
 """Schemes the core resolves itself; no plugin may claim them."""
-MARKER = f"{hookspecs.PROJECT}_impl"
-"""The attribute ``@hookimpl`` puts on a hook implementation."""
 CORE = "core"
 """The pseudo-plugin ``credbridge plugins`` lists for what the core provides (``target:``)."""
-HOOKS = frozenset(
-    name
-    for name, value in vars(hookspecs).items()
-    if name.startswith("credbridge_") and hasattr(value, f"{hookspecs.PROJECT}_spec")
-)
-
-R = TypeVar("R", SourceType, SinkType, LauncherType, StoreType)
-
-
-class Kind(Generic[R]):
-    """One kind of record: the hook that provides it and how it is named."""
-
-    __slots__ = ("hook", "key", "label", "record_type")
-    record_type: type[R]
-
-    def __init__(self, key: str, hook: str, label: str, record_type: type[R]) -> None:
-        self.key = key
-        self.hook = hook
-        self.label = label
-        self.record_type = record_type
-
-    def name_of(self, record: R) -> str:
-        return record.name
-
-    def __repr__(self) -> str:
-        return f"Kind({self.key!r})"
-
-
-SOURCE: Kind[SourceType] = Kind("sources", "credbridge_sources", "source scheme", SourceType)
-SINK: Kind[SinkType] = Kind("sinks", "credbridge_sinks", "sink", SinkType)
-LAUNCHER: Kind[LauncherType] = Kind("launchers", "credbridge_launchers", "launcher", LauncherType)
-STORE: Kind[StoreType] = Kind("stores", "credbridge_stores", "store", StoreType)
-KINDS: tuple[Kind[Any], ...] = (SOURCE, SINK, LAUNCHER, STORE)
-
-
-@dataclass
-class PluginInfo:
-    """One plugin as ``credbridge plugins`` shows it, loaded or not."""
-
-    name: str
-    module: str
-    distribution: str
-    version: str
-    builtin: bool
-    state: str = "loaded"
-    """``loaded``, ``failed``, ``disabled`` (by ``CREDBRIDGE_DISABLE_PLUGINS``),
-    ``not loaded`` (not in ``CREDBRIDGE_LOAD_PLUGINS``) or ``registered`` (in process)."""
-    sources: list[str] = field(default_factory=list)
-    sinks: list[str] = field(default_factory=list)
-    launchers: list[str] = field(default_factory=list)
-    stores: list[str] = field(default_factory=list)
-    commands: list[str] = field(default_factory=list)
-    error: str | None = None
-    """Why it failed to load (``state == "failed"``)."""
-    warnings: list[str] = field(default_factory=list)
-    """What was skipped from it, and why."""
-
-    @property
-    def origin(self) -> str:
-        """``credbridge-dotenv 0.1.0``: where it came from, for messages."""
-        return f"{self.distribution} {self.version}".strip()
-
-    def describe(self) -> str:
-        return f"plugin {self.name!r} ({self.origin})" if self.origin else f"plugin {self.name!r}"
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "module": self.module,
-            "distribution": self.distribution,
-            "version": self.version,
-            "builtin": self.builtin,
-            "state": self.state,
-            "sources": sorted(self.sources),
-            "sinks": sorted(self.sinks),
-            "launchers": sorted(self.launchers),
-            "stores": sorted(self.stores),
-            "commands": sorted(self.commands),
-            "error": self.error,
-            "warnings": self.warnings,
-        }
-
-
-class Conflict(NamedTuple):
-    """Several plugins claim one name: the commands that use the name fail until one goes."""
-
-    kind: str
-    name: str
-    providers: tuple[str, ...]
-
-
-# --------------------------------------------------------------------------- attribution
-
-
-class Provided(list[Any]):
-    """The records one plugin's hook implementation returned, tagged with the plugin's name.
-
-    A ``wrapper=True`` hook implementation sees a list of these as the hook's result; it may
-    change them, drop some, or add plain iterables of records of its own.
-    """
-
-    def __init__(self, plugin: str, records: Iterable[Any]) -> None:
-        super().__init__(records)
-        self.plugin = plugin
-
-
-class _Failed(NamedTuple):
-    """A hook implementation raised instead of returning records."""
-
-    plugin: str
-    error: BaseException
-
-
-def _failure_text(error: BaseException) -> str:
-    """How a plugin's exception is named in messages: its type, and a message only for the
-    kinds whose message names code or files (import errors, OS errors), never a value."""
-    name = type(error).__name__
-    if isinstance(error, ImportError | SyntaxError):
-        return f"{name}: {error}"
-    if isinstance(error, OSError) and error.strerror:
-        return f"{name}: {error.strerror}"
-    if isinstance(error, CredbridgeError):
-        # credbridge's own messages name what is wrong and never carry a value (an invalid
-        # record name, a bad lazy() target): the reason a plugin's records were skipped.
-        return f"{name}: {error}"
-    return name
-
-
-class _Attributed:
-    """What is registered with pluggy for one plugin: its hook functions, wrapped.
-
-    Each (non-wrapper) hook implementation returns a :class:`Provided` with the plugin's name,
-    or a :class:`_Failed` instead of raising, so one broken plugin never hides the others.
-    """
-
-    def __init__(self, plugin: object, name: str, pm: pluggy.PluginManager) -> None:
-        self.__name__ = name
-        self._plugin = plugin
-        self._hooks: list[str] = []
-        for attribute in _marked(plugin):
-            opts = pm.parse_hookimpl_opts(plugin, attribute)
-            if opts is None:
-                continue
-            function = getattr(plugin, attribute)
-            self._hooks.append(attribute)
-            if opts.get("wrapper") or opts.get("hookwrapper"):
-                setattr(self, attribute, function)
-                continue
-            hook = str(opts.get("specname") or attribute)
-            wrapped = self._wrap(function, name, hook)
-            setattr(wrapped, MARKER, dict(opts))
-            setattr(self, attribute, wrapped)
-
-    def __dir__(self) -> list[str]:
-        # What pluggy looks through when registering: only the hooks (it is faster, too).
-        return list(self._hooks)
-
-    @staticmethod
-    def _wrap(function: Callable[..., Any], name: str, hook: str) -> Callable[..., Any]:
-        @functools.wraps(function)
-        def attributed(*args: Any, **kwargs: Any) -> Provided | _Failed:
-            # pluggy passes hook arguments positionally, in the spec's order.
-            group = kwargs.get("cli", args[0] if args else None)
-            before = set(getattr(group, "commands", ()))
-            try:
-                result = function(*args, **kwargs)
-                if hook == "credbridge_commands":
-                    return Provided(name, sorted(set(getattr(group, "commands", ())) - before))
-                return Provided(name, () if result is None else result)
-            except Exception as error:  # noqa: BLE001 - contained: reported as this plugin's
-                return _Failed(name, error)
-
-        return attributed
-
-    def __repr__(self) -> str:
-        return f"<credbridge plugin {self.__name__!r}: {self._plugin!r}>"
-
-
-def _marked(plugin: object) -> list[str]:
-    """Attributes that may be hook implementations: a module's marked functions (cheap to
-    find), or every attribute of another object (pluggy checks them without running code)."""
-    if isinstance(plugin, types.ModuleType):
-        return [name for name, value in vars(plugin).items() if hasattr(value, MARKER)]
-    return dir(plugin)
-
-
-def undecorated_hooks(plugin: object) -> list[str]:
-    """``credbridge_*`` functions of a plugin that lack ``@hookimpl`` (and so are ignored)."""
-    import inspect
-
-    found = []
-    for attribute in vars(plugin) if isinstance(plugin, types.ModuleType) else dir(plugin):
-        if not attribute.startswith("credbridge_"):
-            continue
-        value = inspect.getattr_static(plugin, attribute, None)
-        value = getattr(value, "__func__", value)  # staticmethod, classmethod
-        if inspect.isfunction(value) and not hasattr(value, MARKER):
-            found.append(attribute)
-    return found
-
-
-def _suggest(hook: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(hook, sorted(HOOKS), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # --------------------------------------------------------------------------- the manager
@@ -323,7 +130,7 @@ class PluginManager:
         try:
             plugin = load_object(ep.value)
         except Exception as error:  # noqa: BLE001 - a broken plugin must never break credbridge
-            self._fail(info, f"cannot be imported: {_failure_text(error)}")
+            self._fail(info, f"cannot be imported: {failure_text(error)}")
             return
         self._register(plugin, info)
 
@@ -335,7 +142,7 @@ class PluginManager:
                 "(decorate it with @credbridge.core.hookimpl)",
             )
         try:
-            self.pm.register(_Attributed(plugin, info.name, self.pm), name=info.name)
+            self.pm.register(AttributedPlugin(plugin, info.name, self.pm), name=info.name)
         except (pluggy.PluginValidationError, ValueError) as error:
             reason = str(error).replace("\n", " ")
             self._fail(info, f"is not a valid plugin: {reason}")
@@ -390,7 +197,7 @@ class PluginManager:
                 self._records.clear()
                 hook = re.search(r"unknown hook '([^']+)'", str(error))
                 reason = (
-                    f"implements an unknown hook {hook.group(1)!r}{_suggest(hook.group(1))}"
+                    f"implements an unknown hook {hook.group(1)!r}{suggest_hook(hook.group(1))}"
                     if hook
                     else str(error).replace("\n", " ")
                 )
@@ -417,8 +224,8 @@ class PluginManager:
                 out(f"credbridge: trace: {hook} raised {type(outcome.exception).__name__}")
                 return
             for item in outcome.get_result() or ():
-                if isinstance(item, _Failed):
-                    out(f"credbridge: trace: {hook} {item.plugin}: {_failure_text(item.error)}")
+                if isinstance(item, HookFailed):
+                    out(f"credbridge: trace: {hook} {item.plugin}: {failure_text(item.error)}")
                 else:
                     who = getattr(item, "plugin", "a hook wrapper")
                     names = ", ".join(_record_name(r) for r in item)
@@ -467,16 +274,14 @@ class PluginManager:
             wrappers = [i.plugin_name for i in caller.get_hookimpls() if i.wrapper or i.hookwrapper]
             for name in wrappers:
                 self.pm.unregister(name=name)
-                self._fail(
-                    self._info(name), f"failed in its {hook} wrapper: {_failure_text(error)}"
-                )
+                self._fail(self._info(name), f"failed in its {hook} wrapper: {failure_text(error)}")
             return self._call(hook, **kwargs) if wrappers else []
         answers: list[tuple[str, list[Any]]] = []
         for item in results or ():
-            if isinstance(item, _Failed):
+            if isinstance(item, HookFailed):
                 self._warn(
                     self._info(item.plugin),
-                    f"{hook} raised {_failure_text(item.error)}; what it provides is skipped",
+                    f"{hook} raised {failure_text(item.error)}; what it provides is skipped",
                 )
                 continue
             provider = getattr(item, "plugin", None)
@@ -488,7 +293,7 @@ class PluginManager:
             try:
                 answers.append((provider, list(item)))
             except Exception as error:  # noqa: BLE001 - a generator that fails half-way
-                self._warn(self._info(provider), f"{hook} raised {_failure_text(error)}")
+                self._warn(self._info(provider), f"{hook} raised {failure_text(error)}")
         return answers
 
     def _info(self, name: str) -> PluginInfo:
@@ -604,7 +409,7 @@ class PluginManager:
                     raise
                 except Exception as error:
                     what = f"command {path!r}"
-                    raise _plugin_bug(self._info(provider), what, error) from error
+                    raise self._info(provider).bug(what, error) from error
 
             command.callback = guarded
         if isinstance(command, click.Group):
@@ -645,7 +450,7 @@ class PluginManager:
         """The :class:`PluginFailed` for ``error`` raised by ``kind`` ``name``'s ``action``."""
         found = self._collect(kind).get(name) or []
         info = self._info(found[0][1]) if found else PluginInfo("?", "?", "", "", False)
-        return _plugin_bug(info, f"{kind.label} {name!r} {action}", error)
+        return info.bug(f"{kind.label} {name!r} {action}", error)
 
     # ------------------------------------------------------------------ test support
 
@@ -678,15 +483,6 @@ class PluginManager:
         self._records.clear()
 
 
-def _plugin_bug(info: PluginInfo, what: str, error: BaseException) -> PluginFailed:
-    whose = "credbridge: please report it" if info.builtin else "that plugin: report it"
-    return PluginFailed(
-        f"{info.describe()} failed in {what}: {_failure_text(error)} "
-        f"(a bug in {whose} with the output of -vv)",
-        error,
-    )
-
-
 def _record_name(record: object) -> str:
     return str(getattr(record, "name", record))
 
@@ -714,3 +510,27 @@ def reset_plugin_manager() -> None:
     """Forget the process-wide manager (tests; after installing a plugin in-process)."""
     global _default
     _default = None
+
+
+__all__ = [
+    "CORE",
+    "DISABLE_VAR",
+    "KINDS",
+    "LAUNCHER",
+    "LOAD_VAR",
+    "RESERVED_SCHEMES",
+    "SINK",
+    "SOURCE",
+    "STORE",
+    "TRACE_VAR",
+    "Conflict",
+    "Kind",
+    "PluginInfo",
+    "PluginManager",
+    "Provided",
+    "find_entry_points",
+    "get_plugin_manager",
+    "normalize",
+    "reset_plugin_manager",
+    "undecorated_hooks",
+]

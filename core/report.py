@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from credbridge.core.types import Change
+from credbridge.core.interfaces import Change
 from credbridge.core.units import PendingRecord, UnitAction
 
 

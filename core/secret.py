@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
-    from credbridge.core.types import Lease
+    from credbridge.core.interfaces import Lease
 
 # hmac (OpenSSL) and json load on first use: every command imports this module, few compare
 # or parse values.

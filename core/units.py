@@ -48,7 +48,7 @@ from typing import Any
 from credbridge.core import links
 from credbridge.core.config import ON_CHANGE, Config, Target
 from credbridge.core.fsutil import LockWait, atomic_write, locked, opened_dir, read_file_at
-from credbridge.core.types import Change
+from credbridge.core.interfaces import Change
 
 log = logging.getLogger(__name__)
 

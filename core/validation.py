@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from credbridge.core import links
 from credbridge.core.errors import BadReference, ConfigError
+from credbridge.core.plugin_calls import Kind, R
 from credbridge.core.plugins import LAUNCHER, SINK, SOURCE, STORE, PluginManager
 from credbridge.core.settings import Setting, keypath, read_settings
 
@@ -84,84 +85,36 @@ def validate_config(config: Config, plugins: PluginManager) -> None:
 def _validate(config: Config, plugins: PluginManager) -> None:
     links.check_links(config)
     label = config.label
-    base = config.directory
     for scheme, settings in config.sources.items():
         where = keypath("sources", scheme)
-        found = plugins.lookup(SOURCE, scheme)
-        if found is None:
-            raise ConfigError(
-                f"no plugin provides the source scheme {scheme!r} "
-                f"(known: {_known(plugins.names(SOURCE))})",
-                file=label,
-                key=where,
-            )
-        check_settings(
-            settings,
-            found[0].declared_settings,
-            f"source {scheme!r}",
-            file=label,
-            where=where,
-            base=base,
-        )
+        unknown = "no plugin provides the source scheme"
+        _check_table(plugins, config, SOURCE, scheme, settings, where, unknown, owner="source")
     for name, settings in config.sinks.items():
         where = keypath("sinks", name)
-        sink = plugins.lookup(SINK, name)
-        if sink is None:
-            raise ConfigError(
-                f"unknown sink {name!r} (known: {_known(plugins.names(SINK))})",
-                file=label,
-                key=where,
-            )
-        check_settings(
-            settings,
-            sink[0].declared_settings,
-            f"sink {name!r}",
-            file=label,
-            where=where,
-            base=base,
-        )
+        _check_table(plugins, config, SINK, name, settings, where, "unknown sink")
     for target in config.targets.values():
-        sink_where = f"{target.where}.sink"
-        sink = plugins.lookup(SINK, target.sink)
-        if sink is None:
-            raise ConfigError(
-                f"unknown sink {target.sink!r} (known: {_known(plugins.names(SINK))})",
-                file=label,
-                key=sink_where,
-            )
-        sink_type = sink[0]
-        if target.kind not in sink_type.target_kinds:
+        where = f"{target.where}.sink"
+        sink = _lookup(plugins, SINK, target.sink, "unknown sink", file=label, where=where)
+        if target.kind not in sink.target_kinds:
             raise ConfigError(
                 f"sink {target.sink!r} cannot serve a {target.kind} target "
-                f"(it serves: {_known(sink_type.target_kinds)})",
+                f"(it serves: {_known(sink.target_kinds)})",
                 file=label,
-                key=sink_where,
+                key=where,
             )
         check_settings(
             target.sink_settings,
-            sink_type.declared_settings,
+            sink.declared_settings,
             f"sink {target.sink!r}",
             file=label,
-            where=sink_where,
-            base=base,
+            where=where,
+            base=config.directory,
         )
         if target.launcher is not None:
-            launcher_where = f"{target.where}.launcher"
-            launcher = plugins.lookup(LAUNCHER, target.launcher)
-            if launcher is None:
-                raise ConfigError(
-                    f"unknown launcher {target.launcher!r} "
-                    f"(known: {_known(plugins.names(LAUNCHER))})",
-                    file=label,
-                    key=launcher_where,
-                )
-            check_settings(
-                target.launcher_settings,
-                launcher[0].declared_settings,
-                f"launcher {target.launcher!r}",
-                file=label,
-                where=launcher_where,
-                base=base,
+            where = f"{target.where}.launcher"
+            settings = target.launcher_settings
+            _check_table(
+                plugins, config, LAUNCHER, target.launcher, settings, where, "unknown launcher"
             )
         for spec in target.credentials:
             if links.is_link(spec.reference):
@@ -171,20 +124,44 @@ def _validate(config: Config, plugins: PluginManager) -> None:
             except BadReference as error:
                 raise ConfigError(str(error), file=label, key=spec.where) from None
     check_world_readable(config, plugins)
-    store = plugins.lookup(STORE, config.store_type)
-    if store is None:
-        raise ConfigError(
-            f"unknown store type {config.store_type!r} (known: {_known(plugins.names(STORE))})",
-            file=label,
-            key="store.type",
-        )
+    store, settings = config.store_type, config.store_settings
+    _check_table(plugins, config, STORE, store, settings, "store", "unknown store type")
+
+
+def _lookup(
+    plugins: PluginManager, kind: Kind[R], name: str, unknown: str, *, file: str, where: str
+) -> R:
+    """The record of ``kind`` named ``name``; ``"{unknown} 'NAME' (known: ...)"`` when no plugin
+    provides it."""
+    found = plugins.lookup(kind, name)
+    if found is None:
+        known = _known(plugins.names(kind))
+        raise ConfigError(f"{unknown} {name!r} (known: {known})", file=file, key=where)
+    return found[0]
+
+
+def _check_table(
+    plugins: PluginManager,
+    config: Config,
+    kind: Kind[R],
+    name: str,
+    settings: Mapping[str, Any],
+    where: str,
+    unknown: str,
+    *,
+    owner: str | None = None,
+) -> None:
+    """Check that a plugin provides ``name`` and that its table ``settings`` (at ``where``)
+    holds what the plugin declared; messages call the table's owner ``"{owner} 'NAME'"``
+    (default: the kind's label)."""
+    record = _lookup(plugins, kind, name, unknown, file=config.label, where=where)
     check_settings(
-        config.store_settings,
-        store[0].declared_settings,
-        f"store {config.store_type!r}",
-        file=label,
-        where="store",
-        base=base,
+        settings,
+        record.declared_settings,
+        f"{owner or kind.label} {name!r}",
+        file=config.label,
+        where=where,
+        base=config.directory,
     )
 
 

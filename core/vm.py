@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from credbridge.core.errors import DeliveryError, LaunchError
+from credbridge.core.interfaces import Delivery, Sink, Staged
 from credbridge.core.secret import Secret
-from credbridge.core.types import Delivery, Sink, Staged
 
 FW_CFG_PREFIX = "opt/io.systemd.credentials/"
 CREDENTIAL_SIZE_MAX = 1 << 20

@@ -108,18 +108,26 @@ def _topology(text: str) -> dict[str, int]:
     return dict(zip(keys, map(int, parts), strict=True))
 
 
-def _affinity(text: str) -> list[dict[str, Any]]:
-    """cloud-hypervisor's ``Tuple<u32, Vec<usize>>``: ``[0@[0-1],1@[2]]``."""
+def _at_pairs(text: str, example: str, entry: str) -> list[tuple[str, str]]:
+    """``[A@B,...]`` (cloud-hypervisor's ``Tuple`` lists) as ``(A, B)`` pairs, A digits."""
     body = text.strip()
     if not (body.startswith("[") and body.endswith("]")):
-        raise ValueError("is not a list like [0@[0,1],1@[2]]")
-    out = []
+        raise ValueError(f"is not a list like {example}")
+    pairs = []
     for item in split_options(body[1:-1]):
-        vcpu, at, host_cpus = item.partition("@")
-        if not at or not vcpu.isdigit():
-            raise ValueError(f"has an entry that is not vcpu@[cpus] ({item!r})")
-        out.append({"vcpu": int(vcpu), "host_cpus": _int_list(host_cpus)})
-    return out
+        left, at, right = item.partition("@")
+        if not at or not left.isdigit():
+            raise ValueError(f"has an entry that is not {entry} ({item!r})")
+        pairs.append((left, right))
+    return pairs
+
+
+def _affinity(text: str) -> list[dict[str, Any]]:
+    """cloud-hypervisor's ``Tuple<u32, Vec<usize>>``: ``[0@[0-1],1@[2]]``."""
+    return [
+        {"vcpu": int(vcpu), "host_cpus": _int_list(host_cpus)}
+        for vcpu, host_cpus in _at_pairs(text, "[0@[0,1],1@[2]]", "vcpu@[cpus]")
+    ]
 
 
 def _cpu_features(text: str) -> dict[str, bool]:
@@ -154,14 +162,10 @@ def _string_list(text: str) -> list[str]:
 
 def _distances(text: str) -> list[dict[str, int]]:
     """``distances=[1@20,2@30]`` as ``NumaDistance`` objects."""
-    body = text.strip()
-    if not (body.startswith("[") and body.endswith("]")):
-        raise ValueError("is not a list like [1@20,2@30]")
     out = []
-    for item in split_options(body[1:-1]):
-        node, at, distance = item.partition("@")
-        if not at or not node.isdigit() or not distance.isdigit():
-            raise ValueError(f"has an entry that is not node@distance ({item!r})")
+    for node, distance in _at_pairs(text, "[1@20,2@30]", "node@distance"):
+        if not distance.isdigit():
+            raise ValueError(f"has an entry that is not node@distance ({node + '@' + distance!r})")
         out.append({"destination": int(node), "distance": int(distance)})
     return out
 

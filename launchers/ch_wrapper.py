@@ -43,16 +43,12 @@ from credbridge.core.errors import ConfigError, CredbridgeError, LaunchError
 from credbridge.core.secret import Secret
 from credbridge.core.types import LauncherContext, Mode, Pending
 from credbridge.core.vm import VmChannel
+from credbridge.launchers.ch_api import API_PREFIX, ApiClient
 from credbridge.launchers.ch_cli import Invocation, UntranslatableArgument, parse_argv
 from credbridge.launchers.ch_options import OPTION_KEYS, PASS_THROUGH
 from credbridge.launchers.ch_rules import create_rule_broken
-from credbridge.launchers.cloud_hypervisor import (
-    API_PREFIX,
-    ApiClient,
-    CloudHypervisorLauncher,
-    LaunchSpec,
-)
-from credbridge.launchers.runtime import RUNTIME_SETTINGS
+from credbridge.launchers.cloud_hypervisor import CloudHypervisorLauncher, LaunchSpec
+from credbridge.launchers.hooks import RUNTIME_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +58,7 @@ BINARY_ENV = "CREDBRIDGE_CLOUD_HYPERVISOR"
 PLAN_FLAG = "--credbridge-plan"
 _MAX_OEM_STRINGS = 255
 #: Launcher-table keys the wrapper takes from the config: how to run, not what to run.
-CONFIG_LAUNCHER_KEYS = RUNTIME_SETTINGS | {"timeout", "runtime_dir"}
+CONFIG_LAUNCHER_KEYS = RUNTIME_KEYS | {"timeout", "runtime_dir"}
 
 
 # --------------------------------------------------------------------------- the launcher

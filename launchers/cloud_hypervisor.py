@@ -24,12 +24,10 @@ cannot carry them).
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -46,26 +44,24 @@ from credbridge.core import (
     Pending,
     Secret,
 )
-from credbridge.core.remote import (
-    AnswerRefused,
-    AnswerTooSlow,
-    Redactor,
-    read_answer,
-    socket_deadline,
-)
-from credbridge.core.settings import seconds_setting
 from credbridge.core.vm import VmChannel, VmSink
+from credbridge.launchers.ch_api import API_PREFIX, ApiClient, answer_redactor
+from credbridge.launchers.ch_vmconfig import (
+    UnsafeForCommandLine,
+    build_vm_config,
+    redact_argv,
+    redact_oem,
+    vm_config_to_cli,
+)
+from credbridge.launchers.hooks.cloud_hypervisor import SETTINGS
 from credbridge.launchers.runtime import (
-    RUNTIME_SETTINGS,
     SOCKET_PATH_MAX,
     LaunchInterrupted,
+    RuntimeSettings,
     VmRuntime,
-    check_runtime_dir,
     exit_status,
-    find_virtiofsd,
-    virtiofsd_argv,
 )
-from credbridge.launchers.vmspec import ConsoleSpec, VmSpec, parse_vm_spec
+from credbridge.launchers.vmspec import TableChecks, vm_spec
 
 log = logging.getLogger(__name__)
 
@@ -73,132 +69,15 @@ NAME = "cloud-hypervisor"
 CHANNELS = ("oem_strings", "virtiofs")
 """The VM channels it maps onto cloud-hypervisor (its API has no fw_cfg items)."""
 DEFAULT_BINARY = "cloud-hypervisor"
-API_PREFIX = "/api/v1/"
 SOCKET_NAME = "api.sock"
-REDACTED = "<redacted>"
-API_ANSWER_LIMIT = 1 << 20
-"""Bytes an API answer may have (cloud-hypervisor's are a few KiB)."""
-EXTRA_KEYS = frozenset({"verbose", "oem_strings_on_cmdline", "platform"}) | RUNTIME_SETTINGS
 VIRTIO_FS_TAG_MAX = 36
 #: The only OEM string form allowed on a command line (research §2.2: no ``,[]"``/spaces).
 _CMDLINE_OEM = re.compile(
     rb"io\.systemd\.credential\.binary:[A-Za-z0-9_.@-]{1,255}=[A-Za-z0-9+/]*={0,2}"
 )
-_CLI_UNSAFE = re.compile(r'[,\[\]"\s]')
 _VERBOSE_ARG = re.compile(r"-v+|--verbose")
 _POLL = 0.01
 MAX_VERBOSE = 8  # cloud-hypervisor knows -v, -vv, -vvv; a huge count would only build argv
-_CONSOLE_MODE = {
-    "off": "Off",
-    "null": "Null",
-    "tty": "Tty",
-    "pty": "Pty",
-    "file": "File",
-    "socket": "Socket",
-}
-
-
-# --------------------------------------------------------------------------- API client
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """``http.client`` over an AF_UNIX stream socket (cloud-hypervisor's API socket)."""
-
-    def __init__(self, path: Path, timeout: float, fds: Sequence[int] = ()) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-        self._fds = list(fds)
-
-    def send(self, data: Any) -> None:
-        """The request's first bytes carry ``fds`` (SCM_RIGHTS), as cloud-hypervisor's HTTP
-        server expects for ``vm.add-net`` (it reads each request with its ancillary data)."""
-        if not self._fds or not isinstance(data, bytes):
-            super().send(data)
-            return
-        if self.sock is None:
-            self.connect()
-        assert self.sock is not None
-        fds, self._fds = self._fds, []
-        sent = socket.send_fds(self.sock, [data], fds)
-        self.sock.sendall(data[sent:])
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(str(self._path))
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class ApiClient:
-    """Requests to cloud-hypervisor's REST API. Errors name the endpoint and the HTTP status.
-
-    Request bodies never appear in an error or a log line; a response body is quoted only when
-    it shares no 8-byte run with a value, its Base64 or hex (cloud-hypervisor may echo its
-    config). The ``redactor`` keeps hashes of those runs, not the values.
-    """
-
-    def __init__(self, path: Path, timeout: float, redactor: Redactor | None = None) -> None:
-        self.path = path
-        self.timeout = timeout
-        self.redactor = redactor if redactor is not None else Redactor(min_length=1)
-
-    def call(
-        self, method: str, endpoint: str, body: bytes | None = None, fds: Sequence[int] = ()
-    ) -> tuple[int, bytes]:
-        connection = _UnixHTTPConnection(self.path, self.timeout, fds)
-        try:
-            headers = {"Accept": "application/json"}
-            if body is not None:
-                headers["Content-Type"] = "application/json"
-            connection.request(method, API_PREFIX + endpoint, body=body, headers=headers)
-            # The socket timeout bounds each read; the headers, then the body as a whole, get
-            # the same time.
-            with socket_deadline(connection.sock, self.timeout) as expired:
-                try:
-                    response = connection.getresponse()
-                except (OSError, http.client.HTTPException):
-                    if expired.is_set():
-                        raise AnswerTooSlow(f"did not arrive within {self.timeout:g}s") from None
-                    raise
-            answer = read_answer(response.read1, timeout=self.timeout, limit=API_ANSWER_LIMIT)
-            return response.status, answer
-        finally:
-            connection.close()
-
-    def ping(self) -> bool:
-        try:
-            status, _ = self.call("GET", "vmm.ping")
-        except (OSError, http.client.HTTPException, AnswerRefused):
-            return False
-        return status == 200
-
-    def put(self, endpoint: str, body: bytes | None = None, fds: Sequence[int] = ()) -> None:
-        try:
-            status, answer = self.call("PUT", endpoint, body, fds)
-        except AnswerRefused as error:
-            raise LaunchError(
-                f"cloud-hypervisor API PUT {API_PREFIX}{endpoint}: the answer {error.reason}"
-            ) from None
-        except (OSError, http.client.HTTPException) as error:
-            reason = getattr(error, "strerror", None) or type(error).__name__
-            raise LaunchError(
-                f"cloud-hypervisor API PUT {API_PREFIX}{endpoint}: {reason}"
-            ) from None
-        if status not in (200, 204):
-            raise LaunchError(
-                f"cloud-hypervisor API PUT {API_PREFIX}{endpoint} failed: HTTP {status}"
-                f"{self._quote(answer)}"
-            )
-
-    def _quote(self, answer: bytes) -> str:
-        return self.redactor.quote(answer)
-
-
-# --------------------------------------------------------------------------- VmConfig
 
 
 @dataclass
@@ -210,227 +89,47 @@ class LaunchSpec:
     socket: Path
 
 
-def console_config(spec: ConsoleSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {"mode": _CONSOLE_MODE[spec.mode]}
-    if spec.mode == "file":
-        out["file"] = str(spec.path)
-    elif spec.mode == "socket":
-        out["socket"] = str(spec.path)
-    return out
-
-
-def build_vm_config(
-    vm: VmSpec,
-    oem_strings: Sequence[str],
-    fs: Sequence[Mapping[str, Any]] = (),
-    platform: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``VmConfig`` JSON object (components/schemas/VmConfig of the OpenAPI spec)."""
-    payload: dict[str, Any] = {}
-    if vm.kernel is not None:
-        payload["kernel"] = str(vm.kernel)
-    if vm.firmware is not None:
-        payload["firmware"] = str(vm.firmware)
-    if vm.initramfs is not None:
-        payload["initramfs"] = str(vm.initramfs)
-    if vm.cmdline:
-        payload["cmdline"] = vm.cmdline
-    body: dict[str, Any] = {
-        "payload": payload,
-        "cpus": {"boot_vcpus": vm.cpus, "max_vcpus": vm.cpus},
-        # vhost-user devices (virtiofs) need the guest memory shared with the daemon.
-        "memory": {"size": vm.memory_bytes, "shared": bool(fs)},
-        "serial": console_config(vm.serial),
-        "console": console_config(vm.console),
-    }
-    if vm.disks:
-        body["disks"] = [
-            {**disk.options, "path": str(disk.path), "readonly": disk.readonly} for disk in vm.disks
-        ]
-    if vm.net:
-        body["net"] = [dict(n) for n in vm.net]
-    if fs:
-        body["fs"] = [dict(f) for f in fs]
-    merged = dict(platform or {})
-    if oem_strings:
-        merged["oem_strings"] = list(oem_strings)
-    if merged:
-        body["platform"] = merged
-    return body
-
-
-class UnsafeForCommandLine(ConfigError):
-    """A value cloud-hypervisor's option parser cannot carry (``key`` names it)."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__(
-            "cannot be put on cloud-hypervisor's command line (no commas, brackets, quotes or "
-            "spaces); drop oem_strings_on_cmdline to use the API",
-            key=key,
-        )
-
-
-def _cli_value(value: Any, where: str) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and not _CLI_UNSAFE.search(value):
-        return value
-    raise UnsafeForCommandLine(where)
-
-
-def _cli_options(table: Mapping[str, Any], where: str) -> str:
-    return ",".join(f"{key}={_cli_value(value, f'{where}.{key}')}" for key, value in table.items())
-
-
-def _cli_size(size: int) -> str:
-    for suffix, unit in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if size % unit == 0:
-            return f"{size // unit}{suffix}"
-    return str(size)
-
-
-def _cli_console(table: Mapping[str, Any]) -> str:
-    mode = str(table["mode"]).lower()
-    if "file" in table:
-        return f"file={_cli_value(table['file'], 'file')}"
-    if "socket" in table:
-        return f"socket={_cli_value(table['socket'], 'socket')}"
-    return mode
-
-
-def vm_config_to_cli(body: Mapping[str, Any]) -> list[str]:
-    """Command-line flags that describe the same VM as ``body`` (opt-in CLI mode only)."""
-    args: list[str] = []
-    payload = body["payload"]
-    for key in ("kernel", "firmware", "initramfs"):
-        if key in payload:
-            args += [f"--{key}", payload[key]]
-    if "cmdline" in payload:
-        args += ["--cmdline", payload["cmdline"]]
-    cpus = body["cpus"]
-    args += ["--cpus", f"boot={cpus['boot_vcpus']},max={cpus['max_vcpus']}"]
-    memory = body["memory"]
-    shared = "on" if memory.get("shared") else "off"
-    args += ["--memory", f"size={_cli_size(memory['size'])},shared={shared}"]
-    for index, disk in enumerate(body.get("disks", [])):
-        args += ["--disk", _cli_options(disk, f"disks[{index}]")]
-    for index, net in enumerate(body.get("net", [])):
-        args += ["--net", _cli_options(net, f"net[{index}]")]
-    for index, fs in enumerate(body.get("fs", [])):
-        args += ["--fs", _cli_options(fs, f"fs[{index}]")]
-    args += ["--serial", _cli_console(body["serial"]), "--console", _cli_console(body["console"])]
-    platform = dict(body.get("platform", {}))
-    oem = platform.pop("oem_strings", [])
-    parts = [_cli_options(platform, "platform")] if platform else []
-    if oem:
-        parts.append("oem_strings=[" + ",".join(oem) + "]")
-    if parts:
-        args += ["--platform", ",".join(parts)]
-    return args
-
-
-def redact_oem(text: str) -> str:
-    """``io.systemd.credential.binary:NAME=BASE64`` -> ``...:NAME=<redacted>``."""
-    head, sep, _ = text.partition("=")
-    return f"{head}={REDACTED}" if sep else REDACTED
-
-
-def redact_argv(argv: Sequence[str]) -> list[str]:
-    out = list(argv)
-    for index, arg in enumerate(out):
-        if index and out[index - 1] == "--platform" and "oem_strings=" in arg:
-            head, _, rest = arg.partition("oem_strings=[")
-            strings, _, tail = rest.partition("]")
-            redacted = ",".join(redact_oem(s) for s in strings.split(",") if s)
-            out[index] = f"{head}oem_strings=[{redacted}]{tail}"
-    return out
-
-
-# --------------------------------------------------------------------------- the launcher
-
-
 class CloudHypervisorLauncher(Launcher):
     def __init__(self, context: LauncherContext) -> None:
-        self.context = context
         self.target = context.target
-        label = context.config.label
-        self.label = label
-        self.where = context.where
-        self.vm = parse_vm_spec(
-            context.target.name,
-            context.settings,
-            context.config,
-            context.where,
-            extra_keys=EXTRA_KEYS,
-            default_serial="tty",
-            default_console="off",
-            launcher="cloud-hypervisor",
-        )
-        settings = context.settings
-        verbose = settings.get("verbose", 0)
+        self.label = context.config.label
+        settings = context.read_settings(SETTINGS)
+        self.vm = vm_spec(context.target.name, settings, context.config, context.where)
+        checks = self.checks = TableChecks(context.config, context.where)
+        verbose = settings["verbose"]
         if isinstance(verbose, bool):
             verbose = int(verbose)
         if not isinstance(verbose, int) or not 0 <= verbose <= MAX_VERBOSE:
-            raise ConfigError(
-                f"must be true/false or a count from 0 to {MAX_VERBOSE}",
-                file=label,
-                key=f"{self.where}.verbose",
-            )
+            raise checks.fail("verbose", f"must be true/false or a count from 0 to {MAX_VERBOSE}")
         self.verbose = verbose
-        self.on_cmdline = _bool(settings, "oem_strings_on_cmdline", label, self.where)
-        platform = settings.get("platform", {})
-        if not isinstance(platform, Mapping):
-            raise ConfigError(
-                "must be a table of PlatformConfig keys", file=label, key=f"{self.where}.platform"
-            )
-        if "oem_strings" in platform:
-            raise ConfigError(
+        self.on_cmdline: bool = settings["oem_strings_on_cmdline"]
+        if "oem_strings" in settings["platform"]:
+            raise checks.fail(
+                "platform.oem_strings",
                 "OEM strings come from the VM's credentials (sink), not from this table",
-                file=label,
-                key=f"{self.where}.platform.oem_strings",
             )
-        self.platform = dict(platform)
-        self.allow_persistent = _bool(settings, "allow_persistent", label, self.where)
-        self.stop_timeout = seconds_setting(
-            settings.get("stop_timeout", 10), file=label, key=f"{self.where}.stop_timeout"
-        )
-        virtiofsd = settings.get("virtiofsd")
-        if virtiofsd is not None and not isinstance(virtiofsd, str):
-            raise ConfigError("must be a program path", file=label, key=f"{self.where}.virtiofsd")
-        self.virtiofsd: str | None = virtiofsd
-        virtiofsd_args = settings.get("virtiofsd_args", [])
-        if not isinstance(virtiofsd_args, list) or not all(
-            isinstance(a, str) for a in virtiofsd_args
-        ):
-            raise ConfigError(
-                "must be a list of strings", file=label, key=f"{self.where}.virtiofsd_args"
-            )
-        self.virtiofsd_args: tuple[str, ...] = tuple(virtiofsd_args)
+        self.platform: dict[str, Any] = dict(settings["platform"])
+        self.runtime = RuntimeSettings.read(settings, checks)
         self.binary = self.vm.binary or DEFAULT_BINARY
         for arg in self.vm.extra_args:
             if arg == "--api-socket" or arg.startswith("--api-socket="):
-                raise ConfigError(
-                    "the launcher owns --api-socket", file=label, key=f"{self.where}.extra_args"
-                )
+                raise checks.fail("extra_args", "the launcher owns --api-socket")
             if arg == "--platform" or arg.startswith("--platform="):
-                raise ConfigError(
+                raise checks.fail(
+                    "extra_args",
                     "use the 'platform' table instead of --platform (it may be given only once)",
-                    file=label,
-                    key=f"{self.where}.extra_args",
                 )
         if context.target.sink == "fw-cfg":
             raise ConfigError(
                 "cloud-hypervisor's API has no fw_cfg items (stock builds lack the feature): "
                 'use sink = "oem-strings" or "virtiofs"',
-                file=label,
+                file=self.label,
                 key=f"{context.target.where}.sink",
             )
         if not isinstance(context.sink, VmSink):
             raise ConfigError(
                 f"sink {context.target.sink!r} is not a VM sink",
-                file=label,
+                file=self.label,
                 key=f"{context.target.where}.sink",
             )
         self.sink: VmSink = context.sink
@@ -442,11 +141,10 @@ class CloudHypervisorLauncher(Launcher):
         if not has_secrets:
             return
         if self.verbose or any(_VERBOSE_ARG.fullmatch(a) for a in self.vm.extra_args):
-            raise ConfigError(
+            raise self.checks.fail(
+                "verbose" if self.verbose else "extra_args",
                 "refusing to run cloud-hypervisor with -v while the VM has credentials: "
                 "at -v it logs the whole VM config, secrets included",
-                file=self.label,
-                key=f"{self.where}.verbose" if self.verbose else f"{self.where}.extra_args",
             )
 
     def _argv(self, socket_path: Path) -> list[str]:
@@ -501,12 +199,7 @@ class CloudHypervisorLauncher(Launcher):
             try:
                 argv += vm_config_to_cli(body)
             except UnsafeForCommandLine as error:
-                raise ConfigError(
-                    "a value cannot be put on cloud-hypervisor's command line (no commas, "
-                    "brackets, quotes or spaces); drop oem_strings_on_cmdline to use the API",
-                    file=self.label,
-                    key=f"{self.where}.{error.key}",
-                ) from None
+                raise self.checks.fail(error.option, f"a value {error.problem}") from None
             return LaunchSpec(argv, None, socket_path)
         return LaunchSpec(argv, body, socket_path)
 
@@ -556,44 +249,29 @@ class CloudHypervisorLauncher(Launcher):
         if not channel.virtiofs:
             return []
         try:
-            daemon = find_virtiofsd(self.virtiofsd)
+            daemon = self.runtime.find_virtiofsd()
         except LaunchError as error:
             return [[f"virtiofsd: {error}"]]
         return [
-            virtiofsd_argv(daemon, share, sock, extra_args=self.virtiofsd_args)
+            self.runtime.virtiofsd_argv(daemon, share, sock)
             for share, sock in zip(channel.virtiofs, sockets, strict=True)
         ]
 
     # ------------------------------------------------------------------ launch
 
     def check(self) -> None:
-        check_runtime_dir(
-            self.vm.runtime_dir,
-            allow_persistent=self.allow_persistent,
-            config_file=self.label,
-            key=f"{self.where}.runtime_dir",
-        )
+        self.runtime.check(self.vm, self.checks)
 
     def launch(self, deliveries: Sequence[Delivery]) -> int:
         self._check_verbose(bool(deliveries))
         vm = self.vm
         socket_path = vm.runtime_dir / SOCKET_NAME
         if len(os.fsencode(socket_path)) > SOCKET_PATH_MAX:
-            raise ConfigError(
+            raise self.checks.fail(
+                "runtime_dir",
                 f"API socket path {socket_path} is longer than {SOCKET_PATH_MAX} bytes",
-                file=self.label,
-                key=f"{self.where}.runtime_dir",
             )
-        runtime = VmRuntime(
-            vm.name,
-            vm.runtime_dir,
-            allow_persistent=self.allow_persistent,
-            startup_timeout=vm.timeout,
-            stop_timeout=self.stop_timeout,
-            config_file=self.label,
-            key=f"{self.where}.runtime_dir",
-        )
-        with runtime as rt:
+        with self.runtime.runtime(vm, self.checks) as rt:
             try:
                 return self._run(rt, deliveries)
             except LaunchInterrupted as stop:
@@ -605,9 +283,11 @@ class CloudHypervisorLauncher(Launcher):
         self._check_channel(channel)
         sockets: list[Path] = []
         if channel.virtiofs:
-            daemon = find_virtiofsd(self.virtiofsd)
+            daemon = self.runtime.find_virtiofsd()
             for share in channel.virtiofs:
-                sockets.append(rt.start_virtiofsd(share, daemon, extra_args=self.virtiofsd_args))
+                sockets.append(
+                    rt.start_virtiofsd(share, daemon, extra_args=self.runtime.virtiofsd_args)
+                )
         spec = self.build(channel, rt.path, sockets, redact=False)
         if self.on_cmdline and channel.oem_strings:
             log.warning("VM %s: %s (oem_strings_on_cmdline = true)", vm.name, CMDLINE_WARNING)
@@ -618,7 +298,7 @@ class CloudHypervisorLauncher(Launcher):
             names = ", ".join(channel.names) or "none"
             log.info("VM %s started from flags with credentials: %s", vm.name, names)
             return rt.wait()
-        api = ApiClient(spec.socket, vm.timeout, _redactor(channel, deliveries))
+        api = ApiClient(spec.socket, vm.timeout, answer_redactor(channel, deliveries))
         try:
             rt.wait_for_path(spec.socket, "cloud-hypervisor API socket", process=process)
             self._wait_ping(rt, api, process)
@@ -665,25 +345,7 @@ class CloudHypervisorLauncher(Launcher):
             time.sleep(_POLL)
 
 
-def _bool(settings: Mapping[str, Any], key: str, label: str, where: str) -> bool:
-    value = settings.get(key, False)
-    if not isinstance(value, bool):
-        raise ConfigError("must be true or false", file=label, key=f"{where}.{key}")
-    return value
-
-
 CMDLINE_WARNING = (
     "OEM strings are on cloud-hypervisor's command line: every local user can read them "
     "in /proc/PID/cmdline"
 )
-
-
-def _redactor(channel: VmChannel, deliveries: Sequence[Delivery]) -> Redactor:
-    """What an API error answer must not quote: values (and their Base64/hex), OEM payloads."""
-    # Even a short value counts: withholding a harmless answer is cheap, quoting a secret is not.
-    redactor = Redactor(min_length=1)
-    for delivery in deliveries:
-        redactor.add(delivery.value)
-    for text in channel.oem_strings:
-        redactor.add(text.reveal().partition(b"=")[2], derived=False)
-    return redactor

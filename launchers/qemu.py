@@ -14,10 +14,9 @@ Credentials reach QEMU only as paths of 0400 files in the launch's private runti
 Never ``value=``/``string=``: QEMU's argv is world-readable in /proc. Commas inside option
 values are doubled, as QEMU's option parser requires.
 
-Launcher keys (besides vmspec's common ones): ``machine`` (default ``q35``), ``accel``
-(default ``kvm:tcg``: KVM when available, else TCG), ``cpu`` (default ``max``),
-``smbios_path`` (``auto``), and runtime.py's ``allow_persistent``, ``virtiofsd``,
-``virtiofsd_args``, ``stop_timeout``.
+Launcher keys (declared in launchers/hooks/qemu.py, besides the common ones of
+launchers/hooks/__init__.py): ``machine`` (default ``q35``), ``accel`` (default ``kvm:tcg``:
+KVM when available, else TCG), ``cpu`` (default ``max``), ``smbios_path`` (``auto``).
 """
 
 from __future__ import annotations
@@ -40,24 +39,15 @@ from credbridge.core import (
     Pending,
     Secret,
 )
-from credbridge.core.settings import name_setting, seconds_setting
 from credbridge.core.vm import BUILT_IN_CHANNELS, VmChannel, VmSink
-from credbridge.launchers.runtime import (
-    RUNTIME_SETTINGS,
-    LaunchInterrupted,
-    Virtiofsd,
-    VmRuntime,
-    check_runtime_dir,
-    child_env,
-    find_virtiofsd,
-    virtiofsd_argv,
-)
-from credbridge.launchers.vmspec import ConsoleSpec, VmSpec, parse_vm_spec
+from credbridge.launchers.hooks.qemu import SETTINGS
+from credbridge.launchers.processes import probe
+from credbridge.launchers.runtime import LaunchInterrupted, RuntimeSettings, Virtiofsd
+from credbridge.launchers.vmspec import ConsoleSpec, TableChecks, VmSpec, vm_spec
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BINARY = "qemu-system-x86_64"
-EXTRA_KEYS = frozenset({"machine", "accel", "cpu", "smbios_path"}) | RUNTIME_SETTINGS
 MEMORY_BACKEND_ID = "credbridge-mem"
 _VERSION = re.compile(r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?")
 _UBUNTU = re.compile(r"ubuntu(\d+)\.(\d+)")
@@ -111,32 +101,25 @@ def qemu_info(binary: str) -> QemuInfo:
     """The QEMU version from ``BINARY --version`` (cached per binary)."""
     if binary not in _info_cache:
         try:
-            result = subprocess.run(
-                [binary, "--version"],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=30,
-                check=False,
-                env=child_env(),
-            )
+            output = probe([binary, "--version"], timeout=30)
         except FileNotFoundError:
             raise LaunchError(f"QEMU binary {binary!r} not found") from None
         except (OSError, subprocess.TimeoutExpired) as error:
             raise LaunchError(f"cannot run {binary} --version: {error}") from None
-        banner = result.stdout.decode(errors="replace").strip().splitlines()
+        banner = output.decode(errors="replace").strip().splitlines()
         first = banner[0] if banner else ""
         _info_cache[binary] = QemuInfo(binary, parse_version(first), first)
     return _info_cache[binary]
 
 
 def _chardev(spec: ConsoleSpec, ident: str) -> str:
-    if spec.mode == "tty":
-        return f"stdio,id={ident}"
-    if spec.mode == "file":
-        return f"file,id={ident},path={escape(spec.path or '')}"
+    """The ``-chardev`` of a serial port or console that is not ``off``."""
+    chardev = f"{'stdio' if spec.mode == 'tty' else spec.mode},id={ident}"
+    if spec.path is not None:  # file: and socket: modes
+        chardev += f",path={escape(spec.path)}"
     if spec.mode == "socket":
-        return f"socket,id={ident},path={escape(spec.path or '')},server=on,wait=off"
-    return f"{spec.mode},id={ident}"
+        chardev += ",server=on,wait=off"
+    return chardev
 
 
 def _option_value(value: Any) -> str:
@@ -148,67 +131,31 @@ def _option_value(value: Any) -> str:
 class QemuLauncher(Launcher):
     def __init__(self, context: LauncherContext) -> None:
         config, where = context.config, context.where
-        label = config.label
-        self.where = where
-        self.label = label
-        self.spec: VmSpec = parse_vm_spec(
-            context.target.name,
-            context.settings,
-            config,
-            where,
-            extra_keys=EXTRA_KEYS,
-            launcher="qemu",
-        )
+        self.label = config.label
+        settings = context.read_settings(SETTINGS)
+        self.spec: VmSpec = vm_spec(context.target.name, settings, config, where)
+        checks = self.checks = TableChecks(config, where)
         if not isinstance(context.sink, VmSink):
             raise ConfigError(
                 "the qemu launcher needs a VM sink (oem-strings, fw-cfg, virtiofs)",
-                file=label,
+                file=self.label,
                 key=f"{context.target.where}.sink",
             )
         self.sink: VmSink = context.sink
         self.sink_name = context.target.sink
-        settings = context.settings
-
-        def word(key: str, default: str) -> str:
-            return name_setting(settings.get(key, default), file=label, key=f"{where}.{key}")
-
-        self.machine = word("machine", "q35")
-        self.cpu = word("cpu", "max")
-        self.accel = word("accel", "kvm:tcg").split(":")
+        self.machine: str = settings["machine"]
+        self.cpu: str = settings["cpu"]
+        self.accel: list[str] = settings["accel"].split(":")
         if not all(_WORD.fullmatch(a) for a in self.accel):
-            raise ConfigError(
-                'must be accelerators separated by ":" like "kvm:tcg"',
-                file=label,
-                key=f"{where}.accel",
-            )
-        smbios_path = settings.get("smbios_path", "auto")
-        if smbios_path not in (True, False, "auto"):
-            raise ConfigError(
-                'must be true, false or "auto"', file=label, key=f"{where}.smbios_path"
-            )
-        self.smbios_path: bool | str = smbios_path
-        self.allow_persistent = settings.get("allow_persistent", False)
-        if not isinstance(self.allow_persistent, bool):
-            raise ConfigError("must be true or false", file=label, key=f"{where}.allow_persistent")
-        virtiofsd = settings.get("virtiofsd")
-        if virtiofsd is not None and not isinstance(virtiofsd, str):
-            raise ConfigError("must be a program path", file=label, key=f"{where}.virtiofsd")
-        self.virtiofsd = virtiofsd
-        vargs = settings.get("virtiofsd_args", [])
-        if not isinstance(vargs, list) or not all(isinstance(a, str) for a in vargs):
-            raise ConfigError(
-                "must be a list of strings", file=label, key=f"{where}.virtiofsd_args"
-            )
-        self.virtiofsd_args: list[str] = vargs
-        self.stop_timeout = seconds_setting(
-            settings.get("stop_timeout", 10), file=label, key=f"{where}.stop_timeout"
-        )
+            raise checks.fail("accel", 'must be accelerators separated by ":" like "kvm:tcg"')
+        if settings["smbios_path"] not in (True, False, "auto"):
+            raise checks.fail("smbios_path", 'must be true, false or "auto"')
+        self.smbios_path: bool | str = settings["smbios_path"]
+        self.runtime = RuntimeSettings.read(settings, checks)
         if self.spec.memory_bytes % _MIB:
-            raise ConfigError("QEMU needs a whole number of MiB", file=label, key=f"{where}.memory")
+            raise checks.fail("memory", "QEMU needs a whole number of MiB")
         if self.spec.serial.mode == "tty" and self.spec.console.mode == "tty":
-            raise ConfigError(
-                'serial and console cannot both be "tty" with QEMU', file=label, key=where
-            )
+            raise checks.fail("", 'serial and console cannot both be "tty" with QEMU')
         self.binary = self.spec.binary or DEFAULT_BINARY
         self.pci = not self.machine.startswith("microvm")
 
@@ -302,27 +249,22 @@ class QemuLauncher(Launcher):
         return argv
 
     def _net(self, index: int, net: Mapping[str, Any]) -> list[str]:
-        where = f"{self.where}.net[{index}]"
+        key = f"net[{index}]"
         unknown = set(net) - {"tap", "mac", "type"}
         if unknown:
-            raise ConfigError(
-                f"unknown key {sorted(unknown)[0]!r} (known: mac, tap, type)",
-                file=self.label,
-                key=where,
+            raise self.checks.fail(
+                key, f"unknown key {sorted(unknown)[0]!r} (known: mac, tap, type)"
             )
         if "tap" in net:
             backend = f"tap,id=net{index},ifname={escape(net['tap'])},script=no,downscript=no"
         elif net.get("type") == "user":
             backend = f"user,id=net{index}"
         else:
-            raise ConfigError('needs tap = "NAME" or type = "user"', file=self.label, key=where)
+            raise self.checks.fail(key, 'needs tap = "NAME" or type = "user"')
         device = f"{self._device('virtio-net')},netdev=net{index}"
         if "mac" in net:
             device += f",mac={escape(net['mac'])}"
         return ["-netdev", backend, "-device", device]
-
-    def _daemon(self) -> Virtiofsd:
-        return find_virtiofsd(self.virtiofsd)
 
     # ------------------------------------------------------------------ plan / launch
 
@@ -348,13 +290,11 @@ class QemuLauncher(Launcher):
         for share in channel.virtiofs:
             sockets[share.tag] = spec.runtime_dir / "sockets" / f"virtiofsd-{share.tag}.sock"
             try:
-                daemon = self._daemon()
+                daemon = self.runtime.find_virtiofsd()
             except LaunchError as error:
                 warnings.append(str(error))
                 continue
-            helpers.append(
-                virtiofsd_argv(daemon, share, sockets[share.tag], extra_args=self.virtiofsd_args)
-            )
+            helpers.append(self.runtime.virtiofsd_argv(daemon, share, sockets[share.tag]))
         info = qemu_info(self.binary) if self.smbios_path == "auto" else None
         # The keys of credbridge.core.types.PLAN_KEYS, as every launcher's plan has them.
         return {
@@ -380,26 +320,13 @@ class QemuLauncher(Launcher):
         return [runtime_dir / "smbios" / f"oem-{index:03d}" for index in range(count)]
 
     def check(self) -> None:
-        check_runtime_dir(
-            self.spec.runtime_dir,
-            allow_persistent=self.allow_persistent,
-            config_file=self.label,
-            key=f"{self.where}.runtime_dir",
-        )
+        self.runtime.check(self.spec, self.checks)
 
     def launch(self, deliveries: Sequence[Delivery]) -> int:
         spec = self.spec
         direct, warning = self.use_smbios_path()  # before anything is written
         daemon: Virtiofsd | None = None
-        with VmRuntime(
-            spec.name,
-            spec.runtime_dir,
-            allow_persistent=self.allow_persistent,
-            startup_timeout=spec.timeout,
-            stop_timeout=self.stop_timeout,
-            config_file=self.label,
-            key=f"{self.where}.runtime_dir",
-        ) as runtime:
+        with self.runtime.runtime(spec, self.checks) as runtime:
             try:
                 channel = runtime.prepare(self.sink, deliveries)
                 channel.check_taken(self.spec.name, "qemu", BUILT_IN_CHANNELS)
@@ -417,9 +344,9 @@ class QemuLauncher(Launcher):
                         channel = fw_cfg_channel(deliveries, runtime.path, sink=channel.sink)
                 sockets: dict[str, Path] = {}
                 for share in channel.virtiofs:
-                    daemon = daemon or self._daemon()
+                    daemon = daemon or self.runtime.find_virtiofsd()
                     sockets[share.tag] = runtime.start_virtiofsd(
-                        share, daemon, extra_args=self.virtiofsd_args
+                        share, daemon, extra_args=self.runtime.virtiofsd_args
                     )
                 argv = self.argv(channel, smbios, sockets)
                 for text in channel.oem_strings:

@@ -48,7 +48,8 @@ stop_timeout=10.0, config_file=None, key=None)``
     * ``check()`` -- raise :class:`LaunchInterrupted` if a signal arrived, or
       :class:`LaunchError` if a helper died (call between startup steps).
 
-``check_runtime_dir(path, *, allow_persistent=False, config_file=None, key=None)``: refuse a
+``check_runtime_dir(path, *, allow_persistent=False, config_file=None, key=None)``
+(launchers/runtime_dir.py, with the claim of the directory): refuse a
 runtime directory that is not on tmpfs/ramfs or whose existing path is unsafe (a symlink, another
 user's directory, a group/world-writable one), before anything is written -- call it from
 ``Launcher.check()``. The directory and its parents are reached through
@@ -58,16 +59,19 @@ user's directory, a group/world-writable one), before anything is written -- cal
 ``.signal`` and ``.status`` (128+N) -- launchers return ``.status``.
 
 ``Virtiofsd(path, flavour)``, ``find_virtiofsd(configured=None) -> Virtiofsd``,
-``virtiofsd_argv(daemon, share, socket, *, extra_args=()) -> list[str]``: the Rust
-virtiofsd (``--shared-dir``, ``--readonly``) and QEMU's old C one (``-o source=``), told
-apart by their ``--help`` text.
+``virtiofsd_argv(daemon, share, socket, *, extra_args=()) -> list[str]``
+(launchers/virtiofsd.py): the Rust virtiofsd (``--shared-dir``, ``--readonly``) and QEMU's old
+C one (``-o source=``), told apart by their ``--help`` text.
 
 ``child_env(extra=None) -> dict[str, str]``: the environment children get -- an allow-list
 (PATH, HOME, LANG, LC_*, TERM, TZ, TMPDIR, USER, LOGNAME), never credbridge's own environment,
-which may hold source tokens. ``exit_status(returncode) -> int``. ``RUNTIME_SETTINGS``:
-launcher keys this module reads (``allow_persistent``, ``virtiofsd``, ``virtiofsd_args``,
-``stop_timeout``) -- add them to ``parse_vm_spec(..., extra_keys=...)``. ``SOCKET_PATH_MAX``
-(107): the longest usable AF_UNIX socket path. ``LOCK_NAME``: the lock file in the directory.
+which may hold source tokens. ``exit_status(returncode) -> int`` (launchers/processes.py).
+``RuntimeSettings.read(values, checks)``: the launcher keys this module reads
+(``allow_persistent``, ``virtiofsd``, ``virtiofsd_args``, ``stop_timeout``, declared as
+``credbridge.launchers.hooks.RUNTIME_SETTINGS``), with ``check(spec, checks)`` and
+``runtime(spec, checks) -> VmRuntime`` for a launcher's ``check`` and ``launch``.
+``SOCKET_PATH_MAX`` (107): the longest usable AF_UNIX socket path. ``LOCK_NAME``: the lock file
+in the directory.
 
 Children are started with ``PR_SET_PDEATHSIG`` so they die with credbridge even on SIGKILL
 (the parent is the *thread* that started them: start them from the main thread); the
@@ -78,14 +82,10 @@ child's argv or environment: values reach the hypervisor only through 0400 files
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import selectors
-import shutil
 import signal
-import stat
 import subprocess
 import threading
 import time
@@ -97,59 +97,25 @@ from typing import Any
 
 from credbridge.core.errors import ConfigError, LaunchError
 from credbridge.core.faults import point
-from credbridge.core.fsutil import (
-    LockWait,
-    check_path,
-    ensure_private_dir,
-    is_memory_backed,
-    libc,
-    locked,
-    opened_dir,
-    remove_tree,
-    write_new_file,
-)
+from credbridge.core.fsutil import ensure_private_dir, opened_dir, remove_tree, write_new_file
 from credbridge.core.process import child_env
 from credbridge.core.types import Delivery
 from credbridge.core.vm import VirtiofsShare, VmChannel, VmSink
-from credbridge.launchers.hooks import RUNTIME_KEYS
+from credbridge.launchers.processes import die_with_parent, exit_status, open_pidfd
+from credbridge.launchers.runtime_dir import LOCK_NAME, check_runtime_dir, claim_runtime_dir
+from credbridge.launchers.virtiofsd import (
+    Virtiofsd,
+    find_virtiofsd,
+    virtiofsd_argv,
+    virtiofsd_flavour,
+)
+from credbridge.launchers.vmspec import TableChecks, VmSpec
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".credbridge.lock"
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-RUNTIME_SETTINGS = RUNTIME_KEYS
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
-_PR_SET_PDEATHSIG = 1
 _POLL = 0.02
-
-_libc = libc
-
-
-def check_runtime_dir(
-    path: Path,
-    *,
-    allow_persistent: bool = False,
-    config_file: str | None = None,
-    key: str | None = None,
-) -> None:
-    """Refuse a runtime directory before anything is written: not on tmpfs/ramfs (unless
-    ``allow_persistent``), or an existing part of its path that is unsafe (a symlink, another
-    user's, group/world-writable). Launchers call it from ``Launcher.check()``."""
-    try:
-        check_path(path)
-        persistent = not allow_persistent and not is_memory_backed(path)
-    except OSError as error:
-        raise ConfigError(
-            f"runtime directory {path}: {error.strerror or error}", file=config_file, key=key
-        ) from None
-    if persistent:
-        raise ConfigError(
-            f"runtime directory {path} is not on tmpfs or ramfs; refusing to put secrets "
-            "on persistent storage (set runtime_dir to a tmpfs path, or allow_persistent "
-            "= true in the launcher table)",
-            file=config_file,
-            key=key,
-        )
 
 
 class LaunchInterrupted(LaunchError):
@@ -161,108 +127,52 @@ class LaunchInterrupted(LaunchError):
         self.status = 128 + signum
 
 
-def exit_status(returncode: int) -> int:
-    """A shell-style exit status: ``128+N`` for a child killed by signal N."""
-    return 128 - returncode if returncode < 0 else returncode
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    def setup() -> None:
-        # Children of a SIGKILLed credbridge must not outlive it holding the runtime dir.
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return setup
-
-
-# --------------------------------------------------------------------------- virtiofsd
-
-
 @dataclass(frozen=True)
-class Virtiofsd:
-    """A virtiofsd binary: ``flavour`` is ``"rust"`` (upstream) or ``"c"`` (QEMU <= 7.2)."""
+class RuntimeSettings:
+    """The launcher keys of :data:`credbridge.launchers.hooks.RUNTIME_SETTINGS`, read."""
 
-    path: str
-    flavour: str
+    allow_persistent: bool
+    virtiofsd: str | None
+    """The configured virtiofsd program, else ``None``: :func:`find_virtiofsd` looks."""
+    virtiofsd_args: tuple[str, ...]
+    stop_timeout: float
 
+    @classmethod
+    def read(cls, values: Mapping[str, Any], checks: TableChecks) -> RuntimeSettings:
+        """From a launcher table's ``values``, parsed by their declared kinds."""
+        return cls(
+            allow_persistent=values["allow_persistent"],
+            virtiofsd=values["virtiofsd"],
+            virtiofsd_args=checks.strings(values, "virtiofsd_args"),
+            stop_timeout=values["stop_timeout"],
+        )
 
-_VIRTIOFSD_CANDIDATES = ("virtiofsd", "/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
-_flavours: dict[str, str] = {}
+    def check(self, spec: VmSpec, checks: TableChecks) -> None:
+        """``Launcher.check()``: refuse the VM's runtime directory before anything is written."""
+        check_runtime_dir(
+            spec.runtime_dir,
+            allow_persistent=self.allow_persistent,
+            config_file=checks.config.label,
+            key=f"{checks.where}.runtime_dir",
+        )
 
+    def runtime(self, spec: VmSpec, checks: TableChecks) -> VmRuntime:
+        """The :class:`VmRuntime` one launch of ``spec`` runs in."""
+        return VmRuntime(
+            spec.name,
+            spec.runtime_dir,
+            allow_persistent=self.allow_persistent,
+            startup_timeout=spec.timeout,
+            stop_timeout=self.stop_timeout,
+            config_file=checks.config.label,
+            key=f"{checks.where}.runtime_dir",
+        )
 
-def virtiofsd_flavour(path: str) -> str:
-    """``rust`` or ``c``, from the program's ``--help`` (cached per path)."""
-    if path not in _flavours:
-        try:
-            result = subprocess.run(
-                [path, "--help"],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=10,
-                check=False,
-                env=child_env(),
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            raise LaunchError(f"cannot run virtiofsd {path}: {error}") from None
-        text = (result.stdout + result.stderr).decode(errors="replace")
-        if "--shared-dir" in text:
-            _flavours[path] = "rust"
-        elif "source=" in text:
-            _flavours[path] = "c"
-        else:
-            raise LaunchError(f"{path} does not look like virtiofsd (unknown --help output)")
-    return _flavours[path]
+    def find_virtiofsd(self) -> Virtiofsd:
+        return find_virtiofsd(self.virtiofsd)
 
-
-def find_virtiofsd(configured: str | None = None) -> Virtiofsd:
-    """The configured virtiofsd, else the first found: PATH, /usr/libexec, /usr/lib/qemu."""
-    candidates = (configured,) if configured else _VIRTIOFSD_CANDIDATES
-    for candidate in candidates:
-        path = shutil.which(candidate) if "/" not in candidate else candidate
-        if path and os.access(path, os.X_OK):
-            return Virtiofsd(path, virtiofsd_flavour(path))
-    if configured:
-        raise LaunchError(f"virtiofsd {configured!r} not found or not executable")
-    raise LaunchError(
-        "no virtiofsd found (install the 'virtiofsd' package, or on Debian 12 "
-        "'qemu-system-common' for /usr/lib/qemu/virtiofsd)"
-    )
-
-
-def virtiofsd_argv(
-    daemon: Virtiofsd, share: VirtiofsShare, socket_path: Path, *, extra_args: Sequence[str] = ()
-) -> list[str]:
-    """The virtiofsd command line: read-only where the daemon supports it, no caching."""
-    if daemon.flavour == "rust":
-        return [
-            daemon.path,
-            f"--socket-path={socket_path}",
-            f"--shared-dir={share.directory}",
-            "--readonly",
-            "--cache=never",
-            "--sandbox=namespace",
-            "--log-level=warn",
-            *extra_args,
-        ]
-    # The C daemon has no read-only switch: the guest mounts the share "ro" and the
-    # directory is a throw-away copy that is wiped when the VM exits.
-    return [
-        daemon.path,
-        f"--socket-path={socket_path}",
-        "-o",
-        f"source={share.directory}",
-        "-o",
-        "cache=none",
-        "-o",
-        "no_posix_lock",
-        "-o",
-        "log_level=warn",
-        *extra_args,
-    ]
-
-
-# --------------------------------------------------------------------------- runtime
+    def virtiofsd_argv(self, daemon: Virtiofsd, share: VirtiofsShare, socket: Path) -> list[str]:
+        return virtiofsd_argv(daemon, share, socket, extra_args=self.virtiofsd_args)
 
 
 @dataclass
@@ -326,84 +236,13 @@ class VmRuntime:
         return ConfigError(message, file=self.config_file, key=self.key)
 
     def _claim_directory(self) -> None:
-        path = self.path
         check_runtime_dir(
-            path,
+            self.path,
             allow_persistent=self.allow_persistent,
             config_file=self.config_file,
             key=self.key,
         )
-        # Parents are created 0700 through a trusted chain (no symlink, no foreign owner).
-        with opened_dir(path.parent, create=True):
-            pass
-        # Serialise claims of this directory: without it, a second launch could find the new
-        # directory before its lock is held and wipe it as stale.
-        with locked(path.parent / f".{path.name}.claim", wait=LockWait(notify_after=5.0)):
-            self._claim_locked(path)
-        point("runtime.claimed")
-
-    def _claim_locked(self, path: Path) -> None:
-        if os.path.lexists(path):
-            self._clear_stale(path)
-        try:
-            path.mkdir(mode=0o700)
-        except FileExistsError:
-            raise LaunchError(
-                f"runtime directory {path} appeared while starting VM {self.name}: "
-                "is it being launched twice?"
-            ) from None
-        try:
-            ensure_private_dir(path)
-            lock = path / LOCK_NAME
-            fd = os.open(
-                lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.write(fd, f"{os.getpid()}\n".encode())
-            self._lock_fd = fd
-        except BaseException:
-            remove_tree(path)
-            raise
-
-    def _clear_stale(self, path: Path) -> None:
-        info = os.lstat(path)
-        if not stat.S_ISDIR(info.st_mode):
-            raise LaunchError(f"runtime directory {path} exists and is not a directory")
-        lock = path / LOCK_NAME
-        try:
-            fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            if any(os.scandir(path)):
-                raise LaunchError(
-                    f"runtime directory {path} exists and was not made by credbridge; "
-                    "remove it or choose another runtime_dir"
-                ) from None
-            os.rmdir(path)
-            return
-        except OSError as error:
-            # A symlink (ELOOP), a directory (EISDIR), ...: credbridge only ever makes a file.
-            raise LaunchError(
-                f"runtime directory {path} exists and was not made by credbridge "
-                f"({LOCK_NAME}: {error.strerror}); remove it or choose another runtime_dir"
-            ) from None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
-                raise LaunchError(
-                    f"VM {self.name} is already running (credbridge pid {owner} holds {path})"
-                ) from None
-            owner = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            log.warning(
-                "removing stale runtime directory %s of VM %s left by credbridge pid %s",
-                path,
-                self.name,
-                owner,
-            )
-            remove_tree(path)
-        finally:
-            os.close(fd)
+        self._lock_fd = claim_runtime_dir(self.path, self.name)
 
     def _release(self) -> None:
         try:
@@ -494,7 +333,7 @@ class VmRuntime:
             env=child_env(env),
             pass_fds=tuple(pass_fds),
             start_new_session=new_group,
-            preexec_fn=_die_with_parent(os.getpid()),
+            preexec_fn=die_with_parent(os.getpid()),
             close_fds=True,
         )
 
@@ -517,7 +356,7 @@ class VmRuntime:
             )
         except OSError as error:
             raise LaunchError(f"cannot start {name} ({argv[0]}): {error.strerror}") from None
-        helper = Helper(name, process, _pidfd(process.pid))
+        helper = Helper(name, process, open_pidfd(process.pid))
         self.helpers.append(helper)
         if ready is not None:
             self.wait_for_path(ready, f"{name} socket {ready}")
@@ -633,7 +472,7 @@ class VmRuntime:
         hypervisor = self.hypervisor
         if hypervisor is None:
             raise LaunchError("the hypervisor was not started")
-        hv_fd = _pidfd(hypervisor.pid)
+        hv_fd = open_pidfd(hypervisor.pid)
         selector = selectors.DefaultSelector()
         exact = hv_fd is not None and all(h.pidfd is not None for h in self.helpers)
         try:
@@ -692,27 +531,13 @@ class VmRuntime:
         return self.wait()
 
 
-def _pidfd(pid: int) -> int | None:
-    try:
-        return os.pidfd_open(pid)
-    except (OSError, AttributeError) as error:
-        if isinstance(error, OSError) and error.errno not in (
-            errno.ENOSYS,
-            errno.EPERM,
-            errno.EINVAL,
-            errno.ESRCH,
-        ):
-            raise
-        return None
-
-
 __all__ = [
     "FORWARDED_SIGNALS",
     "LOCK_NAME",
-    "RUNTIME_SETTINGS",
     "SOCKET_PATH_MAX",
     "Helper",
     "LaunchInterrupted",
+    "RuntimeSettings",
     "Virtiofsd",
     "VmRuntime",
     "check_runtime_dir",

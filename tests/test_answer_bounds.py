@@ -23,7 +23,7 @@ import pytest
 from credbridge.core import InvalidValue, LaunchError, Timeout
 from credbridge.core.process import OUTPUT_LIMIT
 from credbridge.core.remote import ANSWER_LIMIT
-from credbridge.launchers.cloud_hypervisor import API_ANSWER_LIMIT, ApiClient
+from credbridge.launchers.ch_api import API_ANSWER_LIMIT, ApiClient
 from support.httpproxy import HttpProxy, Reply
 from support.httpproxy import Request as ProxyRequest
 from support.moto import MotoServer, moto

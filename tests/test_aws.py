@@ -339,7 +339,7 @@ def test_a_proxy_that_is_down_is_named_without_its_password(
         monkeypatch.setenv(name, f"http://ops:proxy-pass-0815@127.0.0.1:{closed}")
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
-    with caplog.at_level(logging.DEBUG, logger="credbridge.backends.aws"):
+    with caplog.at_level(logging.DEBUG, logger="credbridge.backends.aws_client"):
         outcome = resolve(sources(max_attempts=1), "aws-sm:x")[0]
     assert isinstance(outcome, Unreachable), outcome
     assert outcome.problem == (

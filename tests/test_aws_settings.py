@@ -8,19 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from credbridge.backends.aws import AwsSettings, AwsSource, _split_parameter
-from credbridge.core import BadReference, ConfigError, Session, parse_reference
+from credbridge.backends.aws import AwsSource, _split_parameter
+from credbridge.backends.aws_settings import AwsSettings
+from credbridge.core import BadReference, ConfigError, Session, SourceContext, parse_reference
 from support.imports import cli_imports
 
 
 def load(settings: dict[str, Any], scheme: str = "aws-sm") -> AwsSettings:
-    return AwsSettings.load(
-        settings,
+    context = SourceContext(
         scheme=scheme,
+        settings=settings,
+        config_dir=Path("/etc"),
+        concurrency=16,
+        resolve=lambda text: None,  # type: ignore[arg-type,return-value]
+        store=lambda: None,  # type: ignore[arg-type,return-value]
         where=f"sources.{scheme}",
         config_file="/etc/credbridge.toml",
-        concurrency=16,
     )
+    return AwsSettings.read(context)
 
 
 def test_defaults_and_full_table() -> None:
@@ -71,6 +76,11 @@ def test_defaults_and_full_table() -> None:
         ),
         ({"concurrency": 0}, "concurrency: must be an integer from 1 to 256"),
         ({"profile": "a\nb"}, "profile: value contains the control character"),
+        ({"profile": "  "}, "profile: must be a non-empty string"),
+        (
+            {"role_arn": "arn:aws:iam::123456789012:role/r", "external_id": "a b"},
+            "external_id: must be 2-1224 characters",
+        ),
         (
             {"role_arn": "arn:aws:iam::123456789012:role/r", "role_session_name": "x"},
             "role_session_name: must be 2-64 characters",
@@ -196,7 +206,7 @@ def test_docs_list_exactly_the_iam_actions_the_code_calls() -> None:
 
     from conftest import REPO
 
-    code = (REPO / "backends" / "aws.py").read_text()
+    code = "".join(path.read_text() for path in (REPO / "backends").glob("aws*.py"))
     calls = set(re.findall(r"\b(?:client|sts)\.([a-z_]+)\(", code)) - {"close"}
     actions = {
         "batch_get_secret_value": "secretsmanager:BatchGetSecretValue",

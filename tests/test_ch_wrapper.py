@@ -376,6 +376,10 @@ def test_real_argv_holds_only_the_api_socket(
         (["--cpus", "profile=sapphire-rapids"], "option 'profile' has no field in the API"),
         (["--cpus", "topology=1:2"], "topology='1:2' is not threads:cores:dies:packages"),
         (["--cpus", "affinity=[0@[3-1]]"], "has an empty range '3-1'"),
+        (["--cpus", "affinity=0@[1]"], "is not a list like [0@[0,1],1@[2]]"),
+        (["--cpus", "affinity=[x@[1]]"], "is not vcpu@[cpus] ('x@[1]')"),
+        (["--numa", "guest_numa_id=0,distances=[1@x]"], "is not node@distance ('1@x')"),
+        (["--numa", "guest_numa_id=0,distances=[1-20]"], "is not node@distance ('1-20')"),
         (["--cpus", "features=[sse]"], "names a feature other than amx"),
         (["--gpu", "socket=gpu.sock"], "--gpu: exists only in cloud-hypervisor's graphics build"),
         (["--restore", "source_url=file:///s"], "--restore: restores a snapshot"),
@@ -431,7 +435,7 @@ def test_launcher_table_sets_only_how_to_run(
     config.write_text(json.dumps(data))
     session, launcher = open_wrapper(config, argv)
     with session:
-        assert launcher.stop_timeout == 3
+        assert launcher.runtime.stop_timeout == 3
         assert launcher.vm.runtime_dir == tmpfs_dir
     data["targets"]["test-vm"]["launcher"]["kernel"] = "/boot/vmlinuz"
     config.write_text(json.dumps(data))
@@ -714,7 +718,7 @@ def test_virtiofs_vm_without_shares_is_created(
 
 def test_standin_refuses_shared_mergeable_memory(tmpfs_dir: Path) -> None:
     """The stand-in answers vm.create as cloud-hypervisor v53 does for this rule (500)."""
-    from credbridge.launchers.cloud_hypervisor import ApiClient
+    from credbridge.launchers.ch_api import ApiClient
 
     record = tmpfs_dir / "record.jsonl"
     binary = write_standin(tmpfs_dir, record=record)

@@ -25,11 +25,8 @@ import pytest
 from credbridge.core import ConfigError, Delivery, LaunchError, Secret
 from credbridge.core.config import load_config
 from credbridge.core.engine import Session
-from credbridge.launchers.cloud_hypervisor import (
-    CloudHypervisorLauncher,
-    build_vm_config,
-    redact_argv,
-)
+from credbridge.launchers.ch_vmconfig import build_vm_config, redact_argv
+from credbridge.launchers.cloud_hypervisor import CloudHypervisorLauncher
 from support.canary import Canary
 from support.ch_harness import (
     SPEC_PATH,
@@ -171,9 +168,13 @@ def test_validator_can_fail(spec: dict[str, Any]) -> None:
 
 def _vm_spec(settings: dict[str, Any]) -> Any:
     from credbridge.core.config import Config
-    from credbridge.launchers.vmspec import parse_vm_spec
+    from credbridge.core.settings import declare, read_settings
+    from credbridge.launchers.hooks import VM_SETTINGS
+    from credbridge.launchers.vmspec import vm_spec
 
-    return parse_vm_spec("t", settings, Config(None, Path("/"), {}), "launcher")
+    declared = declare(VM_SETTINGS) or {}
+    values = read_settings(declared, settings, what="t", file=None, where="l", base=Path("/"))
+    return vm_spec("t", values, Config(None, Path("/"), {}), "l")
 
 
 def test_dry_run_plan_redacts_and_conforms(

@@ -1048,3 +1048,20 @@ def test_plugins_verbose_lists_each_plugins_settings() -> None:
         "default": 3,
         "doc": "retries of a failed request",
     }
+
+
+def test_an_error_class_of_a_plugin_names_its_exit_code_and_kind_in_the_class_line() -> None:
+    """docs/plugins.md, CredbridgeError: the class keywords set what messages and exits use."""
+    from credbridge.core import ExitCode, SourceError, Unreachable
+
+    class Sealed(SourceError, exit_code=ExitCode.UNREACHABLE, kind="sealed"):
+        pass
+
+    class StillSealed(Sealed):
+        pass
+
+    error = StillSealed("vault:secret/app", "the vault is sealed").for_credential("app", "db")
+    assert (error.exit_code, error.kind) == (ExitCode.UNREACHABLE, "sealed")
+    assert str(error) == "app/db: vault:secret/app: sealed: the vault is sealed"
+    assert (SourceError.exit_code, SourceError.kind) == (ExitCode.NOT_FOUND, "failed")
+    assert (Unreachable.exit_code, Unreachable.kind) == (ExitCode.UNREACHABLE, "unreachable")

@@ -156,6 +156,23 @@ def test_fw_cfg_and_virtiofs_argv(tmpfs_dir: Path) -> None:
     assert "vhost-user-fs-pci,chardev=virtiofs0,tag=credbridge" in argv
 
 
+@pytest.mark.parametrize(
+    ("serial", "chardev"),
+    [
+        ("tty", "stdio,id=serial0"),
+        ("null", "null,id=serial0"),
+        ("pty", "pty,id=serial0"),
+        ("file:/var/log/a,b.log", "file,id=serial0,path=/var/log/a,,b.log"),
+        ("socket:/run/s.sock", "socket,id=serial0,path=/run/s.sock,server=on,wait=off"),
+    ],
+)
+def test_each_serial_mode_is_its_chardev(tmpfs_dir: Path, serial: str, chardev: str) -> None:
+    launcher, _ = launcher_for(tmpfs_dir / "rt", sink="fw-cfg", serial=serial)
+    argv = launcher.argv(launcher.sink.preview([], tmpfs_dir / "rt"), [], {})
+    assert argv[argv.index("-serial") - 1] == chardev
+    assert argv[argv.index("-serial") + 1] == "chardev:serial0"
+
+
 def test_launcher_settings_are_checked(tmpfs_dir: Path) -> None:
     with pytest.raises(ConfigError, match=r"targets\.vm\.launcher\.accel"):
         launcher_for(tmpfs_dir, accel="kvm:t c g")

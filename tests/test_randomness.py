@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from credbridge.backends import bech32, keygen
-from credbridge.backends.generate import CHARSETS, generate
+from credbridge.backends.generators import CHARSETS, generate
 from credbridge.core.reference import parse_reference
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization

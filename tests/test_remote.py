@@ -8,13 +8,12 @@ import os
 import pickle
 
 import pytest
-from credbridge.core import ConfigError, NotFound, PluginError, Secret, SecretDocument
+from credbridge.core import NotFound, PluginError, Secret, SecretDocument
 from credbridge.core.remote import (
     MAX_WINDOWS_PER_FORM,
     WINDOW,
     WITHHELD,
     Redactor,
-    SettingsTable,
     caused_by,
     connection_reason,
     one_line,
@@ -145,32 +144,6 @@ def test_error_helpers() -> None:
     assert caused_by(outer, ConnectionRefusedError) is inner
     assert connection_reason(outer) == "connection refused"
     assert connection_reason(RuntimeError("??")) == "connection failed"
-
-
-def test_settings_table_names_file_and_key() -> None:
-    table = SettingsTable(
-        {"timeout": 0, "n": 300, "mode": "x", "name": "a\nb"},
-        where="sources.demo",
-        config_file="/etc/c.toml",
-        known={"timeout", "n", "mode", "name", "flag"},
-    )
-    with pytest.raises(
-        ConfigError,
-        match=r"^/etc/c.toml: sources.demo.timeout: must be a positive number of seconds",
-    ):
-        table.timeout("timeout", 5)
-    with pytest.raises(ConfigError, match="n: must be an integer from 1 to 256"):
-        table.integer("n", 1, minimum=1, maximum=256)
-    with pytest.raises(ConfigError, match="mode: must be one of a, b"):
-        table.choice("mode", ("a", "b"), "a")
-    with pytest.raises(ConfigError, match="name: value contains the control character"):
-        table.text("name")
-    assert table.flag("flag", True) is True
-    with pytest.raises(ConfigError, match=r"sources.demo.other: unknown setting 'other' for this table \(known: flag,"):
-        SettingsTable({"other": 1}, where="sources.demo", config_file=None, known={"flag", "n"})
-    for bad in (float("nan"), float("inf"), True, "5"):
-        with pytest.raises(ConfigError):
-            SettingsTable({"t": bad}, where="w", config_file=None, known={"t"}).timeout("t", 1)
 
 
 def test_a_one_byte_value_counts_when_asked_to() -> None:

@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 from credbridge.core.errors import ConfigError
 from credbridge.core.settings import (
-    SettingsTable,
+    Setting,
     expand_user,
     int_setting,
     name_setting,
     number_setting,
     path_setting,
+    refuse_unknown,
     seconds_setting,
 )
 
@@ -84,14 +85,13 @@ def test_seconds_outside_a_day_are_refused(value: Any) -> None:
         seconds_setting(value, file=None, key="t")
 
 
-def test_a_timeout_in_a_settings_table_is_at_most_an_hour() -> None:
-    table = SettingsTable({"t": 3600}, where="sources.x", config_file=None, known=["t"])
-    assert table.timeout("t", 5) == 3600.0
-    too_long = SettingsTable({"t": 3601}, where="sources.x", config_file=None, known=["t"])
+def test_a_duration_declared_up_to_an_hour_is_at_most_an_hour() -> None:
+    timeout = Setting("t", "duration", maximum=3600)
+    assert timeout.parse(3600, base=Path("/"), file=None, key="sources.x.t") == 3600.0
     with pytest.raises(
         ConfigError, match=r"sources\.x\.t: must be a positive number of seconds, at most 3600"
     ):
-        too_long.timeout("t", 5)
+        timeout.parse(3601, base=Path("/"), file=None, key="sources.x.t")
 
 
 @pytest.mark.parametrize(
@@ -99,21 +99,12 @@ def test_a_timeout_in_a_settings_table_is_at_most_an_hour() -> None:
     [(0, True), (2.5, True), (-0.1, False), (math.nan, False), (False, False), ("1", False)],
 )
 def test_numbers_from_their_minimum(value: Any, ok: bool) -> None:
-    table = SettingsTable({"n": value}, where="s", config_file=None, known=["n"])
+    number = Setting("n", "number")
     if ok:
-        assert table.number("n", 1.0) == value
+        assert number.parse(value, base=Path("/"), file=None, key="s.n") == value
     else:
         with pytest.raises(ConfigError, match=r"s\.n: must be a number from 0 to inf"):
-            table.number("n", 1.0)
-
-
-def test_table_text_must_be_non_blank() -> None:
-    table = SettingsTable({"a": "  ", "b": 5, "c": "ok"}, where="s", config_file=None, known="abc")
-    for key in ("a", "b"):
-        with pytest.raises(ConfigError, match=f"s.{key}: must be a non-empty string"):
-            table.text(key)
-    assert table.text("c") == "ok"
-    assert table.text("missing", "dflt") == "dflt"
+            number.parse(value, base=Path("/"), file=None, key="s.n")
 
 
 def test_home_is_read_from_the_environment_first(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,4 +132,4 @@ def test_ranged_settings_include_both_ends(
 
 def test_of_several_unknown_settings_the_first_in_order_is_named() -> None:
     with pytest.raises(ConfigError, match=r"s\.alpha: unknown setting 'alpha' for this table \(known: b\)"):
-        SettingsTable({"zulu": 1, "b": 2, "alpha": 3}, where="s", config_file=None, known=["b"])
+        refuse_unknown({"zulu": 1, "b": 2, "alpha": 3}, ["b"], what="this table", file=None, where="s")

@@ -9,8 +9,7 @@ import pytest
 from credbridge.backends.hooks import filestore as filestore_hooks
 from credbridge.backends.hooks import generate as generate_hooks
 from credbridge.core import ConfigError, load_config, parse_config
-from credbridge.core.settings import Setting
-from credbridge.launchers.hooks import cloud_hypervisor as ch_hooks
+from credbridge.core.settings import Setting, size_setting
 from credbridge.launchers.hooks import qemu as qemu_hooks
 
 
@@ -97,18 +96,15 @@ def test_valid_settings_pass(tmp_path: Path) -> None:
 def test_registration_modules_declare_what_the_implementations_read() -> None:
     """The registration modules (loaded always) declare what the implementations (loaded on
     use) accept; where an implementation keeps a finer table, this keeps the two in step."""
-    from credbridge.backends.generate import KEY_KINDS, KIND_OPTIONS
-    from credbridge.launchers import cloud_hypervisor, qemu, runtime, vmspec
+    from credbridge.backends.generators import KEY_KINDS, KIND_OPTIONS
 
     per_kind = [*KIND_OPTIONS.values(), *(kind.options for kind in KEY_KINDS.values())]
     assert frozenset().union(*per_kind) == generate_hooks.GENERATE_OPTIONS
+
     def names(declared: Iterable[Setting]) -> set[str]:
         return {setting.name for setting in declared}
 
     assert {"path", "seal", "tpm2_pcrs"} == names(filestore_hooks.SETTINGS)
-    assert names(ch_hooks.SETTINGS) == vmspec.COMMON_KEYS | cloud_hypervisor.EXTRA_KEYS
-    assert names(qemu_hooks.SETTINGS) == vmspec.COMMON_KEYS | qemu.EXTRA_KEYS
-    assert names(ch_hooks.SETTINGS) >= runtime.RUNTIME_SETTINGS
 
 
 VM = '[targets.vm]\nkind = "vm"\nsink = "fw-cfg"\n[targets.vm.launcher]\ntype = "qemu"\nkernel = "/k"\n'
@@ -216,29 +212,30 @@ def test_a_bad_declaration_is_refused_when_the_plugin_loads(
 
 def test_declared_defaults_are_what_the_implementations_use() -> None:
     """``plugins -v`` shows the declared defaults: they must be the ones the code applies."""
-    from credbridge.backends import aws, oem_strings, sops_cli, vault, virtiofs
+    from credbridge.backends import aws_settings, oem_strings, sops_cli, vault_settings, virtiofs
     from credbridge.backends.hooks import aws as aws_hooks
     from credbridge.backends.hooks import oem_strings as oem_hooks
     from credbridge.backends.hooks import sops as sops_hooks
     from credbridge.backends.hooks import vault as vault_hooks
     from credbridge.backends.hooks import virtiofs as virtiofs_hooks
     from credbridge.core.settings import declare
+    from credbridge.core.types import SourceContext
 
     def defaults(declared: Iterable[Setting]) -> dict[str, object]:
         return {name: s.default for name, s in (declare(declared) or {}).items()}
 
-    loaded = vault.VaultSettings.load(
-        {},
-        where="sources.vault",
-        config_file=None,
+    context = SourceContext(
+        scheme="vault",
+        settings={},
         config_dir=Path("/"),
         concurrency=16,
-        environ={},
-        home=Path("/nonexistent"),
+        resolve=lambda text: None,  # type: ignore[arg-type,return-value]
+        store=lambda: None,  # type: ignore[arg-type,return-value]
     )
-    assert {
-        k: v for k, v in defaults(vault_hooks.SETTINGS).items() if v not in (None, {})
-    } == {
+    loaded = vault_settings.VaultSettings.from_context(
+        context, environ={}, home=Path("/nonexistent")
+    )
+    assert {k: v for k, v in defaults(vault_hooks.SETTINGS).items() if v not in (None, {})} == {
         "address": loaded.address,
         "tls_verify": loaded.verify,
         "connect_timeout": loaded.connect_timeout,
@@ -246,8 +243,15 @@ def test_declared_defaults_are_what_the_implementations_use() -> None:
         "retries": loaded.retries,
         "backoff": loaded.backoff,
     }
-    settings = aws.AwsSettings.load(
-        {}, scheme="aws-sm", where="sources.aws-sm", config_file=None, concurrency=16
+    settings = aws_settings.AwsSettings.read(
+        SourceContext(
+            scheme="aws-sm",
+            settings={},
+            config_dir=Path("/"),
+            concurrency=16,
+            resolve=lambda text: None,  # type: ignore[arg-type,return-value]
+            store=lambda: None,  # type: ignore[arg-type,return-value]
+        )
     )
     assert {k: v for k, v in defaults(aws_hooks.SETTINGS).items() if v is not None} == {
         "role_session_name": settings.role_session_name,
@@ -260,10 +264,8 @@ def test_declared_defaults_are_what_the_implementations_use() -> None:
     assert defaults(oem_hooks.SETTINGS)["max_bytes"] == oem_strings.DEFAULT_MAX_BYTES
     assert declare(oem_hooks.SETTINGS)["max_bytes"].maximum == oem_strings.SMBIOS_TABLES_MAX  # type: ignore[index]
     assert defaults(virtiofs_hooks.SETTINGS)["tag"] == virtiofs.DEFAULT_TAG
-    from credbridge.launchers.vmspec import parse_size
-
     vm = defaults(qemu_hooks.SETTINGS)
-    assert vm["memory"] == parse_size("512M", "memory", "c.toml")
+    assert vm["memory"] == size_setting("512M", file="c.toml", key="memory")
 
 
 def test_contexts_read_declared_settings_with_their_file_and_key(tmp_path: Path) -> None:
@@ -309,3 +311,69 @@ def test_a_bad_setting_fails_every_command_with_one_line_and_exit_3(tmp_path: Pa
     assert result.stderr.decode().splitlines() == [
         f"credbridge: error: {path}: sources.vault.retries: must be an integer from 0 to 10"
     ]
+
+
+def _source_context(scheme: str, table: dict[str, object], tmp_path: Path) -> object:
+    from credbridge.core.types import SourceContext
+
+    return SourceContext(
+        scheme=scheme,
+        settings=table,
+        config_dir=tmp_path,
+        concurrency=4,
+        resolve=lambda text: None,  # type: ignore[arg-type,return-value]
+        store=lambda: None,  # type: ignore[arg-type,return-value]
+        config_file="/etc/c.toml",
+    )
+
+
+@pytest.mark.parametrize(
+    ("plugin", "table"),
+    [
+        ("sops:store", {"path": "s.yaml", "age_recipients": "age1qqq"}),
+        ("sops:store", {"path": "s.yaml", "timeout": 0}),
+        ("sops:source", {"age_key_file": "k\n"}),
+        ("sops:source", {"concurrency": 0}),
+        ("clan:source", {"directory": ".", "machine": "web\n"}),
+        ("clan:source", {"directory": ".", "timeout": "1m"}),
+        ("filestore:store", {"path": 5}),
+    ],
+    ids=str,
+)
+def test_a_plugin_opened_directly_reads_its_table_as_the_loader_checks_it(
+    tmp_path: Path, plugin: str, table: dict[str, object]
+) -> None:
+    """One reading of each setting: a plugin opened in code (credbridge.testing, an embedding
+    program) refuses what the config loader refuses, with the loader's message."""
+    import importlib
+
+    from credbridge.core.settings import declare, read_settings
+    from credbridge.core.types import StoreContext
+
+    module, kind = plugin.split(":")
+    implementation = importlib.import_module(f"credbridge.backends.{module}")
+    hooks = importlib.import_module(f"credbridge.backends.hooks.{module}")
+    if kind == "store":
+        declared = getattr(hooks, "STORE_SETTINGS", getattr(hooks, "SETTINGS", None))
+        name = {"sops": "sops", "filestore": "file"}[module]
+        what, where = f"store {name!r}", "store"
+        context: object = StoreContext(table, tmp_path, config_file="/etc/c.toml")
+        opener = implementation.open_store
+    else:
+        declared = getattr(hooks, "SOURCE_SETTINGS", getattr(hooks, "SETTINGS", None))
+        scheme = {"sops": "sops", "clan": "clan-vars"}[module]
+        what, where = f"source {scheme!r}", f"sources.{scheme}"
+        context = _source_context(scheme, table, tmp_path)
+        opener = implementation.open_source
+    with pytest.raises(ConfigError) as by_loader:
+        read_settings(
+            declare(declared) or {},
+            table,
+            what=what,
+            file="/etc/c.toml",
+            where=where,
+            base=tmp_path,
+        )
+    with pytest.raises(ConfigError) as opened:
+        opener(context)
+    assert str(opened.value) == str(by_loader.value)

@@ -13,6 +13,7 @@ import pytest
 IMPLEMENTATIONS = [
     "credbridge.backends.local",
     "credbridge.backends.generate",
+    "credbridge.backends.generators",
     "credbridge.backends.filestore",
     "credbridge.backends.credstore",
     "credbridge.backends.vault",
@@ -160,9 +161,12 @@ NEVER_FOR_HELP = [
     "dataclasses",
     "credbridge.core.engine",
     "credbridge.core.plugins",
+    "credbridge.core.plugin_calls",
     "credbridge.core.types",
+    "credbridge.core.interfaces",
     "credbridge.core.config",
     "credbridge.core.fsutil",
+    "credbridge.core.trusted_dirs",
 ]
 
 

@@ -6,21 +6,26 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
-from credbridge.backends.vault import DEFAULT_ADDRESS, VaultSettings
-from credbridge.core import BadReference, ConfigError, Session, parse_reference
+from conftest import REPO, run_cli
+from credbridge.backends.hooks.vault import DEFAULT_ADDRESS
+from credbridge.backends.vault_settings import VaultSettings
+from credbridge.core import BadReference, ConfigError, Session, SourceContext, parse_reference
 
 
-def load(settings: dict[str, Any], env: dict[str, str] | None = None, home: Path | None = None):
-    return VaultSettings.load(
-        settings,
-        where="sources.vault",
-        config_file="/etc/credbridge.toml",
+def load(
+    settings: dict[str, Any], env: dict[str, str] | None = None, home: Path | None = None
+) -> VaultSettings:
+    context = SourceContext(
+        scheme="vault",
+        settings=settings,
         config_dir=Path("/etc/credbridge"),
         concurrency=16,
-        environ=env or {},
-        home=home or Path("/nonexistent"),
+        resolve=lambda text: None,  # type: ignore[arg-type,return-value]
+        store=lambda: None,  # type: ignore[arg-type,return-value]
+        where="sources.vault",
+        config_file="/etc/credbridge.toml",
     )
+    return VaultSettings.from_context(context, environ=env or {}, home=home or Path("/nonexistent"))
 
 
 def test_defaults() -> None:
@@ -89,9 +94,9 @@ def test_repr_has_no_token() -> None:
     [
         ({"adress": "x"}, "sources.vault.adress", "unknown setting"),
         ({"address": "vault:8200"}, "sources.vault.address", "http:// or https://"),
-        ({"retries": -1}, "sources.vault.retries", ">= 0"),
-        ({"retries": 11}, "sources.vault.retries", "at most 10"),
-        ({"read_timeout": 0}, "sources.vault.read_timeout", "greater than 0"),
+        ({"retries": -1}, "sources.vault.retries", "integer from 0 to 10"),
+        ({"retries": 11}, "sources.vault.retries", "integer from 0 to 10"),
+        ({"read_timeout": 0}, "sources.vault.read_timeout", "positive number of seconds"),
         ({"concurrency": 0}, "sources.vault.concurrency", "1 to 256"),
         ({"tls_verify": "no"}, "sources.vault.tls_verify", "true or false"),
         ({"client_cert": "/c.pem"}, "sources.vault.client_cert", "go together"),
@@ -115,7 +120,11 @@ def test_repr_has_no_token() -> None:
             "sources.vault.auth.token_file",
             "only one",
         ),
-        ({"auth": {"role": "x"}}, "sources.vault.auth.role", "not a setting of token auth"),
+        (
+            {"auth": {"role": "x"}},
+            "sources.vault.auth.role",
+            "unknown setting 'role' for token auth",
+        ),
     ],
 )
 def test_bad_settings_name_file_and_key(settings: dict[str, Any], key: str, text: str) -> None:
@@ -125,6 +134,33 @@ def test_bad_settings_name_file_and_key(settings: dict[str, Any], key: str, text
     assert error.value.file == "/etc/credbridge.toml"
     assert text in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def test_a_misspelt_auth_setting_is_named_with_the_closest_declared_one() -> None:
+    with pytest.raises(ConfigError) as error:
+        load({"auth": {"method": "approle", "role_idd": "env:ROLE_ID"}})
+    assert error.value.key == "sources.vault.auth.role_idd"
+    assert error.value.file == "/etc/credbridge.toml"
+    assert "did you mean 'role_id'?" in str(error.value)
+
+
+def test_each_auth_method_declares_the_keys_its_documented_table_lists() -> None:
+    """docs/sources/vault.md has a table of keys under each ``method = "..."`` heading."""
+    import re
+
+    from credbridge.backends.vault_settings import AUTH_SETTINGS
+
+    docs = (REPO / "docs/sources/vault.md").read_text()
+    documented: dict[str, set[str]] = {}
+    for section in docs.split("\n### ")[1:]:
+        heading = re.match(r'`method = "([a-z]+)"`', section)
+        if heading:
+            documented[heading[1]] = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.M))
+    declared = {
+        method: {s.name for s in settings} - {"method"}
+        for method, settings in AUTH_SETTINGS.items()
+    }
+    assert documented == declared
 
 
 def test_bad_environment_is_named() -> None:

@@ -280,11 +280,11 @@ def test_plugins_opened_directly_refuse_unknown_settings(module: str, known: str
 
     from credbridge.core.types import SinkContext
 
-    config = parse_config(
-        {"targets": {"vm": {"kind": "vm", "launcher": {"type": "qemu", "kernel": "/k"}}}},
-        directory=Path("/tmp"),
-    )
-    opener = importlib.import_module(f"credbridge.backends.{module}").open_sink
+    plugin = importlib.import_module(f"credbridge.backends.{module}")
+    launcher = {"type": "qemu", "kernel": "/k"}
+    target = {"kind": "vm", "launcher": launcher, "sink": {"type": plugin.SINK_NAME}}
+    config = parse_config({"targets": {"vm": target}}, directory=Path("/tmp"))
+    opener = plugin.open_sink
     context = SinkContext(config.target("vm"), {"zz": 1, "aa": 2}, config, "targets.vm.sink")
     with pytest.raises(ConfigError) as error:
         opener(context)

@@ -16,6 +16,8 @@ ROUTE_OPTIONS = frozenset({"region", "profile"})
 SM_OPTIONS = ROUTE_OPTIONS | {"version-stage", "version-id"}
 SSM_OPTIONS = ROUTE_OPTIONS | {"version"}
 STS_OPTIONS = ROUTE_OPTIONS | {"session-name", "duration", "external-id"}
+DEFAULT_SESSION_NAME = "credbridge"
+"""The role session name when none is given (``role_session_name``, ``?session-name=``)."""
 SETTINGS = (
     Setting("region", "string", doc="AWS region (default: the profile's or $AWS_REGION)"),
     Setting("profile", "string", doc="the shared-config profile to use"),
@@ -23,7 +25,12 @@ SETTINGS = (
         "endpoint_url", "string", doc="another endpoint (http:// or https://), e.g. a test server"
     ),
     Setting("role_arn", "string", doc="an IAM role to assume first"),
-    Setting("role_session_name", "string", "credbridge", doc="session name when assuming role_arn"),
+    Setting(
+        "role_session_name",
+        "string",
+        DEFAULT_SESSION_NAME,
+        doc="session name when assuming role_arn",
+    ),
     Setting("external_id", "string", doc="external id when assuming role_arn"),
     Setting("connect_timeout", "duration", 5.0, doc="seconds to connect", maximum=3600),
     Setting("read_timeout", "duration", 15.0, doc="seconds to wait for a response", maximum=3600),
@@ -37,29 +44,36 @@ SETTINGS = (
     ),
     Setting("concurrency", "integer", doc="requests in flight", minimum=1, maximum=256),
 )
-"""``[sources.aws-sm]``, ``[sources.aws-ssm]``, ``[sources.aws-sts]`` (backends/aws.py)."""
+"""``[sources.aws-sm]``, ``[sources.aws-ssm]``, ``[sources.aws-sts]``: the one declaration of
+each key (kind, default, bounds); backends/aws_settings.py reads them and checks what a kind
+cannot say (region names, role ARNs)."""
 
 
 @hookimpl
 def credbridge_sources() -> Iterator[SourceType]:
-    yield SourceType(
-        scheme="aws-sm",
-        open=lazy(f"{IMPL}:open_source"),
-        summary="AWS Secrets Manager (aws-sm:NAME_OR_ARN#KEY), batched, through botocore",
-        options=SM_OPTIONS,
-        settings=SETTINGS,
-        selectors=True,
-        validate=lazy(f"{IMPL}:validate_sm"),
-    )
-    yield SourceType(
-        scheme="aws-ssm",
-        open=lazy(f"{IMPL}:open_source"),
-        summary="AWS SSM Parameter Store (aws-ssm:/PATH/NAME), SecureString decrypted, batched",
-        options=SSM_OPTIONS,
-        settings=SETTINGS,
-        selectors=True,
-        validate=lazy(f"{IMPL}:validate_ssm"),
-    )
+    for scheme, summary, options, validate in (
+        (
+            "aws-sm",
+            "AWS Secrets Manager (aws-sm:NAME_OR_ARN#KEY), batched, through botocore",
+            SM_OPTIONS,
+            "validate_sm",
+        ),
+        (
+            "aws-ssm",
+            "AWS SSM Parameter Store (aws-ssm:/PATH/NAME), SecureString decrypted, batched",
+            SSM_OPTIONS,
+            "validate_ssm",
+        ),
+    ):
+        yield SourceType(
+            scheme=scheme,
+            open=lazy(f"{IMPL}:open_source"),
+            summary=summary,
+            options=options,
+            settings=SETTINGS,
+            selectors=True,
+            validate=lazy(f"{IMPL}:{validate}"),
+        )
     yield SourceType(
         scheme="aws-sts",
         open=lazy("credbridge.backends.aws_sts:open_source"),

@@ -1,12 +1,14 @@
 """The ``clan-vars`` plugin: the ``clan-vars:`` source (implementation: backends/clan.py).
 
-Loading it costs this module only; sops runs when a var is read.
+Loading it costs this module and the sops settings it shares (backends/hooks/sops.py); sops
+runs when a var is read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from credbridge.backends.hooks.sops import AGE_KEY, AGE_KEY_FILE, BINARY, CONCURRENCY, TIMEOUT
 from credbridge.core.hookspecs import hookimpl
 from credbridge.core.settings import Setting
 from credbridge.core.types import SourceType, lazy
@@ -15,11 +17,11 @@ IMPL = "credbridge.backends.clan"
 SETTINGS = (
     Setting("directory", "path", doc="the clan's directory, holding vars/ and sops/ (required)"),
     Setting("machine", "string", doc="the clan machine whose vars are read"),
-    Setting("binary", "path", doc="the sops program (default: sops on $PATH)"),
-    Setting("age_key", "string", doc="a reference to an age identity (credential:, file:, env:)"),
-    Setting("age_key_file", "path", doc="an age identity file"),
-    Setting("timeout", "duration", 30.0, doc="seconds one sops run may take"),
-    Setting("concurrency", "integer", doc="sops runs at once", minimum=1, maximum=256),
+    BINARY,
+    AGE_KEY,
+    AGE_KEY_FILE,
+    TIMEOUT,
+    CONCURRENCY,
 )
 """``[sources.clan-vars]``; backends/clan.py reads them."""
 

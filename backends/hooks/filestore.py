@@ -8,8 +8,11 @@ from credbridge.core.hookspecs import hookimpl
 from credbridge.core.settings import Setting
 from credbridge.core.types import StoreType, lazy
 
+STORE_PATH = Setting(
+    "path", "path", doc="the store directory ($CREDBRIDGE_STORE, /var/lib/credbridge)"
+)
 SETTINGS = (
-    Setting("path", "path", doc="the store directory ($CREDBRIDGE_STORE, /var/lib/credbridge)"),
+    STORE_PATH,
     Setting(
         "seal",
         "any",

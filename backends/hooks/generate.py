@@ -11,6 +11,8 @@ from credbridge.core.hookspecs import hookimpl
 from credbridge.core.types import SourceType, lazy
 
 IMPL = "credbridge.backends.generate"
+FORMATS = "credbridge.backends.generators"
+"""What each kind takes and makes; checking a reference loads this and not the sources."""
 GENERATE_OPTIONS = frozenset(
     {
         "bytes",
@@ -43,8 +45,8 @@ def credbridge_sources() -> Iterator[SourceType]:
         options=GENERATE_OPTIONS,
         settings=(),
         selectors=True,
-        validate=lazy(f"{IMPL}:validate_generate"),
-        public=lazy(f"{IMPL}:selects_public"),
+        validate=lazy(f"{FORMATS}:validate_generate"),
+        public=lazy(f"{FORMATS}:selects_public"),
     )
     yield SourceType(
         scheme="stored",

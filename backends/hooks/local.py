@@ -10,29 +10,22 @@ from credbridge.core.types import SourceType, lazy
 IMPL = "credbridge.backends.local"
 
 
+SUMMARIES = {
+    "file": "a file on this machine (relative paths: from the config's directory)",
+    "env": "an environment variable of the credbridge process",
+    "credential": "a systemd credential in $CREDENTIALS_DIRECTORY (LoadCredential= of this unit)",
+}
+"""The schemes, each opened by ``open_SCHEME`` and checked by ``validate_SCHEME`` in local.py."""
+
+
 @hookimpl
 def credbridge_sources() -> Iterator[SourceType]:
-    yield SourceType(
-        scheme="file",
-        open=lazy(f"{IMPL}:open_file"),
-        summary="a file on this machine (relative paths: from the config's directory)",
-        options=("strip",),
-        settings=(),
-        validate=lazy(f"{IMPL}:validate_file"),
-    )
-    yield SourceType(
-        scheme="env",
-        open=lazy(f"{IMPL}:open_env"),
-        summary="an environment variable of the credbridge process",
-        options=("strip",),
-        settings=(),
-        validate=lazy(f"{IMPL}:validate_env"),
-    )
-    yield SourceType(
-        scheme="credential",
-        open=lazy(f"{IMPL}:open_credential"),
-        summary="a systemd credential in $CREDENTIALS_DIRECTORY (LoadCredential= of this unit)",
-        options=("strip",),
-        settings=(),
-        validate=lazy(f"{IMPL}:validate_credential"),
-    )
+    for scheme, summary in SUMMARIES.items():
+        yield SourceType(
+            scheme=scheme,
+            open=lazy(f"{IMPL}:open_{scheme}"),
+            summary=summary,
+            options=("strip",),
+            settings=(),
+            validate=lazy(f"{IMPL}:validate_{scheme}"),
+        )

@@ -13,23 +13,25 @@ from credbridge.core.types import SourceType, StoreType, lazy
 
 IMPL = "credbridge.backends.sops"
 OPTIONS = frozenset({"type"})
-SOURCE_SETTINGS = (
-    Setting("binary", "path", doc="the sops program (default: sops on $PATH)"),
-    Setting("config", "path", doc="a .sops.yaml to use instead of searching upward"),
-    Setting("age_key", "string", doc="a reference to an age identity (credential:, file:, env:)"),
-    Setting("age_key_file", "path", doc="an age identity file"),
-    Setting("timeout", "duration", 30.0, doc="seconds one sops run may take"),
-    Setting("concurrency", "integer", doc="sops runs at once", minimum=1, maximum=256),
+BINARY = Setting("binary", "path", doc="the sops program (default: sops on $PATH)")
+AGE_KEY = Setting(
+    "age_key", "string", doc="a reference to an age identity (credential:, file:, env:)"
 )
+AGE_KEY_FILE = Setting("age_key_file", "path", doc="an age identity file")
+TIMEOUT = Setting("timeout", "duration", 30.0, doc="seconds one sops run may take")
+CONCURRENCY = Setting("concurrency", "integer", doc="sops runs at once", minimum=1, maximum=256)
+"""What every table that runs sops holds (``clan-vars:`` too); backends/sops_cli.py reads them."""
+CONFIG = Setting("config", "path", doc="a .sops.yaml to use instead of searching upward")
+SOURCE_SETTINGS = (BINARY, CONFIG, AGE_KEY, AGE_KEY_FILE, TIMEOUT, CONCURRENCY)
 """``[sources.sops]``; backends/sops.py reads them."""
 STORE_SETTINGS = (
     Setting("path", "path", doc="the sops file generated values are kept in (required)"),
-    Setting("binary", "path", doc="the sops program (default: sops on $PATH)"),
-    Setting("config", "path", doc="a .sops.yaml to use instead of searching upward"),
-    Setting("age_key", "string", doc="a reference to an age identity (credential:, file:, env:)"),
-    Setting("age_key_file", "path", doc="an age identity file"),
+    BINARY,
+    CONFIG,
+    AGE_KEY,
+    AGE_KEY_FILE,
     Setting("age_recipients", "list", [], doc="age public keys to encrypt a new file to"),
-    Setting("timeout", "duration", 30.0, doc="seconds one sops run may take"),
+    TIMEOUT,
 )
 """``[store]`` with ``type = "sops"``; backends/sops.py reads them."""
 

@@ -17,10 +17,10 @@ DYNAMIC = "credbridge.backends.vault_dynamic"
 OPTIONS = frozenset(
     {"version", "namespace", "kv", "common_name", "alt_names", "ip_sans", "uri_sans", "ttl"}
 )
+DEFAULT_ADDRESS = "https://127.0.0.1:8200"
+"""What the vault and bao CLIs use when nothing is set."""
 SETTINGS = (
-    Setting(
-        "address", "string", "https://127.0.0.1:8200", doc="server URL ($VAULT_ADDR, $BAO_ADDR)"
-    ),
+    Setting("address", "string", DEFAULT_ADDRESS, doc="server URL ($VAULT_ADDR, $BAO_ADDR)"),
     Setting("namespace", "string", doc="Vault Enterprise namespace ($VAULT_NAMESPACE)"),
     Setting("ca_cert", "path", doc="CA bundle to verify the server ($VAULT_CACERT)"),
     Setting("ca_path", "path", doc="directory of CA certificates ($VAULT_CAPATH)"),
@@ -34,7 +34,8 @@ SETTINGS = (
     Setting("concurrency", "integer", doc="requests in flight", minimum=1, maximum=256),
     Setting("auth", "table", {}, doc="how to log in: method = token, approle, jwt, kubernetes"),
 )
-"""``[sources.vault]``; backends/vault.py reads them (``VaultSettings.load``)."""
+"""``[sources.vault]``; backends/vault_settings.py reads them (``VaultSettings.from_context``),
+and declares the keys of the ``auth`` table."""
 
 
 @hookimpl

@@ -7,7 +7,10 @@ VM target is launched, planned or checked.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from credbridge.core.settings import Setting
+from credbridge.core.types import LauncherType, lazy
 
 VM_SETTINGS = (
     Setting("kernel", "path", doc="the guest kernel (kernel or firmware is required)"),
@@ -34,6 +37,14 @@ RUNTIME_SETTINGS = (
     Setting("virtiofsd_args", "list", [], doc="extra virtiofsd arguments (strings)"),
     Setting("stop_timeout", "duration", 10.0, doc="seconds a stopping VM gets before SIGKILL"),
 )
-"""What the VM runtime reads (launchers/runtime.py)."""
-VM_KEYS = frozenset(setting.name for setting in VM_SETTINGS)
+"""What the VM runtime reads (``RuntimeSettings`` in launchers/runtime.py)."""
 RUNTIME_KEYS = frozenset(setting.name for setting in RUNTIME_SETTINGS)
+
+
+def vm_launcher(
+    name: str, implementation: str, summary: str, settings: Sequence[Setting]
+) -> LauncherType:
+    """The record of a VM launcher whose ``open`` is ``implementation`` (``"module:name"``,
+    imported on first use); ``settings`` hold :data:`VM_SETTINGS` and
+    :data:`RUNTIME_SETTINGS` and the launcher's own."""
+    return LauncherType(name=name, open=lazy(implementation), summary=summary, settings=settings)

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 from credbridge.core.hookspecs import hookimpl
 from credbridge.core.settings import Setting
-from credbridge.core.types import LauncherType, lazy
-from credbridge.launchers.hooks import RUNTIME_SETTINGS, VM_SETTINGS
+from credbridge.core.types import LauncherType
+from credbridge.launchers.hooks import RUNTIME_SETTINGS, VM_SETTINGS, vm_launcher
 
 SETTINGS = (
     *VM_SETTINGS,
@@ -24,9 +24,9 @@ SETTINGS = (
 
 @hookimpl
 def credbridge_launchers() -> Iterator[LauncherType]:
-    yield LauncherType(
-        name="cloud-hypervisor",
-        open=lazy("credbridge.launchers.cloud_hypervisor:CloudHypervisorLauncher"),
-        summary="cloud-hypervisor via its REST API (OEM strings / virtiofs in vm.create, not argv)",
-        settings=SETTINGS,
+    yield vm_launcher(
+        "cloud-hypervisor",
+        "credbridge.launchers.cloud_hypervisor:CloudHypervisorLauncher",
+        "cloud-hypervisor via its REST API (OEM strings / virtiofs in vm.create, not argv)",
+        SETTINGS,
     )

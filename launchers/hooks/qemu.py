@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 from credbridge.core.hookspecs import hookimpl
 from credbridge.core.settings import Setting
-from credbridge.core.types import LauncherType, lazy
-from credbridge.launchers.hooks import RUNTIME_SETTINGS, VM_SETTINGS
+from credbridge.core.types import LauncherType
+from credbridge.launchers.hooks import RUNTIME_SETTINGS, VM_SETTINGS, vm_launcher
 
 SETTINGS = (
     *VM_SETTINGS,
@@ -27,9 +27,9 @@ SETTINGS = (
 
 @hookimpl
 def credbridge_launchers() -> Iterator[LauncherType]:
-    yield LauncherType(
-        name="qemu",
-        open=lazy("credbridge.launchers.qemu:open_launcher"),
-        summary="QEMU: credentials via -smbios path= / -fw_cfg file= / virtiofs, never argv",
-        settings=SETTINGS,
+    yield vm_launcher(
+        "qemu",
+        "credbridge.launchers.qemu:open_launcher",
+        "QEMU: credentials via -smbios path= / -fw_cfg file= / virtiofs, never argv",
+        SETTINGS,
     )
