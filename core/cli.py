@@ -140,6 +140,7 @@ class _Group(click.Group):
             from credbridge.core.plugins import get_plugin_manager
 
             self._plugin_commands_loaded = True
+            self.builtin_commands()  # a plugin's command never takes a lazy built-in's name
             get_plugin_manager().add_commands(self)
             found = super().get_command(ctx, cmd_name)
         return found

@@ -1040,7 +1040,9 @@ def test_plugins_verbose_lists_each_plugins_settings() -> None:
     assert "settings:" not in run_cli("plugins").stdout.decode()
     listing = json.loads(run_cli("plugins", "--json", "--verbose").stdout)
     vault_plugin = next(p for p in listing["plugins"] if p["name"] == "vault")
-    retries = next(s for s in vault_plugin["settings"]["sources"]["vault"] if s["name"] == "retries")
+    retries = next(
+        s for s in vault_plugin["settings"]["sources"]["vault"] if s["name"] == "retries"
+    )
     assert retries == {
         "name": "retries",
         "kind": "integer",
@@ -1065,3 +1067,42 @@ def test_an_error_class_of_a_plugin_names_its_exit_code_and_kind_in_the_class_li
     assert str(error) == "app/db: vault:secret/app: sealed: the vault is sealed"
     assert (SourceError.exit_code, SourceError.kind) == (ExitCode.NOT_FOUND, "failed")
     assert (Unreachable.exit_code, Unreachable.kind) == (ExitCode.UNREACHABLE, "unreachable")
+
+
+def test_a_plugin_command_never_takes_the_name_of_a_lazily_loaded_built_in() -> None:
+    """`unit`, `plugins`, `agent` and `status` load only when they run; a plugin's command of
+    one of those names is refused as a clash in any run, not only once the built-in loaded."""
+    code = textwrap.dedent(
+        """
+        import click
+        from credbridge.core import hookimpl
+        from credbridge.core.cli import cli
+        from credbridge.core.plugins import get_plugin_manager
+
+        class Clasher:
+            @hookimpl
+            def credbridge_commands(self, cli):
+                @cli.command()
+                def hello():
+                    click.echo("hello")
+
+                @cli.command()
+                def status():
+                    click.echo("plugin status")
+
+        get_plugin_manager().register(Clasher(), "clasher")
+        cli(["hello"], prog_name="credbridge", standalone_mode=False)
+        assert cli.get_command(click.Context(cli), "status").callback.__module__ == (
+            "credbridge.core.cli_agent"
+        )
+        print(*get_plugin_manager().infos["clasher"].warnings, sep=chr(10))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "hello",
+        "command 'status' clashes with 'core''s; skipped",
+    ]
