@@ -10,6 +10,7 @@ credbridge, and the contexts they are opened with, are in :mod:`credbridge.core.
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -222,6 +223,12 @@ class Store(abc.ABC):
 
     def recover(self) -> None:  # noqa: B027 - optional: stores without crash leftovers
         """Clean up what a crashed run left behind; called with :meth:`lock_file` held."""
+
+    def held_for_run(self) -> contextlib.AbstractContextManager[None]:
+        """Optional: what the store holds from its run lock to the end of the run, entered
+        right after :meth:`lock_file` is taken (the file store takes its write lock here once,
+        so ``create``/``rotate`` inside the run do not lock again). Default: nothing."""
+        return contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------- sinks

@@ -340,6 +340,7 @@ class GuardedStore(Store):
     def held_for_run(self) -> Iterator[None]:
         """The store's optional ``held_for_run()``: what it holds from its run lock to the end
         of the run (the file store: its write lock, taken once instead of once per value)."""
+        # a duck-typed store (not a Store subclass) may lack the optional method
         hold: Callable[[], contextlib.AbstractContextManager[None]] | None = getattr(
             self._inner, "held_for_run", None
         )
