@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""In-guest driver of tests/test_host_guest.py: credbridge's host side under a real systemd.
+"""In-guest driver of tests/core/test_host_guest.py: credbridge's host side under a real systemd.
 
 Runs inside the host guest (Debian's python3, standard library only) as root, on every boot,
 from the payload in /run/cbhost. It does what an operator does, reports facts as

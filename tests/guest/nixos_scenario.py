@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""In-guest driver of tests/test_nixos_host_guest.py: nix/module.nix's units under real systemd.
+"""In-guest driver of tests/nix/test_nixos_host_guest.py: nix/module.nix's units under real systemd.
 
 Runs inside the host guest (Debian's python3, standard library only) as root, on every boot,
 from the payload in /run/cbhost; reports facts as ``CBHOST {json}`` lines and never judges

@@ -512,7 +512,7 @@ def test_disabled_module_adds_nothing() -> None:
 
 def test_rendered_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     """The module's units written as NixOS writes them (tests/support/nixos_system.py; the
-    full NixOS-to-systemd path, booted, is tests/test_nixos_host_guest.py)."""
+    full NixOS-to-systemd path, booted, is tests/nix/test_nixos_host_guest.py)."""
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze not installed (Debian package systemd)")
     # Without the optional credential: its `SetCredential=NAME:` (an empty default, as

@@ -1,6 +1,6 @@
 """How each sops failure is typed and worded (backends/sops_cli.py ``classify``).
 
-The end-to-end tests (tests/test_sops.py) provoke what the real sops binary can be made to do
+The end-to-end tests (tests/backends/test_sops.py) provoke what the real sops binary can be made to do
 here (a wrong key, a tampered file, a missing file, a bad .sops.yaml). Some exit codes cannot
 be provoked without a KMS, a terminal or a signal at the right moment; this table pins every
 branch against sops's own exit codes (``cmd/sops/codes/codes.go``) and messages.

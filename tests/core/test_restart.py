@@ -1,6 +1,6 @@
 """Restart what changed: which units ``deliver`` acts on, once each, after the commit.
 
-systemd itself is exercised in tests/test_host_guest.py and tests/test_nixos_host_guest.py
+systemd itself is exercised in tests/core/test_host_guest.py and tests/nix/test_nixos_host_guest.py
 (real units restarting in the host guest, the latter from inside credbridge-deliver.service). Here a ``systemctl`` on PATH records every call -- its argv and what the credstore
 held at that moment -- so these tests check the selection: exactly the changed units,
 exactly once, after every target committed, the configured action, and per-unit failures.
@@ -256,7 +256,7 @@ def test_inside_a_service_the_jobs_are_queued_not_awaited(
 ) -> None:
     """In credbridge-deliver.service (ordered Before= the units it restarts), waiting for a
     restart deadlocks: systemd starts the unit only after the delivering job ended
-    (tests/test_nixos_host_guest.py shows it under systemd). So there: --no-block."""
+    (tests/nix/test_nixos_host_guest.py shows it under systemd). So there: --no-block."""
     value(tmp_path, "token", "a")
     value(tmp_path, "other", "b")
     (stub / "fail").write_text("worker.service\n")

@@ -25,7 +25,7 @@ from credbridge.backends import sops_cli
 from support.clan import ClanFlake, Identity
 from test_sops import AgeKey, _clean_env, age_keygen, keys, resolve  # noqa: F401 - fixtures
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "references.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "references.md"
 CODE = re.compile(r"`([^`]+)`")
 
 

@@ -29,7 +29,7 @@ from test_vault import token_file, vault_config
 
 __all__ = ["_clean_env"]  # the autouse fixture, imported so pytest applies it here
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "references.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "references.md"
 CODE = re.compile(r"`([^`]+)`")
 
 

@@ -20,7 +20,7 @@ import pytest
 
 # The harness lives in tests/guest/ and is imported as the top-level package ``guest``
 # (tests/ has no __init__.py; pytest's default import mode puts tests/ on sys.path too).
-_TESTS_DIR = str(Path(__file__).resolve().parent)
+_TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 

@@ -2,7 +2,7 @@
 
 Every command line comes from microvm.nix's own runner (the vendored files in
 ../shared/vendor/microvm.nix, evaluated by tests/support/microvm_runner.py for the option
-combinations of tests/microvm_cases.py), exactly as ``microvm-run`` would exec it. Each goes
+combinations of tests/support/microvm_cases.py), exactly as ``microvm-run`` would exec it. Each goes
 through the wrapper's plan mode with each VM sink, into a ``vm.create`` body valid for the
 vendored OpenAPI spec and for cloud-hypervisor v53's create-time rules (config.rs); every
 shape the wrapper cannot carry is refused with one line naming the flag. Launches go through
@@ -31,11 +31,11 @@ from credbridge.launchers.ch_wrapper import (
     open_launcher,
     parse_argv,
 )
-from microvm_cases import REFUSED_BY_RUNNER, RUNNER_CASES
+from support.microvm_cases import REFUSED_BY_RUNNER, RUNNER_CASES
 from support.ch_harness import SPEC_MISSING, SPEC_PATH, read_records, secret_forms, write_standin
 from support.microvm_runner import RunnerRefused, runner_argv, unavailable
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SECRETS: dict[str, bytes] = {
     "API_KEY": b"k3y-Zq8mW2vXr7tPa9LdNe4s",
     "DB_PASSWORD": b"multi\nline\npassword-Hq2Lr8Vd\n",
@@ -58,7 +58,7 @@ VM_SINKS = ("oem-strings", "virtiofs")
 
 
 def as_module(options: str) -> str:
-    """A case of tests/microvm_cases.py as a Nix module."""
+    """A case of tests/support/microvm_cases.py as a Nix module."""
     return options if options.startswith("{ pkgs") else f"{{ {options} }}"
 
 

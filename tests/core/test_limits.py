@@ -2,7 +2,7 @@
 
 systemd's (src/shared/creds-util.h, the same from 250 to 258): ``CREDENTIAL_SIZE_MAX`` 1 MiB
 per credential, ``CREDENTIALS_TOTAL_SIZE_MAX`` 1 MiB per unit where each credential counts
-its name's length plus its size. tests/test_host_credentials.py checks the unit side of both
+its name's length plus its size. tests/backends/test_host_credentials.py checks the unit side of both
 under the real systemd 252. The SMBIOS budget (``max_bytes``), fw_cfg's 56-byte item names
 (28 characters after credbridge's prefix) and virtiofs' 36-byte tag are the channels' own.
 """

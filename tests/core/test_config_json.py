@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from credbridge.core import ConfigError, Session, load_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = [
     REPO / "examples" / "credbridge.toml",
     REPO / "examples" / "microvm" / "credbridge.toml",

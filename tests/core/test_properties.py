@@ -3,7 +3,7 @@
 Each target runs twice: ``quick`` in the default suite (the ``suite`` hypothesis profile, a few
 hundred examples) and ``fuzz`` with at least 10,000 examples, deselected by default::
 
-    .venv/bin/python -m pytest -m fuzz tests/test_properties.py
+    .venv/bin/python -m pytest -m fuzz tests/core/test_properties.py
 
 The terminal summary lists examples and time per target (docs/reliability.md has the figures).
 The one property shared by every target: whatever the input, only :class:`CredbridgeError`

@@ -1,14 +1,14 @@
 """nix/module.nix's units under a real systemd: rendered, verified, installed, booted.
 
 A realistic ``services.credbridge`` configuration (below, as an operator writes it) is
-evaluated with the stubs of tests/test_nixos_module.py (tests/nix/), and everything it
+evaluated with the stubs of tests/nix/test_nixos_module.py (tests/nix/), and everything it
 produces is written as NixOS writes it (tests/support/nixos_system.py): unit files, the
 ``overrides.conf`` drop-ins of microvm.nix's VM unit, ``.wants`` links for ``wantedBy``,
 ``/etc/credbridge/config.json`` through ``/etc/static``, ``/etc/tmpfiles.d/00-nixos.conf``,
 the job scripts. ``systemd-analyze verify`` checks that tree on this machine first.
 
 Then the same files go into the host guest (tests/guest/hostimage.py, the image of
-tests/test_host_guest.py: Debian 12 and 13, systemd 252 and 257 as PID 1, booted side by
+tests/core/test_host_guest.py: Debian 12 and 13, systemd 252 and 257 as PID 1, booted side by
 side, credbridge in a venv at
 /opt/credbridge, which is where ``${cfg.package}`` points here); the wrapper package is built
 in the guest by running its derivation's build command; the VM runner is what microvm.nix's
@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-_TESTS_DIR = str(Path(__file__).resolve().parent)
+_TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 

@@ -1,6 +1,6 @@
 """A symlink swapped in between planning and commit is refused, never written through (issue 26).
 
-Planning refuses a symlinked directory (tests/test_hostile_fs.py); these tests put the symlink
+Planning refuses a symlinked directory (tests/core/test_hostile_fs.py); these tests put the symlink
 in *after* that check. ``credbridge`` is started with the test-only switch
 ``-X credbridge-fault=POINT@N:stop`` (docs/reliability.md), so it stops itself (SIGSTOP) at one
 write step; the test then moves the real directory aside, puts a symlink to a victim directory

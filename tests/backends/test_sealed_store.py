@@ -1,6 +1,6 @@
 """The file store sealed with ``systemd-creds`` (``[store] seal``), with this machine's real
 systemd-creds and host key (/var/lib/systemd/credential.secret; root). The TPM2 seals are
-proven in tests/test_tpm_guest.py, in the host guests with a software TPM.
+proven in tests/backends/test_tpm_guest.py, in the host guests with a software TPM.
 
 Another machine is another host key: ``systemd-creds`` reads it from
 ``$SYSTEMD_CREDENTIAL_SECRET`` when that is set, which is how the tests make a value only
@@ -279,7 +279,7 @@ def test_seal_settings_are_checked(
 def test_a_seal_this_systemd_cannot_decrypt_is_refused_naming_the_version(
     tmp_path: Path, tmpfs_dir: Path
 ) -> None:
-    """A TPM2 key bound to no PCR needs systemd 257 (tests/test_tpm_guest.py): under an older
+    """A TPM2 key bound to no PCR needs systemd 257 (tests/backends/test_tpm_guest.py): under an older
     systemd-creds (Debian 12's 252 here) the store is refused in one line before any value is
     generated."""
     out = subprocess.run(

@@ -1,4 +1,4 @@
-"""Option combinations of microvm.nix's cloud-hypervisor runner, for tests/test_ch_wrapper*.py.
+"""Option combinations of microvm.nix's cloud-hypervisor runner, for tests/launchers/test_ch_wrapper*.py.
 
 Each is a Nix module body for ``microvm.*`` (evaluated by tests/support/microvm_runner.py) and
 the system; ``REFUSED_BY_RUNNER`` are the ones microvm.nix itself refuses, with a piece of

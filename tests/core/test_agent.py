@@ -1,6 +1,6 @@
 """``credbridge agent`` and ``credbridge status`` as a user runs them: a real agent process
 against a real OpenBao, its sd_notify messages on a socket the test binds, restarts recorded by
-the ``systemctl`` stub of tests/test_restart.py, and leases renewed for real (OpenBao child
+the ``systemctl`` stub of tests/core/test_restart.py, and leases renewed for real (OpenBao child
 tokens, through a source installed as a third-party plugin)."""
 
 from __future__ import annotations

@@ -1103,7 +1103,7 @@ def test_store_wrong_key_is_a_typed_store_error(
 
 
 def docs_example(name: str) -> str:
-    text = (Path(__file__).resolve().parent.parent / "docs" / "sources" / "sops.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "sources" / "sops.md").read_text()
     marker = f"<!-- tested: {name} -->\n```toml\n"
     start = text.index(marker) + len(marker)
     return text[start : text.index("```", start)]

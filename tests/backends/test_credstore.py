@@ -229,7 +229,7 @@ def test_unit_dropin(tmp_path: Path, tmpfs_dir: Path) -> None:
     assert f"LoadCredential=api-key:{tmpfs_dir}/app.service/api-key" in lines
     assert f"LoadCredential=static:{tmpfs_dir}/app.service/static" in lines
     # No SetCredential= default (systemd 252 refuses an empty one): a missing optional
-    # credential is an empty directory at this path (tests/test_host_credentials.py).
+    # credential is an empty directory at this path (tests/backends/test_host_credentials.py).
     assert optional.splitlines()[-1:] == [f"LoadCredential=maybe:{tmpfs_dir}/opt.service/maybe"]
     assert "SetCredential" not in optional
 
@@ -407,7 +407,7 @@ def test_a_tpm2_key_bound_to_no_pcr_needs_systemd_257(
     tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch, version: int
 ) -> None:
     """systemd 252 seals with ``--tpm2-pcrs=`` but its PID 1 cannot unseal the result
-    (tests/test_tpm_guest.py): refused below 257, the first version proven to unseal it."""
+    (tests/backends/test_tpm_guest.py): refused below 257, the first version proven to unseal it."""
     stub = tmp_path / "systemd-creds"
     stub.write_text(
         "#!/bin/sh\n"
