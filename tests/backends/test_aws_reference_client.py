@@ -19,13 +19,14 @@ import pytest
 from conftest import run_cli, secret_value
 from credbridge.core import BadReference, InvalidValue, NotFound, Session, parse_reference
 from credbridge.core.errors import ExitCode
+from support.aws_setup import aws, clean_aws_env, config_file, resolve, sources
 from support.httpproxy import HttpProxy, Reply
 from support.moto import MotoServer, moto
-from test_aws import _clean_env, aws, config_file, resolve, sources, unique
+from support.servers import unique
 
 pytestmark = pytest.mark.aws
 
-__all__ = ["_clean_env", "aws", "moto"]  # fixtures, imported so pytest finds them here
+__all__ = ["aws", "clean_aws_env", "moto"]  # fixtures, imported so pytest finds them here
 
 ODD_DOCUMENT: dict[str, Any] = {
     "dotted.key": "dot-value-51c2",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,36 +26,16 @@ from credbridge.core import (
     parse_reference,
 )
 from credbridge.core.types import Mode
+from support.aws_setup import aws, clean_aws_env
 from support.httpproxy import HttpProxy
 from support.moto import MotoServer, free_port, moto
 
 pytestmark = pytest.mark.aws
 
-__all__ = ["moto"]  # the session fixture, imported so pytest finds it here
+__all__ = ["aws", "clean_aws_env", "moto"]  # fixtures, imported so pytest finds them here
 
 ROLE = "arn:aws:iam::222222222222:role/deployer"
 PARTS = ("access_key_id", "secret_access_key", "session_token")
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Nothing of the developer's AWS setup (env, ~/.aws, instance metadata) is used."""
-    for name in list(os.environ):
-        if name.startswith("AWS_") or name == "CREDENTIALS_DIRECTORY":
-            monkeypatch.delenv(name)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(home / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
-@pytest.fixture
-def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
-    for name, value in moto.env().items():
-        monkeypatch.setenv(name, value)
-    return moto
 
 
 def resolve(

@@ -31,11 +31,14 @@ from credbridge.core import (
     parse_reference,
 )
 from credbridge.core.vm import VmSink
+from support.age_sops import AgeKey, age_keygen_binary, clean_sops_env, sops_runs
 from support.canary import Canary
-from support.clan import ClanFlake, Identity
-from support.nixeval import REPO, evaluate, missing, nix_string
-from test_nixos_module import written_config
-from test_sops import resolve, sops_runs, spawned  # noqa: F401 - spawned is a fixture
+from support.children import spawned
+from support.clan import ClanFlake
+from support.nixeval import REPO, evaluate, missing, nix_string, written_config
+from support.sessions import resolve
+
+__all__ = ["clean_sops_env", "spawned"]  # fixtures, imported for pytest
 
 DOCS = REPO / "docs" / "nixos.md"
 STUB_CLAN = REPO / "tests" / "nix" / "stub-clan.nix"
@@ -50,9 +53,9 @@ def openssl_rand_base64_32() -> bytes:
 @dataclass(frozen=True)
 class Clan:
     flake: ClanFlake
-    host: Identity
+    host: AgeKey
     """host's key, as clan installs it in /var/lib/sops-nix/key.txt."""
-    other: Identity
+    other: AgeKey
     values: dict[str, bytes]
 
     @property
@@ -65,11 +68,7 @@ class Clan:
 
 @pytest.fixture(scope="module")
 def clan(tmp_path_factory: pytest.TempPathFactory) -> Clan:
-    keygen = shutil.which("age-keygen")
-    if keygen is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("age-keygen is missing: apt-get install age (see the README test command)")
-        pytest.skip("age-keygen is missing: apt-get install age")
+    keygen = age_keygen_binary()
     base = tmp_path_factory.mktemp("clan")
     keys = base / "keys"
     keys.mkdir(mode=0o700)
@@ -90,17 +89,6 @@ def clan(tmp_path_factory: pytest.TempPathFactory) -> Clan:
     flake.set_var("dual", "value", b"shared\n", shared_with=("host",))
     flake.set_public_var("host", "ssh", "public", b"ssh-ed25519 AAAA host\n")
     return Clan(flake, host, other, values)
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The developer's sops keys must not change what the tests see."""
-    for name in list(os.environ):
-        if name.startswith("SOPS_") or name in {"CREDENTIALS_DIRECTORY", "XDG_CONFIG_HOME"}:
-            monkeypatch.delenv(name)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
 
 
 def clan_config(root: Path, key: Path | None, **settings: Any) -> dict[str, Any]:
@@ -136,12 +124,12 @@ def test_files_are_laid_out_and_encrypted_like_clans(clan: Clan) -> None:
     assert {"age", "lastmodified", "mac", "version"} <= set(data["sops"])
     assert "key_groups" not in data["sops"]
     recipients = [entry["recipient"] for entry in data["sops"]["age"]]
-    assert sorted(recipients) == sorted([clan.host.public, clan.flake.admin.public])
+    assert sorted(recipients) == sorted([clan.host.recipient, clan.flake.admin.recipient])
     folder = secret.parent
     assert os.readlink(folder / "machines" / "host") == "../../../../../../sops/machines/host"
     assert os.readlink(folder / "users" / "admin") == "../../../../../../sops/users/admin"
     key = json.loads((clan.root / "sops" / "machines" / "host" / "key.json").read_text())
-    assert key == {"publickey": clan.host.public, "type": "age"}
+    assert key == {"publickey": clan.host.recipient, "type": "age"}
     assert (clan.root / "sops" / "secrets" / "host-age.key" / "secret").is_file()
     assert clan.host.path.read_text().startswith("AGE-SECRET-KEY-1")
     # sops-nix's view (format = "binary") with the machine's key: the generator's bytes.
@@ -149,7 +137,7 @@ def test_files_are_laid_out_and_encrypted_like_clans(clan: Clan) -> None:
     shared = json.loads(clan.secret("shared", "wireguard", "psk").read_text())
     assert len(shared["sops"]["age"]) == 3  # host, other, admin
     undeployed = json.loads(clan.secret("per-machine", "host", "backup", "passphrase").read_text())
-    assert [e["recipient"] for e in undeployed["sops"]["age"]] == [clan.flake.admin.public]
+    assert [e["recipient"] for e in undeployed["sops"]["age"]] == [clan.flake.admin.recipient]
 
 
 # --------------------------------------------------------------------------- reading
@@ -157,7 +145,7 @@ def test_files_are_laid_out_and_encrypted_like_clans(clan: Clan) -> None:
 
 def test_every_kind_of_var_byte_exact(
     clan: Clan,
-    spawned: list[tuple[list[str], dict[str, str]]],  # noqa: F811 - the fixture imported above
+    spawned: list[tuple[list[str], dict[str, str]]],
 ) -> None:
     api = clan.values["test-vm-api-key"]
     refs = {
@@ -272,9 +260,9 @@ def test_strip_drops_what_command_substitution_drops(clan: Clan, copied: Path) -
 @dataclass(frozen=True)
 class AgeClan:
     flake: ClanFlake
-    host: Identity
+    host: AgeKey
     """host's age-store key, as clan uploads it (``/etc/secret-vars/key.txt``)."""
-    other: Identity
+    other: AgeKey
     values: dict[str, bytes]
 
     @property
@@ -287,11 +275,7 @@ class AgeClan:
 
 @pytest.fixture(scope="module")
 def age_clan(tmp_path_factory: pytest.TempPathFactory) -> AgeClan:
-    keygen = shutil.which("age-keygen")
-    if keygen is None or shutil.which("age") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("age is missing: apt-get install age (see the README test command)")
-        pytest.skip("age is missing: apt-get install age")
+    keygen = age_keygen_binary(with_age=True)
     base = tmp_path_factory.mktemp("age-clan")
     keys = base / "keys"
     keys.mkdir(mode=0o700)
@@ -324,11 +308,11 @@ def test_age_store_is_laid_out_like_clans(age_clan: AgeClan) -> None:
     secret = age_clan.secret("per-machine", "host", "api", "value")
     assert secret.read_text().startswith("-----BEGIN AGE ENCRYPTED FILE-----\n")
     machine = age_clan.root / "secrets/age-keys/machines/host"
-    assert (machine / "pub").read_text() == age_clan.host.public
+    assert (machine / "pub").read_text() == age_clan.host.recipient
     assert age_clan.host.path.read_text().startswith("# created: ")
     shared = age_clan.secret("shared", "wireguard", "psk")
     sidecar = shared.with_name("psk.age.recipients").read_text().splitlines()
-    assert sidecar == sorted([age_clan.host.public, age_clan.other.public])
+    assert sidecar == sorted([age_clan.host.recipient, age_clan.other.recipient])
     assert not (age_clan.root / "vars" / "per-machine" / "host" / "api").exists()
 
 
@@ -696,7 +680,7 @@ def test_docs_migration_delivers_the_values_clan_generated(
         .replace("/var/lib/sops-nix/key.txt", str(clan.host.path))
         .replace("/var/lib/credbridge/generated.yaml", str(state / "generated.yaml"))
         .replace(
-            '"age1host..." "age1admin..."', f'"{clan.host.public}" "{clan.flake.admin.public}"'
+            '"age1host..." "age1admin..."', f'"{clan.host.recipient}" "{clan.flake.admin.recipient}"'
         )
     )
     state.mkdir(mode=0o700, exist_ok=True)

@@ -20,36 +20,15 @@ from typing import Any
 
 import pytest
 from credbridge.core import BadReference, Secret, SourceError, parse_reference
+from support.aws_setup import clean_aws_env
+from support.aws_setup import resolve as aws_resolve
 from support.moto import MotoServer
 from support.openbao import DevServer, bao_binary
-from test_aws import _clean_env
-from test_aws import resolve as aws_resolve
-from test_vault import resolve as vault_resolve
-from test_vault import token_file, vault_config
+from support.reference_table import CODE, references, table_rows
+from support.sessions import resolve_text as vault_resolve
+from support.vault_setup import token_file, vault_config
 
-__all__ = ["_clean_env"]  # the autouse fixture, imported so pytest applies it here
-
-DOC = Path(__file__).resolve().parents[2] / "docs" / "references.md"
-CODE = re.compile(r"`([^`]+)`")
-
-
-def table_rows(heading: str) -> list[tuple[str, str]]:
-    """(left cell, right cell) of the table under ``### heading`` in the section."""
-    text = DOC.read_text()
-    section = text.split("## What you would type elsewhere", 1)[1]
-    body = section.split(f"### {heading}\n", 1)[1].split("\n### ", 1)[0]
-    rows = []
-    for line in body.splitlines():
-        if not line.startswith("| ") or line.startswith(("| reference tool", "|---")):
-            continue
-        cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]]
-        rows.append((cells[0], cells[1]))
-    return rows
-
-
-def references(cell: str) -> list[str]:
-    return [code for code in CODE.findall(cell) if ":" in code and " " not in code]
-
+__all__ = ["clean_aws_env"]  # the autouse fixture, imported so pytest applies it here
 
 def jq(document: Any, path: str) -> bytes:
     """``jq -r .a.b``: a string raw, anything else as JSON (compact, as credbridge delivers)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -22,25 +21,12 @@ from typing import Any
 
 import pytest
 from credbridge.backends import sops_cli
-from support.clan import ClanFlake, Identity
-from test_sops import AgeKey, _clean_env, age_keygen, keys, resolve  # noqa: F401 - fixtures
+from support.age_sops import AgeKey, age_keygen, age_keygen_binary, clean_sops_env, keys
+from support.clan import ClanFlake
+from support.reference_table import first_code_spans
+from support.sessions import resolve
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "references.md"
-CODE = re.compile(r"`([^`]+)`")
-
-
-def table_rows(heading: str) -> list[tuple[str, str]]:
-    """(command, reference): the first code span of each cell of the table under ``heading``."""
-    section = DOC.read_text().split("## What you would type elsewhere", 1)[1]
-    body = section.split(f"### {heading}\n", 1)[1].split("\n### ", 1)[0]
-    rows = []
-    for line in body.splitlines():
-        if not line.startswith("| ") or line.startswith(("| reference tool", "|---")):
-            continue
-        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
-        rows.append((CODE.findall(cells[0])[0], CODE.findall(cells[1])[0]))
-    return rows
-
+__all__ = ["age_keygen", "clean_sops_env", "keys"]  # fixtures, imported for pytest
 
 def in_order(raw: bytes) -> Any:
     return json.loads(raw, object_pairs_hook=list)
@@ -90,7 +76,7 @@ hosts:
 
 
 def test_sops_table(
-    keys: tuple[AgeKey, AgeKey],  # noqa: F811 - the fixture imported above
+    keys: tuple[AgeKey, AgeKey],
     sops_dir: Path,
     tmp_path: Path,
 ) -> None:
@@ -123,7 +109,7 @@ def test_sops_table(
             tmp_path,
             env,
         )
-    rows = table_rows("sops")
+    rows = first_code_spans("sops")
     assert len(rows) >= 15
     config = {"sources": {"sops": {"age_key_file": str(key.path)}}}
     got = resolve(config, *(reference for _, reference in rows), directory=tmp_path)
@@ -136,20 +122,16 @@ def test_sops_table(
 @dataclass(frozen=True)
 class Clans:
     sops: ClanFlake
-    host: Identity
+    host: AgeKey
     age: ClanFlake
-    age_host: Identity
+    age_host: AgeKey
     run_secrets: Path
     """/run/secrets as the machine's boot fills it (every name clan-core gave a var)."""
 
 
 @pytest.fixture(scope="module")
 def clans(tmp_path_factory: pytest.TempPathFactory) -> Clans:
-    keygen = shutil.which("age-keygen")
-    if keygen is None or shutil.which("age") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("age is missing: apt-get install age (see the README test command)")
-        pytest.skip("age is missing: apt-get install age")
+    keygen = age_keygen_binary(with_age=True)
     base = tmp_path_factory.mktemp("clans")
     keys_dir = base / "keys"
     keys_dir.mkdir(mode=0o700)
@@ -190,7 +172,7 @@ def clan_vars_get(flake: ClanFlake, machine: str, var: str) -> bytes:
 
 
 def test_clan_vars_table(clans: Clans, sops_dir: Path) -> None:
-    rows = table_rows("clan vars")
+    rows = first_code_spans("clan vars")
     assert len(rows) >= 10
     env = {"PATH": f"{sops_dir}:/usr/bin:/bin", "HOME": str(clans.sops.keys)}
     for command, reference in rows:

@@ -15,8 +15,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,132 +35,21 @@ from credbridge.core import (
     parse_config,
     parse_reference,
 )
+from support.age_sops import (
+    AgeKey,
+    age_keygen,
+    clean_sops_env,
+    encrypt,
+    key_config,
+    keys,
+    make_key,
+    sops,
+    sops_runs,
+)
+from support.children import spawned
+from support.sessions import resolve
 
-# --------------------------------------------------------------------------- child processes
-
-_SPAWNED: list[tuple[list[str], dict[str, str]]] | None = None
-_SPAWNED_LOCK = threading.Lock()
-
-
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    """Records every child process this interpreter starts (argv and environment)."""
-    if event == "subprocess.Popen" and _SPAWNED is not None:
-        _executable, argv, _cwd, env = args
-        with _SPAWNED_LOCK:
-            _SPAWNED.append(([os.fsdecode(a) for a in argv], dict(env or {})))
-
-
-sys.addaudithook(_audit)
-
-
-@pytest.fixture
-def spawned() -> Iterator[list[tuple[list[str], dict[str, str]]]]:
-    global _SPAWNED
-    _SPAWNED = []
-    try:
-        yield _SPAWNED
-    finally:
-        _SPAWNED = None
-
-
-def sops_runs(
-    children: list[tuple[list[str], dict[str, str]]], command: str = "decrypt"
-) -> list[list[str]]:
-    return [
-        argv for argv, _env in children if "--disable-version-check" in argv and command in argv
-    ]
-
-
-# --------------------------------------------------------------------------- real sops, real age
-
-
-@pytest.fixture(scope="session")
-def age_keygen() -> str:
-    found = shutil.which("age-keygen")
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("age-keygen is missing: apt-get install age (see the README test command)")
-        pytest.skip("age-keygen is missing: apt-get install age")
-    return found
-
-
-@dataclass(frozen=True)
-class AgeKey:
-    path: Path
-    recipient: str
-
-    def text(self) -> str:
-        return self.path.read_text()
-
-
-def make_key(keygen: str, directory: Path) -> AgeKey:
-    path = directory / f"age-{uuid.uuid4().hex[:8]}.txt"
-    subprocess.run([keygen, "-o", str(path)], check=True, capture_output=True)
-    recipient = subprocess.run(
-        [keygen, "-y", str(path)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    assert recipient.startswith("age1")
-    return AgeKey(path, recipient)
-
-
-@pytest.fixture(scope="session")
-def keys(age_keygen: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[AgeKey, AgeKey]:
-    directory = tmp_path_factory.mktemp("age")
-    return make_key(age_keygen, directory), make_key(age_keygen, directory)
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The developer's sops keys must not change what the tests see."""
-    for name in list(os.environ):
-        if name.startswith("SOPS_") or name in {"CREDENTIALS_DIRECTORY", "XDG_CONFIG_HOME"}:
-            monkeypatch.delenv(name)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-
-
-def sops(
-    *args: str, key: AgeKey | None = None, stdin: bytes | None = None, cwd: Path | None = None
-) -> bytes:
-    """Run the real sops directly (as a user would), for fixtures and cross-checks."""
-    binary = sops_cli.locate_binary(None)
-    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ["HOME"]}
-    if key is not None:
-        env["SOPS_AGE_KEY_FILE"] = str(key.path)
-    result = subprocess.run(
-        [binary.path, "--disable-version-check", *args],
-        input=stdin or b"",
-        capture_output=True,
-        env=env,
-        cwd=cwd,
-        pass_fds=binary.pass_fds,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout
-
-
-def encrypt(path: Path, plaintext: bytes, key: AgeKey, *, kind: str | None = None) -> Path:
-    """Write ``path`` as a sops file holding ``plaintext`` (through stdin, never on disk)."""
-    kind = kind or sops_cli.file_type(str(path))
-    out = sops(
-        "encrypt",
-        "--age",
-        key.recipient,
-        "--input-type",
-        kind,
-        "--output-type",
-        kind,
-        "--filename-override",
-        str(path),
-        "/dev/stdin",
-        stdin=plaintext,
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(out)
-    return path
-
+__all__ = ["age_keygen", "clean_sops_env", "keys", "spawned"]  # fixtures, imported for pytest
 
 CANARY = "canary-" + uuid.uuid4().hex
 YAML = f"""db:
@@ -173,23 +60,6 @@ YAML = f"""db:
     - name: replica
 token: top-level
 """
-
-
-def resolve(config: Mapping[str, Any], *refs: str, directory: Path | None = None) -> dict[str, Any]:
-    requests = [Request(parse_reference(r)) for r in refs]
-    with Session(parse_config(config, directory=directory)) as session:
-        for request in requests:
-            session.check_reference(request.reference)
-        outcomes = session.resolve(requests)
-    out: dict[str, Any] = {}
-    for ref, request in zip(refs, requests, strict=True):
-        value = outcomes[request]
-        out[ref] = value.reveal() if isinstance(value, Secret) else value
-    return out
-
-
-def key_config(key: AgeKey, **settings: Any) -> dict[str, Any]:
-    return {"sources": {"sops": {"age_key_file": str(key.path), **settings}}}
 
 
 # --------------------------------------------------------------------------- reading

@@ -14,7 +14,10 @@ from urllib.parse import quote
 
 import pytest
 from credbridge.core import NotFound
-from test_sops import AgeKey, _clean_env, age_keygen, keys, resolve, sops  # noqa: F401
+from support.age_sops import AgeKey, age_keygen, clean_sops_env, keys, sops
+from support.sessions import resolve
+
+__all__ = ["age_keygen", "clean_sops_env", "keys"]  # fixtures, imported for pytest
 
 
 def encrypt_in_place(path: Path, plaintext: bytes, key: AgeKey, *options: str) -> Path:
@@ -54,7 +57,7 @@ def in_order(raw: bytes) -> Any:
     ],
 )
 def test_the_format_is_sops_choice_by_name(
-    keys: tuple[AgeKey, AgeKey],  # noqa: F811 - the fixture imported above
+    keys: tuple[AgeKey, AgeKey],
     tmp_path: Path,
     name: str,
     plaintext: bytes,
@@ -72,7 +75,7 @@ def test_the_format_is_sops_choice_by_name(
     assert resolve(config(key), reference) == {reference: expected}
 
 
-def test_type_is_sops_input_type(keys: tuple[AgeKey, AgeKey], tmp_path: Path) -> None:  # noqa: F811
+def test_type_is_sops_input_type(keys: tuple[AgeKey, AgeKey], tmp_path: Path) -> None:
     """``?type=`` is ``--input-type``: a dotenv file named ``secrets.txt``."""
     key = keys[0]
     types = ("--input-type", "dotenv", "--output-type", "dotenv")
@@ -117,7 +120,7 @@ list: [{z: null}, -0.0, s]
 
 @pytest.mark.parametrize("name", ["odd.json", "odd.yaml"])
 def test_every_value_is_what_sops_prints(
-    keys: tuple[AgeKey, AgeKey],  # noqa: F811 - the fixture imported above
+    keys: tuple[AgeKey, AgeKey],
     tmp_path: Path,
     name: str,
 ) -> None:
@@ -153,7 +156,7 @@ def test_every_value_is_what_sops_prints(
 
 
 def test_an_ini_default_group_before_any_section(
-    keys: tuple[AgeKey, AgeKey],  # noqa: F811 - the fixture imported above
+    keys: tuple[AgeKey, AgeKey],
     tmp_path: Path,
 ) -> None:
     """Keys before any section and an explicit [DEFAULT]: sops keeps both groups."""
@@ -178,7 +181,7 @@ def test_an_ini_default_group_before_any_section(
 
 
 def test_no_field_names_the_selector_as_written(
-    keys: tuple[AgeKey, AgeKey],  # noqa: F811 - the fixture imported above
+    keys: tuple[AgeKey, AgeKey],
     tmp_path: Path,
 ) -> None:
     key = keys[0]

@@ -10,7 +10,7 @@ import os
 import socket
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,6 @@ from credbridge.core import (
     NotFound,
     Request,
     ResolutionFailed,
-    Secret,
     Session,
     SourceError,
     Timeout,
@@ -32,97 +31,22 @@ from credbridge.core import (
 )
 from credbridge.core.errors import ExitCode
 from support.openbao import DevServer, InterruptingProxy, free_port_pair, openbao
+from support.servers import unique
+from support.sessions import resolve_text as resolve
 from support.testca import TestCA
+from support.vault_setup import (
+    clean_vault_env,
+    put,
+    root_config,
+    rs256_jwt,
+    token_file,
+    vault_config,
+    write_toml,
+)
 
 pytestmark = pytest.mark.vault
 
-__all__ = ["openbao"]  # the session fixture, imported so pytest finds it here
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The developer's Vault environment must not change what the tests see."""
-    for name in list(os.environ):
-        if name.startswith(("VAULT_", "BAO_")) or name == "CREDENTIALS_DIRECTORY":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-
-
-def unique(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def put(server: DevServer, path: str, **fields: Any) -> None:
-    for value in fields.values():
-        if isinstance(value, str):
-            secret_value(value)  # every value written to Vault is a secret to the canary
-    server.client().secrets.kv.v2.create_or_update_secret(
-        path=path.partition("/")[2], secret=fields, mount_point=path.partition("/")[0]
-    )
-
-
-def token_file(tmp_path: Path, token: str) -> str:
-    secret_value(token)
-    path = tmp_path / f"token-{uuid.uuid4().hex[:6]}"
-    path.write_text(token + "\n")
-    return str(path)
-
-
-def vault_config(
-    address: str, *, auth: Mapping[str, Any] | None = None, **settings: Any
-) -> dict[str, Any]:
-    table: dict[str, Any] = {"address": address, "retries": 1, "backoff": 0.0, **settings}
-    if auth is not None:
-        table["auth"] = dict(auth)
-    return {"sources": {"vault": table}}
-
-
-def resolve(config: Mapping[str, Any], *refs: str) -> dict[str, Any]:
-    """Resolve references through a real Session; values revealed as text, errors as is."""
-    requests = [Request(parse_reference(r)) for r in refs]
-    with Session(parse_config(config)) as session:
-        for request in requests:
-            session.check_reference(request.reference)
-        outcomes = session.resolve(requests)
-    out: dict[str, Any] = {}
-    for ref, request in zip(refs, requests, strict=True):
-        value = outcomes[request]
-        out[ref] = value.reveal_text() if isinstance(value, Secret) else value
-    return out
-
-
-def root_config(server: DevServer, tmp_path: Path, **settings: Any) -> dict[str, Any]:
-    return vault_config(
-        server.address, auth={"token_file": token_file(tmp_path, server.token)}, **settings
-    )
-
-
-def write_toml(path: Path, data: Mapping[str, Any]) -> Path:
-    """A tiny TOML writer for the configs these tests use (strings, numbers, bools, tables)."""
-    lines: list[str] = []
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return repr(v)
-        if isinstance(v, Mapping):
-            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
-        return json.dumps(str(v))
-
-    def table(prefix: list[str], body: Mapping[str, Any]) -> None:
-        scalars = {k: v for k, v in body.items() if not isinstance(v, Mapping) or k == "auth"}
-        if prefix:
-            lines.append("[" + ".".join(json.dumps(p) for p in prefix) + "]")
-        for k, v in scalars.items():
-            lines.append(f"{json.dumps(k)} = {value(v)}")
-        for k, v in body.items():
-            if isinstance(v, Mapping) and k != "auth":
-                table([*prefix, k], v)
-
-    table([], data)
-    path.write_text("\n".join(lines) + "\n")
-    return path
+__all__ = ["clean_vault_env", "openbao"]  # fixtures, imported so pytest finds them here
 
 
 # --------------------------------------------------------------------------- reading
@@ -448,19 +372,6 @@ def test_approle_login_end_to_end(openbao: DevServer, tmp_path: Path, tmpfs_dir:
     assert "invalid role or secret ID" in line
 
 
-def _rs256_jwt(key: Any, claims: Mapping[str, Any]) -> str:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
-
-    def b64(data: bytes) -> str:
-        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-    head = b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
-    body = b64(json.dumps(dict(claims)).encode())
-    signature = key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
-    return f"{head}.{body}.{b64(signature)}"
-
-
 def test_jwt_login(openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -490,13 +401,13 @@ def test_jwt_login(openbao: DevServer, tmp_path: Path, monkeypatch: pytest.Monke
     )
     now = int(datetime.datetime.now(datetime.UTC).timestamp())
     claims = {"sub": "job-1", "aud": "credbridge", "iat": now, "nbf": now - 5, "exp": now + 600}
-    monkeypatch.setenv("TEST_JWT", _rs256_jwt(key, claims))
+    monkeypatch.setenv("TEST_JWT", rs256_jwt(key, claims))
     config = vault_config(
         openbao.address, auth={"method": "jwt", "mount": mount, "role": "ci", "jwt": "env:TEST_JWT"}
     )
     assert list(resolve(config, f"vault:secret/{base}/db#password").values()) == ["jwt-pw"]
 
-    monkeypatch.setenv("TEST_JWT", _rs256_jwt(key, {**claims, "aud": "someone-else"}))
+    monkeypatch.setenv("TEST_JWT", rs256_jwt(key, {**claims, "aud": "someone-else"}))
     outcome = next(iter(resolve(config, f"vault:secret/{base}/db#password").values()))
     assert isinstance(outcome, Forbidden)
     assert f"jwt login at auth/{mount} failed" in outcome.problem

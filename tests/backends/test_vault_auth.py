@@ -8,7 +8,6 @@ sure; a renewal is made due by passing ``now``, not by waiting for it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import uuid
@@ -30,22 +29,12 @@ from credbridge.core import (
     parse_reference,
 )
 from support.openbao import DevServer, openbao
+from support.servers import unique
+from support.vault_setup import clean_vault_env, rs256_jwt
 
 pytestmark = pytest.mark.vault
 
-__all__ = ["openbao"]  # the session fixture, imported so pytest finds it here
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith(("VAULT_", "BAO_")) or name == "CREDENTIALS_DIRECTORY":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+__all__ = ["clean_vault_env", "openbao"]  # fixtures, imported so pytest finds them here
 
 
 def token_info(server: DevServer, accessor: str) -> dict[str, Any] | None:
@@ -231,7 +220,6 @@ def test_jwt_login_is_made_again_once_the_token_is_past_its_max_ttl(
 ) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
-    from test_vault import _rs256_jwt
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public = key.public_key().public_bytes(
@@ -260,7 +248,7 @@ def test_jwt_login_is_made_again_once_the_token_is_past_its_max_ttl(
         path=mount,
     )
     now = int(time.time())
-    jwt = _rs256_jwt(
+    jwt = rs256_jwt(
         key, {"sub": "job-1", "aud": "credbridge", "iat": now, "nbf": now - 5, "exp": now + 600}
     )
     secret_value(jwt)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import shlex
 import time
@@ -38,21 +37,13 @@ from support.httpproxy import HttpProxy, Reply
 from support.httpproxy import Request as ProxyRequest
 from support.openbao import DevServer, openbao
 from support.postgres import Cluster, postgres
-from test_reference_table import references, table_rows
-from test_vault import root_config, token_file, unique, vault_config, write_toml
+from support.reference_table import references, table_rows
+from support.servers import unique
+from support.vault_setup import clean_vault_env, root_config, token_file, vault_config, write_toml
 
 pytestmark = pytest.mark.vault
 
-__all__ = ["openbao", "postgres"]  # the session fixtures, imported so pytest finds them here
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The developer's Vault environment must not change what the tests see."""
-    for name in list(os.environ):
-        if name.startswith(("VAULT_", "BAO_")) or name == "CREDENTIALS_DIRECTORY":
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+__all__ = ["clean_vault_env", "openbao", "postgres"]  # fixtures, imported so pytest finds them here
 
 
 # --------------------------------------------------------------------------- engines

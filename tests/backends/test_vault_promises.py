@@ -35,9 +35,10 @@ from credbridge.core.reference import parse_reference
 from support.httpproxy import HttpProxy, Reply
 from support.httpproxy import Request as ProxyRequest
 from support.openbao import DevServer, free_port_pair, openbao
-from support.servers import established_connections
+from support.servers import established_connections, unique
+from support.sessions import resolve_text as resolve
 from support.testca import TestCA
-from test_vault import put, resolve, token_file, unique, vault_config
+from support.vault_setup import put, token_file, vault_config
 
 pytestmark = pytest.mark.vault
 __all__ = ["openbao"]

@@ -17,19 +17,13 @@ from conftest import run_cli, secret_value
 from credbridge.core import BadReference, NotFound, parse_reference
 from credbridge.core.errors import ExitCode
 from support.openbao import DevServer, openbao
-from test_vault import (
-    _clean_env,
-    resolve,
-    root_config,
-    token_file,
-    unique,
-    vault_config,
-    write_toml,
-)
+from support.servers import unique
+from support.sessions import resolve_text as resolve
+from support.vault_setup import clean_vault_env, root_config, token_file, vault_config, write_toml
 
 pytestmark = pytest.mark.vault
 
-__all__ = ["_clean_env", "openbao"]  # fixtures, imported so pytest finds them here
+__all__ = ["clean_vault_env", "openbao"]  # fixtures, imported so pytest finds them here
 
 ODD_DOCUMENT: dict[str, Any] = {
     "dotted.key": "dot-value-7f3a",

@@ -1,6 +1,6 @@
 """``credbridge agent`` and ``credbridge status`` as a user runs them: a real agent process
 against a real OpenBao, its sd_notify messages on a socket the test binds, restarts recorded by
-the ``systemctl`` stub of tests/core/test_restart.py, and leases renewed for real (OpenBao child
+the ``systemctl`` stub of tests/support/systemctl_stub.py, and leases renewed for real (OpenBao child
 tokens, through a source installed as a third-party plugin)."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 import uuid
@@ -28,8 +27,8 @@ from credbridge.core.agent import backoff, renewal_delay
 from credbridge.core.config import parse_config
 from credbridge.core.errors import ConfigError
 from support.openbao import DevServer, openbao
-from test_plugins import make_distribution
-from test_restart import outside_a_service, stub, verbs
+from support.systemctl_stub import outside_a_service, stub, verbs
+from support.venvs import install_into, make_distribution, venv_seeing_this_credbridge
 
 __all__ = ["openbao", "outside_a_service", "stub"]  # fixtures imported so pytest finds them
 
@@ -387,38 +386,9 @@ def credbridge_sources():
 def child_token_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv seeing this credbridge, with the child-token source installed as a plugin."""
     root = tmp_path_factory.mktemp("agent-plugin")
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    parent = sysconfig.get_paths()["purelib"]
-    Path(site, "_credbridge_parent.pth").write_text(f"import site; site.addsitedir({parent!r})\n")
+    venv = venv_seeing_this_credbridge(root / "venv")
     dist = make_distribution(root, "credbridge-childtoken", "credbridge_childtoken", CHILD_TOKENS)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            str(venv / "bin" / "python"),
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--no-index",
-            str(dist),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    install_into(venv, dist)
     return venv
 
 

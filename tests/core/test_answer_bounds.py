@@ -24,15 +24,17 @@ from credbridge.core import InvalidValue, LaunchError, Timeout
 from credbridge.core.process import OUTPUT_LIMIT
 from credbridge.core.remote import ANSWER_LIMIT
 from credbridge.launchers.cloud_hypervisor import API_ANSWER_LIMIT, ApiClient
+from support.age_sops import AgeKey, age_keygen, encrypt, key_config, keys
+from support.aws_setup import aws, aws_config, clean_aws_env
 from support.httpproxy import HttpProxy, Reply
 from support.httpproxy import Request as ProxyRequest
 from support.moto import MotoServer, moto
 from support.openbao import DevServer, openbao
-from test_error_texts import aws, aws_config, resolve_all
-from test_sops import AgeKey, age_keygen, encrypt, key_config, keys
-from test_vault import put, token_file, unique, vault_config
+from support.servers import unique
+from support.sessions import resolve_all
+from support.vault_setup import put, token_file, vault_config
 
-__all__ = ["age_keygen", "aws", "keys", "moto", "openbao"]
+__all__ = ["age_keygen", "aws", "clean_aws_env", "keys", "moto", "openbao"]
 
 DRIP = 0.5
 """Seconds between the bytes of a dripped answer: each read is well within read_timeout."""

@@ -14,35 +14,25 @@ import json
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import secret_value
-from credbridge.core import Request, Secret, Session, SourceError
-from credbridge.core.config import parse_config
-from credbridge.core.reference import parse_reference
+from credbridge.core import SourceError
 from credbridge.core.remote import WITHHELD
+from support.age_sops import AgeKey, age_keygen, encrypt, key_config, keys
+from support.aws_setup import aws, aws_config, clean_aws_env
 from support.httpproxy import HttpProxy, Reply
 from support.httpproxy import Request as ProxyRequest
 from support.moto import MotoServer, moto
 from support.openbao import DevServer, openbao
-from test_sops import AgeKey, age_keygen, encrypt, key_config, keys
-from test_vault import put, token_file, unique, vault_config
+from support.servers import unique
+from support.sessions import resolve_all
+from support.vault_setup import put, token_file, vault_config
 
-__all__ = ["age_keygen", "keys", "moto", "openbao"]
+__all__ = ["age_keygen", "aws", "clean_aws_env", "keys", "moto", "openbao"]
 
 LATE = 1.0
 """Seconds the proxy holds back the answer carrying the value (the error comes first)."""
-
-
-def resolve_all(config: dict[str, Any], *refs: str) -> list[Any]:
-    requests = [Request(parse_reference(r)) for r in refs]
-    with Session(parse_config(config)) as session:
-        outcomes = session.resolve(requests)
-    return [
-        outcomes[r].reveal_text() if isinstance(outcomes[r], Secret) else outcomes[r]
-        for r in requests
-    ]
 
 
 def assert_withheld(outcome: object, value: str) -> None:
@@ -112,23 +102,6 @@ def test_vault_error_quoting_a_value_of_the_run_is_withheld(
 
 
 # --------------------------------------------------------------------------- AWS
-
-
-@pytest.fixture
-def aws(moto: MotoServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoServer:
-    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name, value in moto.env().items():
-        monkeypatch.setenv(name, value)
-    return moto
-
-
-def aws_config(url: str, concurrency: int) -> dict[str, Any]:
-    table = {"endpoint_url": url, "max_attempts": 1, "connect_timeout": 2, "read_timeout": 10}
-    return {"credbridge": {"concurrency": concurrency}, "sources": {"aws-sm": table}}
 
 
 @pytest.mark.aws

@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,12 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from guest.hostimage import GuestFile, HostGuestRecipe, ensure_host_guest  # noqa: E402
+from guest.host_recipe import host_guest_missing, recipe  # noqa: E402
+from guest.hostimage import ensure_host_guest  # noqa: E402
 from guest.hostrun import HostRun, run_host_guest  # noqa: E402
 from guest.image import RELEASES, Release, release_id  # noqa: E402
 from guest.parallel import outcome_of, per_release  # noqa: E402
-from support.ch_harness import REPO, SPEC_MISSING, SPEC_PATH  # noqa: E402
+from support.ch_harness import REPO  # noqa: E402
 
 EXAMPLE = REPO / "examples" / "microvm"
 VM_UNIT = "microvm@test-vm.service"
@@ -58,20 +58,6 @@ GUEST_NAMES = {
 OEM_PREFIX = "io.systemd.credential.binary:"
 
 # --------------------------------------------------------------------------- the image
-
-STANDIN_WRAPPER = """#!/bin/sh
-# A stand-in for cloud-hypervisor's API, not cloud-hypervisor (credbridge's test host guest).
-# Recording mode: it answers the API, keeps the vm.create body in /run/ch-standin, boots nothing.
-exec /opt/ch-standin/bin/python /usr/local/lib/ch-standin/ch_standin.py \\
-    --standin-spec=/usr/local/lib/ch-standin/openapi.yaml --standin-mode=noboot \\
-    --standin-record=/run/ch-standin/record.jsonl --standin-capture=/run/ch-standin "$@"
-"""
-
-MICROVM_RUN = """#!/bin/sh
-# microvm.nix's runner would start the VM here; the credbridge drop-in replaces ExecStart=.
-echo "microvm-run must not run: credbridge launches this VM" >&2
-exit 1
-"""
 
 #: microvm.nix's host unit (nixos-modules/host/default.nix), as systemd sees it.
 MICROVM_TEMPLATE = """[Unit]
@@ -132,41 +118,6 @@ Environment=CREDBRIDGE_CONFIG=/etc/credbridge/microvm.toml
 """
 
 
-def recipe() -> HostGuestRecipe:
-    dummy = b"not a kernel: the stand-in boots nothing\n"
-    current = "/var/lib/microvms/test-vm/current"
-    return HostGuestRecipe(
-        commands=(
-            ("sh", "-c", "getent group kvm >/dev/null || groupadd --system kvm"),
-            (
-                "useradd",
-                "--system",
-                "--gid",
-                "kvm",
-                "--home-dir",
-                "/var/lib/microvms",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "microvm",
-            ),
-        ),
-        venvs=(("/opt/ch-standin", ("pyyaml>=6", "openapi-schema-validator>=0.6")),),
-        files=(
-            GuestFile(
-                "/usr/local/lib/ch-standin/ch_standin.py",
-                (REPO / "tests" / "support" / "ch_standin.py").read_bytes(),
-            ),
-            GuestFile("/usr/local/lib/ch-standin/openapi.yaml", SPEC_PATH.read_bytes()),
-            GuestFile("/usr/local/bin/cloud-hypervisor", STANDIN_WRAPPER.encode(), 0o755),
-            GuestFile("/etc/tmpfiles.d/ch-standin.conf", b"d /run/ch-standin 0700 microvm kvm -\n"),
-            GuestFile(f"{current}/kernel", dummy),
-            GuestFile(f"{current}/initrd", dummy),
-            GuestFile(f"{current}/bin/microvm-run", MICROVM_RUN.encode(), 0o755),
-        ),
-    )
-
-
 def payload() -> dict[str, bytes]:
     example = (EXAMPLE / "credbridge.toml").read_bytes()
     return {
@@ -185,18 +136,7 @@ def payload() -> dict[str, bytes]:
     }
 
 
-def _missing() -> str | None:
-    if not SPEC_PATH.is_file():
-        return SPEC_MISSING
-    for tool in ("qemu-system-x86_64", "debootstrap", "cpio", "zstd", "mke2fs", "systemctl"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (see the README's test command)"
-    if os.geteuid() != 0:
-        return "building the host guest needs root"
-    return None
-
-
-_SKIP = _missing()
+_SKIP = host_guest_missing()
 # In CI nothing is skipped: a missing prerequisite fails the fixture with its reason.
 _SKIPPED = _SKIP is not None and os.environ.get("CI") != "true"
 pytestmark = [pytest.mark.guest, pytest.mark.skipif(_SKIPPED, reason=_SKIP or "")]

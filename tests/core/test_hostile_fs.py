@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 from support.harness import Setup
+from support.strace import strace_calls
 
 NOBODY = pwd.getpwnam("nobody")
 PLANTED = b"planted-by-nobody-0123456789"
@@ -425,18 +426,6 @@ def test_a_stop_signal_mid_commit_is_held_until_every_target_is_swapped(
 
 def strace(*argv: str) -> list[str]:
     return strace_calls("mkdirat,mkdir,fsync,rename,renameat,renameat2", *argv)
-
-
-def strace_calls(calls: str, *argv: str) -> list[str]:
-    # strace is in the README's test command: missing, it is an error, not a skip.
-    assert shutil.which("strace") is not None, "needs strace (apt-get install strace)"
-    with tempfile.NamedTemporaryFile() as log:
-        subprocess.run(
-            ["strace", "-f", "-y", "-qq", "-o", log.name, "-e", f"trace={calls}", *argv],
-            check=True,
-            capture_output=True,
-        )
-        return Path(log.name).read_text().splitlines()
 
 
 def test_every_new_entry_is_fsynced_up_to_the_store_root(tmp_path: Path, tmpfs_dir: Path) -> None:

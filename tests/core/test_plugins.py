@@ -8,8 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import sysconfig
-import textwrap
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ from credbridge.core.plugins import (
     normalize,
 )
 from credbridge.core.settings import Setting
+from support.venvs import install_into, make_distribution, venv_seeing_this_credbridge
 
 BROKEN_MODULE = 'raise ImportError("this plugin is broken on purpose")\n'
 
@@ -108,56 +107,11 @@ def doc_example_files() -> dict[str, str]:
     return dict(found)
 
 
-def make_distribution(root: Path, name: str, module: str, source: str) -> Path:
-    project = root / name
-    (project / module).mkdir(parents=True)
-    (project / module / "__init__.py").write_text(textwrap.dedent(source))
-    (project / "pyproject.toml").write_text(
-        textwrap.dedent(
-            f"""
-            [build-system]
-            requires = ["setuptools"]
-            build-backend = "setuptools.build_meta"
-
-            [project]
-            name = "{name}"
-            version = "1.2.3"
-            dependencies = ["credbridge"]
-
-            [project.entry-points.credbridge]
-            {module} = "{module}"
-
-            [tool.setuptools]
-            packages = ["{module}"]
-            """
-        )
-    )
-    return project
-
-
 @pytest.fixture(scope="module")
 def plugin_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh venv that sees this environment's credbridge, plus plugin distributions."""
     root = tmp_path_factory.mktemp("plugins")
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(
-        subprocess.run(
-            [
-                str(venv / "bin" / "python"),
-                "-c",
-                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
-    # Make credbridge (as installed for this test run) and its dependencies importable.
-    # addsitedir (not a plain path line) so the parent's own .pth files run too: an editable
-    # install of credbridge is found through one of them.
-    parent = sysconfig.get_paths()["purelib"]
-    (site / "_credbridge_parent.pth").write_text(f"import site; site.addsitedir({parent!r})\n")
+    venv = venv_seeing_this_credbridge(root / "venv")
     example = root / "credbridge-dotenv"
     for name, content in doc_example_files().items():
         (example / name).parent.mkdir(parents=True, exist_ok=True)
@@ -170,23 +124,7 @@ def plugin_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         make_distribution(root, "credbridge-hello", "credbridge_hello", COMMAND_MODULE),
     ]
     for dist in dists:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "--python",
-                str(venv / "bin" / "python"),
-                "install",
-                "-q",
-                "--no-deps",
-                "--no-build-isolation",
-                "--no-index",
-                str(dist),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        install_into(venv, dist)
     return venv
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -21,60 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.systemctl_stub import calls, outside_a_service, stub, verbs
 
-STUB = """#!/bin/sh
-# Records one JSON line per call: argv and the SHA-256 of the watched credstore file then
-# (a digest: the value itself must not land in a file or an argv, which the canary checks).
-# The log goes into the stub's own directory, named when the stub is written: a path derived
-# from $0 is "." when the script is run as `sh -c "$(cat systemctl)"` or through stdin, which
-# once put a calls.jsonl into the checkout.
-here=@HERE@
-python3 - "$here" "$@" >>"$here/calls.jsonl" <<'EOF'
-import hashlib, json, os, sys
-here, watched = sys.argv[1], ""
-if os.path.isfile(os.path.join(here, "watch")):
-    try:
-        with open(open(os.path.join(here, "watch")).read(), "rb") as handle:
-            watched = hashlib.sha256(handle.read()).hexdigest()
-    except OSError:
-        pass
-print(json.dumps({"watched": watched, "argv": sys.argv[2:]}))
-EOF
-unit=""
-for arg in "$@"; do unit="$arg"; done
-case "$*" in
-    *is-active*) grep -qx "$unit" "$here/active" 2>/dev/null; exit $? ;;
-esac
-if grep -qx "$unit" "$here/slow" 2>/dev/null; then
-    : >"$here/slow-started"
-    exec sleep 60
-fi
-if grep -qx "$unit" "$here/fail" 2>/dev/null; then
-    echo "Job for $unit failed because the control process exited with error code." >&2
-    exit 1
-fi
-exit 0
-"""
-
-
-@pytest.fixture(autouse=True)
-def outside_a_service(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As from a shell: a test runner started by systemd must not make restarts queued."""
-    monkeypatch.delenv("INVOCATION_ID", raising=False)
-
-
-@pytest.fixture
-def stub(tmp_path: Path) -> Path:
-    """A directory holding the recording ``systemctl``; put it first on PATH."""
-    if shutil.which("python3") is None:
-        pytest.skip("python3 is needed by the stub")
-    directory = tmp_path / "bin"
-    directory.mkdir()
-    script = directory / "systemctl"
-    script.write_text(STUB.replace("@HERE@", shlex.quote(str(directory))))
-    script.chmod(0o755)
-    return directory
-
+__all__ = ["outside_a_service", "stub"]  # fixtures, imported for pytest
 
 def test_the_stub_logs_into_its_own_directory_however_it_is_run(stub: Path, tmp_path: Path) -> None:
     """Run through a shell reading it from stdin ($0 is then "sh"), from another directory:
@@ -90,22 +38,6 @@ def test_the_stub_logs_into_its_own_directory_however_it_is_run(stub: Path, tmp_
     )
     assert list(elsewhere.iterdir()) == []
     assert calls(stub) == [{"watched": "", "argv": ["status", "app.service"]}]
-
-
-def calls(stub: Path) -> list[dict[str, Any]]:
-    log = stub / "calls.jsonl"
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines()]
-
-
-def verbs(stub: Path) -> list[tuple[str, str]]:
-    """(verb, unit) of every call, options left out."""
-    out = []
-    for call in calls(stub):
-        words = [a for a in call["argv"] if not a.startswith("-")]
-        out.append((words[0], words[-1]))
-    return out
 
 
 def write(tmp_path: Path, credstore: Path, body: str) -> Path:

@@ -19,7 +19,7 @@ from credbridge.core.config import CredentialSpec, Target
 from credbridge.core.errors import UnsafePath
 from credbridge.core.reference import parse_reference
 from credbridge.core.secret import Secret
-from test_hostile_fs import strace_calls
+from support.strace import strace_calls
 
 
 class CountedName(str):

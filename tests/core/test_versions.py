@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import subprocess
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,29 +18,15 @@ from typing import Any
 import pytest
 from conftest import secret_value
 from credbridge.core import Request, Secret, Session, parse_config, parse_reference
+from support.age_sops import age_keygen_binary, clean_sops_env, encrypt, make_key
+from support.aws_setup import clean_aws_env
 from support.moto import MotoServer, moto
 from support.openbao import DevServer, openbao
-from test_sops import encrypt, make_key
+from support.servers import unique
+from support.vault_setup import clean_vault_env
 
-__all__ = ["moto", "openbao"]  # the session fixtures, imported so pytest finds them here
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Nothing of the developer's Vault, AWS or sops setup is used."""
-    for name in list(os.environ):
-        if name.startswith(("VAULT_", "BAO_", "AWS_", "SOPS_")):
-            monkeypatch.delenv(name)
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(home / "aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+# Nothing of the developer's Vault, AWS or sops setup is used (the clean_*_env are autouse).
+__all__ = ["clean_aws_env", "clean_sops_env", "clean_vault_env", "moto", "openbao"]
 
 
 def read(config: Mapping[str, Any], *refs: str, directory: Path | None = None) -> list[Secret]:
@@ -166,12 +151,7 @@ def sha256sum(path: Path) -> str:
 
 
 def test_sops_values_carry_the_digest_of_the_encrypted_file(tmp_path: Path) -> None:
-    import shutil
-
-    keygen = shutil.which("age-keygen")
-    if keygen is None:
-        pytest.fail("age-keygen is missing: apt-get install age (see the README test command)")
-    key = make_key(keygen, tmp_path)
+    key = make_key(age_keygen_binary(), tmp_path)
     config = {"sources": {"sops": {"age_key_file": str(key.path)}}}
     secret_value("sops-one")
     path = encrypt(tmp_path / "app.yaml", b"db:\n  password: sops-one\nother: x\n", key)

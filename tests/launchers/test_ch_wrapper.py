@@ -31,16 +31,20 @@ from credbridge.launchers.ch_wrapper import (
     open_launcher,
     parse_argv,
 )
+from support.ch_harness import (
+    SECRETS,
+    SPEC_MISSING,
+    SPEC_PATH,
+    read_records,
+    scan_all_cmdlines,
+    secret_forms,
+    write_standin,
+    write_vm_config,
+)
 from support.microvm_cases import REFUSED_BY_RUNNER, RUNNER_CASES
-from support.ch_harness import SPEC_MISSING, SPEC_PATH, read_records, secret_forms, write_standin
 from support.microvm_runner import RunnerRefused, runner_argv, unavailable
 
 REPO = Path(__file__).resolve().parents[2]
-SECRETS: dict[str, bytes] = {
-    "API_KEY": b"k3y-Zq8mW2vXr7tPa9LdNe4s",
-    "DB_PASSWORD": b"multi\nline\npassword-Hq2Lr8Vd\n",
-    "BLOB": bytes(range(256)),
-}
 # Under CI=true a missing spec fails (the tests run and cannot load it), as the brief requires.
 needs_spec = pytest.mark.skipif(
     not SPEC_PATH.is_file() and os.environ.get("CI") != "true", reason=SPEC_MISSING
@@ -85,26 +89,6 @@ def spec() -> dict[str, Any]:
     from support.ch_standin import load_spec
 
     return load_spec(SPEC_PATH)
-
-
-def write_vm_config(
-    directory: Path, secrets: Mapping[str, bytes], *, sink: Any = "oem-strings"
-) -> Path:
-    """A JSON config (as the NixOS module writes one) with the VM target ``test-vm``."""
-    secret_dir = directory / "secrets"
-    secret_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    credentials = {}
-    for name, value in secrets.items():
-        (secret_dir / name).write_bytes(value)
-        (secret_dir / name).chmod(0o400)
-        credentials[name] = {"ref": f"file:{secret_dir / name}"}
-    config = {
-        "store": {"path": str(directory / "state")},
-        "targets": {"test-vm": {"kind": "vm", "sink": sink, "credentials": credentials}},
-    }
-    path = directory / "config.json"
-    path.write_text(json.dumps(config))
-    return path
 
 
 def open_wrapper(config: Path, argv: list[str], binary: str = "cloud-hypervisor") -> Any:
@@ -514,20 +498,6 @@ def standin_run(tmp_path: Path, tmpfs_dir: Path) -> dict[str, Any]:
     return {"record": record, "binary": write_standin(tmpfs_dir, record=record)}
 
 
-def _scan_all_cmdlines(forms: list[bytes]) -> list[str]:
-    """Every process on the machine: no secret form in any /proc/*/cmdline."""
-    leaks = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            data = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        leaks += [f"pid {entry.name}" for form in forms if form in data]
-    return leaks
-
-
 @needs_spec
 def test_launch_through_the_standin(
     runner_argvs: dict[str, list[str]],
@@ -555,7 +525,7 @@ def test_launch_through_the_standin(
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
             assert time.monotonic() < deadline, "no vm.boot within 60s"
             time.sleep(0.05)
-        leaks = _scan_all_cmdlines(secret_forms(SECRETS.values()))
+        leaks = scan_all_cmdlines(secret_forms(SECRETS.values()))
         assert (tmp_path / "test-vm.sock").exists()
         proc.terminate()
         _, err = proc.communicate(timeout=30)

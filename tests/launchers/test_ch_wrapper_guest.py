@@ -25,16 +25,19 @@ from guest.image import RELEASES, GuestImage, Release, release_id
 from guest.parallel import probe_guest, side_by_side
 from guest.qemu import kernel_cmdline, parse_probe_output, probe_cmdline
 from support.ch_harness import (
+    SECRETS,
     SPEC_MISSING,
     SPEC_PATH,
     process_name,
     process_tree,
     read_records,
+    scan_all_cmdlines,
+    secret_forms,
     write_standin,
+    write_vm_config,
 )
 from support.microvm_runner import runner_argv
 from support.nixeval import to_nix
-from test_ch_wrapper import SECRETS, _scan_all_cmdlines, secret_forms, write_vm_config
 
 pytestmark = [pytest.mark.guest]
 
@@ -126,7 +129,7 @@ def reads_credentials_byte_exact(
                 if proc.poll() is not None:
                     break
                 time.sleep(0.05)
-            leaks = _scan_all_cmdlines(secret_forms(SECRETS.values()))
+            leaks = scan_all_cmdlines(secret_forms(SECRETS.values()))
             _, err = proc.communicate(timeout=900)
         finally:
             if proc.poll() is None:

@@ -37,6 +37,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
+from guest.host_recipe import host_guest_missing, recipe  # noqa: E402
 from guest.hostimage import CREDBRIDGE_VENV, ensure_host_guest  # noqa: E402
 from guest.hostrun import HostRun, run_host_guest  # noqa: E402
 from guest.image import (  # noqa: E402
@@ -48,8 +49,6 @@ from guest.parallel import outcome_of, per_release  # noqa: E402
 from support.microvm_runner import runner_argv  # noqa: E402
 from support.nixeval import REPO, evaluate, missing  # noqa: E402
 from support.nixos_system import NixosSystem, render_system, verify_root  # noqa: E402
-from test_host_guest import _missing as host_guest_missing  # noqa: E402
-from test_host_guest import recipe  # noqa: E402
 
 STORE = "/nix/store/" + "0" * 32
 REAL_CLOUD_HYPERVISOR = f"{STORE}-cloud-hypervisor"

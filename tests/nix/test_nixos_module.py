@@ -30,6 +30,7 @@ from support.nixeval import (
     evaluate,
     instantiate,
     missing,
+    written_config,
 )
 from support.nixos_system import render_system, verify_root
 
@@ -82,12 +83,6 @@ def ok(settings: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
 def failures(settings: dict[str, Any], **kwargs: Any) -> list[str]:
     result = evaluate(nix_config({**BASE, **settings}), **kwargs)
     return list(result["assertions"])
-
-
-def written_config(result: dict[str, Any], directory: Path) -> Path:
-    path = directory / "config.json"
-    path.write_text(result["etc"]["credbridge/config.json"])
-    return path
 
 
 UNIT_AND_VM = {
@@ -557,8 +552,8 @@ def test_wrapper_package_build_script_runs_credbridge(tmp_path: Path, tmpfs_dir:
     the "real" cloud-hypervisor (the API stand-in) with the VM's credentials in vm.create."""
     if not SPEC_PATH.is_file() and os.environ.get("CI") != "true":
         pytest.skip("the vendored cloud-hypervisor spec is missing")
+    from support.ch_harness import SECRETS, write_vm_config
     from support.microvm_runner import runner_argv
-    from test_ch_wrapper import SECRETS, write_vm_config
 
     credbridge = tmp_path / "credbridge"
     (credbridge / "bin").mkdir(parents=True)

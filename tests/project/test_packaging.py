@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from support.venvs import purelib
 
 
 @pytest.fixture(scope="module")
@@ -91,22 +92,8 @@ def test_wheel_installs_and_runs(wheel: Path, tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    site = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    parent = subprocess.run(
-        [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    site = purelib(venv / "bin" / "python")
+    parent = purelib(sys.executable)
     # Dependencies (pluggy, click, ...) from the test environment, after the wheel's own files.
     Path(site, "zz_deps.pth").write_text(parent + "\n")
     result = subprocess.run(

@@ -3,6 +3,7 @@ real cloud-hypervisor test; the long harnesses are deselected, not skipped."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -94,3 +95,38 @@ def test_only_the_real_cloud_hypervisor_test_may_skip() -> None:
         "  tests/test_x.py::test_y"
     )
     assert ci_skip_problem(["tests/test_x.py::test_y"], {"CI": "false"}) is None
+
+
+def imported_test_modules(path: Path) -> list[str]:
+    """The test modules ``path`` imports (``import test_x``, ``from test_x import ...``), at any
+    depth of the file: a helper two test modules need belongs in tests/support instead."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        found += [f"line {node.lineno}: {name}" for name in names if name.startswith("test_")]
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    test_files = sorted((REPO / "tests").rglob("test_*.py"))
+    assert len(test_files) > 50  # the scan sees the whole suite, every folder of it
+    offenders = {
+        str(path.relative_to(REPO)): imports
+        for path in test_files
+        if (imports := imported_test_modules(path))
+    }
+    assert offenders == {}
+
+
+def test_the_import_rule_sees_every_spelling(tmp_path: Path) -> None:
+    module = tmp_path / "test_spellings.py"
+    module.write_text(
+        "import os\nimport test_a\nfrom test_b import x\nfrom support.test_c import y\n"
+        "from . import test_d\ndef f():\n    from test_e import z\n"
+    )
+    assert imported_test_modules(module) == ["line 2: test_a", "line 3: test_b", "line 7: test_e"]

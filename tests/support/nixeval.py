@@ -106,3 +106,10 @@ def evaluate(
         args["guestConfig"] = guest if isinstance(guest, str) else to_nix(guest)
     result: dict[str, Any] = instantiate(EVAL, args)
     return result
+
+
+def written_config(result: dict[str, Any], directory: Path) -> Path:
+    """The config.json the NixOS module writes (``evaluate``'s result), as a file in ``directory``."""
+    path = directory / "config.json"
+    path.write_text(result["etc"]["credbridge/config.json"])
+    return path
