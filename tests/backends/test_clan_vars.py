@@ -70,9 +70,7 @@ class Clan:
 def clan(tmp_path_factory: pytest.TempPathFactory) -> Clan:
     keygen = age_keygen_binary()
     base = tmp_path_factory.mktemp("clan")
-    keys = base / "keys"
-    keys.mkdir(mode=0o700)
-    flake = ClanFlake.create(base / "flake", keygen, keys)
+    flake = ClanFlake.create(base / "flake", keygen, base / "keys")
     host = flake.add_machine("host")
     other = flake.add_machine("other")
     values = {generator: openssl_rand_base64_32() for generator in GENERATORS}
@@ -258,16 +256,9 @@ def test_strip_drops_what_command_substitution_drops(clan: Clan, copied: Path) -
 
 
 @dataclass(frozen=True)
-class AgeClan:
-    flake: ClanFlake
-    host: AgeKey
-    """host's age-store key, as clan uploads it (``/etc/secret-vars/key.txt``)."""
-    other: AgeKey
-    values: dict[str, bytes]
-
-    @property
-    def root(self) -> Path:
-        return self.flake.root
+class AgeClan(Clan):
+    """A clan of the age store: ``host`` is its age-store key, as clan uploads it
+    (``/etc/secret-vars/key.txt``)."""
 
     def secret(self, *parts: str) -> Path:
         return self.root.joinpath("secrets", "clan-vars", *parts, f"{parts[-1]}.age")
@@ -277,9 +268,7 @@ class AgeClan:
 def age_clan(tmp_path_factory: pytest.TempPathFactory) -> AgeClan:
     keygen = age_keygen_binary(with_age=True)
     base = tmp_path_factory.mktemp("age-clan")
-    keys = base / "keys"
-    keys.mkdir(mode=0o700)
-    flake = ClanFlake.create(base / "flake", keygen, keys)
+    flake = ClanFlake.create(base / "flake", keygen, base / "keys")
     host = flake.add_age_machine("host")
     other = flake.add_age_machine("other")
     values = {
@@ -389,29 +378,26 @@ def test_age_store_errors_are_the_sops_stores(age_clan: AgeClan, tmp_path: Path)
         assert "not deployed" not in str(outcome)
 
 
+def refused_through_a_symlink(config: dict[str, Any], ref: str, path: Path, aside: Path) -> None:
+    """``path`` moved to ``aside`` and linked there: ``ref`` is refused, naming the link."""
+    path.rename(aside)
+    path.symlink_to(aside)
+    error = resolve(config, ref)[ref]
+    assert isinstance(error, Forbidden)
+    assert f"{path} is a symlink" in str(error)
+    path.unlink()
+    aside.rename(path)
+
+
 def test_age_store_symlinks_and_both_stores(age_clan: AgeClan, clan: Clan, tmp_path: Path) -> None:
     root = tmp_path / "flake"
     shutil.copytree(age_clan.root, root, symlinks=True)
     config = clan_config(root, age_clan.host.path, machine="host")
     ref = "clan-vars:api/value"
     secret = root / "secrets/clan-vars/per-machine/host/api/value/value.age"
-    planted = tmp_path / "planted"
-    secret.rename(planted)
-    secret.symlink_to(planted)
-    error = resolve(config, ref)[ref]
-    assert isinstance(error, Forbidden)
-    assert f"{secret} is a symlink" in str(error)
-    secret.unlink()
-    planted.rename(secret)
+    refused_through_a_symlink(config, ref, secret, tmp_path / "planted")
     folder = root / "secrets/clan-vars/per-machine"
-    real = tmp_path / "elsewhere"
-    folder.rename(real)
-    folder.symlink_to(real)
-    error = resolve(config, ref)[ref]
-    assert isinstance(error, Forbidden)
-    assert f"{folder} is a symlink" in str(error)
-    folder.unlink()
-    real.rename(folder)
+    refused_through_a_symlink(config, ref, folder, tmp_path / "elsewhere")
     # A clan on the age store alone (no vars/ at all): the error names its files only.
     shutil.move(root / "vars", tmp_path / "public-vars")
     missing_var = resolve(config, "clan-vars:nope/value")["clan-vars:nope/value"]
@@ -680,7 +666,8 @@ def test_docs_migration_delivers_the_values_clan_generated(
         .replace("/var/lib/sops-nix/key.txt", str(clan.host.path))
         .replace("/var/lib/credbridge/generated.yaml", str(state / "generated.yaml"))
         .replace(
-            '"age1host..." "age1admin..."', f'"{clan.host.recipient}" "{clan.flake.admin.recipient}"'
+            '"age1host..." "age1admin..."',
+            f'"{clan.host.recipient}" "{clan.flake.admin.recipient}"',
         )
     )
     state.mkdir(mode=0o700, exist_ok=True)

@@ -24,6 +24,7 @@ from credbridge.core import (
     deliver,
     load_config,
 )
+from support.systemd_creds import null_key_name
 
 
 def make_config(tmp_path: Path, credstore: Path, body: str, sink_extra: str = "") -> Path:
@@ -50,6 +51,35 @@ def snapshot(directory: Path) -> dict[str, bytes]:
         for p in sorted(directory.rglob("*"))
         if p.is_file() and p.name != ".credbridge.lock"
     }
+
+
+def delivered(tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """BODY delivered once (CB_TEST_STATIC=v1): its config."""
+    monkeypatch.setenv("CB_TEST_STATIC", "v1")
+    config = make_config(tmp_path, tmpfs_dir, BODY)
+    deliver(config)
+    return config
+
+
+def encrypted_config(
+    tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch, static: str
+) -> Path:
+    """BODY into an encrypted credstore (the key systemd-creds seals with without a secret),
+    CB_TEST_STATIC=static; a skip without systemd-creds."""
+    key = null_key_name()
+    if key is None:
+        pytest.skip("systemd-creds is not installed")
+    monkeypatch.setenv("CB_TEST_STATIC", static)
+    return make_config(tmp_path, tmpfs_dir, BODY, f'encrypt = true\nwith_key = "{key}"')
+
+
+def systemd_creds_decrypt(blob: Path) -> bytes:
+    """What ``systemd-creds decrypt`` reads from an encrypted credential."""
+    return subprocess.run(
+        ["systemd-creds", "decrypt", "--name=static", str(blob), "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
 
 
 def redeliver_with_fault(config: Path, fault: str) -> subprocess.CompletedProcess[bytes]:
@@ -93,9 +123,7 @@ def test_deliver_writes_0400_files_in_0700_dirs(
 def test_failed_source_leaves_previous_set(
     tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CB_TEST_STATIC", "v1")
-    config = make_config(tmp_path, tmpfs_dir, BODY)
-    deliver(config)
+    config = delivered(tmp_path, tmpfs_dir, monkeypatch)
     before = snapshot(tmpfs_dir)
     monkeypatch.delenv("CB_TEST_STATIC")
     with pytest.raises(ResolutionFailed) as info:
@@ -110,9 +138,7 @@ def test_failed_source_leaves_previous_set(
 def test_failed_commit_rolls_back_every_target(
     tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CB_TEST_STATIC", "v1")
-    config = make_config(tmp_path, tmpfs_dir, BODY)
-    deliver(config)
+    config = delivered(tmp_path, tmpfs_dir, monkeypatch)
     before = snapshot(tmpfs_dir)
     # The second target's swap fails (a disk error, injected through the test-only switch
     # of docs/reliability.md) after the first one was swapped: both must be put back.
@@ -130,9 +156,7 @@ def test_failed_commit_rolls_back_every_target(
 def test_symlinked_target_directory_is_refused_before_anything_changes(
     tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("CB_TEST_STATIC", "v1")
-    config = make_config(tmp_path, tmpfs_dir, BODY)
-    deliver(config)
+    config = delivered(tmp_path, tmpfs_dir, monkeypatch)
     monkeypatch.setenv("CB_TEST_STATIC", "v2")
     decoy = tmp_path / "decoy"
     shutil.copytree(tmpfs_dir / "worker.service", decoy)
@@ -259,32 +283,14 @@ def test_optional_missing_credential_is_skipped(tmp_path: Path, tmpfs_dir: Path)
     assert stat.S_ISDIR(os.lstat(target / "maybe").st_mode)
 
 
-def _null_key() -> str | None:
-    if shutil.which("systemd-creds") is None:
-        return None
-    out = subprocess.run(
-        ["systemd-creds", "--version"], capture_output=True, text=True, check=False
-    ).stdout
-    version = int(out.split()[1]) if out.startswith("systemd ") else 0
-    return "null" if version >= 256 else "tpm2-absent"
-
-
 def test_encrypted_credstore_round_trips_through_systemd_creds(
     tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    key = _null_key()
-    if key is None:
-        pytest.skip("systemd-creds is not installed")
-    monkeypatch.setenv("CB_TEST_STATIC", "line1\nline2\n")
-    config = make_config(tmp_path, tmpfs_dir, BODY, f'encrypt = true\nwith_key = "{key}"')
+    config = encrypted_config(tmp_path, tmpfs_dir, monkeypatch, "line1\nline2\n")
     deliver(config, ["app.service"])
     blob = tmpfs_dir / "app.service" / "static"
     assert b"line1" not in blob.read_bytes()
-    plain = subprocess.run(
-        ["systemd-creds", "decrypt", "--name=static", str(blob), "-"],
-        capture_output=True,
-        check=True,
-    ).stdout
+    plain = systemd_creds_decrypt(blob)
     assert plain == b"line1\nline2\n"
     with Session(load_config(config)) as session:
         _, text = session.unit_dropin("app.service")
@@ -296,7 +302,7 @@ def test_with_key_chooses_the_key_systemd_creds_seals_with(
 ) -> None:
     """The first 16 bytes of an encrypted credential name the sealing key (base64: the first
     20 characters): each with_key gives the header systemd-creds itself writes for it."""
-    null_key = _null_key()
+    null_key = null_key_name()
     if null_key is None:
         pytest.skip("systemd-creds is not installed")
     monkeypatch.setenv("CB_TEST_STATIC", "v")
@@ -435,7 +441,7 @@ def test_systemd_creds_gets_no_secret_environment(
     tmp_path: Path, tmpfs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real systemd-creds runs through a spy that records the environment it was given."""
-    key = _null_key()
+    key = null_key_name()
     real = shutil.which("systemd-creds")
     if key is None or real is None:
         pytest.skip("systemd-creds is not installed")
@@ -508,9 +514,7 @@ def test_a_disk_error_between_two_swaps_is_a_delivery_failure(
 ) -> None:
     """An OSError in the engine itself (not in a sink) during the commit: every target put
     back, exit 9 with one line, never an internal error."""
-    monkeypatch.setenv("CB_TEST_STATIC", "v1")
-    config = make_config(tmp_path, tmpfs_dir, BODY)
-    deliver(config)
+    config = delivered(tmp_path, tmpfs_dir, monkeypatch)
     before = snapshot(tmpfs_dir)
     result = redeliver_with_fault(config, "engine.commit@2:error")
     assert result.returncode == 9, result.stderr
@@ -713,22 +717,14 @@ def test_an_encrypted_credential_that_no_longer_decrypts_is_replaced(
 ) -> None:
     """An unreadable blob (corrupted, or sealed with a key since replaced) compares as
     changed: the next delivery writes a good one instead of failing."""
-    key = _null_key()
-    if key is None:
-        pytest.skip("systemd-creds is not installed")
-    monkeypatch.setenv("CB_TEST_STATIC", "v")
-    config = make_config(tmp_path, tmpfs_dir, BODY, f'encrypt = true\nwith_key = "{key}"')
+    config = encrypted_config(tmp_path, tmpfs_dir, monkeypatch, "v")
     deliver(config, ["app.service"])
     blob = tmpfs_dir / "app.service" / "static"
     blob.chmod(0o600)
     blob.write_bytes(b"corrupted")
     report = deliver(config, ["app.service"])
     assert ("static", Change.CHANGE) in {(e.credential, e.change) for e in report.entries}
-    plain = subprocess.run(
-        ["systemd-creds", "decrypt", "--name=static", str(blob), "-"],
-        capture_output=True,
-        check=True,
-    ).stdout
+    plain = systemd_creds_decrypt(blob)
     assert plain == b"v"
 
 

@@ -28,6 +28,7 @@ from support.sessions import resolve
 
 __all__ = ["age_keygen", "clean_sops_env", "keys"]  # fixtures, imported for pytest
 
+
 def in_order(raw: bytes) -> Any:
     return json.loads(raw, object_pairs_hook=list)
 
@@ -133,9 +134,7 @@ class Clans:
 def clans(tmp_path_factory: pytest.TempPathFactory) -> Clans:
     keygen = age_keygen_binary(with_age=True)
     base = tmp_path_factory.mktemp("clans")
-    keys_dir = base / "keys"
-    keys_dir.mkdir(mode=0o700)
-    flake = ClanFlake.create(base / "sops-flake", keygen, keys_dir)
+    flake = ClanFlake.create(base / "sops-flake", keygen, base / "keys")
     host = flake.add_machine("host")
     flake.add_machine("other")
     api = flake.set_var("test-vm-api-key", "value", b"api \t\n\n", machine="host")
@@ -144,9 +143,7 @@ def clans(tmp_path_factory: pytest.TempPathFactory) -> Clans:
     flake.set_var(
         "peers", "psk", b"exported\n", shared_with=("host",), placement=("per-export", "vpn")
     )
-    age_keys = base / "age-keys"
-    age_keys.mkdir(mode=0o700)
-    age = ClanFlake.create(base / "age-flake", keygen, age_keys)
+    age = ClanFlake.create(base / "age-flake", keygen, base / "age-keys")
     age_host = age.add_age_machine("host")
     age_api = age.set_age_var("test-vm-api-key", "value", b"age api\n", machine="host")
     run_secrets = base / "run-secrets"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli, secret_value
+from conftest import run_cli
 from credbridge.core import (
     Forbidden,
     InvalidValue,
@@ -35,8 +35,11 @@ from support.servers import unique
 from support.sessions import resolve_text as resolve
 from support.testca import TestCA
 from support.vault_setup import (
+    approle_app,
     clean_vault_env,
+    jwt_mount,
     put,
+    read_policy,
     root_config,
     rs256_jwt,
     token_file,
@@ -198,10 +201,7 @@ def test_token_without_permission_is_forbidden(openbao: DevServer, tmp_path: Pat
     base = unique("perm")
     put(openbao, f"secret/{base}/allowed", v="yes")
     put(openbao, f"secret/{base}/denied", v="no")
-    policy = unique("pol")
-    openbao.client().sys.create_or_update_policy(
-        name=policy, policy=f'path "secret/data/{base}/allowed" {{ capabilities = ["read"] }}'
-    )
+    policy = read_policy(openbao.client(), f"secret/data/{base}/allowed")
     limited = openbao.client().auth.token.create(policies=[policy], ttl="1h")["auth"][
         "client_token"
     ]
@@ -325,21 +325,7 @@ def test_server_killed_mid_delivery_keeps_previous_set(tmp_path: Path, tmpfs_dir
 
 
 def test_approle_login_end_to_end(openbao: DevServer, tmp_path: Path, tmpfs_dir: Path) -> None:
-    client = openbao.client()
-    mount = unique("approle")
-    client.sys.enable_auth_method("approle", path=mount)
-    base = unique("ar")
-    put(openbao, f"secret/{base}/db", password="approle-pw")
-    policy = unique("pol")
-    client.sys.create_or_update_policy(
-        name=policy, policy=f'path "secret/data/{base}/*" {{ capabilities = ["read"] }}'
-    )
-    client.auth.approle.create_or_update_approle("app", token_policies=[policy], mount_point=mount)
-    role_id = client.auth.approle.read_role_id("app", mount_point=mount)["data"]["role_id"]
-    secret_id = client.auth.approle.generate_secret_id("app", mount_point=mount)["data"][
-        "secret_id"
-    ]
-    secret_value(secret_id)
+    mount, base, role_id, secret_id = approle_app(openbao)
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "vault-secret-id").write_text(secret_id + "\n")
@@ -373,23 +359,11 @@ def test_approle_login_end_to_end(openbao: DevServer, tmp_path: Path, tmpfs_dir:
 
 
 def test_jwt_login(openbao: DevServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
     client = openbao.client()
-    mount = unique("jwt")
-    client.sys.enable_auth_method("jwt", path=mount)
-    client.auth.jwt.configure(jwt_validation_pubkeys=[public.decode()], path=mount)
+    key, mount = jwt_mount(client)
     base = unique("jw")
     put(openbao, f"secret/{base}/db", password="jwt-pw")
-    policy = unique("pol")
-    client.sys.create_or_update_policy(
-        name=policy, policy=f'path "secret/data/{base}/*" {{ capabilities = ["read"] }}'
-    )
+    policy = read_policy(client, f"secret/data/{base}/*")
     client.auth.jwt.create_role(
         name="ci",
         role_type="jwt",

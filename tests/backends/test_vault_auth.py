@@ -30,7 +30,7 @@ from credbridge.core import (
 )
 from support.openbao import DevServer, openbao
 from support.servers import unique
-from support.vault_setup import clean_vault_env, rs256_jwt
+from support.vault_setup import clean_vault_env, jwt_mount, read_policy, rs256_jwt
 
 pytestmark = pytest.mark.vault
 
@@ -64,11 +64,7 @@ class AppRole:
         client.secrets.kv.v2.create_or_update_secret(
             path=self.path, secret={"password": "renewed-pw"}
         )
-        policy = unique("pol")
-        client.sys.create_or_update_policy(
-            name=policy,
-            policy=f'path "secret/data/{self.path}" {{ capabilities = ["read"] }}',
-        )
+        policy = read_policy(client, f"secret/data/{self.path}")
         client.auth.approle.create_or_update_approle(
             "svc",
             token_policies=[policy],
@@ -218,24 +214,12 @@ def test_a_token_file_is_read_again_when_its_token_expires(
 def test_jwt_login_is_made_again_once_the_token_is_past_its_max_ttl(
     openbao: DevServer, tmp_path: Path, canary: Any
 ) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
     client = openbao.client()
-    mount = unique("jwt")
-    client.sys.enable_auth_method("jwt", path=mount)
-    client.auth.jwt.configure(jwt_validation_pubkeys=[public.decode()], path=mount)
+    key, mount = jwt_mount(client)
     path = unique("jwt-secret")
     secret_value("jwt-renewed-pw")
     client.secrets.kv.v2.create_or_update_secret(path=path, secret={"password": "jwt-renewed-pw"})
-    policy = unique("pol")
-    client.sys.create_or_update_policy(
-        name=policy, policy=f'path "secret/data/{path}" {{ capabilities = ["read"] }}'
-    )
+    policy = read_policy(client, f"secret/data/{path}")
     client.auth.jwt.create_role(
         name="job",
         role_type="jwt",

@@ -49,47 +49,28 @@ __all__ = ["clean_vault_env", "openbao", "postgres"]  # fixtures, imported so py
 # --------------------------------------------------------------------------- engines
 
 
-@dataclass(frozen=True)
-class Pki:
-    mount: str
-    role: str
-    """A role with generate_lease (lease ids) and a 60-second TTL."""
-    plain_role: str
-    """A role without generate_lease: certificates with no lease id."""
-
-    def ref(self, part: str, common_name: str = "app.example.com", role: str = "") -> str:
-        return f"vault:{self.mount}/issue/{role or self.role}?common_name={common_name}#{part}"
-
-
-@pytest.fixture(scope="module")
-def pki(openbao: DevServer) -> Pki:
-    client = openbao.client()
-    mount = unique("pki")
+def mount_pki(client: Any, mount: str, root: str, *, max_lease_ttl: str) -> None:
+    """A PKI engine at ``mount`` with an internal root CA named ``root``."""
     client.sys.enable_secrets_engine("pki", path=mount)
-    client.sys.tune_mount_configuration(mount, max_lease_ttl="24h")
-    client.secrets.pki.generate_root("internal", "Credbridge Test Root", mount_point=mount)
-    common = {"allowed_domains": "example.com", "allow_subdomains": True, "ttl": "60s"}
+    client.sys.tune_mount_configuration(mount, max_lease_ttl=max_lease_ttl)
+    client.secrets.pki.generate_root("internal", root, mount_point=mount)
+
+
+def pki_role(client: Any, mount: str, name: str, *, ttl: str, **settings: Any) -> None:
+    """A role issuing certificates for example.com and its subdomains."""
     client.secrets.pki.create_or_update_role(
-        "web", extra_params={**common, "generate_lease": True}, mount_point=mount
+        name,
+        extra_params={"allowed_domains": "example.com", "allow_subdomains": True, "ttl": ttl}
+        | settings,
+        mount_point=mount,
     )
-    client.secrets.pki.create_or_update_role("plain", extra_params=common, mount_point=mount)
-    return Pki(mount, "web", "plain")
 
 
-@dataclass(frozen=True)
-class Database:
-    mount: str
-    role: str
-    """default_ttl 10s, max_ttl 120s."""
-
-    def ref(self, part: str) -> str:
-        return f"vault:{self.mount}/creds/{self.role}#{part}"
-
-
-@pytest.fixture(scope="module")
-def database(openbao: DevServer, postgres: Cluster) -> Database:
-    client = openbao.client()
-    mount = unique("db")
+def mount_postgres(
+    client: Any, postgres: Cluster, mount: str, *, default_ttl: str, max_ttl: str
+) -> None:
+    """A database engine at ``mount`` on the PostgreSQL cluster, with the role ``app`` making
+    login roles that expire with their lease."""
     client.sys.enable_secrets_engine("database", path=mount)
     client.secrets.database.configure(
         name="pg",
@@ -108,10 +89,48 @@ def database(openbao: DevServer, postgres: Cluster) -> Database:
             "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
             "VALID UNTIL '{{expiration}}';"
         ],
-        default_ttl="10s",
-        max_ttl="120s",
+        default_ttl=default_ttl,
+        max_ttl=max_ttl,
         mount_point=mount,
     )
+
+
+@dataclass(frozen=True)
+class Pki:
+    mount: str
+    role: str
+    """A role with generate_lease (lease ids) and a 60-second TTL."""
+    plain_role: str
+    """A role without generate_lease: certificates with no lease id."""
+
+    def ref(self, part: str, common_name: str = "app.example.com", role: str = "") -> str:
+        return f"vault:{self.mount}/issue/{role or self.role}?common_name={common_name}#{part}"
+
+
+@pytest.fixture(scope="module")
+def pki(openbao: DevServer) -> Pki:
+    client = openbao.client()
+    mount = unique("pki")
+    mount_pki(client, mount, "Credbridge Test Root", max_lease_ttl="24h")
+    pki_role(client, mount, "web", ttl="60s", generate_lease=True)
+    pki_role(client, mount, "plain", ttl="60s")
+    return Pki(mount, "web", "plain")
+
+
+@dataclass(frozen=True)
+class Database:
+    mount: str
+    role: str
+    """default_ttl 10s, max_ttl 120s."""
+
+    def ref(self, part: str) -> str:
+        return f"vault:{self.mount}/creds/{self.role}#{part}"
+
+
+@pytest.fixture(scope="module")
+def database(openbao: DevServer, postgres: Cluster) -> Database:
+    mount = unique("db")
+    mount_postgres(openbao.client(), postgres, mount, default_ttl="10s", max_ttl="120s")
     return Database(mount, "app")
 
 
@@ -321,14 +340,8 @@ def test_a_certificate_in_a_namespace_is_issued_and_revoked_there(
     openbao.bao("namespace", "create", namespace)
     admin = openbao.client()
     admin.adapter.namespace = namespace
-    admin.sys.enable_secrets_engine("pki", path="pki")
-    admin.sys.tune_mount_configuration("pki", max_lease_ttl="1h")
-    admin.secrets.pki.generate_root("internal", "Namespace Root", mount_point="pki")
-    admin.secrets.pki.create_or_update_role(
-        "web",
-        extra_params={"allowed_domains": "example.com", "allow_subdomains": True, "ttl": "60s"},
-        mount_point="pki",
-    )
+    mount_pki(admin, "pki", "Namespace Root", max_lease_ttl="1h")
+    pki_role(admin, "pki", "web", ttl="60s")
     ref = f"vault:pki/issue/web?common_name=ns.example.com&namespace={namespace}#cert"
     with session_for(openbao, tmp_path) as session:
         (cert,) = resolve(session, ref)
@@ -600,36 +613,9 @@ def table_bao(postgres: Cluster) -> Iterator[DevServer]:
     """A server of its own with the mounts the table names: pki/ (role web), database/ (app)."""
     with DevServer() as server:
         client = server.client()
-        client.sys.enable_secrets_engine("pki", path="pki")
-        client.sys.tune_mount_configuration("pki", max_lease_ttl="24h")
-        client.secrets.pki.generate_root("internal", "Table Root", mount_point="pki")
-        client.secrets.pki.create_or_update_role(
-            "web",
-            extra_params={"allowed_domains": "example.com", "allow_subdomains": True, "ttl": "5m"},
-            mount_point="pki",
-        )
-        client.sys.enable_secrets_engine("database", path="database")
-        client.secrets.database.configure(
-            name="pg",
-            plugin_name="postgresql-database-plugin",
-            allowed_roles=["app"],
-            connection_url=postgres.connection_url(),
-            username=postgres.superuser,
-            password=postgres.password,
-            password_authentication="scram-sha-256",
-            mount_point="database",
-        )
-        client.secrets.database.create_role(
-            name="app",
-            db_name="pg",
-            creation_statements=[
-                "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
-                "VALID UNTIL '{{expiration}}';"
-            ],
-            default_ttl="5m",
-            max_ttl="10m",
-            mount_point="database",
-        )
+        mount_pki(client, "pki", "Table Root", max_lease_ttl="24h")
+        pki_role(client, "pki", "web", ttl="5m")
+        mount_postgres(client, postgres, "database", default_ttl="5m", max_ttl="10m")
         yield server
 
 

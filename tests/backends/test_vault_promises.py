@@ -38,7 +38,7 @@ from support.openbao import DevServer, free_port_pair, openbao
 from support.servers import established_connections, unique
 from support.sessions import resolve_text as resolve
 from support.testca import TestCA
-from support.vault_setup import put, token_file, vault_config
+from support.vault_setup import approle_app, put, token_file, vault_config
 
 pytestmark = pytest.mark.vault
 __all__ = ["openbao"]
@@ -125,20 +125,7 @@ def test_4xx_answers_are_never_retried(
 
 def approle(openbao: DevServer, tmp_path: Path) -> tuple[str, dict[str, Any], str, str]:
     """An AppRole login config (role_id and secret_id in files); returns the secret_id too."""
-    client = openbao.client()
-    mount = unique("approle")
-    client.sys.enable_auth_method("approle", path=mount)
-    base = unique("ar")
-    put(openbao, f"secret/{base}/db", password="approle-pw")
-    policy = unique("pol")
-    client.sys.create_or_update_policy(
-        name=policy, policy=f'path "secret/data/{base}/*" {{ capabilities = ["read"] }}'
-    )
-    client.auth.approle.create_or_update_approle("app", token_policies=[policy], mount_point=mount)
-    role_id = client.auth.approle.read_role_id("app", mount_point=mount)["data"]["role_id"]
-    secret_id = secret_value(
-        client.auth.approle.generate_secret_id("app", mount_point=mount)["data"]["secret_id"]
-    )
+    mount, base, role_id, secret_id = approle_app(openbao)
     secret_value(role_id)
     (tmp_path / "role-id").write_text(role_id)
     (tmp_path / "secret-id").write_text(secret_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,8 +20,10 @@ from typing import Any
 
 import pytest
 from support.systemctl_stub import calls, outside_a_service, stub, verbs
+from support.systemd_creds import null_key_name
 
 __all__ = ["outside_a_service", "stub"]  # fixtures, imported for pytest
+
 
 def test_the_stub_logs_into_its_own_directory_however_it_is_run(stub: Path, tmp_path: Path) -> None:
     """Run through a shell reading it from stdin ($0 is then "sh"), from another directory:
@@ -40,8 +41,12 @@ def test_the_stub_logs_into_its_own_directory_however_it_is_run(stub: Path, tmp_
     assert calls(stub) == [{"watched": "", "argv": ["status", "app.service"]}]
 
 
-def write(tmp_path: Path, credstore: Path, body: str) -> Path:
+def write(tmp_path: Path, credstore: Path, body: str, **values: str) -> Path:
+    """The config (``body`` after the store and the credstore sink), with each of ``values``
+    written as the file ``values/NAME`` it reads."""
     (tmp_path / "values").mkdir(exist_ok=True)
+    for name, data in values.items():
+        value(tmp_path, name, data)
     config = tmp_path / "credbridge.toml"
     config.write_text(
         f'[store]\npath = "{tmp_path / "store"}"\n'
@@ -165,9 +170,7 @@ def test_restarts_cut_short_by_a_signal_are_done_by_the_next_deliver(
 def test_no_restart_leaves_pending_restarts_recorded_and_says_so(
     tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
 ) -> None:
-    value(tmp_path, "token", "a")
-    value(tmp_path, "other", "b")
-    config = write(tmp_path, tmpfs_dir, BODY)
+    config = write(tmp_path, tmpfs_dir, BODY, token="a", other="b")
     record = tmpfs_dir / ".credbridge-restarts.json"
     record.write_text(
         json.dumps({"units": [{"unit": "app.service", "action": "restart", "targets": []}]})
@@ -189,10 +192,8 @@ def test_inside_a_service_the_jobs_are_queued_not_awaited(
     """In credbridge-deliver.service (ordered Before= the units it restarts), waiting for a
     restart deadlocks: systemd starts the unit only after the delivering job ended
     (tests/nix/test_nixos_host_guest.py shows it under systemd). So there: --no-block."""
-    value(tmp_path, "token", "a")
-    value(tmp_path, "other", "b")
     (stub / "fail").write_text("worker.service\n")
-    config = write(tmp_path, tmpfs_dir, BODY)
+    config = write(tmp_path, tmpfs_dir, BODY, token="a", other="b")
     env = {"PATH": f"{stub}:{os.environ['PATH']}", "INVOCATION_ID": "0" * 32}
     result = cli("-c", str(config), "deliver", "--restart", env=env)
     assert result.returncode == 14, result.stderr.decode()
@@ -209,9 +210,7 @@ def test_inside_a_service_the_jobs_are_queued_not_awaited(
 def test_without_restart_nothing_is_touched(
     tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
 ) -> None:
-    value(tmp_path, "token", "a")
-    value(tmp_path, "other", "b")
-    config = write(tmp_path, tmpfs_dir, BODY)
+    config = write(tmp_path, tmpfs_dir, BODY, token="a", other="b")
     assert run(cli, stub, config, "deliver").returncode == 0
     assert calls(stub) == []
 
@@ -236,12 +235,12 @@ def test_on_change_per_target(
     flag: tuple[str, ...],
     expected: list[tuple[str, str]],
 ) -> None:
-    value(tmp_path, "token", "a")
     config = write(
         tmp_path,
         tmpfs_dir,
         f'[targets."app.service"]\n{settings}\n'
         '[targets."app.service".credentials]\ntoken = "file:values/token"\n',
+        token="a",
     )
     result = run(cli, stub, config, "deliver", *flag)
     assert result.returncode == 0, result.stderr.decode()
@@ -251,13 +250,13 @@ def test_on_change_per_target(
 
 
 def test_reload_of_a_running_unit(tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any) -> None:
-    value(tmp_path, "token", "a")
     (stub / "active").write_text("app.service\n")
     config = write(
         tmp_path,
         tmpfs_dir,
         '[targets."app.service"]\non_change = "reload"\n'
         '[targets."app.service".credentials]\ntoken = "file:values/token"\n',
+        token="a",
     )
     assert run(cli, stub, config, "deliver").returncode == 0
     assert verbs(stub) == [("is-active", "app.service"), ("reload", "app.service")]
@@ -266,8 +265,6 @@ def test_reload_of_a_running_unit(tmp_path: Path, tmpfs_dir: Path, stub: Path, c
 def test_defaults_on_change_and_the_command_line(
     tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
 ) -> None:
-    value(tmp_path, "token", "a")
-    value(tmp_path, "other", "b")
     config = write(
         tmp_path,
         tmpfs_dir,
@@ -275,6 +272,8 @@ def test_defaults_on_change_and_the_command_line(
         '[targets."app.service".credentials]\ntoken = "file:values/token"\n'
         '[targets."worker.service"]\non_change = "none"\n'
         '[targets."worker.service".credentials]\nother = "file:values/other"\n',
+        token="a",
+        other="b",
     )
     assert run(cli, stub, config, "deliver").returncode == 0
     assert verbs(stub) == [("try-restart", "app.service")]
@@ -283,10 +282,8 @@ def test_defaults_on_change_and_the_command_line(
 def test_failed_restart_has_its_own_exit_code_and_the_delivery_stays(
     tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
 ) -> None:
-    value(tmp_path, "token", "a")
-    value(tmp_path, "other", "b")
     (stub / "fail").write_text("app.service\n")
-    config = write(tmp_path, tmpfs_dir, BODY)
+    config = write(tmp_path, tmpfs_dir, BODY, token="a", other="b")
     result = run(cli, stub, config, "deliver", "--restart")
     assert result.returncode == 14, result.stderr.decode()
     err = result.stderr.decode()
@@ -314,9 +311,7 @@ def test_missing_systemctl_is_a_failed_restart(tmp_path: Path, tmpfs_dir: Path, 
 def test_dry_run_and_json_list_the_units(
     tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
 ) -> None:
-    value(tmp_path, "token", "a")
-    value(tmp_path, "other", "b")
-    config = write(tmp_path, tmpfs_dir, BODY)
+    config = write(tmp_path, tmpfs_dir, BODY, token="a", other="b")
     dry = run(cli, stub, config, "deliver", "--restart", "--dry-run")
     assert dry.returncode == 0, dry.stderr.decode()
     lines = dry.stdout.decode().splitlines()
@@ -369,9 +364,7 @@ KEY = "target:microvm@vm1.service/host-other"
 def test_vm_targets_restart_their_unit(
     tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
 ) -> None:
-    value(tmp_path, "token", "a")
-    value(tmp_path, "other", "b")
-    config = write(tmp_path, tmpfs_dir, VM_BODY)
+    config = write(tmp_path, tmpfs_dir, VM_BODY, token="a", other="b")
     assert run(cli, stub, config, "deliver").returncode == 0
     value(tmp_path, "token", "a2")  # what vm1 takes through its unit's credentials
     result = run(cli, stub, config, "deliver", "--restart", "--json")
@@ -400,8 +393,6 @@ def test_vm_targets_restart_their_unit(
 def test_strongest_action_wins_for_a_shared_unit(
     tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
 ) -> None:
-    value(tmp_path, "token", "a")
-    value(tmp_path, "other", "b")
     config = write(
         tmp_path,
         tmpfs_dir,
@@ -412,6 +403,8 @@ def test_strongest_action_wins_for_a_shared_unit(
             '[targets."microvm@vm1.service"]\non_change = "reload"\n'
             '[targets."microvm@vm1.service".credentials]',
         ),
+        token="a",
+        other="b",
     )
     result = run(cli, stub, config, "deliver", "--dry-run", "--json")
     units = json.loads(result.stdout)["units"]
@@ -574,21 +567,11 @@ def test_on_change_is_validated(
     assert problem in result.stderr.decode()
 
 
-def _null_key() -> str | None:
-    if shutil.which("systemd-creds") is None:
-        return None
-    out = subprocess.run(
-        ["systemd-creds", "--version"], capture_output=True, text=True, check=False
-    ).stdout
-    version = int(out.split()[1]) if out.startswith("systemd ") else 0
-    return "null" if version >= 256 else "tpm2-absent"
-
-
 def test_encrypted_targets_are_compared_by_their_plaintext(
     tmp_path: Path, tmpfs_dir: Path, stub: Path, cli: Any
 ) -> None:
     """A new ciphertext of the same value is not a change: no restart for it."""
-    key = _null_key()
+    key = null_key_name()
     if key is None:
         pytest.skip("systemd-creds is not installed")
     value(tmp_path, "token", "same")
@@ -617,11 +600,9 @@ def test_a_closed_stdout_still_restarts_and_records_everything(
     """``deliver --restart | head -0``: the targets are written, every unit is restarted and
     struck off the record, and the exit status is SIGPIPE's -- or 14 with the failed unit named
     on stderr when a restart failed (that must not be lost with the closed stdout)."""
-    value(tmp_path, "token", "a")
-    value(tmp_path, "other", "b")
     if failing:
         (stub / "fail").write_text("worker.service\n")
-    config = write(tmp_path, tmpfs_dir, BODY)
+    config = write(tmp_path, tmpfs_dir, BODY, token="a", other="b")
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:

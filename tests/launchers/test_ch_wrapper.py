@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -498,6 +498,44 @@ def standin_run(tmp_path: Path, tmpfs_dir: Path) -> dict[str, Any]:
     return {"record": record, "binary": write_standin(tmpfs_dir, record=record)}
 
 
+WRAPPER = Path(sys.executable).parent / "credbridge-cloud-hypervisor"
+
+
+def launch_until_booted(
+    command: list[str],
+    config: Path,
+    cwd: Path,
+    tmpfs_dir: Path,
+    standin_run: dict[str, Any],
+    while_booted: Callable[[], None] = lambda: None,
+) -> tuple[int, bytes]:
+    """Start the wrapper (``command``) for ``test-vm`` with the stand-in as cloud-hypervisor,
+    wait for the stand-in's vm.boot, call ``while_booted``, then SIGTERM it, as systemd stops
+    the VM: its exit status and stderr."""
+    env = {
+        **os.environ,
+        "CREDBRIDGE_VM": "test-vm",
+        "CREDBRIDGE_CONFIG": str(config),
+        "CREDBRIDGE_CLOUD_HYPERVISOR": str(standin_run["binary"]),
+        "RUNTIME_DIRECTORY": str(tmpfs_dir),
+    }
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(r["path"].endswith("vm.boot") for r in read_records(standin_run["record"])):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+            assert time.monotonic() < deadline, "no vm.boot within 60s"
+            time.sleep(0.05)
+        while_booted()
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, err
+
+
 @needs_spec
 def test_launch_through_the_standin(
     runner_argvs: dict[str, list[str]],
@@ -510,31 +548,17 @@ def test_launch_through_the_standin(
     then vm.boot; SIGTERM stops both; no value in any process's argv meanwhile."""
     argv = runner_argvs["everything"]
     config = write_vm_config(tmp_path, SECRETS)
-    env = {
-        **os.environ,
-        "CREDBRIDGE_VM": "test-vm",
-        "CREDBRIDGE_CONFIG": str(config),
-        "CREDBRIDGE_CLOUD_HYPERVISOR": str(standin_run["binary"]),
-        "RUNTIME_DIRECTORY": str(tmpfs_dir),
-    }
-    wrapper = Path(sys.executable).parent / "credbridge-cloud-hypervisor"
-    proc = subprocess.Popen([str(wrapper), *argv], cwd=tmp_path, env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not any(r["path"].endswith("vm.boot") for r in read_records(standin_run["record"])):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-            assert time.monotonic() < deadline, "no vm.boot within 60s"
-            time.sleep(0.05)
-        leaks = scan_all_cmdlines(secret_forms(SECRETS.values()))
+    leaks: list[str] = []
+
+    def while_booted() -> None:
+        leaks.extend(scan_all_cmdlines(secret_forms(SECRETS.values())))
         assert (tmp_path / "test-vm.sock").exists()
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+    returncode, err = launch_until_booted(
+        [str(WRAPPER), *argv], config, tmp_path, tmpfs_dir, standin_run, while_booted
+    )
     assert leaks == []
-    assert proc.returncode == 0, err.decode()  # cloud-hypervisor ends cleanly on SIGTERM
+    assert returncode == 0, err.decode()  # cloud-hypervisor ends cleanly on SIGTERM
     records = read_records(standin_run["record"])
     create = next(r for r in records if r["path"].endswith("vm.create"))
     assert create["status"] == 204, create
@@ -592,34 +616,15 @@ def test_macvtap_fds_reach_the_vmm_over_the_api_socket(
     queues = [tmp_path / "tap-queue-0", tmp_path / "tap-queue-1"]
     for queue in queues:
         queue.write_bytes(b"")
-    env = {
-        **os.environ,
-        "CREDBRIDGE_VM": "test-vm",
-        "CREDBRIDGE_CONFIG": str(write_vm_config(tmp_path, SECRETS)),
-        "CREDBRIDGE_CLOUD_HYPERVISOR": str(standin_run["binary"]),
-        "RUNTIME_DIRECTORY": str(tmpfs_dir),
-    }
-    wrapper = Path(sys.executable).parent / "credbridge-cloud-hypervisor"
     script = 'exec 3<>"$1" 4<>"$2"; shift 2; exec "$@"'
-    proc = subprocess.Popen(
-        ["bash", "-c", script, "microvm-run", *map(str, queues), str(wrapper), *argv],
-        cwd=tmp_path,
-        env=env,
-        stderr=subprocess.PIPE,
+    returncode, err = launch_until_booted(
+        ["bash", "-c", script, "microvm-run", *map(str, queues), str(WRAPPER), *argv],
+        write_vm_config(tmp_path, SECRETS),
+        tmp_path,
+        tmpfs_dir,
+        standin_run,
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not any(r["path"].endswith("vm.boot") for r in read_records(standin_run["record"])):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-            assert time.monotonic() < deadline, "no vm.boot within 60s"
-            time.sleep(0.05)
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err.decode()
+    assert returncode == 0, err.decode()
     records = read_records(standin_run["record"])
     add_net = [r for r in records if r["path"].endswith("vm.add-net")]
     assert [r["status"] for r in add_net] == [204, 204]
@@ -655,28 +660,11 @@ def test_virtiofs_vm_without_shares_is_created(
     """microvm.nix's defaults (mergeable=on, no share) with the virtiofs sink: the stand-in
     applies cloud-hypervisor's shared/mergeable rule on vm.create, and the VM is created."""
     argv = runner_argvs["defaults"]
-    env = {
-        **os.environ,
-        "CREDBRIDGE_VM": "test-vm",
-        "CREDBRIDGE_CONFIG": str(write_vm_config(tmp_path, SECRETS, sink="virtiofs")),
-        "CREDBRIDGE_CLOUD_HYPERVISOR": str(standin_run["binary"]),
-        "RUNTIME_DIRECTORY": str(tmpfs_dir),
-    }
-    wrapper = Path(sys.executable).parent / "credbridge-cloud-hypervisor"
-    proc = subprocess.Popen([str(wrapper), *argv], cwd=tmp_path, env=env, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60
-        while not any(r["path"].endswith("vm.boot") for r in read_records(standin_run["record"])):
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-            assert time.monotonic() < deadline, "no vm.boot within 60s"
-            time.sleep(0.05)
-        proc.terminate()
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err.decode()
+    config = write_vm_config(tmp_path, SECRETS, sink="virtiofs")
+    returncode, err = launch_until_booted(
+        [str(WRAPPER), *argv], config, tmp_path, tmpfs_dir, standin_run
+    )
+    assert returncode == 0, err.decode()
     create = next(r for r in read_records(standin_run["record"]) if r["path"].endswith("vm.create"))
     assert create["status"] == 204, create
     assert create["memory_shared"] is True

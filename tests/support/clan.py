@@ -84,6 +84,8 @@ class ClanFlake:
 
     @classmethod
     def create(cls, root: Path, keygen: str, keys: Path) -> ClanFlake:
+        """A flake at ``root`` with its admin's key; the private keys go into ``keys`` (0700)."""
+        keys.mkdir(mode=0o700, exist_ok=True)
         admin = make_key(keygen, keys, "admin")
         flake = cls(root, keygen, admin, keys)
         flake._write_key(root / "sops" / "users" / "admin", admin.recipient)

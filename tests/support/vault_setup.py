@@ -19,6 +19,7 @@ import pytest
 from conftest import secret_value
 
 from support.openbao import DevServer
+from support.servers import unique
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +45,47 @@ def token_file(tmp_path: Path, token: str) -> str:
     path = tmp_path / f"token-{uuid.uuid4().hex[:6]}"
     path.write_text(token + "\n")
     return str(path)
+
+
+def read_policy(client: Any, path: str) -> str:
+    """A new policy that may read ``path`` (a KV v2 data path, ``*`` allowed): its name."""
+    policy = unique("pol")
+    client.sys.create_or_update_policy(
+        name=policy, policy=f'path "{path}" {{ capabilities = ["read"] }}'
+    )
+    return policy
+
+
+def approle_app(server: DevServer) -> tuple[str, str, str, str]:
+    """A new AppRole mount whose role ``app`` may read ``secret/BASE/*``, where ``BASE/db``
+    holds ``password = approle-pw``: (mount, BASE, role_id, secret_id)."""
+    client = server.client()
+    mount = unique("approle")
+    client.sys.enable_auth_method("approle", path=mount)
+    base = unique("ar")
+    put(server, f"secret/{base}/db", password="approle-pw")
+    policy = read_policy(client, f"secret/data/{base}/*")
+    client.auth.approle.create_or_update_approle("app", token_policies=[policy], mount_point=mount)
+    role_id = client.auth.approle.read_role_id("app", mount_point=mount)["data"]["role_id"]
+    secret_id = secret_value(
+        client.auth.approle.generate_secret_id("app", mount_point=mount)["data"]["secret_id"]
+    )
+    return mount, base, role_id, secret_id
+
+
+def jwt_mount(client: Any) -> tuple[Any, str]:
+    """A new JWT auth mount that trusts a new RSA key: (the private key, the mount)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    mount = unique("jwt")
+    client.sys.enable_auth_method("jwt", path=mount)
+    client.auth.jwt.configure(jwt_validation_pubkeys=[public.decode()], path=mount)
+    return key, mount
 
 
 def vault_config(
