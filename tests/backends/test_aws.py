@@ -34,6 +34,7 @@ from credbridge.core import (
 from credbridge.core.errors import ExitCode
 from credbridge.core.remote import WITHHELD
 from support.aws_setup import aws, clean_aws_env, config_file, resolve, sources
+from support.cli_runs import every_command_verbose
 from support.httpproxy import HttpProxy, Reply
 from support.moto import ACCESS_KEY, MotoServer, free_port, moto
 from support.servers import established_connections, unique
@@ -638,15 +639,8 @@ def test_canary_never_in_output_or_logs(
         },
     }
     config = config_file(tmp_path, data)
-    outputs = [
-        run_cli("-c", str(config), "-vv", "deliver"),
-        run_cli("-c", str(config), "-vv", "deliver", "--dry-run"),
-        run_cli("-c", str(config), "-vv", "check"),
-        run_cli("-c", str(config), "-vv", "check", "--json"),
-    ]
-    got = run_cli("-c", str(config), "-vv", "get", f"aws-sm:{name}#pw")
-    assert got.stdout == canary.encode()  # the one place the value may appear
-    outputs.append(got)
+    outputs = every_command_verbose(config, f"aws-sm:{name}#pw")
+    assert outputs[4].stdout == canary.encode()  # the one place the value may appear
     assert all(o.returncode == ExitCode.NOT_FOUND for o in outputs[:4])  # "missing" fails
     assert b"DEBUG" in outputs[2].stderr and b"assumed role" in outputs[2].stderr
     # What the canary must not show up as: the value, the key, the assumed session token.

@@ -30,7 +30,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,13 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from guest.hostimage import HostGuestRecipe, ensure_host_guest  # noqa: E402
-from guest.hostrun import HostRun, run_host_guest  # noqa: E402
-from guest.image import RELEASES, Release, release_id  # noqa: E402
-from guest.parallel import outcome_of, per_release  # noqa: E402
+from guest.hostimage import HostGuestRecipe, ensure_host_guest, missing_for_host_guest  # noqa: E402
+from guest.hostrun import HostRun, finished, run_host_guest  # noqa: E402
+from guest.image import Release  # noqa: E402
+from guest.parallel import outcome_of, per_release, release  # noqa: E402
 from guest.swtpm import software_tpm  # noqa: E402
+
+__all__ = ["release"]  # the fixture, imported so pytest finds it here
 
 UNITS = ("tpm2.service", "both.service", "auto.service")
 NO_PCR = "nopcr.service"
@@ -79,27 +80,10 @@ secret = "file:/root/values/{unit}"
 )
 
 
-def _missing() -> str | None:
-    for tool in ("qemu-system-x86_64", "debootstrap", "cpio", "zstd", "mke2fs", "swtpm"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (see the README's test command)"
-    if os.geteuid() != 0:
-        return "building the host guest needs root"
-    return None
-
-
-_SKIP = _missing()
+_SKIP = missing_for_host_guest("swtpm")
 # In CI nothing is skipped: a missing prerequisite fails the fixture with its reason.
 _SKIPPED = _SKIP is not None and os.environ.get("CI") != "true"
 pytestmark = [pytest.mark.guest, pytest.mark.skipif(_SKIPPED, reason=_SKIP or "")]
-
-
-def _checked(result: HostRun) -> HostRun:
-    assert not result.timed_out, result.describe()
-    assert result.done, result.describe()
-    assert result.events("error") == [], result.describe()
-    assert result.problems == [], result.describe()
-    return result
 
 
 def _plan(mode: str, data: dict[str, bytes], store: str | None = None) -> dict[str, bytes]:
@@ -118,7 +102,7 @@ def _plan(mode: str, data: dict[str, bytes], store: str | None = None) -> dict[s
 def both_runs(release: Release, work: Path) -> tuple[HostRun, HostRun]:
     image = ensure_host_guest(HostGuestRecipe(), release=release)
     with software_tpm(work / f"tpm-a-{release.test_id}") as tpm:
-        sealed = _checked(run_host_guest(image, _plan("seal", VALUES), timeout=900, extra_args=tpm))
+        sealed = finished(run_host_guest(image, _plan("seal", VALUES), timeout=900, extra_args=tpm))
     ciphertexts = {
         unit: base64.b64decode(text)
         for unit, text in sealed.event("sealed")["ciphertexts"].items()
@@ -126,7 +110,7 @@ def both_runs(release: Release, work: Path) -> tuple[HostRun, HostRun]:
     }
     store = sealed.event("gen-store")["first"].get("current.cred")
     with software_tpm(work / f"tpm-b-{release.test_id}") as tpm:
-        moved = _checked(
+        moved = finished(
             run_host_guest(image, _plan("foreign", ciphertexts, store), timeout=900, extra_args=tpm)
         )
     return sealed, moved
@@ -142,16 +126,11 @@ def runs(
     results = per_release(lambda release: both_runs(release, work))
     # The whole consoles (every event, journals) for a person debugging a failure.
     keep = os.environ.get("CREDBRIDGE_KEEP_CONSOLE")
-    for release, result in results.items():
+    for booted, result in results.items():
         if keep and not isinstance(result, Exception):
             for name, run in zip(("seal", "foreign"), result, strict=True):
-                Path(f"{keep}.{release.test_id}.{name}").write_text(run.console)
+                Path(f"{keep}.{booted.test_id}.{name}").write_text(run.console)
     return results
-
-
-@pytest.fixture(scope="module", params=RELEASES, ids=release_id)
-def release(request: pytest.FixtureRequest) -> Release:
-    return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from credbridge.core import (
     parse_reference,
 )
 from credbridge.core.errors import ExitCode
+from support.cli_runs import every_command_verbose
 from support.openbao import DevServer, InterruptingProxy, free_port_pair, openbao
 from support.servers import unique
 from support.sessions import resolve_text as resolve
@@ -575,15 +576,8 @@ def test_canary_never_in_output_or_logs(
         }
     }
     config = write_toml(tmp_path / "credbridge.toml", data)
-    outputs = [
-        run_cli("-c", str(config), "-vv", "deliver"),
-        run_cli("-c", str(config), "-vv", "deliver", "--dry-run"),
-        run_cli("-c", str(config), "-vv", "check"),
-        run_cli("-c", str(config), "-vv", "check", "--json"),
-    ]
-    got = run_cli("-c", str(config), "-vv", "get", f"vault:secret/{base}/db#password")
-    assert got.stdout == canary_value.encode()  # the one place the value may appear
-    outputs.append(got)
+    outputs = every_command_verbose(config, f"vault:secret/{base}/db#password")
+    assert outputs[4].stdout == canary_value.encode()  # the one place the value may appear
     assert all(o.returncode != 0 for o in outputs[:4])  # "missing" fails each of them
     assert b"DEBUG: http://127.0.0.1:" in outputs[2].stderr  # really at DEBUG: urllib3's lines
     for output in outputs:

@@ -684,14 +684,19 @@ def test_a_raising_plugin_command_is_that_plugins_bug_exit_11(tmp_path: Path) ->
     assert "click's own errors stay click's" in usage.stderr
 
 
-def test_pass_config_example_gets_the_config_named_with_c(tmp_path: Path) -> None:
-    """The command example in docs/plugins.md, run as written."""
+def write_doc_example(directory: Path, kind: str) -> str:
+    """The module of docs/plugins.md's ``KIND-example``, written into ``directory``: its name."""
     text = (REPO / "docs" / "plugins.md").read_text()
     ((name, code),) = re.findall(
-        r"<!-- command-example: (\S+) -->\n```python\n(.*?)```", text, re.DOTALL
+        rf"<!-- {kind}-example: (\S+) -->\n```python\n(.*?)```", text, re.DOTALL
     )
-    (tmp_path / name).write_text(code)
-    module = name.removesuffix(".py")
+    (directory / name).write_text(code)
+    return str(name.removesuffix(".py"))
+
+
+def test_pass_config_example_gets_the_config_named_with_c(tmp_path: Path) -> None:
+    """The command example in docs/plugins.md, run as written."""
+    module = write_doc_example(tmp_path, "command")
     config = tmp_path / "elsewhere.toml"
     config.write_text(
         f'[store]\npath = "{tmp_path / "store"}"\n'
@@ -749,12 +754,7 @@ def test_dir_of_the_package_is_its_public_api() -> None:
 
 def test_sink_example_delivers_swaps_and_cleans_up_through_credbridge(tmp_path: Path) -> None:
     """The sink example in docs/plugins.md, run through check, deliver --dry-run and deliver."""
-    text = (REPO / "docs" / "plugins.md").read_text()
-    ((name, code),) = re.findall(
-        r"<!-- sink-example: (\S+) -->\n```python\n(.*?)```", text, re.DOTALL
-    )
-    (tmp_path / name).write_text(code)
-    module = name.removesuffix(".py")
+    module = write_doc_example(tmp_path, "sink")
     out = tmp_path / "out"
     config = tmp_path / "credbridge.toml"
     (tmp_path / "db").write_text("first")
@@ -810,12 +810,7 @@ def test_sink_example_delivers_swaps_and_cleans_up_through_credbridge(tmp_path: 
 
 def test_sink_example_rolls_back_a_committed_target(tmp_path: Path) -> None:
     """The second target's commit fails (a failing disk): the first, committed, is put back."""
-    text = (REPO / "docs" / "plugins.md").read_text()
-    ((name, code),) = re.findall(
-        r"<!-- sink-example: (\S+) -->\n```python\n(.*?)```", text, re.DOTALL
-    )
-    (tmp_path / name).write_text(code)
-    module = name.removesuffix(".py")
+    module = write_doc_example(tmp_path, "sink")
     out = tmp_path / "out"
     value = tmp_path / "value"
     config = tmp_path / "credbridge.toml"

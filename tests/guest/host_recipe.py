@@ -5,12 +5,9 @@ the same recipe, so one cached image serves both."""
 
 from __future__ import annotations
 
-import os
-import shutil
-
 from support.ch_harness import REPO, SPEC_MISSING, SPEC_PATH
 
-from guest.hostimage import GuestFile, HostGuestRecipe
+from guest.hostimage import GuestFile, HostGuestRecipe, missing_for_host_guest
 
 STANDIN_WRAPPER = """#!/bin/sh
 # A stand-in for cloud-hypervisor's API, not cloud-hypervisor (credbridge's test host guest).
@@ -65,9 +62,4 @@ def recipe() -> HostGuestRecipe:
 def host_guest_missing() -> str | None:
     if not SPEC_PATH.is_file():
         return SPEC_MISSING
-    for tool in ("qemu-system-x86_64", "debootstrap", "cpio", "zstd", "mke2fs", "systemctl"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (see the README's test command)"
-    if os.geteuid() != 0:
-        return "building the host guest needs root"
-    return None
+    return missing_for_host_guest("systemctl")
