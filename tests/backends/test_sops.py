@@ -47,6 +47,7 @@ from support.age_sops import (
     sops_runs,
 )
 from support.children import spawned
+from support.proc import deliver_stopped_once_resolved
 from support.sessions import resolve
 
 __all__ = ["age_keygen", "clean_sops_env", "keys", "spawned"]  # fixtures, imported for pytest
@@ -1059,10 +1060,6 @@ def test_docs_worked_examples_run(
 CLI = [sys.executable, "-m", "credbridge.core.cli"]
 
 
-def _stopped(pid: int) -> bool:
-    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T"
-
-
 def _store_values(store_file: Path, key: AgeKey) -> dict[str, str]:
     plain = json.loads(sops("decrypt", "--output-type", "json", str(store_file), key=key))
     return {name: entry["current"] for name, entry in plain.items()}
@@ -1081,24 +1078,8 @@ def test_rotate_waits_for_a_deliver_that_read_the_sops_store(
     first = subprocess.run([*CLI, "-c", str(config), "deliver"], capture_output=True, check=False)
     assert first.returncode == 0, first.stderr.decode()
 
-    paused = subprocess.Popen(
-        [
-            sys.executable,
-            "-X",
-            "credbridge-fault=engine.resolved@1:stop",
-            *CLI[1:],
-            "-c",
-            str(config),
-            "deliver",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    paused = deliver_stopped_once_resolved(config)
     try:
-        deadline = time.monotonic() + 60
-        while not _stopped(paused.pid):
-            assert time.monotonic() < deadline and paused.poll() is None
-            time.sleep(0.02)
         rotate = subprocess.run(
             [*CLI, "-c", str(config), "rotate", "--no-wait", "app", "db"],
             capture_output=True,

@@ -7,19 +7,12 @@ from typing import Any
 
 import pytest
 from conftest import REPO, run_cli, secret_value
+from support.configs import app_service_config
 from support.imports import cli_imports
 
 
 def config(tmp_path: Path, credstore: Path) -> Path:
-    path = tmp_path / "credbridge.toml"
-    path.write_text(
-        f'[store]\npath = "{tmp_path / "store"}"\n'
-        f'[sinks.credstore]\ndirectory = "{credstore}"\n'
-        '[targets."app.service".credentials]\n'
-        'api-key = "generate:base64?bytes=32"\n'
-        'token = "env:CB_CLI_TOKEN"\n'
-    )
-    return path
+    return app_service_config(tmp_path, credstore, 'token = "env:CB_CLI_TOKEN"')
 
 
 def test_version() -> None:

@@ -13,11 +13,11 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.proc import deliver_stopped_once_resolved
 
 CLI = [sys.executable, "-m", "credbridge.core.cli"]
 
@@ -115,23 +115,7 @@ def test_progress_only_for_a_person_at_a_terminal(
 def test_an_interrupt_exits_130_and_changes_nothing(tmp_path: Path, tmpfs_dir: Path) -> None:
     config = write_config(tmp_path, tmp_path / "store", tmpfs_dir, "v")
     # Paused (SIGSTOP, the test-only switch) once every value is resolved; SIGINT then.
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-X",
-            "credbridge-fault=engine.resolved@1:stop",
-            *CLI[1:],
-            "-c",
-            str(config),
-            "deliver",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 60
-    while Path(f"/proc/{process.pid}/stat").read_text().split(") ")[1][0] != "T":
-        assert time.monotonic() < deadline and process.poll() is None
-        time.sleep(0.02)
+    process = deliver_stopped_once_resolved(config)
     os.kill(process.pid, signal.SIGINT)
     os.kill(process.pid, signal.SIGCONT)
     _, stderr = process.communicate(timeout=60)

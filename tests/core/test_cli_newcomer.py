@@ -18,18 +18,11 @@ from click.testing import CliRunner
 from conftest import REPO, run_cli
 from credbridge.core.types import PLAN_KEYS
 from support.canary import run_cli_watched
+from support.configs import app_service_config
 
 
 def unit_config(tmp_path: Path, credstore: Path) -> Path:
-    path = tmp_path / "credbridge.toml"
-    path.write_text(
-        f'[store]\npath = "{tmp_path / "store"}"\n'
-        f'[sinks.credstore]\ndirectory = "{credstore}"\n'
-        '[targets."app.service".credentials]\n'
-        'api-key = "generate:base64?bytes=32"\n'
-        'token = "env:CB_NEWCOMER_TOKEN"\n'
-    )
-    return path
+    return app_service_config(tmp_path, credstore, 'token = "env:CB_NEWCOMER_TOKEN"')
 
 
 def test_config_option_is_accepted_after_the_command(tmp_path: Path, tmpfs_dir: Path) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.configs import app_service_config
 
 IMPLEMENTATIONS = [
     "credbridge.backends.local",
@@ -75,15 +76,7 @@ def test_a_record_loads_its_implementation_on_first_use() -> None:
 
 
 def unit_config(tmp_path: Path, credstore: Path) -> Path:
-    path = tmp_path / "credbridge.toml"
-    path.write_text(
-        f'[store]\npath = "{tmp_path / "store"}"\n'
-        f'[sinks.credstore]\ndirectory = "{credstore}"\n'
-        '[targets."app.service".credentials]\n'
-        'api-key = "generate:base64?bytes=32"\n'
-        'home = "env:HOME"\n'
-    )
-    return path
+    return app_service_config(tmp_path, credstore, 'home = "env:HOME"')
 
 
 @pytest.mark.parametrize(
