@@ -17,27 +17,7 @@ from credbridge.core.errors import ConfigError, DeliveryError
 from credbridge.core.secret import Secret
 from credbridge.core.types import Change, Delivery, Pending
 from credbridge.core.vm import FW_CFG_PREFIX, VmSink, name_problem
-
-
-def make_sink(sink: str, settings: dict[str, Any] | None = None) -> VmSink:
-    data = {
-        "targets": {
-            "vm": {
-                "kind": "vm",
-                "sink": {"type": sink, **(settings or {})},
-                "launcher": {"type": "qemu", "kernel": "/boot/vmlinuz"},
-            }
-        }
-    }
-    config = parse_config(data, directory=Path("/tmp"))
-    session = Session(config)
-    result = session.sink(config.target("vm"))
-    assert isinstance(result, VmSink)
-    return result
-
-
-def deliveries(**values: bytes) -> list[Delivery]:
-    return [Delivery(name, Secret(value)) for name, value in values.items()]
+from support.vm_sinks import deliveries, vm_sink
 
 
 def one_line(error: pytest.ExceptionInfo[BaseException]) -> str:
@@ -77,7 +57,7 @@ def test_systemd_name_rules(name: str, ok: bool) -> None:
 
 def test_oem_strings_are_binary_base64_for_any_bytes(tmpfs_dir: Path) -> None:
     value = bytes(range(256)) + b"\n\xff\x00"
-    channel = make_sink("oem-strings").prepare(deliveries(blob=value, text=b"a\nb"), tmpfs_dir)
+    channel = vm_sink("oem-strings").prepare(deliveries(blob=value, text=b"a\nb"), tmpfs_dir)
     assert channel.names == ["blob", "text"]
     first = channel.oem_strings[0].reveal()
     assert first.startswith(b"io.systemd.credential.binary:blob=")
@@ -91,21 +71,21 @@ def test_oem_strings_are_binary_base64_for_any_bytes(tmpfs_dir: Path) -> None:
 )
 def test_oem_strings_reject_bad_names(tmpfs_dir: Path, name: str, fragment: str) -> None:
     with pytest.raises(DeliveryError) as error:
-        make_sink("oem-strings").prepare([Delivery(name, Secret(b"v"))], tmpfs_dir)
+        vm_sink("oem-strings").prepare([Delivery(name, Secret(b"v"))], tmpfs_dir)
     text = one_line(error)
     assert repr(name) in text and fragment in text
 
 
 def test_oem_strings_reject_empty_value(tmpfs_dir: Path) -> None:
     with pytest.raises(DeliveryError) as error:
-        make_sink("oem-strings").prepare(deliveries(ok=b"1", empty=b""), tmpfs_dir)
+        vm_sink("oem-strings").prepare(deliveries(ok=b"1", empty=b""), tmpfs_dir)
     assert one_line(error) == "credential 'empty': empty value (nothing to deliver)"
 
 
 def test_oem_strings_reject_more_than_1_mib(tmpfs_dir: Path) -> None:
     secret = b"S3CR3T" * ((1 << 20) // 6 + 1)
     with pytest.raises(DeliveryError) as error:
-        make_sink("oem-strings", {"max_bytes": 65535}).prepare(deliveries(big=secret), tmpfs_dir)
+        vm_sink("oem-strings", {"max_bytes": 65535}).prepare(deliveries(big=secret), tmpfs_dir)
     text = one_line(error)
     assert "'big'" in text and "1 MiB" in text and "S3CR3T" not in text
 
@@ -113,14 +93,14 @@ def test_oem_strings_reject_more_than_1_mib(tmpfs_dir: Path) -> None:
 def test_oem_strings_reject_256_strings(tmpfs_dir: Path) -> None:
     many = {f"c{i}": b"x" for i in range(256)}
     with pytest.raises(DeliveryError) as error:
-        make_sink("oem-strings").prepare(deliveries(**many), tmpfs_dir)
+        vm_sink("oem-strings").prepare(deliveries(**many), tmpfs_dir)
     text = one_line(error)
     assert "'c255'" in text and "255" in text
-    make_sink("oem-strings").prepare(deliveries(**{f"c{i}": b"x" for i in range(255)}), tmpfs_dir)
+    vm_sink("oem-strings").prepare(deliveries(**{f"c{i}": b"x" for i in range(255)}), tmpfs_dir)
 
 
 def test_oem_strings_budget(tmpfs_dir: Path) -> None:
-    sink = make_sink("oem-strings")
+    sink = vm_sink("oem-strings")
     # 3 strings of 16 KiB of base64 each: the third crosses the 48 KiB default budget.
     chunk = b"\x01" * (12 * 1024)
     sink.prepare(deliveries(a=chunk, b=chunk), tmpfs_dir)
@@ -132,24 +112,24 @@ def test_oem_strings_budget(tmpfs_dir: Path) -> None:
 
 def test_oem_strings_budget_setting_is_checked() -> None:
     with pytest.raises(ConfigError) as error:
-        make_sink("oem-strings", {"max_bytes": 70000})
+        vm_sink("oem-strings", {"max_bytes": 70000})
     assert "targets.vm.sink.max_bytes" in one_line(error)
     with pytest.raises(ConfigError, match="unknown setting 'budget'"):
-        make_sink("oem-strings", {"budget": 1})
+        vm_sink("oem-strings", {"budget": 1})
 
 
 def test_oem_strings_plan_lists_names_only() -> None:
-    plan = make_sink("oem-strings").plan(
+    plan = vm_sink("oem-strings").plan(
         {"a": Secret(b"topsecret"), "b": Pending("would be generated")}
     )
     assert [(e.credential, e.change) for e in plan] == [("a", Change.ADD), ("b", Change.ADD)]
     assert "topsecret" not in repr(plan)
     with pytest.raises(DeliveryError, match="'a=b'"):
-        make_sink("oem-strings").plan({"a=b": Pending("x")})
+        vm_sink("oem-strings").plan({"a=b": Pending("x")})
 
 
 def test_oem_strings_preview_holds_no_values(tmpfs_dir: Path) -> None:
-    channel = make_sink("oem-strings").preview(["a", "b"], tmpfs_dir)
+    channel = vm_sink("oem-strings").preview(["a", "b"], tmpfs_dir)
     assert [s.reveal() for s in channel.oem_strings] == [
         b"io.systemd.credential.binary:a=<redacted>",
         b"io.systemd.credential.binary:b=<redacted>",
@@ -163,7 +143,7 @@ def test_fw_cfg_writes_0400_files(tmpfs_dir: Path) -> None:
     runtime = tmpfs_dir / "rt"
     runtime.mkdir(mode=0o700)
     value = b"\x00\xff\nline\n"
-    channel = make_sink("fw-cfg").prepare(deliveries(**{"db.pass": value}), runtime)
+    channel = vm_sink("fw-cfg").prepare(deliveries(**{"db.pass": value}), runtime)
     (item,) = channel.fw_cfg
     assert item.name == FW_CFG_PREFIX + "db.pass"
     assert item.path.read_bytes() == value
@@ -173,7 +153,7 @@ def test_fw_cfg_writes_0400_files(tmpfs_dir: Path) -> None:
 
 
 def test_fw_cfg_name_limit(tmpfs_dir: Path) -> None:
-    sink = make_sink("fw-cfg")
+    sink = vm_sink("fw-cfg")
     sink.prepare(deliveries(**{"n" * 28: b"v"}), tmpfs_dir / "ok")
     with pytest.raises(DeliveryError) as error:
         sink.prepare(deliveries(**{"n" * 29: b"v"}), tmpfs_dir / "bad")
@@ -190,7 +170,7 @@ def test_fw_cfg_total_limit(tmpfs_dir: Path) -> None:
 
 def test_fw_cfg_takes_no_settings() -> None:
     with pytest.raises(ConfigError, match="unknown setting 'x'"):
-        make_sink("fw-cfg", {"x": 1})
+        vm_sink("fw-cfg", {"x": 1})
 
 
 # --------------------------------------------------------------------------- virtiofs
@@ -199,7 +179,7 @@ def test_fw_cfg_takes_no_settings() -> None:
 def test_virtiofs_share_directory(tmpfs_dir: Path) -> None:
     runtime = tmpfs_dir / "rt"
     runtime.mkdir(mode=0o700)
-    sink = make_sink("virtiofs", {"tag": "creds"})
+    sink = vm_sink("virtiofs", {"tag": "creds"})
     channel = sink.prepare(deliveries(a=b"\x00\xff", b=b"x\ny\n"), runtime)
     (share,) = channel.virtiofs
     assert share.tag == "creds"
@@ -218,13 +198,13 @@ def test_virtiofs_refuses_symlinked_file(tmpfs_dir: Path) -> None:
     share.mkdir(parents=True)
     (share / "a").symlink_to(tmpfs_dir / "elsewhere")
     with pytest.raises(FileExistsError):
-        make_sink("virtiofs").prepare(deliveries(a=b"v"), runtime)
+        vm_sink("virtiofs").prepare(deliveries(a=b"v"), runtime)
     assert not (tmpfs_dir / "elsewhere").exists()
 
 
 def test_virtiofs_tag_is_checked() -> None:
     with pytest.raises(ConfigError) as error:
-        make_sink("virtiofs", {"tag": "x" * 37})
+        vm_sink("virtiofs", {"tag": "x" * 37})
     assert "targets.vm.sink.tag" in one_line(error)
 
 
@@ -254,15 +234,15 @@ def test_a_vm_sink_must_implement_prepare() -> None:
 def test_vm_sink_plans_list_names_and_check_every_value(sink: str, where: str) -> None:
     """A plan (launch --dry-run) names each credential, says which are still to be generated,
     and checks names and sizes of all of them, also after a value that does not exist yet."""
-    plan = make_sink(sink).plan({"later": Pending("generated on first use"), "db": Secret(b"v")})
+    plan = vm_sink(sink).plan({"later": Pending("generated on first use"), "db": Secret(b"v")})
     assert [(e.credential, e.change) for e in plan] == [("later", Change.ADD), ("db", Change.ADD)]
     assert plan[0].detail.endswith(" (generated on first use)")
     assert "(" not in plan[1].detail
     assert where in plan[1].detail
     with pytest.raises(DeliveryError, match="'big'"):
-        make_sink(sink).plan({"later": Pending("generated"), "big": Secret(b"b" * ((1 << 20) + 1))})
+        vm_sink(sink).plan({"later": Pending("generated"), "big": Secret(b"b" * ((1 << 20) + 1))})
     with pytest.raises(DeliveryError, match="invalid name"):
-        make_sink(sink).plan({"later": Pending("generated"), "a/b": Secret(b"v")})
+        vm_sink(sink).plan({"later": Pending("generated"), "a/b": Secret(b"v")})
 
 
 @pytest.mark.parametrize(
@@ -307,8 +287,8 @@ def test_channel_items_cannot_be_changed_after_prepare(tmpfs_dir: Path) -> None:
 
     runtime = tmpfs_dir / "rt"
     runtime.mkdir(mode=0o700)
-    (item,) = make_sink("fw-cfg").prepare(deliveries(a=b"v"), runtime).fw_cfg
-    (share,) = make_sink("virtiofs").prepare(deliveries(b=b"v"), runtime).virtiofs
+    (item,) = vm_sink("fw-cfg").prepare(deliveries(a=b"v"), runtime).fw_cfg
+    (share,) = vm_sink("virtiofs").prepare(deliveries(b=b"v"), runtime).virtiofs
     for thing, field_name in ((item, "path"), (share, "directory")):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(thing, field_name, Path("/elsewhere"))

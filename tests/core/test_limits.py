@@ -16,34 +16,10 @@ from typing import Any
 
 import pytest
 from credbridge.backends.fw_cfg import fw_cfg_channel
-from credbridge.core.config import parse_config
-from credbridge.core.engine import Session
 from credbridge.core.errors import ConfigError, DeliveryError
-from credbridge.core.secret import Secret
-from credbridge.core.types import Delivery
-from credbridge.core.vm import VmSink
+from support.vm_sinks import deliveries, vm_sink
 
 MiB = 1 << 20
-
-
-def vm_sink(sink: str, settings: dict[str, Any] | None = None) -> VmSink:
-    data = {
-        "targets": {
-            "vm": {
-                "kind": "vm",
-                "sink": {"type": sink, **(settings or {})},
-                "launcher": {"type": "qemu", "kernel": "/boot/vmlinuz"},
-            }
-        }
-    }
-    config = parse_config(data, directory=Path("/tmp"))
-    result = Session(config).sink(config.target("vm"))
-    assert isinstance(result, VmSink)
-    return result
-
-
-def deliveries(**values: bytes) -> list[Delivery]:
-    return [Delivery(name, Secret(value)) for name, value in values.items()]
 
 
 def runtime(base: Path, name: str) -> Path:

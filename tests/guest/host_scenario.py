@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path("/run/cbhost")
@@ -424,17 +425,23 @@ def second_boot() -> None:
     )
 
 
-def main() -> int:
+def drive(state: Path, first: Callable[[], None], second: Callable[[], None]) -> int:
+    """One boot of a driver: ``second`` once ``first`` has left ``state/phase``, else
+    ``first``; an exception is reported as an ``error`` event; then done, and power off."""
     try:
-        if (STATE / "phase").exists():
-            second_boot()
+        if (state / "phase").exists():
+            second()
         else:
-            first_boot()
+            first()
     except Exception:
         emit("error", detail=traceback.format_exc()[-3000:])
     print("CBHOST-DONE", flush=True)
     subprocess.run(["systemctl", "--no-block", "poweroff"], check=False)
     return 0
+
+
+def main() -> int:
+    return drive(STATE, first_boot, second_boot)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 
 HERE = Path("/run/cbhost")
@@ -30,6 +29,7 @@ sys.path.insert(0, str(HERE))
 
 from host_scenario import (  # noqa: E402
     b64,
+    drive,
     emit,
     forms,
     fstype,
@@ -379,16 +379,7 @@ def _raw_gets() -> dict[str, str]:
 
 
 def main() -> int:
-    try:
-        if (STATE / "phase").exists():
-            second_boot()
-        else:
-            first_boot()
-    except Exception:
-        emit("error", detail=traceback.format_exc()[-3000:])
-    print("CBHOST-DONE", flush=True)
-    subprocess.run(["systemctl", "--no-block", "poweroff"], check=False)
-    return 0
+    return drive(STATE, first_boot, second_boot)
 
 
 if __name__ == "__main__":
