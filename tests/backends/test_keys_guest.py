@@ -10,8 +10,6 @@ on; on 252 a unit copies it into /etc/ssh, see docs/sources/generate.md).
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,21 +20,11 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from guest.image import RELEASES, GuestImage, release_id  # noqa: E402
+from guest.image import RELEASES, GuestImage, missing_for_probe_guest, release_id  # noqa: E402
 from guest.parallel import probe_guest, side_by_side  # noqa: E402
 from guest.qemu import BASE_CMDLINE, parse_probe_output, probe_cmdline  # noqa: E402
 
-
-def _missing() -> str | None:
-    for tool in ("qemu-system-x86_64", "debootstrap", "cpio", "zstd", "ssh-keygen"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (see the README's test command)"
-    if os.geteuid() != 0:
-        return "the guest image build needs root"
-    return None
-
-
-_SKIP = _missing()
+_SKIP = missing_for_probe_guest("ssh-keygen")
 pytestmark = [pytest.mark.guest, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
 
 AUTHORIZED = "ssh.authorized_keys.root"

@@ -13,7 +13,6 @@ one SMBIOS type 11 structure and ``fs`` as vhost-user-fs devices. The Debian gue
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from guest.image import RELEASES, GuestImage, Release, release_id
+from guest.image import RELEASES, GuestImage, Release, missing_for_probe_guest, release_id
 from guest.parallel import probe_guest, side_by_side
 from guest.qemu import kernel_cmdline, parse_probe_output, probe_cmdline
 from support.ch_harness import (
@@ -45,12 +44,7 @@ pytestmark = [pytest.mark.guest]
 def _missing() -> str | None:
     if not SPEC_PATH.is_file() and os.environ.get("CI") != "true":
         return SPEC_MISSING
-    for tool in ("qemu-system-x86_64", "debootstrap", "cpio", "zstd"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (needed to build and boot the test guest)"
-    if os.geteuid() != 0:
-        return "building the guest image needs root"
-    return None
+    return missing_for_probe_guest()
 
 
 needs_guest = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")

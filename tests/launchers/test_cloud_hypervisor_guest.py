@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from guest.image import RELEASES, GuestImage, release_id
+from guest.image import RELEASES, GuestImage, missing_for_probe_guest, release_id
 from guest.parallel import probe_guest, side_by_side
 from guest.qemu import kernel_cmdline, parse_probe_output, probe_cmdline
 from support.ch_harness import (
@@ -33,18 +33,10 @@ from support.ch_harness import (
     write_standin,
 )
 
-
-def _missing() -> str | None:
-    for tool in ("qemu-system-x86_64", "debootstrap", "cpio", "zstd"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (needed to build and boot the test guest)"
-    if os.geteuid() != 0:
-        return "building the guest image needs root"
-    return None
-
-
 pytestmark = [pytest.mark.guest]
-needs_guest = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+needs_guest = pytest.mark.skipif(
+    missing_for_probe_guest() is not None, reason=missing_for_probe_guest() or ""
+)
 
 SECRETS: dict[str, bytes] = {
     "API_KEY": b"k3y-Zq8mW2vXr7tPa9LdNe4s",
@@ -151,7 +143,7 @@ def _real_binary_missing() -> str | None:
     except OSError as error:
         return f"/dev/kvm is not usable ({error.strerror}); cloud-hypervisor needs KVM"
     os.close(fd)
-    return _missing()
+    return missing_for_probe_guest()
 
 
 @pytest.mark.skipif(_real_binary_missing() is not None, reason=_real_binary_missing() or "")

@@ -29,18 +29,21 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
-from guest.image import EXAMPLES_GUEST_DIR, RELEASES, GuestImage, release_id  # noqa: E402
+from guest.image import (  # noqa: E402
+    EXAMPLES_GUEST_DIR,
+    RELEASES,
+    GuestImage,
+    missing_for_probe_guest,
+    release_id,
+)
 from guest.parallel import probe_guest, side_by_side  # noqa: E402
 from guest.qemu import BASE_CMDLINE, ProbeReport, parse_probe_output, probe_cmdline  # noqa: E402
 from support.proc import descendants  # noqa: E402
 
 
 def _missing() -> str | None:
-    for tool in ("qemu-system-x86_64", "debootstrap", "cpio", "zstd"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (apt-get install qemu-system-x86 debootstrap cpio zstd)"
-    if os.geteuid() != 0:
-        return "the guest image build needs root"
+    if problem := missing_for_probe_guest():
+        return problem
     if not Path("/dev/shm").is_dir():
         return "/dev/shm (tmpfs) is not available"
     return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from guest.image import RELEASES, GuestImage, Release, release_id
+from guest.image import RELEASES, GuestImage, Release, missing_for_probe_guest, release_id
 from support.ch_harness import (
     REPO,
     read_records,
@@ -100,17 +99,8 @@ def test_example_config_is_the_described_flow() -> None:
     assert "RuntimeDirectory=" in dropin
 
 
-def _guest_missing() -> str | None:
-    for tool in ("qemu-system-x86_64", "debootstrap", "cpio", "zstd"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed (needed to build and boot the test guest)"
-    if os.geteuid() != 0:
-        return "building the guest image needs root"
-    return None
-
-
 @pytest.mark.guest
-@pytest.mark.skipif(_guest_missing() is not None, reason=_guest_missing() or "")
+@pytest.mark.skipif(missing_for_probe_guest() is not None, reason=missing_for_probe_guest() or "")
 @pytest.mark.parametrize("release", RELEASES, ids=release_id)
 def test_example_end_to_end(request: pytest.FixtureRequest, release: Release) -> None:
     from guest.parallel import probe_guest, side_by_side

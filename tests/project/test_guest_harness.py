@@ -10,8 +10,6 @@ Debian mirror); later runs reuse the cache.
 from __future__ import annotations
 
 import base64
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +31,7 @@ from guest.image import (  # noqa: E402
     boot_kernel,
     find_host_kernel,
     has_pvh_entry,
+    missing_for_probe_guest,
     release_id,
     uncompressed_kernel,
 )
@@ -47,20 +46,7 @@ from guest.qemu import (  # noqa: E402
     virtiofs_qemu_args,
 )
 
-
-def _missing_prerequisite() -> str | None:
-    for tool in ("qemu-system-x86_64", "debootstrap", "cpio", "zstd"):
-        if shutil.which(tool) is None:
-            return (
-                f"{tool} not installed "
-                "(apt-get install qemu-system-x86 debootstrap cpio zstd linux-image-amd64)"
-            )
-    if os.geteuid() != 0:
-        return "building the guest image needs root"
-    return None
-
-
-_SKIP = _missing_prerequisite()
+_SKIP = missing_for_probe_guest()
 
 pytestmark = pytest.mark.guest
 needs_guest = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
