@@ -35,10 +35,10 @@ from support.age_sops import AgeKey, age_keygen_binary, clean_sops_env, sops_run
 from support.canary import Canary
 from support.children import spawned
 from support.clan import ClanFlake
-from support.nixeval import REPO, evaluate, missing, nix_string, written_config
+from support.nixeval import REPO, evaluate, nix, nix_string, written_config
 from support.sessions import resolve
 
-__all__ = ["clean_sops_env", "spawned"]  # fixtures, imported for pytest
+__all__ = ["clean_sops_env", "nix", "spawned"]  # fixtures, imported for pytest
 
 DOCS = REPO / "docs" / "nixos.md"
 STUB_CLAN = REPO / "tests" / "nix" / "stub-clan.nix"
@@ -557,15 +557,6 @@ def evaluate_docs(*blocks: str, clan_dir: Path, extra: str = "{ }") -> dict[str,
         'clan.core.settings.machine.name = "host"; }'
     )
     return evaluate(expression)
-
-
-@pytest.fixture
-def nix() -> None:
-    problem = missing()
-    if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
 
 
 @pytest.fixture

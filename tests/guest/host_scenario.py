@@ -380,12 +380,7 @@ def first_boot() -> None:
         values=read_dir(CREDSTORE),
         app=read_dir(Path("/run/credentials") / APP_UNIT),
     )
-    STATE.mkdir(mode=0o700, exist_ok=True)
-    (STATE / "phase").write_text("after-reboot\n")
-    os.sync()
-    emit("reboot")
-    subprocess.run(["systemctl", "--no-block", "reboot"], check=False)
-    time.sleep(600)
+    reboot_into_second_boot(STATE)
 
 
 def _raw_get(name: str) -> bytes:
@@ -423,6 +418,16 @@ def second_boot() -> None:
             -2000:
         ],
     )
+
+
+def reboot_into_second_boot(state: Path) -> None:
+    """Mark ``state/phase`` (the next boot is the second) and reboot; never returns."""
+    state.mkdir(mode=0o700, exist_ok=True)
+    (state / "phase").write_text("after-reboot\n")
+    os.sync()
+    emit("reboot")
+    subprocess.run(["systemctl", "--no-block", "reboot"], check=False)
+    time.sleep(600)
 
 
 def drive(state: Path, first: Callable[[], None], second: Callable[[], None]) -> int:

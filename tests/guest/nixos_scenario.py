@@ -21,7 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path("/run/cbhost")
@@ -36,6 +35,7 @@ from host_scenario import (  # noqa: E402
     mode_of,
     process,
     read_dir,
+    reboot_into_second_boot,
     records,
     run,
     show,
@@ -166,12 +166,7 @@ def first_boot() -> None:
             if "@." not in unit
         },
     )
-    STATE.mkdir(mode=0o700, exist_ok=True)
-    (STATE / "phase").write_text("after-reboot\n")
-    os.sync()
-    emit("reboot")
-    subprocess.run(["systemctl", "--no-block", "reboot"], check=False)
-    time.sleep(600)
+    reboot_into_second_boot(STATE)
 
 
 # --------------------------------------------------------------------------- second boot

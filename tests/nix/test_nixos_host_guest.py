@@ -43,10 +43,10 @@ from guest.hostrun import HostRun, finished, run_host_guest  # noqa: E402
 from guest.image import Release  # noqa: E402
 from guest.parallel import outcome_of, per_release, release  # noqa: E402
 from support.microvm_runner import runner_argv  # noqa: E402
-from support.nixeval import REPO, evaluate, missing  # noqa: E402
+from support.nixeval import REPO, evaluate, nix  # noqa: E402
 from support.nixos_system import NixosSystem, render_system, verify_root  # noqa: E402
 
-__all__ = ["release"]  # the fixture, imported so pytest finds it here
+__all__ = ["nix", "release"]  # fixtures, imported so pytest finds them here
 
 STORE = "/nix/store/" + "0" * 32
 REAL_CLOUD_HYPERVISOR = f"{STORE}-cloud-hypervisor"
@@ -182,15 +182,6 @@ while os.path.exists(f"/proc/{pid}"):
     time.sleep(0.1)
 """
     return {"microvm-run": run, "microvm-shutdown": shutdown}
-
-
-@pytest.fixture(scope="module")
-def nix() -> None:
-    problem = missing()
-    if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
 
 
 @pytest.fixture(scope="module")

@@ -29,20 +29,12 @@ from support.nixeval import (
     NixError,
     evaluate,
     instantiate,
-    missing,
+    nix_ready,
     written_config,
 )
 from support.nixos_system import render_system, verify_root
 
-
-@pytest.fixture(scope="module", autouse=True)
-def nix_ready() -> None:
-    problem = missing()
-    if problem is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(problem)
-        pytest.skip(problem)
-
+__all__ = ["nix_ready"]  # the autouse fixture, imported so pytest applies it here
 
 APP = {"systemd.services.app.serviceConfig.ExecStart": "/bin/true"}
 BASE: dict[str, Any] = {"services.credbridge.enable": True, **APP}
