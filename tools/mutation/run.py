@@ -47,7 +47,8 @@ DEFAULT_WORK = Path("/var/tmp/credbridge-mutation")  # noqa: S108 - disk-backed,
 MAP_MARKERS = "not guest and not fuzz and not stress"
 TOOLS = ("cosmic-ray>=8.7", "coverage>=7.10")
 """Installed into the workspace venv only (not an extra: the NixOS package mirrors the extras)."""
-MAP_IGNORE = ("--ignore=tests/project/test_quality.py",)  # ruff and mypy: about types, not behaviour
+# ruff and mypy: about types, not behaviour
+MAP_IGNORE = ("--ignore=tests/project/test_quality.py",)
 
 # Module -> the functions (cosmic-ray's innermost definition names) in scope; None: all.
 SCOPE: dict[str, frozenset[str] | None] = {
