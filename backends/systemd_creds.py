@@ -79,7 +79,7 @@ def key_problem(
         return f'{setting} "{key}" needs systemd {needed} or later; {binary} is systemd {version}'
     if tpm2_pcrs == "" and key in TPM2_KEYS and version < UNBOUND_TPM2_MIN_SYSTEMD:
         # 252 seals it, but PID 1 then fails the unit: "TPM2 PCR bank invalid or not
-        # supported" (tests/test_tpm_guest.py); 257 unseals it.
+        # supported" (tests/backends/test_tpm_guest.py); 257 unseals it.
         return (
             f'tpm2_pcrs = "" (bound to no PCR) needs systemd {UNBOUND_TPM2_MIN_SYSTEMD} or '
             f"later to be decrypted; {binary} is systemd {version} (bind to PCRs, e.g. "

@@ -23,7 +23,6 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +31,13 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from delay_proxy import start_proxy  # noqa: E402
 from support.moto import MotoServer  # noqa: E402
+from timing import measure, timed_resolve  # noqa: E402
 
 DELAY = 0.005
 
 
 def run_credbridge(refs: list[str], concurrency: int) -> float:
-    from credbridge.core import Request, Secret, Session, parse_config, parse_reference
-
-    config = parse_config({"credbridge": {"concurrency": concurrency}})
-    requests = [Request(parse_reference(r)) for r in refs]
-    start = time.perf_counter()
-    with Session(config) as session:
-        outcomes = session.resolve(requests)
-    elapsed = time.perf_counter() - start
-    bad = [r for r in requests if not isinstance(outcomes[r], Secret)]
-    assert not bad, f"{len(bad)} failed: {outcomes[bad[0]]}"
-    return elapsed
+    return timed_resolve({"credbridge": {"concurrency": concurrency}}, refs)
 
 
 def run_sm_loop(names: list[str]) -> float:
@@ -68,10 +58,6 @@ def run_ssm_loop(names: list[str]) -> float:
     for name in names:
         assert client.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
     return time.perf_counter() - start
-
-
-def measure(fn: Callable[[], float], runs: int) -> list[float]:
-    return [fn() for _ in range(runs)]
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from delay_proxy import start_proxy  # noqa: E402
 from support.openbao import DevServer, bao_binary  # noqa: E402
+from timing import measure, timed_resolve  # noqa: E402
 
 DELAY = 0.005
 
@@ -40,22 +40,13 @@ DELAY = 0.005
 
 
 def run_credbridge(address: str, token_path: Path, refs: list[str], concurrency: int) -> float:
-    from credbridge.core import Request, Secret, Session, parse_config, parse_reference
-
-    config = parse_config(
+    return timed_resolve(
         {
             "credbridge": {"concurrency": concurrency},
             "sources": {"vault": {"address": address, "auth": {"token_file": str(token_path)}}},
-        }
+        },
+        refs,
     )
-    requests = [Request(parse_reference(r)) for r in refs]
-    start = time.perf_counter()
-    with Session(config) as session:
-        outcomes = session.resolve(requests)
-    elapsed = time.perf_counter() - start
-    bad = [r for r in requests if not isinstance(outcomes[r], Secret)]
-    assert not bad, f"{len(bad)} failed: {outcomes[bad[0]]}"
-    return elapsed
 
 
 def run_hvac_loop(address: str, token: str, paths: list[str]) -> float:
@@ -84,10 +75,6 @@ def run_bao_loop(address: str, token: str, paths: list[str]) -> float:
             capture_output=True,
         )
     return time.perf_counter() - start
-
-
-def measure(fn: Callable[[], float], runs: int) -> list[float]:
-    return [fn() for _ in range(runs)]
 
 
 def main() -> None:

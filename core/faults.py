@@ -4,7 +4,7 @@ Every step that changes the file system calls :func:`point` with a stable name
 (``atomic.before-rename``, ``credstore.commit.after-exchange``, ...). In production this is a
 no-op: the switch is an interpreter option, not a credbridge flag or environment variable, so it
 cannot reach credbridge through a config, a unit file or an inherited environment. The crash
-harness (tests/test_crash.py, docs/reliability.md) starts the interpreter itself with it::
+harness (tests/core/test_crash.py, docs/reliability.md) starts the interpreter itself with it::
 
     python -X credbridge-fault=credstore.commit.after-exchange@1:kill -m credbridge.core.cli ...
     python -X credbridge-fault='*@17:term' -m credbridge.core.cli ...    # the 17th step reached

@@ -27,7 +27,7 @@ let
   thisFile = toString ./module.nix;
   configPath = "/etc/credbridge/config.json";
 
-  # Schemes of the built-in sources (tests/test_nixos_module.py keeps this list equal to the
+  # Schemes of the built-in sources (tests/nix/test_nixos_module.py keeps this list equal to the
   # plugins' own); `networked` ones make the deliver unit wait for network-online.target.
   builtinSchemes = {
     credential.networked = false;

@@ -37,7 +37,7 @@ OURS = ("credbridge-demo", "cb-ch-conf")
 else the suite makes is under the session directories (other programs on the machine may
 create other names in /tmp meanwhile, so only these are watched outside)."""
 
-# Property-based tests (tests/test_properties.py) run each target under one of these profiles:
+# Property-based tests (tests/core/test_properties.py) run each target under one of these profiles:
 # "suite" in the default run, "fuzz" (at least 10,000 examples) with `pytest -m fuzz`.
 settings.register_profile("suite", max_examples=300, deadline=None, database=None)
 # CREDBRIDGE_FUZZ_EXAMPLES=N raises (or lowers) the fuzz budget of every target for one run.
@@ -142,7 +142,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # The one test that may skip under CI=true: it runs the real cloud-hypervisor, which needs
 # KVM and a binary this machine cannot have (docs/testing.md).
-OPT_IN_SKIPS = frozenset({"tests/test_cloud_hypervisor_guest.py::test_real_cloud_hypervisor"})
+OPT_IN_SKIPS = frozenset({"tests/launchers/test_cloud_hypervisor_guest.py::test_real_cloud_hypervisor"})
 _skipped: list[str] = []
 
 

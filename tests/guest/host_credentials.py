@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""In-guest driver of tests/test_host_credentials.py: what systemd 252 does with credstore
+"""In-guest driver of tests/backends/test_host_credentials.py: what systemd 252 does with credstore
 drop-ins credbridge writes for an optional credential and at systemd's size limits.
 
 Runs as root inside the host guest (Debian's python3, standard library only) from the payload

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""In-guest driver of tests/test_host_guest.py: credbridge's host side under a real systemd.
+"""In-guest driver of tests/core/test_host_guest.py: credbridge's host side under a real systemd.
 
 Runs inside the host guest (Debian's python3, standard library only) as root, on every boot,
 from the payload in /run/cbhost. It does what an operator does, reports facts as
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path("/run/cbhost")
@@ -379,12 +380,7 @@ def first_boot() -> None:
         values=read_dir(CREDSTORE),
         app=read_dir(Path("/run/credentials") / APP_UNIT),
     )
-    STATE.mkdir(mode=0o700, exist_ok=True)
-    (STATE / "phase").write_text("after-reboot\n")
-    os.sync()
-    emit("reboot")
-    subprocess.run(["systemctl", "--no-block", "reboot"], check=False)
-    time.sleep(600)
+    reboot_into_second_boot(STATE)
 
 
 def _raw_get(name: str) -> bytes:
@@ -424,17 +420,33 @@ def second_boot() -> None:
     )
 
 
-def main() -> int:
+def reboot_into_second_boot(state: Path) -> None:
+    """Mark ``state/phase`` (the next boot is the second) and reboot; never returns."""
+    state.mkdir(mode=0o700, exist_ok=True)
+    (state / "phase").write_text("after-reboot\n")
+    os.sync()
+    emit("reboot")
+    subprocess.run(["systemctl", "--no-block", "reboot"], check=False)
+    time.sleep(600)
+
+
+def drive(state: Path, first: Callable[[], None], second: Callable[[], None]) -> int:
+    """One boot of a driver: ``second`` once ``first`` has left ``state/phase``, else
+    ``first``; an exception is reported as an ``error`` event; then done, and power off."""
     try:
-        if (STATE / "phase").exists():
-            second_boot()
+        if (state / "phase").exists():
+            second()
         else:
-            first_boot()
+            first()
     except Exception:
         emit("error", detail=traceback.format_exc()[-3000:])
     print("CBHOST-DONE", flush=True)
     subprocess.run(["systemctl", "--no-block", "poweroff"], check=False)
     return 0
+
+
+def main() -> int:
+    return drive(STATE, first_boot, second_boot)
 
 
 if __name__ == "__main__":

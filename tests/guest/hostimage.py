@@ -68,6 +68,17 @@ REPO = Path(__file__).resolve().parents[2]
 HOST_PACKAGES: tuple[str, ...] = (*PACKAGES, "python3", "python3-venv")
 
 
+def missing_for_host_guest(*tools: str) -> str | None:
+    """Why this machine cannot build and boot the host guest (a missing tool, of those every
+    host guest needs and ``tools``, or not root), or None."""
+    for tool in ("qemu-system-x86_64", "debootstrap", "cpio", "zstd", "mke2fs", *tools):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (see the README's test command)"
+    if os.geteuid() != 0:
+        return "building the host guest needs root"
+    return None
+
+
 def host_packages(release: Release) -> tuple[str, ...]:
     """What debootstrap installs into the host guest of ``release``: the TPM2 libraries
     systemd loads for ``systemd-creds --with-key=tpm2`` too (a minimal image lacks them)."""

@@ -66,6 +66,16 @@ class HostRun:
         )
 
 
+def finished(run: HostRun) -> HostRun:
+    """``run``, checked to have ended as its driver meant: in time, with ``CBHOST-DONE``, no
+    ``error`` event and every console record readable."""
+    assert not run.timed_out, run.describe()
+    assert run.done, run.describe()
+    assert run.events("error") == [], run.describe()
+    assert run.problems == [], run.describe()
+    return run
+
+
 def parse_console(text: str) -> tuple[list[dict[str, Any]], bool, list[str]]:
     records: list[dict[str, Any]] = []
     problems: list[str] = []

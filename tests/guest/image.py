@@ -81,6 +81,17 @@ TRIXIE = Release(
 RELEASES: tuple[Release, ...] = (BOOKWORM, TRIXIE)
 
 
+def missing_for_probe_guest(*tools: str) -> str | None:
+    """Why this machine cannot build and boot the probe guest (a missing tool, of those every
+    probe guest needs and ``tools``, or not root), or None."""
+    for tool in ("qemu-system-x86_64", "debootstrap", "cpio", "zstd", *tools):
+        if shutil.which(tool) is None:
+            return f"{tool} not installed (see the README's test command)"
+    if os.geteuid() != 0:
+        return "building the guest image needs root"
+    return None
+
+
 def release_id(release: Release) -> str:
     """The test id of a release (``ids=release_id`` in a fixture over :data:`RELEASES`)."""
     return release.test_id

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""In-guest driver of tests/test_nixos_host_guest.py: nix/module.nix's units under real systemd.
+"""In-guest driver of tests/nix/test_nixos_host_guest.py: nix/module.nix's units under real systemd.
 
 Runs inside the host guest (Debian's python3, standard library only) as root, on every boot,
 from the payload in /run/cbhost; reports facts as ``CBHOST {json}`` lines and never judges
@@ -21,8 +21,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import traceback
 from pathlib import Path
 
 HERE = Path("/run/cbhost")
@@ -30,12 +28,14 @@ sys.path.insert(0, str(HERE))
 
 from host_scenario import (  # noqa: E402
     b64,
+    drive,
     emit,
     forms,
     fstype,
     mode_of,
     process,
     read_dir,
+    reboot_into_second_boot,
     records,
     run,
     show,
@@ -166,12 +166,7 @@ def first_boot() -> None:
             if "@." not in unit
         },
     )
-    STATE.mkdir(mode=0o700, exist_ok=True)
-    (STATE / "phase").write_text("after-reboot\n")
-    os.sync()
-    emit("reboot")
-    subprocess.run(["systemctl", "--no-block", "reboot"], check=False)
-    time.sleep(600)
+    reboot_into_second_boot(STATE)
 
 
 # --------------------------------------------------------------------------- second boot
@@ -379,16 +374,7 @@ def _raw_gets() -> dict[str, str]:
 
 
 def main() -> int:
-    try:
-        if (STATE / "phase").exists():
-            second_boot()
-        else:
-            first_boot()
-    except Exception:
-        emit("error", detail=traceback.format_exc()[-3000:])
-    print("CBHOST-DONE", flush=True)
-    subprocess.run(["systemctl", "--no-block", "poweroff"], check=False)
-    return 0
+    return drive(STATE, first_boot, second_boot)
 
 
 if __name__ == "__main__":

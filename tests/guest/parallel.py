@@ -28,7 +28,7 @@ from typing import TypeVar
 
 import pytest
 
-from .image import RELEASES, GuestBuildError, GuestImage, Release, ensure_guest
+from .image import RELEASES, GuestBuildError, GuestImage, Release, ensure_guest, release_id
 
 JOBS_ENV = "CREDBRIDGE_TEST_GUEST_JOBS"
 #: QEMU's TCG threads per guest that keep a core busy (``-smp 2``, but a guest booting is
@@ -93,6 +93,13 @@ def outcome_of(results: Mapping[Release, T | Exception], release: Release, what:
     if isinstance(result, Exception):
         raise result
     return result
+
+
+@pytest.fixture(scope="module", params=RELEASES, ids=release_id)
+def release(request: pytest.FixtureRequest) -> Release:
+    """Each Debian release in turn, for the fixtures that pick its result of
+    :func:`per_release` (import it into the test module for pytest to find it)."""
+    return request.param  # type: ignore[no-any-return]
 
 
 _side_by_side: dict[str, dict[Release, object]] = {}

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""In-guest driver of tests/test_tpm_guest.py: credstore values sealed to the guest's TPM2.
+"""In-guest driver of tests/backends/test_tpm_guest.py: credstore values sealed to the guest's TPM2.
 
 Runs as root inside the host guest (Debian's python3, standard library only) from the payload
 in /run/cbhost, reports facts as ``CBHOST {json}`` lines and never judges them. The payload's

@@ -17,6 +17,12 @@ from support.proc import process_tree
 REPO = Path(__file__).resolve().parent.parent.parent
 SPEC_PATH = REPO.parent / "shared" / "vendor/cloud-hypervisor/openapi.yaml"
 STANDIN = REPO / "tests" / "support" / "ch_standin.py"
+SECRETS: dict[str, bytes] = {
+    "API_KEY": b"k3y-Zq8mW2vXr7tPa9LdNe4s",
+    "DB_PASSWORD": b"multi\nline\npassword-Hq2Lr8Vd\n",
+    "BLOB": bytes(range(256)),
+}
+"""The VM credentials of the wrapper tests: text, a multi-line value and every byte."""
 SPEC_MISSING = (
     f"the vendored cloud-hypervisor OpenAPI spec is not at {SPEC_PATH} "
     "(it lives outside the repository, in ../shared/vendor/cloud-hypervisor/)"
@@ -187,3 +193,37 @@ def check_runtime_modes(directory: Path) -> list[str]:
     if mode != 0o700:
         problems.append(f"runtime dir {directory} is {mode:04o}")
     return problems
+
+
+def write_vm_config(
+    directory: Path, secrets: Mapping[str, bytes], *, sink: Any = "oem-strings"
+) -> Path:
+    """A JSON config (as the NixOS module writes one) with the VM target ``test-vm``."""
+    secret_dir = directory / "secrets"
+    secret_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    credentials = {}
+    for name, value in secrets.items():
+        (secret_dir / name).write_bytes(value)
+        (secret_dir / name).chmod(0o400)
+        credentials[name] = {"ref": f"file:{secret_dir / name}"}
+    config = {
+        "store": {"path": str(directory / "state")},
+        "targets": {"test-vm": {"kind": "vm", "sink": sink, "credentials": credentials}},
+    }
+    path = directory / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def scan_all_cmdlines(forms: list[bytes]) -> list[str]:
+    """Every process on the machine: no secret form in any /proc/*/cmdline."""
+    leaks = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            data = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        leaks += [f"pid {entry.name}" for form in forms if form in data]
+    return leaks

@@ -49,24 +49,9 @@ from typing import Any
 
 from credbridge.backends import sops_cli
 
+from support.age_sops import AgeKey, make_key
+
 KEEP_SOPS_VARIABLES = {"SOPS_GPG_EXEC", "SOPS_AGE_KEY", "SOPS_AGE_KEY_FILE"}
-
-
-@dataclass(frozen=True)
-class Identity:
-    """An age key: the private key file and its public key (``age1...``)."""
-
-    path: Path
-    public: str
-
-
-def age_keygen(keygen: str, directory: Path, name: str) -> Identity:
-    path = directory / f"{name}.txt"
-    subprocess.run([keygen, "-o", str(path)], check=True, capture_output=True)
-    public = subprocess.run(
-        [keygen, "-y", str(path)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    return Identity(path, public)
 
 
 def run_sops(args: list[str], *, env: dict[str, str], stdin: bytes = b"") -> bytes:
@@ -89,7 +74,7 @@ class ClanFlake:
 
     root: Path
     keygen: str
-    admin: Identity
+    admin: AgeKey
     """The admin running clan (``SOPS_AGE_KEY_FILE``), a user ``admin`` of the clan."""
     keys: Path
     machines: dict[str, str] = field(default_factory=dict)
@@ -99,9 +84,11 @@ class ClanFlake:
 
     @classmethod
     def create(cls, root: Path, keygen: str, keys: Path) -> ClanFlake:
-        admin = age_keygen(keygen, keys, "admin")
+        """A flake at ``root`` with its admin's key; the private keys go into ``keys`` (0700)."""
+        keys.mkdir(mode=0o700, exist_ok=True)
+        admin = make_key(keygen, keys, "admin")
         flake = cls(root, keygen, admin, keys)
-        flake._write_key(root / "sops" / "users" / "admin", admin.public)
+        flake._write_key(root / "sops" / "users" / "admin", admin.recipient)
         return flake
 
     # ------------------------------------------------------------------ clan's steps
@@ -157,13 +144,13 @@ class ClanFlake:
             os.unlink(manifest.name)
         return secret_dir / "secret"
 
-    def add_machine(self, name: str) -> Identity:
+    def add_machine(self, name: str) -> AgeKey:
         """``ensure_machine_key``: a key pair, the private half kept encrypted to the admins.
 
         Returns the key as clan installs it on the machine (``/var/lib/sops-nix/key.txt``):
         decrypted from the repository with the admin's key, as ``populate_dir`` does.
         """
-        generated = age_keygen(self.keygen, self.keys, f"generated-{name}")
+        generated = make_key(self.keygen, self.keys, f"generated-{name}")
         private = next(
             line for line in generated.path.read_text().splitlines() if not line.startswith("#")
         )
@@ -172,12 +159,12 @@ class ClanFlake:
         secret_dir.mkdir(parents=True)
         self._allow(secret_dir, "users", "admin")
         self._encrypt(secret_dir, private.encode())
-        self._write_key(self.root / "sops" / "machines" / name, generated.public)
-        self.machines[name] = generated.public
+        self._write_key(self.root / "sops" / "machines" / name, generated.recipient)
+        self.machines[name] = generated.recipient
         installed = self.keys / f"{name}-key.txt"
         installed.write_bytes(self.decrypt(secret_dir / "secret"))
         installed.chmod(0o600)
-        return Identity(installed, generated.public)
+        return AgeKey(installed, generated.recipient)
 
     def set_var(
         self,
@@ -215,7 +202,7 @@ class ClanFlake:
             command += ["-r", recipient]
         subprocess.run([*command, "-o", str(output)], input=value, check=True, capture_output=True)
 
-    def add_age_machine(self, name: str) -> Identity:
+    def add_age_machine(self, name: str) -> AgeKey:
         """``ensure_machine_key`` of the age store; returns the key as ``populate_dir``
         uploads it (``key.txt``), decrypted from the repository with the admin's key."""
         generated = subprocess.run([self.keygen], check=True, capture_output=True).stdout
@@ -227,13 +214,13 @@ class ClanFlake:
         folder = self.root / "secrets" / "age-keys" / "machines" / name
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "pub").write_text(public)
-        self._age_encrypt(generated, [self.admin.public], folder / "key.age")
-        (folder / "key.age.recipients").write_text(self.admin.public + "\n")
+        self._age_encrypt(generated, [self.admin.recipient], folder / "key.age")
+        (folder / "key.age.recipients").write_text(self.admin.recipient + "\n")
         installed = self.keys / f"{name}-age-store-key.txt"
         installed.write_bytes(self.age_decrypt(folder / "key.age"))
         installed.chmod(0o600)
         self.age_machines[name] = public
-        return Identity(installed, public)
+        return AgeKey(installed, public)
 
     def set_age_var(
         self,
@@ -257,7 +244,7 @@ class ClanFlake:
         if deploy:
             recipients = sorted(self.age_machines[m] for m in members)
         else:
-            recipients = [self.admin.public]
+            recipients = [self.admin.recipient]
         folder = self.root.joinpath("secrets", "clan-vars", *placement, generator, file)
         folder.mkdir(parents=True, exist_ok=True)
         secret = folder / f"{file}.age"

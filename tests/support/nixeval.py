@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent.parent
 NIXPKGS_LIB = REPO.parent / "shared" / "vendor" / "nixpkgs-lib" / "lib"
 EVAL = REPO / "tests" / "nix" / "eval.nix"
@@ -36,6 +38,28 @@ def missing() -> str | None:
 
 class NixError(Exception):
     """nix-instantiate failed; ``str()`` is its error output."""
+
+
+def require_nix() -> None:
+    """Skips the test where nix-instantiate or the vendored sources are missing (fails under
+    CI=true, where nothing may skip)."""
+    problem = missing()
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="module")
+def nix() -> None:
+    """``require_nix`` for the tests that ask for it."""
+    require_nix()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nix_ready() -> None:
+    """``require_nix`` for every test of a module that imports this fixture."""
+    require_nix()
 
 
 def nix_string(value: str) -> str:
@@ -106,3 +130,10 @@ def evaluate(
         args["guestConfig"] = guest if isinstance(guest, str) else to_nix(guest)
     result: dict[str, Any] = instantiate(EVAL, args)
     return result
+
+
+def written_config(result: dict[str, Any], directory: Path) -> Path:
+    """The config.json the NixOS module writes (``evaluate``'s result), as a file in ``directory``."""
+    path = directory / "config.json"
+    path.write_text(result["etc"]["credbridge/config.json"])
+    return path

@@ -10,8 +10,14 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+
+def unique(prefix: str = "t") -> str:
+    """A name no other test uses on the shared server (a path, a mount, a secret, a role)."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def free_port() -> int:

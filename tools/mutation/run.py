@@ -47,7 +47,8 @@ DEFAULT_WORK = Path("/var/tmp/credbridge-mutation")  # noqa: S108 - disk-backed,
 MAP_MARKERS = "not guest and not fuzz and not stress"
 TOOLS = ("cosmic-ray>=8.7", "coverage>=7.10")
 """Installed into the workspace venv only (not an extra: the NixOS package mirrors the extras)."""
-MAP_IGNORE = ("--ignore=tests/test_quality.py",)  # ruff and mypy: about types, not behaviour
+# ruff and mypy: about types, not behaviour
+MAP_IGNORE = ("--ignore=tests/project/test_quality.py",)
 
 # Module -> the functions (cosmic-ray's innermost definition names) in scope; None: all.
 SCOPE: dict[str, frozenset[str] | None] = {
@@ -286,7 +287,7 @@ def make_map(work: Path, python: Path, digest: str) -> None:
     if result.returncode not in (0, 1):
         sys.exit(f"the suite could not run under coverage (exit {result.returncode})")
     if result.returncode == 1:
-        # Tests that watch imports (tests/test_startup.py) see coverage's own; what they ran
+        # Tests that watch imports (tests/core/test_startup.py) see coverage's own; what they ran
         # is still recorded, and mutants run them without coverage.
         log("some tests failed under coverage (listed above); their lines are still mapped")
     subprocess.run(
