@@ -566,6 +566,9 @@ class CloudHypervisorLauncher(Launcher):
 
     # ------------------------------------------------------------------ launch
 
+    def runtime_dir(self) -> Path:
+        return self.vm.runtime_dir
+
     def check(self) -> None:
         check_runtime_dir(
             self.vm.runtime_dir,

@@ -110,12 +110,12 @@ from credbridge.core.fsutil import (
 )
 from credbridge.core.process import child_env
 from credbridge.core.types import Delivery
-from credbridge.core.vm import VirtiofsShare, VmChannel, VmSink
+from credbridge.core.vm import RUNTIME_LOCK, VirtiofsShare, VmChannel, VmSink
 from credbridge.launchers.hooks import RUNTIME_KEYS
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".credbridge.lock"
+LOCK_NAME = RUNTIME_LOCK
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 RUNTIME_SETTINGS = RUNTIME_KEYS
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
