@@ -23,7 +23,7 @@ from credbridge.core.config import Target
 from credbridge.core.errors import CredbridgeError, DeliveryError, ResolutionFailed, SourceError
 from credbridge.core.plugins import LAUNCHER, SINK
 from credbridge.core.secret import Secret
-from credbridge.core.types import Mode
+from credbridge.core.types import Mode, Outcome
 from credbridge.core.units import on_change_for
 from credbridge.core.vm import VmSink, running_launch
 
@@ -94,9 +94,10 @@ def update_vm(agent: Agent, state: TargetState) -> None:
         if cred.action in {"reissue", "fetch"}:
             session.reissue.add(cred.request)
     creds = list(state.credentials.values())
-    outcomes = session.resolve([c.request for c in creds], Mode.DELIVER)
-    values = {c.name: outcomes[c.request] for c in creds}
+    values: dict[str, Outcome] = {}
     try:
+        outcomes = session.resolve([c.request for c in creds], Mode.DELIVER)
+        values = {c.name: outcomes[c.request] for c in creds}
         failures = []
         for cred in creds:
             outcome = values[cred.name]
