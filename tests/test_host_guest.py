@@ -308,7 +308,7 @@ pytestmark = [pytest.mark.guest, pytest.mark.skipif(_SKIPPED, reason=_SKIP or ""
 
 
 def boot(release: Release) -> HostRun:
-    return run_host_guest(ensure_host_guest(recipe(), release=release), payload(), timeout=900)
+    return run_host_guest(ensure_host_guest(recipe(), release=release), payload(), timeout=1200)
 
 
 @pytest.fixture(scope="module")
