@@ -560,7 +560,7 @@ def test_the_agent_unit_keeps_a_consumer_and_a_running_vm_fresh(run: HostRun) ->
     assert changed["ActiveState"] == "active"
     # ... the running VM's share holds it, and a reader that held the file open read the
     # whole old value (the new file was renamed over it) ...
-    assert decoded(changed["share"]) == {"token": two}
+    assert decoded(changed["share"]) == {"token": two, ".credbridge-generation": b"1\n"}
     assert changed["share"]["token"]["mode"] == "0400"
     assert base64.b64decode(changed["held"]) == one
     assert changed["generation"] == "1\n"
