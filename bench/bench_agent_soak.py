@@ -6,7 +6,12 @@ registered in-process) and ``--static`` ``file:`` credentials re-read every seco
 ``--minutes``. The resident set size (VmRSS) is read after the first delivery and at the end,
 and the renewals counted from the agent's log.
 
+``--samples N`` reads the RSS N times over the run (a rise that stops is the allocator's
+warm-up, a steady one a leak); ``--tracemalloc`` also diffs Python's allocations between the
+second sample and the end, largest first (what grew, by source line).
+
 Run:  python bench/bench_agent_soak.py [--minutes 30] [--leases 100] [--ttl 10]
+      [--samples 6] [--tracemalloc]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,7 +58,11 @@ def main() -> None:
     parser.add_argument("--leases", type=int, default=100)
     parser.add_argument("--static", type=int, default=100)
     parser.add_argument("--ttl", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=2)
+    parser.add_argument("--tracemalloc", action="store_true")
     args = parser.parse_args()
+    if args.tracemalloc:
+        tracemalloc.start(8)
     from credbridge.core.agent import Agent
     from credbridge.core.plugins import get_plugin_manager
 
@@ -85,18 +95,23 @@ def main() -> None:
         os.environ.pop("NOTIFY_SOCKET", None)
         agent = Agent(config, restart=False)
         samples: list[tuple[float, int]] = []
+        snapshots: list[tracemalloc.Snapshot] = []
 
         def watch() -> None:
             while not agent.ready:
                 time.sleep(0.1)
-            samples.append((time.monotonic(), rss_kib()))
-            time.sleep(args.minutes * 60)
-            samples.append((time.monotonic(), rss_kib()))
+            count = max(2, args.samples)
+            for index in range(count):
+                if index:
+                    time.sleep(args.minutes * 60 / (count - 1))
+                samples.append((time.monotonic(), rss_kib()))
+                if args.tracemalloc and index in {1, count - 1}:
+                    snapshots.append(tracemalloc.take_snapshot())
             os.kill(os.getpid(), signal.SIGTERM)
 
         threading.Thread(target=watch, daemon=True).start()
         agent.run()
-        (start, rss_start), (end, rss_end) = samples
+        (start, rss_start), (end, rss_end) = samples[0], samples[-1]
         print("| measure | value |\n|---|---|")
         print(
             f"| leases (TTL {args.ttl} s) + static values (refresh 1 s) | "
@@ -106,6 +121,16 @@ def main() -> None:
         print(f"| renewals | {counter.renewals} |")
         print(f"| RSS after the first delivery | {rss_start / 1024:.1f} MiB |")
         print(f"| RSS at the end | {rss_end / 1024:.1f} MiB |")
+        print(
+            "\nRSS samples (min: MiB): "
+            + ", ".join(f"{(t - start) / 60:.1f}: {kib / 1024:.1f}" for t, kib in samples)
+        )
+        if len(snapshots) == 2:
+            stats = snapshots[1].compare_to(snapshots[0], "lineno")
+            grown = sum(s.size_diff for s in stats)
+            print(f"\ntracemalloc, second sample to the end: {grown / 1024:+.1f} KiB in all")
+            for stat in stats[:15]:
+                print(f"  {stat}")
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""``credbridge agent``: deliver once, then keep every unit target fresh (docs/agent.md).
+"""``credbridge agent``: deliver once, then keep every target fresh (docs/agent.md).
 
 The agent is a loop around :meth:`Session.deliver`: each credential has a deadline, and the
 process sleeps (no polling) until the earliest one or a signal. At a deadline it
@@ -13,110 +13,56 @@ process sleeps (no polling) until the earliest one or a signal. At a deadline it
 
 A failure keeps the values in place and retries with exponential backoff and jitter. The
 state (never a value) is written to a file that ``credbridge status`` reads.
+
+This module is the loop: what is due, renewals, deliveries, signals. Around it:
+:mod:`~credbridge.core.agent_state` (settings, the per-target and per-credential state, the
+state file), :mod:`~credbridge.core.agent_session` (the leased values held between rounds),
+:mod:`~credbridge.core.agent_vms` (running VMs: shares updated in place, restarts, stale
+reports) and :mod:`~credbridge.core.sdnotify` (the systemd protocol).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import logging
 import os
 import random
 import select
 import signal
-import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from credbridge.core import links
-from credbridge.core.config import Config, CredentialSpec, Target, keypath, load_config
-from credbridge.core.engine import Session
+from credbridge.core.agent_session import AgentSession
+from credbridge.core.agent_state import (
+    DEFAULT_REFRESH,
+    AgentSettings,
+    CredentialState,
+    TargetState,
+    read_state,
+    stamp,
+    state_path,
+    write_state,
+)
+from credbridge.core.agent_vms import changed_for_vms, launch_of, update_vm
+from credbridge.core.config import Config, CredentialSpec, load_config
 from credbridge.core.errors import (
-    ConfigError,
     CredbridgeError,
     ResolutionFailed,
     SourceError,
     Timeout,
     Unreachable,
 )
-from credbridge.core.fsutil import LockWait, atomic_write, ensure_private_dir
+from credbridge.core.fsutil import LockWait
 from credbridge.core.plugins import SOURCE
-from credbridge.core.secret import Secret
-from credbridge.core.settings import duration_setting, number_setting
-from credbridge.core.types import Change, Lease, LeasedSource, Mode, Outcome, Request
+from credbridge.core.sdnotify import notify, watchdog_interval
+from credbridge.core.types import Change, Lease, LeasedSource, Request
+from credbridge.core.vm import VmSink
+
+__all__ = ["Agent", "AgentSettings", "backoff", "read_state", "renewal_delay", "state_path"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_REFRESH = 300.0
-"""How often a value without a lease is re-read when no ``refresh`` is set (Vault Agent's
-``static_secret_render_interval`` default)."""
-DEFAULT_RENEW_AT = 2 / 3
-DEFAULT_RETRY_MIN = 1.0
-DEFAULT_RETRY_MAX = 300.0
-STATE_DIR = ".credbridge-agent"
-STATE_NAME = "state.json"
-AGENT_SETTINGS = ("renew_at", "retry_min", "retry_max", "state")
-
-
-# --------------------------------------------------------------------------- settings
-
-
-@dataclass(frozen=True)
-class AgentSettings:
-    """The ``[agent]`` table of the config."""
-
-    renew_at: float = DEFAULT_RENEW_AT
-    retry_min: float = DEFAULT_RETRY_MIN
-    retry_max: float = DEFAULT_RETRY_MAX
-    state: Path | None = None
-
-    @classmethod
-    def from_config(cls, config: Config) -> AgentSettings:
-        table = config.agent
-        for key in table:
-            if key not in AGENT_SETTINGS:
-                raise ConfigError(
-                    f"unknown setting (expected one of: {', '.join(AGENT_SETTINGS)})",
-                    file=config.label,
-                    key=keypath("agent", key),
-                )
-        renew_at = DEFAULT_RENEW_AT
-        if "renew_at" in table:
-            renew_at = number_setting(
-                table["renew_at"],
-                file=config.label,
-                key="agent.renew_at",
-                minimum=0.1,
-                maximum=0.9,
-            )
-
-        def duration(key: str, default: float) -> float:
-            if key not in table:
-                return default
-            return duration_setting(table[key], file=config.label, key=f"agent.{key}")
-
-        retry_min = duration("retry_min", DEFAULT_RETRY_MIN)
-        retry_max = duration("retry_max", DEFAULT_RETRY_MAX)
-        if retry_max < retry_min:
-            raise ConfigError(
-                "must not be shorter than agent.retry_min", file=config.label, key="agent.retry_max"
-            )
-        state = None
-        if "state" in table:
-            state = config.resolve_path(table["state"], "agent.state")
-        return cls(renew_at, retry_min, retry_max, state)
-
-
-def state_path(session: Session, settings: AgentSettings) -> Path:
-    """The agent's state file: ``[agent] state``, else ``.credbridge-agent/state.json`` beside
-    the store's lock file (the store is per config, so two agents never share one)."""
-    if settings.state is not None:
-        return settings.state
-    return session.store().lock_file().parent / STATE_DIR / STATE_NAME
 
 
 # --------------------------------------------------------------------------- timing
@@ -138,204 +84,6 @@ def backoff(failures: int, minimum: float, maximum: float, rng: random.Random) -
     exponent = min(max(failures - 1, 0), 60)
     delay = min(maximum, minimum * float(2**exponent))
     return delay * (1 - 0.25 * rng.random())
-
-
-# --------------------------------------------------------------------------- sd_notify
-
-
-def notify(*assignments: str) -> bool:
-    """Send ``assignments`` to systemd (sd_notify(3)); nothing without ``$NOTIFY_SOCKET``."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address or address[0] not in "/@":
-        return False
-    target = "\0" + address[1:] if address[0] == "@" else address
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.connect(target)
-            sock.sendall("\n".join(assignments).encode("utf-8", "replace"))
-    except OSError as error:
-        log.debug("cannot notify systemd: %s", error.strerror or error)
-        return False
-    return True
-
-
-def watchdog_interval() -> float | None:
-    """Half of ``$WATCHDOG_USEC`` in seconds when the watchdog is meant for this process."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return None
-    try:
-        value = int(usec)
-    except ValueError:
-        return None
-    return value / 2e6 if value > 0 else None
-
-
-# --------------------------------------------------------------------------- state
-
-
-@dataclass
-class CredentialState:
-    """What the agent knows of one delivered credential (no value)."""
-
-    target: str
-    name: str
-    reference: str
-    request: Request
-    refresh: float
-    lease: Lease | None = None
-    delivered_at: float | None = None
-    checked_at: float | None = None
-    next_at: float = 0.0
-    """When, on the monotonic clock (``time.monotonic()``): a clock set back or forward
-    changes no deadline."""
-    action: str = "fetch"
-    """``fetch`` (first delivery), ``refresh``, ``renew`` or ``reissue``: what ``next_at`` does."""
-    last_error: str | None = None
-    failures: int = 0
-    expired_reported: bool = False
-
-    def as_json(self) -> dict[str, Any]:
-        lease = self.lease
-        return {
-            "reference": self.reference,
-            "version": lease.version if lease else None,
-            "lease_id": lease.lease_id if lease else None,
-            "renewable": lease.renewable if lease else False,
-            "issued_at": _stamp(lease.issued_at if lease else None),
-            "expires_at": _stamp(lease.expires_at if lease else None),
-            "delivered_at": _stamp(self.delivered_at),
-            "checked_at": _stamp(self.checked_at),
-            "next_refresh": _stamp(time.time() + max(0.0, self.next_at - time.monotonic())),
-            "next_action": self.action,
-            "last_error": self.last_error,
-        }
-
-
-def _stamp(moment: float | None) -> str | None:
-    if moment is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
-
-
-@dataclass
-class TargetState:
-    name: str
-    unit: str | None
-    failures: int = 0
-    last_error: str | None = None
-    credentials: dict[str, CredentialState] = field(default_factory=dict)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "unit": self.unit,
-            "status": self.status(),
-            "last_error": self.last_error,
-            "credentials": {name: c.as_json() for name, c in self.credentials.items()},
-        }
-
-    def status(self) -> str:
-        now = time.time()
-        expired = any(
-            c.lease is not None and c.lease.expires_at is not None and c.lease.expires_at <= now
-            for c in self.credentials.values()
-        )
-        if expired:
-            return "expired"
-        if self.last_error is not None:
-            return "retrying"
-        if any(c.delivered_at is None and c.checked_at is None for c in self.credentials.values()):
-            return "pending"
-        return "ok"
-
-
-# --------------------------------------------------------------------------- the session
-
-
-class AgentSession(Session):
-    """A :class:`Session` that hands back the leased values it holds instead of fetching
-    them again, unless they are due for re-issue: re-delivering a target whose static value
-    changed must not issue its dynamic secrets anew."""
-
-    def __init__(self, config: Config, **kwargs: Any) -> None:
-        super().__init__(config, **kwargs)
-        self.held: dict[Request, Secret] = {}
-        """Leased values of the delivered sets (in memory only), by request."""
-        self.reissue: set[Request] = set()
-        self.latest: dict[Request, Secret] = {}
-        """Leased values fetched in the current delivery, adopted once it committed."""
-        self.leases: dict[Request, Lease | None] = {}
-
-    def resolve(
-        self, requests: Iterable[Request], mode: Mode = Mode.DELIVER
-    ) -> dict[Request, Outcome]:
-        wanted = list(dict.fromkeys(requests))
-        kept = {
-            r: copy.copy(self.held[r]) for r in wanted if r in self.held and r not in self.reissue
-        }
-        results = (
-            super().resolve([r for r in wanted if r not in kept], mode)
-            if len(kept) < len(wanted)
-            else {}
-        )
-        for request, outcome in results.items():
-            if request.owner is None or not isinstance(outcome, Secret):
-                continue
-            self.leases[request] = outcome.lease
-            if outcome.lease is not None and outcome.lease.lease_id:
-                previous = self.latest.pop(request, None)
-                if previous is not None:
-                    previous.wipe()
-                self.latest[request] = copy.copy(outcome)
-        for request, value in kept.items():
-            self.leases[request] = value.lease
-        return {**results, **kept}
-
-    def adopt(self) -> list[tuple[Request, Lease]]:
-        """Keep the leased values of a committed delivery; returns the leases they replaced."""
-        replaced = []
-        for request, value in self.latest.items():
-            old = self.held.pop(request, None)
-            if old is not None:
-                if old.lease is not None and old.lease != value.lease:
-                    replaced.append((request, old.lease))
-                old.wipe()
-            self.held[request] = value
-        self.latest.clear()
-        self.reissue.clear()
-        self.forget_resolved()
-        return replaced
-
-    def discard(self) -> list[tuple[Request, Lease]]:
-        """Drop the leased values of a delivery that failed; returns their leases."""
-        dropped = [(r, v.lease) for r, v in self.latest.items() if v.lease is not None]
-        for value in self.latest.values():
-            value.wipe()
-        self.latest.clear()
-        self.forget_resolved()
-        return dropped
-
-    def forget_resolved(self) -> None:
-        """Forget this round's values (wiped already): a run that never ends must not keep a
-        list of every value it ever resolved. A wiped value stays in their place, so that a
-        server's error text is withheld from then on (``Session.resolve``): the values of
-        earlier rounds are still delivered and could no longer be compared with it."""
-        withheld = Secret(b"")
-        withheld.wipe()
-        with self._resolving_guard:
-            self._resolved[:] = [withheld]
-            self._nested_values = None
-
-    def request_for(self, target: Target, spec: CredentialSpec) -> Request:
-        return links.follow(self.config, target, spec)
-
-    def close(self) -> None:
-        for value in [*self.held.values(), *self.latest.values()]:
-            value.wipe()
-        self.held.clear()
-        self.latest.clear()
-        super().close()
 
 
 # --------------------------------------------------------------------------- the agent
@@ -388,15 +136,31 @@ class Agent:
         reference keeps its schedule, a new one is due now."""
         old = self.targets
         self.targets = {}
+        self.session.live_vms = set()
         for target in config.targets.values():
-            if target.kind != "unit":
-                continue
             previous = old.get(target.name)
-            state = TargetState(target.name, target.unit)
+            state = TargetState(target.name, target.unit, kind=target.kind)
             if previous is not None:
                 state.failures, state.last_error = previous.failures, previous.last_error
+                state.stale, state.stale_launch = previous.stale, previous.stale_launch
+            self.targets[target.name] = state
+            if target.kind == "vm":
+                sink = self.session.sink(target)
+                state.live = isinstance(sink, VmSink) and sink.changes_after_boot
+                if not state.live:
+                    continue  # read at launch only: its unit is restarted, or it is stale
+                self.session.live_vms.add(target.name)
             for spec in target.credentials:
                 request = self.session.request_for(target, spec)
+                if request is None:
+                    log.warning(
+                        "%s/%s: %s is read from the VM unit's own credentials, which no unit "
+                        "target of this config delivers: not kept fresh while the VM runs",
+                        target.name,
+                        spec.name,
+                        spec.text,
+                    )
+                    continue
                 kept = previous.credentials.get(spec.name) if previous else None
                 refresh = self._refresh_for(config, spec, request)
                 if kept is not None and kept.request == request:
@@ -406,7 +170,6 @@ class Agent:
                     state.credentials[spec.name] = CredentialState(
                         target.name, spec.name, spec.text, request, refresh
                     )
-            self.targets[target.name] = state
 
     # ---------------------------------------------------------------- signals
 
@@ -477,6 +240,13 @@ class Agent:
         """Write the state file, then tell systemd (READY=1 once every target is delivered):
         a ``credbridge status`` run on READY sees the state that READY announces."""
         self._ping_watchdog()
+        for state in self.targets.values():
+            if state.stale and launch_of(self, self.config.targets[state.name]) != (
+                state.stale_launch
+            ):
+                log.info("%s: the VM was launched again: it has the new values", state.name)
+                state.stale, state.stale_launch = [], None
+        stale = [t.name for t in self.targets.values() if t.stale]
         healthy = all(t.last_error is None for t in self.targets.values())
         failing = [t.name for t in self.targets.values() if t.last_error is not None]
         expired = [t.name for t in self.targets.values() if t.status() == "expired"]
@@ -484,6 +254,8 @@ class Agent:
             status = f"EXPIRED values kept in {', '.join(expired)}; retrying"
         elif failing:
             status = f"keeping last good values of {', '.join(failing)}; retrying"
+        elif stale:
+            status = f"running VM(s) with stale values: {', '.join(stale)}"
         else:
             status = f"{len(self.targets)} target(s) fresh"
         became_ready = healthy and not self.ready
@@ -517,7 +289,7 @@ class Agent:
         session.held = {r: v for r, v in old.held.items() if r in wanted}
         dropped = [(r, v.lease) for r, v in old.held.items() if r not in wanted and v.lease]
         old.held = {r: v for r, v in old.held.items() if r not in wanted}
-        self._revoke(dropped, old)
+        self.revoke(dropped, old)
         old.close()
         for target in self.targets.values():
             for cred in target.credentials.values():
@@ -548,8 +320,16 @@ class Agent:
             for t in self.targets.values()
             if any(c.next_at <= now and c.action != "renew" for c in t.credentials.values())
         ]
-        if names:
-            self._deliver(names)
+        units = [n for n in names if self.targets[n].kind == "unit"]
+        if units:
+            self._deliver(units)
+        # After the unit targets: a value they changed is due in the VMs that share it.
+        now = time.monotonic()
+        for state in self.targets.values():
+            if state.live and any(
+                c.next_at <= now and c.action != "renew" for c in state.credentials.values()
+            ):
+                update_vm(self, state)
 
     def _report_expired(self, now: float) -> None:
         for target in self.targets.values():
@@ -565,7 +345,7 @@ class Agent:
                         "(%s); it stays in place until a new one is delivered",
                         target.name,
                         cred.name,
-                        _stamp(lease.expires_at),
+                        stamp(lease.expires_at),
                         cred.last_error or target.last_error or "no new value yet",
                     )
 
@@ -630,10 +410,8 @@ class Agent:
         if held is not None:
             held.lease = renewed
         self._share_lease(cred.request, renewed)
-        log.info(
-            "%s/%s: lease renewed until %s", cred.target, cred.name, _stamp(renewed.expires_at)
-        )
-        self._schedule(cred, extended=extended)
+        log.info("%s/%s: lease renewed until %s", cred.target, cred.name, stamp(renewed.expires_at))
+        self.schedule(cred, extended=extended)
 
     def _share_lease(self, request: Request, lease: Lease) -> None:
         """Every credential holding this request's value (``target:`` links) sees the lease."""
@@ -642,7 +420,7 @@ class Agent:
                 if cred.request == request:
                     cred.lease = lease
 
-    def _schedule(self, cred: CredentialState, *, extended: bool = True) -> None:
+    def schedule(self, cred: CredentialState, *, extended: bool = True) -> None:
         lease = cred.lease
         now = time.monotonic()
         if lease is None or lease.expires_at is None:
@@ -682,27 +460,27 @@ class Agent:
                 if state is not None and credential in state.credentials:
                     state.credentials[credential].last_error = f"{failure.kind}: {failure.problem}"
             for name in failed:
-                self._failed(name, "; ".join(failed[name]))
+                self.failed(name, "; ".join(failed[name]))
             rest = [n for n in names if n not in failed]
             if rest:
                 try:
                     self._deliver_once(rest)
                 except CredbridgeError as again:
                     for name in rest:
-                        self._failed(name, str(again))
+                        self.failed(name, str(again))
         except CredbridgeError as error:
             for name in names:
-                self._failed(name, str(error))
+                self.failed(name, str(error))
 
     def _deliver_once(self, names: Sequence[str]) -> None:
         session = self.session
         try:
             report = session.deliver(names, restart=self.restart, changed_only=True)
         except BaseException:
-            self._revoke(session.discard())
+            self.revoke(session.discard())
             raise
         now = time.time()
-        self._revoke(session.adopt())
+        self.revoke(session.adopt())
         changes = {(e.target, e.credential): e.change for e in report.entries}
         for name in names:
             target = self.targets[name]
@@ -717,20 +495,24 @@ class Agent:
                 if change is not None and change is not Change.KEEP:
                     cred.delivered_at = now
                 cred.lease = session.leases.get(cred.request, cred.lease)
-                self._schedule(cred)
+                self.schedule(cred)
             changed = [c for (t, c), ch in changes.items() if t == name and ch is not Change.KEEP]
             if changed:
                 log.info("%s: delivered (changed: %s)", name, ", ".join(changed))
         session.leases.clear()
+        restarted: set[str] = set()
         for action in session.restart_changed(report):
             if action.status == "failed":
                 log.error(
                     "delivered, but %s of %s failed: %s", action.action, action.unit, action.detail
                 )
             else:
+                restarted.add(action.unit)
                 log.info("%s %s: %s", action.action, action.unit, action.status)
+        changed_values = [(t, c) for (t, c), ch in changes.items() if ch is not Change.KEEP]
+        changed_for_vms(self, changed_values, restarted)
 
-    def _revoke(
+    def revoke(
         self, leases: Sequence[tuple[Request, Lease]], session: AgentSession | None = None
     ) -> None:
         session = session or self.session
@@ -744,7 +526,7 @@ class Agent:
             except CredbridgeError as error:
                 log.warning("%s: cannot revoke the replaced lease: %s", request.reference, error)
 
-    def _failed(self, name: str, message: str) -> None:
+    def failed(self, name: str, message: str) -> None:
         target = self.targets[name]
         target.failures += 1
         target.last_error = message
@@ -767,45 +549,11 @@ class Agent:
             "pid": os.getpid(),
             "running": not stopped,
             "config": str(self.config_path),
-            "started_at": _stamp(self.started_at),
-            "updated_at": _stamp(time.time()),
+            "started_at": stamp(self.started_at),
+            "updated_at": stamp(time.time()),
             "ready": self.ready,
             "targets": {name: t.as_json() for name, t in self.targets.items()},
         }
 
     def _write_state(self, *, stopped: bool = False) -> None:
-        data = json.dumps(self.snapshot(stopped=stopped), indent=2).encode()
-        try:
-            ensure_private_dir(self.state_file.parent)
-            atomic_write(self.state_file, data, mode=0o600)
-        except OSError as error:
-            log.warning("cannot write %s: %s", self.state_file, error.strerror or error)
-
-
-def read_state(path: Path) -> Mapping[str, Any]:
-    """The state an agent wrote (see :meth:`Agent.snapshot`)."""
-    from credbridge.core.errors import NotFound
-    from credbridge.core.fsutil import read_private_file
-
-    try:
-        raw = read_private_file(path)
-    except FileNotFoundError:
-        raise NotFound(str(path), "no agent state here: is 'credbridge agent' running?") from None
-    except OSError as error:
-        raise NotFound(
-            str(path), f"cannot read the agent state: {error.strerror or error}"
-        ) from None
-    try:
-        data = json.loads(raw)
-    except ValueError:
-        raise NotFound(str(path), "not an agent state file") from None
-    if not isinstance(data, dict) or not isinstance(data.get("targets"), dict):
-        raise NotFound(str(path), "not an agent state file")
-    if data.get("running"):
-        try:
-            os.kill(int(data["pid"]), 0)
-        except ProcessLookupError:
-            data["running"] = False
-        except (PermissionError, ValueError, TypeError):
-            pass
-    return data
+        write_state(self.state_file, self.snapshot(stopped=stopped))

@@ -243,7 +243,7 @@ class Session(Resolver):
                 if self._store is not None:
                     report.store = self._store.location()
                 changes = [(e.target, e.credential, e.change) for e in report.entries]
-                report.units = select_units(self.config, targets, changes, restart)
+                report.units = self.units_to_act_on(targets, changes, restart)
                 if names:
                     report.warnings = links.left_behind(self.config, targets, changes)
                 if dry_run:
@@ -315,6 +315,16 @@ class Session(Resolver):
                 values[target.name][spec.name] = outcome
         if failures:
             raise ResolutionFailed(failures)
+
+    def units_to_act_on(
+        self,
+        targets: Sequence[Target],
+        changes: Sequence[tuple[str, str, Change]],
+        restart: bool | None,
+    ) -> list[UnitAction]:
+        """The units a delivery of ``targets`` with these changes restarts or reloads
+        (:func:`~credbridge.core.units.select_units`; the agent leaves out VMs it updates)."""
+        return select_units(self.config, targets, changes, restart)
 
     def restart_changed(self, report: DeliveryReport) -> list[UnitAction]:
         """Restart or reload the units of a committed delivery (``report.units``), once each,

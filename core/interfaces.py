@@ -354,3 +354,8 @@ class Launcher(abc.ABC):
     def check(self) -> None:  # noqa: B027 - optional: launchers with nothing to check early
         """Refuse early, before anything is resolved or generated (no side effects): e.g. a
         runtime directory that is not on tmpfs or is unsafe."""
+
+    def runtime_dir(self) -> Path | None:
+        """The directory a launch of this VM runs in (its sink's files, the lock naming the
+        launch), for ``credbridge agent`` to update a running VM; ``None``: not known."""
+        return None

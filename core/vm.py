@@ -13,10 +13,11 @@ hypervisor reads them.
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from credbridge.core.errors import DeliveryError, LaunchError
 from credbridge.core.interfaces import Delivery, Sink, Staged
@@ -33,6 +34,33 @@ byte fails the unit with "Argument list too long" before it starts."""
 NAME_MAX = 255
 BUILT_IN_CHANNELS = ("oem_strings", "fw_cfg", "virtiofs")
 """The channels :class:`VmChannel` names as fields; any other is a key of ``other``."""
+RUNTIME_LOCK = ".credbridge.lock"
+"""The lock file a launch holds in its runtime directory while the VM runs (its pid inside)."""
+
+
+def running_launch(runtime_dir: Path) -> int | None:
+    """The pid of the ``credbridge launch`` whose VM runs in ``runtime_dir``, or ``None``.
+
+    Read from :data:`RUNTIME_LOCK` (no lock is taken: a launch starting meanwhile must not
+    find it held); a pid that is gone is a crashed launch's leftover, not a running VM."""
+    try:
+        fd = os.open(runtime_dir / RUNTIME_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        text = os.read(fd, 32).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+    if not text.isdigit():
+        return None
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return pid
 
 
 def name_problem(name: str) -> str | None:
@@ -136,6 +164,11 @@ class VmChannel:
 class VmSink(Sink):
     """A sink whose delivery happens at VM launch, through :meth:`prepare`."""
 
+    changes_after_boot: ClassVar[bool] = False
+    """Whether :meth:`update` can change what a running VM reads (a shared directory), or
+    the channel is fixed once the VM booted (SMBIOS, fw_cfg): ``credbridge agent`` then
+    restarts the VM's unit as its ``on_change`` says, or reports the VM stale."""
+
     @abc.abstractmethod
     def prepare(self, deliveries: Sequence[Delivery], runtime_dir: Path) -> VmChannel:
         """Validate and materialise the credentials for one launch.
@@ -152,6 +185,12 @@ class VmSink(Sink):
         (``io.systemd.credential.binary:NAME=<redacted>``), never values.
         """
         return VmChannel(sink=type(self).__name__, names=list(names))
+
+    def update(self, deliveries: Sequence[Delivery], runtime_dir: Path) -> list[str]:
+        """Replace, in place, what the VM running in ``runtime_dir`` reads through this
+        channel; the names that changed (added, changed or removed). Only for sinks with
+        :attr:`changes_after_boot`; all or nothing, as :meth:`prepare`."""
+        raise DeliveryError(f"{type(self).__name__}: the channel cannot change after boot")
 
     def cleanup(self, channel: VmChannel) -> None:
         """Remove what :meth:`prepare` created outside ``runtime_dir`` (e.g. a share dir)."""

@@ -259,6 +259,9 @@ class CloudHypervisorLauncher(Launcher):
 
     # ------------------------------------------------------------------ launch
 
+    def runtime_dir(self) -> Path:
+        return self.vm.runtime_dir
+
     def check(self) -> None:
         self.runtime.check(self.vm, self.checks)
 

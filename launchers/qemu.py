@@ -319,6 +319,9 @@ class QemuLauncher(Launcher):
     def _smbios_paths(runtime_dir: Path, count: int) -> list[Path]:
         return [runtime_dir / "smbios" / f"oem-{index:03d}" for index in range(count)]
 
+    def runtime_dir(self) -> Path:
+        return self.spec.runtime_dir
+
     def check(self) -> None:
         self.runtime.check(self.spec, self.checks)
 

@@ -32,10 +32,11 @@ from credbridge.core.fsutil import (
     opened_dir,
     remove_tree,
 )
+from credbridge.core.vm import RUNTIME_LOCK
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".credbridge.lock"
+LOCK_NAME = RUNTIME_LOCK
 
 
 def check_runtime_dir(

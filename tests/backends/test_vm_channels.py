@@ -202,6 +202,58 @@ def test_virtiofs_refuses_symlinked_file(tmpfs_dir: Path) -> None:
     assert not (tmpfs_dir / "elsewhere").exists()
 
 
+def test_virtiofs_update_replaces_the_set_in_place_generation_last(tmpfs_dir: Path) -> None:
+    """What ``credbridge agent`` does to a running VM's share: changed and new files renamed
+    in, removed ones deleted, the same ones left as they are, then the generation file."""
+    runtime = tmpfs_dir / "rt"
+    runtime.mkdir(mode=0o700)
+    sink = vm_sink("virtiofs")
+    (share,) = sink.prepare(deliveries(a=b"one", b=b"same", c=b"gone"), runtime).virtiofs
+    kept_inode = os.stat(share.directory / "b").st_ino
+    generation = share.directory / ".credbridge-generation"
+
+    assert sink.update(deliveries(a=b"one", b=b"same", c=b"gone"), runtime) == []
+    assert not generation.exists()
+    assert sink.update(deliveries(a=b"two", b=b"same", d=b"new"), runtime) == ["a", "c", "d"]
+    assert sorted(p.name for p in share.directory.iterdir()) == [
+        ".credbridge-generation",
+        "a",
+        "b",
+        "d",
+    ]
+    assert (share.directory / "a").read_bytes() == b"two"
+    assert (share.directory / "d").read_bytes() == b"new"
+    assert os.stat(share.directory / "b").st_ino == kept_inode
+    assert generation.read_text() == "1\n"
+    for path in share.directory.iterdir():
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o400
+    assert sink.update(deliveries(a=b"three", b=b"same", d=b"new"), runtime) == ["a"]
+    assert generation.read_text() == "2\n"
+
+
+def test_virtiofs_update_refuses_the_generation_name_and_changes_nothing(
+    tmpfs_dir: Path,
+) -> None:
+    runtime = tmpfs_dir / "rt"
+    runtime.mkdir(mode=0o700)
+    sink = vm_sink("virtiofs")
+    (share,) = sink.prepare(deliveries(a=b"one"), runtime).virtiofs
+    with pytest.raises(DeliveryError) as error:
+        sink.update(deliveries(a=b"two", **{".credbridge-generation": b"9"}), runtime)
+    assert "'.credbridge-generation'" in one_line(error)
+    assert [p.name for p in share.directory.iterdir()] == ["a"]
+    assert (share.directory / "a").read_bytes() == b"one"
+
+
+def test_boot_time_channels_cannot_be_updated(tmpfs_dir: Path) -> None:
+    for name in ("oem-strings", "fw-cfg"):
+        sink = vm_sink(name)
+        assert sink.changes_after_boot is False
+        with pytest.raises(DeliveryError, match="cannot change after boot"):
+            sink.update(deliveries(a=b"v"), tmpfs_dir)
+    assert vm_sink("virtiofs").changes_after_boot is True
+
+
 def test_virtiofs_tag_is_checked() -> None:
     with pytest.raises(ConfigError) as error:
         vm_sink("virtiofs", {"tag": "x" * 37})
@@ -278,7 +330,9 @@ def test_the_file_store_opened_directly_refuses_unknown_settings() -> None:
 
     with pytest.raises(ConfigError) as error:
         open_store(StoreContext({"zz": 1, "aa": 2}, Path("/tmp")))
-    assert "unknown setting 'aa' for store 'file' (known: path, seal, tpm2_pcrs)" in str(error.value)
+    assert "unknown setting 'aa' for store 'file' (known: path, seal, tpm2_pcrs)" in str(
+        error.value
+    )
 
 
 def test_channel_items_cannot_be_changed_after_prepare(tmpfs_dir: Path) -> None:

@@ -615,3 +615,180 @@ def test_an_idle_agent_sleeps_in_one_call_until_its_next_deadline(
     calls = [line for line in trace.read_text().splitlines() if line.strip()]
     assert len(calls) == 1, calls
     assert "pselect6(" in calls[0] and "tv_sec=35" in calls[0], calls
+
+
+# --------------------------------------------------------------------------- VMs
+
+
+def launch_vm(config: Path, name: str) -> subprocess.Popen[bytes]:
+    """``credbridge launch NAME`` as the VM's unit runs it (the stand-in stays up)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "credbridge.core.cli", "-c", str(config), "launch", name],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "CREDBRIDGE_LOAD_PLUGINS": ""},
+    )
+
+
+def replace_file(path: Path, text: str) -> None:
+    """A new value at a ``file:`` source, as an editor or a rotation writes it."""
+    temp = path.with_name(f".{path.name}.new")
+    temp.write_text(text)
+    temp.replace(path)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    return err.decode()
+
+
+def test_a_running_vms_virtiofs_share_is_updated_in_place_and_the_vm_not_restarted(
+    tmpfs_dir: Path, stub: Path, notify_socket: NotifySocket
+) -> None:
+    """A VM launched by ``credbridge launch`` (cloud-hypervisor stand-in, the real virtiofsd
+    serving the share) takes one value directly and one through a ``target:`` link: when
+    either changes at its source, the agent writes it into the running VM's share -- a new
+    file renamed over the old one, the generation file last -- and restarts no VM, although
+    ``on_change`` says restart (it does restart the unit target that changed)."""
+    from support.ch_harness import write_config as vm_config
+    from support.ch_harness import write_standin
+
+    runtime = tmpfs_dir / "run"
+    launcher = {
+        "kernel": "/var/lib/microvms/test-vm/vmlinux",  # never read: nothing boots
+        "binary": str(write_standin(tmpfs_dir)),
+        "runtime_dir": str(runtime),
+    }
+    key_one, key_two = secret_value("vm-api-key-one-5ab1"), secret_value("vm-api-key-two-77c0")
+    shared_one, shared_two = secret_value("shared-one-0c9e1f"), secret_value("shared-two-d41a2b")
+    config = vm_config(tmpfs_dir, launcher, {"api-key": key_one.encode()}, sink="virtiofs")
+    (tmpfs_dir / "values").mkdir()
+    (tmpfs_dir / "values" / "key").write_text(shared_one)
+    credstore = tmpfs_dir / "credstore"
+    config.write_text(
+        config.read_text()
+        + 'shared = "target:app.service/key"\n'
+        + f'[sinks.credstore]\ndirectory = "{credstore}"\n'
+        + '[sources.file]\nrefresh = "1s"\n'
+        + '[defaults]\non_change = "restart"\n'
+        + '[agent]\nretry_min = "200ms"\nretry_max = "1s"\n'
+        + '[targets."app.service".credentials]\nkey = "file:values/key"\n'
+    )
+    share = runtime / "virtiofs" / "credbridge"
+    generation = share / ".credbridge-generation"
+    with running(launch_vm(config, "test-vm")) as vm:
+        wait_for("the VM's share", lambda: read(share / "shared"), vm)
+        assert read(share / "api-key") == key_one
+        with running(start_agent(config, stub, notify_socket)) as proc:
+            wait_for("READY=1", lambda: "READY=1" in notify_socket.lines(), proc)
+            state = wait_for("the VM in the state", lambda: status(config)["targets"], proc)
+            assert state["test-vm"]["kind"] == "vm" and state["test-vm"]["channel"] == "live"
+            # Same values as the launch wrote: nothing was rewritten.
+            assert not generation.exists()
+
+            with (share / "api-key").open() as reader:
+                replace_file(tmpfs_dir / "secrets" / "api-key", key_two)
+                wait_for("the new file", lambda: read(share / "api-key") == key_two, proc)
+                # Renamed over, not written into: an open reader keeps the whole old value.
+                assert reader.read() == key_one
+            assert wait_for("generation 1", lambda: read(generation) == "1\n", proc)
+
+            replace_file(tmpfs_dir / "values" / "key", shared_two)
+            wait_for("the linked value", lambda: read(share / "shared") == shared_two, proc)
+            wait_for("generation 2", lambda: read(generation) == "2\n", proc)
+            wait_for("the unit restarts", lambda: len(verbs(stub)) >= 2, proc)
+            assert verbs(stub) == [("try-restart", "app.service")] * 2
+            assert read(credstore / "app.service" / "key") == shared_two
+            assert stat_mode(share / "api-key") == 0o400
+            creds = status(config)["targets"]["test-vm"]["credentials"]
+            assert creds["api-key"]["delivered_at"] and creds["shared"]["delivered_at"]
+            err = stop(proc)
+        assert proc.returncode == 0, err
+        assert "share of the running VM" in err
+        for value in (key_one, key_two, shared_one, shared_two):
+            assert value not in err
+        assert vm.poll() is None  # the VM ran on throughout
+        stop(vm)
+
+
+def stat_mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o7777
+
+
+def test_a_vm_on_a_boot_time_channel_is_restarted_by_on_change_or_reported_stale(
+    tmpfs_dir: Path, stub: Path, notify_socket: NotifySocket
+) -> None:
+    """SMBIOS OEM strings cannot change once the VM booted. A changed value restarts the VM's
+    unit when its ``on_change`` says so (``vm-r``: through the restart machinery); otherwise
+    (``vm-s``: ``none``) the agent says, in its status and its log, that the running VM has
+    stale values -- naming the value, never showing it -- until the VM is launched again."""
+    from support.ch_harness import toml_value, write_standin
+
+    binary = str(write_standin(tmpfs_dir))
+    (tmpfs_dir / "values").mkdir()
+    one, two = secret_value("boot-value-one-81f2"), secret_value("boot-value-two-3c4d")
+    (tmpfs_dir / "values" / "key").write_text(one)
+    body = [
+        f'[store]\npath = "{tmpfs_dir / "store"}"',
+        f'[sinks.credstore]\ndirectory = "{tmpfs_dir / "credstore"}"',
+        '[sources.file]\nrefresh = "1s"',
+        '[agent]\nretry_min = "200ms"\nretry_max = "1s"',
+        '[targets."app.service"]\non_change = "restart"',
+        '[targets."app.service".credentials]\nkey = "file:values/key"',
+    ]
+    for name, on_change in (("vm-r", "restart"), ("vm-s", "none")):
+        launcher = {
+            "type": "cloud-hypervisor",
+            "kernel": "/var/lib/microvms/test-vm/vmlinux",
+            "binary": binary,
+            "runtime_dir": str(tmpfs_dir / f"run-{name}"),
+        }
+        body += [
+            f'[targets.{name}]\nkind = "vm"\nsink = "oem-strings"\non_change = "{on_change}"',
+            f"[targets.{name}.launcher]",
+            *(f"{k} = {toml_value(v)}" for k, v in launcher.items()),
+            f'[targets.{name}.credentials]\nkey = "target:app.service/key"',
+        ]
+    config = tmpfs_dir / "credbridge.toml"
+    config.write_text("\n".join(body) + "\n")
+    with running(start_agent(config, stub, notify_socket)) as proc:
+        wait_for("READY=1", lambda: "READY=1" in notify_socket.lines(), proc)
+        (stub / "calls.jsonl").unlink()
+        with running(launch_vm(config, "vm-r")) as vm_r, running(launch_vm(config, "vm-s")) as vm_s:
+            for name, vm in (("vm-r", vm_r), ("vm-s", vm_s)):
+                lock = tmpfs_dir / f"run-{name}" / ".credbridge.lock"
+                wait_for(f"{name} running", lambda lock=lock: read(lock), vm)
+            replace_file(tmpfs_dir / "values" / "key", two)
+            stale = wait_for(
+                "vm-s reported stale",
+                lambda: (s := status(config)["targets"])["vm-s"]["status"] == "stale" and s,
+                proc,
+            )
+            assert stale["vm-s"]["stale"] == ["app.service/key"]
+            assert stale["vm-s"]["channel"] == "boot"
+            assert stale["vm-r"]["status"] == "ok" and stale["vm-r"]["stale"] == []
+            assert sorted(verbs(stub)) == [
+                ("try-restart", "app.service"),
+                ("try-restart", "microvm@vm-r.service"),
+            ]
+            wait_for(
+                "STATUS naming the stale VM",
+                lambda: any("stale values: vm-s" in line for line in notify_socket.lines()),
+                proc,
+            )
+            # Launched again, the VM has read the new value: no longer stale.
+            stop(vm_s)
+            with running(launch_vm(config, "vm-s")) as again:
+                wait_for(
+                    "vm-s fresh after its new launch",
+                    lambda: status(config)["targets"]["vm-s"]["status"] == "ok",
+                    again,
+                )
+                stop(again)
+            stop(vm_r)
+        err = stop(proc)
+    assert proc.returncode == 0, err
+    assert "vm-s: the running VM has stale values of app.service/key" in err
+    assert one not in err and two not in err

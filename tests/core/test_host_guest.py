@@ -20,7 +20,14 @@ below checks one part of them:
 * ``rotate`` + ``deliver --restart``: the VM unit restarts with the new value, an unchanged
   unit keeps its InvocationID;
 * the shipped examples/systemd/credbridge-deliver.service, enabled, after a reboot: the VM
-  unit comes up at boot with its credentials, the same values as before (persistent store).
+  unit comes up at boot with its credentials, the same values as before (persistent store);
+* then, in the same boot, ``credbridge agent`` as the shipped
+  examples/systemd/credbridge-agent.service (``Type=notify``, ``WatchdogSec=10s`` by a drop-in,
+  its own config): READY once the consumer's credential is delivered, the consumer unit
+  restarted with the new value when its ``file:`` source changes, a running VM's virtiofs
+  share (a real ``credbridge launch`` with the stand-ins) updated in place while a reader
+  holds the old file open, the shipped guest credbridge-refresh.service restarting its units
+  on the new generation, the watchdog satisfied, ``systemctl stop`` (SIGTERM) clean.
 
 No value in any /proc/*/cmdline or environ of the guest, nor in ``journalctl -o export``.
 """
@@ -120,6 +127,91 @@ Environment=CREDBRIDGE_CONFIG=/etc/credbridge/microvm.toml
 """
 
 
+AGENT_CONFIG = """
+[store]
+path = "/var/lib/cbagent/store"
+
+[sources.file]
+refresh = "5s"
+
+[agent]
+retry_min = "1s"
+retry_max = "5s"
+
+[targets."consumer.service"]
+on_change = "restart"
+
+[targets."consumer.service".credentials]
+token = "file:/etc/cbagent/token"
+
+[targets.live-vm]
+kind = "vm"
+sink = "virtiofs"
+# A virtiofs VM is updated in place: the agent restarts it never, whatever on_change says.
+on_change = "restart"
+
+[targets.live-vm.launcher]
+type = "cloud-hypervisor"
+kernel = "/var/lib/microvms/test-vm/current/kernel"
+runtime_dir = "/run/cbagent-vm"
+virtiofsd = "/usr/local/bin/virtiofsd-standin"
+
+[targets.live-vm.credentials]
+token = "target:consumer.service/token"
+"""
+
+AGENT_DROPIN = """[Unit]
+Before=consumer.service
+
+[Service]
+Environment=CREDBRIDGE_CONFIG=/etc/credbridge/agent.toml
+WatchdogSec=10s
+"""
+
+CONSUMER_UNIT = """[Unit]
+Description=Reads its credential at start; the agent restarts it when the value changes
+
+[Service]
+ExecStartPre=/bin/mkdir -p -m 0700 /run/cbagent-seen
+ExecStart=/bin/sh -c 'cat "$$CREDENTIALS_DIRECTORY/token" > /run/cbagent-seen/.token && mv /run/cbagent-seen/.token /run/cbagent-seen/token && exec sleep infinity'
+"""
+
+LIVE_VM_UNIT = """[Unit]
+Description=A VM whose credentials come through virtiofs (cloud-hypervisor stand-in)
+
+[Service]
+ExecStart=/usr/bin/credbridge -c /etc/credbridge/agent.toml launch live-vm
+KillMode=mixed
+"""
+
+VIRTIOFSD_STANDIN = """#!/usr/bin/python3
+# A stand-in for virtiofsd (credbridge's test host guest runs no VM, nothing connects): it
+# serves its vhost-user socket until it is stopped.
+import signal, socket, sys, time
+args = sys.argv[1:]
+if "--help" in args:
+    print("virtiofsd stand-in: --socket-path=PATH --shared-dir=DIR --readonly --cache=never")
+    sys.exit(0)
+path = next(a.split("=", 1)[1] for a in args if a.startswith("--socket-path="))
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+server.listen(1)
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+while True:
+    time.sleep(3600)
+"""
+
+#: The shipped guest unit, pointed at the host side of the share (no VM boots here).
+REFRESH_DROPIN = """[Service]
+Environment=UNITS=refresh-target.service
+Environment=SHARE=/run/cbagent-vm/virtiofs/credbridge
+"""
+
+REFRESH_TARGET = """[Service]
+ExecStart=/bin/sleep infinity
+"""
+
+
 def payload() -> dict[str, bytes]:
     example = (EXAMPLE / "credbridge.toml").read_bytes()
     return {
@@ -135,6 +227,19 @@ def payload() -> dict[str, bytes]:
             REPO / "examples" / "systemd" / "credbridge-deliver.service"
         ).read_bytes(),
         "deliver-config.conf": DELIVER_CONFIG_DROPIN.encode(),
+        "agent.toml": AGENT_CONFIG.encode(),
+        "credbridge-agent.service": (
+            REPO / "examples" / "systemd" / "credbridge-agent.service"
+        ).read_bytes(),
+        "agent-dropin.conf": AGENT_DROPIN.encode(),
+        "consumer.service": CONSUMER_UNIT.encode(),
+        "live-vm.service": LIVE_VM_UNIT.encode(),
+        "virtiofsd-standin": VIRTIOFSD_STANDIN.encode(),
+        "credbridge-refresh.service": (
+            REPO / "examples" / "guest" / "credbridge-refresh.service"
+        ).read_bytes(),
+        "refresh-dropin.conf": REFRESH_DROPIN.encode(),
+        "refresh-target.service": REFRESH_TARGET.encode(),
     }
 
 
@@ -145,7 +250,7 @@ pytestmark = [pytest.mark.guest, pytest.mark.skipif(_SKIPPED, reason=_SKIP or ""
 
 
 def boot(release: Release) -> HostRun:
-    return run_host_guest(ensure_host_guest(recipe(), release=release), payload(), timeout=900)
+    return run_host_guest(ensure_host_guest(recipe(), release=release), payload(), timeout=1200)
 
 
 @pytest.fixture(scope="module")
@@ -359,3 +464,63 @@ def test_the_deliver_unit_brings_the_vm_up_at_boot(run: HostRun) -> None:
     assert vm["creates"] == 1  # /run/ch-standin is new: this VM started at this boot
     assert boot["app"]["ActiveState"] == "active"
     assert decoded(boot["app_credentials"]) == decoded(enable["app"])
+
+
+def test_the_agent_unit_keeps_a_consumer_and_a_running_vm_fresh(run: HostRun) -> None:
+    event = run.event("agent")
+    journal = event["journal"]
+    for step in ("unit", "vm", "start", "consumer"):
+        ok(event[step])
+    one, two = (base64.b64decode(v) for v in event["values"])
+    # Type=notify: `systemctl start` returned after READY=1, i.e. after the first delivery.
+    ready = event["ready"]
+    assert ready["props"]["Type"] == "notify"
+    assert ready["props"]["ActiveState"] == "active", journal
+    assert "fresh" in ready["props"]["StatusText"]
+    assert ready["delivered"] is True
+    state = ready["status"]["state"]
+    assert state["ready"] is True and state["running"] is True
+    assert state["targets"]["consumer.service"]["status"] == "ok"
+    assert state["targets"]["live-vm"]["kind"] == "vm"
+    assert state["targets"]["live-vm"]["channel"] == "live"
+    assert base64.b64decode(event["launched"]) == one
+    assert base64.b64decode(event["first"]["seen"]) == one
+
+    # The value changed at the source: the consumer was restarted and read the new one ...
+    changed = event["changed"]
+    assert base64.b64decode(changed["seen"]) == two
+    assert changed["InvocationID"] != event["first"]["InvocationID"]
+    assert changed["ActiveState"] == "active"
+    # ... the running VM's share holds it, and a reader that held the file open read the
+    # whole old value (the new file was renamed over it) ...
+    assert decoded(changed["share"]) == {"token": two, ".credbridge-generation": b"1\n"}
+    assert changed["share"]["token"]["mode"] == "0400"
+    assert base64.b64decode(changed["held"]) == one
+    assert changed["generation"] == "1\n"
+    # ... the VM was not restarted, and the guest's refresh unit restarted its unit.
+    assert changed["vm"]["ActiveState"] == "active" and changed["vm"]["NRestarts"] == "0"
+    ok(changed["refresh"])
+    assert changed["refreshed"]["ActiveState"] == "active"
+    assert changed["refreshed"]["InvocationID"] != event["first"]["refresh_target"]
+    status = changed["status"]["state"]["targets"]
+    assert status["live-vm"]["credentials"]["token"]["delivered_at"] is not None
+
+    # WATCHDOG=1 pings kept it alive over more than two 10 s periods.
+    alive = event["alive"]
+    assert alive["ActiveState"] == "active"
+    assert alive["MainPID"] == ready["props"]["MainPID"]
+    assert alive["NRestarts"] == "0"
+    assert alive["WatchdogUSec"] == "10s"
+    assert int(alive["WatchdogTimestampMonotonic"]) > int(
+        event["watchdog_before"]["WatchdogTimestampMonotonic"]
+    )
+
+    # SIGTERM: it finished and exited 0.
+    ok(event["stop"])
+    stopped = event["stopped"]
+    assert stopped["ActiveState"] == "inactive", journal
+    assert stopped["Result"] == "success", journal
+    assert stopped["ExecMainStatus"] == "0"
+    assert event["after_stop"]["state"]["running"] is False
+    scan = event["scan"]
+    assert scan["proc_leaks"] == [] and scan["journal_leaks"] == 0

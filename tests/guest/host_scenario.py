@@ -10,7 +10,10 @@ console is not the journal (which the driver scans for values itself).
 First boot: deliver, ``unit --install``, the shipped launch drop-in, the microvm@ template,
 start/stop/kill the VM unit, the encrypted credstore, rotate + ``deliver --restart``, then
 enable the shipped ``credbridge-deliver.service`` and reboot. Second boot: what came up by
-itself.
+itself, then ``credbridge agent`` as the shipped ``Type=notify`` unit (a second config,
+/etc/credbridge/agent.toml): a consumer unit restarted when its value changes at the source,
+a running VM's virtiofs share updated in place while a reader holds a file open, the
+watchdog, SIGTERM.
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ CREDSTORE = Path("/run/credstore") / VM_UNIT
 RUNTIME = Path("/run/credbridge-microvm-test-vm")
 ENCRYPTED = Path("/etc/credstore.encrypted") / APP_UNIT
 OEM_PREFIX = "io.systemd.credential.binary:"
+AGENT_CONFIG = "/etc/credbridge/agent.toml"
+AGENT_UNIT = "credbridge-agent.service"
+CONSUMER_UNIT = "consumer.service"
+LIVE_VM_UNIT = "live-vm.service"
+AGENT_TOKEN = Path("/etc/cbagent/token")
+SEEN = Path("/run/cbagent-seen/token")
+SHARE = Path("/run/cbagent-vm/virtiofs/credbridge")
+REFRESH_UNIT = "credbridge-refresh.service"
 
 
 def emit(event: str, **data: object) -> None:
@@ -420,6 +431,132 @@ def second_boot() -> None:
     )
 
 
+# --------------------------------------------------------------------------- the agent
+
+
+def replace_token(value: bytes) -> None:
+    """A rotation at the source: the new file renamed over the old one."""
+    temp = AGENT_TOKEN.with_name(".token.new")
+    temp.write_bytes(value)
+    temp.chmod(0o600)
+    temp.rename(AGENT_TOKEN)
+
+
+def agent_status() -> dict[str, object]:
+    result = run("/usr/bin/credbridge", "-c", AGENT_CONFIG, "status", "--json", env=OPERATOR_ENV)
+    try:
+        return {"rc": result["rc"], "state": json.loads(str(result["stdout"]))}
+    except ValueError:
+        return {"rc": result["rc"], "stderr": result["stderr"]}
+
+
+def agent_phase() -> None:
+    """The shipped agent unit keeps a consumer unit and a running VM's share fresh."""
+    one, two = os.urandom(24).hex().encode(), os.urandom(24).hex().encode()
+    AGENT_TOKEN.parent.mkdir(mode=0o700, exist_ok=True)
+    replace_token(one)
+    install("agent.toml", Path(AGENT_CONFIG))
+    install(AGENT_UNIT, UNIT_DIR / AGENT_UNIT)
+    install("agent-dropin.conf", UNIT_DIR / f"{AGENT_UNIT}.d" / "50-test.conf")
+    install("consumer.service", UNIT_DIR / CONSUMER_UNIT)
+    install("live-vm.service", UNIT_DIR / LIVE_VM_UNIT)
+    install("virtiofsd-standin", Path("/usr/local/bin/virtiofsd-standin"), 0o755)
+    install(REFRESH_UNIT, UNIT_DIR / REFRESH_UNIT)
+    install("refresh-dropin.conf", UNIT_DIR / f"{REFRESH_UNIT}.d" / "50-test.conf")
+    install("refresh-target.service", UNIT_DIR / "refresh-target.service")
+    unit = run(
+        "/usr/bin/credbridge",
+        "-c",
+        AGENT_CONFIG,
+        "unit",
+        "--install",
+        CONSUMER_UNIT,
+        env=OPERATOR_ENV,
+    )
+    run("systemctl", "daemon-reload")
+    vm = run("systemctl", "start", LIVE_VM_UNIT)
+    wait_for(lambda: (SHARE / "token").exists(), "the VM's share", 60)
+    launched = (SHARE / "token").read_bytes()
+
+    # Type=notify: `systemctl start` returns once the agent sent READY=1.
+    start = run("systemctl", "start", AGENT_UNIT)
+    ready = {
+        "props": show(AGENT_UNIT, "ActiveState", "SubState", "StatusText", "MainPID", "Type"),
+        "delivered": (CREDSTORE.parent / CONSUMER_UNIT / "token").exists(),
+        "status": agent_status(),
+    }
+    consumer = run("systemctl", "start", CONSUMER_UNIT, "refresh-target.service")
+    wait_for(lambda: SEEN.exists() and SEEN.read_bytes(), "the consumer's value", 60)
+    first = {
+        "seen": b64(SEEN.read_bytes()),
+        **show(CONSUMER_UNIT, "InvocationID"),
+        "refresh_target": show("refresh-target.service", "InvocationID")["InvocationID"],
+    }
+    watchdog_before = show(AGENT_UNIT, "WatchdogTimestampMonotonic")
+
+    # The value changes at the source while the VM runs and a reader holds its file open.
+    with (SHARE / "token").open("rb") as reader:
+        replace_token(two)
+        wait_for(
+            lambda: (
+                show(CONSUMER_UNIT, "InvocationID")["InvocationID"] != first["InvocationID"]
+                and SEEN.exists()
+                and SEEN.read_bytes() == two
+            ),
+            "the consumer restarted with the new value",
+            120,
+        )
+        wait_for(lambda: (SHARE / "token").read_bytes() == two, "the share updated", 60)
+        held = reader.read()
+    generation = (SHARE / ".credbridge-generation").read_bytes()
+    refresh = run("systemctl", "start", REFRESH_UNIT)
+    # Several watchdog periods with nothing to do but ping: the agent stays up.
+    time.sleep(22)
+    alive = show(
+        AGENT_UNIT,
+        "ActiveState",
+        "MainPID",
+        "NRestarts",
+        "WatchdogUSec",
+        "WatchdogTimestampMonotonic",
+        "StatusText",
+    )
+    changed = {
+        "seen": b64(SEEN.read_bytes()),
+        **show(CONSUMER_UNIT, "InvocationID", "ActiveState"),
+        "share": read_dir(SHARE),
+        "held": b64(held),
+        "generation": generation.decode(),
+        "refresh": refresh,
+        "refreshed": show("refresh-target.service", "ActiveState", "InvocationID"),
+        "vm": show(LIVE_VM_UNIT, "ActiveState", "NRestarts", "MainPID"),
+        "status": agent_status(),
+    }
+    stop = run("systemctl", "stop", AGENT_UNIT)
+    stopped = show(AGENT_UNIT, "ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
+    journal = str(run("journalctl", "-o", "cat", "-u", AGENT_UNIT, "--no-pager")["stdout"])
+    emit(
+        "agent",
+        values=[b64(one), b64(two)],
+        unit=unit,
+        vm=vm,
+        launched=b64(launched),
+        start=start,
+        ready=ready,
+        consumer=consumer,
+        first=first,
+        watchdog_before=watchdog_before,
+        alive=alive,
+        changed=changed,
+        stop=stop,
+        stopped=stopped,
+        after_stop=agent_status(),
+        journal=journal[-4000:],
+        scan=scan([one, two]),
+    )
+    run("systemctl", "stop", LIVE_VM_UNIT, CONSUMER_UNIT)
+
+
 def reboot_into_second_boot(state: Path) -> None:
     """Mark ``state/phase`` (the next boot is the second) and reboot; never returns."""
     state.mkdir(mode=0o700, exist_ok=True)
@@ -445,8 +582,13 @@ def drive(state: Path, first: Callable[[], None], second: Callable[[], None]) ->
     return 0
 
 
+def second_boot_and_agent() -> None:
+    second_boot()
+    agent_phase()
+
+
 def main() -> int:
-    return drive(STATE, first_boot, second_boot)
+    return drive(STATE, first_boot, second_boot_and_agent)
 
 
 if __name__ == "__main__":
