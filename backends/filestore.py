@@ -14,6 +14,10 @@ With ``seal`` set (:class:`SealedFileStore`) each value is kept as ``current.cre
 ``previous.cred`` instead: the output of ``systemd-creds encrypt --with-key=SEAL``, fed and read
 through pipes only, so the plaintext never reaches a file. A store without ``seal`` refuses a
 key that holds a sealed value rather than generating a new one beside it.
+
+Longer than most modules because the sealed store is the plain one with only its value reads
+and writes replaced (``_load_at``/``_save_at``): kept in one file so the two share every step of
+the held-directory walk, the locks and the crash sweep, and cannot drift apart.
 """
 
 from __future__ import annotations
