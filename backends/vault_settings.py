@@ -1,8 +1,8 @@
 """``[sources.vault]`` over the environment: where the server is, how to trust it, how to log in.
 
 Every key is declared once, as a :class:`~credbridge.core.settings.Setting`: the table's in
-backends/hooks/vault.py (the config loader checks the table against them when the config
-loads), the ``auth`` table's here, one set per login method (:data:`AUTH_SETTINGS`). Both are
+backends/hooks/vault.py, the ``auth`` table's too, one set per login method (``AUTH_SETTINGS``):
+the config loader checks both tables against them when the config loads. Both are
 read through those declarations only; what remains here are the rules between keys (a client
 certificate needs its key, one token source at most) and what a key's kind cannot say (an
 ``http(s)://`` address, a login input given as a reference). Every error names the file and the
@@ -22,49 +22,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from credbridge.backends.hooks.vault import SETTINGS
+from credbridge.backends.hooks.vault import AUTH_METHOD, AUTH_SETTINGS, SETTINGS
 from credbridge.core import ConfigError, SourceContext
 from credbridge.core.reference import parse_flag
-from credbridge.core.settings import Setting, control_problem, declare, read_settings
+from credbridge.core.settings import control_problem, declare, read_settings
 
-KUBERNETES_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
-
-AUTH_METHODS = ("token", "approle", "jwt", "kubernetes")
-_METHOD = Setting("method", "choice", "token", doc="how to log in", choices=AUTH_METHODS)
-_ROLE = Setting("role", "string", doc="the role to log in as")
-
-
-def _mount(method: str) -> Setting:
-    return Setting("mount", "string", method, doc=f"where the {method} auth method is enabled")
-
-
-AUTH_SETTINGS: dict[str, tuple[Setting, ...]] = {
-    "token": (
-        _METHOD,
-        Setting("token", "string", doc="the token itself, inline (avoid)"),
-        Setting("token_file", "path", doc="a file holding the token"),
-        Setting("token_ref", "string", doc="a reference to the token"),
-    ),
-    "approle": (
-        _METHOD,
-        _mount("approle"),
-        Setting("role_id", "string", doc="a reference to the role ID (required)"),
-        Setting("secret_id", "string", doc="a reference to the secret ID"),
-    ),
-    "jwt": (
-        _METHOD,
-        _mount("jwt"),
-        _ROLE,
-        Setting("jwt", "string", doc="a reference to the JWT (required)"),
-    ),
-    "kubernetes": (
-        _METHOD,
-        _mount("kubernetes"),
-        _ROLE,
-        Setting("jwt", "string", f"file:{KUBERNETES_TOKEN}", doc="a reference to the pod's token"),
-    ),
-}
-"""The ``[sources.vault.auth]`` keys of each ``method`` (docs/sources/vault.md)."""
 _REFERENCES = frozenset({"token_ref", "role_id", "secret_id", "jwt"})
 """Auth keys whose value is a reference to the login input, never the input itself."""
 _SCHEME = re.compile(r"[a-z][a-z0-9+.-]*")
@@ -221,8 +183,8 @@ def _read_auth(context: SourceContext, table: Mapping[str, Any], where: str) -> 
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(message, file=file, key=f"{where}.{key}")
 
-    method = _METHOD.parse(
-        table.get("method", _METHOD.default),
+    method = AUTH_METHOD.parse(
+        table.get("method", AUTH_METHOD.default),
         base=context.config_dir,
         file=file,
         key=f"{where}.method",

@@ -16,8 +16,8 @@ import math
 import os
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +248,13 @@ class Setting:
     ``maximum``; ``path``: a :func:`path_setting` (``~`` expanded, relative to the config
     file's directory), read as a :class:`~pathlib.Path`; ``choice``: one of ``choices``;
     ``list``: an array; ``table``: a table; ``any``: anything (the plugin checks it).
+
+    A ``table`` may declare its own keys, checked at load like the plugin's: ``fields`` a
+    sequence of settings, or, with ``selector``, a mapping from each value of the table's key
+    ``selector`` to the settings of that variant (``auth = { method = "approle", ... }``; the
+    selector's own declaration is in every variant, its default picks the variant when absent).
+    The table is returned as written: read it with :func:`read_settings` and the variant's
+    declarations to get typed values.
     """
 
     name: str
@@ -257,6 +264,10 @@ class Setting:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
+    fields: Sequence[Setting] | Mapping[str, Sequence[Setting]] | None = field(
+        default=None, hash=False
+    )
+    selector: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -271,6 +282,19 @@ class Setting:
             raise ValueError(f"Setting {self.name!r}: choices go with kind 'choice' (only)")
         if self.kind == "integer" and (self.minimum is None or self.maximum is None):
             raise ValueError(f"Setting {self.name!r}: an integer needs minimum and maximum")
+        if self.fields is not None and self.kind != "table":
+            raise ValueError(f"Setting {self.name!r}: fields go with kind 'table' (only)")
+        if (self.selector is not None) != isinstance(self.fields, Mapping):
+            raise ValueError(
+                f"Setting {self.name!r}: a selector goes with fields given per variant (a mapping)"
+            )
+        if self.selector is not None and isinstance(self.fields, Mapping):
+            for variant, declared in self.fields.items():
+                if self.selector not in {setting.name for setting in declared}:
+                    raise ValueError(
+                        f"Setting {self.name!r}: variant {variant!r} does not declare the "
+                        f"selector {self.selector!r}"
+                    )
 
     def parse(self, value: Any, *, base: Path, file: str | None, key: str) -> Any:
         """``value`` as this kind (a :class:`~pathlib.Path` for a path, an ``int`` for a size);
@@ -306,7 +330,30 @@ class Setting:
             raise ConfigError(f"must be an array, not {type(value).__name__}", file=file, key=key)
         if kind == "table" and not isinstance(value, Mapping):
             raise ConfigError(f"must be a table, not {type(value).__name__}", file=file, key=key)
+        if self.fields is not None:
+            self._check_fields(value, base=base, file=file, key=key)
         return value
+
+    def _check_fields(
+        self, table: Mapping[str, Any], *, base: Path, file: str | None, key: str
+    ) -> None:
+        """Check ``table`` against its declared keys (its variant's, with a selector)."""
+        fields = self.fields or ()
+        what = f"the {self.name} table"
+        if isinstance(fields, Mapping):
+            selector = next(s for s in next(iter(fields.values())) if s.name == self.selector)
+            where = f"{key}.{keypath(selector.name)}"
+            picked = selector.parse(
+                table.get(selector.name, selector.default), base=base, file=file, key=where
+            )
+            if picked not in fields:
+                raise ConfigError(
+                    f"must be one of {', '.join(fields)}, not {printable(str(picked))!r}",
+                    file=file,
+                    key=where,
+                )
+            fields, what = fields[picked], f"{picked} {self.name}"
+        read_settings(declare(fields) or {}, table, what=what, file=file, where=key, base=base)
 
     @property
     def low(self) -> float:

@@ -19,6 +19,45 @@ OPTIONS = frozenset(
 )
 DEFAULT_ADDRESS = "https://127.0.0.1:8200"
 """What the vault and bao CLIs use when nothing is set."""
+KUBERNETES_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path
+
+AUTH_METHODS = ("token", "approle", "jwt", "kubernetes")
+AUTH_METHOD = Setting("method", "choice", "token", doc="how to log in", choices=AUTH_METHODS)
+_ROLE = Setting("role", "string", doc="the role to log in as")
+
+
+def _mount(method: str) -> Setting:
+    return Setting("mount", "string", method, doc=f"where the {method} auth method is enabled")
+
+
+AUTH_SETTINGS: dict[str, tuple[Setting, ...]] = {
+    "token": (
+        AUTH_METHOD,
+        Setting("token", "string", doc="the token itself, inline (avoid)"),
+        Setting("token_file", "path", doc="a file holding the token"),
+        Setting("token_ref", "string", doc="a reference to the token"),
+    ),
+    "approle": (
+        AUTH_METHOD,
+        _mount("approle"),
+        Setting("role_id", "string", doc="a reference to the role ID (required)"),
+        Setting("secret_id", "string", doc="a reference to the secret ID"),
+    ),
+    "jwt": (
+        AUTH_METHOD,
+        _mount("jwt"),
+        _ROLE,
+        Setting("jwt", "string", doc="a reference to the JWT (required)"),
+    ),
+    "kubernetes": (
+        AUTH_METHOD,
+        _mount("kubernetes"),
+        _ROLE,
+        Setting("jwt", "string", f"file:{KUBERNETES_TOKEN}", doc="a reference to the pod's token"),
+    ),
+}
+"""The ``[sources.vault.auth]`` keys of each ``method`` (docs/sources/vault.md)."""
+
 SETTINGS = (
     Setting("address", "string", DEFAULT_ADDRESS, doc="server URL ($VAULT_ADDR, $BAO_ADDR)"),
     Setting("namespace", "string", doc="Vault Enterprise namespace ($VAULT_NAMESPACE)"),
@@ -32,10 +71,17 @@ SETTINGS = (
     Setting("retries", "integer", 3, doc="retries of a failed request", minimum=0, maximum=10),
     Setting("backoff", "number", 0.25, doc="seconds before the first retry", maximum=86400),
     Setting("concurrency", "integer", doc="requests in flight", minimum=1, maximum=256),
-    Setting("auth", "table", {}, doc="how to log in: method = token, approle, jwt, kubernetes"),
+    Setting(
+        "auth",
+        "table",
+        {},
+        doc="how to log in: method = token, approle, jwt, kubernetes",
+        fields=AUTH_SETTINGS,
+        selector="method",
+    ),
 )
-"""``[sources.vault]``; backends/vault_settings.py reads them (``VaultSettings.from_context``),
-and declares the keys of the ``auth`` table."""
+"""``[sources.vault]``, the ``auth`` table's keys included; backends/vault_settings.py reads
+them (``VaultSettings.from_context``)."""
 
 
 @hookimpl

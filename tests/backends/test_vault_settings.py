@@ -148,7 +148,7 @@ def test_each_auth_method_declares_the_keys_its_documented_table_lists() -> None
     """docs/sources/vault.md has a table of keys under each ``method = "..."`` heading."""
     import re
 
-    from credbridge.backends.vault_settings import AUTH_SETTINGS
+    from credbridge.backends.hooks.vault import AUTH_SETTINGS
 
     docs = (REPO / "docs/sources/vault.md").read_text()
     documented: dict[str, set[str]] = {}

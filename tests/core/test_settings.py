@@ -313,6 +313,43 @@ def test_a_bad_setting_fails_every_command_with_one_line_and_exit_3(tmp_path: Pa
     ]
 
 
+@pytest.mark.parametrize(
+    ("auth", "key", "problem"),
+    [
+        (
+            'method = "approle"\nrole_idd = "env:R"\n',
+            "sources.vault.auth.role_idd",
+            "unknown setting 'role_idd' for approle auth (did you mean 'role_id'?",
+        ),
+        ('role = "r"\n', "sources.vault.auth.role", "unknown setting 'role' for token auth"),
+        ('method = "ldap"\n', "sources.vault.auth.method", "must be one of token, approle"),
+        ('method = "jwt"\nmount = 5\n', "sources.vault.auth.mount", "non-empty string"),
+    ],
+)
+def test_the_keys_of_a_declared_table_are_checked_when_the_config_loads(
+    tmp_path: Path, auth: str, key: str, problem: str
+) -> None:
+    """A nested table declared with ``fields`` (vault's ``auth``, one set per ``method``) is
+    checked by every command, though no ``vault:`` reference is resolved."""
+    from conftest import run_cli
+
+    path = write(tmp_path, f"[sources.vault.auth]\n{auth}")
+    result = run_cli("-c", str(path), "get", "env:HOME")
+    assert result.returncode == 3
+    (line,) = result.stderr.decode().splitlines()
+    assert line.startswith(f"credbridge: error: {path}: {key}: ")
+    assert problem in line
+
+
+def test_fields_and_selector_are_declared_together() -> None:
+    with pytest.raises(ValueError, match="fields go with kind 'table'"):
+        Setting("x", "list", fields=[Setting("a")])
+    with pytest.raises(ValueError, match="a selector goes with fields given per variant"):
+        Setting("x", "table", fields=[Setting("a")], selector="a")
+    with pytest.raises(ValueError, match="does not declare the selector 'kind'"):
+        Setting("x", "table", fields={"one": [Setting("a")]}, selector="kind")
+
+
 def _source_context(scheme: str, table: dict[str, object], tmp_path: Path) -> object:
     from credbridge.core.types import SourceContext
 
