@@ -28,7 +28,6 @@ lookup.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
 import re
 import stat
@@ -191,7 +190,11 @@ def _holds(dir_fd: int, name: str, value: Secret, runtime_dir: Path) -> bool:
         return False
     if not stat.S_ISREG(info.st_mode) or info.st_size != len(value):
         return False
-    return hmac.compare_digest(read_file_at(dir_fd, name, str(runtime_dir / name)), value.reveal())
+    held = Secret(read_file_at(dir_fd, name, str(runtime_dir / name)))
+    try:
+        return held == value  # constant time
+    finally:
+        held.wipe()
 
 
 def _generation(dir_fd: int) -> int:
