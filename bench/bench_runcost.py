@@ -4,7 +4,9 @@ Rows, round-robin within each group so a busy moment of the machine hits all row
 
 - start-up: ``credbridge get env:HOME`` and ``credbridge --help`` against ``python -c pass`` of
   the same interpreter in a plain venv (created here: no site-packages, no editable-install
-  finder) -- the floor -- and in credbridge's own venv;
+  finder) -- the floor -- and in credbridge's own venv; beside them, the least any command
+  line built on click and pluggy costs (one click command calling one pluggy hook), run from
+  the same venvs as credbridge;
 - ``credbridge deliver`` of 10 kept credentials against a shell script that copies the same
   10 files into a staging directory, chmods them 0400 and swaps the directory in;
 - first runs of 1,000 and N (default 10,000) generated credentials: the cost per credential
@@ -52,6 +54,28 @@ mv "$stage" "$base/live"
 rm -rf "$base/.old"
 """
 
+
+MINIMAL_CLI = r"""
+import click, pluggy
+spec, impl = pluggy.HookspecMarker("demo"), pluggy.HookimplMarker("demo")
+class Spec:
+    @spec
+    def demo_value(self, name): ...
+class Plugin:
+    @impl
+    def demo_value(self, name):
+        return name.upper()
+@click.command()
+@click.argument("name")
+def main(name):
+    manager = pluggy.PluginManager("demo")
+    manager.add_hookspecs(Spec)
+    manager.register(Plugin())
+    click.echo(manager.hook.demo_value(name=name)[0])
+main()
+"""
+"""The least a command line built on click and pluggy costs: one click command calling one
+pluggy hook of one plugin, and printing its answer."""
 
 CPU: dict[str, list[float]] = {}
 """CPU seconds (user + system) of every timed row's runs, by row name."""
@@ -229,6 +253,10 @@ def main() -> None:
                 lambda python=python: run([python, "-c", "pass"], env),  # type: ignore[misc]
                 None,
             )
+            rows[f"a click command calling a pluggy hook{suffix}"] = (
+                lambda python=python: run([python, "-c", MINIMAL_CLI, "home"], env),  # type: ignore[misc]
+                None,
+            )
             rows[f"credbridge --help{suffix}"] = (
                 lambda python=python: run(  # type: ignore[misc]
                     [python, "-m", "credbridge.core.cli", "--help"], cli_env
@@ -245,7 +273,11 @@ def main() -> None:
         table(startup)
         floor = statistics.median(startup["python -c pass, plain venv (the floor)"])
         for suffix in pythons:
-            for name in ("credbridge --help", "credbridge get env:HOME"):
+            for name in (
+                "a click command calling a pluggy hook",
+                "credbridge --help",
+                "credbridge get env:HOME",
+            ):
                 ratio = statistics.median(startup[name + suffix]) / floor
                 print(f"ratio {name}{suffix} / python -c pass (plain venv): {ratio:.2f}x")
         print()

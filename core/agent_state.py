@@ -12,13 +12,13 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from credbridge.core.config import Config, keypath
 from credbridge.core.errors import ConfigError
 from credbridge.core.fsutil import atomic_write, ensure_private_dir
+from credbridge.core.records import field, record
 from credbridge.core.settings import duration_setting, number_setting
 from credbridge.core.types import Lease, Request
 
@@ -41,7 +41,7 @@ AGENT_SETTINGS = ("renew_at", "retry_min", "retry_max", "state")
 # --------------------------------------------------------------------------- settings
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class AgentSettings:
     """The ``[agent]`` table of the config."""
 
@@ -98,7 +98,7 @@ def state_path(session: Session, settings: AgentSettings) -> Path:
 # --------------------------------------------------------------------------- state
 
 
-@dataclass
+@record
 class CredentialState:
     """What the agent knows of one delivered credential (no value)."""
 
@@ -142,7 +142,7 @@ def stamp(moment: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
 
 
-@dataclass
+@record
 class TargetState:
     name: str
     unit: str | None

@@ -11,12 +11,12 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from credbridge.core.errors import BadReference, ConfigError
 from credbridge.core.plugins import PluginManager, get_plugin_manager
+from credbridge.core.records import field, record
 from credbridge.core.reference import Reference, parse_reference
 from credbridge.core.secret import MAX_DEPTH, TooDeep, nesting_depth
 from credbridge.core.settings import (
@@ -92,7 +92,7 @@ ON_CHANGE = ("restart", "reload-or-restart", "reload", "none")
 """What ``deliver`` asks systemd to do with a unit whose credentials changed (strongest first)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class CredentialSpec:
     """One credential of a target: its name there, where the value comes from, file options."""
 
@@ -111,7 +111,7 @@ class CredentialSpec:
         return self.reference.text or str(self.reference)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Target:
     """A systemd unit or a VM and the credentials it receives."""
 
@@ -141,7 +141,7 @@ class Target:
         return self._by_name.get(name)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     """A loaded configuration. Build it with :func:`load_config` or :func:`parse_config`."""
 

@@ -21,12 +21,12 @@ import pwd
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from credbridge.core.errors import LockUnavailable
 from credbridge.core.faults import point
+from credbridge.core.records import record
 from credbridge.core.trusted_dirs import (
     DIR_FLAGS,
     check_dir,
@@ -335,7 +335,7 @@ def remove_tree(path: Path) -> None:
 # --------------------------------------------------------------------------- locks
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class LockWait:
     """How long to wait for a lock another run holds: ``timeout`` seconds (``None``: as long
     as it takes, ``0``: not at all), telling ``notify`` once ``notify_after`` seconds passed."""

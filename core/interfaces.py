@@ -13,11 +13,11 @@ import abc
 import contextlib
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from credbridge.core.errors import SourceError, renamed
+from credbridge.core.records import record
 from credbridge.core.reference import Locator, Reference, select
 from credbridge.core.secret import Secret, SecretDocument
 from credbridge.core.threads import map_in_threads
@@ -34,7 +34,7 @@ class Mode(enum.Enum):
     """Produce real values where that has no side effect; generators return :class:`Pending`."""
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Request:
     """One reference to resolve, and the credential it is resolved for (if any).
 
@@ -46,7 +46,7 @@ class Request:
     owner: str | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Pending:
     """A value that does not exist yet and would be created by a real run (dry-run only)."""
 
@@ -141,7 +141,7 @@ class RotatableSource(Source):
         """
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Lease:
     """How long a value stays good and which version it is: metadata, never the value.
 
@@ -234,7 +234,7 @@ class Store(abc.ABC):
 # --------------------------------------------------------------------------- sinks
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Delivery:
     """One credential as a sink receives it: the name in the target, the value, its options."""
 
@@ -252,7 +252,7 @@ class Change(enum.Enum):
     REMOVE = "remove"
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class PlanEntry:
     """What a sink would do with one credential (never the value)."""
 

@@ -10,7 +10,6 @@ what they raise (:class:`HookFailed`), so one broken plugin never hides the othe
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import types
 from collections.abc import Callable, Iterable
@@ -19,6 +18,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 import pluggy
 from credbridge.core import hookspecs
 from credbridge.core.errors import CredbridgeError, PluginFailed
+from credbridge.core.records import field, fields, record
 from credbridge.core.types import LauncherType, SinkType, SourceType, StoreType
 
 MARKER = f"{hookspecs.PROJECT}_impl"
@@ -58,7 +58,7 @@ STORE: Kind[StoreType] = Kind("stores", "credbridge_stores", "store", StoreType)
 KINDS: tuple[Kind[Any], ...] = (SOURCE, SINK, LAUNCHER, STORE)
 
 
-@dataclasses.dataclass
+@record
 class PluginInfo:
     """One plugin as ``credbridge plugins`` shows it, loaded or not."""
 
@@ -70,14 +70,14 @@ class PluginInfo:
     state: str = "loaded"
     """``loaded``, ``failed``, ``disabled`` (by ``CREDBRIDGE_DISABLE_PLUGINS``),
     ``not loaded`` (not in ``CREDBRIDGE_LOAD_PLUGINS``) or ``registered`` (in process)."""
-    sources: list[str] = dataclasses.field(default_factory=list)
-    sinks: list[str] = dataclasses.field(default_factory=list)
-    launchers: list[str] = dataclasses.field(default_factory=list)
-    stores: list[str] = dataclasses.field(default_factory=list)
-    commands: list[str] = dataclasses.field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+    sinks: list[str] = field(default_factory=list)
+    launchers: list[str] = field(default_factory=list)
+    stores: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
     error: str | None = None
     """Why it failed to load (``state == "failed"``)."""
-    warnings: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     """What was skipped from it, and why."""
 
     @property
@@ -99,7 +99,7 @@ class PluginInfo:
         )
 
     def as_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = {spec.name: getattr(self, spec.name) for spec in fields(self)}
         for names in ("sources", "sinks", "launchers", "stores", "commands"):
             data[names] = sorted(data[names])
         return data

@@ -18,11 +18,11 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from credbridge.core.errors import BadReference, InvalidValue, NotFound
+from credbridge.core.records import field, record
 from credbridge.core.secret import (
     MAX_DEPTH,
     Secret,
@@ -53,7 +53,7 @@ def parse_flag(text: str) -> bool | None:
     return None
 
 
-@dataclass(frozen=True, order=True, slots=True)
+@record(frozen=True, order=True, slots=True)
 class Locator:
     """What a source fetches: scheme, path and options, without the selector."""
 
@@ -75,7 +75,7 @@ class Locator:
         return text
 
 
-@dataclass(frozen=True, order=True, slots=True)
+@record(frozen=True, order=True, slots=True)
 class Reference:
     """A parsed reference. ``str(ref)`` gives back its canonical one-line form."""
 

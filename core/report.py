@@ -7,14 +7,14 @@ of :meth:`~credbridge.core.engine.Session.check`. docs/api.md describes each fie
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from credbridge.core.interfaces import Change
+from credbridge.core.records import field, record
 from credbridge.core.units import PendingRecord, UnitAction
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class DeliveryEntry:
     """One line of a delivery report or dry-run plan (no values)."""
 
@@ -39,7 +39,7 @@ class DeliveryEntry:
         }
 
 
-@dataclass
+@record
 class DeliveryReport:
     dry_run: bool
     entries: list[DeliveryEntry] = field(default_factory=list)
@@ -104,7 +104,7 @@ _PAST = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CheckResult:
     target: str
     credential: str

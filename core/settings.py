@@ -17,11 +17,11 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from credbridge.core.errors import ConfigError, printable
+from credbridge.core.records import field, record
 
 MAX_SECONDS = 86400.0
 """Upper bound for every timeout setting: a day (longer ones overflow timers in places)."""
@@ -232,7 +232,7 @@ SETTING_KINDS = (
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Setting:
     """One key a plugin's settings table may hold: its name, kind, default and a line of doc.
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -41,6 +40,7 @@ from credbridge.core.interfaces import (
     Staged,
     Store,
 )
+from credbridge.core.records import record
 from credbridge.core.reference import Reference
 from credbridge.core.secret import Secret
 from credbridge.core.settings import Setting, declare, read_settings
@@ -60,7 +60,7 @@ def _check_name(kind: str, name: str) -> None:
         raise PluginError(f"invalid {kind} name {name!r}: use lowercase letters, digits, '-+._'")
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@record(frozen=True, eq=False, kw_only=True)
 class PluginType:
     """What every plugin record has: a one-line summary and its declared settings.
 
@@ -170,7 +170,7 @@ class _SettingsReader:
         return read_settings(table, self.settings, what=what, file=file, where=where, base=base)
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class SourceContext(_SettingsReader):
     """What a source gets when it is opened."""
 
@@ -198,7 +198,7 @@ class SourceContext(_SettingsReader):
         )
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class StoreContext(_SettingsReader):
     """What a store gets when it is opened."""
 
@@ -225,7 +225,7 @@ class StoreContext(_SettingsReader):
         return self._read(declared, origin._replace(what=f"store {name!r}") if name else origin)
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class _TargetContext(_SettingsReader):
     """What a sink or a launcher gets when it is opened for one target."""
 
@@ -243,7 +243,7 @@ class _TargetContext(_SettingsReader):
         return _TableOrigin(self._plugin(), self.config.label, self.where, self.config.directory)
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class SinkContext(_TargetContext):
     """What a sink gets when it is opened for one target.
 
@@ -254,7 +254,7 @@ class SinkContext(_TargetContext):
         return f"sink {self.target.sink!r}"
 
 
-@dataclass(frozen=True, eq=False)
+@record(frozen=True, eq=False)
 class LauncherContext(_TargetContext):
     """What a launcher gets when it is opened for one VM target.
 
@@ -271,7 +271,7 @@ class LauncherContext(_TargetContext):
 # --------------------------------------------------------------------------- records
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@record(frozen=True, eq=False, kw_only=True)
 class SourceType(PluginType):
     """A source of secrets, provided through :func:`credbridge_sources`."""
 
@@ -310,7 +310,7 @@ class SourceType(PluginType):
             return False
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@record(frozen=True, eq=False, kw_only=True)
 class StoreType(PluginType):
     """A backend for the store of generated values, provided through :func:`credbridge_stores`.
 
@@ -324,7 +324,7 @@ class StoreType(PluginType):
         super().__post_init__()
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@record(frozen=True, eq=False, kw_only=True)
 class SinkType(PluginType):
     """A sink, provided through :func:`credbridge_sinks`.
 
@@ -347,7 +347,7 @@ class SinkType(PluginType):
             )
 
 
-@dataclass(frozen=True, eq=False, kw_only=True)
+@record(frozen=True, eq=False, kw_only=True)
 class LauncherType(PluginType):
     """A VM launcher, provided through :func:`credbridge_launchers`.
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from credbridge.core import links
 from credbridge.core.config import ON_CHANGE, Config, Target
 from credbridge.core.fsutil import LockWait, atomic_write, locked, opened_dir, read_file_at
 from credbridge.core.interfaces import Change
+from credbridge.core.records import field, record, replace
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ PENDING_NAME = ".credbridge-restarts.json"
 PENDING_DETAIL = "pending from an interrupted run"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UnitAction:
     """What ``deliver`` does (or did) to one unit, and why (the targets that changed)."""
 
@@ -100,7 +100,7 @@ def on_change_for(target: Target, config: Config, restart: bool | None) -> str:
     return config.default_on_change or "none"
 
 
-@dataclass
+@record
 class _Selection:
     order: list[str] = field(default_factory=list)
     actions: dict[str, str] = field(default_factory=dict)
@@ -246,7 +246,7 @@ def merge_actions(first: Sequence[UnitAction], second: Sequence[UnitAction]) -> 
     ]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PendingRecord:
     """One :data:`PENDING_NAME` file, in the directory of a sink's lock file (and guarded by it)."""
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import abc
 import os
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from credbridge.core.errors import DeliveryError, LaunchError
 from credbridge.core.interfaces import Delivery, Sink, Staged
+from credbridge.core.records import field, record
 from credbridge.core.secret import Secret
 
 FW_CFG_PREFIX = "opt/io.systemd.credentials/"
@@ -114,7 +114,7 @@ def check_unit_total(unit: str, sizes: Mapping[str, int]) -> None:
         )
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FwCfgItem:
     """One fw_cfg blob: ``name`` is the full item name, ``path`` a 0400 file with the value."""
 
@@ -122,7 +122,7 @@ class FwCfgItem:
     path: Path
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VirtiofsShare:
     """A host directory to export read-only through virtiofsd under ``tag``."""
 
@@ -130,7 +130,7 @@ class VirtiofsShare:
     directory: Path
 
 
-@dataclass
+@record
 class VmChannel:
     """What a VM sink prepared for one launch."""
 

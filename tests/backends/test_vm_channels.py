@@ -337,14 +337,14 @@ def test_the_file_store_opened_directly_refuses_unknown_settings() -> None:
 
 def test_channel_items_cannot_be_changed_after_prepare(tmpfs_dir: Path) -> None:
     """A launcher hands these paths to the hypervisor: nothing may repoint them later."""
-    import dataclasses
+    from credbridge.core.records import FrozenRecordError
 
     runtime = tmpfs_dir / "rt"
     runtime.mkdir(mode=0o700)
     (item,) = vm_sink("fw-cfg").prepare(deliveries(a=b"v"), runtime).fw_cfg
     (share,) = vm_sink("virtiofs").prepare(deliveries(b=b"v"), runtime).virtiofs
     for thing, field_name in ((item, "path"), (share, "directory")):
-        with pytest.raises(dataclasses.FrozenInstanceError):
+        with pytest.raises(FrozenRecordError):
             setattr(thing, field_name, Path("/elsewhere"))
 
 

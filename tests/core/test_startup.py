@@ -134,6 +134,8 @@ NEVER_FOR_GET_ENV = [
     "concurrent.futures",
     "importlib.metadata",
     "credbridge.core.process",
+    # The core's records are made by core.records, which compiles no code (docs/performance.md).
+    "dataclasses",
     # get resolves through core.resolution's Resolver: none of the delivery code (plans,
     # commits, run locks, unit restarts, reports) and none of the CLI's other commands.
     "credbridge.core.engine",
@@ -151,7 +153,6 @@ NEVER_FOR_HELP = [
     # click sizes the help to the terminal; it lists the lazily loaded commands' short help
     *(m for m in NEVER_FOR_GET_ENV if m != "shutil" and not m.startswith("credbridge.core.cli_")),
     "pluggy",
-    "dataclasses",
     "credbridge.core.engine",
     "credbridge.core.plugins",
     "credbridge.core.plugin_calls",

@@ -148,7 +148,7 @@ def test_the_public_name_check_can_fail() -> None:
     assert not re.search(r"^### `NoSuchName[`(]", _reference_text(), re.MULTILINE)
 
 
-def _dataclasses() -> list[type]:
+def _records() -> list[type]:
     from credbridge.core import types
 
     return [
@@ -163,12 +163,12 @@ def _dataclasses() -> list[type]:
     ]
 
 
-@pytest.mark.parametrize("record", _dataclasses(), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("record", _records(), ids=lambda c: c.__name__)
 def test_every_field_of_records_and_contexts_is_documented(record: type) -> None:
-    import dataclasses
+    from credbridge.core.records import fields
 
     section = _section((DOCS / "plugins.md").read_text(), record.__name__)
-    for item in dataclasses.fields(record):
+    for item in fields(record):
         assert f"`{item.name}`" in section, f"{record.__name__}.{item.name} is not documented"
 
 
