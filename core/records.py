@@ -95,6 +95,7 @@ class _Plan:
     """What a record class's shared methods need, worked out once when the class is made."""
 
     __slots__ = (
+        "by_position",
         "compared",
         "defaults",
         "factories",
@@ -103,7 +104,9 @@ class _Plan:
         "init_names",
         "later_fields",
         "positional",
+        "positional_defaults",
         "post_init",
+        "required",
         "shown",
         "simple",
     )
@@ -131,6 +134,13 @@ class _Plan:
         )
         self.shown = tuple(f.name for f in all_fields if f.repr)
         self.simple = not (self.factories or self.later_fields or post_init)
+        # Records whose every field is positional, with plain defaults and nothing to run
+        # after: a call giving the first fields in order needs no argument matching.
+        self.by_position = self.simple and len(self.positional) == len(init)
+        self.required = sum(name not in self.defaults for name in self.positional)
+        self.positional_defaults = tuple(
+            (name, self.defaults.get(name)) for name in self.positional
+        )
         self.compared = _getter(tuple(f.name for f in all_fields if f.compare))
         self.hashed = _getter(
             tuple(f.name for f in all_fields if (f.compare if f.hash is None else f.hash))
@@ -154,6 +164,15 @@ def _getter(names: tuple[str, ...]) -> Callable[[object], Any]:
 
 def _record_init(self: Any, *args: Any, **kwargs: Any) -> None:
     plan: _Plan = type(self).__record_plan__
+    if not kwargs and plan.by_position and plan.required <= len(args) <= len(plan.positional):
+        # The everyday call (PlanEntry(name, Change.KEEP)), made per credential several times
+        # a run: the fields in order, the rest by their defaults.
+        assign = object.__setattr__
+        for name, value in zip(plan.positional, args, strict=False):
+            assign(self, name, value)
+        for name, default in plan.positional_defaults[len(args) :]:
+            assign(self, name, default)
+        return
     if args:
         if len(args) > len(plan.positional) or (
             kwargs and not kwargs.keys().isdisjoint(plan.positional[: len(args)])

@@ -83,6 +83,7 @@ class Reference:
     selector: str | None = None
     text: str = field(default="", compare=False)
     _canonical: str | None = field(default=None, init=False, repr=False, compare=False)
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def scheme(self) -> str:
@@ -133,6 +134,15 @@ class Reference:
             if unquote(name.replace("+", " ")) == key:
                 return value
         return decoded
+
+    def __hash__(self) -> int:
+        # Computed once: one parsed reference is shared by the credentials that write it, and
+        # a run hashes it again for each of their requests.
+        value = self._hash
+        if value is None:
+            value = hash((self.locator, self.selector))
+            object.__setattr__(self, "_hash", value)
+        return value
 
     def __str__(self) -> str:
         # Rendered once: a run shows each reference several times (keys, messages, plans).
