@@ -24,7 +24,7 @@ after its imports is its work. With ``--wheel`` the credbridge rows run a second
 venv where the checkout is installed as a built wheel (what a user installs: no
 editable-install finder on ``sys.path``; its dependencies from pip's cache or index).
 
-Run:  python bench/bench_runcost.py [--runs 11] [--big-runs 3] [--large 10000] [--wheel]
+Run:  python bench/bench_runcost.py [--runs 11] [--big-runs 5] [--large 10000] [--wheel]
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def table(samples: dict[str, list[float]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=11)
-    parser.add_argument("--big-runs", type=int, default=3)
+    parser.add_argument("--big-runs", type=int, default=5)
     parser.add_argument("--large", type=int, default=10000)
     parser.add_argument(
         "--wheel", action="store_true", help="also run credbridge installed from a built wheel"

@@ -2,10 +2,10 @@
 
 The core declares ~35 small records (plugin records, contexts, the config, references, plan
 entries). ``dataclasses`` builds each by compiling four to ten methods from source text with
-``exec`` — 0.4 ms a class on a 2-core machine, 8 ms of every command's 80 ms start, since the
-22 records on every command's path are created before click parses the arguments
-(docs/performance.md). :func:`record` builds the same classes from methods shared by every
-record: what takes ``dataclasses`` 0.4 ms takes 0.02 ms.
+``exec``, ~0.9 ms a class on a 2-core machine, and the 22 records on every command's path are
+made before click parses the arguments: 13 ms of a 90 ms ``credbridge get``. :func:`record`
+builds the same classes from methods shared by every record, ~0.13 ms a class
+(bench/bench_records.py, docs/performance.md). Instances cost ~1 µs more to make.
 
 It does what the core's records use, with the meaning ``dataclasses`` gives it: fields from
 the class's annotations (base classes' first, a redefined field keeps its place), defaults and
